@@ -1,0 +1,252 @@
+"""``bwmon emit``: synthetic clients sending frames to a daemon over UDP or WebSocket.
+
+Participants are sampled round-robin so that the offered rate is even over time (a slice every
+few milliseconds), not a burst per interval. The same code is the load generator of
+``bwmon bench``: it reports exactly how many frames it sent, so a benchmark can compare them
+with what the daemon counted. UDP sends wait for room in the socket buffer rather than drop, so
+every frame counted as sent left this process.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import socket
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+
+import msgspec
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+
+from cli.synthetic import Profile, make_participants, make_routes
+from protocol import Frame, Hello, encode_json, encode_msgpack
+from protocol.emitter import pack, pack_json
+from protocol.session import Ack, ErrorReply, SessionMessage, Welcome
+
+SLICE_S = 0.005
+MAX_JOINS_PER_SLICE = 2_000
+
+
+@dataclass(frozen=True, slots=True)
+class EmitOptions:
+    host: str = "127.0.0.1"
+    udp_port: int = 8470
+    http_port: int = 8470
+    transport: str = "udp"  # udp | ws
+    encoding: str = "msgpack"  # msgpack | json
+    meetings: int = 10
+    participants: int = 5  # per meeting
+    interval_s: float = 1.0  # between two samples of one participant
+    rate: float | None = None  # rtc frames/s in all; when set, overrides interval_s
+    duration_s: float = 10.0
+    http_routes: int = 4
+    joins: bool = True
+    budget: int = 1200  # bytes per UDP datagram
+    ws_batch: int = 50  # frames per WebSocket message
+    profile: Profile = field(default_factory=Profile)
+
+
+class EmitReport(msgspec.Struct, kw_only=True):
+    transport: str
+    frames_sent: int = 0
+    frames_by_kind: dict[str, int] = msgspec.field(default_factory=dict)
+    messages_sent: int = 0  # datagrams or WebSocket messages
+    send_errors: int = 0  # datagrams refused by the network stack (nothing listening)
+    elapsed_s: float = 0.0
+    frames_per_s: float = 0.0
+    target_rtc_per_s: float = 0.0
+    acked_messages: int | None = None
+    acked_accepted: int | None = None
+    acked_rejected: int | None = None
+    error_replies: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+class FrameSchedule:
+    """Which frames are due after ``elapsed`` seconds: joins first, then ``rtc`` round-robin at
+    the target rate, and one ``http`` sample per route every interval."""
+
+    def __init__(self, options: EmitOptions) -> None:
+        profile = options.profile
+        self.participants = make_participants(options.meetings, options.participants, profile)
+        self.routes = make_routes(options.http_routes, profile)
+        self.interval_s = options.interval_s
+        count = len(self.participants)
+        self.rate = options.rate if options.rate is not None else count / options.interval_s
+        self.dt = count / self.rate if self.rate > 0 else options.interval_s
+        self._cycle = itertools.cycle(self.participants)
+        self._rng = random.Random(profile.seed + 2)
+        self._instance = f"{socket.gethostname()}-{os.getpid()}"
+        now_ms = _now_ms()
+        self._joins: list[Frame] = (
+            [p.join(now_ms) for p in self.participants] if options.joins else []
+        )
+        self._rtc_sent = 0
+        self._next_http = 0.0
+
+    def due(self, elapsed: float) -> list[Frame]:
+        frames: list[Frame] = []
+        if self._joins:
+            frames = self._joins[:MAX_JOINS_PER_SLICE]
+            del self._joins[:MAX_JOINS_PER_SLICE]
+        if self.participants:
+            # A sender that fell behind catches up by at most a few slices at once.
+            want = min(
+                int(self.rate * elapsed) - self._rtc_sent, max(1, int(self.rate * SLICE_S * 4))
+            )
+            if want > 0:
+                now_ms, dt = _now_ms(), self.dt
+                frames += [p.sample(now_ms, dt) for p in itertools.islice(self._cycle, want)]
+                self._rtc_sent += want
+        if self.routes and elapsed >= self._next_http:
+            now_ms = _now_ms()
+            frames += [
+                r.sample(now_ms, self.interval_s, self._rng, "synthetic-api", self._instance)
+                for r in self.routes
+            ]
+            self._next_http = elapsed + self.interval_s
+        return frames
+
+
+def _now_ms() -> float:
+    return time.time() * 1000
+
+
+def _count(report: EmitReport, frames: list[Frame]) -> None:
+    by_kind = report.frames_by_kind
+    for frame in frames:
+        kind = str(frame.__struct_config__.tag)
+        by_kind[kind] = by_kind.get(kind, 0) + 1
+    report.frames_sent += len(frames)
+
+
+def _datagrams(frames: list[Frame], options: EmitOptions) -> Iterator[tuple[bytes, int]]:
+    if options.encoding == "json":
+        return pack_json((encode_json(f) for f in frames), options.budget)
+    return pack((encode_msgpack(f) for f in frames), options.budget)
+
+
+async def _paced(
+    options: EmitOptions, schedule: FrameSchedule, send: Callable[[list[Frame]], Awaitable[None]]
+) -> None:
+    """Call ``send`` with the frames due, every slice, for the run's duration."""
+    start = trio.current_time()
+    deadline = start + options.duration_s
+    tick = start
+    while (now := trio.current_time()) < deadline:
+        frames = schedule.due(now - start)
+        if frames:
+            await send(frames)
+        tick = max(tick + SLICE_S, now)
+        await trio.sleep_until(tick)
+
+
+async def _emit_udp(options: EmitOptions, schedule: FrameSchedule, report: EmitReport) -> None:
+    family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        sock.setblocking(False)
+        sock.connect((options.host, options.udp_port))
+
+        async def send(frames: list[Frame]) -> None:
+            sent: list[Frame] = []
+            position = 0
+            for datagram, count in _datagrams(frames, options):
+                while True:
+                    try:
+                        sock.send(datagram)
+                    except BlockingIOError:
+                        await trio.lowlevel.wait_writable(sock)
+                        continue
+                    except ConnectionRefusedError:
+                        report.send_errors += 1
+                    else:
+                        report.messages_sent += 1
+                        sent += frames[position : position + count]
+                    break
+                position += count
+            _count(report, sent)
+
+        await _paced(options, schedule, send)
+
+
+_replies_json = msgspec.json.Decoder(SessionMessage)
+_replies_msgpack = msgspec.msgpack.Decoder(SessionMessage)
+
+
+async def _read_replies(ws: WebSocketConnection, report: EmitReport) -> None:
+    try:
+        while True:
+            message = await ws.get_message()
+            reply = (
+                _replies_json.decode(message)
+                if isinstance(message, str)
+                else _replies_msgpack.decode(message)
+            )
+            if isinstance(reply, Ack):
+                report.acked_messages = reply.msg
+                report.acked_accepted = reply.accepted
+                report.acked_rejected = reply.rejected
+            elif isinstance(reply, ErrorReply):
+                report.error_replies[reply.reason] = report.error_replies.get(reply.reason, 0) + 1
+    except ConnectionClosed:
+        return
+
+
+async def _emit_ws(options: EmitOptions, schedule: FrameSchedule, report: EmitReport) -> None:
+    text = options.encoding == "json"
+    url = f"ws://{options.host}:{options.http_port}/ingest"
+    async with open_websocket_url(url, message_queue_size=64) as ws:
+        hello = Hello(
+            boot=f"{random.getrandbits(64):016x}",
+            kind="emitter",
+            agent="bwmon-emit/0.1",
+            host=socket.gethostname()[:128],
+            pid=os.getpid(),
+        )
+        await ws.send_message(encode_json(hello).decode() if text else encode_msgpack(hello))
+        first = await ws.get_message()
+        welcome = (
+            _replies_json.decode(first)
+            if isinstance(first, str)
+            else _replies_msgpack.decode(first)
+        )
+        if not isinstance(welcome, Welcome):
+            raise RuntimeError(f"expected welcome, got {welcome!r}")
+
+        async def send(frames: list[Frame]) -> None:
+            for i in range(0, len(frames), options.ws_batch):
+                batch = frames[i : i + options.ws_batch]
+                await ws.send_message(
+                    encode_json(batch).decode() if text else encode_msgpack(batch)
+                )
+                report.messages_sent += 1
+                _count(report, batch)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_read_replies, ws, report)
+            await _paced(options, schedule, send)
+            # Wait for the ack of the last message, so that the report says what was processed.
+            with trio.move_on_after(welcome.ack_interval_s * 3 + 5):
+                # Acks arrive on the reader task; polling one counter is the simplest wait.
+                while report.acked_messages != report.messages_sent:  # noqa: ASYNC110
+                    await trio.sleep(0.02)
+            nursery.cancel_scope.cancel()
+
+
+async def emit(options: EmitOptions) -> EmitReport:
+    """Send synthetic frames for ``options.duration_s`` seconds and report what was sent."""
+    schedule = FrameSchedule(options)
+    report = EmitReport(transport=options.transport, target_rtc_per_s=round(schedule.rate, 1))
+    started = trio.current_time()
+    if options.transport == "ws":
+        await _emit_ws(options, schedule, report)
+    else:
+        await _emit_udp(options, schedule, report)
+    report.elapsed_s = round(trio.current_time() - started, 3)
+    report.frames_per_s = (
+        round(report.frames_sent / report.elapsed_s, 1) if report.elapsed_s else 0.0
+    )
+    return report

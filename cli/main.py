@@ -1,0 +1,146 @@
+"""The ``bwmon`` command: serve, check-config, emit, bench.
+
+Thin: each command parses its options, calls into ``collector`` (public functions) or talks to
+a daemon over the network, and turns our errors into an exit code and one clear line.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+import trio
+import typer
+
+from cli import bench
+from cli.emit import EmitOptions, emit
+from cli.synthetic import Profile
+from collector import app as daemon_app
+from collector.config import Config, ConfigError, load
+from collector.logs import configure
+from collector.runtime import AsyncioBridge, run_guest
+
+app = typer.Typer(
+    help="bwmon: call-quality and bandwidth collector daemon.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(bench.app, name="bench")
+
+ConfigPath = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", envvar="BWMON_CONFIG", help="collector.toml (default: embedded defaults)"
+    ),
+]
+
+
+def _load_or_exit(path: Path | None) -> Config:
+    try:
+        return load(path)
+    except ConfigError as exc:
+        typer.echo(f"bwmon: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(
+    config: ConfigPath = None,
+    host: Annotated[str | None, typer.Option(help="override server.host")] = None,
+    udp_port: Annotated[int | None, typer.Option(help="override server.udp_port")] = None,
+    http_port: Annotated[int | None, typer.Option(help="override server.http_port")] = None,
+) -> None:
+    """Run the daemon (foreground; stop with SIGTERM or Ctrl-C)."""
+    settings = _load_or_exit(config)
+    server = msgspec.structs.replace(
+        settings.server,
+        host=host if host is not None else settings.server.host,
+        udp_port=udp_port if udp_port is not None else settings.server.udp_port,
+        http_port=http_port if http_port is not None else settings.server.http_port,
+    )
+    settings = msgspec.structs.replace(settings, server=server)
+    configure(settings.log.level, settings.log.format)
+
+    async def main(bridge: AsyncioBridge) -> None:
+        await daemon_app.run(settings, bridge)
+
+    try:
+        run_guest(main)
+    except OSError as exc:
+        typer.echo(f"bwmon: cannot listen: {exc.strerror or exc}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+@app.command("check-config")
+def check_config(path: Annotated[Path, typer.Argument(help="collector.toml to check")]) -> None:
+    """Validate a configuration file; print the effective configuration as JSON."""
+    settings = _load_or_exit(path)
+    typer.echo(json.dumps(msgspec.to_builtins(settings), indent=2))
+    typer.echo(f"{path}: ok", err=True)
+
+
+@app.command("emit")
+def emit_command(
+    host: Annotated[str, typer.Option(help="daemon address")] = "127.0.0.1",
+    udp_port: Annotated[int, typer.Option(help="daemon UDP port")] = 8470,
+    http_port: Annotated[int, typer.Option(help="daemon HTTP/WebSocket port")] = 8470,
+    transport: Annotated[str, typer.Option(help="udp or ws")] = "udp",
+    encoding: Annotated[str, typer.Option(help="msgpack or json")] = "msgpack",
+    meetings: Annotated[int, typer.Option(min=0)] = 10,
+    participants: Annotated[int, typer.Option(min=0, help="per meeting")] = 5,
+    interval: Annotated[float, typer.Option(min=0.01, help="s between samples")] = 1.0,
+    rate: Annotated[float | None, typer.Option(min=1, help="rtc frames/s in all")] = None,
+    duration: Annotated[float, typer.Option(min=0.1, help="seconds")] = 10.0,
+    http_routes: Annotated[int, typer.Option(min=0, help="synthetic HTTP routes")] = 4,
+    joins: Annotated[bool, typer.Option(help="send a join event per participant")] = True,
+    loss: Annotated[float, typer.Option(min=0, max=1, help="packet loss fraction")] = 0.01,
+    jitter_ms: Annotated[float, typer.Option(min=0)] = 15.0,
+    rtt_ms: Annotated[float, typer.Option(min=0)] = 60.0,
+    relay_share: Annotated[float, typer.Option(min=0, max=1)] = 0.1,
+    budget: Annotated[int, typer.Option(min=64, max=65507, help="bytes per datagram")] = 1200,
+    ws_batch: Annotated[int, typer.Option(min=1, help="frames per WebSocket message")] = 50,
+    seed: Annotated[int, typer.Option()] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Send synthetic meetings (rtc + events) and HTTP route samples to a daemon."""
+    if transport not in ("udp", "ws") or encoding not in ("msgpack", "json"):
+        typer.echo("bwmon: --transport is udp or ws, --encoding is msgpack or json", err=True)
+        raise typer.Exit(2)
+    options = EmitOptions(
+        host=host,
+        udp_port=udp_port,
+        http_port=http_port,
+        transport=transport,
+        encoding=encoding,
+        meetings=meetings,
+        participants=participants,
+        interval_s=interval,
+        rate=rate,
+        duration_s=duration,
+        http_routes=http_routes,
+        joins=joins,
+        budget=budget,
+        ws_batch=ws_batch,
+        profile=Profile(
+            loss=loss, jitter_ms=jitter_ms, rtt_ms=rtt_ms, relay_share=relay_share, seed=seed
+        ),
+    )
+    try:
+        report = trio.run(emit, options)
+    except OSError as exc:
+        typer.echo(f"bwmon emit: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
+    else:
+        typer.echo(
+            f"sent {report.frames_sent} frames in {report.messages_sent} {transport} messages "
+            f"over {report.elapsed_s} s ({report.frames_per_s:.0f} frames/s); "
+            f"by kind: {report.frames_by_kind}"
+        )

@@ -1,0 +1,192 @@
+"""The root of the daemon: binds the sockets, starts every service in one nursery, stops them.
+
+Startup order, visible here and nowhere else: the frame consumer, then UDP ingest, then the TCP
+port (HTTP + WebSocket). ``serve`` reports readiness through ``task_status`` with the bound
+addresses once all of them accept traffic. Signals: SIGTERM and SIGINT stop the daemon.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import h11
+import trio
+from trio_websocket import WebSocketConnection
+
+from collector.config import Config
+from collector.http.server import HttpServer, HttpSettings, Response
+from collector.ingest.counters import TransportCounters
+from collector.ingest.udp import (
+    kernel_drops,
+    open_udp_socket,
+    receive_buffer_size,
+    serve_udp,
+)
+from collector.ingest.websocket import SessionSettings, serve_ingest_session
+from collector.logs import get_logger
+from collector.runtime import AsyncioBridge
+from protocol import Frame, Limits
+
+log = get_logger("app")
+
+VERSION = "0.1.0"
+
+
+@dataclass(frozen=True, slots=True)
+class Addresses:
+    """Where the daemon listens, as bound (port 0 in the config becomes a real port)."""
+
+    udp: tuple[str, int]
+    http: tuple[str, int]
+
+
+class FrameCounter:
+    """The consumer of decoded frames: counts them by kind.
+
+    Stands where the aggregator goes (next issue); it never blocks ingest, the queue does.
+    """
+
+    def __init__(self) -> None:
+        self.batches = 0
+        self.frames_by_kind: dict[str, int] = {}
+
+    async def consume(
+        self,
+        frames: trio.MemoryReceiveChannel[list[Frame]],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        task_status.started()
+        by_kind = self.frames_by_kind
+        async for batch in frames:
+            self.batches += 1
+            for frame in batch:
+                kind = str(frame.__struct_config__.tag)
+                by_kind[kind] = by_kind.get(kind, 0) + 1
+
+
+class Daemon:
+    """Everything one running daemon holds; built from a Config, run by ``serve``."""
+
+    def __init__(self, config: Config, bridge: AsyncioBridge | None = None) -> None:
+        self.config = config
+        self.bridge = bridge
+        self.started = time.monotonic()
+        self.udp_counters = TransportCounters()
+        self.ws_counters = TransportCounters()
+        self.consumer = FrameCounter()
+        ingest = config.ingest
+        self.udp_limits = Limits(
+            max_message_bytes=ingest.max_datagram_bytes,
+            max_frames_per_message=ingest.max_frames_per_message,
+        )
+        self.session_settings = SessionSettings(
+            limits=Limits(
+                max_message_bytes=ingest.max_ws_message_bytes,
+                max_frames_per_message=ingest.max_frames_per_message,
+            ),
+            hello_timeout_s=ingest.hello_timeout_s,
+            heartbeat_interval_s=ingest.heartbeat_interval_s,
+            heartbeat_timeout_s=ingest.heartbeat_timeout_s,
+            ack_interval_s=ingest.ack_interval_s,
+            max_error_replies_per_interval=ingest.max_error_replies_per_interval,
+        )
+        self.http = HttpServer(
+            http_routes={"/healthz": self.healthz},
+            ws_routes={"/ingest": self.ingest_session},
+            settings=HttpSettings(
+                max_connections=config.server.max_connections,
+                request_timeout_s=config.server.http_request_timeout_s,
+                max_ws_message_bytes=ingest.max_ws_message_bytes,
+            ),
+        )
+        self._udp_sock: socket.socket | None = None
+        self._frames_in: trio.MemorySendChannel[list[Frame]] | None = None
+
+    async def ingest_session(self, ws: WebSocketConnection) -> None:
+        assert self._frames_in is not None
+        await serve_ingest_session(ws, self._frames_in, self.ws_counters, self.session_settings)
+
+    def health(self) -> dict[str, Any]:
+        udp = self.udp_counters.as_dict()
+        if self._udp_sock is not None:
+            udp["kernel_drops"] = kernel_drops(self._udp_sock)
+            udp["receive_buffer_bytes"] = receive_buffer_size(self._udp_sock)
+        return {
+            "status": "ok",
+            "version": VERSION,
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "ingest": {"udp": udp, "websocket": self.ws_counters.as_dict()},
+            "consumer": {
+                "batches": self.consumer.batches,
+                "frames_by_kind": dict(sorted(self.consumer.frames_by_kind.items())),
+            },
+            "http": self.http.counters.as_dict(),
+        }
+
+    def healthz(self, _request: h11.Request) -> Response:
+        return Response.json(200, self.health())
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[Addresses] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        server, ingest = self.config.server, self.config.ingest
+        frames_in, frames_out = trio.open_memory_channel[list[Frame]](ingest.queue_batches)
+        self._frames_in = frames_in
+        self._udp_sock = open_udp_socket(
+            server.host, server.udp_port, ingest.udp_receive_buffer_bytes
+        )
+        listeners = await trio.open_tcp_listeners(server.http_port, host=server.host)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.consumer.consume, frames_out)
+                await nursery.start(
+                    serve_udp,
+                    self._udp_sock,
+                    frames_in,
+                    self.udp_counters,
+                    self.udp_limits,
+                    ingest.udp_drain_per_pass,
+                )
+                await nursery.start(self.http.serve, listeners)
+                udp_addr = self._udp_sock.getsockname()
+                http_addr = listeners[0].socket.getsockname()
+                addresses = Addresses(
+                    udp=(udp_addr[0], udp_addr[1]), http=(http_addr[0], http_addr[1])
+                )
+                log.info(
+                    "ready",
+                    udp=f"{addresses.udp[0]}:{addresses.udp[1]}",
+                    http=f"{addresses.http[0]}:{addresses.http[1]}",
+                    udp_receive_buffer_bytes=receive_buffer_size(self._udp_sock),
+                )
+                task_status.started(addresses)
+        finally:
+            self._udp_sock.close()
+
+
+async def run(
+    config: Config,
+    bridge: AsyncioBridge | None = None,
+    on_ready: Callable[[Addresses], None] | None = None,
+) -> None:
+    """Run a daemon until SIGTERM or SIGINT.
+
+    ``bridge`` reaches the asyncio libraries (database and channel drivers) of later stages.
+    """
+    daemon = Daemon(config, bridge)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            addresses = await nursery.start(daemon.serve)
+            if on_ready is not None:
+                on_ready(addresses)
+            async for signum in signals:
+                log.info("stopping", signal=signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+    log.info("stopped")

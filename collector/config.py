@@ -1,0 +1,141 @@
+"""The daemon's typed configuration: ``collector.toml`` → msgspec Structs.
+
+Every key has a default, so ``bwmon serve`` with no file at all runs a useful daemon on
+loopback. Every key is documented in ``collector.toml.example`` (a test checks that both list
+the same keys). A bad file raises ``ConfigError`` whose message names the key, the bad value and
+what was expected; this module never prints or exits.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+import msgspec.inspect
+from msgspec import Meta
+
+Port = Annotated[int, Meta(ge=0, le=65535)]
+PositiveSeconds = Annotated[float, Meta(gt=0, le=86_400)]
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message is meant for the operator."""
+
+
+class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    host: str = "127.0.0.1"
+    udp_port: Port = 8470
+    http_port: Port = 8470
+    max_connections: Annotated[int, Meta(ge=1, le=1_000_000)] = 1024
+    http_request_timeout_s: PositiveSeconds = 10.0
+
+
+class IngestConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    udp_receive_buffer_bytes: Annotated[int, Meta(ge=65_536, le=1 << 30)] = 8 << 20
+    max_datagram_bytes: Annotated[int, Meta(ge=512, le=65_507)] = 65_507
+    max_ws_message_bytes: Annotated[int, Meta(ge=512, le=64 << 20)] = 1 << 20
+    max_frames_per_message: Annotated[int, Meta(ge=1, le=100_000)] = 1_000
+    queue_batches: Annotated[int, Meta(ge=1, le=1_000_000)] = 4_096
+    udp_drain_per_pass: Annotated[int, Meta(ge=1, le=100_000)] = 512
+    hello_timeout_s: PositiveSeconds = 5.0
+    heartbeat_interval_s: PositiveSeconds = 15.0
+    heartbeat_timeout_s: PositiveSeconds = 10.0
+    ack_interval_s: PositiveSeconds = 1.0
+    max_error_replies_per_interval: Annotated[int, Meta(ge=0, le=100_000)] = 100
+
+
+class LogConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    ingest: IngestConfig = msgspec.field(default_factory=IngestConfig)
+    log: LogConfig = msgspec.field(default_factory=LogConfig)
+
+
+_PATH = re.compile(r" - at `\$((?:\.[A-Za-z0-9_]+|\[\d+\])*)`$")
+_UNKNOWN = re.compile(r"^Object contains unknown field `([^`]*)`")
+
+
+def _lookup(doc: Any, dotted: list[str | int]) -> Any:
+    for part in dotted:
+        doc = doc[part]
+    return doc
+
+
+def _explain(exc: msgspec.ValidationError, doc: dict[str, Any], source: str) -> ConfigError:
+    message = str(exc)
+    match = _PATH.search(message)
+    raw_path = match.group(1) if match else ""
+    expected = message[: match.start()] if match else message
+    parts: list[str | int] = [
+        int(p[1:-1]) if p.startswith("[") else p[1:]
+        for p in re.findall(r"\.[A-Za-z0-9_]+|\[\d+\]", raw_path)
+    ]
+    key = ".".join(str(p) for p in parts)
+    unknown = _UNKNOWN.match(expected)
+    if unknown:
+        name = f"{key}.{unknown.group(1)}" if key else unknown.group(1)
+        section = _lookup(_DEFAULT_DOC, parts) if parts else _DEFAULT_DOC
+        known = ", ".join(sorted(section)) if isinstance(section, dict) else ""
+        return ConfigError(f"{source}: unknown key {name!r}; expected one of: {known}")
+    try:
+        value = _lookup(doc, parts)
+    except (KeyError, IndexError, TypeError):
+        return ConfigError(f"{source}: {key or 'document'}: {expected}")
+    if expected.startswith("Invalid enum value"):
+        return ConfigError(f"{source}: {key} = {value!r}: expected one of: {_choices(parts)}")
+    return ConfigError(f"{source}: {key} = {value!r}: {_plain(expected)}")
+
+
+def _choices(parts: list[str | int]) -> str:
+    """The allowed values of a Literal-typed key, read from the Structs themselves."""
+    info: Any = msgspec.inspect.type_info(Config)
+    for part in parts:
+        info = next(f.type for f in info.fields if f.name == part)
+    return ", ".join(repr(v) for v in getattr(info, "values", ()))
+
+
+def _plain(expected: str) -> str:
+    """'Expected `int` >= 1' → 'expected int >= 1'."""
+    return expected.replace("`", "").replace("Expected", "expected", 1)
+
+
+def from_dict(doc: dict[str, Any], source: str = "config") -> Config:
+    """Convert a parsed TOML document; raise ConfigError naming key, value and expectation."""
+    try:
+        config = msgspec.convert(doc, Config, strict=True)
+    except msgspec.ValidationError as exc:
+        raise _explain(exc, doc, source) from None
+    return config
+
+
+def load(path: Path | None) -> Config:
+    """Read ``path`` (None: embedded defaults)."""
+    if path is None:
+        return Config()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc.reason}") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return from_dict(doc, str(path))
+
+
+def defaults_as_dict() -> dict[str, Any]:
+    """Every key with its default, nested as in the file."""
+    result: dict[str, Any] = msgspec.to_builtins(Config())
+    return result
+
+
+_DEFAULT_DOC = defaults_as_dict()

@@ -1,0 +1,57 @@
+"""Ingest counters per transport: what came in, what was accepted, what was rejected and why.
+
+Counting is per message, never per frame: the good path adds ``len(frames)`` once. Plain ints,
+no locks: everything runs in the one trio thread.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from protocol import Decoded
+
+
+class TransportCounters:
+    """Counters of one transport (``udp`` or ``websocket``)."""
+
+    __slots__ = (
+        "bytes",
+        "frames_accepted",
+        "frames_rejected",
+        "messages",
+        "queue_full_frames",
+        "rejected_by_reason",
+    )
+
+    def __init__(self) -> None:
+        self.messages = 0
+        self.bytes = 0
+        self.frames_accepted = 0
+        self.frames_rejected = 0
+        self.queue_full_frames = 0  # decoded fine, but the consumer's queue was full
+        self.rejected_by_reason: dict[str, int] = {}
+
+    def count(self, decoded: Decoded, size: int) -> None:
+        self.messages += 1
+        self.bytes += size
+        self.frames_accepted += len(decoded.frames)
+        if decoded.errors:
+            self.frames_rejected += len(decoded.errors)
+            by_reason = self.rejected_by_reason
+            for error in decoded.errors:
+                by_reason[error.reason] = by_reason.get(error.reason, 0) + 1
+
+    def reject(self, reason: str, frames: int = 1) -> None:
+        """Count frames refused after decoding (closed session, policy…)."""
+        self.frames_rejected += frames
+        self.rejected_by_reason[reason] = self.rejected_by_reason.get(reason, 0) + frames
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "messages": self.messages,
+            "bytes": self.bytes,
+            "frames_accepted": self.frames_accepted,
+            "frames_rejected": self.frames_rejected,
+            "rejected_by_reason": dict(sorted(self.rejected_by_reason.items())),
+            "queue_full_frames": self.queue_full_frames,
+        }

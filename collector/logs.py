@@ -1,0 +1,74 @@
+"""structlog set-up: JSON lines (serialised by msgspec) when stderr is not a terminal, a readable
+console format when it is.
+
+Only the sync logging methods are used (``log.info``…): the async ones need asyncio, and the
+daemon's code runs in trio. Context such as ``conn`` or ``peer`` is bound in contextvars at task
+entry. Secrets never reach a log call: a processor drops keys named like credentials as a last
+line of defence.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, Literal
+
+import msgspec
+import structlog
+from structlog.typing import FilteringBoundLogger
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+_SECRET_KEYS = frozenset({"token", "password", "secret", "authorization", "key"})
+_json = msgspec.json.Encoder()
+
+
+def _redact(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    for key in _SECRET_KEYS.intersection(event):
+        event[key] = "[redacted]"
+    return event
+
+
+def _serialise(event: dict[str, Any], **_kw: Any) -> bytes:
+    return _json.encode(
+        {
+            k: v if isinstance(v, (str, int, float, bool, type(None), list, dict)) else str(v)
+            for k, v in event.items()
+        }
+    )
+
+
+def configure(level: str = "info", fmt: Literal["auto", "json", "console"] = "auto") -> None:
+    """Configure structlog for the whole process; safe to call again (reload)."""
+    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _redact,
+    ]
+    if use_json:
+        processors += [
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(serializer=_serialise),
+        ]
+        factory: Any = structlog.BytesLoggerFactory(sys.stderr.buffer)
+    else:
+        processors.append(structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
+        factory = structlog.PrintLoggerFactory(sys.stderr)
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=factory,
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str) -> FilteringBoundLogger:
+    """A logger that carries ``logger=name`` in every line."""
+    logger: FilteringBoundLogger = structlog.get_logger().bind(logger=name)
+    return logger

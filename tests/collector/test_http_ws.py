@@ -1,0 +1,270 @@
+"""The TCP port on real loopback sockets: HTTP routes, WebSocket ingest sessions, error
+boundaries (an injected failure ends one connection, never the server), limits."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import h11
+import msgspec
+import pytest
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    WebSocketConnection,
+    connect_websocket,
+    open_websocket_url,
+)
+
+from collector.http.server import HttpServer, HttpSettings, Response
+from collector.ingest.counters import TransportCounters
+from collector.ingest.websocket import SessionSettings, serve_ingest_session
+from protocol import Frame, Limits, encode_json, encode_msgpack
+from protocol.session import Ack, ErrorReply, SessionMessage, Welcome
+from tests.helpers import hello, rtc, wait_for
+
+replies_json = msgspec.json.Decoder(SessionMessage)
+replies_msgpack = msgspec.msgpack.Decoder(SessionMessage)
+
+
+@dataclass
+class Server:
+    port: int
+    http: HttpServer
+    counters: TransportCounters
+    frames: trio.MemoryReceiveChannel[list[Frame]]
+
+    def url(self, path: str) -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+
+async def _boom(_ws: WebSocketConnection) -> None:
+    raise RuntimeError("injected failure")
+
+
+async def start_server(
+    nursery: trio.Nursery,
+    session: SessionSettings | None = None,
+    http_settings: HttpSettings | None = None,
+) -> Server:
+    counters = TransportCounters()
+    send, receive = trio.open_memory_channel[list[Frame]](100)
+    settings = session or SessionSettings(
+        limits=Limits(max_message_bytes=4096), ack_interval_s=0.05
+    )
+
+    async def ingest(ws: WebSocketConnection) -> None:
+        await serve_ingest_session(ws, send, counters, settings)
+
+    http = HttpServer(
+        http_routes={"/healthz": lambda _r: Response.json(200, {"status": "ok"})},
+        ws_routes={"/ingest": ingest, "/boom": _boom},
+        settings=http_settings or HttpSettings(max_ws_message_bytes=4096, request_timeout_s=2),
+    )
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    await nursery.start(http.serve, listeners)
+    return Server(listeners[0].socket.getsockname()[1], http, counters, receive)
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery) -> Server:
+    return await start_server(nursery)
+
+
+@asynccontextmanager
+async def open_ws(url: str, message_queue_size: int = 16) -> AsyncIterator[WebSocketConnection]:
+    """``open_websocket_url`` that also closes the TCP stream when the *server* closed first
+    (trio-websocket 0.12's client skips that and leaks the socket), and gives up the closing
+    handshake after 2 s instead of 60 (a client that stopped reading never completes it)."""
+    async with open_websocket_url(
+        url, message_queue_size=message_queue_size, disconnect_timeout=2
+    ) as ws:
+        try:
+            yield ws
+        finally:
+            await ws._stream.aclose()
+
+
+async def http_get(port: int, raw_request: bytes) -> tuple[int, bytes]:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(raw_request)
+        data = b""
+        with trio.fail_after(5):
+            while chunk := await stream.receive_some():
+                data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def next_reply(ws: WebSocketConnection) -> SessionMessage:
+    with trio.fail_after(5):
+        message = await ws.get_message()
+    reply: SessionMessage
+    if isinstance(message, str):
+        reply = replies_json.decode(message)
+    else:
+        reply = replies_msgpack.decode(message)
+    return reply
+
+
+async def close_code(ws: WebSocketConnection) -> int:
+    """Read replies until the daemon closes the connection; return the close code."""
+    while True:
+        try:
+            await next_reply(ws)
+        except ConnectionClosed as closed:
+            reason = closed.reason
+            break
+    assert reason is not None
+    code: int = reason.code
+    return code
+
+
+async def test_json_session_welcome_errors_and_acks(server: Server) -> None:
+    async with open_ws(server.url("/ingest")) as ws:
+        await ws.send_message(encode_json(hello()).decode())
+        welcome = await next_reply(ws)
+        assert isinstance(welcome, Welcome)
+        assert welcome.max_message_bytes == 4096
+        batch = b'[%s, {"t":"rtc","m":"m1"}, %s]' % (encode_json(rtc(1)), encode_json(rtc(2)))
+        await ws.send_message(batch.decode())
+        error = await next_reply(ws)
+        assert isinstance(error, ErrorReply)
+        assert (error.msg, error.index, error.reason) == (1, 1, "missing_field")
+        ack = await next_reply(ws)
+        assert ack == Ack(msg=1, accepted=2, rejected=1)
+    frames = server.frames.receive_nowait()
+    assert [getattr(f, "seq", None) for f in frames] == [1, 2]
+    assert server.counters.frames_accepted == 2  # the session's hello is not a data frame
+    assert server.counters.rejected_by_reason == {"missing_field": 1}
+
+
+async def test_msgpack_session_replies_in_msgpack(server: Server) -> None:
+    async with open_ws(server.url("/ingest")) as ws:
+        await ws.send_message(encode_msgpack(hello()))
+        first = await ws.get_message()
+        assert isinstance(first, bytes)
+        for seq in range(1, 4):
+            await ws.send_message(encode_msgpack(rtc(seq)))
+        while (reply := await next_reply(ws)) != Ack(msg=3, accepted=3, rejected=0):
+            assert isinstance(reply, Ack)
+
+
+async def test_first_message_must_be_hello(server: Server) -> None:
+    async with open_ws(server.url("/ingest")) as ws:
+        await ws.send_message(encode_msgpack(rtc(1)))
+        code = await close_code(ws)
+    assert code == 1008
+    assert server.counters.rejected_by_reason == {"not_a_frame": 1}
+
+
+async def test_silent_client_is_closed_after_hello_timeout(nursery: trio.Nursery) -> None:
+    settings = SessionSettings(limits=Limits(), hello_timeout_s=0.2)
+    server = await start_server(nursery, session=settings)
+    async with open_ws(server.url("/ingest")) as ws:
+        code = await close_code(ws)
+    assert code == 1008
+    assert server.counters.rejected_by_reason == {"no_hello": 1}
+
+
+async def test_oversize_message_closes_with_1009_and_is_counted(server: Server) -> None:
+    async with open_ws(server.url("/ingest")) as ws:
+        await ws.send_message(encode_msgpack(hello()))
+        await next_reply(ws)
+        await ws.send_message(b"x" * 5000)
+        code = await close_code(ws)
+    assert code == 1009
+    await wait_for(lambda: bool(server.counters.rejected_by_reason))
+    assert server.counters.rejected_by_reason == {"too_large": 1}
+
+
+async def test_injected_failure_ends_only_its_connection(server: Server) -> None:
+    with pytest.raises(ConnectionClosed):
+        async with open_ws(server.url("/boom")) as ws:
+            await ws.get_message()
+    await wait_for(lambda: server.http.counters.connection_errors == 1)
+    # The server still serves HTTP and WebSocket.
+    status, _ = await http_get(server.port, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+    assert status == 200
+    async with open_ws(server.url("/ingest")) as ws:
+        await ws.send_message(encode_msgpack(hello()))
+        assert isinstance(await next_reply(ws), Welcome)
+
+
+async def test_consumer_failure_closes_the_session_with_1011(server: Server) -> None:
+    await server.frames.aclose()  # the consumer is gone: sending frames now fails
+    async with open_ws(server.url("/ingest")) as ws:
+        await ws.send_message(encode_msgpack(hello()))
+        await next_reply(ws)
+        await ws.send_message(encode_msgpack(rtc(1)))
+        code = await close_code(ws)
+    assert code == 1011
+    await wait_for(lambda: server.http.counters.connection_errors == 1)
+    status, _ = await http_get(server.port, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+    assert status == 200
+
+
+async def test_client_that_stops_reading_is_dropped_by_heartbeat(nursery: trio.Nursery) -> None:
+    settings = SessionSettings(
+        limits=Limits(), ack_interval_s=0.02, heartbeat_interval_s=0.1, heartbeat_timeout_s=0.2
+    )
+    server = await start_server(nursery, session=settings)
+    # A client whose reader stalls never completes a closing handshake either, so it lives in
+    # a nursery this test cancels rather than in open_websocket_url (which would wait 60 s).
+    async with trio.open_nursery() as client:
+        ws = await connect_websocket(
+            client, "127.0.0.1", server.port, "/ingest", use_ssl=False, message_queue_size=1
+        )
+        await ws.send_message(encode_msgpack(hello()))
+        # Keep sending (acks pile up in the client's 1-message queue) and never read again: the
+        # client's reader blocks, pongs stop, the daemon closes the connection.
+        with trio.fail_after(10):
+            while server.http.counters.connections_open:
+                with contextlib.suppress(ConnectionClosed):
+                    await ws.send_message(encode_msgpack(rtc(1)))
+                await trio.sleep(0.02)
+        await ws._stream.aclose()
+        client.cancel_scope.cancel()
+    assert server.http.counters.connection_errors == 0
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n", 200),
+        (b"HEAD /healthz HTTP/1.1\r\nhost: x\r\n\r\n", 200),
+        (b"GET /nope HTTP/1.1\r\nhost: x\r\n\r\n", 404),
+        (b"POST /healthz HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n", 405),
+        (b"GET /ingest HTTP/1.1\r\nhost: x\r\n\r\n", 426),
+        (b"\x00\x01 not http at all\r\n\r\n", 400),
+    ],
+)
+async def test_http_answers(server: Server, request_bytes: bytes, status: int) -> None:
+    got, body = await http_get(server.port, request_bytes)
+    assert got == status
+    if status != 200:
+        assert b"error" in body
+    elif request_bytes.startswith(b"HEAD"):
+        assert body == b""
+
+
+async def test_connections_over_the_limit_get_503(nursery: trio.Nursery) -> None:
+    server = await start_server(nursery, http_settings=HttpSettings(max_connections=1))
+    idle = await trio.open_tcp_stream("127.0.0.1", server.port)
+    async with idle:
+        await wait_for(lambda: server.http.counters.connections_open == 1)
+        status, _ = await http_get(server.port, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+    assert status == 503
+    assert server.http.counters.connections_refused == 1
+
+
+def test_h11_is_the_parser() -> None:
+    # The server's request parsing is h11's; the bound that protects memory is ours.
+    from collector.http import server
+
+    assert server.MAX_REQUEST_HEAD_BYTES <= 64 * 1024
+    assert h11.SERVER is not None

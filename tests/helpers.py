@@ -1,0 +1,72 @@
+"""Shared test helpers: sample frames and free loopback ports."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+
+import trio
+
+from protocol import Event, Hello, HttpSample, RtcSample
+
+
+def rtc(seq: int = 1, meeting: str = "m1", participant: str = "p1") -> RtcSample:
+    return RtcSample(
+        meeting=meeting,
+        participant=participant,
+        connection="pc1",
+        seq=seq,
+        client_ts=1_764_000_000_000.0 + seq,
+        audio_bytes_sent=4_000 * seq,
+        video_bytes_sent=180_000 * seq,
+        rtt_ms=40.0,
+    )
+
+
+def http_sample(seq: int = 1) -> HttpSample:
+    return HttpSample(
+        service="api",
+        instance="web-1",
+        boot="b00t",
+        route="/v1/items",
+        method="GET",
+        seq=seq,
+        client_ts=1_764_000_000_000.0,
+        requests=10 * seq,
+        status=[0, 9 * seq, 0, seq, 0],
+        bytes_in=1_000 * seq,
+        bytes_out=20_000 * seq,
+        latency_hist=[seq] * 12,
+        latency_sum_ms=123.5 * seq,
+    )
+
+
+def event(kind: str = "join") -> Event:
+    return Event(meeting="m1", participant="p1", kind=kind, client_ts=1_764_000_000_000.0)  # type: ignore[arg-type]
+
+
+def hello() -> Hello:
+    return Hello(boot="test-boot", kind="other", agent="tests")
+
+
+async def wait_for(condition: Callable[[], bool], timeout_s: float = 5) -> None:
+    """Wait until ``condition()`` holds (it is set by another task or process); fail after
+    ``timeout_s``."""
+    with trio.fail_after(timeout_s):
+        while not condition():  # noqa: ASYNC110 - the state changes elsewhere; poll it
+            await trio.sleep(0.01)
+
+
+def free_port() -> int:
+    """A port number free for both TCP and UDP on 127.0.0.1 (the daemon uses one of each)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port: int = tcp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free port")

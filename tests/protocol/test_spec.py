@@ -1,0 +1,155 @@
+"""PROTOCOL.md stays complete and its examples stay true of the code."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import msgspec
+import msgspec.inspect as mi
+import pytest
+
+from protocol import (
+    DEFAULT_LIMITS,
+    FRAME_TYPES,
+    HTTP_LATENCY_BOUNDS_MS,
+    REASONS,
+    decode_frame,
+    decode_message,
+    encode_msgpack,
+)
+from protocol.session import SessionMessage
+
+SPEC = (Path(__file__).parents[2] / "protocol" / "PROTOCOL.md").read_text(encoding="utf-8")
+
+
+def section(number: str) -> str:
+    """The text of the section whose heading starts with ``number`` (e.g. "4.3", "6")."""
+    match = re.search(rf"^(#+) {re.escape(number)}[. ].*$", SPEC, flags=re.MULTILINE)
+    assert match, f"no section {number}"
+    level = len(match.group(1))
+    rest = SPEC[match.end() :]
+    end = re.search(rf"^#{{1,{level}}} ", rest, flags=re.MULTILINE)
+    return rest[: end.start()] if end else rest
+
+
+def code_blocks(text: str, info: str) -> list[str]:
+    """Code blocks with the given info string, list-item indentation removed."""
+    blocks = re.findall(rf"^( *)```{info}\n(.*?)^ *```", text, flags=re.MULTILINE | re.DOTALL)
+    return [re.sub(rf"^{indent}", "", body, flags=re.MULTILINE) for indent, body in blocks]
+
+
+FRAME_SECTIONS = {"hello": "4.2", "rtc": "4.3", "http": "4.4", "event": "4.5"}
+
+
+@pytest.mark.parametrize("struct", FRAME_TYPES, ids=lambda s: s.__name__)
+def test_every_wire_key_has_a_table_row(struct: type) -> None:
+    info = mi.type_info(struct)
+    assert isinstance(info, mi.StructType)
+    assert isinstance(info.tag, str)
+    text = section(FRAME_SECTIONS[info.tag])
+    for field in info.fields:
+        row = re.search(rf"^\| `{field.encode_name}` \| {field.name} \|(.*)$", text, re.MULTILINE)
+        assert row, f"{info.tag}.{field.encode_name} ({field.name}) is not documented"
+        requirement = "R" if field.required else "O"
+        assert f"| {requirement} |" in row.group(1), f"{info.tag}.{field.encode_name}"
+
+
+def test_every_reason_code_is_documented() -> None:
+    errors = section("6")
+    for reason in REASONS:
+        assert re.search(rf"^\| `{reason}` \|", errors, re.MULTILINE), reason
+
+
+def test_latency_bounds_match() -> None:
+    row = next(line for line in section("4.1").splitlines() if line.startswith("| latency"))
+    bounds = [int(n) for n in re.findall(r"≤ (\d+)", row)]
+    assert tuple(bounds) == HTTP_LATENCY_BOUNDS_MS
+    assert f"> {HTTP_LATENCY_BOUNDS_MS[-1]}" in row
+
+
+def test_default_limits_are_stated() -> None:
+    limits = section("5")
+    assert (
+        f"{DEFAULT_LIMITS.max_message_bytes:,} bytes and {DEFAULT_LIMITS.max_frames_per_message:,}"
+        in limits
+    )
+
+
+def test_worked_rtc_example_matches_the_encoder() -> None:
+    text = section("10.1")
+    (json_text,) = code_blocks(text, "json")
+    (hex_text,) = code_blocks(text, "text")
+    frame = decode_frame(json_text.strip().encode())
+    assert encode_msgpack(frame) == bytes.fromhex(hex_text)
+    assert f"JSON ({len(json_text.strip())} bytes)" in text
+    assert f"({len(bytes.fromhex(hex_text))} bytes, hex)" in text
+
+
+def test_json_examples_are_valid_messages() -> None:
+    session_decoder = msgspec.json.Decoder(SessionMessage)
+    blocks = code_blocks(SPEC, "json")
+    assert len(blocks) >= 5
+    for block in blocks:
+        data = block.strip().encode()
+        if (
+            data.startswith(b'{"t":"welcome"')
+            or data.startswith(b'{"t":"error"')
+            or (data.startswith(b'{"t":"ack"'))
+        ):
+            session_decoder.decode(data)
+            continue
+        decoded = decode_message(data)
+        assert decoded.errors == [], block
+        assert decoded.frames
+
+
+def test_shell_example_frames_are_valid() -> None:
+    (shell,) = code_blocks(section("10.2"), "sh")
+    lines = re.findall(r"'(\{.*?\})'", shell)
+    assert len(lines) == 3
+    decoded = decode_message("\n".join(lines).encode() + b"\n")
+    assert decoded.errors == []
+    assert len(decoded.frames) == 3
+
+
+def test_session_transcript_is_consistent() -> None:
+    (transcript,) = code_blocks(section("10.4"), "text")
+    session_decoder = msgspec.json.Decoder(SessionMessage)
+    messages: list[str] = []
+    replies: list[str] = []
+    pending = ""
+    for raw in transcript.splitlines():
+        line = re.sub(r"\s+message \d+$", "", raw.rstrip())
+        if line.startswith("→ {") or line.startswith("→ ["):
+            pending = line[2:]
+        elif pending and line.startswith("   "):
+            pending += line.strip()
+        elif line.startswith("← {"):
+            replies.append(line[2:])
+            continue
+        else:
+            continue
+        if pending[0] + pending[-1] in ("{}", "[]"):
+            messages.append(pending)
+            pending = ""
+    hello, *rest = messages
+    assert decode_message(hello.encode()).frames
+    accepted = rejected = 0
+    for number, message in enumerate(rest, start=1):
+        decoded = decode_message(message.encode())
+        accepted += len(decoded.frames)
+        rejected += len(decoded.errors)
+        for error in decoded.errors:
+            expected = {
+                "t": "error",
+                "msg": number,
+                "index": error.index,
+                "reason": error.reason,
+                "detail": error.detail,
+            }
+            assert any(msgspec.json.decode(reply) == expected for reply in replies), expected
+    for reply in replies:
+        session_decoder.decode(reply)
+    ack = msgspec.json.decode(replies[-1])
+    assert ack == {"t": "ack", "msg": len(rest), "accepted": accepted, "rejected": rejected}
