@@ -19,7 +19,12 @@ from dataclasses import dataclass, field
 
 import msgspec
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+from trio_websocket import (
+    ConnectionClosed,
+    HandshakeError,
+    WebSocketConnection,
+    open_websocket_url,
+)
 
 from cli.synthetic import Profile, make_participants, make_routes
 from protocol import Frame, Hello, encode_json, encode_msgpack
@@ -214,7 +219,7 @@ async def _emit_ws(options: EmitOptions, schedule: FrameSchedule, report: EmitRe
             else _replies_msgpack.decode(first)
         )
         if not isinstance(welcome, Welcome):
-            raise RuntimeError(f"expected welcome, got {welcome!r}")
+            raise EmitError(f"expected welcome, got {welcome!r}")
 
         async def send(frames: list[Frame]) -> None:
             for i in range(0, len(frames), options.ws_batch):
@@ -236,13 +241,24 @@ async def _emit_ws(options: EmitOptions, schedule: FrameSchedule, report: EmitRe
             nursery.cancel_scope.cancel()
 
 
+class EmitError(Exception):
+    """The daemon could not be reached or ended the session; the message says which."""
+
+
 async def emit(options: EmitOptions) -> EmitReport:
     """Send synthetic frames for ``options.duration_s`` seconds and report what was sent."""
     schedule = FrameSchedule(options)
     report = EmitReport(transport=options.transport, target_rtc_per_s=round(schedule.rate, 1))
     started = trio.current_time()
     if options.transport == "ws":
-        await _emit_ws(options, schedule, report)
+        url = f"ws://{options.host}:{options.http_port}/ingest"
+        try:
+            await _emit_ws(options, schedule, report)
+        except HandshakeError as exc:
+            cause = exc.__cause__
+            raise EmitError(f"cannot connect to {url}: {cause or 'handshake failed'}") from None
+        except ConnectionClosed as exc:
+            raise EmitError(f"{url} closed the session: {exc.reason}") from None
     else:
         await _emit_udp(options, schedule, report)
     report.elapsed_s = round(trio.current_time() - started, 3)

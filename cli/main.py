@@ -16,7 +16,7 @@ import trio
 import typer
 
 from cli import bench
-from cli.emit import EmitOptions, emit
+from cli.emit import EmitError, EmitOptions, emit
 from cli.synthetic import Profile
 from collector import app as daemon_app
 from collector.config import Config, ConfigError, load
@@ -70,11 +70,23 @@ def serve(
 
     try:
         run_guest(main)
-    except OSError as exc:
-        typer.echo(f"bwmon: cannot listen: {exc.strerror or exc}", err=True)
+    except BaseExceptionGroup as group:
+        # trio nurseries wrap errors in groups; a port that cannot be bound is one clear line.
+        matched, _rest = group.split(daemon_app.ListenError)
+        if matched is None:
+            raise
+        typer.echo(f"bwmon: {_first_leaf(matched)}", err=True)
+        raise typer.Exit(1) from None
+    except daemon_app.ListenError as exc:
+        typer.echo(f"bwmon: {exc}", err=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 @app.command("check-config")
@@ -133,7 +145,7 @@ def emit_command(
     )
     try:
         report = trio.run(emit, options)
-    except OSError as exc:
+    except (OSError, EmitError) as exc:
         typer.echo(f"bwmon emit: {exc}", err=True)
         raise typer.Exit(1) from None
     if as_json:
@@ -144,3 +156,7 @@ def emit_command(
             f"over {report.elapsed_s} s ({report.frames_per_s:.0f} frames/s); "
             f"by kind: {report.frames_by_kind}"
         )
+
+
+if __name__ == "__main__":
+    app()

@@ -37,6 +37,14 @@ log = get_logger("app")
 VERSION = "0.1.0"
 
 
+class ListenError(Exception):
+    """A port could not be bound at start; the message names the transport and address."""
+
+
+def _bind_error(what: str, host: str, port: int, exc: OSError) -> ListenError:
+    return ListenError(f"cannot listen on {what} {host}:{port}: {exc.strerror or exc}")
+
+
 @dataclass(frozen=True, slots=True)
 class Addresses:
     """Where the daemon listens, as bound (port 0 in the config becomes a real port)."""
@@ -138,10 +146,17 @@ class Daemon:
         server, ingest = self.config.server, self.config.ingest
         frames_in, frames_out = trio.open_memory_channel[list[Frame]](ingest.queue_batches)
         self._frames_in = frames_in
-        self._udp_sock = open_udp_socket(
-            server.host, server.udp_port, ingest.udp_receive_buffer_bytes
-        )
-        listeners = await trio.open_tcp_listeners(server.http_port, host=server.host)
+        try:
+            self._udp_sock = open_udp_socket(
+                server.host, server.udp_port, ingest.udp_receive_buffer_bytes
+            )
+        except OSError as exc:
+            raise _bind_error("UDP", server.host, server.udp_port, exc) from None
+        try:
+            listeners = await trio.open_tcp_listeners(server.http_port, host=server.host)
+        except OSError as exc:
+            self._udp_sock.close()
+            raise _bind_error("TCP", server.host, server.http_port, exc) from None
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.consumer.consume, frames_out)

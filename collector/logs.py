@@ -69,6 +69,8 @@ def configure(level: str = "info", fmt: Literal["auto", "json", "console"] = "au
 
 
 def get_logger(name: str) -> FilteringBoundLogger:
-    """A logger that carries ``logger=name`` in every line."""
-    logger: FilteringBoundLogger = structlog.get_logger().bind(logger=name)
+    """A logger that carries ``component=name`` in every line."""
+    # A lazy proxy: it reads the configuration at each call, so module-level loggers created
+    # at import time follow ``configure`` (a bound logger made at import would not).
+    logger: FilteringBoundLogger = structlog.get_logger(component=name)
     return logger

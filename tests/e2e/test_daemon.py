@@ -1,0 +1,191 @@
+"""The real daemon as a process on loopback: ``bwmon serve`` fed by ``bwmon emit`` over UDP and
+WebSocket at once, then hostile input; ``/healthz`` must count exactly what was sent and every
+rejection by its reason, and SIGTERM must stop the daemon cleanly."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import trio
+from trio_websocket import open_websocket_url
+
+from cli.daemon_process import DaemonProcess, start_daemon
+from protocol import encode_json, encode_msgpack
+from protocol.session import ErrorReply, SessionMessage, Welcome
+from tests.helpers import event, hello, http_sample, rtc
+
+pytestmark = pytest.mark.e2e
+
+EMIT_SECONDS = 10
+MAX_DATAGRAM = 4096
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
+    config = tmp_path / "collector.toml"
+    config.write_text(f"[ingest]\nmax_datagram_bytes = {MAX_DATAGRAM}\nack_interval_s = 0.2\n")
+    process = start_daemon(tmp_path / "daemon.log", ["--config", str(config)])
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def emit(daemon: DaemonProcess, transport: str, *args: str) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "cli.main", "emit", "--json", "--transport", transport]
+    command += ["--udp-port", str(daemon.udp_port), "--http-port", str(daemon.http_port)]
+    command += ["--duration", str(EMIT_SECONDS), *args]
+    return subprocess.Popen(command, stdout=subprocess.PIPE)
+
+
+def report(process: subprocess.Popen[bytes]) -> dict[str, Any]:
+    out, _ = process.communicate(timeout=EMIT_SECONDS + 30)
+    assert process.returncode == 0
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+def settled_health(daemon: DaemonProcess) -> dict[str, Any]:
+    """``/healthz`` once the daemon has read everything already sent to it."""
+    last = daemon.health()
+    for _ in range(50):
+        time.sleep(0.1)
+        now = daemon.health()
+        if now["ingest"] == last["ingest"]:
+            return now
+        last = now
+    return last
+
+
+def test_every_emitted_frame_is_counted_over_udp_and_websocket(daemon: DaemonProcess) -> None:
+    udp = emit(daemon, "udp", "--rate", "2000", "--meetings", "20")
+    ws = emit(daemon, "ws", "--rate", "2000", "--meetings", "20", "--encoding", "json")
+    udp_report, ws_report = report(udp), report(ws)
+    health = settled_health(daemon)
+    counted_udp, counted_ws = health["ingest"]["udp"], health["ingest"]["websocket"]
+    # Tens of thousands of frames each, every one of them counted, none rejected.
+    assert udp_report["frames_sent"] > 15_000
+    assert ws_report["frames_sent"] > 15_000
+    assert counted_udp["frames_accepted"] == udp_report["frames_sent"]
+    assert counted_udp["messages"] == udp_report["messages_sent"]
+    assert counted_ws["frames_accepted"] == ws_report["frames_sent"]
+    assert ws_report["acked_accepted"] == ws_report["frames_sent"]
+    assert counted_udp["frames_rejected"] == counted_ws["frames_rejected"] == 0
+    assert counted_udp["kernel_drops"] == counted_udp["queue_full_frames"] == 0
+    by_kind = health["consumer"]["frames_by_kind"]
+    assert sum(by_kind.values()) == udp_report["frames_sent"] + ws_report["frames_sent"]
+    for kind in ("rtc", "http", "event"):
+        assert (
+            by_kind[kind] == udp_report["frames_by_kind"][kind] + ws_report["frames_by_kind"][kind]
+        )
+
+
+BAD_DATAGRAMS: list[tuple[bytes, dict[str, int], int]] = [
+    # (datagram, rejections by reason, good frames in it)
+    (b"\xc1\xc1 garbage", {"malformed": 1}, 0),
+    (b"x" * (MAX_DATAGRAM + 1), {"too_large": 1}, 0),
+    (b'{"t":"video","m":"m1"}', {"unknown_tag": 1}, 0),
+    (encode_json(rtc(1)).replace(b'"q":1', b'"q":"one"'), {"wrong_type": 1}, 0),
+    (b'{"t":"rtc","m":"m1","p":"p1"}', {"missing_field": 1}, 0),
+    (b"", {"empty": 1}, 0),
+    # A batch with one bad frame among good ones: the good ones are accepted.
+    (
+        b"[%s,%s,%s]" % (encode_json(rtc(2)), b'{"t":"rtc"}', encode_json(http_sample())),
+        {"missing_field": 1},
+        2,
+    ),
+    (encode_msgpack([rtc(3), event()]), {}, 2),
+]
+
+
+def test_bad_udp_input_is_counted_by_reason_and_good_frames_survive(
+    daemon: DaemonProcess,
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect(("127.0.0.1", daemon.udp_port))
+        for datagram, _, _ in BAD_DATAGRAMS:
+            sock.send(datagram)
+    expected: dict[str, int] = {}
+    for _, reasons, _ in BAD_DATAGRAMS:
+        for reason, count in reasons.items():
+            expected[reason] = expected.get(reason, 0) + count
+    counted = settled_health(daemon)["ingest"]["udp"]
+    assert counted["rejected_by_reason"] == dict(sorted(expected.items()))
+    assert counted["frames_rejected"] == sum(expected.values())
+    assert counted["frames_accepted"] == sum(good for _, _, good in BAD_DATAGRAMS)
+    assert counted["messages"] == len(BAD_DATAGRAMS)
+    assert daemon.process.poll() is None
+
+
+_replies = msgspec.json.Decoder(SessionMessage)
+
+
+async def _bad_ws_session(port: int) -> list[SessionMessage]:
+    replies: list[SessionMessage] = []
+    async with open_websocket_url(f"ws://127.0.0.1:{port}/ingest") as ws:
+        await ws.send_message(encode_json(hello()).decode())
+        welcome = _replies.decode(await ws.get_message())
+        assert isinstance(welcome, Welcome)
+        for datagram, _, _ in BAD_DATAGRAMS[:-1]:
+            if len(datagram) <= MAX_DATAGRAM and datagram:
+                await ws.send_message(datagram)
+        with trio.fail_after(10):
+            while len([r for r in replies if isinstance(r, ErrorReply)]) < 5:
+                replies.append(_replies.decode(await ws.get_message()))
+    return replies
+
+
+def test_bad_websocket_input_gets_error_replies_and_is_counted(daemon: DaemonProcess) -> None:
+    replies = trio.run(_bad_ws_session, daemon.http_port)
+    errors = sorted(r.reason for r in replies if isinstance(r, ErrorReply))
+    assert errors == ["malformed", "missing_field", "missing_field", "unknown_tag", "wrong_type"]
+    counted = settled_health(daemon)["ingest"]["websocket"]
+    assert counted["rejected_by_reason"] == {
+        "malformed": 1,
+        "missing_field": 2,
+        "unknown_tag": 1,
+        "wrong_type": 1,
+    }
+    assert counted["frames_accepted"] == 2
+
+
+def test_sigterm_stops_the_daemon_cleanly(daemon: DaemonProcess) -> None:
+    assert daemon.stop() == 0
+    events = [e["event"] for e in daemon.log_events()]
+    assert events[-2:] == ["stopping", "stopped"]
+
+
+def test_bench_ingest_prints_the_figures_the_issue_names() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.main", "bench", "ingest", "--json", "--quick"],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    figures = json.loads(result.stdout)
+    for key in (
+        "udp_frames_per_s",
+        "udp_loss_fraction",
+        "ws_frames_per_s",
+        "decode_ceiling_frames_per_s",
+        "ratio_to_ceiling",
+    ):
+        assert figures[key] >= 0, key
+    assert figures["target_udp_frames_per_s"] == 150_000
+    assert figures["udp_frames_per_s"] > 0
+    assert figures["ws_frames_per_s"] > 0
+    assert figures["udp_loss_fraction"] < 0.001
+    assert figures["ratio_to_ceiling"] == pytest.approx(
+        figures["udp_frames_per_s"] / figures["decode_ceiling_frames_per_s"], abs=0.001
+    )
+    for step in figures["udp"]["steps"]:
+        assert step["accepted_frames"] <= step["sent_frames"]

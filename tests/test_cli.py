@@ -1,0 +1,87 @@
+"""The ``bwmon`` command as a user runs it: exit codes and messages."""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cli.synthetic import Profile, make_participants, make_routes
+from protocol import decode_message, encode_msgpack
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bwmon(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_check_config_accepts_the_example_and_prints_it() -> None:
+    result = bwmon("check-config", str(ROOT / "collector.toml.example"))
+    assert result.returncode == 0
+    assert json.loads(result.stdout)["server"]["udp_port"] == 8470
+    assert "ok" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[server]\nudp_port = 70000\n", "server.udp_port = 70000: expected int <= 65535"),
+        ("[server]\nprot = 1\n", "unknown key 'server.prot'"),
+        ("[server\n", "not valid TOML"),
+    ],
+)
+def test_check_config_names_the_problem_and_exits_2(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "collector.toml"
+    path.write_text(text)
+    result = bwmon("check-config", str(path))
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_on_a_busy_port_exits_1_with_one_line() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        port = busy.getsockname()[1]
+        result = bwmon("serve", "--udp-port", str(port), "--http-port", "0")
+    assert result.returncode == 1
+    assert "cannot listen" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_emit_to_nobody_over_websocket_fails_cleanly() -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    result = bwmon("emit", "--transport", "ws", "--http-port", str(port), "--duration", "1")
+    assert result.returncode == 1
+    assert "bwmon emit:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_synthetic_samples_are_valid_frames_with_rising_counters() -> None:
+    participant = make_participants(1, 1, Profile())[0]
+    first, second = participant.sample(1_000.0, 1.0), participant.sample(2_000.0, 1.0)
+    for frame in (first, second):
+        decoded = decode_message(encode_msgpack(frame))
+        assert decoded.errors == []
+    assert second.seq == first.seq + 1
+    assert second.video_bytes_sent > first.video_bytes_sent  # type: ignore[operator]
+    assert second.audio_packets_received > first.audio_packets_received  # type: ignore[operator]
+    route = make_routes(1, Profile())[0]
+    sample = route.sample(1_000.0, 1.0, random.Random(1), "svc", "inst")
+    assert decode_message(encode_msgpack(sample)).errors == []
