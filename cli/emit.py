@@ -16,6 +16,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import msgspec
 import trio
@@ -30,6 +31,8 @@ from cli.synthetic import Profile, make_participants, make_routes
 from protocol import Frame, Hello, encode_json, encode_msgpack
 from protocol.emitter import pack, pack_json
 from protocol.session import Ack, ErrorReply, SessionMessage, Welcome
+
+T = TypeVar("T")
 
 SLICE_S = 0.005
 MAX_JOINS_PER_SLICE = 2_000
@@ -51,6 +54,9 @@ class EmitOptions:
     joins: bool = True
     budget: int = 1200  # bytes per UDP datagram
     ws_batch: int = 50  # frames per WebSocket message
+    # > 0: encode this many rtc frames once and send them round and round (the daemon counts
+    # them the same; only seq numbers repeat): load beyond what live generation reaches.
+    replay: int = 0
     profile: Profile = field(default_factory=Profile)
 
 
@@ -115,6 +121,43 @@ class FrameSchedule:
         return frames
 
 
+class ReplayPool:
+    """Pre-encoded messages sent round and round at the schedule's rtc rate."""
+
+    def __init__(self, messages: list[tuple[bytes, int]], rate: float) -> None:
+        self.messages = messages
+        self.rate = rate
+        self._sent = 0
+        self._next = 0
+
+    def due(self, elapsed: float) -> list[tuple[bytes, int]]:
+        due: list[tuple[bytes, int]] = []
+        # As in FrameSchedule: a sender that fell behind catches up by a few slices at most.
+        want = min(int(self.rate * elapsed), self._sent + max(1, int(self.rate * SLICE_S * 4)))
+        messages, n = self.messages, len(self.messages)
+        while self._sent < want:
+            message = messages[self._next]
+            due.append(message)
+            self._sent += message[1]
+            self._next = self._next + 1 if self._next + 1 < n else 0
+        return due
+
+
+def replay_frames(options: EmitOptions) -> list[Frame]:
+    """The ``rtc`` frames a replay sends round and round: the participants in turn."""
+    participants = make_participants(options.meetings, options.participants, options.profile)
+    if not participants:
+        return []
+    now_ms = _now_ms()
+    cycle = itertools.cycle(participants)
+    return [next(cycle).sample(now_ms + i, options.interval_s) for i in range(options.replay)]
+
+
+def replay_datagrams(options: EmitOptions) -> list[tuple[bytes, int]]:
+    """The datagrams of a UDP replay, packed under ``options.budget`` as live sends are."""
+    return list(_datagrams(replay_frames(options), options))
+
+
 def _now_ms() -> float:
     return time.time() * 1000
 
@@ -127,6 +170,15 @@ def _count(report: EmitReport, frames: list[Frame]) -> None:
     report.frames_sent += len(frames)
 
 
+def _as_bytes(message: str | bytes) -> bytes:
+    return message.encode() if isinstance(message, str) else message
+
+
+def _count_replayed(report: EmitReport, frames: int) -> None:
+    report.frames_by_kind["rtc"] = report.frames_by_kind.get("rtc", 0) + frames
+    report.frames_sent += frames
+
+
 def _datagrams(frames: list[Frame], options: EmitOptions) -> Iterator[tuple[bytes, int]]:
     if options.encoding == "json":
         return pack_json((encode_json(f) for f in frames), options.budget)
@@ -134,18 +186,33 @@ def _datagrams(frames: list[Frame], options: EmitOptions) -> Iterator[tuple[byte
 
 
 async def _paced(
-    options: EmitOptions, schedule: FrameSchedule, send: Callable[[list[Frame]], Awaitable[None]]
+    duration_s: float, due: Callable[[float], list[T]], send: Callable[[list[T]], Awaitable[None]]
 ) -> None:
-    """Call ``send`` with the frames due, every slice, for the run's duration."""
+    """Every slice, call ``send`` with what ``due`` says is due, for ``duration_s``."""
     start = trio.current_time()
-    deadline = start + options.duration_s
+    deadline = start + duration_s
     tick = start
     while (now := trio.current_time()) < deadline:
-        frames = schedule.due(now - start)
-        if frames:
-            await send(frames)
+        items = due(now - start)
+        if items:
+            await send(items)
         tick = max(tick + SLICE_S, now)
         await trio.sleep_until(tick)
+
+
+async def _send_datagram(sock: socket.socket, datagram: bytes, report: EmitReport) -> bool:
+    """Send one datagram, waiting for room in the socket buffer; False if it was refused."""
+    while True:
+        try:
+            sock.send(datagram)
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+            continue
+        except ConnectionRefusedError:
+            report.send_errors += 1
+            return False
+        report.messages_sent += 1
+        return True
 
 
 async def _emit_udp(options: EmitOptions, schedule: FrameSchedule, report: EmitReport) -> None:
@@ -159,22 +226,21 @@ async def _emit_udp(options: EmitOptions, schedule: FrameSchedule, report: EmitR
             sent: list[Frame] = []
             position = 0
             for datagram, count in _datagrams(frames, options):
-                while True:
-                    try:
-                        sock.send(datagram)
-                    except BlockingIOError:
-                        await trio.lowlevel.wait_writable(sock)
-                        continue
-                    except ConnectionRefusedError:
-                        report.send_errors += 1
-                    else:
-                        report.messages_sent += 1
-                        sent += frames[position : position + count]
-                    break
+                if await _send_datagram(sock, datagram, report):
+                    sent += frames[position : position + count]
                 position += count
             _count(report, sent)
 
-        await _paced(options, schedule, send)
+        async def send_replayed(datagrams: list[tuple[bytes, int]]) -> None:
+            for datagram, count in datagrams:
+                if await _send_datagram(sock, datagram, report):
+                    _count_replayed(report, count)
+
+        if options.replay:
+            pool = ReplayPool(replay_datagrams(options), schedule.rate)
+            await _paced(options.duration_s, pool.due, send_replayed)
+        else:
+            await _paced(options.duration_s, schedule.due, send)
 
 
 _replies_json = msgspec.json.Decoder(SessionMessage)
@@ -221,18 +287,34 @@ async def _emit_ws(options: EmitOptions, schedule: FrameSchedule, report: EmitRe
         if not isinstance(welcome, Welcome):
             raise EmitError(f"expected welcome, got {welcome!r}")
 
+        def encode(batch: list[Frame]) -> str | bytes:
+            return encode_json(batch).decode() if text else encode_msgpack(batch)
+
         async def send(frames: list[Frame]) -> None:
             for i in range(0, len(frames), options.ws_batch):
                 batch = frames[i : i + options.ws_batch]
-                await ws.send_message(
-                    encode_json(batch).decode() if text else encode_msgpack(batch)
-                )
+                await ws.send_message(encode(batch))
                 report.messages_sent += 1
                 _count(report, batch)
 
+        async def send_replayed(messages: list[tuple[bytes, int]]) -> None:
+            for message, count in messages:
+                await ws.send_message(message.decode() if text else message)
+                report.messages_sent += 1
+                _count_replayed(report, count)
+
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_read_replies, ws, report)
-            await _paced(options, schedule, send)
+            if options.replay:
+                frames = replay_frames(options)
+                batches = [
+                    frames[i : i + options.ws_batch]
+                    for i in range(0, len(frames), options.ws_batch)
+                ]
+                pool = ReplayPool([(_as_bytes(encode(b)), len(b)) for b in batches], schedule.rate)
+                await _paced(options.duration_s, pool.due, send_replayed)
+            else:
+                await _paced(options.duration_s, schedule.due, send)
             # Wait for the ack of the last message, so that the report says what was processed.
             with trio.move_on_after(welcome.ack_interval_s * 3 + 5):
                 # Acks arrive on the reader task; polling one counter is the simplest wait.

@@ -117,6 +117,14 @@ def emit_command(
     relay_share: Annotated[float, typer.Option(min=0, max=1)] = 0.1,
     budget: Annotated[int, typer.Option(min=64, max=65507, help="bytes per datagram")] = 1200,
     ws_batch: Annotated[int, typer.Option(min=1, help="frames per WebSocket message")] = 50,
+    replay: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="encode this many rtc frames once and resend them round and round "
+            "(rtc only; for load beyond what live generation reaches)",
+        ),
+    ] = 0,
     seed: Annotated[int, typer.Option()] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
@@ -139,6 +147,7 @@ def emit_command(
         joins=joins,
         budget=budget,
         ws_batch=ws_batch,
+        replay=replay,
         profile=Profile(
             loss=loss, jitter_ms=jitter_ms, rtt_ms=rtt_ms, relay_share=relay_share, seed=seed
         ),

@@ -40,10 +40,12 @@ def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
         process.stop()
 
 
-def emit(daemon: DaemonProcess, transport: str, *args: str) -> subprocess.Popen[bytes]:
+def emit(
+    daemon: DaemonProcess, transport: str, *args: str, seconds: float = EMIT_SECONDS
+) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "cli.main", "emit", "--json", "--transport", transport]
     command += ["--udp-port", str(daemon.udp_port), "--http-port", str(daemon.http_port)]
-    command += ["--duration", str(EMIT_SECONDS), *args]
+    command += ["--duration", str(seconds), *args]
     return subprocess.Popen(command, stdout=subprocess.PIPE)
 
 
@@ -87,6 +89,17 @@ def test_every_emitted_frame_is_counted_over_udp_and_websocket(daemon: DaemonPro
         assert (
             by_kind[kind] == udp_report["frames_by_kind"][kind] + ws_report["frames_by_kind"][kind]
         )
+
+
+def test_replayed_frames_are_counted_like_live_ones(daemon: DaemonProcess) -> None:
+    replay = ["--replay", "500", "--rate", "20000"]
+    udp_report = report(emit(daemon, "udp", *replay, seconds=2))
+    ws_report = report(emit(daemon, "ws", *replay, seconds=2))
+    counted = settled_health(daemon)["ingest"]
+    assert udp_report["frames_by_kind"] == {"rtc": udp_report["frames_sent"]}
+    assert udp_report["frames_sent"] > 20_000
+    assert counted["udp"]["frames_accepted"] == udp_report["frames_sent"]
+    assert counted["websocket"]["frames_accepted"] == ws_report["frames_sent"] > 20_000
 
 
 BAD_DATAGRAMS: list[tuple[bytes, dict[str, int], int]] = [
