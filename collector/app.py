@@ -1,8 +1,9 @@
 """The root of the daemon: binds the sockets, starts every service in one nursery, stops them.
 
-Startup order, visible here and nowhere else: the frame consumer, then UDP ingest, then the TCP
-port (HTTP + WebSocket). ``serve`` reports readiness through ``task_status`` with the bound
-addresses once all of them accept traffic. Signals: SIGTERM and SIGINT stop the daemon.
+Startup order, visible here and nowhere else: the frame consumer and its ticker (the aggregation
+engine), then UDP ingest, then the TCP port (HTTP + WebSocket). ``serve`` reports readiness
+through ``task_status`` with the bound addresses once all of them accept traffic. Signals:
+SIGTERM and SIGINT stop the daemon.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import h11
 import trio
 from trio_websocket import WebSocketConnection
 
+from collector.aggregate.engine import Engine
 from collector.config import Config
+from collector.consumer import FrameConsumer
 from collector.http.server import HttpServer, HttpSettings, Response
 from collector.ingest.counters import TransportCounters
 from collector.ingest.udp import (
@@ -53,31 +56,6 @@ class Addresses:
     http: tuple[str, int]
 
 
-class FrameCounter:
-    """The consumer of decoded frames: counts them by kind.
-
-    Stands where the aggregator goes (next issue); it never blocks ingest, the queue does.
-    """
-
-    def __init__(self) -> None:
-        self.batches = 0
-        self.frames_by_kind: dict[str, int] = {}
-
-    async def consume(
-        self,
-        frames: trio.MemoryReceiveChannel[list[Frame]],
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        task_status.started()
-        by_kind = self.frames_by_kind
-        async for batch in frames:
-            self.batches += 1
-            for frame in batch:
-                kind = str(frame.__struct_config__.tag)
-                by_kind[kind] = by_kind.get(kind, 0) + 1
-
-
 class Daemon:
     """Everything one running daemon holds; built from a Config, run by ``serve``."""
 
@@ -87,7 +65,8 @@ class Daemon:
         self.started = time.monotonic()
         self.udp_counters = TransportCounters()
         self.ws_counters = TransportCounters()
-        self.consumer = FrameCounter()
+        self.engine = Engine(config.aggregate, config.alerts.effective_rules())
+        self.consumer = FrameConsumer(self.engine)
         ingest = config.ingest
         self.udp_limits = Limits(
             max_message_bytes=ingest.max_datagram_bytes,
@@ -130,10 +109,8 @@ class Daemon:
             "version": VERSION,
             "uptime_s": round(time.monotonic() - self.started, 3),
             "ingest": {"udp": udp, "websocket": self.ws_counters.as_dict()},
-            "consumer": {
-                "batches": self.consumer.batches,
-                "frames_by_kind": dict(sorted(self.consumer.frames_by_kind.items())),
-            },
+            "consumer": self.consumer.health(),
+            "aggregate": self.engine.stats(),
             "http": self.http.counters.as_dict(),
         }
 
@@ -160,6 +137,7 @@ class Daemon:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.consumer.consume, frames_out)
+                await nursery.start(self.consumer.tick)
                 await nursery.start(
                     serve_udp,
                     self._udp_sock,

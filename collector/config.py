@@ -17,6 +17,9 @@ import msgspec
 import msgspec.inspect
 from msgspec import Meta
 
+from collector.aggregate.alerts import DEFAULT_RULES, AlertRule
+from collector.aggregate.settings import AggregateSettings
+
 Port = Annotated[int, Meta(ge=0, le=65535)]
 PositiveSeconds = Annotated[float, Meta(gt=0, le=86_400)]
 
@@ -52,9 +55,24 @@ class LogConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+class AlertsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    use_default_rules: bool = True
+    rules: list[AlertRule] = msgspec.field(default_factory=list)
+
+    def effective_rules(self) -> list[AlertRule]:
+        """The rules in force: the defaults (unless turned off), where a configured rule of the
+        same name replaces a default one, then the other configured rules."""
+        configured = {rule.name: rule for rule in self.rules}
+        defaults = list(DEFAULT_RULES) if self.use_default_rules else []
+        merged = [configured.pop(rule.name, rule) for rule in defaults]
+        return merged + list(configured.values())
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     ingest: IngestConfig = msgspec.field(default_factory=IngestConfig)
+    aggregate: AggregateSettings = msgspec.field(default_factory=AggregateSettings)
+    alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
 
 

@@ -41,7 +41,12 @@ def test_reference_documents_every_key_with_its_default() -> None:
     for section, values in defaults_as_dict().items():
         table = text.split(f"## `[{section}]`", 1)[1].split("\n## ", 1)[0]
         for key, default in values.items():
-            shown = f'"{default}"' if isinstance(default, str) else str(default)
+            if isinstance(default, bool):
+                shown = str(default).lower()
+            elif isinstance(default, str):
+                shown = f'"{default}"'
+            else:
+                shown = str(default)
             assert f"| `{key}` | `{shown}` |" in table, f"{section}.{key} = {shown}"
 
 
@@ -59,7 +64,10 @@ def test_example_has_a_comment_for_every_key() -> None:
         ({"server": {"udp_port": "x"}}, "server.udp_port = 'x': expected int, got str"),
         ({"server": {"udp_port": 70000}}, "server.udp_port = 70000: expected int <= 65535"),
         ({"server": {"prot": 1}}, "unknown key 'server.prot'; expected one of: host,"),
-        ({"sever": {}}, "unknown key 'sever'; expected one of: ingest, log, server"),
+        (
+            {"sever": {}},
+            "unknown key 'sever'; expected one of: aggregate, alerts, ingest, log, server",
+        ),
         ({"log": {"level": "loud"}}, "log.level = 'loud': expected one of: 'debug'"),
         ({"ingest": {"ack_interval_s": 0}}, "ingest.ack_interval_s = 0: expected float > 0.0"),
         ({"ingest": {"max_datagram_bytes": 70000}}, "ingest.max_datagram_bytes = 70000"),
@@ -94,3 +102,22 @@ def test_partial_file_keeps_other_defaults(tmp_path: Path) -> None:
     assert config.server.udp_port == 9999
     assert config.server.http_port == 8470
     assert config.log.format == "json"
+
+
+def test_alert_rules_from_the_file_replace_and_extend_the_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "collector.toml"
+    path.write_text(
+        "[[alerts.rules]]\nname = 'high_rtt'\nmetric = 'rtt_ms'\n"
+        "raise_threshold = 250.0\nclear_threshold = 200.0\n"
+        "[[alerts.rules]]\nname = 'mine'\nmetric = 'jitter_ms'\n"
+        "raise_threshold = 50.0\nclear_threshold = 40.0\nscope = 'participant'\n"
+    )
+    rules = {rule.name: rule for rule in load(path).alerts.effective_rules()}
+    assert rules["high_rtt"].raise_threshold == 250.0
+    assert rules["mine"].metric == "jitter_ms"
+    assert "low_mos" in rules
+    path.write_text("[alerts]\nuse_default_rules = false\n")
+    assert load(path).alerts.effective_rules() == []
+    path.write_text("[[alerts.rules]]\nname = 'x'\nmetric = 'm'\nraise_threshold = 1.0\n")
+    with pytest.raises(ConfigError, match="clear_threshold"):
+        load(path)

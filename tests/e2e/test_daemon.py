@@ -202,3 +202,37 @@ def test_bench_ingest_prints_the_figures_the_issue_names() -> None:
     )
     for step in figures["udp"]["steps"]:
         assert step["accepted_frames"] <= step["sent_frames"]
+
+
+def test_healthz_shows_live_meetings_and_participants_while_emit_runs(
+    daemon: DaemonProcess,
+) -> None:
+    sender = emit(daemon, "udp", "--meetings", "7", "--participants", "3", seconds=4)
+    seen: list[tuple[int, int]] = []
+    deadline = time.monotonic() + 10
+    while sender.poll() is None and time.monotonic() < deadline:
+        live = daemon.health()["aggregate"]
+        seen.append((live["meetings"], live["participants"]))
+        time.sleep(0.2)
+    report(sender)
+    assert (7, 21) in seen
+    live = daemon.health()["aggregate"]
+    assert live["rtc_streams"] == 21
+    assert live["http_routes"] == 4
+    assert live["refused_by_reason"] == {}
+
+
+def test_bench_aggregate_prints_its_figures() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.main", "bench", "aggregate", "--json", "--quick"],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    figures = json.loads(result.stdout)
+    assert figures["target_frames_per_s"] == 100_000
+    assert figures["target_bytes_per_stream"] == 4096
+    assert figures["frames_per_s"] > 0
+    assert 0 < figures["ratio_to_ceiling"] < 1
+    assert set(figures["bytes_per_stream"]) == {"1000", "5000"}
+    assert all(0 < size < 64_000 for size in figures["bytes_per_stream"].values())

@@ -1,0 +1,581 @@
+"""The aggregation engine: decoded frames in; live state, minute rows, events and alerts out.
+
+``add(frames, now)`` is the per-frame path and does only counter arithmetic (``RtcStream``,
+``HttpRoute``); ``tick(now)``, once per bucket (1 s), derives the interval's rates, MOS, video
+score and quality for the streams that received samples, writes the live rings, runs the
+lifecycle (silence, meeting end), closes minutes and evaluates alerts. What it produces waits in
+``output`` until the daemon drains it (storage and fan-out, later issues).
+
+Lifecycle: a participant joins on its first frame or a ``join`` event and leaves on ``leave``
+or after ``participant_timeout_s`` without a sample; a meeting ends once it has had no
+participant for ``meeting_end_after_s`` and then yields a ``MeetingSummary``.
+
+Cardinality guard: a frame that would open a meeting, participant, connection or HTTP route
+over its cap is refused and counted by reason; nothing live is ever evicted to make room.
+
+Pure: no I/O and no clock reads; every method takes the daemon's time. Never awaits anything.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgspec
+
+from collector.aggregate import quality as q
+from collector.aggregate.alerts import DEFAULT_RULES, AlertEngine, AlertEvent, AlertRule
+from collector.aggregate.http import BYTES_IN, BYTES_OUT, HIST, REQUESTS, STATUS, HttpMinuteRow
+from collector.aggregate.http import HttpRoute as HttpRouteState
+from collector.aggregate.percentiles import latency_summary
+from collector.aggregate.rtc import C, RtcMinuteRow, RtcStream
+from collector.aggregate.settings import AggregateSettings
+from protocol import Event, Frame, HttpSample, RtcSample
+
+AUDIO_BYTES_RECEIVED = C["audio_bytes_received"]
+AUDIO_BYTES_SENT = C["audio_bytes_sent"]
+AUDIO_PACKETS_LOST = C["audio_packets_lost"]
+AUDIO_PACKETS_RECEIVED = C["audio_packets_received"]
+AUDIO_PACKETS_SENT = C["audio_packets_sent"]
+AUDIO_REMOTE_PACKETS_LOST = C["audio_remote_packets_lost"]
+FREEZE_DURATION_S = C["freeze_duration_s"]
+JITTER_BUFFER_DELAY_S = C["jitter_buffer_delay_s"]
+JITTER_BUFFER_EMITTED = C["jitter_buffer_emitted"]
+VIDEO_BYTES_RECEIVED = C["video_bytes_received"]
+VIDEO_BYTES_SENT = C["video_bytes_sent"]
+VIDEO_PACKETS_LOST = C["video_packets_lost"]
+VIDEO_PACKETS_RECEIVED = C["video_packets_received"]
+VIDEO_PACKETS_SENT = C["video_packets_sent"]
+VIDEO_REMOTE_PACKETS_LOST = C["video_remote_packets_lost"]
+
+LifecycleKind = Literal[
+    "meeting_started", "meeting_ended", "joined", "left", "relay_changed", "client_event"
+]
+
+
+class LifecycleEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    kind: LifecycleKind
+    meeting: str
+    participant: str | None = None
+    connection: str | None = None
+    at: float
+    detail: str | None = None  # why (leave, silence, first_frame…), the relay state, the event
+
+
+class MeetingSummary(msgspec.Struct, frozen=True, kw_only=True):
+    meeting: str
+    started_at: float
+    ended_at: float
+    peak_participants: int
+    bytes_up: float
+    bytes_down: float
+    relayed_bytes: float
+    relay_cost: float
+    relayed_bytes_by_turn_server: dict[str, float]
+    quality_avg: float | None
+    quality_worst: float | None
+    seconds_by_level: dict[str, float]
+
+
+@dataclass(slots=True)
+class Participant:
+    meeting: str
+    participant: str
+    joined_at: float
+    streams: dict[str, RtcStream] = field(default_factory=dict)
+    quality: float | None = None
+    level: str | None = None
+    reasons: tuple[str, ...] = ()
+    relayed_bytes: float = 0.0
+
+
+@dataclass
+class Meeting:
+    meeting: str
+    started_at: float
+    participants: dict[str, Participant] = field(default_factory=dict)
+    peak_participants: int = 0
+    empty_since: float | None = None
+    bytes_up: float = 0.0
+    bytes_down: float = 0.0
+    relayed_by_server: dict[str, float] = field(default_factory=dict)
+    quality_sum: float = 0.0
+    quality_count: int = 0
+    quality_worst: float | None = None
+    seconds_by_level: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def relayed_bytes(self) -> float:
+        return sum(self.relayed_by_server.values())
+
+
+@dataclass
+class Output:
+    """What the engine produced since the last drain."""
+
+    rtc_rows: list[RtcMinuteRow] = field(default_factory=list)
+    http_rows: list[HttpMinuteRow] = field(default_factory=list)
+    events: list[LifecycleEvent] = field(default_factory=list)
+    alerts: list[AlertEvent] = field(default_factory=list)
+    summaries: list[MeetingSummary] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Interval:
+    """Values derived for one stream over one tick interval (None: not measured)."""
+
+    send_bps: float
+    recv_bps: float
+    audio_recv_bps: float
+    video_recv_bps: float
+    loss_down: float | None
+    loss_up: float | None
+    jitter_buffer_ms: float | None
+    freeze_fraction: float | None
+    mos: float | None
+    audio_r: float | None
+    video: float | None
+
+
+class Engine:
+    """All live meetings, participants, streams and HTTP routes of one daemon."""
+
+    def __init__(
+        self, settings: AggregateSettings | None = None, rules: Iterable[AlertRule] = DEFAULT_RULES
+    ) -> None:
+        self.settings = settings or AggregateSettings()
+        self.meetings: dict[str, Meeting] = {}
+        self.streams: dict[tuple[str, str, str], RtcStream] = {}
+        self.routes: dict[tuple[str, str, str], HttpRouteState] = {}
+        self.alerts = AlertEngine(list(rules))
+        self.output = Output()
+        self.refused_by_reason: dict[str, int] = {}
+        self.frames = 0
+        self.last_tick: float | None = None
+
+    # -- the per-frame path ---------------------------------------------------------------
+
+    def add(self, frames: Iterable[Frame], now: float) -> None:
+        """Apply decoded frames received at daemon time ``now`` (seconds since the epoch)."""
+        minute_no = int(now // 60)
+        bucket_no = int(now // self.settings.bucket_s)
+        for frame in frames:
+            self.frames += 1
+            kind = type(frame)
+            if kind is RtcSample:
+                self._rtc(frame, now, minute_no)  # type: ignore[arg-type]
+            elif kind is HttpSample:
+                self._http(frame, bucket_no, minute_no)  # type: ignore[arg-type]
+            elif kind is Event:
+                self._event(frame, now)  # type: ignore[arg-type]
+
+    def _rtc(self, frame: RtcSample, now: float, minute_no: int) -> None:
+        stream = self.streams.get((frame.meeting, frame.participant, frame.connection))
+        if stream is None:
+            stream = self._open_stream(frame.meeting, frame.participant, frame.connection, now)
+            if stream is None:
+                return
+        elif stream.minute_no != minute_no and stream.minute_samples:
+            self._close_stream_minute(stream)
+        stream.last_seen = now
+        changed = stream.add(frame, minute_no)
+        if changed is not None:
+            self.output.events.append(
+                LifecycleEvent(
+                    kind="relay_changed",
+                    meeting=frame.meeting,
+                    participant=frame.participant,
+                    connection=frame.connection,
+                    at=now,
+                    detail=changed,
+                )
+            )
+
+    def _http(self, sample: HttpSample, bucket_no: int, minute_no: int) -> None:
+        key = (sample.service, sample.route, sample.method)
+        route = self.routes.get(key)
+        if route is None:
+            if len(self.routes) >= self.settings.max_http_routes:
+                self._refuse("http_route_cap")
+                return
+            route = self.routes[key] = HttpRouteState(*key, window=self.settings.window_buckets)
+        elif route.minute_no != minute_no and route.minute_no >= 0:
+            self._close_route_minute(route)
+        route.add(sample, bucket_no, minute_no)
+
+    def _event(self, event: Event, now: float) -> None:
+        if event.kind == "leave":
+            meeting = self.meetings.get(event.meeting)
+            participant = meeting.participants.get(event.participant) if meeting else None
+            if meeting is not None and participant is not None:
+                self._leave(meeting, participant, now, "leave")
+            return
+        participant = self._participant(event.meeting, event.participant, now, event.kind)
+        if participant is not None and event.kind != "join":
+            self.output.events.append(
+                LifecycleEvent(
+                    kind="client_event",
+                    meeting=event.meeting,
+                    participant=event.participant,
+                    connection=event.connection,
+                    at=now,
+                    detail=event.kind if event.value is None else f"{event.kind}:{event.value}",
+                )
+            )
+
+    def _refuse(self, reason: str) -> None:
+        self.refused_by_reason[reason] = self.refused_by_reason.get(reason, 0) + 1
+
+    def _participant(
+        self, meeting_id: str, participant_id: str, now: float, why: str
+    ) -> Participant | None:
+        """The live participant, joining it (and starting its meeting) if needed; None when a
+        cap refuses it."""
+        meeting = self.meetings.get(meeting_id)
+        if meeting is None:
+            if len(self.meetings) >= self.settings.max_meetings:
+                self._refuse("meeting_cap")
+                return None
+            meeting = self.meetings[meeting_id] = Meeting(meeting_id, started_at=now)
+            self.output.events.append(
+                LifecycleEvent(kind="meeting_started", meeting=meeting_id, at=now)
+            )
+        participant = meeting.participants.get(participant_id)
+        if participant is None:
+            if len(meeting.participants) >= self.settings.max_participants_per_meeting:
+                self._refuse("participant_cap")
+                return None
+            participant = meeting.participants[participant_id] = Participant(
+                meeting_id, participant_id, joined_at=now
+            )
+            meeting.peak_participants = max(meeting.peak_participants, len(meeting.participants))
+            meeting.empty_since = None
+            self.output.events.append(
+                LifecycleEvent(
+                    kind="joined",
+                    meeting=meeting_id,
+                    participant=participant_id,
+                    at=now,
+                    detail=why,
+                )
+            )
+        return participant
+
+    def _open_stream(
+        self, meeting_id: str, participant_id: str, connection: str, now: float
+    ) -> RtcStream | None:
+        participant = self._participant(meeting_id, participant_id, now, "first_frame")
+        if participant is None:
+            return None
+        if len(participant.streams) >= self.settings.max_connections_per_participant:
+            self._refuse("connection_cap")
+            return None
+        stream = RtcStream(meeting_id, participant_id, connection, self.settings.window_buckets)
+        participant.streams[connection] = stream
+        self.streams[(meeting_id, participant_id, connection)] = stream
+        return stream
+
+    # -- the tick ---------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Derive the interval's values, run the lifecycle, close minutes; once per bucket."""
+        for _ in self.tick_steps(now):
+            pass
+
+    def tick_steps(self, now: float, participants_per_step: int = 500) -> Iterator[None]:
+        """``tick`` in steps: yields after every ``participants_per_step`` participants, so that
+        the daemon can let ingest run between steps (a tick over 50,000 streams takes long
+        enough to fill the kernel's receive buffer). Frames added between two steps are safe:
+        they count in the next interval of their stream."""
+        settings = self.settings
+        dt = max(now - self.last_tick, settings.bucket_s) if self.last_tick else settings.bucket_s
+        self.last_tick = now
+        bucket_no = int(now // settings.bucket_s)
+        open_minute = int((now - settings.minute_grace_s) // 60)
+        done = 0
+        for meeting in list(self.meetings.values()):
+            for participant in list(meeting.participants.values()):
+                if meeting.participants.get(participant.participant) is not participant:
+                    continue  # left between two steps
+                self._tick_participant(meeting, participant, now, dt, bucket_no, open_minute)
+                done += 1
+                if done % participants_per_step == 0:
+                    yield
+            if meeting.participants or self.meetings.get(meeting.meeting) is not meeting:
+                continue
+            if meeting.empty_since is None:
+                meeting.empty_since = now
+            elif now - meeting.empty_since >= settings.meeting_end_after_s:
+                self._end_meeting(meeting, now)
+        for route in self.routes.values():
+            if 0 <= route.minute_no < open_minute:
+                self._close_route_minute(route)
+
+    def _tick_participant(
+        self,
+        meeting: Meeting,
+        participant: Participant,
+        now: float,
+        dt: float,
+        bucket_no: int,
+        open_minute: int,
+    ) -> None:
+        last_seen = max(
+            (s.last_seen for s in participant.streams.values()), default=participant.joined_at
+        )
+        if now - last_seen > self.settings.participant_timeout_s:
+            self._leave(meeting, participant, now, "silence")
+            return
+        worst: tuple[float, Interval, RtcStream] | None = None
+        reasons: set[str] = set()
+        for stream in participant.streams.values():
+            if stream.pending_samples:
+                interval = self._derive(stream, dt)
+                self._record(meeting, participant, stream, interval, bucket_no)
+                reasons.update(self._reasons(stream, interval))
+                score = stream.quality if stream.quality is not None else 100.0
+                if worst is None or score < worst[0]:
+                    worst = (score, interval, stream)
+            if 0 <= stream.minute_no < open_minute and stream.minute_samples:
+                self._close_stream_minute(stream)
+        if worst is None:
+            return
+        participant.quality = worst[2].quality
+        participant.level = (
+            q.level(participant.quality) if participant.quality is not None else None
+        )
+        participant.reasons = tuple(r for r in q.REASONS if r in reasons)
+        if participant.quality is not None:
+            meeting.quality_sum += participant.quality
+            meeting.quality_count += 1
+            if meeting.quality_worst is None or participant.quality < meeting.quality_worst:
+                meeting.quality_worst = participant.quality
+        if participant.level is not None:
+            levels = meeting.seconds_by_level
+            levels[participant.level] = levels.get(participant.level, 0.0) + dt
+        self.output.alerts += self.alerts.observe(
+            (meeting.meeting, participant.participant),
+            "participant",
+            _alert_metrics(worst[1], worst[2]),
+            now,
+        )
+
+    def _derive(self, stream: RtcStream, dt: float) -> Interval:
+        p, _samples = stream.take_pending()
+        settings = self.settings
+        audio_recv_bps = 8 * p[AUDIO_BYTES_RECEIVED] / dt
+        video_recv_bps = 8 * p[VIDEO_BYTES_RECEIVED] / dt
+        send_bps = 8 * (p[AUDIO_BYTES_SENT] + p[VIDEO_BYTES_SENT]) / dt
+        lost = p[AUDIO_PACKETS_LOST] + p[VIDEO_PACKETS_LOST]
+        received = p[AUDIO_PACKETS_RECEIVED] + p[VIDEO_PACKETS_RECEIVED]
+        loss_down = lost / (lost + received) if lost + received > 0 else None
+        sent = p[AUDIO_PACKETS_SENT] + p[VIDEO_PACKETS_SENT]
+        lost_up = p[AUDIO_REMOTE_PACKETS_LOST] + p[VIDEO_REMOTE_PACKETS_LOST]
+        loss_up = min(1.0, lost_up / sent) if sent > 0 else None
+        emitted = p[JITTER_BUFFER_EMITTED]
+        jb_ms = 1000 * p[JITTER_BUFFER_DELAY_S] / emitted if emitted > 0 else None
+        freeze = min(1.0, p[FREEZE_DURATION_S] / dt)
+        rtt = stream.rtt_ms or 0.0
+        audio_r = mos = None
+        if audio_recv_bps > 0:
+            audio_r = q.r_factor(
+                loss_down or 0.0, rtt, jb_ms or 0.0, audio_recv_bps, fec=stream.audio_fec
+            )
+            mos = q.mos_from_r(audio_r)
+        video = None
+        if video_recv_bps > 0:
+            v_lost, v_received = p[VIDEO_PACKETS_LOST], p[VIDEO_PACKETS_RECEIVED]
+            video = q.video_score(
+                loss_fraction=v_lost / (v_lost + v_received) if v_lost + v_received else 0.0,
+                rtt_ms=rtt,
+                bitrate_bps=video_recv_bps,
+                expected_bitrate_bps=settings.expected_video_bps,
+                fps=stream.fps_in if stream.fps_in is not None else settings.expected_fps,
+                expected_fps=settings.expected_fps,
+                freeze_fraction=freeze,
+                limited_fraction=1.0 if stream.limitation in ("cpu", "bandwidth") else 0.0,
+            )
+        return Interval(
+            send_bps=send_bps,
+            recv_bps=audio_recv_bps + video_recv_bps,
+            audio_recv_bps=audio_recv_bps,
+            video_recv_bps=video_recv_bps,
+            loss_down=loss_down,
+            loss_up=loss_up,
+            jitter_buffer_ms=jb_ms,
+            freeze_fraction=freeze,
+            mos=mos,
+            audio_r=audio_r,
+            video=video,
+        )
+
+    def _record(
+        self,
+        meeting: Meeting,
+        participant: Participant,
+        stream: RtcStream,
+        interval: Interval,
+        bucket_no: int,
+    ) -> None:
+        score = q.quality_score(interval.audio_r, interval.video)
+        if score is not None:
+            stream.quality = q.smooth(stream.quality, score)
+        stream.record_scores(interval.mos, stream.quality if score is not None else None)
+        jitter = (
+            stream.audio_jitter_ms if stream.audio_jitter_ms is not None else stream.video_jitter_ms
+        )
+        stream.ring_write(
+            bucket_no,
+            (
+                interval.send_bps,
+                interval.recv_bps,
+                _pct(interval.loss_down),
+                _pct(interval.loss_up),
+                _nan(stream.rtt_ms),
+                _nan(jitter),
+                _nan(interval.mos),
+                _nan(stream.quality),
+            ),
+        )
+
+    def _reasons(self, stream: RtcStream, interval: Interval) -> tuple[str, ...]:
+        loss = max(interval.loss_down or 0.0, interval.loss_up or 0.0)
+        measured = interval.loss_down is not None or interval.loss_up is not None
+        return q.quality_reasons(
+            loss_fraction=loss if measured else None,
+            rtt_ms=stream.rtt_ms,
+            jitter_ms=stream.audio_jitter_ms,
+            bitrate_bps=interval.video_recv_bps if interval.video_recv_bps > 0 else None,
+            expected_bitrate_bps=self.settings.expected_video_bps,
+            limitation=stream.limitation,
+            relay_protocol=stream.relay_protocol if stream.relay != "direct" else None,
+            freeze_fraction=interval.freeze_fraction,
+        )
+
+    # -- closing ----------------------------------------------------------------------------
+
+    def _close_stream_minute(self, stream: RtcStream) -> None:
+        row = stream.close_minute()
+        if row is None:
+            return
+        self.output.rtc_rows.append(row)
+        meeting = self.meetings.get(row.meeting)
+        if meeting is None:
+            return
+        counters = row.counters
+        meeting.bytes_up += counters["audio_bytes_sent"] + counters["video_bytes_sent"]
+        meeting.bytes_down += counters["audio_bytes_received"] + counters["video_bytes_received"]
+        if row.relayed_bytes and row.turn_server is not None:
+            by_server = meeting.relayed_by_server
+            by_server[row.turn_server] = by_server.get(row.turn_server, 0.0) + row.relayed_bytes
+            participant = meeting.participants.get(row.participant)
+            if participant is not None:
+                participant.relayed_bytes += row.relayed_bytes
+
+    def _close_route_minute(self, route: HttpRouteState) -> None:
+        row = route.close_minute()
+        if row is not None:
+            self.output.http_rows.append(row)
+
+    def _leave(self, meeting: Meeting, participant: Participant, now: float, why: str) -> None:
+        for connection, stream in participant.streams.items():
+            self._close_stream_minute(stream)
+            del self.streams[(meeting.meeting, participant.participant, connection)]
+        del meeting.participants[participant.participant]
+        if not meeting.participants:
+            meeting.empty_since = now
+        self.output.alerts += self.alerts.forget((meeting.meeting, participant.participant), now)
+        self.output.events.append(
+            LifecycleEvent(
+                kind="left",
+                meeting=meeting.meeting,
+                participant=participant.participant,
+                at=now,
+                detail=why,
+            )
+        )
+
+    def _end_meeting(self, meeting: Meeting, now: float) -> None:
+        del self.meetings[meeting.meeting]
+        self.output.alerts += self.alerts.forget((meeting.meeting,), now)
+        relayed = meeting.relayed_bytes
+        self.output.summaries.append(
+            MeetingSummary(
+                meeting=meeting.meeting,
+                started_at=meeting.started_at,
+                ended_at=meeting.empty_since if meeting.empty_since is not None else now,
+                peak_participants=meeting.peak_participants,
+                bytes_up=meeting.bytes_up,
+                bytes_down=meeting.bytes_down,
+                relayed_bytes=relayed,
+                relay_cost=relay_cost(relayed, self.settings.relay_price_per_gb),
+                relayed_bytes_by_turn_server=dict(meeting.relayed_by_server),
+                quality_avg=(
+                    meeting.quality_sum / meeting.quality_count if meeting.quality_count else None
+                ),
+                quality_worst=meeting.quality_worst,
+                seconds_by_level=dict(meeting.seconds_by_level),
+            )
+        )
+        self.output.events.append(
+            LifecycleEvent(kind="meeting_ended", meeting=meeting.meeting, at=now)
+        )
+
+    def drain(self) -> Output:
+        """Hand over everything produced since the last drain."""
+        output, self.output = self.output, Output()
+        return output
+
+    # -- views ------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "meetings": len(self.meetings),
+            "participants": sum(len(m.participants) for m in self.meetings.values()),
+            "rtc_streams": len(self.streams),
+            "http_routes": len(self.routes),
+            "frames": self.frames,
+            "refused_by_reason": dict(sorted(self.refused_by_reason.items())),
+            "alerts_active": len(self.alerts.active()),
+        }
+
+    def route_view(self, key: tuple[str, str, str], now: float) -> dict[str, Any] | None:
+        """Live bandwidth and latency of one route over the window."""
+        route = self.routes.get(key)
+        if route is None:
+            return None
+        totals = route.window_totals(int(now // self.settings.bucket_s))
+        seconds = self.settings.window_buckets * self.settings.bucket_s
+        return {
+            "requests_per_s": totals[REQUESTS] / seconds,
+            "bytes_in_per_s": totals[BYTES_IN] / seconds,
+            "bytes_out_per_s": totals[BYTES_OUT] / seconds,
+            "status": totals[STATUS:BYTES_IN],
+            "latency": msgspec.to_builtins(latency_summary([int(c) for c in totals[HIST:]])),
+        }
+
+
+def relay_cost(relayed_bytes: float, price_per_gb: float) -> float:
+    """Cost of relayed volume at a price per GB (10⁹ bytes, as TURN providers bill)."""
+    return relayed_bytes / 1e9 * price_per_gb
+
+
+def _alert_metrics(interval: Interval, stream: RtcStream) -> dict[str, float | None]:
+    loss = [x for x in (interval.loss_down, interval.loss_up) if x is not None]
+    return {
+        "rtt_ms": stream.rtt_ms,
+        "jitter_ms": stream.audio_jitter_ms,
+        "loss_pct": 100 * max(loss) if loss else None,
+        "mos": interval.mos,
+        "relay_tcp": 1.0 if stream.relay in ("turn-tcp", "turn-tls") else 0.0,
+    }
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def _pct(fraction: float | None) -> float:
+    return math.nan if fraction is None else 100 * fraction

@@ -1,0 +1,378 @@
+"""One RTC stream — a participant's peer connection — from cumulative samples to intervals.
+
+Each ``rtc`` frame carries cumulative counters (PROTOCOL.md §8). ``RtcStream.add`` turns them
+into deltas with the rules of the reference (``shared/reference/webrtc-quality.md``, Deltas):
+
+- a sequence number at or below the last one is a duplicate or arrived late: ignored whole;
+- a gap in sequence numbers is recorded (``gaps``); the next sample's delta covers the missing
+  ones, so nothing is lost and nothing is counted twice;
+- a counter below its last value is a reset: that counter takes a new baseline and yields no
+  delta for the interval (``resets``); so does every selected-pair counter when the pair id
+  changes;
+- an absent counter keeps its last value.
+
+Deltas go to two fixed-size accumulators of plain floats: ``pending`` (the tick interval, from
+which the engine derives rates and quality) and ``minute`` (one ``MinuteRow`` per minute).
+Memory per stream is fixed: numbers live in ``array`` objects, never in per-bucket objects.
+
+Pure: no I/O, no clock reads; the daemon passes its time in.
+"""
+
+from __future__ import annotations
+
+from array import array
+from operator import attrgetter
+from typing import Final
+
+import msgspec
+
+from protocol import RtcSample
+
+COUNTERS: Final = (
+    "audio_bytes_sent",
+    "audio_packets_sent",
+    "audio_bytes_received",
+    "audio_packets_received",
+    "audio_packets_lost",
+    "audio_remote_packets_lost",
+    "video_bytes_sent",
+    "video_packets_sent",
+    "video_bytes_received",
+    "video_packets_received",
+    "video_packets_lost",
+    "video_remote_packets_lost",
+    "jitter_buffer_delay_s",
+    "jitter_buffer_emitted",
+    "concealed_samples",
+    "silent_concealed_samples",
+    "total_samples_received",
+    "frames_decoded",
+    "frames_dropped",
+    "freeze_count",
+    "freeze_duration_s",
+    "pair_bytes_sent",
+    "pair_bytes_received",
+)
+C: Final = {name: i for i, name in enumerate(COUNTERS)}
+N_COUNTERS: Final = len(COUNTERS)
+PAIR_COUNTERS: Final = (C["pair_bytes_sent"], C["pair_bytes_received"])
+# Gauges summed over the minute for averages: sum and sample count each.
+GAUGES: Final = ("rtt_ms", "audio_jitter_ms", "video_jitter_ms")
+# The live view: per tick bucket, the values derived for the interval (NaN: not measured).
+RING_FIELDS: Final = (
+    "send_bps",
+    "recv_bps",
+    "loss_down_pct",
+    "loss_up_pct",
+    "rtt_ms",
+    "jitter_ms",
+    "mos",
+    "quality",
+)
+N_RING: Final = len(RING_FIELDS)
+_counters_of = attrgetter(*COUNTERS)
+_ZEROS: Final = array("d", bytes(8 * N_COUNTERS))
+
+# The ring stores each value as an unsigned 16-bit step of its field's unit (2 bytes, not 8):
+# bitrates in kbit/s, loss in 0.01 %, RTT in ms, jitter in 0.1 ms, MOS in 0.001, quality in
+# 0.01. Larger values saturate at the top step; NO_DATA marks a bucket without a value.
+RING_SCALE: Final = (1e-3, 1e-3, 100.0, 100.0, 1.0, 10.0, 1000.0, 100.0)
+NO_DATA: Final = 0xFFFF
+_TOP: Final = NO_DATA - 1
+_NO_DATA_ROW: Final = array("H", [NO_DATA]) * N_RING
+
+RelayState = str  # "direct" | "turn-udp" | "turn-tcp" | "turn-tls"
+
+
+def relay_state(local_candidate: str | None, relay_protocol: str | None) -> RelayState:
+    """Where this client's media goes: direct, or through TURN over which transport.
+
+    A relay candidate without a protocol (Firefox omits it) counts as TURN over UDP.
+    """
+    if local_candidate != "relay":
+        return "direct"
+    return f"turn-{relay_protocol or 'udp'}"
+
+
+def turn_server(url: str | None) -> str | None:
+    """The TURN server of a relay candidate: its URL without the query part."""
+    return url.split("?", 1)[0] if url else None
+
+
+class RtcMinuteRow(msgspec.Struct, gc=False, frozen=True, kw_only=True):
+    """Everything one RTC stream did in one minute; the unit of storage."""
+
+    meeting: str
+    participant: str
+    connection: str
+    minute: int  # Unix time of the minute's start, seconds
+    samples: int
+    gaps: int
+    resets: int
+    counters: dict[str, float]  # deltas of every cumulative counter over the minute
+    rtt_ms_avg: float | None
+    audio_jitter_ms_avg: float | None
+    video_jitter_ms_avg: float | None
+    mos_avg: float | None
+    mos_min: float | None
+    quality_avg: float | None
+    quality_min: float | None
+    relay: RelayState
+    turn_server: str | None
+    relayed_bytes: float
+
+
+class RtcStream:
+    """Cumulative counters of one peer connection in, interval deltas out."""
+
+    __slots__ = (
+        "audio_fec",
+        "audio_jitter_ms",
+        "connection",
+        "fps_in",
+        "gaps",
+        "gauge_count",
+        "gauge_sum",
+        "last",
+        "last_seen",
+        "last_seq",
+        "limitation",
+        "meeting",
+        "minute",
+        "minute_gaps",
+        "minute_no",
+        "minute_resets",
+        "minute_samples",
+        "mos_count",
+        "mos_min",
+        "mos_sum",
+        "pair_id",
+        "participant",
+        "pending",
+        "pending_samples",
+        "quality",
+        "quality_count",
+        "quality_min",
+        "quality_sum",
+        "relay",
+        "relay_protocol",
+        "relayed_minute",
+        "remote_relayed",
+        "resets",
+        "ring",
+        "ring_bucket",
+        "rtt_ms",
+        "samples",
+        "stale",
+        "turn_server",
+        "video_jitter_ms",
+    )
+
+    def __init__(self, meeting: str, participant: str, connection: str, window: int = 60) -> None:
+        self.meeting = meeting
+        self.participant = participant
+        self.connection = connection
+        self.last_seq = -1
+        self.last_seen = 0.0  # daemon time of the last sample, set by the engine
+        self.quality: float | None = None  # smoothed quality score, set by the engine
+        self.last = array("d", [-1.0]) * N_COUNTERS  # -1: no baseline yet
+        self.pending = array("d", _ZEROS)
+        self.pending_samples = 0
+        self.minute = array("d", _ZEROS)
+        self.minute_no = -1
+        self.minute_samples = 0
+        self.minute_gaps = 0
+        self.minute_resets = 0
+        self.gauge_sum = array("d", [0.0, 0.0, 0.0])
+        self.gauge_count = array("l", [0, 0, 0])
+        self.mos_sum = self.quality_sum = 0.0
+        self.mos_count = self.quality_count = 0
+        self.mos_min: float | None = None
+        self.quality_min: float | None = None
+        self.relayed_minute = 0.0
+        self.samples = self.gaps = self.resets = self.stale = 0
+        self.pair_id: str | None = None
+        self.relay: RelayState = "direct"
+        self.relay_protocol: str | None = None
+        self.remote_relayed = False
+        self.turn_server: str | None = None
+        self.limitation: str | None = None
+        self.rtt_ms: float | None = None
+        self.audio_jitter_ms: float | None = None
+        self.video_jitter_ms: float | None = None
+        self.audio_fec = False
+        self.fps_in: float | None = None
+        self.ring = array("H", [NO_DATA]) * (window * N_RING)  # a live view, not a ledger
+        self.ring_bucket = -1
+
+    def ring_write(self, bucket_no: int, values: tuple[float, ...]) -> None:
+        """Store one tick's derived values (in ``RING_FIELDS`` order, NaN: not measured) in
+        bucket ``bucket_no``; buckets skipped since the last write hold no data."""
+        ring = self.ring
+        window = len(ring) // N_RING
+        if self.ring_bucket >= 0:
+            for skipped in range(
+                self.ring_bucket + 1, min(bucket_no, self.ring_bucket + window + 1)
+            ):
+                at = (skipped % window) * N_RING
+                ring[at : at + N_RING] = _NO_DATA_ROW
+        at = (bucket_no % window) * N_RING
+        ring[at : at + N_RING] = array(
+            "H",
+            [
+                NO_DATA if v != v else min(_TOP, max(0, round(v * scale)))
+                for v, scale in zip(values, RING_SCALE, strict=True)
+            ],
+        )
+        self.ring_bucket = bucket_no
+
+    def ring_series(self, field: str, now_bucket: int) -> list[float | None]:
+        """The last ``window`` buckets of one field, oldest first, None where no data."""
+        ring = self.ring
+        window = len(ring) // N_RING
+        k = RING_FIELDS.index(field)
+        series: list[float | None] = []
+        for bucket in range(now_bucket - window + 1, now_bucket + 1):
+            if bucket < 0 or bucket > self.ring_bucket or bucket <= self.ring_bucket - window:
+                series.append(None)
+                continue
+            value = ring[(bucket % window) * N_RING + k]
+            series.append(None if value == NO_DATA else value / RING_SCALE[k])
+        return series
+
+    def add(self, frame: RtcSample, minute_no: int) -> RelayState | None:
+        """Apply one sample received in minute ``minute_no`` (the caller has closed the row of
+        an earlier minute first). Returns the new relay state when it changed, else None."""
+        seq = frame.seq
+        if seq <= self.last_seq:
+            self.stale += 1
+            return None
+        self.minute_no = minute_no
+        if self.last_seq >= 0 and seq > self.last_seq + 1:
+            gap = seq - self.last_seq - 1
+            self.gaps += gap
+            self.minute_gaps += gap
+        self.last_seq = seq
+        self.samples += 1
+        self.minute_samples += 1
+        self.pending_samples += 1
+
+        last, pending, minute = self.last, self.pending, self.minute
+        i_sent, i_received = PAIR_COUNTERS
+        pair_before = pending[i_sent] + pending[i_received]
+        if frame.pair_id != self.pair_id:
+            if self.pair_id is not None:
+                for i in PAIR_COUNTERS:
+                    last[i] = -1.0  # a new selected pair starts its own counters
+            self.pair_id = frame.pair_id
+        for i, value in enumerate(_counters_of(frame)):
+            if value is None:
+                continue
+            before = last[i]
+            last[i] = value
+            if before < 0:
+                continue
+            delta = value - before
+            if delta < 0:
+                self.resets += 1
+                self.minute_resets += 1
+                continue
+            pending[i] += delta
+            minute[i] += delta
+
+        changed = self._path(frame)
+        if self.relay != "direct":
+            # Relayed volume: what the selected pair moved since the last sample, both ways.
+            self.relayed_minute += pending[i_sent] + pending[i_received] - pair_before
+        self._gauges(frame)
+        return changed
+
+    def _path(self, frame: RtcSample) -> RelayState | None:
+        if frame.local_candidate is None:
+            return None
+        state = relay_state(frame.local_candidate, frame.relay_protocol)
+        self.remote_relayed = frame.remote_candidate == "relay" and state == "direct"
+        self.turn_server = turn_server(frame.turn_url) if state != "direct" else None
+        self.relay_protocol = frame.relay_protocol
+        if state == self.relay:
+            return None
+        self.relay = state
+        return state
+
+    def _gauges(self, frame: RtcSample) -> None:
+        s, n = self.gauge_sum, self.gauge_count
+        if (rtt := frame.rtt_ms) is not None:
+            self.rtt_ms = rtt
+            s[0] += rtt
+            n[0] += 1
+        if (aj := frame.audio_jitter_ms) is not None:
+            self.audio_jitter_ms = aj
+            s[1] += aj
+            n[1] += 1
+        if (vj := frame.video_jitter_ms) is not None:
+            self.video_jitter_ms = vj
+            s[2] += vj
+            n[2] += 1
+        if frame.limitation is not None:
+            self.limitation = frame.limitation
+        if frame.audio_fec is not None:
+            self.audio_fec = frame.audio_fec
+        if frame.fps_in is not None:
+            self.fps_in = frame.fps_in
+
+    def take_pending(self) -> tuple[array[float], int]:
+        """The deltas since the last call and how many samples brought them; resets them."""
+        pending, samples = self.pending, self.pending_samples
+        self.pending = array("d", _ZEROS)
+        self.pending_samples = 0
+        return pending, samples
+
+    def record_scores(self, mos: float | None, quality: float | None) -> None:
+        """Fold one interval's scores into the minute's averages and minimums."""
+        if mos is not None:
+            self.mos_sum += mos
+            self.mos_count += 1
+            self.mos_min = mos if self.mos_min is None else min(self.mos_min, mos)
+        if quality is not None:
+            self.quality_sum += quality
+            self.quality_count += 1
+            self.quality_min = (
+                quality if self.quality_min is None else min(self.quality_min, quality)
+            )
+
+    def close_minute(self) -> RtcMinuteRow | None:
+        """The row of the open minute (None if no sample came in it); starts the next one."""
+        if self.minute_no < 0 or not self.minute_samples:
+            self.minute_no = -1
+            return None
+        s, n = self.gauge_sum, self.gauge_count
+        row = RtcMinuteRow(
+            meeting=self.meeting,
+            participant=self.participant,
+            connection=self.connection,
+            minute=self.minute_no * 60,
+            samples=self.minute_samples,
+            gaps=self.minute_gaps,
+            resets=self.minute_resets,
+            counters={name: self.minute[i] for i, name in enumerate(COUNTERS)},
+            rtt_ms_avg=s[0] / n[0] if n[0] else None,
+            audio_jitter_ms_avg=s[1] / n[1] if n[1] else None,
+            video_jitter_ms_avg=s[2] / n[2] if n[2] else None,
+            mos_avg=self.mos_sum / self.mos_count if self.mos_count else None,
+            mos_min=self.mos_min,
+            quality_avg=self.quality_sum / self.quality_count if self.quality_count else None,
+            quality_min=self.quality_min,
+            relay=self.relay,
+            turn_server=self.turn_server,
+            relayed_bytes=self.relayed_minute,
+        )
+        self.minute = array("d", _ZEROS)
+        self.minute_no = -1
+        self.minute_samples = self.minute_gaps = self.minute_resets = 0
+        self.gauge_sum = array("d", [0.0, 0.0, 0.0])
+        self.gauge_count = array("l", [0, 0, 0])
+        self.mos_sum = self.quality_sum = 0.0
+        self.mos_count = self.quality_count = 0
+        self.mos_min = self.quality_min = None
+        self.relayed_minute = 0.0
+        return row

@@ -1,0 +1,139 @@
+"""RtcStream: cumulative counters to deltas — duplicates, reordering, gaps, resets, pair
+changes — and the promise that byte accounting is exact."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from collector.aggregate.rtc import COUNTERS, RtcMinuteRow, RtcStream, relay_state, turn_server
+from protocol import RtcSample
+
+
+def sample(seq: int, **fields: Any) -> RtcSample:
+    return RtcSample(meeting="m", participant="p", connection="c", seq=seq, client_ts=1.0, **fields)
+
+
+def rows_of(stream: RtcStream) -> RtcMinuteRow:
+    row = stream.close_minute()
+    assert row is not None
+    return row
+
+
+def test_first_sample_is_a_baseline_then_deltas_accumulate() -> None:
+    stream = RtcStream("m", "p", "c")
+    stream.add(sample(1, video_bytes_sent=1_000), minute_no=1)
+    stream.add(sample(2, video_bytes_sent=1_500), minute_no=1)
+    stream.add(sample(3, video_bytes_sent=2_500), minute_no=1)
+    pending, samples = stream.take_pending()
+    assert pending[COUNTERS.index("video_bytes_sent")] == 1_500
+    assert samples == 3
+    row = rows_of(stream)
+    assert row.counters["video_bytes_sent"] == 1_500
+    assert (row.samples, row.gaps, row.resets, row.minute) == (3, 0, 0, 60)
+
+
+def test_duplicates_and_late_samples_are_ignored_and_gaps_recorded() -> None:
+    stream = RtcStream("m", "p", "c")
+    for seq, total in [(1, 100), (4, 400), (4, 400), (2, 200), (5, 500)]:
+        stream.add(sample(seq, audio_bytes_received=total), minute_no=0)
+    row = rows_of(stream)
+    assert row.counters["audio_bytes_received"] == 400  # 500 - 100, nothing twice
+    assert stream.stale == 2
+    assert row.gaps == 2  # seq 2 and 3 missing when 4 came
+
+
+def test_a_counter_that_goes_down_is_a_reset_with_no_negative_delta() -> None:
+    stream = RtcStream("m", "p", "c")
+    for seq, total in [(1, 1_000), (2, 3_000), (3, 200), (4, 700)]:
+        stream.add(sample(seq, video_bytes_received=total), minute_no=0)
+    row = rows_of(stream)
+    assert row.counters["video_bytes_received"] == 2_000 + 500
+    assert row.resets == 1
+
+
+def test_a_new_pair_id_rebaselines_the_pair_counters_only() -> None:
+    stream = RtcStream("m", "p", "c")
+    stream.add(sample(1, pair_id="a", pair_bytes_sent=10_000, audio_bytes_sent=100), 0)
+    stream.add(sample(2, pair_id="b", pair_bytes_sent=50, audio_bytes_sent=300), 0)
+    stream.add(sample(3, pair_id="b", pair_bytes_sent=80, audio_bytes_sent=400), 0)
+    row = rows_of(stream)
+    assert row.counters["pair_bytes_sent"] == 30
+    assert row.counters["audio_bytes_sent"] == 300
+    assert row.resets == 0
+
+
+def test_relayed_bytes_and_relay_state() -> None:
+    assert relay_state("host", None) == "direct"
+    assert relay_state("relay", None) == "turn-udp"
+    assert relay_state("relay", "tcp") == "turn-tcp"
+    assert turn_server("turn:t1.example:3478?transport=tcp") == "turn:t1.example:3478"
+    stream = RtcStream("m", "p", "c")
+    relayed: dict[str, Any] = {
+        "local_candidate": "relay",
+        "relay_protocol": "tcp",
+        "turn_url": "turn:t:3478?x=1",
+    }
+    assert stream.add(sample(1, pair_bytes_sent=0, pair_bytes_received=0, **relayed), 0) == (
+        "turn-tcp"
+    )
+    assert stream.add(sample(2, pair_bytes_sent=600, pair_bytes_received=400, **relayed), 0) is None
+    assert stream.add(sample(3, local_candidate="host", pair_bytes_sent=900), 0) == "direct"
+    row = rows_of(stream)
+    assert row.relayed_bytes == 1_000  # only while relayed
+    assert row.relay == "direct"
+
+
+def test_gauges_average_over_the_minute() -> None:
+    stream = RtcStream("m", "p", "c")
+    stream.add(sample(1, rtt_ms=100.0), 0)
+    stream.add(sample(2, rtt_ms=200.0), 0)
+    stream.add(sample(3), 0)
+    row = rows_of(stream)
+    assert row.rtt_ms_avg == 150.0
+    assert row.audio_jitter_ms_avg is None
+
+
+def test_ring_keeps_the_window_and_marks_missing_buckets() -> None:
+    stream = RtcStream("m", "p", "c", window=4)
+    values = (64_000.0, 32_000.0, 2.5, 0.5, 120.0, 15.5, 3.9, 70.25)
+    stream.ring_write(10, values)
+    stream.ring_write(12, tuple(v * 2 for v in values))
+    assert stream.ring_series("send_bps", 12) == [None, 64_000.0, None, 128_000.0]
+    assert stream.ring_series("quality", 13) == [70.25, None, 140.5, None]
+    assert stream.ring_series("send_bps", 20) == [None, None, None, None]
+    # Stored in 16-bit steps: NaN is no data, values beyond the top step saturate.
+    stream.ring_write(21, (math.nan, 1e12, 2.5, 0.5, 120.0, 15.5, 3.9, 70.25))
+    assert stream.ring_series("send_bps", 21)[-1] is None
+    assert stream.ring_series("recv_bps", 21)[-1] == 65_534_000.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    increments=st.lists(st.integers(min_value=0, max_value=10**9), min_size=1, max_size=60),
+    deliveries=st.lists(st.integers(min_value=0, max_value=59), min_size=1, max_size=120),
+    minutes=st.lists(st.integers(min_value=0, max_value=3), min_size=1, max_size=120),
+)
+def test_bytes_in_minute_rows_equal_last_total_minus_first(
+    increments: list[int], deliveries: list[int], minutes: list[int]
+) -> None:
+    """Any cumulative series delivered with drops, duplicates and reordering, across minute
+    boundaries: the rows hold exactly (total of the newest sample) - (total of the first)."""
+    totals = [sum(increments[: i + 1]) for i in range(len(increments))]
+    delivered = [i % len(totals) for i in deliveries]
+    stream = RtcStream("m", "p", "c")
+    rows: list[RtcMinuteRow] = []
+    minute = 0
+    for n, index in enumerate(delivered):
+        minute += minutes[n % len(minutes)]  # time moves on, sometimes across minutes
+        if stream.minute_no not in (-1, minute) and stream.minute_samples:
+            rows.append(rows_of(stream))
+        stream.add(sample(index + 1, video_bytes_sent=totals[index]), minute)
+    if (last := stream.close_minute()) is not None:
+        rows.append(last)
+    newest = max(delivered)
+    expected = totals[newest] - totals[delivered[0]]
+    assert sum(row.counters["video_bytes_sent"] for row in rows) == expected

@@ -1,0 +1,62 @@
+"""The consumer feeds the engine from the ingest channel and ticks it on the daemon's clock."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import trio
+import trio.testing
+
+from collector.aggregate.engine import Engine
+from collector.consumer import FrameConsumer
+from protocol import Frame
+from tests.helpers import event, rtc, wait_for
+
+
+async def test_frames_reach_the_engine_and_ticks_run_the_lifecycle(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    engine = Engine()
+    consumer = FrameConsumer(engine, clock=trio.current_time)
+    send, receive = trio.open_memory_channel[list[Frame]](10)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(consumer.consume, receive)
+        await nursery.start(consumer.tick)
+        await send.send([event("join"), rtc(1), rtc(2)])
+        await wait_for(lambda: engine.stats()["participants"] == 1)
+        assert engine.stats()["rtc_streams"] == 1
+        # No more samples: after the silence timeout and the meeting timeout, it is all over.
+        await trio.sleep(100)
+        nursery.cancel_scope.cancel()
+    assert engine.stats()["meetings"] == 0
+    health = consumer.health()
+    assert health["frames_by_kind"] == {"event": 1, "rtc": 2}
+    assert health["produced"]["summaries"] == 1
+    assert health["produced"]["rtc_rows"] == 1
+    assert health["engine_errors"] == 0
+    kinds = [e.kind for e in consumer.recent_events]
+    assert kinds == ["meeting_started", "joined", "left", "meeting_ended"]
+
+
+async def test_an_engine_failure_is_counted_and_consuming_goes_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    class FailsOnce(Engine):
+        failed = False
+
+        def add(self, frames: Iterable[Frame], now: float) -> None:
+            if not self.failed:
+                self.failed = True
+                raise RuntimeError("injected engine bug")
+            super().add(frames, now)
+
+    engine = FailsOnce()
+    consumer = FrameConsumer(engine, clock=trio.current_time)
+    send, receive = trio.open_memory_channel[list[Frame]](10)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(consumer.consume, receive)
+        await send.send([rtc(1, participant="lost")])
+        await send.send([rtc(1)])
+        await wait_for(lambda: engine.stats()["rtc_streams"] == 1)
+        nursery.cancel_scope.cancel()
+    assert consumer.engine_errors == 1
