@@ -247,7 +247,13 @@ def run_ingest(quick: bool, log_dir: Path) -> IngestResult:
     try:
         if pinned:
             os.sched_setaffinity(0, {SENDER_CPU})
-        with running_daemon(log_dir / "bench-daemon.log", cpu=DAEMON_CPU if pinned else None) as d:
+        config = log_dir / "collector.toml"
+        config.write_text(f"[storage]\nstate_dir = '{log_dir}'\n")
+        with running_daemon(
+            log_dir / "bench-daemon.log",
+            ["--config", str(config)],
+            cpu=DAEMON_CPU if pinned else None,
+        ) as d:
             # Batched under 1,200 bytes as emitters do (application servers), and one frame per
             # datagram (a budget smaller than any frame), as a browser page sends them.
             udp = udp_run(d, 1200, quick)

@@ -21,7 +21,8 @@ from cli.synthetic import Profile
 from collector import app as daemon_app
 from collector.config import Config, ConfigError, load
 from collector.logs import configure
-from collector.runtime import AsyncioBridge, run_guest
+from collector.runtime import AsyncioBridge, open_thread_bridge, run_guest
+from collector.storage.sinks import StorageError
 
 app = typer.Typer(
     help="bwmon: call-quality and bandwidth collector daemon.",
@@ -87,6 +88,41 @@ def serve(
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     first = group.exceptions[0]
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+@app.command()
+def migrate(
+    config: ConfigPath = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="print the SQL, change nothing")
+    ] = False,
+) -> None:
+    """Apply the pending schema migrations to the configured database (idempotent)."""
+    settings = _load_or_exit(config)
+    configure(settings.log.level, settings.log.format)
+
+    async def main() -> list[str]:
+        async with open_thread_bridge() as bridge:
+            sink = daemon_app.open_sink(settings.storage, bridge)
+            if sink is None:
+                return []
+            try:
+                return await sink.migrate(dry_run=dry_run)
+            finally:
+                await sink.close()
+
+    if settings.storage.backend == "none":
+        typer.echo("bwmon: storage.backend is none: nothing to migrate", err=True)
+        raise typer.Exit(2)
+    try:
+        statements = trio.run(main)
+    except StorageError as exc:
+        typer.echo(f"bwmon migrate: {exc}", err=True)
+        raise typer.Exit(1) from None
+    for statement in statements:
+        typer.echo(statement + ";\n")
+    verb = "would apply" if dry_run else "applied"
+    typer.echo(f"bwmon migrate: {verb} {len(statements)} statements", err=True)
 
 
 @app.command("check-config")

@@ -20,7 +20,7 @@ import trio
 from trio_websocket import WebSocketConnection
 
 from collector.aggregate.engine import Engine
-from collector.config import Config
+from collector.config import Config, StorageConfig
 from collector.consumer import FrameConsumer
 from collector.http.server import HttpServer, HttpSettings, Response
 from collector.ingest.counters import TransportCounters
@@ -33,6 +33,8 @@ from collector.ingest.udp import (
 from collector.ingest.websocket import SessionSettings, serve_ingest_session
 from collector.logs import get_logger
 from collector.runtime import AsyncioBridge
+from collector.storage.flusher import Flusher
+from collector.storage.sinks import MysqlSink, Sink, SqliteSink
 from protocol import Frame, Limits
 
 log = get_logger("app")
@@ -66,7 +68,22 @@ class Daemon:
         self.udp_counters = TransportCounters()
         self.ws_counters = TransportCounters()
         self.engine = Engine(config.aggregate, config.alerts.effective_rules())
-        self.consumer = FrameConsumer(self.engine)
+        self.sink = open_sink(config.storage, bridge)
+        storage = config.storage
+        self.flusher = (
+            Flusher(
+                self.sink,
+                flush_interval_s=storage.flush_interval_s,
+                queue_max_rows=storage.queue_max_rows,
+                retry_max_s=storage.retry_max_s,
+                migrate=storage.auto_migrate,
+            )
+            if self.sink is not None
+            else None
+        )
+        self.consumer = FrameConsumer(
+            self.engine, on_output=self.flusher.offer if self.flusher else None
+        )
         ingest = config.ingest
         self.udp_limits = Limits(
             max_message_bytes=ingest.max_datagram_bytes,
@@ -111,6 +128,11 @@ class Daemon:
             "ingest": {"udp": udp, "websocket": self.ws_counters.as_dict()},
             "consumer": self.consumer.health(),
             "aggregate": self.engine.stats(),
+            "storage": (
+                {"backend": self.config.storage.backend, **self.flusher.health()}
+                if self.flusher is not None
+                else {"backend": "none"}
+            ),
             "http": self.http.counters.as_dict(),
         }
 
@@ -138,6 +160,9 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.consumer.consume, frames_out)
                 await nursery.start(self.consumer.tick)
+                if self.flusher is not None:
+                    await self.flusher.flush()  # migrates now: a schema problem shows at start
+                    await nursery.start(self.flusher.run)
                 await nursery.start(
                     serve_udp,
                     self._udp_sock,
@@ -161,6 +186,45 @@ class Daemon:
                 task_status.started(addresses)
         finally:
             self._udp_sock.close()
+            with trio.CancelScope(shield=True):
+                await self._shutdown(frames_out)
+
+    async def _shutdown(self, frames_out: trio.MemoryReceiveChannel[list[Frame]]) -> None:
+        """Ingest has stopped: aggregate what is still queued, close every open minute, flush
+        within the deadline (the flusher spools what it cannot write in time)."""
+        now = time.time()
+        while True:
+            try:
+                batch = frames_out.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            self.engine.add(batch, now)
+        self.engine.close_minutes()
+        self.consumer.take(self.engine.drain())
+        if self.flusher is not None and self.sink is not None:
+            await self.flusher.close(self.config.storage.shutdown_deadline_s)
+            with trio.move_on_after(2):
+                await self.sink.close()
+            log.info("storage_closed", **self.flusher.health())
+
+
+def open_sink(storage: StorageConfig, bridge: AsyncioBridge | None) -> Sink | None:
+    """The configured sink (not connected yet), or None for ``backend = "none"``."""
+    if storage.backend == "none":
+        return None
+    if storage.backend == "sqlite":
+        return SqliteSink(storage.sqlite_file(), storage.statement_timeout_s)
+    if bridge is None:
+        raise ValueError("the MySQL sink needs the asyncio bridge")
+    return MysqlSink(
+        bridge,
+        host=storage.mysql_host,
+        port=storage.mysql_port,
+        user=storage.mysql_user,
+        password=storage.password(),
+        database=storage.mysql_database,
+        statement_timeout_s=storage.statement_timeout_s,
+    )
 
 
 async def run(

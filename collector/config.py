@@ -8,6 +8,7 @@ what was expected; this module never prints or exits.
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -55,6 +56,30 @@ class LogConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    backend: Literal["sqlite", "mysql", "none"] = "sqlite"
+    state_dir: str = "state"
+    sqlite_path: str = ""
+    mysql_host: str = "127.0.0.1"
+    mysql_port: Port = 3306
+    mysql_user: str = "bwmon"
+    mysql_password: str = ""
+    mysql_database: str = "bwmon"
+    auto_migrate: bool = True
+    flush_interval_s: PositiveSeconds = 5.0
+    statement_timeout_s: PositiveSeconds = 10.0
+    queue_max_rows: Annotated[int, Meta(ge=100, le=100_000_000)] = 200_000
+    retry_max_s: PositiveSeconds = 30.0
+    shutdown_deadline_s: PositiveSeconds = 10.0
+
+    def password(self) -> str:
+        """``BWMON_MYSQL_PASSWORD`` from the environment wins: keeps the secret out of files."""
+        return os.environ.get("BWMON_MYSQL_PASSWORD", self.mysql_password)
+
+    def sqlite_file(self) -> Path:
+        return Path(self.sqlite_path) if self.sqlite_path else Path(self.state_dir) / "bwmon.db"
+
+
 class AlertsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     use_default_rules: bool = True
     rules: list[AlertRule] = msgspec.field(default_factory=list)
@@ -73,6 +98,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ingest: IngestConfig = msgspec.field(default_factory=IngestConfig)
     aggregate: AggregateSettings = msgspec.field(default_factory=AggregateSettings)
     alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
+    storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
 
 

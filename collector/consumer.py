@@ -28,8 +28,14 @@ RECENT = 100
 
 
 class FrameConsumer:
-    def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        clock: Callable[[], float] = time.time,
+        on_output: Callable[[Output], None] | None = None,
+    ) -> None:
         self.engine = engine
+        self.on_output = on_output
         self.clock = clock
         self.batches = 0
         self.engine_errors = 0
@@ -76,14 +82,15 @@ class FrameConsumer:
                     await trio.lowlevel.checkpoint()  # let ingest drain between steps
             except Exception:
                 self._failed("tick")
-            self._take(self.engine.drain())
+            self.take(self.engine.drain())
 
     def _failed(self, step: str) -> None:
         # A bug in the engine must not stop ingest: log it loudly, count it, go on.
         self.engine_errors += 1
         log.exception("engine_failed", step=step)
 
-    def _take(self, output: Output) -> None:
+    def take(self, output: Output) -> None:
+        """Count what the engine produced and hand it on (to storage)."""
         produced = self.produced
         produced["rtc_rows"] += len(output.rtc_rows)
         produced["http_rows"] += len(output.http_rows)
@@ -93,6 +100,8 @@ class FrameConsumer:
         self.recent_alerts.extend(output.alerts)
         self.recent_events.extend(output.events)
         self.recent_summaries.extend(output.summaries)
+        if self.on_output is not None:
+            self.on_output(output)
 
     def health(self) -> dict[str, Any]:
         return {

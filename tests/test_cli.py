@@ -85,3 +85,27 @@ def test_synthetic_samples_are_valid_frames_with_rising_counters() -> None:
     route = make_routes(1, Profile())[0]
     sample = route.sample(1_000.0, 1.0, random.Random(1), "svc", "inst")
     assert decode_message(encode_msgpack(sample)).errors == []
+
+
+def test_migrate_dry_run_changes_nothing_then_migrate_is_idempotent(tmp_path: Path) -> None:
+    config = tmp_path / "collector.toml"
+    config.write_text(f"[storage]\nstate_dir = '{tmp_path / 'state'}'\n")
+    dry = bwmon("migrate", "--config", str(config), "--dry-run")
+    assert dry.returncode == 0
+    assert "CREATE TABLE IF NOT EXISTS rtc_minute" in dry.stdout
+    assert not (tmp_path / "state").exists()
+    first = bwmon("migrate", "--config", str(config))
+    assert first.returncode == 0
+    assert "applied 9 statements" in first.stderr
+    again = bwmon("migrate", "--config", str(config))
+    assert "applied 0 statements" in again.stderr
+    assert (tmp_path / "state" / "bwmon.db").exists()
+
+
+def test_migrate_reports_an_unreachable_database_in_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "collector.toml"
+    config.write_text("[storage]\nbackend = 'mysql'\nmysql_port = 1\n")
+    result = bwmon("migrate", "--config", str(config))
+    assert result.returncode == 1
+    assert result.stderr.startswith("bwmon migrate: mysql:")
+    assert "Traceback" not in result.stderr

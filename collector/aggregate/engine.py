@@ -272,7 +272,9 @@ class Engine:
         if len(participant.streams) >= self.settings.max_connections_per_participant:
             self._refuse("connection_cap")
             return None
-        stream = RtcStream(meeting_id, participant_id, connection, self.settings.window_buckets)
+        stream = RtcStream(
+            meeting_id, participant_id, connection, self.settings.window_buckets, int(now * 1000)
+        )
         participant.streams[connection] = stream
         self.streams[(meeting_id, participant_id, connection)] = stream
         return stream
@@ -522,6 +524,14 @@ class Engine:
         self.output.events.append(
             LifecycleEvent(kind="meeting_ended", meeting=meeting.meeting, at=now)
         )
+
+    def close_minutes(self) -> None:
+        """Close every open minute now (shutdown): rows of partial minutes, nothing ended."""
+        for stream in self.streams.values():
+            if stream.minute_samples:
+                self._close_stream_minute(stream)
+        for route in self.routes.values():
+            self._close_route_minute(route)
 
     def drain(self) -> Output:
         """Hand over everything produced since the last drain."""

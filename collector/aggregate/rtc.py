@@ -106,6 +106,7 @@ class RtcMinuteRow(msgspec.Struct, gc=False, frozen=True, kw_only=True):
     participant: str
     connection: str
     minute: int  # Unix time of the minute's start, seconds
+    segment: int  # when this stream state opened (ms): a rejoin in the same minute is another row
     samples: int
     gaps: int
     resets: int
@@ -146,6 +147,7 @@ class RtcStream:
         "mos_count",
         "mos_min",
         "mos_sum",
+        "opened",
         "pair_id",
         "participant",
         "pending",
@@ -168,8 +170,11 @@ class RtcStream:
         "video_jitter_ms",
     )
 
-    def __init__(self, meeting: str, participant: str, connection: str, window: int = 60) -> None:
+    def __init__(
+        self, meeting: str, participant: str, connection: str, window: int = 60, opened: int = 0
+    ) -> None:
         self.meeting = meeting
+        self.opened = opened
         self.participant = participant
         self.connection = connection
         self.last_seq = -1
@@ -351,6 +356,7 @@ class RtcStream:
             participant=self.participant,
             connection=self.connection,
             minute=self.minute_no * 60,
+            segment=self.opened,
             samples=self.minute_samples,
             gaps=self.minute_gaps,
             resets=self.minute_resets,

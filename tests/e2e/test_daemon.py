@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -32,7 +33,10 @@ MAX_DATAGRAM = 4096
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
     config = tmp_path / "collector.toml"
-    config.write_text(f"[ingest]\nmax_datagram_bytes = {MAX_DATAGRAM}\nack_interval_s = 0.2\n")
+    config.write_text(
+        f"[ingest]\nmax_datagram_bytes = {MAX_DATAGRAM}\nack_interval_s = 0.2\n"
+        f"[storage]\nstate_dir = '{tmp_path}'\nflush_interval_s = 0.5\n"
+    )
     process = start_daemon(tmp_path / "daemon.log", ["--config", str(config)])
     try:
         yield process
@@ -174,7 +178,7 @@ def test_bad_websocket_input_gets_error_replies_and_is_counted(daemon: DaemonPro
 def test_sigterm_stops_the_daemon_cleanly(daemon: DaemonProcess) -> None:
     assert daemon.stop() == 0
     events = [e["event"] for e in daemon.log_events()]
-    assert events[-2:] == ["stopping", "stopped"]
+    assert events[-3:] == ["stopping", "storage_closed", "stopped"]
 
 
 def test_bench_ingest_prints_the_figures_the_issue_names() -> None:
@@ -236,3 +240,21 @@ def test_bench_aggregate_prints_its_figures() -> None:
     assert 0 < figures["ratio_to_ceiling"] < 1
     assert set(figures["bytes_per_stream"]) == {"1000", "5000"}
     assert all(0 < size < 64_000 for size in figures["bytes_per_stream"].values())
+
+
+def test_sigterm_writes_everything_received_to_the_database(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    sent = report(emit(daemon, "udp", "--meetings", "4", "--participants", "3", seconds=3))
+    counted = settled_health(daemon)["ingest"]["udp"]["frames_accepted"]
+    assert counted == sent["frames_sent"]
+    assert daemon.stop() == 0
+    with sqlite3.connect(tmp_path / "bwmon.db") as db:
+        (samples, streams) = db.execute(
+            "SELECT SUM(samples), COUNT(DISTINCT participant) FROM rtc_minute"
+        ).fetchone()
+        (requests,) = db.execute("SELECT COUNT(*) FROM http_minute").fetchone()
+    # Every rtc sample the daemon received is in a minute row, from all 12 participants.
+    assert samples == sent["frames_by_kind"]["rtc"]
+    assert streams == 12
+    assert requests >= 4

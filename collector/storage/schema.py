@@ -1,0 +1,268 @@
+"""The tables, as the sinks write them: rows of the engine → column tuples → one upsert per table.
+
+The DDL lives in versioned migration files, ``deploy/migrations/<dialect>/NNNN_name.sql``
+(packaged as ``collector/storage/migrations``); this module knows which columns each table has,
+which of them are its key, and how to build the multi-row upsert of a dialect. Every write is an
+upsert of complete values — never ``col = col + ?`` — so writing a batch twice leaves the same
+table content.
+
+Pure: builds strings and tuples, never talks to a database.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from collector.aggregate.alerts import AlertEvent
+from collector.aggregate.engine import MeetingSummary
+from collector.aggregate.http import HttpMinuteRow
+from collector.aggregate.rtc import COUNTERS, RtcMinuteRow
+
+Dialect = Literal["mysql", "sqlite"]
+Row = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: tuple[str, ...]
+    key: tuple[str, ...]
+    # Columns an upsert leaves alone when the row exists (an alert's raise time, say).
+    keep: tuple[str, ...] = ()
+
+    def upsert(self, dialect: Dialect, rows: int) -> str:
+        """One multi-row upsert for ``rows`` rows, with placeholders for ``execute``."""
+        q = "`" if dialect == "mysql" else '"'
+        mark = "%s" if dialect == "mysql" else "?"
+        names = ", ".join(f"{q}{c}{q}" for c in self.columns)
+        one = "(" + ", ".join([mark] * len(self.columns)) + ")"
+        values = ", ".join([one] * rows)
+        update = [c for c in self.columns if c not in self.key and c not in self.keep]
+        if dialect == "mysql":
+            sets = ", ".join(f"{q}{c}{q} = VALUES({q}{c}{q})" for c in update)
+            return (
+                f"INSERT INTO {q}{self.name}{q} ({names}) VALUES {values} "
+                f"ON DUPLICATE KEY UPDATE {sets}"
+            )
+        sets = ", ".join(f"{q}{c}{q} = excluded.{q}{c}{q}" for c in update)
+        keys = ", ".join(f"{q}{c}{q}" for c in self.key)
+        return (
+            f"INSERT INTO {q}{self.name}{q} ({names}) VALUES {values} "
+            f"ON CONFLICT ({keys}) DO UPDATE SET {sets}"
+        )
+
+
+RTC_MINUTE = Table(
+    "rtc_minute",
+    (
+        "meeting",
+        "participant",
+        "connection",
+        "minute",
+        "segment",
+        "samples",
+        "gaps",
+        "resets",
+        *COUNTERS,
+        "rtt_ms_avg",
+        "audio_jitter_ms_avg",
+        "video_jitter_ms_avg",
+        "mos_avg",
+        "mos_min",
+        "quality_avg",
+        "quality_min",
+        "relay",
+        "turn_server",
+        "relayed_bytes",
+    ),
+    key=("meeting", "participant", "connection", "minute", "segment"),
+)
+HTTP_MINUTE = Table(
+    "http_minute",
+    (
+        "service",
+        "route",
+        "method",
+        "minute",
+        "requests",
+        "status_1xx",
+        "status_2xx",
+        "status_3xx",
+        "status_4xx",
+        "status_5xx",
+        "bytes_in",
+        "bytes_out",
+        "latency_sum_ms",
+        "latency_hist",
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
+        "max_ms",
+    ),
+    key=("service", "route", "method", "minute"),
+)
+MEETINGS = Table(
+    "meetings",
+    (
+        "meeting",
+        "started_at",
+        "ended_at",
+        "peak_participants",
+        "bytes_up",
+        "bytes_down",
+        "relayed_bytes",
+        "relay_cost",
+        "relayed_bytes_by_turn_server",
+        "quality_avg",
+        "quality_worst",
+        "seconds_by_level",
+    ),
+    key=("meeting", "started_at"),
+)
+ALERTS = Table(
+    "alerts",
+    (
+        "id",
+        "raised_at",
+        "rule",
+        "meeting",
+        "participant",
+        "severity",
+        "value",
+        "threshold",
+        "cleared_at",
+    ),
+    key=("id", "raised_at"),
+    keep=("value", "threshold"),  # the values that raised it; a clear only sets cleared_at
+)
+TABLES = (RTC_MINUTE, HTTP_MINUTE, MEETINGS, ALERTS)
+
+
+def rtc_row(row: RtcMinuteRow) -> Row:
+    return (
+        row.meeting,
+        row.participant,
+        row.connection,
+        row.minute,
+        row.segment,
+        row.samples,
+        row.gaps,
+        row.resets,
+        *(row.counters[c] for c in COUNTERS),
+        row.rtt_ms_avg,
+        row.audio_jitter_ms_avg,
+        row.video_jitter_ms_avg,
+        row.mos_avg,
+        row.mos_min,
+        row.quality_avg,
+        row.quality_min,
+        row.relay,
+        row.turn_server,
+        row.relayed_bytes,
+    )
+
+
+def http_row(row: HttpMinuteRow) -> Row:
+    return (
+        row.service,
+        row.route,
+        row.method,
+        row.minute,
+        row.requests,
+        *row.status,
+        row.bytes_in,
+        row.bytes_out,
+        row.latency_sum_ms,
+        json.dumps(row.latency_hist),
+        row.latency.p50,
+        row.latency.p95,
+        row.latency.p99,
+        row.latency.max,
+    )
+
+
+def meeting_row(summary: MeetingSummary) -> Row:
+    return (
+        summary.meeting,
+        summary.started_at,
+        summary.ended_at,
+        summary.peak_participants,
+        summary.bytes_up,
+        summary.bytes_down,
+        summary.relayed_bytes,
+        summary.relay_cost,
+        json.dumps(summary.relayed_bytes_by_turn_server, sort_keys=True),
+        summary.quality_avg,
+        summary.quality_worst,
+        json.dumps(summary.seconds_by_level, sort_keys=True),
+    )
+
+
+def alert_row(event: AlertEvent) -> Row:
+    return (
+        event.id,
+        event.raised_at,
+        event.rule,
+        event.key[0],
+        event.key[1] if len(event.key) > 1 else None,
+        event.severity,
+        event.value,
+        event.threshold,
+        event.at if event.state == "cleared" else None,
+    )
+
+
+@dataclass
+class Batch:
+    """Rows for each table, ready to write; the unit of a flush, a retry and the spool."""
+
+    rows: dict[str, list[Row]] = field(default_factory=dict)
+
+    def add(self, table: Table, rows: list[Row]) -> None:
+        if rows:
+            self.rows.setdefault(table.name, []).extend(rows)
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self.rows.values())
+
+    def merge(self, other: Batch) -> None:
+        for name, rows in other.rows.items():
+            self.rows.setdefault(name, []).extend(rows)
+
+
+TABLES_BY_NAME = {t.name: t for t in TABLES}
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    def statements(self) -> list[str]:
+        """The file's statements, without comments, in order."""
+        text = "\n".join(line for line in self.sql.splitlines() if not line.startswith("--"))
+        return [s.strip() for s in text.split(";") if s.strip()]
+
+
+_MIGRATION = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+def migrations(dialect: Dialect, directory: Path | None = None) -> list[Migration]:
+    """The migrations of a dialect, in version order."""
+    if directory is None:
+        base = resources.files("collector.storage") / "migrations" / dialect
+        entries = [(entry.name, entry.read_text(encoding="utf-8")) for entry in base.iterdir()]
+    else:
+        entries = [(p.name, p.read_text(encoding="utf-8")) for p in (directory / dialect).iterdir()]
+    found = []
+    for name, text in entries:
+        match = _MIGRATION.match(name)
+        if match:
+            found.append(Migration(int(match.group(1)), match.group(2), text))
+    return sorted(found, key=lambda m: m.version)

@@ -1,0 +1,269 @@
+"""Where minute rows, meeting summaries and alerts are stored: MySQL/MariaDB or SQLite.
+
+Both sinks have the same three methods — ``migrate``, ``write``, ``close`` — and pass the same
+contract tests. A write is one transaction holding one multi-row upsert per table (split only
+when a statement would exceed the dialect's limit), so the number of statements per flush does
+not grow with the number of streams, and a retried or replayed batch leaves the same content.
+
+- ``MysqlSink``: asyncmy, an asyncio driver, reached through the runtime's ``AsyncioBridge``;
+  each session gets ``max_statement_time`` so a slow server cannot hold a flush forever.
+- ``SqliteSink``: the standard library's sqlite3 in a worker thread (one at a time): the
+  embedded default, so a fresh machine stores data with nothing else installed.
+
+Errors, translated here and nowhere else::
+
+    StorageError            base
+     └── StorageUnavailable the database cannot be reached or did not answer in time: retry later
+
+Never called from the ingest path: only the flusher awaits a sink.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any, Protocol
+
+import asyncmy
+import asyncmy.errors
+import trio
+
+from collector.runtime import AsyncioBridge
+from collector.storage.schema import TABLES_BY_NAME, Batch, Dialect, Migration, Row, migrations
+
+MIGRATIONS_TABLE = "bwmon_migrations"
+MYSQL_ROWS_PER_STATEMENT = 5_000
+SQLITE_MAX_VARIABLES = 32_766
+
+
+class StorageError(Exception):
+    """Base of the storage errors."""
+
+
+class StorageUnavailable(StorageError):
+    """The database cannot be reached or did not answer in time; the batch is kept."""
+
+
+class Sink(Protocol):
+    dialect: Dialect
+    statements: int  # executed since start, for benchmarks and /healthz
+
+    async def migrate(self, dry_run: bool = False) -> list[str]: ...
+
+    async def write(self, batch: Batch) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def _chunks(rows: Sequence[Row], size: int) -> list[Sequence[Row]]:
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+
+def _pending_sql(applied: set[int], dialect: Dialect) -> list[tuple[Migration, list[str]]]:
+    return [(m, m.statements()) for m in migrations(dialect) if m.version not in applied]
+
+
+class SqliteSink:
+    dialect: Dialect = "sqlite"
+
+    def __init__(self, path: Path, statement_timeout_s: float = 10.0) -> None:
+        self.path = path
+        self.statement_timeout_s = statement_timeout_s
+        self.statements = 0
+        self._limiter = trio.CapacityLimiter(1)
+        self._conn: sqlite3.Connection | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self.path, timeout=self.statement_timeout_s, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn = conn
+        return self._conn
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        try:
+            return await trio.to_thread.run_sync(partial(fn, *args), limiter=self._limiter)
+        except sqlite3.OperationalError as exc:
+            raise StorageUnavailable(f"sqlite {self.path}: {exc}") from exc
+
+    async def migrate(self, dry_run: bool = False) -> list[str]:
+        return list(await self._run(self._migrate, dry_run))
+
+    def _migrate(self, dry_run: bool) -> list[str]:
+        if dry_run and not self.path.exists():  # a dry run creates nothing, not even the file
+            return [s for m, statements in _pending_sql(set(), "sqlite") for s in statements]
+        conn = self._connect()
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} "
+            "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+        )
+        applied = {v for (v,) in conn.execute(f"SELECT version FROM {MIGRATIONS_TABLE}")}
+        done: list[str] = []
+        for migration, statements in _pending_sql(applied, "sqlite"):
+            done += statements
+            if dry_run:
+                continue
+            with conn:
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute(
+                    f"INSERT INTO {MIGRATIONS_TABLE} VALUES (?, ?, ?)",
+                    (migration.version, migration.name, time.time()),
+                )
+        return done
+
+    async def write(self, batch: Batch) -> None:
+        await self._run(self._write, batch)
+
+    def _write(self, batch: Batch) -> None:
+        conn = self._connect()
+        with conn:
+            for name, rows in batch.rows.items():
+                table = TABLES_BY_NAME[name]
+                size = max(1, SQLITE_MAX_VARIABLES // len(table.columns))
+                for chunk in _chunks(rows, size):
+                    conn.execute(
+                        table.upsert("sqlite", len(chunk)), [v for row in chunk for v in row]
+                    )
+                    self.statements += 1
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Read rows (tests, export)."""
+        return list(await self._run(lambda: self._connect().execute(sql, params).fetchall()))
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await trio.to_thread.run_sync(conn.close, limiter=self._limiter)
+
+
+class MysqlSink:
+    dialect: Dialect = "mysql"
+
+    def __init__(
+        self,
+        bridge: AsyncioBridge,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 3306,
+        user: str = "root",
+        password: str = "",
+        database: str = "bwmon",
+        statement_timeout_s: float = 10.0,
+        connect_timeout_s: float = 5.0,
+    ) -> None:
+        self.bridge = bridge
+        self.params: dict[str, Any] = {
+            "host": host,
+            "port": port,
+            "user": user,
+            "password": password,
+            "db": database,
+            "connect_timeout": connect_timeout_s,
+            "autocommit": False,
+            "init_command": f"SET SESSION max_statement_time = {statement_timeout_s:g}",
+        }
+        self.statement_timeout_s = statement_timeout_s
+        self.statements = 0
+        self._pool: Any = None
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        try:
+            with trio.fail_after(self.statement_timeout_s + 5):
+                if self._pool is None:
+                    self._pool = await self.bridge.run(partial(_create_pool, **self.params))
+                return await self.bridge.run(fn, self._pool, *args)
+        except trio.TooSlowError as exc:
+            raise StorageUnavailable("mysql: no answer in time") from exc
+        except (OSError, asyncmy.errors.Error) as exc:
+            await self._drop_pool()
+            raise StorageUnavailable(f"mysql: {exc}") from exc
+
+    async def _drop_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                await self.bridge.run(_close_pool, pool)
+
+    async def migrate(self, dry_run: bool = False) -> list[str]:
+        done: list[str] = await self._call(_mysql_migrate, dry_run)
+        return done
+
+    async def write(self, batch: Batch) -> None:
+        statements = [
+            (TABLES_BY_NAME[name].upsert("mysql", len(chunk)), [v for row in chunk for v in row])
+            for name, rows in batch.rows.items()
+            for chunk in _chunks(rows, MYSQL_ROWS_PER_STATEMENT)
+        ]
+        await self._call(_mysql_execute_all, statements)
+        self.statements += len(statements)
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = await self._call(_mysql_query, sql, list(params))
+        return rows
+
+    async def close(self) -> None:
+        await self._drop_pool()
+
+
+# asyncio side: these run on the asyncio loop through the bridge.
+
+
+async def _create_pool(**params: Any) -> Any:
+
+    return await asyncmy.create_pool(minsize=1, maxsize=2, **params)
+
+
+async def _close_pool(pool: Any) -> None:
+    pool.close()
+    await pool.wait_closed()
+
+
+async def _mysql_execute_all(pool: Any, statements: list[tuple[str, list[Any]]]) -> None:
+    async with pool.acquire() as conn:
+        try:
+            async with conn.cursor() as cursor:
+                for sql, params in statements:
+                    await cursor.execute(sql, params)
+            await conn.commit()
+        except BaseException:
+            await conn.rollback()
+            raise
+
+
+async def _mysql_query(pool: Any, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+    async with pool.acquire() as conn, conn.cursor() as cursor:
+        await cursor.execute(sql, params)
+        rows = await cursor.fetchall()
+        await conn.commit()
+        return list(rows)
+
+
+async def _mysql_migrate(pool: Any, dry_run: bool) -> list[str]:
+    async with pool.acquire() as conn, conn.cursor() as cursor:
+        await cursor.execute(
+            f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (version INT PRIMARY KEY, "
+            "name VARCHAR(200) NOT NULL, applied_at DOUBLE NOT NULL)"
+        )
+        await cursor.execute(f"SELECT version FROM {MIGRATIONS_TABLE}")
+        applied = {v for (v,) in await cursor.fetchall()}
+        done: list[str] = []
+        for migration, statements in _pending_sql(applied, "mysql"):
+            done += statements
+            if dry_run:
+                continue
+            for statement in statements:  # DDL commits implicitly in MySQL
+                await cursor.execute(statement)
+            await cursor.execute(
+                f"INSERT INTO {MIGRATIONS_TABLE} VALUES (%s, %s, %s)",
+                (migration.version, migration.name, time.time()),
+            )
+            await conn.commit()
+        return done

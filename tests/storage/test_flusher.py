@@ -1,0 +1,112 @@
+"""The flusher against a real SQLite sink that can be switched off: nothing lost, nothing
+twice, order kept, overflow counted."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import trio
+
+from collector.aggregate.engine import Output
+from collector.storage.flusher import Flusher, decode_batch, encode_batch
+from collector.storage.schema import Batch
+from collector.storage.sinks import SqliteSink, StorageUnavailable
+from tests.storage.test_sinks import RAISED, rtc
+
+
+class FlakySink(SqliteSink):
+    down = False
+
+    async def write(self, batch: Batch) -> None:
+        if self.down:
+            raise StorageUnavailable("switched off by the test")
+        await super().write(batch)
+
+
+def output(*minutes: int) -> Output:
+    return Output(rtc_rows=[rtc(m, video=float(m)) for m in minutes], alerts=[RAISED])
+
+
+@pytest.fixture
+async def sink(tmp_path: Path) -> FlakySink:
+    return FlakySink(tmp_path / "bwmon.db")
+
+
+async def count(sink: SqliteSink) -> int:
+    ((rows,),) = await sink.query("SELECT COUNT(*) FROM rtc_minute")
+    return int(rows)
+
+
+async def test_rows_wait_while_the_database_is_down_then_go_once(sink: FlakySink) -> None:
+    flusher = Flusher(sink)
+    flusher.offer(output(60, 120))
+    assert await flusher.flush()
+    sink.down = True
+    flusher.offer(output(180))
+    assert not await flusher.flush()
+    flusher.offer(output(240))
+    assert not await flusher.flush()
+    assert flusher.failures == 2
+    assert len(flusher.pending) == 4  # two rtc rows and two alert rows
+    sink.down = False
+    assert await flusher.flush()
+    assert await count(sink) == 4
+    assert await sink.query("SELECT minute FROM rtc_minute ORDER BY minute") == [
+        (60,),
+        (120,),
+        (180,),
+        (240,),
+    ]
+    assert flusher.counters["rows_written"] == 7  # 3 in the first flush, 4 in the last
+    assert flusher.counters["failed_flushes"] == 2
+    assert flusher.failures == 0
+
+
+async def test_retries_back_off_up_to_the_cap(
+    sink: FlakySink, autojump_clock: trio.testing.MockClock
+) -> None:
+    sink.down = True
+    flusher = Flusher(sink, flush_interval_s=1, retry_max_s=8, migrate=False)
+    flusher.offer(output(60))
+    attempts: list[float] = []
+    original = flusher.flush
+
+    async def timed_flush() -> bool:
+        attempts.append(trio.current_time())
+        return await original()
+
+    flusher.flush = timed_flush  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(flusher.run)
+        await trio.sleep(40)
+        nursery.cancel_scope.cancel()
+    gaps = [round(b - a) for a, b in itertools.pairwise(attempts)]
+    assert gaps[:4] == [2, 4, 8, 8]
+
+
+async def test_overflow_without_a_spool_is_dropped_and_counted(sink: FlakySink) -> None:
+    flusher = Flusher(sink, queue_max_rows=100)
+    sink.down = True
+    flusher.offer(Output(rtc_rows=[rtc(60 * i) for i in range(101)]))
+    assert flusher.counters["rows_dropped"] == 101
+    assert len(flusher.pending) == 0
+
+
+async def test_close_writes_what_it_can_within_the_deadline(sink: FlakySink) -> None:
+    flusher = Flusher(sink)
+    flusher.offer(output(60))
+    await flusher.close(deadline_s=2)
+    assert await count(sink) == 1
+    sink.down = True
+    flusher.offer(output(120))
+    with trio.fail_after(5):
+        await flusher.close(deadline_s=0.5)
+    assert flusher.counters["rows_dropped"] == 2
+
+
+def test_batches_survive_their_spool_encoding() -> None:
+    batch = Batch()
+    batch.merge(decode_batch(encode_batch(Batch({"rtc_minute": [(1, "a", None, 2.5)]}))))
+    assert batch.rows == {"rtc_minute": [(1, "a", None, 2.5)]}

@@ -1,0 +1,231 @@
+"""The sink contract, run against SQLite and against the real MariaDB on 127.0.0.1:3306."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import AsyncIterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import asyncmy
+import pytest
+import trio
+import trio.lowlevel
+
+from collector.aggregate.alerts import AlertEvent
+from collector.aggregate.engine import MeetingSummary
+from collector.aggregate.http import HttpMinuteRow
+from collector.aggregate.percentiles import latency_summary
+from collector.aggregate.rtc import COUNTERS, RtcMinuteRow
+from collector.runtime import open_thread_bridge
+from collector.storage.schema import (
+    ALERTS,
+    HTTP_MINUTE,
+    MEETINGS,
+    RTC_MINUTE,
+    TABLES,
+    Batch,
+    alert_row,
+    http_row,
+    meeting_row,
+    rtc_row,
+)
+from collector.storage.sinks import (
+    SQLITE_MAX_VARIABLES,
+    MysqlSink,
+    SqliteSink,
+    StorageUnavailable,
+)
+
+MYSQL: dict[str, Any] = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
+
+
+async def _admin(sql: str) -> None:
+    conn = await asyncmy.connect(**MYSQL)
+    try:
+        async with conn.cursor() as cursor:
+            await cursor.execute(sql)
+    finally:
+        conn.close()
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+async def sink(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    if request.param == "sqlite":
+        sqlite = SqliteSink(tmp_path / "bwmon.db")
+        yield sqlite
+        await sqlite.close()
+        return
+    database = f"bwmon_test_{uuid.uuid4().hex[:12]}"
+    async with open_thread_bridge() as bridge:
+        await bridge.run(partial(_admin, f"CREATE DATABASE {database}"))
+        mysql = MysqlSink(bridge, database=database, **MYSQL)
+        try:
+            yield mysql
+        finally:
+            await mysql.close()
+            await bridge.run(partial(_admin, f"DROP DATABASE {database}"))
+
+
+def rtc(minute: int, participant: str = "p1", video: float = 1_000.0) -> RtcMinuteRow:
+    counters = dict.fromkeys(COUNTERS, 0.0)
+    counters["video_bytes_sent"] = video
+    return RtcMinuteRow(
+        meeting="m1",
+        participant=participant,
+        connection="c1",
+        minute=minute,
+        segment=1_800_000_000_000,
+        samples=60,
+        gaps=0,
+        resets=0,
+        counters=counters,
+        rtt_ms_avg=40.0,
+        audio_jitter_ms_avg=None,
+        video_jitter_ms_avg=None,
+        mos_avg=4.1,
+        mos_min=3.9,
+        quality_avg=80.0,
+        quality_min=70.0,
+        relay="turn-udp",
+        turn_server="turn:t1:3478",
+        relayed_bytes=video,
+    )
+
+
+def http(minute: int) -> HttpMinuteRow:
+    hist = [1.0] * 12
+    return HttpMinuteRow(
+        service="api",
+        route="/v1/items",
+        method="GET",
+        minute=minute,
+        requests=12.0,
+        status=[0.0, 11.0, 0.0, 1.0, 0.0],
+        bytes_in=100.0,
+        bytes_out=5_000.0,
+        latency_sum_ms=300.0,
+        latency_hist=hist,
+        latency=latency_summary([1] * 12),
+    )
+
+
+SUMMARY = MeetingSummary(
+    meeting="m1",
+    started_at=1_800_000_000.0,
+    ended_at=1_800_000_600.0,
+    peak_participants=3,
+    bytes_up=1e6,
+    bytes_down=2e6,
+    relayed_bytes=5e5,
+    relay_cost=0.000045,
+    relayed_bytes_by_turn_server={"turn:t1:3478": 5e5},
+    quality_avg=77.5,
+    quality_worst=40.0,
+    seconds_by_level={"good": 500.0, "fair": 100.0},
+)
+RAISED = AlertEvent(
+    id="high_rtt:m1/p1:1",
+    rule="high_rtt",
+    key=("m1", "p1"),
+    state="raised",
+    severity="warning",
+    value=512.0,
+    threshold=400.0,
+    at=1_800_000_010.0,
+    raised_at=1_800_000_010.0,
+)
+
+
+def batch(*rows: RtcMinuteRow) -> Batch:
+    b = Batch()
+    b.add(RTC_MINUTE, [rtc_row(r) for r in rows])
+    b.add(HTTP_MINUTE, [http_row(http(1_800_000_000))])
+    b.add(MEETINGS, [meeting_row(SUMMARY)])
+    b.add(ALERTS, [alert_row(RAISED)])
+    return b
+
+
+async def dump(sink: Any) -> dict[str, list[tuple[Any, ...]]]:
+    return {
+        t.name: await sink.query(f"SELECT * FROM {t.name} ORDER BY {', '.join(t.key)}")
+        for t in TABLES
+    }
+
+
+async def test_migrate_is_idempotent_and_dry_run_changes_nothing(sink: Any) -> None:
+    planned = await sink.migrate(dry_run=True)
+    assert any("CREATE TABLE IF NOT EXISTS rtc_minute" in s for s in planned)
+    with pytest.raises(StorageUnavailable):
+        await sink.query("SELECT COUNT(*) FROM rtc_minute")  # dry run: nothing created
+    assert await sink.migrate() == planned
+    assert await sink.migrate() == []
+    assert await sink.query("SELECT version FROM bwmon_migrations") == [(1,)]
+
+
+async def test_replaying_a_batch_leaves_identical_tables(sink: Any) -> None:
+    await sink.migrate()
+    rows = [rtc(1_800_000_000 + 60 * i, f"p{i % 7}", 1_000.0 * i) for i in range(50)]
+    await sink.write(batch(*rows))
+    first = await dump(sink)
+    await sink.write(batch(*rows))
+    assert await dump(sink) == first
+    assert len(first["rtc_minute"]) == 50
+    (total,) = await sink.query("SELECT SUM(video_bytes_sent) FROM rtc_minute")
+    assert total[0] == sum(1_000.0 * i for i in range(50))
+
+
+async def test_an_upsert_writes_the_complete_new_values(sink: Any) -> None:
+    await sink.migrate()
+    await sink.write(batch(rtc(1_800_000_000, video=1_000.0)))
+    await sink.write(batch(rtc(1_800_000_000, video=2_500.0)))
+    assert await sink.query("SELECT video_bytes_sent, relayed_bytes FROM rtc_minute") == [
+        (2_500.0, 2_500.0)
+    ]
+
+
+async def test_a_cleared_alert_keeps_what_raised_it(sink: Any) -> None:
+    await sink.migrate()
+    await sink.write(batch())
+    cleared = Batch()
+    cleared.add(
+        ALERTS,
+        [
+            alert_row(
+                AlertEvent(
+                    **{
+                        **{f: getattr(RAISED, f) for f in RAISED.__struct_fields__},
+                        "state": "cleared",
+                        "value": 120.0,
+                        "threshold": 300.0,
+                        "at": 1_800_000_030.0,
+                    }
+                )
+            )
+        ],
+    )
+    await sink.write(cleared)
+    rows = await sink.query("SELECT value, threshold, cleared_at FROM alerts")
+    assert rows == [(512.0, 400.0, 1_800_000_030.0)]
+
+
+async def test_statements_do_not_grow_with_rows(sink: Any) -> None:
+    await sink.migrate()
+    before = sink.statements
+    await sink.write(batch(*(rtc(1_800_000_000, f"p{i}") for i in range(3_000))))
+    per_flush = sink.statements - before
+    # 3,000 participants: MySQL one upsert per table; SQLite splits at its variable limit.
+    sqlite_rtc = math.ceil(3_000 / (SQLITE_MAX_VARIABLES // len(RTC_MINUTE.columns)))
+    assert per_flush == (4 if sink.dialect == "mysql" else 3 + sqlite_rtc)
+    assert (await sink.query("SELECT COUNT(*) FROM rtc_minute"))[0][0] == 3_000
+
+
+async def test_an_unreachable_mysql_is_storage_unavailable() -> None:
+    async with open_thread_bridge() as bridge:
+        sink = MysqlSink(bridge, host="127.0.0.1", port=1, connect_timeout_s=1)
+        with pytest.raises(StorageUnavailable):
+            await sink.write(batch(rtc(1_800_000_000)))
+        await sink.close()
+    await trio.lowlevel.checkpoint()
