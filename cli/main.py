@@ -23,6 +23,7 @@ from collector.config import Config, ConfigError, load
 from collector.logs import configure
 from collector.runtime import AsyncioBridge, open_thread_bridge, run_guest
 from collector.storage.sinks import StorageError
+from collector.storage.spool import SpoolError
 
 app = typer.Typer(
     help="bwmon: call-quality and bandwidth collector daemon.",
@@ -78,7 +79,7 @@ def serve(
             raise
         typer.echo(f"bwmon: {_first_leaf(matched)}", err=True)
         raise typer.Exit(1) from None
-    except daemon_app.ListenError as exc:
+    except (daemon_app.ListenError, SpoolError) as exc:
         typer.echo(f"bwmon: {exc}", err=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:

@@ -13,6 +13,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import h11
@@ -35,6 +36,7 @@ from collector.logs import get_logger
 from collector.runtime import AsyncioBridge
 from collector.storage.flusher import Flusher
 from collector.storage.sinks import MysqlSink, Sink, SqliteSink
+from collector.storage.spool import Spool
 from protocol import Frame, Limits
 
 log = get_logger("app")
@@ -70,6 +72,11 @@ class Daemon:
         self.engine = Engine(config.aggregate, config.alerts.effective_rules())
         self.sink = open_sink(config.storage, bridge)
         storage = config.storage
+        self.spool = (
+            Spool(Path(storage.state_dir) / "spool", max_bytes=storage.spool_max_bytes)
+            if self.sink is not None and storage.spool_max_bytes > 0
+            else None
+        )
         self.flusher = (
             Flusher(
                 self.sink,
@@ -77,6 +84,7 @@ class Daemon:
                 queue_max_rows=storage.queue_max_rows,
                 retry_max_s=storage.retry_max_s,
                 migrate=storage.auto_migrate,
+                spool=self.spool,
             )
             if self.sink is not None
             else None
@@ -205,6 +213,8 @@ class Daemon:
             await self.flusher.close(self.config.storage.shutdown_deadline_s)
             with trio.move_on_after(2):
                 await self.sink.close()
+            if self.spool is not None:
+                self.spool.close()
             log.info("storage_closed", **self.flusher.health())
 
 

@@ -13,6 +13,7 @@ from collector.aggregate.engine import Output
 from collector.storage.flusher import Flusher, decode_batch, encode_batch
 from collector.storage.schema import Batch
 from collector.storage.sinks import SqliteSink, StorageUnavailable
+from collector.storage.spool import Spool
 from tests.storage.test_sinks import RAISED, rtc
 
 
@@ -110,3 +111,41 @@ def test_batches_survive_their_spool_encoding() -> None:
     batch = Batch()
     batch.merge(decode_batch(encode_batch(Batch({"rtc_minute": [(1, "a", None, 2.5)]}))))
     assert batch.rows == {"rtc_minute": [(1, "a", None, 2.5)]}
+
+
+async def test_overflow_goes_to_the_spool_and_comes_back_in_order(
+    sink: FlakySink, tmp_path: Path
+) -> None:
+    spool = Spool(tmp_path / "spool", fsync=False)
+    flusher = Flusher(sink, queue_max_rows=100, spool=spool)
+    sink.down = True
+    flusher.offer(Output(rtc_rows=[rtc(60 * i) for i in range(101)]))  # over the cap: spooled
+    flusher.offer(Output(rtc_rows=[rtc(60 * 200)]))  # stays pending
+    assert flusher.counters["rows_spooled"] == 101
+    assert not await flusher.flush()
+    # The daemon restarts: a new flusher finds the spool and writes it before anything newer.
+    spool.close()
+    spool = Spool(tmp_path / "spool", fsync=False)
+    sink.down = False
+    again = Flusher(sink, spool=spool)
+    again.offer(Output(rtc_rows=[rtc(60 * 300)]))
+    assert await again.flush()
+    assert await count(sink) == 102
+    assert len(spool) == 0
+    assert again.counters["rows_written"] == 102
+    spool.close()
+
+
+async def test_close_spools_what_the_dead_database_did_not_take(
+    sink: FlakySink, tmp_path: Path
+) -> None:
+    spool = Spool(tmp_path / "spool", fsync=False)
+    flusher = Flusher(sink, spool=spool, migrate=False)
+    sink.down = True
+    flusher.offer(output(60))
+    with trio.fail_after(5):
+        await flusher.close(deadline_s=0.3)
+    assert flusher.counters["rows_spooled"] == 2
+    assert flusher.counters["rows_dropped"] == 0
+    assert len(spool) == 1
+    spool.close()
