@@ -28,7 +28,7 @@ from trio_websocket import (
 )
 
 from cli.synthetic import Profile, make_participants, make_routes
-from protocol import Frame, Hello, encode_json, encode_msgpack
+from protocol import Frame, Hello, RtcSample, encode_json, encode_msgpack
 from protocol.emitter import pack, pack_json
 from protocol.session import Ack, ErrorReply, SessionMessage, Welcome
 
@@ -73,6 +73,12 @@ class EmitReport(msgspec.Struct, kw_only=True):
     acked_accepted: int | None = None
     acked_rejected: int | None = None
     error_replies: dict[str, int] = msgspec.field(default_factory=dict)
+    # Live runs: audio + video bytes sent by all participants between the first and the last
+    # rtc frame of each that left this process: what the daemon's minute rows must add up to.
+    rtc_bytes_sent: float = 0.0
+
+
+Spans = dict[tuple[str, str, str], list[float]]  # stream -> [first total, last total]
 
 
 class FrameSchedule:
@@ -162,11 +168,19 @@ def _now_ms() -> float:
     return time.time() * 1000
 
 
-def _count(report: EmitReport, frames: list[Frame]) -> None:
+def _count(report: EmitReport, frames: list[Frame], first_last: Spans) -> None:
     by_kind = report.frames_by_kind
     for frame in frames:
         kind = str(frame.__struct_config__.tag)
         by_kind[kind] = by_kind.get(kind, 0) + 1
+        if isinstance(frame, RtcSample):
+            total = float((frame.audio_bytes_sent or 0) + (frame.video_bytes_sent or 0))
+            key = (frame.meeting, frame.participant, frame.connection)
+            span = first_last.get(key)
+            if span is None:
+                first_last[key] = [total, total]
+            else:
+                span[1] = total
     report.frames_sent += len(frames)
 
 
@@ -215,7 +229,9 @@ async def _send_datagram(sock: socket.socket, datagram: bytes, report: EmitRepor
         return True
 
 
-async def _emit_udp(options: EmitOptions, schedule: FrameSchedule, report: EmitReport) -> None:
+async def _emit_udp(
+    options: EmitOptions, schedule: FrameSchedule, report: EmitReport, spans: Spans
+) -> None:
     family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
@@ -229,7 +245,7 @@ async def _emit_udp(options: EmitOptions, schedule: FrameSchedule, report: EmitR
                 if await _send_datagram(sock, datagram, report):
                     sent += frames[position : position + count]
                 position += count
-            _count(report, sent)
+            _count(report, sent, spans)
 
         async def send_replayed(datagrams: list[tuple[bytes, int]]) -> None:
             for datagram, count in datagrams:
@@ -266,7 +282,9 @@ async def _read_replies(ws: WebSocketConnection, report: EmitReport) -> None:
         return
 
 
-async def _emit_ws(options: EmitOptions, schedule: FrameSchedule, report: EmitReport) -> None:
+async def _emit_ws(
+    options: EmitOptions, schedule: FrameSchedule, report: EmitReport, spans: Spans
+) -> None:
     text = options.encoding == "json"
     url = f"ws://{options.host}:{options.http_port}/ingest"
     async with open_websocket_url(url, message_queue_size=64) as ws:
@@ -295,7 +313,7 @@ async def _emit_ws(options: EmitOptions, schedule: FrameSchedule, report: EmitRe
                 batch = frames[i : i + options.ws_batch]
                 await ws.send_message(encode(batch))
                 report.messages_sent += 1
-                _count(report, batch)
+                _count(report, batch, spans)
 
         async def send_replayed(messages: list[tuple[bytes, int]]) -> None:
             for message, count in messages:
@@ -331,18 +349,20 @@ async def emit(options: EmitOptions) -> EmitReport:
     """Send synthetic frames for ``options.duration_s`` seconds and report what was sent."""
     schedule = FrameSchedule(options)
     report = EmitReport(transport=options.transport, target_rtc_per_s=round(schedule.rate, 1))
+    spans: Spans = {}
     started = trio.current_time()
     if options.transport == "ws":
         url = f"ws://{options.host}:{options.http_port}/ingest"
         try:
-            await _emit_ws(options, schedule, report)
+            await _emit_ws(options, schedule, report, spans)
         except HandshakeError as exc:
             cause = exc.__cause__
             raise EmitError(f"cannot connect to {url}: {cause or 'handshake failed'}") from None
         except ConnectionClosed as exc:
             raise EmitError(f"{url} closed the session: {exc.reason}") from None
     else:
-        await _emit_udp(options, schedule, report)
+        await _emit_udp(options, schedule, report, spans)
+    report.rtc_bytes_sent = sum(last - first for first, last in spans.values())
     report.elapsed_s = round(trio.current_time() - started, 3)
     report.frames_per_s = (
         round(report.frames_sent / report.elapsed_s, 1) if report.elapsed_s else 0.0

@@ -6,7 +6,10 @@ a daemon over the network, and turns our errors into an exit code and one clear 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -15,6 +18,7 @@ import msgspec
 import trio
 import typer
 
+import cli.bench_storage  # noqa: F401  (registers bench storage)
 from cli import bench
 from cli.emit import EmitError, EmitOptions, emit
 from cli.synthetic import Profile
@@ -22,7 +26,15 @@ from collector import app as daemon_app
 from collector.config import Config, ConfigError, load
 from collector.logs import configure
 from collector.runtime import AsyncioBridge, open_thread_bridge, run_guest
-from collector.storage.sinks import StorageError
+from collector.storage.export import (
+    Format,
+    Kind,
+    Selection,
+    export_to,
+    parse_time,
+    row_writer,
+)
+from collector.storage.sinks import MysqlSink, SqliteSink, StorageError
 from collector.storage.spool import SpoolError
 
 app = typer.Typer(
@@ -124,6 +136,102 @@ def migrate(
         typer.echo(statement + ";\n")
     verb = "would apply" if dry_run else "applied"
     typer.echo(f"bwmon migrate: {verb} {len(statements)} statements", err=True)
+
+
+@app.command("export")
+def export_command(
+    what: Annotated[Kind, typer.Argument(help="the table: rtc, http, meetings or alerts")],
+    config: ConfigPath = None,
+    output_format: Annotated[Format, typer.Option("--format", "-f")] = "csv",
+    start: Annotated[
+        str | None, typer.Option(help="from this time on: ISO 8601 or Unix seconds")
+    ] = None,
+    end: Annotated[str | None, typer.Option(help="before this time: ISO 8601 or Unix")] = None,
+    meeting: Annotated[str | None, typer.Option(help="rtc, meetings, alerts")] = None,
+    participant: Annotated[str | None, typer.Option(help="rtc, alerts")] = None,
+    service: Annotated[str | None, typer.Option(help="http")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="file to write (default: stdout)")
+    ] = None,
+) -> None:
+    """Write stored rows as CSV, JSON or NDJSON, streamed page by page in key order."""
+    try:
+        selection = Selection(
+            what,
+            start=None if start is None else parse_time(start),
+            end=None if end is None else parse_time(end),
+            meeting=meeting,
+            participant=participant,
+            service=service,
+        )
+    except ValueError as exc:
+        typer.echo(f"bwmon export: {exc}", err=True)
+        raise typer.Exit(2) from None
+    settings = _load_or_exit(config)
+    if settings.storage.backend == "none":
+        typer.echo("bwmon export: storage.backend is none: nothing to export", err=True)
+        raise typer.Exit(2)
+    configure(settings.log.level, settings.log.format)
+    on_terminal = sys.stderr.isatty()
+
+    shown = [0]  # rows on the progress line, which an error message must not run into
+
+    def progress(rows: int) -> None:
+        shown[0] = rows
+        sys.stderr.write(f"\rbwmon export: {rows} rows")
+        sys.stderr.flush()
+
+    async def main(out: io.TextIOWrapper) -> int:
+        async with open_thread_bridge() as bridge:
+            sink = daemon_app.open_sink(settings.storage, bridge)
+            assert isinstance(sink, SqliteSink | MysqlSink)  # both can be read
+            try:
+                writer = row_writer(output_format, out)
+                return await export_to(
+                    sink, selection, writer, progress=progress if on_terminal else None
+                )
+            finally:
+                await sink.close()
+
+    # stdout gets UTF-8 and untranslated CRLF (CSV) whatever the locale; a file is written
+    # beside its target and renamed when complete, so a failed export leaves no half file.
+    partial = None if output is None else output.with_name(f".{output.name}.part")
+    try:
+        sys.stdout.flush()
+        out = (
+            io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="")
+            if partial is None
+            else partial.open("w", encoding="utf-8", newline="")
+        )
+    except OSError as exc:
+        typer.echo(f"bwmon export: {exc}", err=True)
+        raise typer.Exit(1) from None
+    code, rows, failure = 0, 0, ""
+    try:
+        rows = trio.run(main, out)
+        out.flush()
+    except BrokenPipeError:  # the reader went away (| head): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1
+    except (StorageError, OSError) as exc:
+        code, failure = 1, f"bwmon export: {exc}"
+    except KeyboardInterrupt:
+        code = 130
+    if output is None or partial is None:
+        out.detach()
+    elif code:
+        with contextlib.suppress(OSError):
+            out.close()
+        partial.unlink(missing_ok=True)
+    else:
+        out.close()
+        partial.replace(output)
+    if on_terminal and (shown[0] or not failure):
+        sys.stderr.write(f"\rbwmon export: {max(rows, shown[0])} rows\n")
+    if failure:
+        typer.echo(failure, err=True)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command("check-config")

@@ -34,7 +34,8 @@ from collector.ingest.udp import (
 from collector.ingest.websocket import SessionSettings, serve_ingest_session
 from collector.logs import get_logger
 from collector.runtime import AsyncioBridge
-from collector.storage.flusher import Flusher
+from collector.storage import checkpoint
+from collector.storage.flusher import Flusher, decode_batch, encode_batch
 from collector.storage.sinks import MysqlSink, Sink, SqliteSink
 from collector.storage.spool import Spool
 from protocol import Frame, Limits
@@ -85,6 +86,7 @@ class Daemon:
                 retry_max_s=storage.retry_max_s,
                 migrate=storage.auto_migrate,
                 spool=self.spool,
+                after_flush=self.checkpoint,
             )
             if self.sink is not None
             else None
@@ -117,8 +119,49 @@ class Daemon:
                 max_ws_message_bytes=ingest.max_ws_message_bytes,
             ),
         )
+        self.checkpoint_bytes = 0
+        self.checkpoint_errors = 0
         self._udp_sock: socket.socket | None = None
         self._frames_in: trio.MemorySendChannel[list[Frame]] | None = None
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.config.storage.state_dir)
+
+    async def checkpoint(self) -> None:
+        """Save the engine's open state and the unwritten rows (after each flush attempt)."""
+        assert self.flusher is not None
+        state = {"engine": self.engine.snapshot(), "pending": encode_batch(self.flusher.pending)}
+        try:
+            self.checkpoint_bytes = await trio.to_thread.run_sync(
+                checkpoint.save, self.state_dir, state
+            )
+        except checkpoint.CheckpointError as exc:
+            self.checkpoint_errors += 1
+            log.error("checkpoint_failed", error=str(exc))
+
+    def restore(self) -> None:
+        """Load the last checkpoint, if any, before the first frame."""
+        if self.flusher is None:
+            return
+        try:
+            state = checkpoint.load(self.state_dir)
+            if state is None:
+                return
+            self.engine.restore(state["engine"], time.time())
+            self.flusher.pending.merge(decode_batch(state["pending"]))
+        except (checkpoint.CheckpointError, ValueError, KeyError, TypeError) as exc:
+            self.checkpoint_errors += 1
+            log.error("checkpoint_not_restored", error=str(exc)[:300])
+            self.engine = Engine(self.config.aggregate, self.config.alerts.effective_rules())
+            self.consumer.engine = self.engine
+            return
+        log.info(
+            "checkpoint_restored",
+            streams=len(self.engine.streams),
+            routes=len(self.engine.routes),
+            pending_rows=len(self.flusher.pending),
+        )
 
     async def ingest_session(self, ws: WebSocketConnection) -> None:
         assert self._frames_in is not None
@@ -137,7 +180,12 @@ class Daemon:
             "consumer": self.consumer.health(),
             "aggregate": self.engine.stats(),
             "storage": (
-                {"backend": self.config.storage.backend, **self.flusher.health()}
+                {
+                    "backend": self.config.storage.backend,
+                    **self.flusher.health(),
+                    "checkpoint_bytes": self.checkpoint_bytes,
+                    "checkpoint_errors": self.checkpoint_errors,
+                }
                 if self.flusher is not None
                 else {"backend": "none"}
             ),
@@ -165,6 +213,7 @@ class Daemon:
             self._udp_sock.close()
             raise _bind_error("TCP", server.host, server.http_port, exc) from None
         try:
+            self.restore()
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.consumer.consume, frames_out)
                 await nursery.start(self.consumer.tick)
@@ -207,7 +256,7 @@ class Daemon:
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 break
             self.engine.add(batch, now)
-        self.engine.close_minutes()
+        self.engine.close_minutes(now)
         self.consumer.take(self.engine.drain())
         if self.flusher is not None and self.sink is not None:
             await self.flusher.close(self.config.storage.shutdown_deadline_s)

@@ -68,7 +68,7 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     auto_migrate: bool = True
     flush_interval_s: PositiveSeconds = 5.0
     statement_timeout_s: PositiveSeconds = 10.0
-    queue_max_rows: Annotated[int, Meta(ge=100, le=100_000_000)] = 200_000
+    queue_max_rows: Annotated[int, Meta(ge=1, le=100_000_000)] = 200_000
     spool_max_bytes: Annotated[int, Meta(ge=0, le=1 << 40)] = 256 << 20
     retry_max_s: PositiveSeconds = 30.0
     shutdown_deadline_s: PositiveSeconds = 10.0

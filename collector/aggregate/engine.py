@@ -167,7 +167,7 @@ class Engine:
             if kind is RtcSample:
                 self._rtc(frame, now, minute_no)  # type: ignore[arg-type]
             elif kind is HttpSample:
-                self._http(frame, bucket_no, minute_no)  # type: ignore[arg-type]
+                self._http(frame, now, bucket_no, minute_no)  # type: ignore[arg-type]
             elif kind is Event:
                 self._event(frame, now)  # type: ignore[arg-type]
 
@@ -193,14 +193,17 @@ class Engine:
                 )
             )
 
-    def _http(self, sample: HttpSample, bucket_no: int, minute_no: int) -> None:
+    def _http(self, sample: HttpSample, now: float, bucket_no: int, minute_no: int) -> None:
         key = (sample.service, sample.route, sample.method)
         route = self.routes.get(key)
         if route is None:
             if len(self.routes) >= self.settings.max_http_routes:
                 self._refuse("http_route_cap")
                 return
-            route = self.routes[key] = HttpRouteState(*key, window=self.settings.window_buckets)
+            service, path, method = key
+            route = self.routes[key] = HttpRouteState(
+                service, path, method, self.settings.window_buckets, int(now * 1000)
+            )
         elif route.minute_no != minute_no and route.minute_no >= 0:
             self._close_route_minute(route)
         route.add(sample, bucket_no, minute_no)
@@ -525,13 +528,66 @@ class Engine:
             LifecycleEvent(kind="meeting_ended", meeting=meeting.meeting, at=now)
         )
 
-    def close_minutes(self) -> None:
-        """Close every open minute now (shutdown): rows of partial minutes, nothing ended."""
+    def close_minutes(self, now: float) -> None:
+        """Close every open minute now (shutdown): rows of partial minutes, nothing ended.
+
+        The rest of such a minute, after a restart, goes to a new segment (a separate row), so
+        the row written now is never overwritten by the part that follows."""
+        segment = int(now * 1000)
         for stream in self.streams.values():
             if stream.minute_samples:
                 self._close_stream_minute(stream)
+            stream.opened = segment
         for route in self.routes.values():
             self._close_route_minute(route)
+            route.opened = segment
+
+    # -- checkpoint ---------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """The state a restart needs to lose no counted byte: every stream's last counters and
+        open accumulators, the lifecycle, the routes. Not the live rings nor alert windows."""
+        return {
+            "version": SNAPSHOT_VERSION,
+            "last_tick": self.last_tick,
+            "meetings": [
+                {
+                    **{k: getattr(m, k) for k in _MEETING_FIELDS},
+                    "participants": [
+                        {
+                            **{k: getattr(p, k) for k in _PARTICIPANT_FIELDS},
+                            "streams": [s.state() for s in p.streams.values()],
+                        }
+                        for p in m.participants.values()
+                    ],
+                }
+                for m in self.meetings.values()
+            ],
+            "routes": [route.state() for route in self.routes.values()],
+        }
+
+    def restore(self, snapshot: dict[str, Any], now: float) -> None:
+        """Load a ``snapshot`` into this (new, empty) engine. Streams count as seen ``now``: the
+        time the daemon was down is not their silence."""
+        if snapshot.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(f"unknown checkpoint version {snapshot.get('version')!r}")
+        window = self.settings.window_buckets
+        self.last_tick = snapshot["last_tick"]
+        for m in snapshot["meetings"]:
+            meeting = Meeting(**{k: m[k] for k in _MEETING_FIELDS})
+            self.meetings[meeting.meeting] = meeting
+            for p in m["participants"]:
+                participant = Participant(**{k: p[k] for k in _PARTICIPANT_FIELDS})
+                participant.reasons = tuple(participant.reasons)
+                meeting.participants[participant.participant] = participant
+                for state in p["streams"]:
+                    stream = RtcStream.from_state(state, window)
+                    stream.last_seen = now
+                    participant.streams[stream.connection] = stream
+                    self.streams[(stream.meeting, stream.participant, stream.connection)] = stream
+        for state in snapshot["routes"]:
+            route = HttpRouteState.from_state(state, window)
+            self.routes[(route.service, route.route, route.method)] = route
 
     def drain(self) -> Output:
         """Hand over everything produced since the last drain."""
@@ -589,3 +645,8 @@ def _nan(value: float | None) -> float:
 
 def _pct(fraction: float | None) -> float:
     return math.nan if fraction is None else 100 * fraction
+
+
+SNAPSHOT_VERSION = 1
+_MEETING_FIELDS = tuple(f for f in Meeting.__dataclass_fields__ if f != "participants")
+_PARTICIPANT_FIELDS = tuple(f for f in Participant.__dataclass_fields__ if f != "streams")

@@ -17,7 +17,7 @@ Pure: no I/O, no clock reads.
 from __future__ import annotations
 
 from array import array
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
@@ -49,6 +49,7 @@ class HttpMinuteRow(msgspec.Struct, gc=False, frozen=True, kw_only=True):
     route: str
     method: str
     minute: int  # Unix time of the minute's start, seconds
+    segment: int  # ms; a minute closed early (shutdown) continues as another segment
     requests: float
     status: list[float]  # 1xx … 5xx
     bytes_in: float
@@ -98,6 +99,7 @@ class HttpRoute:
         "method",
         "minute",
         "minute_no",
+        "opened",
         "ring",
         "ring_bucket",
         "route",
@@ -105,8 +107,11 @@ class HttpRoute:
         "window",
     )
 
-    def __init__(self, service: str, route: str, method: str, window: int = 60) -> None:
+    def __init__(
+        self, service: str, route: str, method: str, window: int = 60, opened: int = 0
+    ) -> None:
         self.service, self.route, self.method = service, route, method
+        self.opened = opened
         self.instances: dict[str, HttpInstance] = {}
         self.window = window
         self.ring = array("d", _ZEROS) * window
@@ -139,6 +144,32 @@ class HttpRoute:
             self.ring[at : at + WIDTH] = _ZEROS
         self.ring_bucket = bucket_no
 
+    def state(self) -> dict[str, Any]:
+        """The minute accumulator and every instance's last counters (not the live ring)."""
+        return {
+            "key": [self.service, self.route, self.method],
+            "minute": list(self.minute),
+            "minute_no": self.minute_no,
+            "opened": self.opened,
+            "instances": {
+                name: [i.boot, i.last, i.last_seq, i.stale, i.resets, i.restarts]
+                for name, i in self.instances.items()
+            },
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], window: int = 60) -> HttpRoute:
+        service, path, method = state["key"]
+        route = cls(service, path, method, window)
+        route.minute = array("d", state["minute"])
+        route.minute_no = state["minute_no"]
+        route.opened = state["opened"]
+        for name, (boot, last, last_seq, stale, resets, restarts) in state["instances"].items():
+            instance = route.instances[name] = HttpInstance()
+            instance.boot, instance.last, instance.last_seq = boot, last, last_seq
+            instance.stale, instance.resets, instance.restarts = stale, resets, restarts
+        return route
+
     def window_totals(self, now_bucket: int) -> list[float]:
         """Sums over the live window ending at ``now_bucket`` (the accumulator layout)."""
         totals = [0.0] * WIDTH
@@ -161,6 +192,7 @@ class HttpRoute:
             route=self.route,
             method=self.method,
             minute=self.minute_no * 60,
+            segment=self.opened,
             requests=m[REQUESTS],
             status=list(m[STATUS:BYTES_IN]),
             bytes_in=m[BYTES_IN],

@@ -21,8 +21,9 @@ Pure: no I/O, no clock reads; the daemon passes its time in.
 from __future__ import annotations
 
 from array import array
+from collections.abc import Mapping
 from operator import attrgetter
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
@@ -210,6 +211,27 @@ class RtcStream:
         self.ring = array("H", [NO_DATA]) * (window * N_RING)  # a live view, not a ledger
         self.ring_bucket = -1
 
+    def state(self) -> dict[str, Any]:
+        """Everything but the live ring, as plain values: what a checkpoint keeps."""
+        return {
+            name: list(value) if isinstance(value, array) else value
+            for name in _STATE_SLOTS
+            for value in (getattr(self, name),)
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], window: int = 60) -> RtcStream:
+        stream = cls(state["meeting"], state["participant"], state["connection"], window)
+        for name in _STATE_SLOTS:
+            current = getattr(stream, name)
+            value = state[name]
+            setattr(
+                stream,
+                name,
+                array(current.typecode, value) if isinstance(current, array) else value,
+            )
+        return stream
+
     def ring_write(self, bucket_no: int, values: tuple[float, ...]) -> None:
         """Store one tick's derived values (in ``RING_FIELDS`` order, NaN: not measured) in
         bucket ``bucket_no``; buckets skipped since the last write hold no data."""
@@ -382,3 +404,6 @@ class RtcStream:
         self.mos_min = self.quality_min = None
         self.relayed_minute = 0.0
         return row
+
+
+_STATE_SLOTS: Final = tuple(name for name in RtcStream.__slots__ if not name.startswith("ring"))

@@ -13,6 +13,7 @@ Never called from the ingest path with anything that waits: ``offer`` only appen
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import msgspec
@@ -79,7 +80,9 @@ class Flusher:
         retry_max_s: float = 30.0,
         spool: SpoolLike | None = None,
         migrate: bool = True,
+        after_flush: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        self.after_flush = after_flush  # the checkpoint: after every attempt, and at close
         self.sink = sink
         self.needs_migrate = migrate
         self.flush_interval_s = flush_interval_s
@@ -122,6 +125,8 @@ class Flusher:
                 delay = min(self.retry_max_s, self.flush_interval_s * 2 ** min(self.failures, 10))
             await trio.sleep(delay)
             await self.flush()
+            if self.after_flush is not None:
+                await self.after_flush()
 
     async def flush(self) -> bool:
         """Write the spool's batches (oldest first), then the pending one. False if the
@@ -173,6 +178,8 @@ class Flusher:
                 await trio.sleep(min(1.0, deadline_s / 4))
         if len(self.pending):
             self._overflow()
+        if self.after_flush is not None:
+            await self.after_flush()
 
     def health(self) -> dict[str, Any]:
         return {

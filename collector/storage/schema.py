@@ -89,6 +89,7 @@ HTTP_MINUTE = Table(
         "route",
         "method",
         "minute",
+        "segment",
         "requests",
         "status_1xx",
         "status_2xx",
@@ -104,7 +105,7 @@ HTTP_MINUTE = Table(
         "p99_ms",
         "max_ms",
     ),
-    key=("service", "route", "method", "minute"),
+    key=("service", "route", "method", "minute", "segment"),
 )
 MEETINGS = Table(
     "meetings",
@@ -173,6 +174,7 @@ def http_row(row: HttpMinuteRow) -> Row:
         row.route,
         row.method,
         row.minute,
+        row.segment,
         row.requests,
         *row.status,
         row.bytes_in,

@@ -254,7 +254,74 @@ def test_sigterm_writes_everything_received_to_the_database(
             "SELECT SUM(samples), COUNT(DISTINCT participant) FROM rtc_minute"
         ).fetchone()
         (requests,) = db.execute("SELECT COUNT(*) FROM http_minute").fetchone()
-    # Every rtc sample the daemon received is in a minute row, from all 12 participants.
+    # Every rtc sample the daemon received is in a minute row, from all 12 participants, and
+    # the bytes add up to what emit sent.
     assert samples == sent["frames_by_kind"]["rtc"]
+    with sqlite3.connect(tmp_path / "bwmon.db") as db:
+        (stored,) = db.execute(
+            "SELECT SUM(audio_bytes_sent + video_bytes_sent) FROM rtc_minute"
+        ).fetchone()
+    assert stored == sent["rtc_bytes_sent"] > 0
     assert streams == 12
     assert requests >= 4
+
+
+def test_kill_9_and_restart_lose_no_counted_byte(tmp_path: Path) -> None:
+    """The daemon is killed with SIGKILL mid-run and started again on the same ports: the bytes
+    in the database equal what emit sent, because the checkpoint brings every stream's last
+    counters back and the first sample after the restart is a delta from them."""
+    config = tmp_path / "collector.toml"
+    config.write_text(f"[storage]\nstate_dir = '{tmp_path}'\nflush_interval_s = 0.3\n")
+    first = start_daemon(tmp_path / "first.log", ["--config", str(config)])
+    ports = ["--udp-port", str(first.udp_port), "--http-port", str(first.http_port)]
+    sender = emit(
+        first, "udp", "--meetings", "3", "--participants", "3", "--interval", "0.2", seconds=6
+    )
+    time.sleep(2.5)
+    first.process.kill()
+    first.process.wait()
+    second = start_daemon(tmp_path / "second.log", ["--config", str(config), *ports])
+    try:
+        sent = report(sender)
+        assert any(e.get("event") == "checkpoint_restored" for e in second.log_events())
+        assert second.stop() == 0
+    finally:
+        second.stop()
+    with sqlite3.connect(tmp_path / "bwmon.db") as db:
+        (stored,) = db.execute(
+            "SELECT SUM(audio_bytes_sent + video_bytes_sent) FROM rtc_minute"
+        ).fetchone()
+    assert sent["rtc_bytes_sent"] > 0
+    assert stored == sent["rtc_bytes_sent"]
+
+
+def test_bench_storage_prints_its_figures() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.main", "bench", "storage", "--json", "--quick"],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    figures = json.loads(result.stdout)
+    for key in (
+        "statements_per_min",
+        "target_statements_per_table_per_min",
+        "meets_target",
+        "rows_per_s",
+        "sqlite_rows_per_s",
+    ):
+        assert key in figures
+    assert figures["target_statements_per_table_per_min"] == 10
+    assert figures["rows_per_s"] > 0
+    assert figures["sqlite_rows_per_s"] > 0
+    small, large = figures["statements_per_min"]["100"], figures["statements_per_min"]["20000"]
+    assert set(small) == set(large) == {"rtc_minute", "http_minute", "total"}
+    # One upsert per table per minute whatever the participant count, split only where a
+    # statement would exceed the sink's rows per statement (20,000 rtc rows: 4 of 5,000).
+    assert small == {"rtc_minute": 1, "http_minute": 1, "total": 2}
+    assert large["http_minute"] == small["http_minute"]
+    assert large["rtc_minute"] == -(-20_000 // figures["mysql_rows_per_statement"])
+    for per_table in (small, large):
+        assert per_table["rtc_minute"] <= 10
+        assert per_table["http_minute"] <= 10
+    assert figures["meets_target"] is True

@@ -102,6 +102,7 @@ def http(minute: int) -> HttpMinuteRow:
         route="/v1/items",
         method="GET",
         minute=minute,
+        segment=0,
         requests=12.0,
         status=[0.0, 11.0, 0.0, 1.0, 0.0],
         bytes_in=100.0,

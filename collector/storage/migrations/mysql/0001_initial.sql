@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS http_minute (
     route VARCHAR(128) NOT NULL,
     method VARCHAR(16) NOT NULL,
     minute BIGINT NOT NULL,
+    segment BIGINT NOT NULL,
     requests DOUBLE NOT NULL,
     status_1xx DOUBLE NOT NULL,
     status_2xx DOUBLE NOT NULL,
@@ -68,7 +69,7 @@ CREATE TABLE IF NOT EXISTS http_minute (
     p95_ms DOUBLE NULL,
     p99_ms DOUBLE NULL,
     max_ms DOUBLE NULL,
-    PRIMARY KEY (service, route, method, minute)
+    PRIMARY KEY (service, route, method, minute, segment)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 CREATE INDEX IF NOT EXISTS http_minute_by_minute ON http_minute (minute);
 

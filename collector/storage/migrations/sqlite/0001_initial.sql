@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS http_minute (
     route TEXT NOT NULL,
     method TEXT NOT NULL,
     minute INTEGER NOT NULL,
+    segment INTEGER NOT NULL,
     requests REAL NOT NULL,
     status_1xx REAL NOT NULL,
     status_2xx REAL NOT NULL,
@@ -68,7 +69,7 @@ CREATE TABLE IF NOT EXISTS http_minute (
     p95_ms REAL NULL,
     p99_ms REAL NULL,
     max_ms REAL NULL,
-    PRIMARY KEY (service, route, method, minute)
+    PRIMARY KEY (service, route, method, minute, segment)
 );
 CREATE INDEX IF NOT EXISTS http_minute_by_minute ON http_minute (minute);
 

@@ -1,0 +1,304 @@
+"""``bwmon export``: keyset pages against SQLite and the real MariaDB, the writers, the command."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import trio
+
+from collector.storage.export import (
+    EXPORTS,
+    Format,
+    Kind,
+    Selection,
+    export_rows,
+    export_to,
+    parse_time,
+    row_writer,
+)
+from collector.storage.schema import ALERTS, MEETINGS, RTC_MINUTE, Batch, Row, alert_row
+from collector.storage.schema import meeting_row as summary_row
+from collector.storage.sinks import SqliteSink
+from tests.storage.test_sinks import RAISED, SUMMARY, batch, rtc, sink
+
+__all__ = ["sink"]  # the two-backend fixture, shared with the sink contract tests
+
+T0 = 1_800_000_000
+HOSTILE = "a\"b,c'd;\n--é😀\\"  # quotes, comma, newline, unicode, backslash
+
+
+def rtc_rows(count: int) -> Batch:
+    """``count`` rows over 5 participants (one hostile) and consecutive minutes."""
+    people = ["p0", "p1", "p2", "p3", HOSTILE]
+    return batch(*(rtc(T0 + 60 * (i // 5), people[i % 5], video=i + 0.25) for i in range(count)))
+
+
+async def collect(sink: Any, selection: Selection, page_rows: int) -> list[list[Row]]:
+    return [page async for page in export_rows(sink, selection, page_rows=page_rows)]
+
+
+async def all_rows(sink: Any, selection: Selection) -> list[Row]:
+    return [row for page in await collect(sink, selection, 1_000_000) for row in page]
+
+
+@pytest.mark.parametrize("count", [49, 50])
+async def test_pages_give_every_row_once_in_key_order(sink: Any, count: int) -> None:
+    await sink.migrate()
+    await sink.write(rtc_rows(count))
+    selection = Selection("rtc")
+    pages = await collect(sink, selection, page_rows=7)
+    assert [len(p) for p in pages] == [7] * (count // 7) + ([count % 7] if count % 7 else [])
+    keys = [selection.key_of(row) for page in pages for row in page]
+    assert len(set(keys)) == count
+    assert keys == sorted(keys)  # utf8mb4_bin and SQLite's BINARY order as Python's str order
+    stored = await sink.query(
+        "SELECT meeting, participant, connection, minute, segment FROM rtc_minute"
+    )
+    assert sorted(keys) == sorted(tuple(k) for k in stored)
+
+
+async def test_filters_on_time_participant_and_meeting(sink: Any) -> None:
+    await sink.migrate()
+    await sink.write(rtc_rows(50))  # minutes T0 … T0 + 9 min, 5 rows each
+    between = Selection("rtc", start=T0 + 120, end=T0 + 300)  # start kept, end left out
+    rows = [r for page in await collect(sink, between, 4) for r in page]
+    minutes = RTC_MINUTE.columns.index("minute")
+    assert sorted({r[minutes] for r in rows}) == [T0 + 120, T0 + 180, T0 + 240]
+    assert len(rows) == 15
+
+    hostile = Selection("rtc", participant=HOSTILE, start=T0 + 60)
+    rows = [r for page in await collect(sink, hostile, 3) for r in page]
+    assert [r[1] for r in rows] == [HOSTILE] * 9
+    assert [r[minutes] for r in rows] == [T0 + 60 * i for i in range(1, 10)]
+
+    assert await all_rows(sink, Selection("rtc", meeting="nobody")) == []
+    assert len(await all_rows(sink, Selection("rtc", meeting="m1"))) == 50
+
+
+async def test_meetings_alerts_and_http_filter_on_their_own_columns(sink: Any) -> None:
+    await sink.migrate()
+    b = rtc_rows(1)
+    b.add(MEETINGS, [summary_row(msgspec.structs.replace(SUMMARY, started_at=T0 + 0.5))])
+    b.add(MEETINGS, [summary_row(msgspec.structs.replace(SUMMARY, meeting=HOSTILE))])
+    cleared = msgspec.structs.replace(
+        RAISED, id="x", key=("m2",), raised_at=T0 + 900.25, state="cleared", at=T0 + 960.5
+    )
+    b.add(ALERTS, [alert_row(cleared)])
+    await sink.write(b)
+
+    meetings = await all_rows(sink, Selection("meetings", start=T0 + 0.5))
+    assert [(r[0], r[1]) for r in meetings] == [("m1", T0 + 0.5)]  # started_at, not minute
+    assert [r[0] for r in await all_rows(sink, Selection("meetings", meeting=HOSTILE))] == [HOSTILE]
+
+    alerts = await all_rows(sink, Selection("alerts", meeting="m2"))
+    assert alerts == [
+        ("x", T0 + 900.25, "high_rtt", "m2", None, "warning", 512.0, 400.0, T0 + 960.5)
+    ]
+    assert [r[0] for r in await all_rows(sink, Selection("alerts", participant="p1"))] == [
+        RAISED.id
+    ]
+    assert await all_rows(sink, Selection("alerts", end=T0 + 10)) == []  # raised at T0 + 10
+
+    assert len(await all_rows(sink, Selection("http", service="api"))) == 1
+    assert await all_rows(sink, Selection("http", service="web")) == []
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "ndjson"])
+async def test_every_format_parses_back_to_the_stored_values(sink: Any, fmt: Format) -> None:
+    await sink.migrate()
+    await sink.write(rtc_rows(12))
+    selection = Selection("rtc")
+    stored = await all_rows(sink, selection)
+    out = io.StringIO(newline="")
+    seen: list[int] = []
+    written = await export_to(
+        sink, selection, row_writer(fmt, out), page_rows=5, progress=seen.append
+    )
+    assert written == 12
+    assert seen == [5, 10, 12]
+    assert parse(fmt, out.getvalue()) == [
+        dict(zip(RTC_MINUTE.columns, row, strict=True)) for row in stored
+    ]
+    assert sum(HOSTILE in row for row in stored) == 2  # participants p0 … p3, HOSTILE
+
+
+def parse(fmt: Format, text: str) -> list[dict[str, Any]]:
+    """Back to Python values; CSV's strings are converted with the types of the columns."""
+    if fmt == "json":
+        parsed: list[dict[str, Any]] = json.loads(text)
+        return parsed
+    if fmt == "ndjson":
+        assert text.endswith("\n")
+        return [json.loads(line) for line in text.split("\n")[:-1]]
+    assert text.endswith("\r\n")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader)
+    assert header == list(RTC_MINUTE.columns)
+    return [{c: typed(c, v) for c, v in zip(header, line, strict=True)} for line in reader]
+
+
+def typed(column: str, text: str) -> Any:
+    if text == "":
+        return None
+    if column in ("meeting", "participant", "connection", "relay", "turn_server"):
+        return text
+    if column in ("minute", "segment", "samples", "gaps", "resets"):
+        return int(text)
+    return float(text)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "ndjson"])
+def test_an_empty_export_is_still_a_valid_document(fmt: Format) -> None:
+    out = io.StringIO(newline="")
+    writer = row_writer(fmt, out)
+    writer.begin(("a", "b"))
+    writer.end()
+    assert out.getvalue() == {"csv": "a,b\r\n", "json": "[]\n", "ndjson": ""}[fmt]
+
+
+@pytest.mark.parametrize(("dialect", "mark", "quote"), [("sqlite", "?", '"'), ("mysql", "%s", "`")])
+def test_the_next_page_is_a_keyset_query_in_the_dialect(
+    dialect: Any, mark: str, quote: str
+) -> None:
+    selection = Selection("alerts", start=1.0, participant="p1")
+    sql, params = selection.page_query(dialect, ("id-9", 5.5), 100)
+    q = quote
+    assert sql == (
+        f"SELECT {', '.join(f'{q}{c}{q}' for c in ALERTS.columns)} FROM {q}alerts{q} "
+        f"WHERE {q}participant{q} = {mark} AND {q}raised_at{q} >= {mark} "
+        f"AND {q}id{q} >= {mark} "
+        f"AND ({q}id{q} > {mark} OR ({q}id{q} = {mark} AND ({q}raised_at{q} > {mark}))) "
+        f"ORDER BY {q}id{q}, {q}raised_at{q} LIMIT 100"
+    )
+    assert params == ["p1", 1.0, "id-9", "id-9", "id-9", 5.5]
+    assert "OFFSET" not in sql
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"what": "rtc", "service": "api"}, "--service does not apply to rtc"),
+        ({"what": "http", "participant": "p1"}, "--participant does not apply to http"),
+        ({"what": "meetings", "participant": "p1"}, "--participant does not apply"),
+        ({"what": "rtc", "meeting": ""}, "--meeting is empty"),
+        ({"what": "rtc", "start": 10.0, "end": 10.0}, "--end must be after --start"),
+        ({"what": "rtc", "end": float("nan")}, "--end is not a finite time"),
+        ({"what": "users"}, "cannot export 'users'"),
+    ],
+)
+def test_a_bad_selection_is_refused_before_any_query(kwargs: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Selection(**kwargs)
+
+
+def test_times_are_iso_8601_or_unix_seconds() -> None:
+    assert parse_time("2026-11-29T10:00:00Z") == 1_795_946_400.0
+    assert parse_time("2026-11-29T11:00:00+01:00") == 1_795_946_400.0
+    assert parse_time("2026-11-29T10:00:00") == 1_795_946_400.0  # no offset: UTC
+    assert parse_time(" 1795946400.5 ") == 1_795_946_400.5
+    for bad in ("yesterday", "inf", ""):
+        with pytest.raises(ValueError, match=r"time|ISO 8601"):
+            parse_time(bad)
+
+
+def test_every_kind_exports_a_table_with_its_time_column() -> None:
+    kinds: list[Kind] = ["rtc", "http", "meetings", "alerts"]
+    assert list(EXPORTS) == kinds
+    for exported in EXPORTS.values():
+        assert exported.time_column in exported.table.columns
+
+
+# The command, as a user runs it.
+
+
+def bwmon(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def sqlite_config(tmp_path: Path, rows: int) -> Path:
+    async def fill() -> None:
+        sqlite = SqliteSink(tmp_path / "state" / "bwmon.db")
+        try:
+            await sqlite.migrate()
+            await sqlite.write(rtc_rows(rows))
+        finally:
+            await sqlite.close()
+
+    trio.run(fill)
+    config = tmp_path / "collector.toml"
+    config.write_text(f"[storage]\nstate_dir = '{tmp_path / 'state'}'\n")
+    return config
+
+
+def test_export_command_writes_ndjson_to_stdout(tmp_path: Path) -> None:
+    config = sqlite_config(tmp_path, 20)
+    result = bwmon("export", "rtc", "--config", str(config), "--format", "ndjson")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # not a terminal: no progress
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 20
+    assert sum(r["participant"] == HOSTILE for r in rows) == 4
+    keys = [tuple(r[c] for c in RTC_MINUTE.key) for r in rows]
+    assert keys == sorted(keys)
+
+
+def test_export_command_filters_into_a_csv_file(tmp_path: Path) -> None:
+    config = sqlite_config(tmp_path, 20)
+    output = tmp_path / "out.csv"
+    result = bwmon(
+        "export", "rtc", "-c", str(config), "--participant", HOSTILE,
+        "--start", "2027-01-15T08:01:00Z", "--end", str(T0 + 180), "--output", str(output),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    with output.open(newline="", encoding="utf-8") as f:
+        lines = list(csv.DictReader(f))
+    assert [(line["participant"], int(line["minute"])) for line in lines] == [
+        (HOSTILE, T0 + 60),
+        (HOSTILE, T0 + 120),
+    ]
+    assert list(tmp_path.glob(".*.part")) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--service", "api"], "bwmon export: --service does not apply to rtc"),
+        (["--start", "soon"], "bwmon export: 'soon' is neither ISO 8601"),
+    ],
+)
+def test_export_command_refuses_bad_arguments_with_exit_2(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    result = bwmon("export", "rtc", "--config", str(sqlite_config(tmp_path, 1)), *args)
+    assert result.returncode == 2
+    assert result.stderr.startswith(message)
+    assert result.stdout == ""
+
+
+def test_export_command_from_an_unreachable_mysql_is_one_line_and_exit_1(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "collector.toml"
+    config.write_text("[storage]\nbackend = 'mysql'\nmysql_port = 1\n")
+    output = tmp_path / "out.json"
+    result = bwmon("export", "alerts", "--config", str(config), "-f", "json", "-o", str(output))
+    assert result.returncode == 1
+    assert result.stderr.startswith("bwmon export: mysql:")
+    assert result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == [config]  # no half-written output left behind
