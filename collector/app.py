@@ -36,6 +36,7 @@ from collector.logs import get_logger
 from collector.runtime import AsyncioBridge
 from collector.storage import checkpoint
 from collector.storage.flusher import Flusher, decode_batch, encode_batch
+from collector.storage.retention import run_retention
 from collector.storage.sinks import MysqlSink, Sink, SqliteSink
 from collector.storage.spool import Spool
 from protocol import Frame, Limits
@@ -198,7 +199,7 @@ class Daemon:
     async def serve(
         self, *, task_status: trio.TaskStatus[Addresses] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        server, ingest = self.config.server, self.config.ingest
+        server, ingest, storage = self.config.server, self.config.ingest, self.config.storage
         frames_in, frames_out = trio.open_memory_channel[list[Frame]](ingest.queue_batches)
         self._frames_in = frames_in
         try:
@@ -217,9 +218,16 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.consumer.consume, frames_out)
                 await nursery.start(self.consumer.tick)
-                if self.flusher is not None:
+                if self.flusher is not None and self.sink is not None:
                     await self.flusher.flush()  # migrates now: a schema problem shows at start
                     await nursery.start(self.flusher.run)
+                    if storage.minute_retention_days > 0:
+                        await nursery.start(
+                            run_retention,
+                            self.sink,
+                            storage.minute_retention_days,
+                            storage.retention_interval_s,
+                        )
                 await nursery.start(
                     serve_udp,
                     self._udp_sock,

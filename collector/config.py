@@ -72,6 +72,8 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     spool_max_bytes: Annotated[int, Meta(ge=0, le=1 << 40)] = 256 << 20
     retry_max_s: PositiveSeconds = 30.0
     shutdown_deadline_s: PositiveSeconds = 10.0
+    minute_retention_days: Annotated[float, Meta(ge=0, le=36_500)] = 7.0
+    retention_interval_s: PositiveSeconds = 3600.0
 
     def password(self) -> str:
         """``BWMON_MYSQL_PASSWORD`` from the environment wins: keeps the secret out of files."""

@@ -96,7 +96,7 @@ def test_migrate_dry_run_changes_nothing_then_migrate_is_idempotent(tmp_path: Pa
     assert not (tmp_path / "state").exists()
     first = bwmon("migrate", "--config", str(config))
     assert first.returncode == 0
-    assert "applied 9 statements" in first.stderr
+    assert "applied 13 statements" in first.stderr
     again = bwmon("migrate", "--config", str(config))
     assert "applied 0 statements" in again.stderr
     assert (tmp_path / "state" / "bwmon.db").exists()

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from collector.aggregate.alerts import AlertEvent
 from collector.aggregate.engine import MeetingSummary
@@ -268,3 +268,80 @@ def migrations(dialect: Dialect, directory: Path | None = None) -> list[Migratio
         if match:
             found.append(Migration(int(match.group(1)), match.group(2), text))
     return sorted(found, key=lambda m: m.version)
+
+
+ROLLUPS: Final = (
+    (
+        "rtc_minute",
+        "rtc_hour",
+        ("meeting", "participant", "connection"),
+        (
+            ("minutes", "COUNT(*)"),
+            ("samples", "SUM(samples)"),
+            ("gaps", "SUM(gaps)"),
+            ("resets", "SUM(resets)"),
+            *((c, f"SUM({c})") for c in COUNTERS),
+            ("mos_avg", "AVG(mos_avg)"),
+            ("mos_min", "MIN(mos_min)"),
+            ("quality_avg", "AVG(quality_avg)"),
+            ("quality_min", "MIN(quality_min)"),
+            ("relayed_bytes", "SUM(relayed_bytes)"),
+        ),
+    ),
+    (
+        "http_minute",
+        "http_hour",
+        ("service", "route", "method"),
+        (
+            *(
+                (c, f"SUM({c})")
+                for c in (
+                    "requests",
+                    "status_1xx",
+                    "status_2xx",
+                    "status_3xx",
+                    "status_4xx",
+                    "status_5xx",
+                    "bytes_in",
+                    "bytes_out",
+                    "latency_sum_ms",
+                )
+            ),
+            ("p95_ms_max", "MAX(p95_ms)"),
+        ),
+    ),
+)
+
+
+def rollup_sql(
+    dialect: Dialect,
+    source: str,
+    target: str,
+    keys: tuple[str, ...],
+    sums: tuple[tuple[str, str], ...],
+) -> str:
+    """Sum the minute rows before a cutoff (the one parameter) into hour rows. An hour row
+    that exists is kept (``IGNORE``): a rollup interrupted between insert and delete, run
+    again, never rebuilds an hour from the minutes that were already deleted."""
+    q = "`" if dialect == "mysql" else '"'
+    mark = "%s" if dialect == "mysql" else "?"
+    ignore = "INSERT IGNORE" if dialect == "mysql" else "INSERT OR IGNORE"
+    key_cols = ", ".join(f"{q}{k}{q}" for k in keys)
+    modulo = "%%" if dialect == "mysql" else "%"  # a literal % next to pyformat placeholders
+    hour = f"({q}minute{q} - {q}minute{q} {modulo} 3600)"
+    columns = ", ".join([key_cols, f"{q}hour{q}", *(f"{q}{c}{q}" for c, _ in sums)])
+    selects = ", ".join([key_cols, hour, *(expr for _, expr in sums)])
+    return (
+        f"{ignore} INTO {q}{target}{q} ({columns}) SELECT {selects} FROM {q}{source}{q} "
+        f"WHERE {q}minute{q} < {mark} GROUP BY {key_cols}, {hour}"
+    )
+
+
+def delete_before_sql(dialect: Dialect, table: str, rows: int) -> str:
+    """Delete at most ``rows`` rows of ``table`` older than a cutoff (the one parameter)."""
+    if dialect == "mysql":
+        return f"DELETE FROM `{table}` WHERE `minute` < %s LIMIT {int(rows)}"
+    return (
+        f'DELETE FROM "{table}" WHERE rowid IN '
+        f'(SELECT rowid FROM "{table}" WHERE "minute" < ? LIMIT {int(rows)})'
+    )

@@ -32,7 +32,17 @@ import asyncmy.errors
 import trio
 
 from collector.runtime import AsyncioBridge
-from collector.storage.schema import TABLES_BY_NAME, Batch, Dialect, Migration, Row, migrations
+from collector.storage.schema import (
+    ROLLUPS,
+    TABLES_BY_NAME,
+    Batch,
+    Dialect,
+    Migration,
+    Row,
+    delete_before_sql,
+    migrations,
+    rollup_sql,
+)
 
 MIGRATIONS_TABLE = "bwmon_migrations"
 MYSQL_ROWS_PER_STATEMENT = 5_000
@@ -54,6 +64,8 @@ class Sink(Protocol):
     async def migrate(self, dry_run: bool = False) -> list[str]: ...
 
     async def write(self, batch: Batch) -> None: ...
+
+    async def retain(self, cutoff: int, batch_rows: int = 5_000) -> dict[str, int]: ...
 
     async def close(self) -> None: ...
 
@@ -134,6 +146,29 @@ class SqliteSink:
                     )
                     self.statements += 1
 
+    async def retain(self, cutoff: int, batch_rows: int = 5_000) -> dict[str, int]:
+        """Roll minute rows before ``cutoff`` (Unix seconds, on an hour) up into hour rows, then
+        delete them in batches of ``batch_rows``; returns the rows deleted per table."""
+        deleted: dict[str, int] = await self._run(self._retain, cutoff, batch_rows)
+        return deleted
+
+    def _retain(self, cutoff: int, batch_rows: int) -> dict[str, int]:
+        conn = self._connect()
+        deleted: dict[str, int] = {}
+        for source, target, keys, sums in ROLLUPS:
+            with conn:
+                conn.execute(rollup_sql("sqlite", source, target, keys, sums), (cutoff,))
+            deleted[source] = 0
+            while True:
+                with conn:
+                    count = conn.execute(
+                        delete_before_sql("sqlite", source, batch_rows), (cutoff,)
+                    ).rowcount
+                deleted[source] += count
+                if count < batch_rows:
+                    break
+        return deleted
+
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Read rows (tests, export)."""
         return list(await self._run(lambda: self._connect().execute(sql, params).fetchall()))
@@ -209,6 +244,23 @@ class MysqlSink:
         rows: list[tuple[Any, ...]] = await self._call(_mysql_query, sql, list(params))
         return rows
 
+    async def retain(self, cutoff: int, batch_rows: int = 5_000) -> dict[str, int]:
+        """See ``SqliteSink.retain``; each delete batch is its own short transaction."""
+        deleted: dict[str, int] = {}
+        for source, target, keys, sums in ROLLUPS:
+            await self._call(
+                _mysql_execute_all, [(rollup_sql("mysql", source, target, keys, sums), [cutoff])]
+            )
+            deleted[source] = 0
+            while True:
+                count: int = await self._call(
+                    _mysql_execute_count, delete_before_sql("mysql", source, batch_rows), [cutoff]
+                )
+                deleted[source] += count
+                if count < batch_rows:
+                    break
+        return deleted
+
     async def close(self) -> None:
         await self._drop_pool()
 
@@ -236,6 +288,13 @@ async def _mysql_execute_all(pool: Any, statements: list[tuple[str, list[Any]]])
         except BaseException:
             await conn.rollback()
             raise
+
+
+async def _mysql_execute_count(pool: Any, sql: str, params: list[Any]) -> int:
+    async with pool.acquire() as conn, conn.cursor() as cursor:
+        count: int = await cursor.execute(sql, params)
+        await conn.commit()
+        return count
 
 
 async def _mysql_query(pool: Any, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:

@@ -163,7 +163,10 @@ async def test_migrate_is_idempotent_and_dry_run_changes_nothing(sink: Any) -> N
         await sink.query("SELECT COUNT(*) FROM rtc_minute")  # dry run: nothing created
     assert await sink.migrate() == planned
     assert await sink.migrate() == []
-    assert await sink.query("SELECT version FROM bwmon_migrations") == [(1,)]
+    assert await sink.query("SELECT version FROM bwmon_migrations ORDER BY version") == [
+        (1,),
+        (2,),
+    ]
 
 
 async def test_replaying_a_batch_leaves_identical_tables(sink: Any) -> None:
@@ -230,3 +233,24 @@ async def test_an_unreachable_mysql_is_storage_unavailable() -> None:
             await sink.write(batch(rtc(1_800_000_000)))
         await sink.close()
     await trio.lowlevel.checkpoint()
+
+
+async def test_retention_rolls_minutes_up_into_hours_then_deletes_them(sink: Any) -> None:
+    await sink.migrate()
+    hour = 1_800_000_000 - 1_800_000_000 % 3600
+    old = [rtc(hour + 60 * i, video=100.0 * (i + 1)) for i in range(3)]  # 600 bytes in all
+    recent = [rtc(hour + 3600 + 60 * i, video=7.0) for i in range(2)]
+    b = Batch()
+    b.add(RTC_MINUTE, [rtc_row(r) for r in old + recent])
+    b.add(HTTP_MINUTE, [http_row(http(hour + 60)), http_row(http(hour + 120))])
+    await sink.write(b)
+    deleted = await sink.retain(hour + 3600, batch_rows=2)  # several delete batches
+    assert deleted == {"rtc_minute": 3, "http_minute": 2}
+    assert await sink.query("SELECT minutes, samples, video_bytes_sent FROM rtc_hour") == [
+        (3, 180, 600.0)
+    ]
+    assert await sink.query("SELECT requests, bytes_out FROM http_hour") == [(24.0, 10_000.0)]
+    assert await sink.query("SELECT COUNT(*) FROM rtc_minute") == [(2,)]
+    # Run again (as after a crash between insert and delete): the hour row is not rebuilt.
+    assert await sink.retain(hour + 3600) == {"rtc_minute": 0, "http_minute": 0}
+    assert await sink.query("SELECT video_bytes_sent FROM rtc_hour") == [(600.0,)]
