@@ -46,7 +46,6 @@ from collector.runtime import AsyncioBridge, open_thread_bridge
 from collector.storage.flusher import Flusher
 from collector.storage.schema import Batch
 from collector.storage.sinks import (
-    MYSQL_ROWS_PER_STATEMENT,
     MysqlSink,
     SqliteSink,
     StorageError,
@@ -148,6 +147,7 @@ class ThroughputResult(msgspec.Struct):
 class SinkResult(msgspec.Struct):
     sizes: list[SizeResult]
     throughput: ThroughputResult
+    rows_per_statement: int | None = None  # MySQL: from the server's max_allowed_packet
 
 
 class StorageResult(msgspec.Struct):
@@ -311,7 +311,9 @@ async def run_mysql(server: dict[str, Any], minutes: int, batches: int) -> SinkR
             raise StorageError(f"mysql: cannot create {database}: {exc}") from exc
         sink = MeteredMysqlSink(bridge, database=database, **server)
         try:
-            return await run_sink(sink, minutes, batches)
+            result = await run_sink(sink, minutes, batches)
+            result.rows_per_statement = sink.rows_per_statement
+            return result
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(DROP_DEADLINE_S):
                 await sink.close()
@@ -350,7 +352,7 @@ def run_storage(server: dict[str, Any], quick: bool) -> StorageResult:
         sqlite_meets_target=_meets(sqlite),
         sqlite_statements_per_min=_per_min(sqlite),
         sqlite_rows_per_s=sqlite.throughput.rows_per_s,
-        mysql_rows_per_statement=MYSQL_ROWS_PER_STATEMENT,
+        mysql_rows_per_statement=mysql.rows_per_statement or 0,
         flushes_per_min=FLUSHES_PER_MINUTE,
         mysql=mysql,
         sqlite=sqlite,

@@ -45,7 +45,13 @@ from collector.storage.schema import (
 )
 
 MIGRATIONS_TABLE = "bwmon_migrations"
-MYSQL_ROWS_PER_STATEMENT = 5_000
+# Rows per upsert: as many as fit the server's max_allowed_packet (read at connect) at a
+# generous 500 bytes per row, within these bounds; halved if the server still refuses one.
+MYSQL_ROWS_PER_STATEMENT = 5_000  # before the first connection
+MYSQL_MAX_ROWS_PER_STATEMENT = 50_000
+MYSQL_MIN_ROWS_PER_STATEMENT = 500
+MYSQL_BYTES_PER_ROW = 500
+ER_NET_PACKET_TOO_LARGE = 1153
 SQLITE_MAX_VARIABLES = 32_766
 
 
@@ -207,6 +213,7 @@ class MysqlSink:
         }
         self.statement_timeout_s = statement_timeout_s
         self.statements = 0
+        self.rows_per_statement = MYSQL_ROWS_PER_STATEMENT
         self._pool: Any = None
 
     async def _call(self, fn: Any, *args: Any) -> Any:
@@ -214,11 +221,20 @@ class MysqlSink:
             with trio.fail_after(self.statement_timeout_s + 5):
                 if self._pool is None:
                     self._pool = await self.bridge.run(partial(_create_pool, **self.params))
+                    max_packet: int = await self.bridge.run(_max_allowed_packet, self._pool)
+                    self.rows_per_statement = max(
+                        MYSQL_MIN_ROWS_PER_STATEMENT,
+                        min(MYSQL_MAX_ROWS_PER_STATEMENT, max_packet // MYSQL_BYTES_PER_ROW),
+                    )
                 return await self.bridge.run(fn, self._pool, *args)
         except trio.TooSlowError as exc:
             raise StorageUnavailable("mysql: no answer in time") from exc
         except (OSError, asyncmy.errors.Error) as exc:
             await self._drop_pool()
+            if exc.args and exc.args[0] == ER_NET_PACKET_TOO_LARGE:
+                self.rows_per_statement = max(
+                    MYSQL_MIN_ROWS_PER_STATEMENT, self.rows_per_statement // 2
+                )
             raise StorageUnavailable(f"mysql: {exc}") from exc
 
     async def _drop_pool(self) -> None:
@@ -232,10 +248,12 @@ class MysqlSink:
         return done
 
     async def write(self, batch: Batch) -> None:
+        if self._pool is None:  # connect first: the statement size depends on the server
+            await self._call(_max_allowed_packet)
         statements = [
             (TABLES_BY_NAME[name].upsert("mysql", len(chunk)), [v for row in chunk for v in row])
             for name, rows in batch.rows.items()
-            for chunk in _chunks(rows, MYSQL_ROWS_PER_STATEMENT)
+            for chunk in _chunks(rows, self.rows_per_statement)
         ]
         await self._call(_mysql_execute_all, statements)
         self.statements += len(statements)
@@ -271,6 +289,13 @@ class MysqlSink:
 async def _create_pool(**params: Any) -> Any:
 
     return await asyncmy.create_pool(minsize=1, maxsize=2, **params)
+
+
+async def _max_allowed_packet(pool: Any) -> int:
+    async with pool.acquire() as conn, conn.cursor() as cursor:
+        await cursor.execute("SELECT @@max_allowed_packet")
+        ((value,),) = await cursor.fetchall()
+        return int(value)
 
 
 async def _close_pool(pool: Any) -> None:
