@@ -8,6 +8,7 @@ SIGTERM and SIGINT stop the daemon.
 
 from __future__ import annotations
 
+import gc
 import signal
 import socket
 import time
@@ -132,7 +133,19 @@ class Daemon:
     async def checkpoint(self) -> None:
         """Save the engine's open state and the unwritten rows (after each flush attempt)."""
         assert self.flusher is not None
-        state = {"engine": self.engine.snapshot(), "pending": encode_batch(self.flusher.pending)}
+        steps = self.engine.snapshot_steps()
+        gc.disable()  # millions of small objects: a collection mid-way would double the time
+        try:
+            while True:
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    engine_state = done.value
+                    break
+                await trio.lowlevel.checkpoint()  # let ingest drain between steps
+        finally:
+            gc.enable()
+        state = {"engine": engine_state, "pending": encode_batch(self.flusher.pending)}
         try:
             self.checkpoint_bytes = await trio.to_thread.run_sync(
                 checkpoint.save, self.state_dir, state

@@ -21,7 +21,7 @@ Pure: no I/O, no clock reads; the daemon passes its time in.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Mapping
+from collections.abc import Sequence
 from operator import attrgetter
 from typing import Any, Final
 
@@ -211,25 +211,25 @@ class RtcStream:
         self.ring = array("H", [NO_DATA]) * (window * N_RING)  # a live view, not a ledger
         self.ring_bucket = -1
 
-    def state(self) -> dict[str, Any]:
-        """Everything but the live ring, as plain values: what a checkpoint keeps."""
-        return {
-            name: list(value) if isinstance(value, array) else value
-            for name in _STATE_SLOTS
-            for value in (getattr(self, name),)
-        }
+    def state(self) -> list[Any]:
+        """Everything but the live ring, in ``_STATE_SLOTS`` order, arrays as their bytes:
+        what a checkpoint keeps (positional and raw: it is taken for every stream)."""
+        return [
+            value.tobytes() if type(value) is array else value
+            for value in map(self.__getattribute__, _STATE_SLOTS)
+        ]
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Any], window: int = 60) -> RtcStream:
-        stream = cls(state["meeting"], state["participant"], state["connection"], window)
-        for name in _STATE_SLOTS:
+    def from_state(cls, state: Sequence[Any], window: int = 60) -> RtcStream:
+        values = dict(zip(_STATE_SLOTS, state, strict=True))
+        stream = cls(values["meeting"], values["participant"], values["connection"], window)
+        for name, value in values.items():
             current = getattr(stream, name)
-            value = state[name]
-            setattr(
-                stream,
-                name,
-                array(current.typecode, value) if isinstance(current, array) else value,
-            )
+            if type(current) is array:
+                restored = array(current.typecode)
+                restored.frombytes(value)
+                value = restored
+            setattr(stream, name, value)
         return stream
 
     def ring_write(self, bucket_no: int, values: tuple[float, ...]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import msgspec
 import pytest
 
 from collector.aggregate.engine import Engine, relay_cost
@@ -210,3 +211,33 @@ def test_high_rtt_raises_and_clears_an_alert() -> None:
         engine.tick(T0 + second + 0.5)
     alerts = [(a.rule, a.state) for a in engine.drain().alerts if a.rule == "high_rtt"]
     assert alerts == [("high_rtt", "raised"), ("high_rtt", "cleared")]
+
+
+def test_a_restored_snapshot_continues_exactly_where_the_engine_stopped() -> None:
+    def feed(engine: Engine, seqs: range) -> None:
+        for seq in seqs:
+            engine.add(
+                [
+                    rtc(seq, video_bytes_sent=1_000 * seq),
+                    http("a", "b1", seq, 10 * seq, [seq] * 12),
+                ],
+                T0 + seq,
+            )
+
+    straight = Engine()
+    feed(straight, range(1, 21))
+    first = Engine()
+    feed(first, range(1, 11))
+    steps = first.snapshot_steps(streams_per_step=1)
+    next(steps)  # it pauses between streams
+    snapshot = msgspec.msgpack.decode(msgspec.msgpack.encode(first.snapshot()))
+    second = Engine()
+    second.restore(snapshot, T0 + 10.5)
+    feed(second, range(11, 21))
+    for engine in (straight, second):
+        engine.close_minutes(T0 + 30)
+    rows = [engine.drain() for engine in (straight, second)]
+    assert [r.counters["video_bytes_sent"] for r in rows[0].rtc_rows] == [19_000]
+    assert [r.counters["video_bytes_sent"] for r in rows[1].rtc_rows] == [19_000]
+    assert [r.requests for r in rows[1].http_rows] == [r.requests for r in rows[0].http_rows]
+    assert second.meetings["m1"].participants["p1"].joined_at == T0 + 1
