@@ -40,6 +40,15 @@ from protocol.emitter import pack
 
 app = typer.Typer(help="Benchmarks; each prints JSON with --json.", no_args_is_help=True)
 
+# The options every benchmark has; ``--quick`` makes a smoke run (CI), not a measurement.
+JsonFlag = Annotated[bool, typer.Option("--json", help="print one JSON object")]
+QuickFlag = Annotated[bool, typer.Option(help="a short smoke run, not a measurement")]
+
+
+def print_json(result: msgspec.Struct) -> None:
+    sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
+
+
 TARGET_UDP_FRAMES_PER_S = 150_000
 MAX_LOSS = 0.001
 DAEMON_CPU = 0
@@ -125,28 +134,10 @@ def _daemon_udp_limits() -> Limits:
     )
 
 
-def _udp_counters(daemon: DaemonProcess) -> dict[str, Any]:
-    udp: dict[str, Any] = daemon.health()["ingest"]["udp"]
-    return udp
-
-
-def _settled_udp_counters(daemon: DaemonProcess) -> dict[str, Any]:
-    """The daemon's UDP counters once it has read everything still in its socket buffer."""
-    last = _udp_counters(daemon)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
-        now = _udp_counters(daemon)
-        if now["messages"] == last["messages"]:
-            return now
-        last = now
-    return last
-
-
 def udp_step(daemon: DaemonProcess, options: EmitOptions) -> UdpStep:
-    before = _settled_udp_counters(daemon)
+    before = daemon.settled_health()["ingest"]["udp"]
     report = trio.run(emit, options)
-    after = _settled_udp_counters(daemon)
+    after = daemon.settled_health()["ingest"]["udp"]
     sent = report.frames_sent
     accepted = after["frames_accepted"] - before["frames_accepted"]
     return UdpStep(
@@ -282,16 +273,14 @@ def run_ingest(quick: bool, log_dir: Path) -> IngestResult:
 
 @app.command("ingest")
 def ingest(
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
-    quick: Annotated[
-        bool, typer.Option(help="short steps: a smoke run, not a measurement")
-    ] = False,
+    as_json: JsonFlag = False,
+    quick: QuickFlag = False,
 ) -> None:
     """Frames/s over UDP and WebSocket into a real daemon, against the decoder's ceiling."""
     with tempfile.TemporaryDirectory(prefix="bwmon-bench-") as tmp:
         result = run_ingest(quick, Path(tmp))
     if as_json:
-        sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
+        print_json(result)
         return
     for name, udp in (
         ("UDP, batched", result.udp),
@@ -438,15 +427,13 @@ def run_aggregate(quick: bool) -> AggregateResult:
 
 @app.command("aggregate")
 def aggregate(
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
-    quick: Annotated[
-        bool, typer.Option(help="fewer streams: a smoke run, not a measurement")
-    ] = False,
+    as_json: JsonFlag = False,
+    quick: QuickFlag = False,
 ) -> None:
     """Frames/s through decode + aggregation on one core, and memory per live RTC stream."""
     result = run_aggregate(quick)
     if as_json:
-        sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
+        print_json(result)
         return
     verdict = "meets" if result.meets_target else "MISSES"
     typer.echo(

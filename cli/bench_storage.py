@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -37,7 +36,7 @@ import msgspec
 import trio
 import typer
 
-from cli.bench import app
+from cli.bench import JsonFlag, QuickFlag, app, print_json
 from collector.aggregate.engine import Output
 from collector.aggregate.http import HttpMinuteRow
 from collector.aggregate.percentiles import latency_summary
@@ -361,10 +360,8 @@ def run_storage(server: dict[str, Any], quick: bool) -> StorageResult:
 
 @app.command("storage")
 def storage(
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
-    quick: Annotated[
-        bool, typer.Option(help="fewer simulated minutes: a smoke run, not a measurement")
-    ] = False,
+    as_json: JsonFlag = False,
+    quick: QuickFlag = False,
     mysql_host: Annotated[str, typer.Option(help="MariaDB/MySQL server")] = "127.0.0.1",
     mysql_port: Annotated[int, typer.Option()] = 3306,
     mysql_user: Annotated[str, typer.Option(help="needs CREATE and DROP DATABASE")] = "root",
@@ -383,7 +380,7 @@ def storage(
         typer.echo(f"bwmon bench storage: {exc}", err=True)
         raise typer.Exit(1) from None
     if as_json:
-        sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
+        print_json(result)
         return
     target = result.target_statements_per_table_per_min
     for name, sink, meets in (

@@ -38,6 +38,19 @@ class DaemonProcess:
             body: dict[str, Any] = json.load(response)
         return body
 
+    def settled_health(self, timeout_s: float = 10.0) -> dict[str, Any]:
+        """``/healthz`` once the daemon has read everything already sent to it (its ingest
+        counters stopped moving)."""
+        last = self.health()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            now = self.health()
+            if now["ingest"] == last["ingest"]:
+                return now
+            last = now
+        return last
+
     def log_events(self) -> list[dict[str, Any]]:
         """The daemon's log lines so far, parsed (lines that are not JSON are skipped)."""
         events = []

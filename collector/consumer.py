@@ -39,7 +39,6 @@ class FrameConsumer:
         self.clock = clock
         self.batches = 0
         self.engine_errors = 0
-        self.frames_by_kind: dict[str, int] = {}
         self.produced: dict[str, int] = {
             "rtc_rows": 0,
             "http_rows": 0,
@@ -58,15 +57,10 @@ class FrameConsumer:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         task_status.started()
-        by_kind = self.frames_by_kind
-        add = self.engine.add
         async for batch in frames:
             self.batches += 1
-            for frame in batch:
-                kind = str(frame.__struct_config__.tag)
-                by_kind[kind] = by_kind.get(kind, 0) + 1
             try:
-                add(batch, self.clock())
+                self.engine.add(batch, self.clock())
             except Exception:
                 self._failed("add")
 
@@ -106,7 +100,7 @@ class FrameConsumer:
     def health(self) -> dict[str, Any]:
         return {
             "batches": self.batches,
-            "frames_by_kind": dict(sorted(self.frames_by_kind.items())),
+            "frames_by_kind": dict(sorted(self.engine.frames_by_kind.items())),
             "produced": dict(self.produced),
             "engine_errors": self.engine_errors,
         }

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from collections.abc import Callable
 
 import trio
@@ -55,6 +57,17 @@ async def wait_for(condition: Callable[[], bool], timeout_s: float = 5) -> None:
     with trio.fail_after(timeout_s):
         while not condition():  # noqa: ASYNC110 - the state changes elsewhere; poll it
             await trio.sleep(0.01)
+
+
+def bwmon(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the ``bwmon`` command as a user does, in a child process; never raises on exit."""
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def free_port() -> int:

@@ -5,26 +5,15 @@ from __future__ import annotations
 import json
 import random
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from cli.synthetic import Profile, make_participants, make_routes
 from protocol import decode_message, encode_msgpack
+from tests.helpers import bwmon
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def bwmon(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_check_config_accepts_the_example_and_prints_it() -> None:

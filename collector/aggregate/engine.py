@@ -152,7 +152,7 @@ class Engine:
         self.alerts = AlertEngine(list(rules))
         self.output = Output()
         self.refused_by_reason: dict[str, int] = {}
-        self.frames = 0
+        self.frames_by_kind: dict[str, int] = {}  # every frame added, by its tag
         self.last_tick: float | None = None
 
     # -- the per-frame path ---------------------------------------------------------------
@@ -161,15 +161,24 @@ class Engine:
         """Apply decoded frames received at daemon time ``now`` (seconds since the epoch)."""
         minute_no = int(now // 60)
         bucket_no = int(now // self.settings.bucket_s)
+        rtc = http = events = other = 0
         for frame in frames:
-            self.frames += 1
             kind = type(frame)
             if kind is RtcSample:
+                rtc += 1
                 self._rtc(frame, now, minute_no)  # type: ignore[arg-type]
             elif kind is HttpSample:
+                http += 1
                 self._http(frame, now, bucket_no, minute_no)  # type: ignore[arg-type]
             elif kind is Event:
+                events += 1
                 self._event(frame, now)  # type: ignore[arg-type]
+            else:
+                other += 1  # hello: identifies a client, changes nothing here
+        by_kind = self.frames_by_kind
+        for tag, count in (("rtc", rtc), ("http", http), ("event", events), ("hello", other)):
+            if count:
+                by_kind[tag] = by_kind.get(tag, 0) + count
 
     def _rtc(self, frame: RtcSample, now: float, minute_no: int) -> None:
         stream = self.streams.get((frame.meeting, frame.participant, frame.connection))
@@ -623,7 +632,7 @@ class Engine:
             "participants": sum(len(m.participants) for m in self.meetings.values()),
             "rtc_streams": len(self.streams),
             "http_routes": len(self.routes),
-            "frames": self.frames,
+            "frames": sum(self.frames_by_kind.values()),
             "refused_by_reason": dict(sorted(self.refused_by_reason.items())),
             "alerts_active": len(self.alerts.active()),
         }

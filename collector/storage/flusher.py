@@ -14,7 +14,7 @@ Never called from the ingest path with anything that waits: ``offer`` only appen
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
 import trio
@@ -33,18 +33,9 @@ from collector.storage.schema import (
     rtc_row,
 )
 from collector.storage.sinks import Sink, StorageUnavailable
+from collector.storage.spool import Spool
 
 log = get_logger("storage")
-
-
-class SpoolLike(Protocol):
-    def append(self, payload: bytes) -> bool: ...
-
-    def peek(self, limit: int = 100) -> list[tuple[int, bytes]]: ...
-
-    def ack(self, upto: int) -> None: ...
-
-    def __len__(self) -> int: ...
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -78,7 +69,7 @@ class Flusher:
         flush_interval_s: float = 5.0,
         queue_max_rows: int = 200_000,
         retry_max_s: float = 30.0,
-        spool: SpoolLike | None = None,
+        spool: Spool | None = None,
         migrate: bool = True,
         after_flush: Callable[[], Awaitable[None]] | None = None,
     ) -> None:

@@ -60,23 +60,11 @@ def report(process: subprocess.Popen[bytes]) -> dict[str, Any]:
     return result
 
 
-def settled_health(daemon: DaemonProcess) -> dict[str, Any]:
-    """``/healthz`` once the daemon has read everything already sent to it."""
-    last = daemon.health()
-    for _ in range(50):
-        time.sleep(0.1)
-        now = daemon.health()
-        if now["ingest"] == last["ingest"]:
-            return now
-        last = now
-    return last
-
-
 def test_every_emitted_frame_is_counted_over_udp_and_websocket(daemon: DaemonProcess) -> None:
     udp = emit(daemon, "udp", "--rate", "2000", "--meetings", "20")
     ws = emit(daemon, "ws", "--rate", "2000", "--meetings", "20", "--encoding", "json")
     udp_report, ws_report = report(udp), report(ws)
-    health = settled_health(daemon)
+    health = daemon.settled_health()
     counted_udp, counted_ws = health["ingest"]["udp"], health["ingest"]["websocket"]
     # Tens of thousands of frames each, every one of them counted, none rejected.
     assert udp_report["frames_sent"] > 15_000
@@ -99,7 +87,7 @@ def test_replayed_frames_are_counted_like_live_ones(daemon: DaemonProcess) -> No
     replay = ["--replay", "500", "--rate", "20000"]
     udp_report = report(emit(daemon, "udp", *replay, seconds=2))
     ws_report = report(emit(daemon, "ws", *replay, seconds=2))
-    counted = settled_health(daemon)["ingest"]
+    counted = daemon.settled_health()["ingest"]
     assert udp_report["frames_by_kind"] == {"rtc": udp_report["frames_sent"]}
     assert udp_report["frames_sent"] > 20_000
     assert counted["udp"]["frames_accepted"] == udp_report["frames_sent"]
@@ -135,7 +123,7 @@ def test_bad_udp_input_is_counted_by_reason_and_good_frames_survive(
     for _, reasons, _ in BAD_DATAGRAMS:
         for reason, count in reasons.items():
             expected[reason] = expected.get(reason, 0) + count
-    counted = settled_health(daemon)["ingest"]["udp"]
+    counted = daemon.settled_health()["ingest"]["udp"]
     assert counted["rejected_by_reason"] == dict(sorted(expected.items()))
     assert counted["frames_rejected"] == sum(expected.values())
     assert counted["frames_accepted"] == sum(good for _, _, good in BAD_DATAGRAMS)
@@ -165,7 +153,7 @@ def test_bad_websocket_input_gets_error_replies_and_is_counted(daemon: DaemonPro
     replies = trio.run(_bad_ws_session, daemon.http_port)
     errors = sorted(r.reason for r in replies if isinstance(r, ErrorReply))
     assert errors == ["malformed", "missing_field", "missing_field", "unknown_tag", "wrong_type"]
-    counted = settled_health(daemon)["ingest"]["websocket"]
+    counted = daemon.settled_health()["ingest"]["websocket"]
     assert counted["rejected_by_reason"] == {
         "malformed": 1,
         "missing_field": 2,
@@ -246,7 +234,7 @@ def test_sigterm_writes_everything_received_to_the_database(
     daemon: DaemonProcess, tmp_path: Path
 ) -> None:
     sent = report(emit(daemon, "udp", "--meetings", "4", "--participants", "3", seconds=3))
-    counted = settled_health(daemon)["ingest"]["udp"]["frames_accepted"]
+    counted = daemon.settled_health()["ingest"]["udp"]["frames_accepted"]
     assert counted == sent["frames_sent"]
     assert daemon.stop() == 0
     with sqlite3.connect(tmp_path / "bwmon.db") as db:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ from collector.storage.export import (
 from collector.storage.schema import ALERTS, MEETINGS, RTC_MINUTE, Batch, Row, alert_row
 from collector.storage.schema import meeting_row as summary_row
 from collector.storage.sinks import SqliteSink
+from tests.helpers import bwmon
 from tests.storage.test_sinks import RAISED, SUMMARY, batch, rtc, sink
 
 __all__ = ["sink"]  # the two-backend fixture, shared with the sink contract tests
@@ -217,16 +216,6 @@ def test_every_kind_exports_a_table_with_its_time_column() -> None:
 
 
 # The command, as a user runs it.
-
-
-def bwmon(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def sqlite_config(tmp_path: Path, rows: int) -> Path:
