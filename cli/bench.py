@@ -448,3 +448,24 @@ def aggregate(
         f"targets {result.target_frames_per_s:,} frames/s and "
         f"{result.target_bytes_per_stream:,} B per stream: {verdict}"
     )
+
+
+@app.command("fanout")
+def fanout(
+    as_json: JsonFlag = False,
+    quick: QuickFlag = False,
+) -> None:
+    """Delta latency and size for 1,000 subscribers of 500 live meetings, and ingest with them."""
+    # Imported here: cli.bench_fanout builds on this module (its flood is bench ingest's).
+    from cli.bench_fanout import ClientFailed, print_summary, run_fanout
+    from cli.daemon_process import DaemonFailed
+
+    try:
+        result = run_fanout(quick)
+    except (ClientFailed, DaemonFailed) as exc:
+        typer.echo(f"bwmon bench fanout: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        print_json(result)
+        return
+    print_summary(result)

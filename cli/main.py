@@ -1,4 +1,4 @@
-"""The ``bwmon`` command: serve, check-config, emit, bench.
+"""The ``bwmon`` command: serve, tail, check-config, migrate, export, emit, bench.
 
 Thin: each command parses its options, calls into ``collector`` (public functions) or talks to
 a daemon over the network, and turns our errors into an exit code and one clear line.
@@ -22,6 +22,7 @@ import cli.bench_storage  # noqa: F401  (registers bench storage)
 from cli import bench
 from cli.emit import EmitError, EmitOptions, emit
 from cli.synthetic import Profile
+from cli.tail import TailError, TailOptions, TopicRefused, run_tail
 from collector import app as daemon_app
 from collector.config import Config, ConfigError, load
 from collector.logs import configure
@@ -36,6 +37,7 @@ from collector.storage.export import (
 )
 from collector.storage.sinks import MysqlSink, SqliteSink, StorageError
 from collector.storage.spool import SpoolError
+from protocol.subscribe import is_topic
 
 app = typer.Typer(
     help="bwmon: call-quality and bandwidth collector daemon.",
@@ -310,6 +312,49 @@ def emit_command(
             f"over {report.elapsed_s} s ({report.frames_per_s:.0f} frames/s); "
             f"by kind: {report.frames_by_kind}"
         )
+
+
+@app.command("tail")
+def tail_command(
+    host: Annotated[str, typer.Option(help="daemon address")] = "127.0.0.1",
+    http_port: Annotated[int, typer.Option(help="daemon HTTP/WebSocket port")] = 8470,
+    meeting: Annotated[str | None, typer.Option(help="show this meeting's participants")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="NDJSON on stdout, one line per update")
+    ] = False,
+    encoding: Annotated[str, typer.Option(help="json or msgpack")] = "json",
+    count: Annotated[int | None, typer.Option(min=1, help="stop after N updates")] = None,
+    duration: Annotated[
+        float | None, typer.Option(min=0.1, help="stop after this many seconds")
+    ] = None,
+) -> None:
+    """Show a daemon's live meetings (or one meeting's participants) and alerts as they
+    change; reconnects and resumes by itself. Stop with Ctrl-C."""
+    if encoding not in ("json", "msgpack"):
+        typer.echo("bwmon tail: --encoding is json or msgpack", err=True)
+        raise typer.Exit(2)
+    if meeting is not None and not is_topic(f"meeting:{meeting}"):
+        typer.echo(f"bwmon tail: {meeting!r} is not a meeting id", err=True)
+        raise typer.Exit(2)
+    options = TailOptions(
+        host=host,
+        http_port=http_port,
+        meeting=meeting,
+        as_json=as_json,
+        encoding="json" if encoding == "json" else "msgpack",
+        count=count,
+        duration_s=duration,
+    )
+    try:
+        trio.run(run_tail, options)
+    except TopicRefused as exc:
+        typer.echo(f"bwmon tail: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except TailError as exc:
+        typer.echo(f"bwmon tail: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:  # before or after the signal handler was in place
+        raise typer.Exit(0) from None
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The root of the daemon: binds the sockets, starts every service in one nursery, stops them.
 
 Startup order, visible here and nowhere else: the frame consumer and its ticker (the aggregation
-engine), then UDP ingest, then the TCP port (HTTP + WebSocket). ``serve`` reports readiness
+engine), the fan-out channel and publisher, storage, then UDP ingest, then the TCP port (HTTP and
+the WebSocket paths ``/ingest`` and ``/subscribe``). ``serve`` reports readiness
 through ``task_status`` with the bound addresses once all of them accept traffic. Signals:
 SIGTERM and SIGINT stop the daemon.
 """
@@ -21,9 +22,12 @@ import h11
 import trio
 from trio_websocket import WebSocketConnection
 
-from collector.aggregate.engine import Engine
-from collector.config import Config, StorageConfig
+from collector.aggregate.engine import Engine, Output
+from collector.config import Config, FanoutConfig, StorageConfig
 from collector.consumer import FrameConsumer
+from collector.fanout.channel import Channel, LocalChannel
+from collector.fanout.publisher import Publisher
+from collector.fanout.subscribers import Fanout, FanoutSettings
 from collector.http.server import HttpServer, HttpSettings, Response
 from collector.ingest.counters import TransportCounters
 from collector.ingest.udp import (
@@ -93,8 +97,21 @@ class Daemon:
             if self.sink is not None
             else None
         )
+        self.channel = open_channel(config.fanout, bridge)
+        self.publisher = Publisher(
+            lambda: self.engine, self.channel, config.fanout.publish_interval_s
+        )
+        self.fanout = Fanout(
+            self.channel,
+            FanoutSettings(
+                queue_messages=config.fanout.subscriber_queue_messages,
+                heartbeat_interval_s=config.fanout.heartbeat_interval_s,
+                heartbeat_timeout_s=config.fanout.heartbeat_timeout_s,
+                max_subscribers=config.fanout.max_subscribers,
+            ),
+        )
         self.consumer = FrameConsumer(
-            self.engine, on_output=self.flusher.offer if self.flusher else None
+            self.engine, on_output=self.on_output, after_tick=self.publisher.on_tick
         )
         ingest = config.ingest
         self.udp_limits = Limits(
@@ -114,7 +131,7 @@ class Daemon:
         )
         self.http = HttpServer(
             http_routes={"/healthz": self.healthz},
-            ws_routes={"/ingest": self.ingest_session},
+            ws_routes={"/ingest": self.ingest_session, "/subscribe": self.fanout.serve_session},
             settings=HttpSettings(
                 max_connections=config.server.max_connections,
                 request_timeout_s=config.server.http_request_timeout_s,
@@ -177,6 +194,13 @@ class Daemon:
             pending_rows=len(self.flusher.pending),
         )
 
+    def on_output(self, output: Output) -> None:
+        """What the engine produced: rows to storage, alert transitions to fan-out."""
+        if self.flusher is not None:
+            self.flusher.offer(output)
+        if output.alerts:
+            self.publisher.offer_alerts(output.alerts)
+
     async def ingest_session(self, ws: WebSocketConnection) -> None:
         assert self._frames_in is not None
         await serve_ingest_session(ws, self._frames_in, self.ws_counters, self.session_settings)
@@ -203,6 +227,12 @@ class Daemon:
                 if self.flusher is not None
                 else {"backend": "none"}
             ),
+            "fanout": {
+                "channel": "redis" if self.config.fanout.redis() else "local",
+                "epoch": self.channel.epoch,
+                **self.publisher.counters,
+                **self.fanout.health(),
+            },
             "http": self.http.counters.as_dict(),
         }
 
@@ -231,6 +261,8 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.consumer.consume, frames_out)
                 await nursery.start(self.consumer.tick)
+                await nursery.start(self.channel.serve, self.fanout.deliver, self.fanout.on_epoch)
+                await nursery.start(self.publisher.run)
                 if self.flusher is not None and self.sink is not None:
                     await self.flusher.flush()  # migrates now: a schema problem shows at start
                     await nursery.start(self.flusher.run)
@@ -286,6 +318,27 @@ class Daemon:
             if self.spool is not None:
                 self.spool.close()
             log.info("storage_closed", **self.flusher.health())
+        with trio.move_on_after(2):
+            await self.channel.aclose()
+
+
+def open_channel(fanout: FanoutConfig, bridge: AsyncioBridge | None) -> Channel:
+    """The configured channel: Redis when a URL is set, else in process."""
+    url = fanout.redis()
+    if not url:
+        return LocalChannel(history=fanout.history_deltas)
+    if bridge is None:
+        raise ValueError("the Redis channel needs the asyncio bridge")
+    from collector.fanout.redis_channel import RedisChannel
+
+    return RedisChannel(
+        bridge,
+        url,
+        prefix=fanout.redis_key_prefix,
+        history=fanout.history_deltas,
+        interest_ttl_s=max(10.0, 5 * fanout.publish_interval_s),
+        retry_max_s=fanout.redis_retry_max_s,
+    )
 
 
 def open_sink(storage: StorageConfig, bridge: AsyncioBridge | None) -> Sink | None:

@@ -83,6 +83,23 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         return Path(self.sqlite_path) if self.sqlite_path else Path(self.state_dir) / "bwmon.db"
 
 
+class FanoutConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    publish_interval_s: Annotated[float, Meta(ge=0.1, le=60)] = 1.0
+    history_deltas: Annotated[int, Meta(ge=1, le=100_000)] = 120
+    subscriber_queue_messages: Annotated[int, Meta(ge=4, le=100_000)] = 64
+    heartbeat_interval_s: PositiveSeconds = 15.0
+    heartbeat_timeout_s: PositiveSeconds = 10.0
+    max_subscribers: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
+    redis_url: str = ""
+    redis_key_prefix: Annotated[str, Meta(min_length=1, max_length=64)] = "bwmon"
+    redis_retry_max_s: PositiveSeconds = 10.0
+
+    def redis(self) -> str:
+        """``BWMON_REDIS_URL`` from the environment wins: keeps a password out of files.
+        Empty: no Redis, the in-process channel."""
+        return os.environ.get("BWMON_REDIS_URL", self.redis_url)
+
+
 class AlertsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     use_default_rules: bool = True
     rules: list[AlertRule] = msgspec.field(default_factory=list)
@@ -102,6 +119,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     aggregate: AggregateSettings = msgspec.field(default_factory=AggregateSettings)
     alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
+    fanout: FanoutConfig = msgspec.field(default_factory=FanoutConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
 
 

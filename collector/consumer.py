@@ -3,8 +3,9 @@
 ``FrameConsumer.consume`` takes decoded batches from the bounded ingest channel and hands them
 to ``Engine.add`` with the daemon's time of arrival (one clock read per batch, never per frame);
 ``FrameConsumer.tick`` calls ``Engine.tick`` once per bucket and drains what the engine
-produced. Until storage and fan-out exist, the produced rows, events and alerts are counted and
-the most recent ones kept in small bounded buffers for inspection.
+produced: rows go to storage and alerts to fan-out (``on_output``), and ``after_tick`` tells the
+publisher that fresh values are there. The most recent events, alerts and summaries are also
+kept in small bounded buffers for inspection.
 
 Never awaits anything but the channel and the timer: no database, no Redis, no subscriber.
 """
@@ -33,9 +34,11 @@ class FrameConsumer:
         engine: Engine,
         clock: Callable[[], float] = time.time,
         on_output: Callable[[Output], None] | None = None,
+        after_tick: Callable[[float], None] | None = None,
     ) -> None:
         self.engine = engine
         self.on_output = on_output
+        self.after_tick = after_tick
         self.clock = clock
         self.batches = 0
         self.engine_errors = 0
@@ -71,12 +74,15 @@ class FrameConsumer:
         while True:
             now = self.clock()
             await trio.sleep(bucket_s - now % bucket_s)
+            now = self.clock()
             try:
-                for _ in self.engine.tick_steps(self.clock()):
+                for _ in self.engine.tick_steps(now):
                     await trio.lowlevel.checkpoint()  # let ingest drain between steps
             except Exception:
                 self._failed("tick")
             self.take(self.engine.drain())
+            if self.after_tick is not None:
+                self.after_tick(now)
 
     def _failed(self, step: str) -> None:
         # A bug in the engine must not stop ingest: log it loudly, count it, go on.
@@ -84,7 +90,7 @@ class FrameConsumer:
         log.exception("engine_failed", step=step)
 
     def take(self, output: Output) -> None:
-        """Count what the engine produced and hand it on (to storage)."""
+        """Count what the engine produced and hand it on (to storage and fan-out)."""
         produced = self.produced
         produced["rtc_rows"] += len(output.rtc_rows)
         produced["http_rows"] += len(output.http_rows)

@@ -17,6 +17,7 @@ from protocol import (
     decode_frame,
     decode_message,
     encode_msgpack,
+    subscribe,
 )
 from protocol.session import SessionMessage
 
@@ -153,3 +154,48 @@ def test_session_transcript_is_consistent() -> None:
         session_decoder.decode(reply)
     ack = msgspec.json.decode(replies[-1])
     assert ack == {"t": "ack", "msg": len(rest), "accepted": accepted, "rejected": rejected}
+
+
+SUBSCRIBER_TABLES = {
+    "subscribe": "12.2",
+    "unsubscribe": "12.2",
+    "snapshot": "12.4",
+    "delta": "12.4",
+}
+
+
+@pytest.mark.parametrize(
+    "struct",
+    [subscribe.Subscribe, subscribe.Unsubscribe, subscribe.Snapshot, subscribe.Delta],
+    ids=lambda s: s.__name__,
+)
+def test_every_subscriber_message_key_is_documented(struct: type) -> None:
+    info = mi.type_info(struct)
+    assert isinstance(info, mi.StructType)
+    assert isinstance(info.tag, str)
+    text = section(SUBSCRIBER_TABLES[info.tag])
+    for key in [info.tag_field, *(f.encode_name for f in info.fields)]:
+        assert re.search(rf"^\| `{key}` \|", text, re.MULTILINE), f"{info.tag}.{key}"
+
+
+def test_every_subscriber_error_code_is_documented() -> None:
+    errors = section("12.6")
+    codes = [subscribe.BAD_MESSAGE, subscribe.UNKNOWN_TOPIC, subscribe.TOO_MANY_TOPICS]
+    for code in [*codes, subscribe.UNAVAILABLE]:
+        assert re.search(rf"^\| `{code}` \|", errors, re.MULTILINE), code
+    assert f"{subscribe.MAX_CLIENT_MESSAGE_BYTES} bytes" in section("12.1")
+    assert f"{subscribe.MAX_TOPICS_PER_SESSION} topics" in section("12.1")
+
+
+def test_subscriber_transcript_decodes_and_applies() -> None:
+    (transcript,) = code_blocks(section("12.8"), "text")
+    mirror = subscribe.TopicMirror("meetings")
+    for line in transcript.splitlines():
+        if line.startswith("→ {"):
+            subscribe.client_json_decoder.decode(line[2:])
+        elif line.startswith("← {"):
+            message = subscribe.server_json_decoder.decode(line[2:])
+            assert isinstance(message, subscribe.Snapshot | subscribe.Delta)
+            assert mirror.receive(message) is None
+    assert mirror.seq == 45
+    assert mirror.entities["standup"]["participants"] == 3

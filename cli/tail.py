@@ -1,0 +1,645 @@
+"""``bwmon tail``: a daemon's live meetings (or one meeting's participants) and alerts in the
+terminal, read from ``/subscribe`` (PROTOCOL.md §12).
+
+Three parts; only the last one touches a socket or a file:
+
+* ``TailSession``: the client side of the protocol. One ``TopicMirror`` per topic keeps the
+  state and the position and decides what to resume (§12.5); the session adds the recent alert
+  transitions and, for each daemon message, says what to send back and which updates it applied;
+* rendering: ``render`` (the table, ANSI colours only when asked) and ``update_line`` (one
+  NDJSON line), pure functions of the session's state;
+* ``run_tail``: connect, subscribe, read, redraw or print; on a lost connection reconnect with
+  backoff and resume every topic where the mirrors stand.
+
+Never writes anything but frames or NDJSON to stdout: status and errors go to stderr.
+
+Exceptions::
+
+    TailError          ends the command (exit 1): e.g. the daemon was never reached
+    └── TopicRefused   the daemon refused a topic (unknown_topic, too_many_topics): exit 2
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, TextIO
+
+import msgspec
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    HandshakeError,
+    WebSocketConnection,
+    open_websocket_url,
+)
+
+from protocol.subscribe import (
+    TOO_MANY_TOPICS,
+    UNKNOWN_TOPIC,
+    Alert,
+    Delta,
+    Entities,
+    ServerMessage,
+    Snapshot,
+    Subscribe,
+    SubscribeError,
+    TopicMirror,
+    server_json_decoder,
+    server_msgpack_decoder,
+)
+
+BACKOFF_FIRST_S: Final = 0.5
+BACKOFF_MAX_S: Final = 10.0
+CONNECT_TIMEOUT_S: Final = 5.0
+CLOSE_TIMEOUT_S: Final = 1.0
+# §12.4: no message and no heartbeat for 2 heartbeat intervals (15 s by default): reconnect.
+SILENCE_TIMEOUT_S: Final = 35.0
+BATCH_S: Final = 0.05  # a publish tick's messages arrive together: draw once for all of them
+MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024  # a snapshot of a big daemon is large, not endless
+RECENT_ALERTS: Final = 5
+_json_encoder: Final = msgspec.json.Encoder()
+_msgpack_encoder: Final = msgspec.msgpack.Encoder()
+
+UpdateKind = Literal["snapshot", "delta", "alert"]
+
+
+class TailError(Exception):
+    """Ends ``bwmon tail`` with exit status 1."""
+
+
+class TopicRefused(TailError):
+    """The daemon refused a topic: a usage problem (exit status 2)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TailOptions:
+    host: str = "127.0.0.1"
+    http_port: int = 8470
+    meeting: str | None = None
+    as_json: bool = False
+    encoding: Literal["json", "msgpack"] = "json"
+    count: int | None = None  # stop after this many updates
+    duration_s: float | None = None  # stop after this many seconds
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"ws://{host}:{self.http_port}/subscribe"
+
+    @property
+    def topics(self) -> tuple[str, str]:
+        return ("meetings" if self.meeting is None else f"meeting:{self.meeting}", "alerts")
+
+
+# -- the protocol, without I/O ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """One applied snapshot, delta or alert. ``entities`` is the topic's whole state after
+    applying, the mirror's own map: read it before the session receives the next message."""
+
+    kind: UpdateKind
+    topic: str
+    epoch: str
+    seq: int
+    at: float | None
+    entities: Entities | None = None
+    alert: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class Received:
+    """What one daemon message did: messages to send back, updates applied, a status line."""
+
+    send: list[Subscribe] = field(default_factory=list)
+    updates: list[Update] = field(default_factory=list)
+    status: str | None = None
+
+
+class TailSession:
+    """The topics of one ``bwmon tail`` and what it has applied of them, across connections."""
+
+    def __init__(self, topics: Iterable[str], recent_alerts: int = RECENT_ALERTS) -> None:
+        self.mirrors = {topic: TopicMirror(topic) for topic in topics}
+        self.recent: deque[dict[str, Any]] = deque(maxlen=recent_alerts)
+        # Alerts announced by ``alert`` messages whose delta has not been applied yet: the
+        # delta carries them again and they must not count twice.
+        self._announced: list[tuple[int, dict[str, Any]]] = []
+
+    def subscriptions(self) -> list[Subscribe]:
+        """What to send on each (re)connection: every topic resumed where its mirror stands."""
+        return [mirror.resume() for mirror in self.mirrors.values()]
+
+    def receive(self, message: ServerMessage) -> Received:
+        if isinstance(message, Snapshot | Delta):
+            return self._state(message)
+        if isinstance(message, Alert):
+            return self._alert(message)
+        if isinstance(message, SubscribeError):
+            if message.code in (UNKNOWN_TOPIC, TOO_MANY_TOPICS):
+                raise TopicRefused(f"the daemon refused {message.topic!r}: {message.detail}")
+            where = f" ({message.topic})" if message.topic else ""
+            return Received(status=f"daemon: {message.code}{where}: {message.detail}")
+        return Received()  # heartbeat, unsubscribed
+
+    def _state(self, message: Snapshot | Delta) -> Received:
+        mirror = self.mirrors.get(message.topic)
+        if mirror is None:
+            return Received()
+        position = (mirror.epoch, mirror.seq)
+        resubscribe = mirror.receive(message)
+        if resubscribe is not None:
+            return Received(send=[resubscribe])
+        if isinstance(message, Delta) and (mirror.epoch, mirror.seq) == position:
+            return Received()  # old news
+        updates = self._transitions(message) if message.topic == "alerts" else []
+        kind: UpdateKind = "snapshot" if isinstance(message, Snapshot) else "delta"
+        updates.append(
+            Update(kind, message.topic, message.epoch, message.seq, message.at, mirror.entities)
+        )
+        return Received(updates=updates)
+
+    def _transitions(self, message: Snapshot | Delta) -> list[Update]:
+        """The raises and clears an applied ``alerts`` delta carries that no ``alert`` message
+        announced (a resumed, merged delta has none)."""
+        updates: list[Update] = []
+        if isinstance(message, Delta):
+            announced = [alert for seq, alert in self._announced if seq <= message.seq]
+            for alert in message.alerts:
+                if alert in announced:
+                    announced.remove(alert)
+                    continue
+                self.recent.append(alert)
+                updates.append(_alert_update(message.topic, message.epoch, message.seq, alert))
+            self._announced = [(s, a) for s, a in self._announced if s > message.seq]
+        else:
+            self._announced.clear()
+        return updates
+
+    def _alert(self, message: Alert) -> Received:
+        mirror = self.mirrors.get(message.topic)
+        if mirror is None:
+            return Received()
+        if mirror.epoch == message.epoch and mirror.seq is not None and message.seq <= mirror.seq:
+            return Received()  # its delta is applied already (or in the snapshot held)
+        self.recent.append(message.alert)
+        self._announced.append((message.seq, message.alert))
+        update = _alert_update(message.topic, message.epoch, message.seq, message.alert)
+        return Received(updates=[update])
+
+
+def _alert_update(topic: str, epoch: str, seq: int, alert: dict[str, Any]) -> Update:
+    at = alert.get("at")
+    return Update(
+        "alert", topic, epoch, seq, at if isinstance(at, int | float) else None, alert=alert
+    )
+
+
+def update_line(update: Update) -> str:
+    """One NDJSON line (without its newline) for ``--json``."""
+    record: dict[str, Any] = {
+        "topic": update.topic,
+        "epoch": update.epoch,
+        "seq": update.seq,
+        "at": update.at,
+        "kind": update.kind,
+    }
+    if update.kind == "alert":
+        record["alert"] = update.alert
+    else:
+        record["entities"] = update.entities
+    return _json_encoder.encode(record).decode()
+
+
+# -- rendering, pure -------------------------------------------------------------------------
+
+_LEVEL_COLOURS: Final = {
+    "excellent": "32",
+    "good": "32",
+    "fair": "33",
+    "poor": "31",
+    "bad": "31",
+}
+_STATE_COLOURS: Final = {"raised": "31", "cleared": "32"}
+_RESET: Final = "\x1b[0m"
+CLEAR_SCREEN: Final = "\x1b[H\x1b[2J"
+
+Cell = tuple[str, str | None]  # text, ANSI colour code
+
+
+def bitrate(bps: float | None) -> str:
+    """``2450000`` → ``2.45 Mb/s``: three significant digits in the largest fitting unit."""
+    if bps is None:
+        return "-"
+    value = float(bps)
+    unit = "b/s"
+    for bigger in ("kb/s", "Mb/s", "Gb/s"):
+        if abs(value) < 999.5:
+            break
+        value, unit = value / 1000, bigger
+    if unit == "b/s":
+        return f"{value:.0f} {unit}"
+    digits = 2 if abs(value) < 9.995 else 1 if abs(value) < 99.95 else 0
+    return f"{value:.{digits}f} {unit}"
+
+
+def _number(value: Any, digits: int = 0, suffix: str = "") -> str:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return "-"
+    return f"{value:.{digits}f}{suffix}"
+
+
+def _clock(at: Any) -> str:
+    if not isinstance(at, int | float) or at <= 0:
+        return "--:--:--"
+    return time.strftime("%H:%M:%S", time.localtime(at))
+
+
+def _paint(text: str, code: str | None, color: bool) -> str:
+    return f"\x1b[{code}m{text}{_RESET}" if color and code else text
+
+
+def _level(level: Any) -> Cell:
+    if not isinstance(level, str):
+        return ("-", None)
+    return (level, _LEVEL_COLOURS.get(level))
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Cell]], color: bool) -> list[str]:
+    """Columns padded to their widest cell; the first is left-aligned, numbers right-aligned
+    (a cell is a number when its header is in ``_RIGHT``)."""
+    widths = [len(h) for h in header]
+    for row in rows:
+        for i, (text, _) in enumerate(row):
+            widths[i] = max(widths[i], len(text))
+    lines = []
+    for row in [[(h, None) for h in header], *rows]:
+        cells = []
+        for i, (text, code) in enumerate(row):
+            padded = text.rjust(widths[i]) if header[i] in _RIGHT else text.ljust(widths[i])
+            cells.append(_paint(padded, code, color))
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+_RIGHT: Final = frozenset(
+    {"PARTS", "UP", "DOWN", "QUALITY", "RELAY %", "RELAY COST", "ALERTS"}
+    | {"LOSS DN", "LOSS UP", "RTT", "JITTER", "MOS"}
+)
+
+
+def _alert_lines(
+    open_alerts: Entities, recent: Iterable[Mapping[str, Any]], color: bool, meeting: str | None
+) -> list[str]:
+    def ours(alert: Mapping[str, Any]) -> bool:
+        key = alert.get("key")
+        return meeting is None or (isinstance(key, list) and key[:1] == [meeting])
+
+    count = sum(1 for alert in open_alerts.values() if ours(alert))
+    lines = [f"alerts: {count} open"]
+    for alert in recent:
+        if not ours(alert):
+            continue
+        state = str(alert.get("state", "?"))
+        key = alert.get("key")
+        where = "/".join(str(k) for k in key) if isinstance(key, list) else "-"
+        value = alert.get("value")
+        shown = "-" if value is None else f"{value:.3g}" if isinstance(value, float) else value
+        painted = _paint(state.ljust(7), _STATE_COLOURS.get(state), color)
+        lines.append(
+            f"  {_clock(alert.get('at'))}  {painted}  {alert.get('severity', '-')}"
+            f"  {alert.get('rule', '-')}  {where}"
+            f"  value {shown}  threshold {alert.get('threshold', '-')}"
+        )
+    return lines
+
+
+def render_meetings(
+    meetings: Entities,
+    open_alerts: Entities,
+    recent: Iterable[Mapping[str, Any]],
+    *,
+    at: float = 0.0,
+    color: bool = False,
+) -> str:
+    """The ``meetings`` topic as a table sorted by meeting id, then the alerts."""
+    rows: list[list[Cell]] = []
+    for meeting_id in sorted(meetings):
+        m = meetings[meeting_id]
+        share = m.get("relay_share")
+        rows.append(
+            [
+                (meeting_id, None),
+                (_number(m.get("participants")), None),
+                (bitrate(m.get("up_bps")), None),
+                (bitrate(m.get("down_bps")), None),
+                (_number(m.get("quality")), None),
+                _level(m.get("level")),
+                (_number(share * 100 if isinstance(share, int | float) else None, 0, "%"), None),
+                (_number(m.get("relay_cost"), 4), None),
+                (_number(m.get("alerts")), None),
+            ]
+        )
+    lines = [f"{len(meetings)} live meetings  {_clock(at)}", ""]
+    if rows:
+        header = ("MEETING", "PARTS", "UP", "DOWN", "QUALITY", "LEVEL", "RELAY %", "RELAY COST")
+        lines += _table((*header, "ALERTS"), rows, color)
+    else:
+        lines.append("no live meetings")
+    lines += ["", *_alert_lines(open_alerts, recent, color, None)]
+    return "\n".join(lines)
+
+
+def render_meeting(
+    meeting: str,
+    entities: Entities,
+    open_alerts: Entities,
+    recent: Iterable[Mapping[str, Any]],
+    *,
+    at: float = 0.0,
+    color: bool = False,
+) -> str:
+    """A ``meeting:<id>`` topic: one row per participant (its series points are left out),
+    sorted by participant id, then the meeting's alerts."""
+    participants = {k: v for k, v in entities.items() if v.get("kind") == "participant"}
+    rows: list[list[Cell]] = []
+    for pid in sorted(participants):
+        p = participants[pid]
+        relay = str(p.get("relay") or "-")
+        if p.get("turn_server"):
+            relay += f" ({p['turn_server']})"
+        reasons = p.get("reasons")
+        rows.append(
+            [
+                (pid, None),
+                (bitrate(p.get("up_bps")), None),
+                (bitrate(p.get("down_bps")), None),
+                (_number(p.get("loss_down_pct"), 1, "%"), None),
+                (_number(p.get("loss_up_pct"), 1, "%"), None),
+                (_number(p.get("rtt_ms"), 0, " ms"), None),
+                (_number(p.get("jitter_ms"), 1, " ms"), None),
+                (_number(p.get("mos"), 2), None),
+                (_number(p.get("quality")), None),
+                _level(p.get("level")),
+                (relay, None),
+                (",".join(str(r) for r in reasons) if reasons else "-", None),
+            ]
+        )
+    if rows:
+        lines = [f"meeting {meeting}: {len(rows)} participants  {_clock(at)}", ""]
+        header = ("PARTICIPANT", "UP", "DOWN", "LOSS DN", "LOSS UP", "RTT", "JITTER", "MOS")
+        lines += _table((*header, "QUALITY", "LEVEL", "RELAY", "REASONS"), rows, color)
+    else:
+        lines = [f"meeting {meeting} is not live  {_clock(at)}"]
+    lines += ["", *_alert_lines(open_alerts, recent, color, meeting)]
+    return "\n".join(lines)
+
+
+def render(session: TailSession, *, color: bool = False) -> str:
+    """The session's current frame: the meetings table, or one meeting's participants."""
+    alerts = session.mirrors.get("alerts")
+    open_alerts = alerts.entities if alerts is not None else {}
+    for topic, mirror in session.mirrors.items():
+        if topic == "meetings":
+            return render_meetings(
+                mirror.entities, open_alerts, session.recent, at=mirror.at, color=color
+            )
+        if topic.startswith("meeting:"):
+            return render_meeting(
+                topic.removeprefix("meeting:"),
+                mirror.entities,
+                open_alerts,
+                session.recent,
+                at=mirror.at,
+                color=color,
+            )
+    return "\n".join(_alert_lines(open_alerts, session.recent, color, None))
+
+
+# -- the connection loop ---------------------------------------------------------------------
+
+
+class _Silent(Exception):
+    """Neither a message nor a heartbeat for ``SILENCE_TIMEOUT_S``."""
+
+
+_CONNECTION_ERRORS: Final = (
+    HandshakeError,
+    ConnectionClosed,
+    OSError,
+    trio.BrokenResourceError,
+    _Silent,
+)
+
+
+def wants_color(out: TextIO, environ: Mapping[str, str] = os.environ) -> bool:
+    """ANSI colour only on a terminal, and never when ``NO_COLOR`` is set (no-color.org)."""
+    return out.isatty() and not environ.get("NO_COLOR")
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionClosed):
+        reason = exc.reason
+        if reason is None:
+            return "connection closed"
+        return f"closed: {reason.code}" + (f" {reason.reason}" if reason.reason else "")
+    cause = exc.__cause__ or exc.__context__
+    text = str(cause) if cause is not None and isinstance(exc, HandshakeError) else str(exc)
+    return text or type(exc).__name__
+
+
+class _Tail:
+    """One run of the command. Stopping (duration, count, Ctrl-C, a closed stdout) cancels only
+    the read loop of a live connection, so that the close handshake still runs: trio-websocket
+    reads the daemon's reply in its reader task, which a wider cancel would end first."""
+
+    def __init__(self, options: TailOptions, out: TextIO, err: TextIO) -> None:
+        self.options = options
+        self.out = out
+        self.err = err
+        self.terminal = out.isatty()
+        self.color = wants_color(out)
+        self.session = TailSession(options.topics)
+        self.updates = 0
+        self.frames = 0
+        self.connected = False  # ever
+        self.applied = False  # on the current connection
+        self.dirty = False
+        self.output_closed = False
+        self.timed_out = False
+        self.stopping = False
+        self.wake = trio.Event()
+        self.done = trio.CancelScope()
+        self.reading: trio.CancelScope | None = None  # while a connection reads
+        self.failure: TailError | None = None
+
+    async def run(self) -> None:
+        with self.done:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._on_signals)
+                if self.options.duration_s is not None:
+                    nursery.start_soon(self._timer, self.options.duration_s)
+                if not self.options.as_json:
+                    nursery.start_soon(self._redraw)
+                await self._connect_loop()
+                nursery.cancel_scope.cancel()
+        self._draw()
+        if self.failure is not None:
+            raise self.failure
+        if self.timed_out and not self.connected:
+            raise TailError(f"could not reach {self.options.url}")
+
+    def stop(self) -> None:
+        self.stopping = True
+        if self.reading is not None:
+            self.reading.cancel()
+        else:
+            self.done.cancel()
+
+    async def _timer(self, seconds: float) -> None:
+        await trio.sleep(seconds)
+        self.timed_out = True
+        self.stop()
+
+    async def _on_signals(self) -> None:
+        """Ctrl-C (or SIGTERM) ends the command cleanly: the connection is closed properly."""
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                self.stop()
+                return
+
+    async def _connect_loop(self) -> None:
+        delay = BACKOFF_FIRST_S
+        while True:
+            self.applied = False
+            try:
+                await self._connection()
+                reason = "connection ended"  # only a stop ends it without an error
+            except TailError as exc:
+                self.failure = exc
+                return
+            except _CONNECTION_ERRORS as exc:
+                reason = _describe(exc)
+            if self.stopping:
+                return
+            if self.applied:
+                delay = BACKOFF_FIRST_S
+            self._status(f"reconnecting… ({reason}); next try in {delay:g} s")
+            await trio.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX_S)
+
+    async def _connection(self) -> None:
+        async with open_websocket_url(
+            self.options.url,
+            connect_timeout=CONNECT_TIMEOUT_S,
+            disconnect_timeout=CLOSE_TIMEOUT_S,
+            max_message_size=MAX_MESSAGE_BYTES,
+        ) as ws:
+            try:
+                with trio.CancelScope() as self.reading:
+                    if self.stopping:
+                        return
+                    self.connected = True
+                    self._status(f"connected to {self.options.url}")
+                    await self._read(ws)
+            finally:
+                self.reading = None
+                with trio.CancelScope(shield=True):
+                    with trio.move_on_after(CLOSE_TIMEOUT_S):
+                        await ws.aclose()
+                    # trio-websocket 0.12 leaves its client's stream open when the server
+                    # closed first; closing it twice is harmless.
+                    await ws._stream.aclose()
+
+    async def _read(self, ws: WebSocketConnection) -> None:
+        for subscribe in self.session.subscriptions():
+            await self._send(ws, subscribe)
+        while True:
+            with trio.move_on_after(SILENCE_TIMEOUT_S) as silence:
+                data = await ws.get_message()
+            if silence.cancelled_caught:
+                raise _Silent(f"nothing from the daemon for {SILENCE_TIMEOUT_S:g} s")
+            await self._handle(ws, data)
+
+    async def _send(self, ws: WebSocketConnection, subscribe: Subscribe) -> None:
+        if self.options.encoding == "json":
+            await ws.send_message(_json_encoder.encode(subscribe).decode())
+        else:
+            await ws.send_message(_msgpack_encoder.encode(subscribe))
+
+    async def _handle(self, ws: WebSocketConnection, data: str | bytes) -> None:
+        try:
+            if isinstance(data, str):
+                message = server_json_decoder.decode(data)
+            else:
+                message = server_msgpack_decoder.decode(data)
+        except msgspec.DecodeError as exc:
+            self._status(f"ignored a message the daemon sent: {exc}")
+            return
+        received = self.session.receive(message)
+        if received.status is not None:
+            self._status(received.status)
+        for subscribe in received.send:
+            await self._send(ws, subscribe)
+        count = self.options.count
+        for update in received.updates:
+            self.updates += 1
+            self.applied = True
+            if self.options.as_json:
+                self._write(update_line(update) + "\n")
+            else:
+                self.dirty = True
+                self.wake.set()
+            if count is not None and self.updates >= count:
+                self.stop()
+                return
+
+    async def _redraw(self) -> None:
+        while True:
+            await self.wake.wait()
+            await trio.sleep(BATCH_S)
+            self.wake = trio.Event()
+            self._draw()
+
+    def _draw(self) -> None:
+        if not self.dirty or self.output_closed:
+            return
+        self.dirty = False
+        frame = render(self.session, color=self.color)
+        if self.terminal:
+            self._write(f"{CLEAR_SCREEN}{frame}\n")
+        else:  # a log of frames, a blank line between two
+            self._write(f"\n{frame}\n" if self.frames else f"{frame}\n")
+        self.frames += 1
+
+    def _write(self, text: str) -> None:
+        if self.output_closed:
+            return
+        try:
+            self.out.write(text)
+            self.out.flush()
+        except BrokenPipeError:  # the reader went away (| head): stop quietly
+            self.output_closed = True
+            self.stop()
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), self.out.fileno())
+
+    def _status(self, text: str) -> None:
+        self.err.write(f"bwmon tail: {text}\n")
+        self.err.flush()
+
+
+async def run_tail(
+    options: TailOptions, out: TextIO | None = None, err: TextIO | None = None
+) -> None:
+    """Show or stream the topics until ``options`` says stop, Ctrl-C, or stdout closes.
+    Raises ``TailError``."""
+    await _Tail(options, out or sys.stdout, err or sys.stderr).run()

@@ -1,0 +1,142 @@
+"""Channels: where the publisher's changes go and where subscriber sessions read from.
+
+A channel numbers each topic's changes under an epoch, keeps the topics' current state (for
+snapshots) and a bounded log of deltas (for resume), and delivers every delta to this daemon's
+subscribers through ``deliver``. Two implementations with the same semantics:
+
+* ``LocalChannel``: in process, one daemon (a ``DeltaLog``);
+* ``RedisChannel`` (``collector.fanout.redis_channel``): Redis Streams and hashes, shared by
+  every daemon, so that a subscriber on any daemon sees the meetings of all of them.
+
+Exceptions (translated at the edge, callers see only these)::
+
+    ChannelError
+    ├── ChannelUnavailable   the channel cannot be reached now; try again later
+    └── EpochChanged         the channel lost its state (Redis restarted): publish everything
+                             again; subscribers resynchronise with snapshots
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Collection, Iterable
+from typing import Protocol
+
+import trio
+
+from collector.fanout.hub import Change, DeltaLog
+from protocol.subscribe import Delta, Snapshot
+
+
+class ChannelError(Exception):
+    pass
+
+
+class ChannelUnavailable(ChannelError):
+    pass
+
+
+class EpochChanged(ChannelError):
+    pass
+
+
+Deliver = Callable[[Delta], None]
+OnEpoch = Callable[[str], None]
+
+
+def new_epoch() -> str:
+    """A random epoch: a fresh one at every daemon start (or channel loss)."""
+    return secrets.token_hex(8)
+
+
+class Channel(Protocol):
+    """What the publisher and the subscriber sessions need from a channel."""
+
+    @property
+    def epoch(self) -> str: ...
+
+    async def serve(
+        self,
+        deliver: Deliver,
+        on_epoch: OnEpoch,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run until cancelled: hand every delta of a watched topic to ``deliver`` in order;
+        call ``on_epoch`` when the epoch changes (subscribers then need snapshots)."""
+        ...
+
+    def watch(self, topics: Collection[str]) -> None:
+        """The topics this daemon's subscribers hold now (the channel delivers those)."""
+        ...
+
+    async def publish(self, changes: list[Change], at: float) -> None:
+        """Append each change as its topic's next delta. Raises ``ChannelUnavailable`` (nothing
+        was published: the caller keeps its state and diffs again later) or ``EpochChanged``
+        (publish every entity again)."""
+        ...
+
+    async def snapshot(self, topic: str) -> Snapshot: ...
+
+    async def since(self, topic: str, epoch: str | None, seq: int | None) -> list[Delta] | None:
+        """The deltas after ``seq`` of ``epoch`` if still held (``[]``: nothing missed), else
+        None: the subscriber needs a snapshot."""
+        ...
+
+    async def wanted_topics(self) -> set[str]:
+        """``meeting:<id>`` topics that some subscriber (on any daemon) holds."""
+        ...
+
+    async def forget(self, topics: Iterable[str]) -> None:
+        """Topics whose meeting ended (and whose last delta removed everything)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class LocalChannel:
+    """The in-process channel: one daemon, its epoch fixed for the life of the process."""
+
+    def __init__(self, history: int = 120, epoch: str | None = None) -> None:
+        self.log = DeltaLog(epoch or new_epoch(), history)
+        self._deliver: Deliver | None = None
+        self._watched: set[str] = set()
+
+    @property
+    def epoch(self) -> str:
+        return self.log.epoch
+
+    async def serve(
+        self,
+        deliver: Deliver,
+        on_epoch: OnEpoch,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        self._deliver = deliver
+        task_status.started()
+        await trio.sleep_forever()
+
+    def watch(self, topics: Collection[str]) -> None:
+        self._watched = set(topics)
+
+    async def publish(self, changes: list[Change], at: float) -> None:
+        for change in changes:
+            delta = self.log.append(change, at)
+            if self._deliver is not None:
+                self._deliver(delta)
+
+    async def snapshot(self, topic: str) -> Snapshot:
+        return self.log.snapshot(topic)
+
+    async def since(self, topic: str, epoch: str | None, seq: int | None) -> list[Delta] | None:
+        return self.log.since(topic, epoch, seq)
+
+    async def wanted_topics(self) -> set[str]:
+        return {t for t in self._watched if t.startswith("meeting:")}
+
+    async def forget(self, topics: Iterable[str]) -> None:
+        self.log.forget(topics)
+
+    async def aclose(self) -> None:
+        pass

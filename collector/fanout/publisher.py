@@ -1,0 +1,144 @@
+"""The publisher: once per publish interval, the engine's topics → diffs → the channel.
+
+After an engine tick (``on_tick``), and at most once per ``interval_s``, it builds every topic's
+state from the engine (``collector.fanout.topics``), diffs it against what it published last
+and hands the non-empty changes to the channel in one call: at most one delta per topic per
+interval, holding only the entities and fields that changed, plus removals. ``meeting:<id>``
+topics are built only while someone subscribes to them (``Channel.wanted_topics``); when such a
+meeting ends, its topic gets a last delta that removes everything, then is forgotten.
+
+If the channel is unavailable nothing is marked published: the next interval diffs against
+the last state that did go out, so no change is lost, only delayed. If the channel lost its
+state (``EpochChanged``), everything is published again from scratch.
+
+Never touches a socket itself; the only await is the channel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from collector.aggregate.alerts import AlertEvent
+from collector.aggregate.engine import Engine
+from collector.fanout import topics
+from collector.fanout.channel import Channel, ChannelUnavailable, EpochChanged
+from collector.fanout.hub import change
+from collector.logs import get_logger
+from protocol.subscribe import Entities
+
+log = get_logger("fanout.publisher")
+
+MAX_PENDING_ALERTS = 10_000
+
+
+class Publisher:
+    def __init__(
+        self,
+        engine: Callable[[], Engine],
+        channel: Channel,
+        interval_s: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine = engine  # a getter: a restored checkpoint replaces the daemon's engine
+        self.channel = channel
+        self.interval_s = interval_s
+        self.clock = clock
+        self.published: dict[str, Entities] = {}
+        self.pending_alerts: deque[dict[str, Any]] = deque(maxlen=MAX_PENDING_ALERTS)
+        self._wanted: set[str] = set()
+        self._ticked = trio.Event()
+        self.last_publish: float | None = None
+        self.counters = {
+            "publishes": 0,
+            "deltas": 0,
+            "unavailable": 0,
+            "epoch_changes": 0,
+            "last_publish_ms": 0.0,
+        }
+
+    def offer_alerts(self, alerts: list[AlertEvent]) -> None:
+        """Alert transitions the engine produced; they go out with the next ``alerts`` delta."""
+        self.pending_alerts.extend(topics.alert_entity(a) for a in alerts)
+
+    def on_tick(self, _now: float) -> None:
+        """The engine ticked: fresh values to publish."""
+        self._ticked.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await self._ticked.wait()
+            self._ticked = trio.Event()
+            now = self.clock()
+            if self.last_publish is not None and now - self.last_publish < self.interval_s * 0.9:
+                continue  # ticks faster than the publish interval: throttle
+            await self.publish(now)
+
+    async def build(self, now: float) -> dict[str, Entities]:
+        """Every topic's state now: the fixed topics, the watched meetings, and an empty state
+        for watched topics whose meeting is gone (their last delta removes everything).
+        The ``meetings`` topic is built in steps, letting ingest drain between them."""
+        engine = self.engine()
+        steps = topics.meetings_topic_steps(engine, now)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                meetings: Entities = done.value
+                break
+            await trio.lowlevel.checkpoint()
+        states = {
+            "meetings": meetings,
+            "http": topics.http_topic(engine, now),
+            "alerts": topics.alerts_topic(engine),
+        }
+        for topic in self._wanted | {t for t in self.published if t.startswith("meeting:")}:
+            meeting = topic.removeprefix("meeting:")
+            if meeting in engine.meetings:
+                if topic in self._wanted:
+                    states[topic] = topics.meeting_topic(engine, meeting, now)
+            elif topic in self.published:
+                states[topic] = {}
+        return states
+
+    async def publish(self, now: float) -> None:
+        started = time.perf_counter()
+        with contextlib.suppress(ChannelUnavailable):  # else: what was wanted last
+            self._wanted = await self.channel.wanted_topics()
+        states = await self.build(now)
+        changes = [change(t, self.published.get(t, {}), s) for t, s in states.items()]
+        alerts = list(self.pending_alerts)
+        for c in changes:
+            if c.topic == "alerts":
+                c.events = alerts
+        changes = [c for c in changes if c]
+        try:
+            if changes:
+                await self.channel.publish(changes, now)
+        except ChannelUnavailable as exc:
+            self.counters["unavailable"] += 1
+            log.warning("publish_unavailable", error=str(exc))
+            return
+        except EpochChanged:
+            self.counters["epoch_changes"] += 1
+            log.info("channel_epoch_changed", epoch=self.channel.epoch)
+            self.published = {}  # the channel starts empty: the next interval sends it all
+            return
+        self.pending_alerts.clear()
+        ended = [t for t, s in states.items() if not s and t.startswith("meeting:")]
+        self.published.update(states)
+        for topic in ended:
+            del self.published[topic]
+        if ended:
+            with contextlib.suppress(ChannelUnavailable):
+                await self.channel.forget(ended)
+        self.last_publish = now
+        self.counters["publishes"] += 1
+        self.counters["deltas"] += len(changes)
+        self.counters["last_publish_ms"] = round(1000 * (time.perf_counter() - started), 3)

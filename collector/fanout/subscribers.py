@@ -1,0 +1,434 @@
+"""Subscriber sessions on ``/subscribe`` and the fan-out of deltas to them (PROTOCOL.md §12).
+
+``Fanout.deliver`` is called by the channel for every delta of a topic that some local
+subscriber holds. It encodes the delta once (JSON and MessagePack on demand, shared by every
+subscriber) and appends it to each subscriber's bounded queue without waiting: ingest and the
+publisher never wait on a subscriber. A subscriber whose queue is full has it replaced by a
+resynchronisation: its sender drops what was queued and sends each of its topics afresh (the
+missed deltas merged into one if the channel still holds them, else a snapshot).
+
+Each session runs three tasks: the receiver (``subscribe``/``unsubscribe`` from the client; it
+also keeps the WebSocket's pongs flowing), the sender (the queue, in order, per topic only
+deltas that follow what the client holds) and the heartbeat (a ``heartbeat`` message and a
+WebSocket ping every interval; a missing pong ends the session). Errors of one session end that
+session only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import msgspec
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from collector.fanout.channel import Channel, ChannelUnavailable
+from collector.fanout.hub import merge
+from collector.logs import get_logger
+from protocol.subscribe import (
+    BAD_MESSAGE,
+    MAX_CLIENT_MESSAGE_BYTES,
+    MAX_TOPICS_PER_SESSION,
+    TOO_MANY_TOPICS,
+    UNAVAILABLE,
+    UNKNOWN_TOPIC,
+    Alert,
+    Delta,
+    Heartbeat,
+    ServerMessage,
+    Snapshot,
+    Subscribe,
+    SubscribeError,
+    Unsubscribe,
+    Unsubscribed,
+    client_json_decoder,
+    client_msgpack_decoder,
+    is_topic,
+)
+
+log = get_logger("fanout.subscribers")
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_INTERNAL = 1011
+CLOSE_TRY_AGAIN = 1013
+RETRY_S = 1.0  # between two attempts to serve a topic while the channel is unavailable
+_json = msgspec.json.Encoder()
+_msgpack = msgspec.msgpack.Encoder()
+_session_ids = itertools.count(1)
+
+
+@dataclass(frozen=True, slots=True)
+class FanoutSettings:
+    queue_messages: int = 64
+    heartbeat_interval_s: float = 15.0
+    heartbeat_timeout_s: float = 10.0
+    max_subscribers: int = 10_000
+
+
+class Encoded:
+    """A server message with its encodings made on first use and shared."""
+
+    __slots__ = ("_json", "_msgpack", "message")
+
+    def __init__(self, message: ServerMessage) -> None:
+        self.message = message
+        self._json: str | None = None
+        self._msgpack: bytes | None = None
+
+    def for_client(self, text: bool) -> str | bytes:
+        if text:
+            if self._json is None:
+                self._json = _json.encode(self.message).decode()
+            return self._json
+        if self._msgpack is None:
+            self._msgpack = _msgpack.encode(self.message)
+        return self._msgpack
+
+
+class Subscriber:
+    """One session's topics, positions and outgoing queue."""
+
+    def __init__(self, conn: int, text: bool, queue_messages: int) -> None:
+        self.conn = conn
+        self.text = text
+        self.queue_messages = queue_messages
+        # topic -> (epoch, seq) the client holds; None until it has a snapshot or a resume
+        self.held: dict[str, tuple[str | None, int | None]] = {}
+        self.queue: deque[Encoded] = deque()
+        self.resync: set[str] = set()
+        self.unavailable: set[str] = set()  # topics told "unavailable" in this outage
+        self.wake = trio.Event()
+        self.sent = 0
+        self.replaced = 0
+
+    def offer(self, encoded: Encoded) -> bool:
+        """Queue a message without waiting; False when the queue was full and was replaced by
+        a resynchronisation of every topic."""
+        if len(self.queue) >= self.queue_messages:
+            self.queue.clear()
+            self.resync.update(self.held)
+            self.replaced += 1
+            self.wake.set()
+            return False
+        self.queue.append(encoded)
+        self.wake.set()
+        return True
+
+    def reply(self, message: ServerMessage) -> None:
+        """Queue a reply or heartbeat; dropped (not worth a resync) when the queue is full."""
+        if len(self.queue) < self.queue_messages:
+            self.queue.append(Encoded(message))
+            self.wake.set()
+
+
+class Fanout:
+    """This daemon's subscribers, by topic; the channel delivers into it."""
+
+    def __init__(self, channel: Channel, settings: FanoutSettings) -> None:
+        self.channel = channel
+        self.settings = settings
+        self.subscribers: set[Subscriber] = set()
+        self.by_topic: dict[str, set[Subscriber]] = {}
+        self.counters = {
+            "sessions": 0,
+            "refused": 0,
+            "deltas_delivered": 0,
+            "deltas_sent": 0,
+            "snapshots_sent": 0,
+            "resumed": 0,
+            "queues_replaced": 0,
+            "heartbeat_timeouts": 0,
+            "bad_messages": 0,
+        }
+
+    # -- channel side: never waits --------------------------------------------------------
+
+    def deliver(self, delta: Delta) -> None:
+        subscribers = self.by_topic.get(delta.topic)
+        if not subscribers:
+            return
+        self.counters["deltas_delivered"] += 1
+        encoded = Encoded(delta)
+        for alert in delta.alerts:
+            alert_message = Encoded(
+                Alert(topic=delta.topic, epoch=delta.epoch, seq=delta.seq, alert=alert)
+            )
+            for subscriber in subscribers:
+                subscriber.offer(alert_message)
+        for subscriber in subscribers:
+            if not subscriber.offer(encoded):
+                self.counters["queues_replaced"] += 1
+
+    def on_epoch(self, _epoch: str) -> None:
+        """The channel's epoch changed: every subscriber needs snapshots."""
+        for subscriber in self.subscribers:
+            subscriber.queue.clear()
+            subscriber.held = dict.fromkeys(subscriber.held, (None, None))
+            subscriber.resync.update(subscriber.held)
+            subscriber.wake.set()
+
+    def topics(self) -> set[str]:
+        return {topic for topic, subs in self.by_topic.items() if subs}
+
+    def health(self) -> dict[str, Any]:
+        return {"subscribers": len(self.subscribers), **self.counters}
+
+    # -- sessions -------------------------------------------------------------------------
+
+    def _join(self, subscriber: Subscriber, topic: str) -> None:
+        self.by_topic.setdefault(topic, set()).add(subscriber)
+        self.channel.watch(self.topics())
+
+    def _leave(self, subscriber: Subscriber, topic: str) -> None:
+        subs = self.by_topic.get(topic)
+        if subs is not None:
+            subs.discard(subscriber)
+            if not subs:
+                del self.by_topic[topic]
+        self.channel.watch(self.topics())
+
+    async def serve_session(self, ws: WebSocketConnection) -> None:
+        """Run one accepted ``/subscribe`` connection until it closes."""
+        if len(self.subscribers) >= self.settings.max_subscribers:
+            self.counters["refused"] += 1
+            await ws.aclose(CLOSE_TRY_AGAIN, "too many subscribers")
+            return
+        conn = next(_session_ids)
+        subscriber: Subscriber | None = None
+        close = (1000, "")
+        try:
+            first = await ws.get_message()
+            subscriber = Subscriber(conn, isinstance(first, str), self.settings.queue_messages)
+            self.subscribers.add(subscriber)
+            self.counters["sessions"] += 1
+            log.info("subscriber_open", conn=conn, text=subscriber.text)
+            self._handle(subscriber, first)
+            async with trio.open_nursery() as nursery:
+
+                async def until_closed(task: Callable[[], Awaitable[None]]) -> None:
+                    # Whichever task sees the connection close ends the session.
+                    with contextlib.suppress(ConnectionClosed):
+                        await task()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(until_closed, partial(self._send, subscriber, ws))
+                nursery.start_soon(
+                    until_closed,
+                    partial(self._heartbeat, subscriber, ws, nursery.cancel_scope),
+                )
+                await until_closed(partial(self._receive, subscriber, ws))
+        except ConnectionClosed:
+            pass  # before the first message
+        except BaseException:
+            shutting_down = trio.current_effective_deadline() == -math.inf
+            close = (
+                (CLOSE_GOING_AWAY, "daemon shutting down")
+                if shutting_down
+                else (CLOSE_INTERNAL, "internal error")
+            )
+            raise
+        finally:
+            if subscriber is not None:
+                self.subscribers.discard(subscriber)
+                for topic in list(subscriber.held):
+                    self._leave(subscriber, topic)
+                log.info(
+                    "subscriber_closed",
+                    conn=conn,
+                    sent=subscriber.sent,
+                    queues_replaced=subscriber.replaced,
+                )
+            # Shutting down, the connection's reader is gone: the client's close reply would
+            # never be read, so do not wait for it.
+            with (
+                trio.CancelScope(shield=True),
+                trio.move_on_after(0.1 if close[0] == CLOSE_GOING_AWAY else 1),
+            ):
+                await ws.aclose(*close)
+
+    async def _receive(self, subscriber: Subscriber, ws: WebSocketConnection) -> None:
+        while True:
+            self._handle(subscriber, await ws.get_message())
+
+    def _handle(self, subscriber: Subscriber, data: str | bytes) -> None:
+        """One client message: subscribe or unsubscribe; anything else gets an error."""
+        if len(data) > MAX_CLIENT_MESSAGE_BYTES:
+            self._bad(subscriber, f"message over {MAX_CLIENT_MESSAGE_BYTES} bytes")
+            return
+        try:
+            if isinstance(data, str):
+                message = client_json_decoder.decode(data)
+            else:
+                message = client_msgpack_decoder.decode(data)
+        except msgspec.DecodeError as exc:
+            self._bad(subscriber, str(exc)[:200])
+            return
+        topic = message.topic
+        if not is_topic(topic):
+            subscriber.reply(
+                SubscribeError(
+                    code=UNKNOWN_TOPIC,
+                    detail="topics are meetings, http, alerts and meeting:<meeting id>",
+                    topic=topic[:140],
+                )
+            )
+            return
+        if isinstance(message, Unsubscribe):
+            if topic in subscriber.held:
+                del subscriber.held[topic]
+                subscriber.resync.discard(topic)
+                self._leave(subscriber, topic)
+            subscriber.reply(Unsubscribed(topic=topic))
+            return
+        assert isinstance(message, Subscribe)
+        if topic not in subscriber.held and len(subscriber.held) >= MAX_TOPICS_PER_SESSION:
+            subscriber.reply(
+                SubscribeError(
+                    code=TOO_MANY_TOPICS,
+                    detail=f"at most {MAX_TOPICS_PER_SESSION} topics per session",
+                    topic=topic,
+                )
+            )
+            return
+        subscriber.held[topic] = (message.epoch, message.seq)
+        subscriber.resync.add(topic)
+        subscriber.wake.set()
+        self._join(subscriber, topic)
+
+    def _bad(self, subscriber: Subscriber, detail: str) -> None:
+        self.counters["bad_messages"] += 1
+        subscriber.reply(SubscribeError(code=BAD_MESSAGE, detail=detail))
+
+    async def _send(self, subscriber: Subscriber, ws: WebSocketConnection) -> None:
+        while True:
+            # Topics the channel could not serve are retried every second; meanwhile the
+            # other topics and the heartbeats go on.
+            with trio.move_on_after(RETRY_S if subscriber.resync else math.inf):
+                await subscriber.wake.wait()
+            subscriber.wake = trio.Event()
+            failed: set[str] = set()
+            while subscriber.resync:
+                topic = subscriber.resync.pop()
+                if topic in subscriber.held and not await self._resync(subscriber, ws, topic):
+                    failed.add(topic)
+            pending = list(subscriber.queue)
+            subscriber.queue.clear()
+            for message in self._in_order(subscriber, pending):
+                await self._write(subscriber, ws, message)
+            subscriber.resync |= failed
+
+    async def _write(
+        self, subscriber: Subscriber, ws: WebSocketConnection, message: Encoded
+    ) -> None:
+        await ws.send_message(message.for_client(subscriber.text))
+        subscriber.sent += 1
+
+    def _in_order(self, subscriber: Subscriber, pending: list[Encoded]) -> list[Encoded]:
+        """The queued messages to send: per topic, the deltas that follow what the client
+        holds, several merged into one in the place of the first; a gap makes the topic
+        resynchronise instead."""
+        out: list[Encoded | str] = []  # a str holds the place of that topic's deltas
+        runs: dict[str, list[Delta]] = {}
+        first: dict[str, Encoded] = {}
+        for encoded in pending:
+            message = encoded.message
+            if isinstance(message, Alert):
+                epoch, seq = subscriber.held.get(message.topic, (None, None))
+                if (
+                    seq is not None
+                    and message.topic not in subscriber.resync
+                    and message.epoch == epoch
+                    and message.seq > seq
+                ):
+                    out.append(encoded)  # else: covered by the snapshot or resume sent
+                continue
+            if not isinstance(message, Delta):
+                out.append(encoded)
+                continue
+            topic = message.topic
+            epoch, seq = subscriber.held.get(topic, (None, None))
+            if seq is None or topic in subscriber.resync:
+                continue  # unsubscribed, or a snapshot is on its way
+            run = runs.setdefault(topic, [])
+            last = run[-1].seq if run else seq
+            if message.epoch != epoch or message.seq <= last:
+                continue  # already covered by the snapshot or resume the client got
+            if message.prev != last:
+                subscriber.resync.add(topic)  # a delta went missing: start afresh
+                subscriber.wake.set()
+                run.clear()
+                continue
+            if not run:
+                first[topic] = encoded
+                out.append(topic)
+            run.append(message)
+        result: list[Encoded] = []
+        for item in out:
+            if not isinstance(item, str):
+                result.append(item)
+                continue
+            run = runs[item]
+            if not run:
+                continue
+            subscriber.held[item] = (run[-1].epoch, run[-1].seq)
+            self.counters["deltas_sent"] += 1
+            result.append(first[item] if len(run) == 1 else Encoded(merge(run)))
+        return result
+
+    async def _resync(self, subscriber: Subscriber, ws: WebSocketConnection, topic: str) -> bool:
+        """Bring one topic up to date: the missed deltas (with their ``alert`` messages) if the
+        channel holds them, else a snapshot. False when the channel is unavailable: the client
+        gets one ``unavailable`` error per outage, and the topic is tried again later."""
+        epoch, seq = subscriber.held[topic]
+        try:
+            missed = await self.channel.since(topic, epoch, seq) if seq is not None else None
+            update: Snapshot | Delta | None = (
+                await self.channel.snapshot(topic) if missed is None else None
+            )
+        except ChannelUnavailable as exc:
+            if topic not in subscriber.unavailable:
+                subscriber.unavailable.add(topic)
+                error = SubscribeError(code=UNAVAILABLE, detail=str(exc)[:200], topic=topic)
+                await self._write(subscriber, ws, Encoded(error))
+            return False
+        subscriber.unavailable.discard(topic)
+        if topic not in subscriber.held:
+            return True  # unsubscribed meanwhile
+        if missed:
+            update = merge(missed)
+            for alert in update.alerts:
+                message = Alert(topic=topic, epoch=update.epoch, seq=update.seq, alert=alert)
+                await self._write(subscriber, ws, Encoded(message))
+        if missed is not None:
+            self.counters["resumed"] += 1
+        if update is None:
+            return True  # nothing was missed
+        subscriber.held[topic] = (update.epoch, update.seq)
+        counter = "snapshots_sent" if isinstance(update, Snapshot) else "deltas_sent"
+        self.counters[counter] += 1
+        await self._write(subscriber, ws, Encoded(update))
+        return True
+
+    async def _heartbeat(
+        self, subscriber: Subscriber, ws: WebSocketConnection, scope: trio.CancelScope
+    ) -> None:
+        settings = self.settings
+        while True:
+            await trio.sleep(settings.heartbeat_interval_s)
+            subscriber.reply(Heartbeat(at=time.time(), epoch=self.channel.epoch))
+            with trio.move_on_after(settings.heartbeat_timeout_s) as ping_scope:
+                with contextlib.suppress(ConnectionClosed):
+                    await ws.ping()
+            if ping_scope.cancelled_caught:
+                self.counters["heartbeat_timeouts"] += 1
+                log.info("subscriber_heartbeat_timeout", conn=subscriber.conn)
+                scope.cancel()
+                return

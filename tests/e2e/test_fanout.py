@@ -1,0 +1,116 @@
+"""Two real daemons share one real Redis: frames go to daemon A, a subscriber on daemon B sees
+A's meetings (snapshot, then deltas); Redis restarts mid-run, and the subscriber ends with the
+state of a fresh snapshot."""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import msgspec
+import pytest
+import trio
+from trio_websocket import WebSocketConnection, open_websocket_url
+
+from cli.daemon_process import DaemonProcess, running_daemon
+from protocol.subscribe import Delta, Snapshot, Subscribe, TopicMirror, server_json_decoder
+from tests.helpers import free_port, redis_server
+
+pytestmark = pytest.mark.e2e
+
+_json = msgspec.json.Encoder()
+
+
+def config(tmp_path: Path, name: str, redis_port: int, prefix: str) -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(
+        "[storage]\nbackend = 'none'\n"
+        f"[fanout]\nredis_url = 'redis://127.0.0.1:{redis_port}/0'\n"
+        f"redis_key_prefix = '{prefix}'\nredis_retry_max_s = 1.0\n"
+    )
+    return path
+
+
+@contextmanager
+def emitting(daemon: DaemonProcess, seconds: float) -> Iterator[None]:
+    command = [sys.executable, "-m", "cli.main", "emit", "--udp-port", str(daemon.udp_port)]
+    command += ["--meetings", "3", "--participants", "2", "--duration", str(seconds)]
+    command += ["--http-routes", "0", "--loss", "0"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        process.kill()
+        process.wait()
+
+
+async def next_update(ws: WebSocketConnection, mirror: TopicMirror) -> Snapshot | Delta:
+    """Read until the next snapshot or delta of the mirror's topic, apply it; resubscribe on a
+    gap as a client must."""
+    with trio.fail_after(20):
+        while True:
+            message = server_json_decoder.decode(await ws.get_message())
+            if isinstance(message, Snapshot | Delta) and message.topic == mirror.topic:
+                resume = mirror.receive(message)
+                if resume is not None:
+                    await ws.send_message(_json.encode(resume).decode())
+                return message
+
+
+async def fresh_snapshot(port: int, topic: str) -> Snapshot:
+    async with open_websocket_url(f"ws://127.0.0.1:{port}/subscribe") as ws:
+        await ws.send_message(_json.encode(Subscribe(topic=topic)).decode())
+        with trio.fail_after(10):
+            message = server_json_decoder.decode(await ws.get_message())
+        await ws._stream.aclose()
+    assert isinstance(message, Snapshot)
+    return message
+
+
+async def test_a_subscriber_on_b_follows_meetings_on_a_through_a_redis_restart(
+    tmp_path: Path,
+) -> None:
+    redis_port = free_port()
+    prefix = f"bwmon-test-{secrets.token_hex(4)}"
+    with (
+        redis_server(redis_port) as redis,
+        running_daemon(
+            tmp_path / "a.log", ["--config", str(config(tmp_path, "a", redis_port, prefix))]
+        ) as a,
+        running_daemon(
+            tmp_path / "b.log", ["--config", str(config(tmp_path, "b", redis_port, prefix))]
+        ) as b,
+        emitting(a, seconds=60),
+    ):
+        mirror = TopicMirror("meetings")
+        async with open_websocket_url(f"ws://127.0.0.1:{b.http_port}/subscribe") as ws:
+            await ws.send_message(_json.encode(Subscribe(topic="meetings")).decode())
+            first = await next_update(ws, mirror)
+            assert isinstance(first, Snapshot)
+            deltas = 0
+            while len(mirror.entities) < 3 or deltas < 3:
+                deltas += isinstance(await next_update(ws, mirror), Delta)
+            assert all(m["participants"] == 2 for m in mirror.entities.values())
+            epoch = mirror.epoch
+
+            redis.restart()
+
+            while mirror.epoch == epoch or len(mirror.entities) < 3:
+                await next_update(ws, mirror)
+            for _ in range(3):  # deltas flow again under the new epoch
+                assert isinstance(await next_update(ws, mirror), Delta)
+            fresh = await fresh_snapshot(b.http_port, "meetings")
+            while mirror.seq is not None and mirror.seq < fresh.seq:
+                await next_update(ws, mirror)
+            assert (mirror.epoch, mirror.seq) == (fresh.epoch, fresh.seq)
+            assert mirror.entities == fresh.entities
+            await ws._stream.aclose()
+        health_a, health_b = a.health(), b.health()
+    assert health_a["fanout"]["channel"] == health_b["fanout"]["channel"] == "redis"
+    assert health_a["fanout"]["epoch"] == health_b["fanout"]["epoch"] == fresh.epoch
+    assert health_b["aggregate"]["meetings"] == 0  # B aggregated nothing itself
+    assert health_b["fanout"]["snapshots_sent"] >= 2

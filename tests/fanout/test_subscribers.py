@@ -1,0 +1,361 @@
+"""``/subscribe`` sessions on real loopback sockets: snapshot then deltas, resume (replay or
+snapshot), bad client messages, heartbeats, and a slow subscriber that gets a snapshot while
+ingest goes on at full rate."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgspec
+import pytest
+import trio
+import trio.lowlevel
+from trio_websocket import WebSocketConnection, open_websocket_url, wrap_client_stream
+
+from collector.app import Daemon
+from collector.config import from_dict
+from collector.fanout.channel import ChannelUnavailable, LocalChannel
+from collector.fanout.hub import change
+from collector.fanout.subscribers import Fanout, FanoutSettings
+from collector.http.server import HttpServer, HttpSettings
+from protocol import encode_msgpack
+from protocol.subscribe import (
+    Delta,
+    Entities,
+    Heartbeat,
+    ServerMessage,
+    Snapshot,
+    SubscribeError,
+    TopicMirror,
+    Unsubscribed,
+    server_json_decoder,
+    server_msgpack_decoder,
+)
+from tests.helpers import rtc, wait_for
+
+_json = msgspec.json.Encoder()
+_msgpack = msgspec.msgpack.Encoder()
+
+
+class Hub:
+    """A Fanout on a LocalChannel behind a real HTTP server; publishes by hand."""
+
+    def __init__(self, channel: LocalChannel, fanout: Fanout, port: int) -> None:
+        self.channel = channel
+        self.fanout = fanout
+        self.port = port
+        self.states: dict[str, Entities] = {}
+
+    async def set(self, topic: str, entities: Entities, at: float = 1.0) -> None:
+        await self.channel.publish([change(topic, self.states.get(topic, {}), entities)], at)
+        self.states[topic] = entities
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/subscribe"
+
+
+async def start_hub(
+    nursery: trio.Nursery,
+    history: int = 120,
+    channel: LocalChannel | None = None,
+    **settings: Any,
+) -> Hub:
+    channel = channel or LocalChannel(history=history)
+    fanout = Fanout(channel, FanoutSettings(**settings))
+    await nursery.start(channel.serve, fanout.deliver, fanout.on_epoch)
+    http = HttpServer(
+        http_routes={},
+        ws_routes={"/subscribe": fanout.serve_session},
+        settings=HttpSettings(request_timeout_s=2),
+    )
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    await nursery.start(http.serve, listeners)
+    return Hub(channel, fanout, listeners[0].socket.getsockname()[1])
+
+
+@asynccontextmanager
+async def subscriber(url: str) -> AsyncIterator[WebSocketConnection]:
+    """A client connection (closing its TCP stream itself: trio-websocket 0.12's client leaks
+    it when the server closed first)."""
+    async with open_websocket_url(url, disconnect_timeout=2) as ws:
+        try:
+            yield ws
+        finally:
+            await ws._stream.aclose()
+
+
+async def send(ws: WebSocketConnection, text: bool = True, **message: Any) -> None:
+    await ws.send_message(_json.encode(message).decode() if text else _msgpack.encode(message))
+
+
+async def receive(ws: WebSocketConnection, timeout_s: float = 5) -> ServerMessage:
+    with trio.fail_after(timeout_s):
+        data = await ws.get_message()
+    if isinstance(data, str):
+        return server_json_decoder.decode(data)
+    return server_msgpack_decoder.decode(data)
+
+
+async def nothing_more(ws: WebSocketConnection, wait_s: float = 0.3) -> None:
+    with trio.move_on_after(wait_s):
+        message = await ws.get_message()
+        pytest.fail(f"unexpected message {message!r}")
+
+
+@pytest.mark.parametrize("text", [True, False], ids=["json", "msgpack"])
+async def test_a_subscriber_gets_a_snapshot_then_deltas(nursery: trio.Nursery, text: bool) -> None:
+    hub = await start_hub(nursery)
+    await hub.set("meetings", {"m1": {"participants": 1, "up_bps": 1e6}})
+    async with subscriber(hub.url) as ws:
+        await send(ws, text, t="subscribe", topic="meetings")
+        snapshot = await receive(ws)
+        assert isinstance(snapshot, Snapshot)
+        assert snapshot.full
+        assert (snapshot.seq, snapshot.entities) == (1, hub.states["meetings"])
+        await hub.set("meetings", {"m1": {"participants": 2, "up_bps": 1e6}})
+        await hub.set("http", {"api GET /": {"requests_per_s": 3}})  # not subscribed
+        delta = await receive(ws)
+        assert isinstance(delta, Delta)
+        assert (delta.seq, delta.prev, delta.changed) == (2, 1, {"m1": {"participants": 2}})
+        await nothing_more(ws)
+
+
+async def test_resume_replays_what_was_missed_as_one_delta(nursery: trio.Nursery) -> None:
+    hub = await start_hub(nursery, history=5)
+    mirror = TopicMirror("meetings")
+    async with subscriber(hub.url) as ws:
+        await send(ws, t="subscribe", topic="meetings")
+        assert mirror.receive(await receive(ws)) is None  # type: ignore[arg-type]
+        await hub.set("meetings", {"a": {"n": 1}})
+        assert mirror.receive(await receive(ws)) is None  # type: ignore[arg-type]
+    for n in range(2, 5):  # three deltas while away, within the history
+        await hub.set("meetings", {"a": {"n": n}, f"b{n}": {"n": n}})
+    async with subscriber(hub.url) as ws:
+        await send(ws, **msgspec.to_builtins(mirror.resume()))
+        replay = await receive(ws)
+        assert isinstance(replay, Delta)
+        assert (replay.prev, replay.seq) == (1, 4)
+        assert mirror.receive(replay) is None
+        assert mirror.entities == hub.states["meetings"]
+        # Up to date: a resume from the current position sends nothing until the next change.
+        await send(ws, **msgspec.to_builtins(mirror.resume()))
+        await nothing_more(ws)
+        await hub.set("meetings", {"a": {"n": 5}})
+        nxt = await receive(ws)
+        assert isinstance(nxt, Delta)
+        assert (nxt.prev, nxt.seq) == (4, 5)
+    assert hub.fanout.counters["resumed"] == 2
+
+
+async def test_resume_gets_a_snapshot_when_history_or_epoch_do_not_match(
+    nursery: trio.Nursery,
+) -> None:
+    hub = await start_hub(nursery, history=2)
+    for n in range(1, 6):
+        await hub.set("meetings", {"a": {"n": n}})
+    epoch = hub.channel.epoch
+    async with subscriber(hub.url) as ws:
+        positions: list[dict[str, Any]] = [
+            {"epoch": epoch, "seq": 1},
+            {"epoch": "another", "seq": 4},
+            {},
+        ]
+        for position in positions:
+            await send(ws, t="subscribe", topic="meetings", **position)
+            snapshot = await receive(ws)
+            assert isinstance(snapshot, Snapshot), position
+            assert (snapshot.seq, snapshot.entities) == (5, {"a": {"n": 5}})
+
+
+async def test_bad_client_messages_get_errors_and_the_session_goes_on(
+    nursery: trio.Nursery,
+) -> None:
+    hub = await start_hub(nursery)
+    async with subscriber(hub.url) as ws:
+        await ws.send_message("{not json")
+        await ws.send_message('{"t": "subscribe", "topic": 5}')
+        await ws.send_message('{"t": "publish", "topic": "meetings"}')
+        await ws.send_message('{"t": "subscribe", "topic": "' + "x" * 5000 + '"}')
+        await send(ws, t="subscribe", topic="meeting:has space")
+        await send(ws, t="subscribe", topic="rooms")
+        codes = []
+        for _ in range(6):
+            error = await receive(ws)
+            assert isinstance(error, SubscribeError)
+            codes.append(error.code)
+        assert codes == ["bad_message"] * 4 + ["unknown_topic"] * 2
+        for i in range(64):
+            await send(ws, t="subscribe", topic=f"meeting:m{i}")
+        await send(ws, t="subscribe", topic="meetings")
+        messages = [await receive(ws) for _ in range(65)]
+        assert sum(isinstance(m, Snapshot) for m in messages) == 64
+        errors = [m for m in messages if isinstance(m, SubscribeError)]
+        assert [e.code for e in errors] == ["too_many_topics"]
+        await send(ws, t="unsubscribe", topic="meeting:m0")
+        assert await receive(ws) == Unsubscribed(topic="meeting:m0")
+        await hub.set("meeting:m0", {"p": {"n": 1}})
+        await hub.set("meeting:m1", {"p": {"n": 1}})
+        delta = await receive(ws)
+        assert isinstance(delta, Delta)
+        assert delta.topic == "meeting:m1"
+    assert hub.fanout.counters["bad_messages"] == 4
+    await wait_for(lambda: not hub.fanout.subscribers and not hub.fanout.by_topic)
+
+
+async def test_heartbeats_flow_and_a_dead_subscriber_is_dropped(nursery: trio.Nursery) -> None:
+    hub = await start_hub(nursery, heartbeat_interval_s=0.1, heartbeat_timeout_s=0.3)
+    async with subscriber(hub.url) as ws:
+        await send(ws, t="subscribe", topic="alerts")
+        assert isinstance(await receive(ws), Snapshot)
+        beat = await receive(ws)
+        assert isinstance(beat, Heartbeat)
+        assert beat.epoch == hub.channel.epoch
+    # A client that stops reading stops answering pings (its one-message queue is full).
+    async with stuck_subscriber(hub.port, nursery) as _:
+        await wait_for(lambda: hub.fanout.counters["heartbeat_timeouts"] == 1)
+        await wait_for(lambda: not hub.fanout.subscribers)
+
+
+@asynccontextmanager
+async def stuck_subscriber(port: int, nursery: trio.Nursery) -> AsyncIterator[WebSocketConnection]:
+    """A subscriber to ``meeting:big`` that reads nothing, with a 4 KB receive buffer: the
+    daemon's sends to it block after a few messages."""
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect(("127.0.0.1", port))
+    stream = trio.SocketStream(sock)
+    async with trio.open_nursery() as inner:
+        ws = await wrap_client_stream(
+            inner, stream, "127.0.0.1", "/subscribe", message_queue_size=1
+        )
+        await send(ws, t="subscribe", topic="meeting:big")
+        try:
+            yield ws
+        finally:
+            await stream.aclose()
+            inner.cancel_scope.cancel()
+
+
+def big(n: int) -> Entities:
+    """A state of about 100 KB that changes completely with ``n``."""
+    return {f"p{i}": {"n": n, "pad": "x" * 1000} for i in range(100)}
+
+
+async def test_a_slow_subscriber_gets_a_snapshot_and_ingest_keeps_its_rate(
+    tmp_path: Any,
+) -> None:
+    config = from_dict(
+        {
+            "server": {"udp_port": 0, "http_port": 0},
+            "storage": {"backend": "none"},
+            "fanout": {"subscriber_queue_messages": 4},
+        }
+    )
+    daemon = Daemon(config)
+    udp = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with udp:
+        await run_slow_subscriber_scenario(daemon, udp)
+    assert daemon.engine.frames_by_kind["rtc"] == 6000
+
+
+async def run_slow_subscriber_scenario(daemon: Daemon, udp: trio.socket.SocketType) -> None:
+    async with trio.open_nursery() as nursery:
+        addresses = await nursery.start(daemon.serve)
+        url = f"ws://127.0.0.1:{addresses.http[1]}/subscribe"
+
+        async def ingest(count: int) -> None:
+            """Send ``count`` rtc frames as fast as the daemon takes them; all must count."""
+            before = daemon.udp_counters.as_dict()["frames_accepted"]
+            for seq in range(1, count + 1):
+                await udp.sendto(encode_msgpack(rtc(seq)), addresses.udp)
+                if seq % 100 == 0:
+                    await trio.lowlevel.checkpoint()
+            await wait_for(
+                lambda: daemon.udp_counters.as_dict()["frames_accepted"] - before == count
+            )
+
+        states: dict[str, Entities] = {}
+
+        async def publish(n: int) -> None:
+            new = big(n)
+            await daemon.channel.publish([change("meeting:big", states.get("b", {}), new)], n)
+            states["b"] = new
+
+        await ingest(2000)  # without subscribers
+        async with subscriber(url) as fast, stuck_subscriber(addresses.http[1], nursery):
+            await send(fast, t="subscribe", topic="meeting:big")
+            mirror = TopicMirror("meeting:big")
+            assert mirror.receive(await receive(fast)) is None  # type: ignore[arg-type]
+            await wait_for(lambda: len(daemon.fanout.subscribers) == 2)
+            for n in range(1, 41):
+                await publish(n)
+                assert mirror.receive(await receive(fast)) is None  # type: ignore[arg-type]
+            await ingest(2000)  # the same with a stuck subscriber whose queue overflowed
+            assert daemon.fanout.counters["queues_replaced"] >= 1
+            assert mirror.entities == big(40)
+        await ingest(2000)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_subscriber_that_reads_again_converges_to_the_snapshot(
+    nursery: trio.Nursery,
+) -> None:
+    hub = await start_hub(nursery, queue_messages=4)
+    mirror = TopicMirror("meeting:big")
+    async with stuck_subscriber(hub.port, nursery) as ws:
+        # It reads nothing while 60 changes of ~100 KB go out: its queue overflows.
+        await wait_for(lambda: len(hub.fanout.subscribers) == 1)
+        for n in range(1, 61):
+            await hub.set("meeting:big", big(n))
+            await trio.sleep(0.001)
+        assert hub.fanout.counters["queues_replaced"] >= 1
+        messages = 0
+        with trio.fail_after(10):
+            while mirror.seq != 60:
+                message = await receive(ws)
+                messages += 1
+                assert isinstance(message, Snapshot | Delta)
+                assert mirror.receive(message) is None
+        assert mirror.entities == big(60)
+        assert messages < 60  # some were replaced by a snapshot or merged
+
+
+class DownChannel(LocalChannel):
+    """Snapshots of ``meetings`` fail while ``down``."""
+
+    down = True
+
+    async def snapshot(self, topic: str) -> Snapshot:
+        if self.down and topic == "meetings":
+            raise ChannelUnavailable("injected outage")
+        return await super().snapshot(topic)
+
+
+async def test_an_unavailable_channel_gets_one_error_and_the_session_goes_on(
+    nursery: trio.Nursery,
+) -> None:
+    channel = DownChannel()
+    hub = await start_hub(nursery, channel=channel, heartbeat_interval_s=0.2)
+    async with subscriber(hub.url) as ws:
+        await send(ws, t="subscribe", topic="meetings")
+        await send(ws, t="subscribe", topic="http")
+        seen: list[ServerMessage] = [await receive(ws) for _ in range(2)]
+        await hub.set("http", {"r": {"n": 1}})
+        await hub.set("meetings", {"m": {"n": 1}})
+        # the http delta and a heartbeat, while meetings still fails
+        seen += [await receive(ws) for _ in range(2)]
+        errors = [m for m in seen if isinstance(m, SubscribeError)]
+        assert [(e.code, e.topic) for e in errors] == [("unavailable", "meetings")]
+        assert any(isinstance(m, Snapshot) and m.topic == "http" for m in seen)
+        assert any(isinstance(m, Delta) and m.topic == "http" for m in seen)
+        channel.down = False
+        with trio.fail_after(5):
+            while True:
+                message = await receive(ws)
+                if isinstance(message, Snapshot):
+                    break
+        assert (message.topic, message.entities) == ("meetings", {"m": {"n": 1}})
