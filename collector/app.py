@@ -39,6 +39,7 @@ from collector.ingest.udp import (
 from collector.ingest.websocket import SessionSettings, serve_ingest_session
 from collector.logs import get_logger
 from collector.runtime import AsyncioBridge
+from collector.runtime.notify import Notifier, serve_watchdog
 from collector.storage import checkpoint
 from collector.storage.flusher import Flusher, decode_batch, encode_batch
 from collector.storage.retention import run_retention
@@ -368,15 +369,28 @@ async def run(
     """Run a daemon until SIGTERM or SIGINT.
 
     ``bridge`` reaches the asyncio libraries (database and channel drivers) of later stages.
+    Under systemd (``NOTIFY_SOCKET``), readiness, the listening addresses, watchdog pings and
+    the stop are reported through ``collector.runtime.notify``.
     """
     daemon = Daemon(config, bridge)
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with trio.open_nursery() as nursery:
-            addresses = await nursery.start(daemon.serve)
-            if on_ready is not None:
-                on_ready(addresses)
-            async for signum in signals:
-                log.info("stopping", signal=signal.Signals(signum).name)
-                nursery.cancel_scope.cancel()
-                break
+    notifier = Notifier.from_environ()
+    try:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                addresses = await nursery.start(daemon.serve)
+                notifier.ready(
+                    f"listening on udp {addresses.udp[0]}:{addresses.udp[1]}, "
+                    f"http {addresses.http[0]}:{addresses.http[1]}"
+                )
+                await nursery.start(serve_watchdog, notifier)
+                if on_ready is not None:
+                    on_ready(addresses)
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    log.info("stopping", signal=name)
+                    notifier.stopping(f"stopping on {name}")
+                    nursery.cancel_scope.cancel()
+                    break
+    finally:
+        notifier.close()
     log.info("stopped")
