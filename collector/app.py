@@ -28,6 +28,8 @@ from collector.consumer import FrameConsumer
 from collector.fanout.channel import Channel, LocalChannel
 from collector.fanout.publisher import Publisher
 from collector.fanout.subscribers import Fanout, FanoutSettings
+from collector.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from collector.http.metrics import render_metrics
 from collector.http.server import HttpServer, HttpSettings, Response
 from collector.ingest.counters import TransportCounters
 from collector.ingest.udp import (
@@ -131,7 +133,11 @@ class Daemon:
             max_error_replies_per_interval=ingest.max_error_replies_per_interval,
         )
         self.http = HttpServer(
-            http_routes={"/healthz": self.healthz},
+            http_routes={
+                "/healthz": self.healthz,
+                "/readyz": self.readyz,
+                "/metrics": self.metrics,
+            },
             ws_routes={"/ingest": self.ingest_session, "/subscribe": self.fanout.serve_session},
             settings=HttpSettings(
                 max_connections=config.server.max_connections,
@@ -141,6 +147,7 @@ class Daemon:
         )
         self.checkpoint_bytes = 0
         self.checkpoint_errors = 0
+        self.draining = False  # set when shutdown starts: /readyz answers 503 from then on
         self._udp_sock: socket.socket | None = None
         self._frames_in: trio.MemorySendChannel[list[Frame]] | None = None
 
@@ -238,7 +245,38 @@ class Daemon:
         }
 
     def healthz(self, _request: h11.Request) -> Response:
+        """Liveness: 200 with every counter while the event loop answers."""
         return Response.json(200, self.health())
+
+    def readyz(self, _request: h11.Request) -> Response:
+        """Readiness, for a load balancer or an orchestrator: should traffic come here?
+
+        503 ``draining`` once shutdown has started. 503 ``not ready`` with ``reasons`` while the
+        storage flusher's last attempt failed (``consecutive_failures > 0``: rows queue and
+        spool instead of being written); it is ready again after the next successful flush.
+        With ``backend = "none"`` storage never blocks readiness. The fan-out channel is not
+        checked: it has no cheap up/down signal, and ingest goes on while Redis is away.
+        Otherwise 200 ``ready``.
+        """
+        if self.draining:
+            return Response.json(503, {"status": "draining"})
+        reasons: list[str] = []
+        if self.flusher is not None and self.flusher.failures > 0:
+            reasons.append(f"storage: last flush failed: {self.flusher.last_error or 'unknown'}")
+        if reasons:
+            return Response.json(503, {"status": "not ready", "reasons": reasons})
+        return Response.json(
+            200,
+            {
+                "status": "ready",
+                "version": VERSION,
+                "uptime_s": round(time.monotonic() - self.started, 3),
+            },
+        )
+
+    def metrics(self, _request: h11.Request) -> Response:
+        """Every counter of ``health()`` in the Prometheus text format."""
+        return Response(200, render_metrics(self.health()).encode(), METRICS_CONTENT_TYPE)
 
     async def serve(
         self, *, task_status: trio.TaskStatus[Addresses] = trio.TASK_STATUS_IGNORED
@@ -303,6 +341,7 @@ class Daemon:
     async def _shutdown(self, frames_out: trio.MemoryReceiveChannel[list[Frame]]) -> None:
         """Ingest has stopped: aggregate what is still queued, close every open minute, flush
         within the deadline (the flusher spools what it cannot write in time)."""
+        self.draining = True
         now = time.time()
         while True:
             try:

@@ -1,0 +1,299 @@
+"""``/metrics``: the daemon's ``health()`` counters in the Prometheus text format (0.0.4).
+
+A pure function of the health dict: no I/O, no clock, no registry; the route in
+``collector.app`` only encodes what ``render_metrics`` returns. Names start with ``bwmon_``,
+values are in base units (``_seconds``, ``_bytes``) and counters end in ``_total``.
+
+Labels come only from fixed sets, never from what a client sends: ``transport`` (``udp``,
+``websocket``), ``reason`` (the protocol's reason codes and the engine's cap reasons, the keys of
+the counters), ``kind`` (frame and output kinds), ``backend``, ``channel``, ``code`` (HTTP
+status) and ``version``. Meeting, participant or route ids must never become labels: one series
+per meeting would grow without bound. Absent keys (storage ``backend = "none"``, a UDP socket
+not open yet) are skipped, not written as zero.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from protocol.codec import REASONS
+
+MetricType = Literal["counter", "gauge"]
+Labels = tuple[tuple[str, str], ...]
+TRANSPORTS = ("udp", "websocket")
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass(slots=True)
+class _Family:
+    name: str
+    type: MetricType
+    help: str
+    samples: list[tuple[Labels, float]] = field(default_factory=list)
+
+
+class _Exposition:
+    """Families in the order first added; all samples of one family are written together."""
+
+    def __init__(self) -> None:
+        self.families: dict[str, _Family] = {}
+
+    def add(
+        self,
+        name: str,
+        type_: MetricType,
+        help_: str,
+        value: Any,
+        labels: Mapping[str, str] | None = None,
+    ) -> None:
+        """Add one sample; a value that is absent or not a number is skipped."""
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return
+        family = self.families.get(name)
+        if family is None:
+            family = self.families[name] = _Family(name, type_, help_)
+        family.samples.append((tuple((labels or {}).items()), value))
+
+    def counter(self, name: str, help_: str, value: Any, **labels: str) -> None:
+        self.add(f"bwmon_{name}_total", "counter", help_, value, labels)
+
+    def gauge(self, name: str, help_: str, value: Any, **labels: str) -> None:
+        self.add(f"bwmon_{name}", "gauge", help_, value, labels)
+
+    def render(self) -> str:
+        lines: list[str] = []
+        for family in self.families.values():
+            lines.append(f"# HELP {family.name} {_escape_help(family.help)}")
+            lines.append(f"# TYPE {family.name} {family.type}")
+            lines.extend(
+                f"{family.name}{_labels(labels)} {_value(value)}"
+                for labels, value in family.samples
+            )
+        return "\n".join(lines) + "\n"
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _escape_label(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _labels(labels: Labels) -> str:
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{k}="{_escape_label(v)}"' for k, v in labels) + "}"
+
+
+def _value(value: float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(value)
+
+
+def _section(health: Mapping[str, Any], *keys: str) -> Mapping[str, Any]:
+    """The nested mapping at ``keys``, or an empty one when any level is absent."""
+    node: Any = health
+    for key in keys:
+        node = node.get(key) if isinstance(node, Mapping) else None
+    return node if isinstance(node, Mapping) else {}
+
+
+def _by_key(values: Any, fixed: Iterable[str] = ()) -> dict[str, Any]:
+    """A ``{key: count}`` mapping, with the ``fixed`` keys present (as 0) even before use, so
+    ``rate()`` sees a series from the start."""
+    out: dict[str, Any] = dict.fromkeys(fixed, 0)
+    if isinstance(values, Mapping):
+        out.update({str(k): v for k, v in values.items()})
+    return dict(sorted(out.items()))
+
+
+def render_metrics(health: Mapping[str, Any]) -> str:
+    """The Prometheus text exposition of a ``Daemon.health()`` dict."""
+    out = _Exposition()
+    version = health.get("version")
+    if isinstance(version, str):
+        out.gauge("build_info", "Always 1; the version is in the label.", 1, version=version)
+    out.gauge("uptime_seconds", "Seconds since the daemon started.", health.get("uptime_s"))
+    _ingest(out, health)
+    _aggregate(out, health)
+    _storage(out, health)
+    _fanout(out, health)
+    _http(out, health)
+    return out.render()
+
+
+def _ingest(out: _Exposition, health: Mapping[str, Any]) -> None:
+    for transport in TRANSPORTS:
+        t = _section(health, "ingest", transport)
+        if not t:
+            continue
+        out.counter(
+            "ingest_messages",
+            "Messages received (UDP datagrams, WebSocket messages).",
+            t.get("messages"),
+            transport=transport,
+        )
+        out.counter(
+            "ingest_received_bytes",
+            "Bytes of the messages received.",
+            t.get("bytes"),
+            transport=transport,
+        )
+        out.counter(
+            "ingest_frames_accepted",
+            "Frames decoded and handed to the aggregation engine's queue.",
+            t.get("frames_accepted"),
+            transport=transport,
+        )
+        for reason, count in _by_key(t.get("rejected_by_reason"), REASONS).items():
+            out.counter(
+                "ingest_frames_rejected",
+                "Frames (or messages) rejected, by protocol reason code.",
+                count,
+                transport=transport,
+                reason=reason,
+            )
+        out.counter(
+            "ingest_queue_full_frames",
+            "Frames decoded but dropped because the engine's queue was full.",
+            t.get("queue_full_frames"),
+            transport=transport,
+        )
+    udp = _section(health, "ingest", "udp")
+    out.counter(
+        "udp_kernel_drops",
+        "Datagrams the kernel dropped on the UDP socket (receive buffer full).",
+        udp.get("kernel_drops"),
+    )
+    out.gauge(
+        "udp_receive_buffer_bytes",
+        "Effective receive buffer size of the UDP socket.",
+        udp.get("receive_buffer_bytes"),
+    )
+    consumer = _section(health, "consumer")
+    out.counter("consumer_batches", "Frame batches taken off the queue.", consumer.get("batches"))
+    for kind, count in _by_key(consumer.get("frames_by_kind")).items():
+        out.counter("consumer_frames", "Frames aggregated, by frame kind.", count, kind=kind)
+    for kind, count in _by_key(consumer.get("produced")).items():
+        out.counter("engine_outputs", "What the engine produced, by kind.", count, kind=kind)
+    out.counter(
+        "engine_errors", "Batches the engine failed on (a bug).", consumer.get("engine_errors")
+    )
+
+
+def _aggregate(out: _Exposition, health: Mapping[str, Any]) -> None:
+    live = _section(health, "aggregate")
+    out.gauge("live_meetings", "Meetings with live state.", live.get("meetings"))
+    out.gauge("live_participants", "Participants in live meetings.", live.get("participants"))
+    out.gauge("live_rtc_streams", "RTC streams with live state.", live.get("rtc_streams"))
+    out.gauge("live_http_routes", "HTTP routes with live state.", live.get("http_routes"))
+    out.gauge("alerts_open", "Alerts raised and not cleared.", live.get("alerts_active"))
+    for reason, count in _by_key(live.get("refused_by_reason")).items():
+        out.counter(
+            "frames_refused",
+            "Frames the engine refused because a cap was reached, by reason.",
+            count,
+            reason=reason,
+        )
+
+
+def _storage(out: _Exposition, health: Mapping[str, Any]) -> None:
+    storage = _section(health, "storage")
+    backend = storage.get("backend")
+    if isinstance(backend, str):
+        out.gauge(
+            "storage_backend_info", "Always 1; the backend is in the label.", 1, backend=backend
+        )
+    out.counter(
+        "storage_rows_written", "Rows written to the database.", storage.get("rows_written")
+    )
+    out.counter("storage_flushes", "Successful flushes.", storage.get("flushes"))
+    out.counter("storage_failed_flushes", "Failed flush attempts.", storage.get("failed_flushes"))
+    out.gauge(
+        "storage_consecutive_failures",
+        "Failed flush attempts since the last success (0: storage is writing).",
+        storage.get("consecutive_failures"),
+    )
+    out.gauge(
+        "storage_pending_rows", "Rows queued for the next flush.", storage.get("pending_rows")
+    )
+    out.counter("storage_spooled_rows", "Rows spooled to disk.", storage.get("rows_spooled"))
+    out.gauge(
+        "storage_spooled_batches", "Batches waiting in the spool.", storage.get("spooled_batches")
+    )
+    out.counter(
+        "storage_dropped_rows", "Rows dropped (queue and spool full).", storage.get("rows_dropped")
+    )
+    out.counter("storage_statements", "SQL statements executed.", storage.get("statements"))
+    out.gauge(
+        "storage_checkpoint_bytes", "Size of the last checkpoint.", storage.get("checkpoint_bytes")
+    )
+    out.counter(
+        "storage_checkpoint_errors",
+        "Checkpoints not saved or not restored.",
+        storage.get("checkpoint_errors"),
+    )
+
+
+def _fanout(out: _Exposition, health: Mapping[str, Any]) -> None:
+    fanout = _section(health, "fanout")
+    channel = fanout.get("channel")
+    if isinstance(channel, str):
+        out.gauge(
+            "fanout_channel_info", "Always 1; the channel is in the label.", 1, channel=channel
+        )
+    last_ms = fanout.get("last_publish_ms")
+    counters = {
+        "publishes": ("fanout_publishes", "Publish intervals that reached the channel."),
+        "deltas": ("fanout_deltas_published", "Deltas published to the channel."),
+        "unavailable": ("fanout_publish_unavailable", "Publishes refused: channel unavailable."),
+        "epoch_changes": ("fanout_epoch_changes", "Channel epoch changes seen by the publisher."),
+        "sessions": ("fanout_sessions", "Subscriber sessions opened."),
+        "refused": ("fanout_sessions_refused", "Subscriber sessions refused (too many)."),
+        "deltas_delivered": ("fanout_deltas_delivered", "Deltas the channel delivered."),
+        "deltas_sent": ("fanout_deltas_sent", "Deltas sent to subscribers."),
+        "snapshots_sent": ("fanout_snapshots_sent", "Snapshots sent to subscribers."),
+        "resumed": ("fanout_resumed", "Subscriptions resumed from an (epoch, seq)."),
+        "queues_replaced": (
+            "fanout_queues_replaced",
+            "Slow subscribers' queues replaced by a snapshot.",
+        ),
+        "heartbeat_timeouts": (
+            "fanout_heartbeat_timeouts",
+            "Subscribers dropped for missing heartbeats.",
+        ),
+        "bad_messages": ("fanout_bad_messages", "Unreadable messages from subscribers."),
+    }
+    for key, (name, help_) in counters.items():
+        out.counter(name, help_, fanout.get(key))
+    out.gauge("fanout_subscribers", "Connected subscribers.", fanout.get("subscribers"))
+    if isinstance(last_ms, int | float) and not isinstance(last_ms, bool):
+        out.gauge("fanout_last_publish_seconds", "Duration of the last publish.", last_ms / 1000)
+
+
+def _http(out: _Exposition, health: Mapping[str, Any]) -> None:
+    http = _section(health, "http")
+    out.gauge("http_connections_open", "Open TCP connections.", http.get("connections_open"))
+    out.counter("http_connections", "TCP connections accepted.", http.get("connections_total"))
+    out.counter(
+        "http_connections_refused",
+        "TCP connections refused (at max_connections).",
+        http.get("connections_refused"),
+    )
+    out.counter(
+        "http_connection_errors",
+        "Connections ended by an error in a handler.",
+        http.get("connection_errors"),
+    )
+    for code, count in _by_key(http.get("requests_by_status")).items():
+        out.counter("http_requests", "HTTP responses, by status code.", count, code=code)

@@ -1,0 +1,252 @@
+"""``render_metrics`` against the Prometheus parser: families, types, labels and values of a
+realistic ``health()`` dict; hostile label values still parse; ``/readyz`` and ``/metrics``
+routes of an in-process daemon."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import h11
+from prometheus_client.parser import text_string_to_metric_families
+
+from collector.app import Daemon
+from collector.config import from_dict
+from collector.http.metrics import render_metrics
+
+REQUEST = h11.Request(method="GET", target="/", headers=[("host", "x")])
+
+
+def health() -> dict[str, Any]:
+    """A ``Daemon.health()`` of a busy daemon with SQLite storage and a Redis channel."""
+    return {
+        "status": "ok",
+        "version": "0.1.0",
+        "uptime_s": 12.5,
+        "ingest": {
+            "udp": {
+                "messages": 100,
+                "bytes": 51_200,
+                "frames_accepted": 480,
+                "frames_rejected": 3,
+                "rejected_by_reason": {"malformed": 2, "too_large": 1},
+                "queue_full_frames": 7,
+                "kernel_drops": 4,
+                "receive_buffer_bytes": 8_388_608,
+            },
+            "websocket": {
+                "messages": 10,
+                "bytes": 2_000,
+                "frames_accepted": 40,
+                "frames_rejected": 1,
+                "rejected_by_reason": {"no_hello": 1},
+                "queue_full_frames": 0,
+            },
+        },
+        "consumer": {
+            "batches": 110,
+            "frames_by_kind": {"event": 20, "rtc": 500},
+            "produced": {"rtc_rows": 9, "http_rows": 0, "events": 20, "alerts": 1, "summaries": 0},
+            "engine_errors": 0,
+        },
+        "aggregate": {
+            "meetings": 2,
+            "participants": 5,
+            "rtc_streams": 6,
+            "http_routes": 3,
+            "frames": 520,
+            "refused_by_reason": {"max_meetings": 11},
+            "alerts_active": 1,
+        },
+        "storage": {
+            "backend": "sqlite",
+            "rows_written": 9,
+            "flushes": 4,
+            "failed_flushes": 1,
+            "rows_spooled": 2,
+            "rows_dropped": 0,
+            "pending_rows": 3,
+            "spooled_batches": 1,
+            "statements": 12,
+            "last_error": None,
+            "consecutive_failures": 0,
+            "checkpoint_bytes": 4_096,
+            "checkpoint_errors": 0,
+        },
+        "fanout": {
+            "channel": "redis",
+            "epoch": "9824dfab68dd9810",
+            "publishes": 12,
+            "deltas": 30,
+            "unavailable": 1,
+            "epoch_changes": 0,
+            "last_publish_ms": 1.5,
+            "subscribers": 2,
+            "sessions": 3,
+            "refused": 0,
+            "deltas_delivered": 30,
+            "deltas_sent": 55,
+            "snapshots_sent": 4,
+            "resumed": 1,
+            "queues_replaced": 1,
+            "heartbeat_timeouts": 1,
+            "bad_messages": 0,
+        },
+        "http": {
+            "connections_open": 1,
+            "connections_total": 20,
+            "connections_refused": 0,
+            "connection_errors": 0,
+            "requests_by_status": {"200": 17, "404": 2},
+        },
+    }
+
+
+def parse(text: str) -> dict[str, tuple[str, dict[tuple[tuple[str, str], ...], float]]]:
+    """Family name (as the parser names it) → (type, {sorted labels: value})."""
+    out: dict[str, tuple[str, dict[tuple[tuple[str, str], ...], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        samples = {tuple(sorted(s.labels.items())): s.value for s in family.samples}
+        assert family.name not in out, f"family {family.name} written twice"
+        out[family.name] = (family.type, samples)
+    return out
+
+
+def test_every_family_has_help_type_and_the_prefix() -> None:
+    text = render_metrics(health())
+    families = list(text_string_to_metric_families(text))
+    assert families
+    for family in families:
+        assert family.name.startswith("bwmon_")
+        assert family.documentation
+        assert family.type in {"counter", "gauge"}
+        for sample in family.samples:
+            if family.type == "counter":
+                assert sample.name.endswith("_total")
+    assert text.endswith("\n")
+    assert text.count("# TYPE ") == text.count("# HELP ") == len(families)
+
+
+def test_values_and_labels_come_from_the_health_dict() -> None:
+    metrics = parse(render_metrics(health()))
+
+    def value(name: str, **labels: str) -> float:
+        return metrics[name][1][tuple(sorted(labels.items()))]
+
+    # Counter families are named without `_total` by the parser; their samples keep it.
+    assert metrics["bwmon_ingest_frames_accepted"][0] == "counter"
+    assert value("bwmon_ingest_frames_accepted", transport="udp") == 480
+    assert value("bwmon_ingest_frames_accepted", transport="websocket") == 40
+    assert value("bwmon_ingest_frames_rejected", transport="udp", reason="malformed") == 2
+    assert value("bwmon_ingest_frames_rejected", transport="udp", reason="too_large") == 1
+    assert value("bwmon_ingest_frames_rejected", transport="websocket", reason="no_hello") == 1
+    # every protocol reason code has a series from the start, at zero
+    assert value("bwmon_ingest_frames_rejected", transport="udp", reason="unknown_tag") == 0
+    assert value("bwmon_ingest_messages", transport="udp") == 100
+    assert value("bwmon_ingest_received_bytes", transport="udp") == 51_200
+    assert value("bwmon_ingest_queue_full_frames", transport="udp") == 7
+    assert value("bwmon_udp_kernel_drops") == 4
+    assert metrics["bwmon_udp_receive_buffer_bytes"][0] == "gauge"
+    assert value("bwmon_udp_receive_buffer_bytes") == 8_388_608
+    assert value("bwmon_consumer_frames", kind="rtc") == 500
+    assert value("bwmon_engine_outputs", kind="alerts") == 1
+    assert value("bwmon_live_meetings") == 2
+    assert value("bwmon_live_participants") == 5
+    assert value("bwmon_live_rtc_streams") == 6
+    assert value("bwmon_live_http_routes") == 3
+    assert value("bwmon_alerts_open") == 1
+    assert value("bwmon_frames_refused", reason="max_meetings") == 11
+    assert value("bwmon_storage_backend_info", backend="sqlite") == 1
+    assert value("bwmon_storage_pending_rows") == 3
+    assert value("bwmon_storage_spooled_rows") == 2
+    assert value("bwmon_storage_dropped_rows") == 0
+    assert value("bwmon_storage_failed_flushes") == 1
+    assert value("bwmon_storage_checkpoint_bytes") == 4_096
+    assert value("bwmon_fanout_channel_info", channel="redis") == 1
+    assert value("bwmon_fanout_subscribers") == 2
+    assert value("bwmon_fanout_deltas_sent") == 55
+    assert value("bwmon_fanout_snapshots_sent") == 4
+    assert value("bwmon_fanout_queues_replaced") == 1
+    assert value("bwmon_fanout_publishes") == 12
+    assert value("bwmon_fanout_heartbeat_timeouts") == 1
+    assert value("bwmon_fanout_last_publish_seconds") == 0.0015
+    assert value("bwmon_http_connections_open") == 1
+    assert value("bwmon_http_connections") == 20
+    assert value("bwmon_http_connections_refused") == 0
+    assert value("bwmon_http_requests", code="200") == 17
+    assert value("bwmon_http_requests", code="404") == 2
+    assert metrics["bwmon_uptime_seconds"] == ("gauge", {(): 12.5})
+    assert value("bwmon_build_info", version="0.1.0") == 1
+
+
+def test_no_label_carries_an_id() -> None:
+    allowed = {"transport", "reason", "kind", "backend", "channel", "code", "version"}
+    for family in text_string_to_metric_families(render_metrics(health())):
+        for sample in family.samples:
+            assert set(sample.labels) <= allowed, sample
+
+
+def test_absent_sections_are_skipped() -> None:
+    doc = health()
+    doc["storage"] = {"backend": "none"}
+    del doc["ingest"]["udp"]["kernel_drops"]
+    del doc["ingest"]["udp"]["receive_buffer_bytes"]
+    metrics = parse(render_metrics(doc))
+    assert metrics["bwmon_storage_backend_info"][1] == {(("backend", "none"),): 1}
+    assert not [
+        name for name in metrics if name.startswith("bwmon_storage_") and "info" not in name
+    ]
+    assert "bwmon_udp_kernel_drops" not in metrics
+    assert "bwmon_udp_receive_buffer_bytes" not in metrics
+    assert parse(render_metrics({})) == {}
+
+
+def test_hostile_label_values_are_escaped_and_still_parse() -> None:
+    hostile = 'a"b\\c\nd} x{y="z"'
+    doc = health()
+    doc["ingest"]["udp"]["rejected_by_reason"] = {hostile: 5}
+    text = render_metrics(doc)
+    escaped = 'reason="a\\"b\\\\c\\nd} x{y=\\"z\\""'
+    assert f'bwmon_ingest_frames_rejected_total{{transport="udp",{escaped}}} 5' in text
+    metrics = parse(text)
+    samples = metrics["bwmon_ingest_frames_rejected"][1]
+    assert samples[(("reason", hostile), ("transport", "udp"))] == 5
+    assert all(line.startswith(("#", "bwmon_")) for line in text.splitlines())
+
+
+def daemon(tmp_path: Path, backend: str) -> Daemon:
+    return Daemon(from_dict({"storage": {"backend": backend, "state_dir": str(tmp_path)}}))
+
+
+def test_metrics_route_renders_the_daemons_health(tmp_path: Path) -> None:
+    response = daemon(tmp_path, "none").metrics(REQUEST)
+    assert response.status == 200
+    assert response.content_type == "text/plain; version=0.0.4; charset=utf-8"
+    metrics = parse(response.body.decode())
+    assert metrics["bwmon_ingest_frames_accepted"][1][(("transport", "udp"),)] == 0
+    assert metrics["bwmon_fanout_channel_info"][1] == {(("channel", "local"),): 1}
+
+
+def test_readyz_is_ready_then_draining(tmp_path: Path) -> None:
+    d = daemon(tmp_path, "none")
+    ready = d.readyz(REQUEST)
+    assert ready.status == 200
+    assert json.loads(ready.body)["status"] == "ready"
+    d.draining = True
+    draining = d.readyz(REQUEST)
+    assert (draining.status, json.loads(draining.body)) == (503, {"status": "draining"})
+
+
+def test_readyz_is_not_ready_while_storage_fails(tmp_path: Path) -> None:
+    d = daemon(tmp_path, "sqlite")
+    assert d.flusher is not None
+    assert d.readyz(REQUEST).status == 200
+    d.flusher.failures, d.flusher.last_error = 2, "database is locked"
+    response = d.readyz(REQUEST)
+    body = json.loads(response.body)
+    assert response.status == 503
+    assert body["status"] == "not ready"
+    assert body["reasons"] == ["storage: last flush failed: database is locked"]
+    d.flusher.failures, d.flusher.last_error = 0, None  # a successful flush resets both
+    assert d.readyz(REQUEST).status == 200
