@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -421,8 +422,9 @@ class Fanout:
         self, subscriber: Subscriber, ws: WebSocketConnection, scope: trio.CancelScope
     ) -> None:
         settings = self.settings
+        # A random phase: subscribers that connected together do not all get pinged together.
+        await trio.sleep(random.uniform(0, settings.heartbeat_interval_s))
         while True:
-            await trio.sleep(settings.heartbeat_interval_s)
             subscriber.reply(Heartbeat(at=time.time(), epoch=self.channel.epoch))
             with trio.move_on_after(settings.heartbeat_timeout_s) as ping_scope:
                 with contextlib.suppress(ConnectionClosed):
@@ -432,3 +434,4 @@ class Fanout:
                 log.info("subscriber_heartbeat_timeout", conn=subscriber.conn)
                 scope.cancel()
                 return
+            await trio.sleep(settings.heartbeat_interval_s)
