@@ -42,6 +42,7 @@ from collector.ingest.websocket import SessionSettings, serve_ingest_session
 from collector.logs import get_logger
 from collector.runtime import AsyncioBridge
 from collector.runtime.notify import Notifier, serve_watchdog
+from collector.runtime.steps import finish_between_tasks
 from collector.storage import checkpoint
 from collector.storage.flusher import Flusher, decode_batch, encode_batch
 from collector.storage.retention import run_retention
@@ -158,16 +159,9 @@ class Daemon:
     async def checkpoint(self) -> None:
         """Save the engine's open state and the unwritten rows (after each flush attempt)."""
         assert self.flusher is not None
-        steps = self.engine.snapshot_steps()
         gc.disable()  # millions of small objects: a collection mid-way would double the time
-        try:
-            while True:
-                try:
-                    next(steps)
-                except StopIteration as done:
-                    engine_state = done.value
-                    break
-                await trio.lowlevel.checkpoint()  # let ingest drain between steps
+        try:  # in steps, letting ingest drain between them
+            engine_state = await finish_between_tasks(self.engine.snapshot_steps())
         finally:
             gc.enable()
         state = {"engine": engine_state, "pending": encode_batch(self.flusher.pending)}
@@ -251,7 +245,9 @@ class Daemon:
     def readyz(self, _request: h11.Request) -> Response:
         """Readiness, for a load balancer or an orchestrator: should traffic come here?
 
-        503 ``draining`` once shutdown has started. 503 ``not ready`` with ``reasons`` while the
+        503 ``draining`` once shutdown has started (today the TCP port closes as shutdown
+        starts, so a client meets a refused connection rather than this answer).
+        503 ``not ready`` with ``reasons`` while the
         storage flusher's last attempt failed (``consecutive_failures > 0``: rows queue and
         spool instead of being written); it is ready again after the next successful flush.
         With ``backend = "none"`` storage never blocks readiness. The fan-out channel is not

@@ -32,6 +32,7 @@ from collector.aggregate.http import HttpRoute as HttpRouteState
 from collector.aggregate.percentiles import latency_summary
 from collector.aggregate.rtc import C, RtcMinuteRow, RtcStream
 from collector.aggregate.settings import AggregateSettings
+from collector.aggregate.steps import finish
 from protocol import Event, Frame, HttpSample, RtcSample
 
 AUDIO_BYTES_RECEIVED = C["audio_bytes_received"]
@@ -556,13 +557,7 @@ class Engine:
     def snapshot(self) -> dict[str, Any]:
         """The state a restart needs to lose no counted byte: every stream's last counters and
         open accumulators, the lifecycle, the routes. Not the live rings nor alert windows."""
-        steps = self.snapshot_steps()
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                snapshot: dict[str, Any] = done.value
-                return snapshot
+        return finish(self.snapshot_steps())
 
     def snapshot_steps(
         self, streams_per_step: int = 2_000

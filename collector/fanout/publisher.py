@@ -30,6 +30,7 @@ from collector.fanout import topics
 from collector.fanout.channel import Channel, ChannelUnavailable, EpochChanged
 from collector.fanout.hub import change
 from collector.logs import get_logger
+from collector.runtime.steps import finish_between_tasks
 from protocol.subscribe import Entities
 
 log = get_logger("fanout.publisher")
@@ -85,14 +86,7 @@ class Publisher:
         for watched topics whose meeting is gone (their last delta removes everything).
         The ``meetings`` topic is built in steps, letting ingest drain between them."""
         engine = self.engine()
-        steps = topics.meetings_topic_steps(engine, now)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                meetings: Entities = done.value
-                break
-            await trio.lowlevel.checkpoint()
+        meetings = await finish_between_tasks(topics.meetings_topic_steps(engine, now))
         states = {
             "meetings": meetings,
             "http": topics.http_topic(engine, now),

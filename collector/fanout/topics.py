@@ -26,6 +26,7 @@ from collector.aggregate import quality as q
 from collector.aggregate.alerts import AlertEvent
 from collector.aggregate.engine import Engine, Meeting, Participant, relay_cost
 from collector.aggregate.rtc import RING_FIELDS, RtcStream
+from collector.aggregate.steps import finish
 from protocol.subscribe import Entities
 
 RECENT_BUCKETS: Final = 5
@@ -104,13 +105,7 @@ def _alerts_by_meeting(active: Iterable[AlertEvent]) -> dict[str, int]:
 
 
 def meetings_topic(engine: Engine, now: float) -> Entities:
-    steps = meetings_topic_steps(engine, now)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            entities: Entities = done.value
-            return entities
+    return finish(meetings_topic_steps(engine, now))
 
 
 def meetings_topic_steps(
