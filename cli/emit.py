@@ -5,6 +5,10 @@ few milliseconds), not a burst per interval. The same code is the load generator
 ``bwmon bench``: it reports exactly how many frames it sent, so a benchmark can compare them
 with what the daemon counted. UDP sends wait for room in the socket buffer rather than drop, so
 every frame counted as sent left this process.
+
+With ``udp_key`` every datagram is signed (PROTOCOL.md §2.3) just before it is sent, so its send
+time is fresh even when a replay pool was encoded long before; datagrams are then packed under
+``budget`` minus the 26-byte envelope, so the signed datagram still fits the budget.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from cli.synthetic import Profile, make_participants, make_routes
 from protocol import Frame, Hello, RtcSample, encode_json, encode_msgpack
 from protocol.emitter import pack, pack_json
 from protocol.session import Ack, ErrorReply, SessionMessage, Welcome
+from protocol.signing import ENVELOPE_BYTES, sign_datagram
 
 T = TypeVar("T")
 
@@ -58,6 +63,8 @@ class EmitOptions:
     # them the same; only seq numbers repeat): load beyond what live generation reaches.
     replay: int = 0
     profile: Profile = field(default_factory=Profile)
+    # Shared key (auth.udp_keys of the daemon): sign every UDP datagram. Empty: unsigned.
+    udp_key: str = field(default="", repr=False)
 
 
 class EmitReport(msgspec.Struct, kw_only=True):
@@ -194,9 +201,11 @@ def _count_replayed(report: EmitReport, frames: int) -> None:
 
 
 def _datagrams(frames: list[Frame], options: EmitOptions) -> Iterator[tuple[bytes, int]]:
+    """Unsigned datagrams (payloads), packed so that they fit ``budget`` once signed."""
+    budget = options.budget - ENVELOPE_BYTES if options.udp_key else options.budget
     if options.encoding == "json":
-        return pack_json((encode_json(f) for f in frames), options.budget)
-    return pack((encode_msgpack(f) for f in frames), options.budget)
+        return pack_json((encode_json(f) for f in frames), budget)
+    return pack((encode_msgpack(f) for f in frames), budget)
 
 
 async def _paced(
@@ -214,8 +223,13 @@ async def _paced(
         await trio.sleep_until(tick)
 
 
-async def _send_datagram(sock: socket.socket, datagram: bytes, report: EmitReport) -> bool:
-    """Send one datagram, waiting for room in the socket buffer; False if it was refused."""
+async def _send_datagram(
+    sock: socket.socket, datagram: bytes, report: EmitReport, key: bytes = b""
+) -> bool:
+    """Send one datagram (signed with ``key``, if any, at this moment), waiting for room in the
+    socket buffer; False if it was refused."""
+    if key:
+        datagram = sign_datagram(key, datagram, time.time())
     while True:
         try:
             sock.send(datagram)
@@ -237,19 +251,20 @@ async def _emit_udp(
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
         sock.setblocking(False)
         sock.connect((options.host, options.udp_port))
+        key = options.udp_key.encode()
 
         async def send(frames: list[Frame]) -> None:
             sent: list[Frame] = []
             position = 0
             for datagram, count in _datagrams(frames, options):
-                if await _send_datagram(sock, datagram, report):
+                if await _send_datagram(sock, datagram, report, key):
                     sent += frames[position : position + count]
                 position += count
             _count(report, sent, spans)
 
         async def send_replayed(datagrams: list[tuple[bytes, int]]) -> None:
             for datagram, count in datagrams:
-                if await _send_datagram(sock, datagram, report):
+                if await _send_datagram(sock, datagram, report, key):
                     _count_replayed(report, count)
 
         if options.replay:

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -24,6 +25,7 @@ from cli.emit import EmitError, EmitOptions, emit
 from cli.synthetic import Profile
 from cli.tail import TailError, TailOptions, TopicRefused, run_tail
 from collector import app as daemon_app
+from collector.auth import UnsafeBind
 from collector.config import Config, ConfigError, load
 from collector.logs import configure
 from collector.runtime import AsyncioBridge, open_thread_bridge, run_guest
@@ -38,6 +40,7 @@ from collector.storage.export import (
 from collector.storage.sinks import MysqlSink, SqliteSink, StorageError
 from collector.storage.spool import SpoolError
 from protocol.subscribe import is_topic
+from protocol.tokens import MAX_TTL_S, RIGHTS, Claims, mint
 
 app = typer.Typer(
     help="bwmon: call-quality and bandwidth collector daemon.",
@@ -70,30 +73,34 @@ def serve(
     udp_port: Annotated[int | None, typer.Option(help="override server.udp_port")] = None,
     http_port: Annotated[int | None, typer.Option(help="override server.http_port")] = None,
 ) -> None:
-    """Run the daemon (foreground; stop with SIGTERM or Ctrl-C)."""
-    settings = _load_or_exit(config)
-    server = msgspec.structs.replace(
-        settings.server,
-        host=host if host is not None else settings.server.host,
-        udp_port=udp_port if udp_port is not None else settings.server.udp_port,
-        http_port=http_port if http_port is not None else settings.server.http_port,
-    )
-    settings = msgspec.structs.replace(settings, server=server)
+    """Run the daemon (foreground; stop with SIGTERM or Ctrl-C; SIGHUP re-reads --config)."""
+
+    def with_overrides(settings: Config) -> Config:
+        server = msgspec.structs.replace(
+            settings.server,
+            host=host if host is not None else settings.server.host,
+            udp_port=udp_port if udp_port is not None else settings.server.udp_port,
+            http_port=http_port if http_port is not None else settings.server.http_port,
+        )
+        return msgspec.structs.replace(settings, server=server)
+
+    settings = with_overrides(_load_or_exit(config))
     configure(settings.log.level, settings.log.format)
 
     async def main(bridge: AsyncioBridge) -> None:
-        await daemon_app.run(settings, bridge)
+        reread = (lambda: with_overrides(load(config))) if config is not None else None
+        await daemon_app.run(settings, bridge, reread=reread)
 
     try:
         run_guest(main)
     except BaseExceptionGroup as group:
         # trio nurseries wrap errors in groups; a port that cannot be bound is one clear line.
-        matched, _rest = group.split(daemon_app.ListenError)
+        matched, _rest = group.split((daemon_app.ListenError, UnsafeBind))
         if matched is None:
             raise
         typer.echo(f"bwmon: {_first_leaf(matched)}", err=True)
         raise typer.Exit(1) from None
-    except (daemon_app.ListenError, SpoolError) as exc:
+    except (daemon_app.ListenError, SpoolError, UnsafeBind) as exc:
         typer.echo(f"bwmon: {exc}", err=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
@@ -274,6 +281,14 @@ def emit_command(
     ] = 0,
     seed: Annotated[int, typer.Option()] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    udp_key: Annotated[
+        str,
+        typer.Option(
+            envvar="BWMON_UDP_KEY",
+            show_default=False,
+            help="sign every UDP datagram with this key (one of the daemon's auth.udp_keys)",
+        ),
+    ] = "",
 ) -> None:
     """Send synthetic meetings (rtc + events) and HTTP route samples to a daemon."""
     if transport not in ("udp", "ws") or encoding not in ("msgpack", "json"):
@@ -295,6 +310,7 @@ def emit_command(
         budget=budget,
         ws_batch=ws_batch,
         replay=replay,
+        udp_key=udp_key,
         profile=Profile(
             loss=loss, jitter_ms=jitter_ms, rtt_ms=rtt_ms, relay_share=relay_share, seed=seed
         ),
@@ -314,6 +330,46 @@ def emit_command(
         )
 
 
+token_app = typer.Typer(
+    help="Access tokens for /ingest, /subscribe and /api.", no_args_is_help=True
+)
+app.add_typer(token_app, name="token")
+
+
+@token_app.command("mint")
+def token_mint(
+    config: ConfigPath = None,
+    right: Annotated[
+        list[str] | None,
+        typer.Option(help="ingest or read; repeat for both (default: read)"),
+    ] = None,
+    meeting: Annotated[
+        str | None, typer.Option(help="limit the token to this meeting (default: every meeting)")
+    ] = None,
+    ttl: Annotated[
+        float, typer.Option(min=1, max=MAX_TTL_S, help="seconds until the token expires")
+    ] = 3600.0,
+) -> None:
+    """Print a signed token (PROTOCOL.md §13) made with the first of auth.token_secrets (or
+    BWMON_TOKEN_SECRETS). Give it to one client; it expires after --ttl seconds."""
+    keys = _load_or_exit(config).auth.secrets()
+    if not keys:
+        typer.echo(
+            "bwmon token mint: no key: set auth.token_secrets in the config or BWMON_TOKEN_SECRETS",
+            err=True,
+        )
+        raise typer.Exit(2)
+    rights = sorted(set(right or ["read"]))
+    try:
+        claims = msgspec.convert(
+            {"rights": rights, "meeting": meeting, "exp": int(time.time() + ttl)}, Claims
+        )
+    except msgspec.ValidationError as exc:
+        typer.echo(f"bwmon token mint: {exc} (rights: {', '.join(RIGHTS)})", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(mint(keys[0], claims))
+
+
 @app.command("tail")
 def tail_command(
     host: Annotated[str, typer.Option(help="daemon address")] = "127.0.0.1",
@@ -326,6 +382,14 @@ def tail_command(
     count: Annotated[int | None, typer.Option(min=1, help="stop after N updates")] = None,
     duration: Annotated[
         float | None, typer.Option(min=0.1, help="stop after this many seconds")
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="BWMON_TOKEN",
+            help="access token with the read right (bwmon token mint); prefer BWMON_TOKEN",
+            show_default=False,
+        ),
     ] = None,
 ) -> None:
     """Show a daemon's live meetings (or one meeting's participants) and alerts as they
@@ -344,6 +408,7 @@ def tail_command(
         encoding="json" if encoding == "json" else "msgpack",
         count=count,
         duration_s=duration,
+        token=token,
     )
     try:
         trio.run(run_tail, options)

@@ -16,7 +16,8 @@ Never writes anything but frames or NDJSON to stdout: status and errors go to st
 Exceptions::
 
     TailError          ends the command (exit 1): e.g. the daemon was never reached
-    └── TopicRefused   the daemon refused a topic (unknown_topic, too_many_topics): exit 2
+    └── TopicRefused   the daemon refused a topic (unknown_topic, too_many_topics,
+                       unauthorized, forbidden): exit 2
 """
 
 from __future__ import annotations
@@ -41,9 +42,12 @@ from trio_websocket import (
 )
 
 from protocol.subscribe import (
+    FORBIDDEN,
     TOO_MANY_TOPICS,
+    UNAUTHORIZED,
     UNKNOWN_TOPIC,
     Alert,
+    Authenticate,
     Delta,
     Entities,
     ServerMessage,
@@ -87,6 +91,7 @@ class TailOptions:
     encoding: Literal["json", "msgpack"] = "json"
     count: int | None = None  # stop after this many updates
     duration_s: float | None = None  # stop after this many seconds
+    token: str | None = field(default=None, repr=False)  # sent in an ``auth`` message
 
     @property
     def url(self) -> str:
@@ -144,8 +149,12 @@ class TailSession:
         if isinstance(message, Alert):
             return self._alert(message)
         if isinstance(message, SubscribeError):
-            if message.code in (UNKNOWN_TOPIC, TOO_MANY_TOPICS):
-                raise TopicRefused(f"the daemon refused {message.topic!r}: {message.detail}")
+            refused = message.code in (UNKNOWN_TOPIC, TOO_MANY_TOPICS, UNAUTHORIZED, FORBIDDEN)
+            # A meeting-scoped token reads its meeting but not the alerts of every meeting.
+            if refused and not (message.code == FORBIDDEN and message.topic == "alerts"):
+                raise TopicRefused(
+                    f"the daemon refused {message.topic!r} ({message.code}): {message.detail}"
+                )
             where = f" ({message.topic})" if message.topic else ""
             return Received(status=f"daemon: {message.code}{where}: {message.detail}")
         return Received()  # heartbeat, unsubscribed
@@ -560,6 +569,8 @@ class _Tail:
                     await ws._stream.aclose()
 
     async def _read(self, ws: WebSocketConnection) -> None:
+        if self.options.token:
+            await self._send(ws, Authenticate(token=self.options.token))
         for subscribe in self.session.subscriptions():
             await self._send(ws, subscribe)
         while True:
@@ -569,11 +580,11 @@ class _Tail:
                 raise _Silent(f"nothing from the daemon for {SILENCE_TIMEOUT_S:g} s")
             await self._handle(ws, data)
 
-    async def _send(self, ws: WebSocketConnection, subscribe: Subscribe) -> None:
+    async def _send(self, ws: WebSocketConnection, message: Subscribe | Authenticate) -> None:
         if self.options.encoding == "json":
-            await ws.send_message(_json_encoder.encode(subscribe).decode())
+            await ws.send_message(_json_encoder.encode(message).decode())
         else:
-            await ws.send_message(_msgpack_encoder.encode(subscribe))
+            await ws.send_message(_msgpack_encoder.encode(message))
 
     async def _handle(self, ws: WebSocketConnection, data: str | bytes) -> None:
         try:

@@ -18,29 +18,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h11
+import msgspec
 import trio
 from trio_websocket import WebSocketConnection
 
+from collector.aggregate.alerts import AlertEngine
 from collector.aggregate.engine import Engine, Output
-from collector.config import Config, FanoutConfig, StorageConfig
+from collector.auth import Auth, Denied, UnsafeBind, bearer, check_bind
+from collector.config import Config, ConfigError, FanoutConfig, StorageConfig
 from collector.consumer import FrameConsumer
 from collector.fanout.channel import Channel, LocalChannel
 from collector.fanout.publisher import Publisher
 from collector.fanout.subscribers import Fanout, FanoutSettings
+from collector.http.api import Api
 from collector.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from collector.http.metrics import render_metrics
-from collector.http.server import HttpServer, HttpSettings, Response
+from collector.http.server import HttpServer, HttpSettings, Request, Response, current_request
 from collector.ingest.counters import TransportCounters
+from collector.ingest.limits import Rate, SourceLimiter, parse_allowlist
 from collector.ingest.udp import (
+    UdpAdmission,
     kernel_drops,
     open_udp_socket,
     receive_buffer_size,
     serve_udp,
 )
 from collector.ingest.websocket import SessionSettings, serve_ingest_session
-from collector.logs import get_logger
+from collector.logs import configure, get_logger
 from collector.runtime import AsyncioBridge
+from collector.runtime.loops import LoopLag
 from collector.runtime.notify import Notifier, serve_watchdog
 from collector.runtime.steps import finish_between_tasks
 from collector.storage import checkpoint
@@ -53,6 +59,10 @@ from protocol import Frame, Limits
 log = get_logger("app")
 
 VERSION = "0.1.0"
+
+
+# Configuration sections a SIGHUP puts in force; the others need a restart.
+RELOADABLE = ("alerts", "auth", "limits", "log")
 
 
 class ListenError(Exception):
@@ -81,6 +91,7 @@ class Daemon:
         self.udp_counters = TransportCounters()
         self.ws_counters = TransportCounters()
         self.engine = Engine(config.aggregate, config.alerts.effective_rules())
+        self.auth = Auth(config.auth.secrets())
         self.sink = open_sink(config.storage, bridge)
         storage = config.storage
         self.spool = (
@@ -113,10 +124,20 @@ class Daemon:
                 heartbeat_timeout_s=config.fanout.heartbeat_timeout_s,
                 max_subscribers=config.fanout.max_subscribers,
             ),
+            lambda: self.auth,
         )
         self.consumer = FrameConsumer(
             self.engine, on_output=self.on_output, after_tick=self.publisher.on_tick
         )
+        # Admission and rate limits: shared, mutable objects that configure_admission() (start
+        # and reload) updates in place; UDP and WebSocket ingest read them as they go.
+        self.source_limiter = SourceLimiter(max_sources=config.limits.max_tracked_sources)
+        self.connection_rate = Rate()
+        self.udp_admission = UdpAdmission(limiter=self.source_limiter)
+        try:
+            self.configure_admission(config)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         ingest = config.ingest
         self.udp_limits = Limits(
             max_message_bytes=ingest.max_datagram_bytes,
@@ -132,22 +153,34 @@ class Daemon:
             heartbeat_timeout_s=ingest.heartbeat_timeout_s,
             ack_interval_s=ingest.ack_interval_s,
             max_error_replies_per_interval=ingest.max_error_replies_per_interval,
+            connection_rate=self.connection_rate,
+            source_limiter=self.source_limiter,
+        )
+        self.api = Api(
+            lambda: self.engine,
+            self.sink if isinstance(self.sink, SqliteSink | MysqlSink) else None,
+            authorize=self.authorize_api,
         )
         self.http = HttpServer(
             http_routes={
                 "/healthz": self.healthz,
                 "/readyz": self.readyz,
                 "/metrics": self.metrics,
+                **self.api.routes(),
             },
             ws_routes={"/ingest": self.ingest_session, "/subscribe": self.fanout.serve_session},
             settings=HttpSettings(
                 max_connections=config.server.max_connections,
+                max_connections_per_source=config.limits.max_connections_per_source,
                 request_timeout_s=config.server.http_request_timeout_s,
                 max_ws_message_bytes=ingest.max_ws_message_bytes,
             ),
         )
         self.checkpoint_bytes = 0
         self.checkpoint_errors = 0
+        self.loop_lag = LoopLag()
+        self._stop = trio.Event()
+        self.stopped = trio.Event()
         self.draining = False  # set when shutdown starts: /readyz answers 503 from then on
         self._udp_sock: socket.socket | None = None
         self._frames_in: trio.MemorySendChannel[list[Frame]] | None = None
@@ -196,6 +229,34 @@ class Daemon:
             pending_rows=len(self.flusher.pending),
         )
 
+    def reload(self, new: Config) -> list[str]:
+        """Put a re-read configuration in force without dropping a connection or a buffered
+        row: alert rules, tokens and keys, limits and the log level (``RELOADABLE``).
+
+        Everything is validated before anything changes: a ``ValueError`` (or ``UnsafeBind``)
+        leaves the running configuration whole. Returns the other sections that differ from
+        the running ones; they keep their running values until a restart."""
+        rules = new.alerts.effective_rules()
+        AlertEngine(rules)  # unique names, checked before the swap
+        check_bind(
+            self.config.server.host,
+            new.auth.secrets(),
+            udp_guarded=bool(new.auth.udp_allow or new.auth.datagram_keys()),
+            override=new.auth.allow_unauthenticated,
+        )
+        self.configure_admission(new)  # its only failure, a bad allowlist, fails loading
+        self.engine.set_rules(rules, time.time())
+        self.auth = Auth(new.auth.secrets())
+        configure(new.log.level, new.log.format)
+        self.config = msgspec.structs.replace(
+            self.config, alerts=new.alerts, auth=new.auth, limits=new.limits, log=new.log
+        )
+        return [
+            name
+            for name in self.config.__struct_fields__
+            if name not in RELOADABLE and getattr(new, name) != getattr(self.config, name)
+        ]
+
     def on_output(self, output: Output) -> None:
         """What the engine produced: rows to storage, alert transitions to fan-out."""
         if self.flusher is not None:
@@ -203,11 +264,42 @@ class Daemon:
         if output.alerts:
             self.publisher.offer_alerts(output.alerts)
 
+    def configure_admission(self, config: Config) -> None:
+        """Put ``auth.udp_*`` and ``[limits]`` of ``config`` in force (at start and on reload).
+        Validates first: a ``ValueError`` naming a bad ``auth.udp_allow`` entry changes nothing.
+        Tracked sources keep what they have spent."""
+        try:
+            allowlist = parse_allowlist(config.auth.udp_allow)
+        except ValueError as exc:
+            raise ValueError(f"auth.udp_allow: {exc}") from None
+        keys = tuple(key.encode() for key in config.auth.datagram_keys())
+        limits = config.limits
+        self.udp_admission.allowlist = allowlist if allowlist.active else None
+        self.udp_admission.keys = keys
+        self.udp_admission.max_age_s = config.auth.udp_signature_max_age_s
+        self.source_limiter.configure(
+            limits.source_frames_per_s, limits.source_burst_frames, limits.max_tracked_sources
+        )
+        self.connection_rate.configure(
+            limits.connection_frames_per_s, limits.connection_burst_frames
+        )
+
     async def ingest_session(self, ws: WebSocketConnection) -> None:
         assert self._frames_in is not None
-        await serve_ingest_session(ws, self._frames_in, self.ws_counters, self.session_settings)
+        try:
+            peer = current_request().peer
+        except LookupError:
+            peer = ""
+        await serve_ingest_session(
+            ws, self._frames_in, self.ws_counters, self.session_settings, self.auth, peer
+        )
+
+    def _tick_age(self) -> float | None:
+        last = self.engine.last_tick
+        return None if last is None else round(max(0.0, time.time() - last), 3)
 
     def health(self) -> dict[str, Any]:
+        queue = self._frames_in.statistics() if self._frames_in is not None else None
         udp = self.udp_counters.as_dict()
         if self._udp_sock is not None:
             udp["kernel_drops"] = kernel_drops(self._udp_sock)
@@ -216,8 +308,14 @@ class Daemon:
             "status": "ok",
             "version": VERSION,
             "uptime_s": round(time.monotonic() - self.started, 3),
-            "ingest": {"udp": udp, "websocket": self.ws_counters.as_dict()},
-            "consumer": self.consumer.health(),
+            "ingest": {
+                "udp": udp,
+                "websocket": self.ws_counters.as_dict(),
+                "queue_batches": queue.current_buffer_used if queue else 0,
+                "queue_capacity_batches": self.config.ingest.queue_batches,
+            },
+            "loop": self.loop_lag.health(),
+            "consumer": {**self.consumer.health(), "last_tick_age_s": self._tick_age()},
             "aggregate": self.engine.stats(),
             "storage": (
                 {
@@ -236,29 +334,52 @@ class Daemon:
                 **self.fanout.health(),
             },
             "http": self.http.counters.as_dict(),
+            "limits": self.source_limiter.health(),
         }
 
-    def healthz(self, _request: h11.Request) -> Response:
-        """Liveness: 200 with every counter while the event loop answers."""
-        return Response.json(200, self.health())
+    def authorize_api(self, request: Request, meeting: str | None) -> Response | None:
+        """``/api``: a bearer token with the ``read`` right on ``meeting`` (None: every
+        meeting); 401 (with ``www-authenticate``) or 403 as a JSON error, else None."""
+        auth = self.auth
+        if not auth.required:
+            return None
+        claims = auth.admit(bearer(request.headers.get("authorization")), "read")
+        denied = claims if isinstance(claims, Denied) else auth.check(claims, "read", meeting)
+        if denied is None:
+            return None
+        challenge = [("www-authenticate", 'Bearer realm="bwmon"')] if denied.status == 401 else []
+        return Response.error(denied.status, f"{denied.code}: {denied.detail}", challenge)
 
-    def readyz(self, _request: h11.Request) -> Response:
+    def healthz(self, _request: Request) -> Response:
+        """Liveness: 200 with every counter while the event loop answers (a stalled loop does
+        not answer at all) and the aggregation ticker runs; 503 ``stalled`` when the last tick
+        is older than 10 ticks (at least 10 s): a supervisor should restart the daemon."""
+        health = self.health()
+        age = health["consumer"]["last_tick_age_s"]
+        if age is not None and age > max(10.0, 10 * self.engine.settings.bucket_s):
+            health["status"] = "stalled"
+            health["reasons"] = [f"aggregation: no tick for {age:g} s"]
+            return Response.json(503, health)
+        return Response.json(200, health)
+
+    def readyz(self, _request: Request) -> Response:
         """Readiness, for a load balancer or an orchestrator: should traffic come here?
 
-        503 ``draining`` once shutdown has started (today the TCP port closes as shutdown
-        starts, so a client meets a refused connection rather than this answer).
-        503 ``not ready`` with ``reasons`` while the
-        storage flusher's last attempt failed (``consecutive_failures > 0``: rows queue and
-        spool instead of being written); it is ready again after the next successful flush.
-        With ``backend = "none"`` storage never blocks readiness. The fan-out channel is not
-        checked: it has no cheap up/down signal, and ingest goes on while Redis is away.
-        Otherwise 200 ``ready``.
+        503 ``draining`` once shutdown has started (SIGTERM): plain HTTP stays up while the
+        daemon writes what it holds, WebSocket sessions are closed (1001) and new ones refused.
+        503 ``not ready`` with ``reasons`` while the storage flusher's last attempt failed
+        (``consecutive_failures > 0``: rows queue and spool instead of being written), or the
+        fan-out channel (Redis) refused the publisher's last call; ready again after the next
+        success. With ``backend = "none"`` storage never blocks readiness, and the in-process
+        channel never fails. Otherwise 200 ``ready``.
         """
         if self.draining:
             return Response.json(503, {"status": "draining"})
         reasons: list[str] = []
         if self.flusher is not None and self.flusher.failures > 0:
             reasons.append(f"storage: last flush failed: {self.flusher.last_error or 'unknown'}")
+        if self.publisher.channel_error is not None:
+            reasons.append(f"channel: {self.publisher.channel_error}")
         if reasons:
             return Response.json(503, {"status": "not ready", "reasons": reasons})
         return Response.json(
@@ -270,14 +391,20 @@ class Daemon:
             },
         )
 
-    def metrics(self, _request: h11.Request) -> Response:
+    def metrics(self, _request: Request) -> Response:
         """Every counter of ``health()`` in the Prometheus text format."""
         return Response(200, render_metrics(self.health()).encode(), METRICS_CONTENT_TYPE)
 
     async def serve(
         self, *, task_status: trio.TaskStatus[Addresses] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        server, ingest, storage = self.config.server, self.config.ingest, self.config.storage
+        server, ingest, auth = self.config.server, self.config.ingest, self.config.auth
+        check_bind(
+            server.host,
+            self.auth.keys,
+            udp_guarded=bool(auth.udp_allow or auth.datagram_keys()),
+            override=auth.allow_unauthenticated,
+        )
         frames_in, frames_out = trio.open_memory_channel[list[Frame]](ingest.queue_batches)
         self._frames_in = frames_in
         try:
@@ -293,51 +420,79 @@ class Daemon:
             raise _bind_error("TCP", server.host, server.http_port, exc) from None
         try:
             self.restore()
-            async with trio.open_nursery() as nursery:
-                await nursery.start(self.consumer.consume, frames_out)
-                await nursery.start(self.consumer.tick)
-                await nursery.start(self.channel.serve, self.fanout.deliver, self.fanout.on_epoch)
-                await nursery.start(self.publisher.run)
-                if self.flusher is not None and self.sink is not None:
-                    await self.flusher.flush()  # migrates now: a schema problem shows at start
-                    await nursery.start(self.flusher.run)
-                    if storage.minute_retention_days > 0:
-                        await nursery.start(
-                            run_retention,
-                            self.sink,
-                            storage.minute_retention_days,
-                            storage.retention_interval_s,
+            # HTTP outlives the rest: while shutdown writes what the daemon holds, /readyz
+            # answers "draining" and /healthz and /metrics answer too.
+            async with trio.open_nursery() as http_nursery:
+                try:
+                    async with trio.open_nursery() as nursery:
+                        await self._start_services(nursery, frames_in, frames_out)
+                        await http_nursery.start(self.http.serve, listeners)
+                        udp_addr = self._udp_sock.getsockname()
+                        http_addr = listeners[0].socket.getsockname()
+                        addresses = Addresses(
+                            udp=(udp_addr[0], udp_addr[1]), http=(http_addr[0], http_addr[1])
                         )
-                await nursery.start(
-                    serve_udp,
-                    self._udp_sock,
-                    frames_in,
-                    self.udp_counters,
-                    self.udp_limits,
-                    ingest.udp_drain_per_pass,
-                )
-                await nursery.start(self.http.serve, listeners)
-                udp_addr = self._udp_sock.getsockname()
-                http_addr = listeners[0].socket.getsockname()
-                addresses = Addresses(
-                    udp=(udp_addr[0], udp_addr[1]), http=(http_addr[0], http_addr[1])
-                )
-                log.info(
-                    "ready",
-                    udp=f"{addresses.udp[0]}:{addresses.udp[1]}",
-                    http=f"{addresses.http[0]}:{addresses.http[1]}",
-                    udp_receive_buffer_bytes=receive_buffer_size(self._udp_sock),
-                )
-                task_status.started(addresses)
+                        log.info(
+                            "ready",
+                            udp=f"{addresses.udp[0]}:{addresses.udp[1]}",
+                            http=f"{addresses.http[0]}:{addresses.http[1]}",
+                            udp_receive_buffer_bytes=receive_buffer_size(self._udp_sock),
+                        )
+                        task_status.started(addresses)
+                        await self._stop.wait()
+                        nursery.cancel_scope.cancel()
+                finally:
+                    self._udp_sock.close()
+                    with trio.CancelScope(shield=True):
+                        await self._shutdown(frames_out)
+                    http_nursery.cancel_scope.cancel()
         finally:
             self._udp_sock.close()
-            with trio.CancelScope(shield=True):
-                await self._shutdown(frames_out)
+            self.stopped.set()
+
+    def stop(self) -> None:
+        """Begin an orderly shutdown (SIGTERM): ``serve`` returns when it is done."""
+        self._stop.set()
+
+    async def _start_services(
+        self,
+        nursery: trio.Nursery,
+        frames_in: trio.MemorySendChannel[list[Frame]],
+        frames_out: trio.MemoryReceiveChannel[list[Frame]],
+    ) -> None:
+        """Everything but the TCP port, in the startup order of the module docstring."""
+        storage, ingest = self.config.storage, self.config.ingest
+        assert self._udp_sock is not None
+        await nursery.start(self.consumer.consume, frames_out)
+        await nursery.start(self.consumer.tick)
+        await nursery.start(self.loop_lag.run)
+        await nursery.start(self.channel.serve, self.fanout.deliver, self.fanout.on_epoch)
+        await nursery.start(self.publisher.run)
+        if self.flusher is not None and self.sink is not None:
+            await self.flusher.flush()  # migrates now: a schema problem shows at start
+            await nursery.start(self.flusher.run)
+            if storage.minute_retention_days > 0:
+                await nursery.start(
+                    run_retention,
+                    self.sink,
+                    storage.minute_retention_days,
+                    storage.retention_interval_s,
+                )
+        await nursery.start(
+            serve_udp,
+            self._udp_sock,
+            frames_in,
+            self.udp_counters,
+            self.udp_limits,
+            ingest.udp_drain_per_pass,
+            self.udp_admission,
+        )
 
     async def _shutdown(self, frames_out: trio.MemoryReceiveChannel[list[Frame]]) -> None:
         """Ingest has stopped: aggregate what is still queued, close every open minute, flush
         within the deadline (the flusher spools what it cannot write in time)."""
         self.draining = True
+        self.http.close_websockets()  # sessions close with 1001; none adds a frame from here
         now = time.time()
         while True:
             try:
@@ -400,17 +555,19 @@ async def run(
     config: Config,
     bridge: AsyncioBridge | None = None,
     on_ready: Callable[[Addresses], None] | None = None,
+    reread: Callable[[], Config] | None = None,
 ) -> None:
-    """Run a daemon until SIGTERM or SIGINT.
+    """Run a daemon until SIGTERM or SIGINT; on SIGHUP, ``reread`` the configuration and
+    reload it (``Daemon.reload``; without ``reread`` SIGHUP is logged and ignored).
 
     ``bridge`` reaches the asyncio libraries (database and channel drivers) of later stages.
-    Under systemd (``NOTIFY_SOCKET``), readiness, the listening addresses, watchdog pings and
-    the stop are reported through ``collector.runtime.notify``.
+    Under systemd (``NOTIFY_SOCKET``), readiness, the listening addresses, watchdog pings,
+    reloads and the stop are reported through ``collector.runtime.notify``.
     """
     daemon = Daemon(config, bridge)
     notifier = Notifier.from_environ()
     try:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
                 addresses = await nursery.start(daemon.serve)
                 notifier.ready(
@@ -420,12 +577,45 @@ async def run(
                 await nursery.start(serve_watchdog, notifier)
                 if on_ready is not None:
                     on_ready(addresses)
+                nursery.start_soon(_cancel_when_stopped, daemon, nursery.cancel_scope)
                 async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        notifier.reloading()
+                        _reload(daemon, reread)
+                        notifier.ready("reloaded")
+                        continue
                     name = signal.Signals(signum).name
+                    if daemon.draining:
+                        log.warning("stopping_now", signal=name)  # a second signal: no drain
+                        nursery.cancel_scope.cancel()
+                        break
                     log.info("stopping", signal=name)
                     notifier.stopping(f"stopping on {name}")
-                    nursery.cancel_scope.cancel()
-                    break
+                    daemon.stop()
     finally:
         notifier.close()
     log.info("stopped")
+
+
+async def _cancel_when_stopped(daemon: Daemon, scope: trio.CancelScope) -> None:
+    await daemon.stopped.wait()
+    scope.cancel()
+
+
+def _reload(daemon: Daemon, reread: Callable[[], Config] | None) -> None:
+    """One SIGHUP: re-read, validate, swap; an invalid configuration keeps the running one."""
+    if reread is None:
+        log.warning("reload_unsupported", reason="the daemon was started without a config file")
+        return
+    try:
+        restart = daemon.reload(reread())
+    except (ConfigError, ValueError, UnsafeBind) as exc:
+        log.error("reload_failed", error=str(exc)[:500], kept="the running configuration")
+        return
+    log.info("reloaded", sections=list(RELOADABLE), need_restart=restart)
+    if restart:
+        log.warning(
+            "reload_needs_restart",
+            sections=restart,
+            hint="these sections changed in the file; they apply after a restart",
+        )

@@ -20,6 +20,7 @@ from msgspec import Meta
 
 from collector.aggregate.alerts import DEFAULT_RULES, AlertRule
 from collector.aggregate.settings import AggregateSettings
+from collector.ingest.limits import parse_allowlist
 
 Port = Annotated[int, Meta(ge=0, le=65535)]
 PositiveSeconds = Annotated[float, Meta(gt=0, le=86_400)]
@@ -100,6 +101,56 @@ class FanoutConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         return os.environ.get("BWMON_REDIS_URL", self.redis_url)
 
 
+Secret = Annotated[str, Meta(min_length=32, max_length=512)]
+
+
+def _env_list(name: str, configured: list[str]) -> list[str]:
+    """A comma-separated environment variable wins over the configured list (secrets stay
+    out of files)."""
+    value = os.environ.get(name)
+    if value is None:
+        return list(configured)
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+class AuthConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Who may send and read (PROTOCOL.md §7.8, §2.3, §12.2). Off by default on loopback; a
+    non-loopback ``server.host`` refuses to start until it is configured."""
+
+    token_secrets: list[Secret] = msgspec.field(default_factory=list)
+    udp_allow: list[str] = msgspec.field(default_factory=list)
+    udp_keys: list[Secret] = msgspec.field(default_factory=list)
+    udp_signature_max_age_s: PositiveSeconds = 60.0
+    allow_unauthenticated: bool = False
+
+    def __post_init__(self) -> None:
+        try:
+            parse_allowlist(self.udp_allow)
+        except ValueError as exc:
+            raise ValueError(f"auth.udp_allow: {exc}") from None
+
+    def secrets(self) -> list[str]:
+        """Token signing keys: ``BWMON_TOKEN_SECRETS`` (comma-separated) wins. The first mints,
+        every one verifies (rotation: add the new key first, drop the old one later)."""
+        return _env_list("BWMON_TOKEN_SECRETS", self.token_secrets)
+
+    def datagram_keys(self) -> list[str]:
+        """UDP signing keys: ``BWMON_UDP_KEYS`` (comma-separated) wins; same rotation rule."""
+        return _env_list("BWMON_UDP_KEYS", self.udp_keys)
+
+
+class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Rate limits; 0 turns a limit off. Frames over a limit are counted (reason
+    ``rate_limited``) and, on WebSocket, answered with an error reply."""
+
+    source_frames_per_s: Annotated[float, Meta(ge=0, le=1e9)] = 0.0
+    source_burst_frames: Annotated[int, Meta(ge=0, le=1_000_000_000)] = 0
+    connection_frames_per_s: Annotated[float, Meta(ge=0, le=1e9)] = 0.0
+    connection_burst_frames: Annotated[int, Meta(ge=0, le=1_000_000_000)] = 0
+    max_connections_per_source: Annotated[int, Meta(ge=0, le=1_000_000)] = 0
+    max_tracked_sources: Annotated[int, Meta(ge=1, le=10_000_000)] = 100_000
+
+
 class AlertsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     use_default_rules: bool = True
     rules: list[AlertRule] = msgspec.field(default_factory=list)
@@ -120,6 +171,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
     fanout: FanoutConfig = msgspec.field(default_factory=FanoutConfig)
+    auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
+    limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
 
 

@@ -4,12 +4,13 @@ console format when it is.
 Only the sync logging methods are used (``log.info``…): the async ones need asyncio, and the
 daemon's code runs in trio. Context such as ``conn`` or ``peer`` is bound in contextvars at task
 entry. Secrets never reach a log call: a processor drops keys named like credentials as a last
-line of defence.
+line of defence, and access tokens are cut out of every string value.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any, Literal
 
@@ -27,9 +28,16 @@ _SECRET_KEYS = frozenset({"token", "password", "secret", "authorization", "key"}
 _json = msgspec.json.Encoder()
 
 
+# An access token (protocol.tokens) anywhere in a string value, e.g. inside an error message.
+_TOKEN = re.compile(r"bwm1\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+
+
 def _redact(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     for key in _SECRET_KEYS.intersection(event):
         event[key] = "[redacted]"
+    for key, value in event.items():
+        if isinstance(value, str) and "bwm1." in value:
+            event[key] = _TOKEN.sub("bwm1.[redacted]", value)
     return event
 
 
@@ -49,16 +57,16 @@ def configure(level: str = "info", fmt: Literal["auto", "json", "console"] = "au
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        _redact,
     ]
     if use_json:
         processors += [
-            structlog.processors.format_exc_info,
+            structlog.processors.format_exc_info,  # before _redact: tracebacks are text too
+            _redact,
             structlog.processors.JSONRenderer(serializer=_serialise),
         ]
         factory: Any = structlog.BytesLoggerFactory(sys.stderr.buffer)
     else:
-        processors.append(structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
+        processors += [_redact, structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]
         factory = structlog.PrintLoggerFactory(sys.stderr)
     structlog.configure(
         processors=processors,

@@ -1,10 +1,11 @@
 """Messages of a WebSocket subscriber session (``/subscribe``, PROTOCOL.md §12).
 
-Client → daemon: ``subscribe`` (a topic, optionally with the position to resume from) and
-``unsubscribe``. Daemon → client: ``snapshot`` (a topic's whole state, ``full`` true),
-``delta`` (what changed since ``prev``), ``alert`` (one raise or clear), ``heartbeat`` and
-``error``. A topic's state is a map of entities (id → map of fields); a delta carries the
-changed entities with only their changed fields, and the ids of removed entities.
+Client → daemon: ``auth`` (an access token, when the daemon requires one), ``subscribe`` (a topic,
+optionally with the position to resume from) and ``unsubscribe``. Daemon → client: ``snapshot`` (a
+topic's whole state, ``full`` true), ``delta`` (what changed since ``prev``), ``alert`` (one raise
+or clear), ``heartbeat`` and ``error``. A topic's state is a map of entities (id → map of fields);
+a delta carries the changed entities with only their changed fields, and the ids of removed
+entities.
 
 Encodings as on ``/ingest``: a client that sends text (JSON) gets text, binary (MessagePack)
 gets binary. This module imports nothing but msgspec and the standard library, like the frames,
@@ -20,6 +21,7 @@ import msgspec
 from msgspec import Meta
 
 from protocol.frames import MAX_ID_CHARS, PROTOCOL_VERSION
+from protocol.tokens import MAX_TOKEN_CHARS
 
 MAX_CLIENT_MESSAGE_BYTES: Final = 4096
 MAX_TOPICS_PER_SESSION: Final = 64
@@ -53,7 +55,14 @@ class Unsubscribe(msgspec.Struct, tag="unsubscribe", tag_field="t", kw_only=True
     topic: TopicName
 
 
-ClientMessage: TypeAlias = Subscribe | Unsubscribe
+class Authenticate(msgspec.Struct, tag="auth", tag_field="t", kw_only=True):
+    """Present an access token (``protocol.tokens``) before subscribing, when the daemon
+    requires one; a later ``auth`` replaces it (a fresh token before the old one expires)."""
+
+    token: Annotated[str, Meta(min_length=1, max_length=MAX_TOKEN_CHARS)]
+
+
+ClientMessage: TypeAlias = Subscribe | Unsubscribe | Authenticate
 
 
 # -- daemon → client -------------------------------------------------------------------------
@@ -117,6 +126,8 @@ BAD_MESSAGE: Final = "bad_message"
 UNKNOWN_TOPIC: Final = "unknown_topic"
 TOO_MANY_TOPICS: Final = "too_many_topics"
 UNAVAILABLE: Final = "unavailable"
+UNAUTHORIZED: Final = "unauthorized"
+FORBIDDEN: Final = "forbidden"
 
 
 def apply(entities: Entities, delta: Delta) -> None:

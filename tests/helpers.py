@@ -1,14 +1,18 @@
-"""Shared test helpers: sample frames and free loopback ports."""
+"""Shared test helpers: sample frames, free loopback ports, a scratch MariaDB database."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import asyncmy
 import trio
 
 from protocol import Event, Hello, HttpSample, RtcSample
@@ -130,3 +134,84 @@ def redis_server(port: int) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+def admin(sql: str, database: str | None = None) -> list[tuple[object, ...]]:
+    async def run() -> list[tuple[object, ...]]:
+        conn = await asyncmy.connect(
+            host="127.0.0.1", port=3306, user="root", password="", db=database
+        )
+        try:
+            async with conn.cursor() as cursor:
+                await cursor.execute(sql)
+                return list(await cursor.fetchall())
+        finally:
+            conn.close()
+
+    return asyncio.run(run())
+
+
+class CuttableProxy:
+    """Forwards 127.0.0.1:<port> to MariaDB; ``cut()`` resets every connection and refuses new
+    ones (they are accepted and closed at once) until ``restore()``."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.cut_off = False
+        self.sockets: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.cut_off:
+                client.close()
+                continue
+            try:
+                server = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.sockets += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        self.cut_off = True
+        with self.lock:
+            sockets, self.sockets = self.sockets, []
+        for s in sockets:
+            try:
+                s.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                )
+                s.close()
+            except OSError:
+                pass
+
+    def restore(self) -> None:
+        self.cut_off = False
+
+    def close(self) -> None:
+        self.closed = True
+        self.cut()
+        self.listener.close()

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import random
 import socket
+import time
 from pathlib import Path
 
 import pytest
 
 from cli.synthetic import Profile, make_participants, make_routes
 from protocol import decode_message, encode_msgpack
+from protocol.tokens import verify
 from tests.helpers import bwmon
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,3 +100,31 @@ def test_migrate_reports_an_unreachable_database_in_one_line(tmp_path: Path) -> 
     assert result.returncode == 1
     assert result.stderr.startswith("bwmon migrate: mysql:")
     assert "Traceback" not in result.stderr
+
+
+def test_token_mint_prints_a_token_the_daemon_accepts(tmp_path: Path) -> None:
+    key = "mint-test-key-" + "k" * 20
+    config = tmp_path / "collector.toml"
+    config.write_text(f"[auth]\ntoken_secrets = ['{key}', '{'o' * 32}']\n")
+    result = bwmon(
+        "token", "mint", "--config", str(config), "--meeting", "standup", "--right", "ingest",
+        "--right", "read", "--ttl", "120",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    claims = verify([key], result.stdout.strip(), time.time())
+    assert (claims.meeting, claims.rights) == ("standup", ["ingest", "read"])
+    assert time.time() + 100 < claims.exp <= time.time() + 121
+    default = bwmon("token", "mint", "--config", str(config))
+    assert verify([key], default.stdout.strip(), time.time()).rights == ["read"]
+
+
+def test_token_mint_without_a_key_or_with_a_bad_right_exits_2(tmp_path: Path) -> None:
+    no_key = bwmon("token", "mint")
+    assert no_key.returncode == 2
+    assert "auth.token_secrets" in no_key.stderr
+    config = tmp_path / "collector.toml"
+    config.write_text(f"[auth]\ntoken_secrets = ['{'k' * 32}']\n")
+    bad = bwmon("token", "mint", "--config", str(config), "--right", "admin")
+    assert bad.returncode == 2
+    assert "rights: ingest, read" in bad.stderr
+    assert bad.stdout == ""

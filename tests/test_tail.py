@@ -37,11 +37,13 @@ from cli.tail import (
     update_line,
     wants_color,
 )
+from collector.auth import Auth
 from collector.fanout.channel import LocalChannel
 from collector.fanout.hub import change
 from collector.fanout.subscribers import Fanout, FanoutSettings
 from collector.http.server import HttpServer, HttpSettings
 from protocol.subscribe import Alert, Delta, Entities, Snapshot, SubscribeError
+from protocol.tokens import Claims, mint
 from tests.helpers import free_port, wait_for
 
 EPOCH = "5f0c2a9e1b7d4c3a"
@@ -357,7 +359,7 @@ async def serve_hub(
     """The daemon's fan-out and HTTP server on ``port`` over ``channel``, until cancelled;
     then it closes its sessions as the daemon does. A channel that outlives it is what Redis
     gives: the next server resumes subscribers from the same epoch."""
-    fanout = Fanout(channel, FanoutSettings())
+    fanout = Fanout(channel, FanoutSettings(), lambda: Auth([]))
     http = HttpServer(
         http_routes={},
         ws_routes={"/subscribe": fanout.serve_session},
@@ -676,3 +678,31 @@ def test_it_reconnects_to_a_restarted_daemon_and_takes_its_snapshot(
     assert status[0].startswith("bwmon tail: connected")
     assert "bwmon tail: reconnecting… (closed: 1001 daemon shutting down)" in status[1]
     assert status[-1].startswith("bwmon tail: connected")
+
+
+@pytest.mark.e2e
+def test_with_tokens_required_it_reads_with_a_token_and_exits_2_without(tmp_path: Path) -> None:
+    key = "tail-test-key-" + "t" * 20
+    config = tmp_path / "collector.toml"
+    config.write_text(f'[storage]\nbackend = "none"\n[auth]\ntoken_secrets = ["{key}"]\n')
+    with running_daemon(tmp_path / "d.log", ["--config", str(config)]) as daemon:
+        refused = tail(daemon, "--json", "--duration", "5")
+        try:
+            records, errors = finish(refused)
+        finally:
+            stop(refused)
+        assert refused.returncode == 2
+        assert records == []
+        assert "unauthorized" in errors
+        good = mint(key, Claims(rights=["read"], exp=int(time.time()) + 60))
+        reader = tail(daemon, "--json", "--count", "2", env={**os.environ, "BWMON_TOKEN": good})
+        try:
+            records, errors = finish(reader)
+        finally:
+            stop(reader)
+    assert reader.returncode == 0, errors
+    assert sorted((r["topic"], r["kind"]) for r in records) == [
+        ("alerts", "snapshot"),
+        ("meetings", "snapshot"),
+    ]
+    assert good not in errors

@@ -188,6 +188,14 @@ class AlertEngine:
     """
 
     def __init__(self, rules: Sequence[AlertRule] = DEFAULT_RULES) -> None:
+        self._use(rules)
+        self._watches: dict[tuple[str, ...], dict[str, _Watch]] = {}
+        # Keys by their first element (the meeting), so forgetting a key finds the keys it
+        # prefixes without scanning every key: ``forget`` runs on every participant leave.
+        self._keys_by_meeting: dict[tuple[str, ...], set[tuple[str, ...]]] = {}
+        self.suppressed = 0
+
+    def _use(self, rules: Sequence[AlertRule]) -> None:
         names = [rule.name for rule in rules]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
@@ -197,11 +205,28 @@ class AlertEngine:
         self._by_scope: dict[str, tuple[AlertRule, ...]] = {
             scope: tuple(rule for rule in self.rules if rule.scope == scope) for scope in SCOPES
         }
-        self._watches: dict[tuple[str, ...], dict[str, _Watch]] = {}
-        # Keys by their first element (the meeting), so forgetting a key finds the keys it
-        # prefixes without scanning every key: ``forget`` runs on every participant leave.
-        self._keys_by_meeting: dict[tuple[str, ...], set[tuple[str, ...]]] = {}
-        self.suppressed = 0
+
+    def set_rules(self, rules: Sequence[AlertRule], now: float) -> list[AlertEvent]:
+        """Put ``rules`` in force (a reload); the clears of alerts whose rule went away.
+
+        A rule that keeps its name, metric and scope keeps what it has seen and its raised
+        alerts: new thresholds and windows apply from the next sample. A rule that went away,
+        or now watches another metric or scope, clears its raised alerts and forgets."""
+        old = {rule.name: rule for rule in self.rules}
+        self._use(rules)
+        kept = {
+            rule.name
+            for rule in self.rules
+            if (previous := old.get(rule.name)) is not None
+            and (previous.metric, previous.scope) == (rule.metric, rule.scope)
+        }
+        events: list[AlertEvent] = []
+        for watches in self._watches.values():
+            for name in [name for name in watches if name not in kept]:
+                watch = watches.pop(name)
+                if watch.raised is not None:
+                    events.append(self._clear(old[name], watch, None, now))
+        return events
 
     def observe(
         self, key: tuple[str, ...], scope: str, metrics: Mapping[str, float | None], now: float

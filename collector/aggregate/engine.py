@@ -156,6 +156,10 @@ class Engine:
         self.frames_by_kind: dict[str, int] = {}  # every frame added, by its tag
         self.last_tick: float | None = None
 
+    def set_rules(self, rules: Iterable[AlertRule], now: float) -> None:
+        """Put new alert rules in force (a reload); clears of dropped rules go out as output."""
+        self.output.alerts += self.alerts.set_rules(list(rules), now)
+
     # -- the per-frame path ---------------------------------------------------------------
 
     def add(self, frames: Iterable[Frame], now: float) -> None:

@@ -55,6 +55,8 @@ class Publisher:
         self._wanted: set[str] = set()
         self._ticked = trio.Event()
         self.last_publish: float | None = None
+        # Why the channel refused the last call (None: it answered): readiness reads it.
+        self.channel_error: str | None = None
         self.counters = {
             "publishes": 0,
             "deltas": 0,
@@ -103,8 +105,11 @@ class Publisher:
 
     async def publish(self, now: float) -> None:
         started = time.perf_counter()
-        with contextlib.suppress(ChannelUnavailable):  # else: what was wanted last
+        try:
             self._wanted = await self.channel.wanted_topics()
+            self.channel_error = None
+        except ChannelUnavailable as exc:  # keep what was wanted last
+            self.channel_error = str(exc)[:300]
         states = await self.build(now)
         changes = [change(t, self.published.get(t, {}), s) for t, s in states.items()]
         alerts = list(self.pending_alerts)
@@ -117,6 +122,7 @@ class Publisher:
                 await self.channel.publish(changes, now)
         except ChannelUnavailable as exc:
             self.counters["unavailable"] += 1
+            self.channel_error = str(exc)[:300]
             log.warning("publish_unavailable", error=str(exc))
             return
         except EpochChanged:

@@ -31,6 +31,7 @@ import msgspec
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
+from collector.auth import Auth, Denied
 from collector.fanout.channel import Channel, ChannelUnavailable
 from collector.fanout.hub import merge
 from collector.logs import get_logger
@@ -39,9 +40,11 @@ from protocol.subscribe import (
     MAX_CLIENT_MESSAGE_BYTES,
     MAX_TOPICS_PER_SESSION,
     TOO_MANY_TOPICS,
+    UNAUTHORIZED,
     UNAVAILABLE,
     UNKNOWN_TOPIC,
     Alert,
+    Authenticate,
     Delta,
     Heartbeat,
     ServerMessage,
@@ -54,10 +57,12 @@ from protocol.subscribe import (
     client_msgpack_decoder,
     is_topic,
 )
+from protocol.tokens import Claims
 
 log = get_logger("fanout.subscribers")
 
 CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
 CLOSE_INTERNAL = 1011
 CLOSE_TRY_AGAIN = 1013
 RETRY_S = 1.0  # between two attempts to serve a topic while the channel is unavailable
@@ -109,6 +114,8 @@ class Subscriber:
         self.wake = trio.Event()
         self.sent = 0
         self.replaced = 0
+        self.claims: Claims | None = None  # from the session's last good ``auth`` message
+        self.close = (1000, "")
 
     def offer(self, encoded: Encoded) -> bool:
         """Queue a message without waiting; False when the queue was full and was replaced by
@@ -133,9 +140,12 @@ class Subscriber:
 class Fanout:
     """This daemon's subscribers, by topic; the channel delivers into it."""
 
-    def __init__(self, channel: Channel, settings: FanoutSettings) -> None:
+    def __init__(
+        self, channel: Channel, settings: FanoutSettings, auth: Callable[[], Auth]
+    ) -> None:
         self.channel = channel
         self.settings = settings
+        self.auth = auth  # the keys in force (a reload swaps them)
         self.subscribers: set[Subscriber] = set()
         self.by_topic: dict[str, set[Subscriber]] = {}
         self.counters = {
@@ -148,6 +158,9 @@ class Fanout:
             "queues_replaced": 0,
             "heartbeat_timeouts": 0,
             "bad_messages": 0,
+            "refused_unauthorized": 0,
+            "refused_forbidden": 0,
+            "tokens_expired": 0,
         }
 
     # -- channel side: never waits --------------------------------------------------------
@@ -225,7 +238,10 @@ class Fanout:
                     until_closed,
                     partial(self._heartbeat, subscriber, ws, nursery.cancel_scope),
                 )
+                if self.auth().required:
+                    nursery.start_soon(self._expire, subscriber, nursery.cancel_scope)
                 await until_closed(partial(self._receive, subscriber, ws))
+            close = subscriber.close
         except ConnectionClosed:
             pass  # before the first message
         except BaseException:
@@ -272,6 +288,13 @@ class Fanout:
         except msgspec.DecodeError as exc:
             self._bad(subscriber, str(exc)[:200])
             return
+        if isinstance(message, Authenticate):
+            claims = self.auth().admit(message.token, "read")
+            if isinstance(claims, Denied):
+                self._refuse(subscriber, claims, None)
+            else:
+                subscriber.claims = claims
+            return
         topic = message.topic
         if not is_topic(topic):
             subscriber.reply(
@@ -299,10 +322,45 @@ class Fanout:
                 )
             )
             return
+        denied = self._authorize(subscriber, topic)
+        if denied is not None:
+            self._refuse(subscriber, denied, topic)
+            return
         subscriber.held[topic] = (message.epoch, message.seq)
         subscriber.resync.add(topic)
         subscriber.wake.set()
         self._join(subscriber, topic)
+
+    def _authorize(self, subscriber: Subscriber, topic: str) -> Denied | None:
+        """None when the session's token may read ``topic``: a meeting-scoped token reads its
+        own ``meeting:<id>`` topic only (the others show every meeting)."""
+        auth = self.auth()
+        if not auth.required:
+            return None
+        if subscriber.claims is None:
+            return Denied(UNAUTHORIZED, "send an auth message with a token first")
+        meeting = topic.removeprefix("meeting:") if topic.startswith("meeting:") else None
+        return auth.check(subscriber.claims, "read", meeting)
+
+    def _refuse(self, subscriber: Subscriber, denied: Denied, topic: str | None) -> None:
+        self.counters[f"refused_{denied.code}"] += 1
+        log.debug(
+            "subscriber_refused", conn=subscriber.conn, code=denied.code, detail=denied.detail
+        )
+        subscriber.reply(SubscribeError(code=denied.code, detail=denied.detail, topic=topic))
+
+    async def _expire(self, subscriber: Subscriber, scope: trio.CancelScope) -> None:
+        """End the session when the token it was admitted with expires (a later ``auth``
+        message with a fresh token moves the end)."""
+        while True:
+            claims = subscriber.claims
+            remaining = claims.exp - time.time() if claims is not None else math.inf
+            if remaining <= 0:
+                self.counters["tokens_expired"] += 1
+                subscriber.close = (CLOSE_POLICY, "token expired")
+                scope.cancel()
+                return
+            await trio.sleep(min(remaining, 10.0))
 
     def _bad(self, subscriber: Subscriber, detail: str) -> None:
         self.counters["bad_messages"] += 1

@@ -24,6 +24,9 @@ from protocol.codec import REASONS
 MetricType = Literal["counter", "gauge"]
 Labels = tuple[tuple[str, str], ...]
 TRANSPORTS = ("udp", "websocket")
+# Reason codes of PROTOCOL.md §6 that ingest gives outside the decoder (admission and rate
+# limits: protocol.signing, collector.ingest.limits); with REASONS, a series from the start.
+ADMISSION_REASONS = ("bad_signature", "forbidden", "rate_limited", "unauthorized")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -155,7 +158,9 @@ def _ingest(out: _Exposition, health: Mapping[str, Any]) -> None:
             t.get("frames_accepted"),
             transport=transport,
         )
-        for reason, count in _by_key(t.get("rejected_by_reason"), REASONS).items():
+        for reason, count in _by_key(
+            t.get("rejected_by_reason"), (*REASONS, *ADMISSION_REASONS)
+        ).items():
             out.counter(
                 "ingest_frames_rejected",
                 "Frames (or messages) rejected, by protocol reason code.",
@@ -169,6 +174,28 @@ def _ingest(out: _Exposition, health: Mapping[str, Any]) -> None:
             t.get("queue_full_frames"),
             transport=transport,
         )
+    ingest = _section(health, "ingest")
+    out.gauge(
+        "ingest_queue_batches",
+        "Frame batches waiting for the aggregation engine.",
+        ingest.get("queue_batches"),
+    )
+    out.gauge(
+        "ingest_queue_capacity_batches",
+        "Size of the engine's queue (ingest.queue_batches).",
+        ingest.get("queue_capacity_batches"),
+    )
+    loop = _section(health, "loop")
+    out.gauge(
+        "event_loop_lag_seconds",
+        "How late the event loop last woke a sleeping task.",
+        loop.get("lag_s"),
+    )
+    out.gauge(
+        "event_loop_lag_max_seconds",
+        "The largest event-loop lag of the last minute.",
+        loop.get("lag_max_s"),
+    )
     udp = _section(health, "ingest", "udp")
     out.counter(
         "udp_kernel_drops",
@@ -235,6 +262,15 @@ def _storage(out: _Exposition, health: Mapping[str, Any]) -> None:
         "storage_dropped_rows", "Rows dropped (queue and spool full).", storage.get("rows_dropped")
     )
     out.counter("storage_statements", "SQL statements executed.", storage.get("statements"))
+    out.gauge("storage_spool_bytes", "Bytes of the spool file.", storage.get("spool_bytes"))
+    out.counter(
+        "storage_flush_seconds",
+        "Seconds spent flushing (failed attempts included).",
+        storage.get("flush_seconds"),
+    )
+    out.gauge(
+        "storage_last_flush_seconds", "Duration of the last flush.", storage.get("last_flush_s")
+    )
     out.gauge(
         "storage_checkpoint_bytes", "Size of the last checkpoint.", storage.get("checkpoint_bytes")
     )
@@ -291,9 +327,19 @@ def _http(out: _Exposition, health: Mapping[str, Any]) -> None:
         http.get("connections_refused"),
     )
     out.counter(
+        "http_connections_refused_per_source",
+        "TCP connections refused (at limits.max_connections_per_source).",
+        http.get("connections_refused_per_source"),
+    )
+    out.counter(
         "http_connection_errors",
         "Connections ended by an error in a handler.",
         http.get("connection_errors"),
+    )
+    out.counter(
+        "http_response_errors",
+        "Responses that failed in their route or while streaming.",
+        http.get("response_errors"),
     )
     for code, count in _by_key(http.get("requests_by_status")).items():
         out.counter("http_requests", "HTTP responses, by status code.", count, code=code)

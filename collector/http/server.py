@@ -1,27 +1,60 @@
 """The daemon's TCP port: plain HTTP requests and WebSocket upgrades on one listener.
 
-Each connection gets its request head parsed by h11 (bounded size, bounded time). A WebSocket
-upgrade to a known path is handed to trio-websocket, replaying the bytes already read; any
-other request is answered by a route function and the connection closed.
+Each connection gets its request head parsed by h11 (bounded size, bounded time) into a
+``Request``. A WebSocket upgrade to a known path is handed to trio-websocket, replaying the bytes
+already read; any other request is answered by a route and the connection closed (one request
+per connection, ``connection: close``).
+
+Routes take a ``Request`` and return (or, when async, return as a coroutine) a ``Response``,
+whole in memory, or a ``StreamedResponse``: an async iterator of byte chunks sent with
+``transfer-encoding: chunked``, so a large export never sits in memory. A streamed body that
+fails before its first chunk is answered 500; one that fails midway has its connection closed
+without the terminating zero-length chunk, which a client sees as a truncated chunked body
+(never as a complete, short one). Both are logged and counted (``response_errors``).
+
+A route's path is exact (``/healthz``) or ends with one ``{name}`` placeholder
+(``/api/meetings/{id}``): it matches the prefix plus one non-empty path segment, which is
+percent-decoded into ``Request.path_id``; a decoded segment holding ``/`` is answered 400.
+
+Limits: ``max_connections`` open connections in all, ``max_connections_per_source`` per peer
+address (0 = off); a connection over either gets 503 at once and is closed.
 
 Every connection runs inside its own error boundary: an exception in a handler is logged and
 counted and ends that connection only. (An exception escaping a trio-websocket handler would
 otherwise tear down the whole server nursery — DESIGN §4.) The accept loop is
-``trio.serve_listeners``, which backs off on EMFILE and friends.
+``trio.serve_listeners``, which backs off on EMFILE and friends. Every 4xx and 5xx answer of
+the server has a JSON body ``{"error": "..."}``.
 
-Knows nothing about ingest or aggregation: routes are passed in by ``collector.app``.
+A WebSocket route reads its upgrade request (peer address, headers, query) with
+``current_request()``: ``ws.remote`` of trio-websocket is only a ``repr`` here, since the
+connection it sees is the replaying stream, not a ``trio.SocketStream``.
+
+Knows nothing about ingest, aggregation or storage: routes are passed in by ``collector.app``.
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextvars import ContextVar
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeAlias
+from urllib.parse import parse_qsl, unquote
 
 import h11
 import msgspec
+import structlog
 import trio
 from trio_websocket import WebSocketConnection, wrap_server_stream
 
@@ -30,8 +63,95 @@ from collector.logs import get_logger
 log = get_logger("http")
 
 MAX_REQUEST_HEAD_BYTES = 16_384
+MAX_QUERY_FIELDS = 64
 _connection_ids = itertools.count(1)
 _json = msgspec.json.Encoder()
+
+
+class BadRequest(ValueError):
+    """The request is well-formed HTTP but cannot be served as it is: answered 400."""
+
+
+class Headers(Mapping[str, str]):
+    """Request headers, looked up case-insensitively; a header sent more than once reads as
+    its values joined with ``", "`` (RFC 9110 §5.3). Values are decoded as Latin-1."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, pairs: Iterable[tuple[str | bytes, str | bytes]] = ()) -> None:
+        values: dict[str, str] = {}
+        for raw_name, raw_value in pairs:
+            name = _text(raw_name).lower()
+            value = _text(raw_value)
+            values[name] = f"{values[name]}, {value}" if name in values else value
+        self._values = values
+
+    def __getitem__(self, name: str) -> str:
+        return self._values[name.lower()]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._values
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Headers({sorted(self._values)!r})"  # names only: values may hold tokens
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+def parse_query(query: str) -> dict[str, str]:
+    """``a=1&b=x%20y`` → ``{"a": "1", "b": "x y"}`` with ``urllib.parse.parse_qsl`` rules
+    (``+`` is a space, a blank value is kept as ``""``, a key without ``=`` is blank too).
+
+    A key given twice is refused (``BadRequest``) rather than resolved to its first or last
+    value: a filter that silently drops one of two values is worse than a clear error. So are
+    more than ``MAX_QUERY_FIELDS`` fields and percent-escapes that are not UTF-8.
+    """
+    try:
+        pairs = parse_qsl(
+            query, keep_blank_values=True, errors="strict", max_num_fields=MAX_QUERY_FIELDS
+        )
+    except ValueError as exc:  # UnicodeDecodeError is one
+        raise BadRequest(f"unreadable query string: {exc}") from None
+    params: dict[str, str] = {}
+    for key, value in pairs:
+        if key in params:
+            raise BadRequest(f"query parameter {key!r} is given more than once")
+        params[key] = value
+    return params
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One HTTP request as routes see it.
+
+    ``path`` is the target's path as sent (still percent-encoded); ``query`` its parsed query
+    string (``parse_query``); ``peer`` the host part of the client's address (``""`` when the
+    stream is not a socket); ``path_id`` the decoded ``{name}`` segment of a prefix route.
+    """
+
+    method: str
+    path: str
+    query: Mapping[str, str] = field(default_factory=dict)
+    headers: Headers = field(default_factory=Headers)
+    peer: str = ""
+    path_id: str | None = None
+
+
+_current_request: ContextVar[Request] = ContextVar("bwmon_http_request")
+
+
+def current_request() -> Request:
+    """The request of the connection this task serves (for WebSocket routes: the upgrade
+    request). Tasks a route starts inherit it. ``LookupError`` outside a connection."""
+    return _current_request.get()
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,14 +159,31 @@ class Response:
     status: int
     body: bytes
     content_type: str = "application/json"
+    headers: Sequence[tuple[str, str]] = ()
 
     @classmethod
-    def json(cls, status: int, value: Any) -> Response:
-        return cls(status, _json.encode(value) + b"\n")
+    def json(cls, status: int, value: Any, headers: Sequence[tuple[str, str]] = ()) -> Response:
+        return cls(status, _json.encode(value) + b"\n", headers=headers)
+
+    @classmethod
+    def error(cls, status: int, message: str, headers: Sequence[tuple[str, str]] = ()) -> Response:
+        return cls.json(status, {"error": message}, headers)
 
 
-HttpRoute = Callable[[h11.Request], Response]
-WebSocketRoute = Callable[[WebSocketConnection], Awaitable[None]]
+@dataclass(frozen=True, slots=True)
+class StreamedResponse:
+    """A body produced while it is sent, in chunks (empty chunks are skipped). If ``chunks``
+    is an async generator it is closed however the response ends."""
+
+    chunks: AsyncIterable[bytes]
+    content_type: str
+    status: int = 200
+    headers: Sequence[tuple[str, str]] = ()
+
+
+RouteResult: TypeAlias = Response | StreamedResponse
+HttpRoute: TypeAlias = Callable[[Request], RouteResult | Awaitable[RouteResult]]
+WebSocketRoute: TypeAlias = Callable[[WebSocketConnection], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -54,7 +191,9 @@ class HttpCounters:
     connections_open: int = 0
     connections_total: int = 0
     connections_refused: int = 0
+    connections_refused_per_source: int = 0
     connection_errors: int = 0
+    response_errors: int = 0
     requests_by_status: dict[int, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -62,7 +201,9 @@ class HttpCounters:
             "connections_open": self.connections_open,
             "connections_total": self.connections_total,
             "connections_refused": self.connections_refused,
+            "connections_refused_per_source": self.connections_refused_per_source,
             "connection_errors": self.connection_errors,
+            "response_errors": self.response_errors,
             "requests_by_status": {str(k): v for k, v in sorted(self.requests_by_status.items())},
         }
 
@@ -70,6 +211,7 @@ class HttpCounters:
 @dataclass(frozen=True, slots=True)
 class HttpSettings:
     max_connections: int = 1024
+    max_connections_per_source: int = 0  # 0: no limit per peer address
     request_timeout_s: float = 10.0
     max_ws_message_bytes: int = 1 << 20
     ws_message_queue: int = 16
@@ -116,17 +258,68 @@ async def _read_head(stream: trio.abc.Stream) -> tuple[h11.Request | None, bytes
             return None, bytes(raw)
 
 
-def _is_upgrade(request: h11.Request) -> bool:
-    headers = {name.lower(): value.lower() for name, value in request.headers}
-    return headers.get(b"upgrade") == b"websocket" and b"upgrade" in headers.get(b"connection", b"")
+def _is_upgrade(headers: Headers) -> bool:
+    return (
+        headers.get("upgrade", "").lower() == "websocket"
+        and "upgrade" in headers.get("connection", "").lower()
+    )
 
 
-def _path(request: h11.Request) -> str:
-    return request.target.split(b"?", 1)[0].decode("ascii", "replace")
+def peer_host(stream: trio.abc.Stream) -> str:
+    """The host part of the stream's remote address; ``""`` if it is not a connected socket."""
+    if not isinstance(stream, trio.SocketStream):
+        return ""
+    try:
+        address = stream.socket.getpeername()
+    except OSError:
+        return ""
+    return str(address[0]) if isinstance(address, tuple) else str(address)
+
+
+def _request(event: h11.Request, peer: str) -> Request:
+    try:
+        target = event.target.decode("ascii")
+    except UnicodeDecodeError:
+        raise BadRequest("the request target is not ASCII: percent-encode it") from None
+    path, _, query = target.partition("?")
+    return Request(
+        method=event.method.decode("ascii", "replace"),
+        path=path,
+        query=parse_query(query),
+        headers=Headers(event.headers),
+        peer=peer,
+    )
+
+
+def _check_header(name: str, value: str) -> None:
+    if any(c in name or c in value for c in "\r\n\0"):
+        raise ValueError(f"header {name!r} holds a line break")
+
+
+def _head(
+    status: int,
+    content_type: str,
+    headers: Sequence[tuple[str, str]],
+    length: int | None,
+) -> bytes:
+    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", f"content-type: {content_type}"]
+    lines.append("transfer-encoding: chunked" if length is None else f"content-length: {length}")
+    lines += ["cache-control: no-store", "connection: close"]
+    for name, value in headers:
+        _check_header(name, value)
+        lines.append(f"{name}: {value}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+async def _close_iterator(chunks: AsyncIterator[bytes]) -> None:
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        with trio.CancelScope(shield=True), trio.move_on_after(1):
+            await aclose()
 
 
 class HttpServer:
-    """Serve ``http_routes`` (GET path → function) and ``ws_routes`` (path → session)."""
+    """Serve ``http_routes`` (GET/HEAD path → route) and ``ws_routes`` (path → session)."""
 
     def __init__(
         self,
@@ -134,10 +327,29 @@ class HttpServer:
         ws_routes: Mapping[str, WebSocketRoute],
         settings: HttpSettings,
     ) -> None:
-        self.http_routes = http_routes
+        self.http_routes: dict[str, HttpRoute] = {}
+        self.prefix_routes: dict[str, HttpRoute] = {}  # "/api/meetings/" → route
+        for path, route in http_routes.items():
+            if "{" in path:
+                prefix, _, name = path.partition("{")
+                if not prefix.endswith("/") or not name.endswith("}") or "/" in name:
+                    raise ValueError(f"route {path!r}: a placeholder must be the last segment")
+                self.prefix_routes[prefix] = route
+            else:
+                self.http_routes[path] = route
         self.ws_routes = ws_routes
         self.settings = settings
         self.counters = HttpCounters()
+        self.open_by_source: dict[str, int] = {}
+        self.draining = False  # set by close_websockets: plain HTTP only from then on
+        self._ws_scopes: set[trio.CancelScope] = set()
+
+    def close_websockets(self) -> None:
+        """Shutting down: end every WebSocket session (they close with 1001) and refuse new
+        upgrades with 503, while plain requests (``/readyz`` says ``draining``) go on."""
+        self.draining = True
+        for scope in self._ws_scopes:
+            scope.cancel()
 
     async def serve(
         self,
@@ -155,29 +367,40 @@ class HttpServer:
         counters.connections_total += 1
         if counters.connections_open >= self.settings.max_connections:
             counters.connections_refused += 1
-            await self._refuse(stream)
+            await self._refuse(stream, "too many connections")
+            return
+        peer = peer_host(stream)
+        per_source = self.settings.max_connections_per_source
+        if per_source and self.open_by_source.get(peer, 0) >= per_source:
+            counters.connections_refused_per_source += 1
+            await self._refuse(stream, "too many connections from this address")
             return
         counters.connections_open += 1
+        self.open_by_source[peer] = self.open_by_source.get(peer, 0) + 1
         conn_id = next(_connection_ids)
         try:
-            await self._serve_connection(stream, conn_id)
+            with structlog.contextvars.bound_contextvars(conn=conn_id, peer=peer):
+                await self._serve_connection(stream, peer)
         except Exception as exc:
             counters.connection_errors += 1
             log.warning("connection_failed", conn=conn_id, error=repr(exc)[:500])
         finally:
             counters.connections_open -= 1
+            left = self.open_by_source[peer] - 1
+            if left:
+                self.open_by_source[peer] = left
+            else:
+                del self.open_by_source[peer]
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.aclose()
 
-    async def _refuse(self, stream: trio.abc.Stream) -> None:
+    async def _refuse(self, stream: trio.abc.Stream, reason: str) -> None:
         """Answer 503 and close gracefully: shut our side, then drain the request until the
         client closes (else the kernel resets the connection before the client reads)."""
+        body = _json.encode({"error": reason}) + b"\n"
         with trio.move_on_after(1):
             try:
-                await stream.send_all(
-                    b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n"
-                    b"connection: close\r\n\r\n"
-                )
+                await stream.send_all(_head(503, "application/json", (), len(body)) + body)
                 if isinstance(stream, trio.abc.HalfCloseableStream):
                     await stream.send_eof()
                 while await stream.receive_some(4096):
@@ -186,34 +409,81 @@ class HttpServer:
                 pass
         await trio.aclose_forcefully(stream)
 
-    async def _serve_connection(self, stream: trio.abc.Stream, conn_id: int) -> None:
+    async def _serve_connection(self, stream: trio.abc.Stream, peer: str) -> None:
         with trio.move_on_after(self.settings.request_timeout_s) as head_scope:
             try:
-                request, raw = await _read_head(stream)
+                event, raw = await _read_head(stream)
             except h11.RemoteProtocolError as exc:
-                await self._respond(stream, Response.json(400, {"error": str(exc)}))
+                await self._respond(stream, Response.error(400, str(exc)))
                 return
-        if head_scope.cancelled_caught or request is None:
+        if head_scope.cancelled_caught or event is None:
             return
-        path = _path(request)
-        ws_route = self.ws_routes.get(path)
-        if _is_upgrade(request):
+        try:
+            request = _request(event, peer)
+        except BadRequest as exc:
+            await self._respond(stream, Response.error(400, str(exc)))
+            return
+        _current_request.set(request)  # this task's own context: seen by its route only
+        ws_route = self.ws_routes.get(request.path)
+        if _is_upgrade(request.headers):
             if ws_route is None:
-                await self._respond(stream, Response.json(404, {"error": "no such path"}))
+                await self._respond(stream, Response.error(404, "no such path"))
+                return
+            if self.draining:
+                await self._respond(stream, Response.error(503, "shutting down"))
                 return
             await self._serve_websocket(stream, raw, ws_route)
             return
-        route = self.http_routes.get(path)
+        head_only = request.method == "HEAD"
+        try:
+            route, request = self._route(request)
+        except BadRequest as exc:
+            await self._respond(stream, Response.error(400, str(exc)))
+            return
         if route is None:
-            response = Response.json(
-                426 if ws_route else 404,
-                {"error": "WebSocket upgrade required" if ws_route else "no such path"},
+            response: RouteResult = (
+                Response.error(426, "WebSocket upgrade required")
+                if ws_route
+                else Response.error(404, "no such path")
             )
-        elif request.method not in (b"GET", b"HEAD"):
-            response = Response.json(405, {"error": "method not allowed"})
+        elif request.method not in ("GET", "HEAD"):
+            response = Response.error(405, "method not allowed", [("allow", "GET, HEAD")])
         else:
-            response = route(request)
-        await self._respond(stream, response, head_only=request.method == b"HEAD")
+            _current_request.set(request)
+            response = await self._call(route, request)
+        if isinstance(response, StreamedResponse):
+            await self._stream(stream, response, head_only)
+        else:
+            await self._respond(stream, response, head_only)
+
+    def _route(self, request: Request) -> tuple[HttpRoute | None, Request]:
+        """The route for the request's path, and the request with its ``path_id`` set."""
+        route = self.http_routes.get(request.path)
+        if route is not None:
+            return route, request
+        for prefix, candidate in self.prefix_routes.items():
+            segment = request.path.removeprefix(prefix)
+            if segment == request.path or not segment or "/" in segment:
+                continue
+            try:
+                path_id = unquote(segment, errors="strict")
+            except UnicodeDecodeError:
+                raise BadRequest("the path's id is not UTF-8") from None
+            if "/" in path_id:
+                raise BadRequest("an id in the path must not contain '/'")
+            return candidate, replace(request, path_id=path_id)
+        return None, request
+
+    async def _call(self, route: HttpRoute, request: Request) -> RouteResult:
+        try:
+            result = route(request)
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception as exc:
+            self.counters.response_errors += 1
+            log.error("route_failed", path=request.path, error=repr(exc)[:500])
+            return Response.error(500, "internal error")
+        return result
 
     async def _serve_websocket(
         self, stream: trio.abc.Stream, raw: bytes, route: WebSocketRoute
@@ -227,23 +497,84 @@ class HttpServer:
             )
             ws = await ws_request.accept()
             try:
-                await route(ws)
+                with trio.CancelScope() as scope:
+                    self._ws_scopes.add(scope)
+                    if self.draining:  # accepted while shutdown began
+                        scope.cancel()
+                    try:
+                        await route(ws)
+                    finally:
+                        self._ws_scopes.discard(scope)
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
                     await ws.aclose()
             nursery.cancel_scope.cancel()
 
+    def _count(self, status: int) -> None:
+        counts = self.counters.requests_by_status
+        counts[status] = counts.get(status, 0) + 1
+
     async def _respond(
         self, stream: trio.abc.Stream, response: Response, head_only: bool = False
     ) -> None:
-        counts = self.counters.requests_by_status
-        counts[response.status] = counts.get(response.status, 0) + 1
-        reason = HTTPStatus(response.status).phrase
-        head = (
-            f"HTTP/1.1 {response.status} {reason}\r\n"
-            f"content-type: {response.content_type}\r\n"
-            f"content-length: {len(response.body)}\r\n"
-            "cache-control: no-store\r\nconnection: close\r\n\r\n"
-        ).encode("ascii")
+        self._count(response.status)
+        head = _head(response.status, response.content_type, response.headers, len(response.body))
         with trio.move_on_after(self.settings.request_timeout_s):
             await stream.send_all(head if head_only else head + response.body)
+
+    async def _stream(
+        self, stream: trio.abc.Stream, response: StreamedResponse, head_only: bool
+    ) -> None:
+        """Send a chunked body; each send is bounded by the request timeout (a client that
+        stops reading is dropped). The first chunk is read before the head goes out, so a
+        body that fails at once still gets a proper 500."""
+        chunks = aiter(response.chunks)
+        try:
+            first: bytes | None = b""
+            if not head_only:
+                try:
+                    first = await _next_chunk(chunks)
+                except Exception as exc:
+                    self.counters.response_errors += 1
+                    log.error("stream_failed", sent_bytes=0, error=repr(exc)[:500])
+                    await self._respond(stream, Response.error(500, "internal error"))
+                    return
+            self._count(response.status)
+            head = _head(response.status, response.content_type, response.headers, None)
+            timeout = self.settings.request_timeout_s
+            with trio.fail_after(timeout):
+                await stream.send_all(head + (_chunk(first) if first else b""))
+            if head_only:
+                return
+            sent = 0
+            while first is not None:
+                sent += len(first)
+                try:
+                    first = await _next_chunk(chunks)
+                except Exception as exc:
+                    # No terminating chunk: the client sees a truncated body, not a short one.
+                    self.counters.response_errors += 1
+                    log.error("stream_failed", sent_bytes=sent, error=repr(exc)[:500])
+                    return
+                if first is not None:
+                    with trio.fail_after(timeout):
+                        await stream.send_all(_chunk(first))
+            with trio.fail_after(timeout):
+                await stream.send_all(b"0\r\n\r\n")
+        finally:
+            await _close_iterator(chunks)
+
+
+async def _next_chunk(chunks: AsyncIterator[bytes]) -> bytes | None:
+    """The next non-empty chunk, or None at the end."""
+    while True:
+        try:
+            data = await anext(chunks)
+        except StopAsyncIteration:
+            return None
+        if data:
+            return data
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)

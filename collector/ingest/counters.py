@@ -2,6 +2,11 @@
 
 Counting is per message, never per frame: the good path adds ``len(frames)`` once. Plain ints,
 no locks: everything runs in the one trio thread.
+
+What ``frames_rejected`` and ``rejected_by_reason`` count: a rejected frame counts 1, and so does
+a message rejected whole, its frames unknown (``too_large``, ``malformed``; on UDP also
+``forbidden`` and ``bad_signature``, refused before decoding); frames that decoded but were over
+a rate limit count one each (``rate_limited``).
 """
 
 from __future__ import annotations
@@ -40,6 +45,17 @@ class TransportCounters:
             by_reason = self.rejected_by_reason
             for error in decoded.errors:
                 by_reason[error.reason] = by_reason.get(error.reason, 0) + 1
+
+    def refuse(self, reason: str, size: int) -> None:
+        """Count a message refused before decoding (``forbidden``, ``bad_signature``)."""
+        self.messages += 1
+        self.bytes += size
+        self.reject(reason)
+
+    def withdraw(self, reason: str, frames: int) -> None:
+        """Move frames already counted as accepted to rejected (``rate_limited``)."""
+        self.frames_accepted -= frames
+        self.reject(reason, frames)
 
     def reject(self, reason: str, frames: int = 1) -> None:
         """Count frames refused after decoding (closed session, policy…)."""

@@ -6,6 +6,15 @@ most of a flood; draining reaches the speed of a blocking loop). One pass hands 
 frames to the consumer with ``send_nowait``: a full queue is counted, never waited on, so the
 kernel's receive buffer keeps draining.
 
+Admission (``UdpAdmission``, PROTOCOL.md §2.3): with an allowlist, datagrams from other sources
+are refused (``forbidden``); with signing keys, datagrams that are not validly signed and fresh
+are refused (``bad_signature``) and the others are decoded from their payload; with a source
+rate limit, the frames of a source over its rate are refused (``rate_limited``). Each is
+checked only when configured: the loop reads the admission once per pass and, with none of the
+three, keeps to ``sock.recv`` and the plain decode. Without keys a signed datagram (first byte
+0xC1) is refused as ``bad_signature`` too — noticed only when its decode fails, off the good
+path.
+
 Never awaits anything but the socket: no database, no Redis, no subscriber.
 """
 
@@ -15,12 +24,16 @@ import errno
 import os
 import socket
 import sys
+import time
+from dataclasses import dataclass
 
 import trio
 
 from collector.ingest.counters import TransportCounters
+from collector.ingest.limits import FORBIDDEN, RATE_LIMITED, Allowlist, SourceLimiter
 from collector.logs import get_logger
-from protocol import Frame, Limits, decode_message
+from protocol import Frame, Limits, ProtocolError, decode_message
+from protocol.signing import BAD_SIGNATURE, is_signed, verify_datagram
 
 log = get_logger("ingest.udp")
 
@@ -94,12 +107,24 @@ def kernel_drops(sock: socket.socket) -> int | None:
     return None
 
 
+@dataclass(slots=True)
+class UdpAdmission:
+    """Which datagrams the UDP loop lets in. Mutable on purpose: a reload assigns new keys or a
+    new allowlist, or reconfigures the limiter, and the loop sees it from its next pass."""
+
+    keys: tuple[bytes, ...] = ()  # signing keys (auth.datagram_keys(), UTF-8): empty = unsigned
+    max_age_s: float = 60.0
+    allowlist: Allowlist | None = None
+    limiter: SourceLimiter | None = None  # per source address, shared with WebSocket ingest
+
+
 async def serve_udp(
     sock: socket.socket,
     out: trio.MemorySendChannel[list[Frame]],
     counters: TransportCounters,
     limits: Limits,
     drain_per_pass: int = 512,
+    admission: UdpAdmission | None = None,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -109,26 +134,103 @@ async def serve_udp(
     bufsize = limits.max_message_bytes + 1
     recv = sock.recv
     send_nowait = out.send_nowait
+    admit = admission or UdpAdmission()
     task_status.started()
     while True:
         await trio.lowlevel.wait_readable(sock)
-        batch: list[Frame] = []
-        for _ in range(drain_per_pass):
-            try:
-                data = recv(bufsize)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno not in _TRANSIENT_ERRNOS:
-                    raise
-                continue
-            decoded = decode_message(data, limits)
-            counters.count(decoded, len(data))
-            if decoded.frames:
-                batch += decoded.frames
+        allowlist = (
+            admit.allowlist if admit.allowlist is not None and admit.allowlist.active else None
+        )
+        limiter = admit.limiter if admit.limiter is not None and admit.limiter.enabled else None
+        if admit.keys or allowlist is not None or limiter is not None:
+            batch = _drain_admitted(
+                sock,
+                counters,
+                limits,
+                drain_per_pass,
+                admit.keys,
+                admit.max_age_s,
+                allowlist,
+                limiter,
+            )
+        else:
+            batch = []
+            for _ in range(drain_per_pass):
+                try:
+                    data = recv(bufsize)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    if exc.errno not in _TRANSIENT_ERRNOS:
+                        raise
+                    continue
+                decoded = decode_message(data, limits)
+                if decoded.errors and is_signed(data) and len(data) < bufsize:
+                    counters.refuse(BAD_SIGNATURE, len(data))  # "this daemon has no udp key"
+                    continue
+                counters.count(decoded, len(data))
+                if decoded.frames:
+                    batch += decoded.frames
         if batch:
             try:
                 send_nowait(batch)
             except trio.WouldBlock:
                 counters.queue_full_frames += len(batch)
                 counters.frames_accepted -= len(batch)
+
+
+def _drain_admitted(
+    sock: socket.socket,
+    counters: TransportCounters,
+    limits: Limits,
+    drain_per_pass: int,
+    keys: tuple[bytes, ...],
+    max_age_s: float,
+    allowlist: Allowlist | None,
+    limiter: SourceLimiter | None,
+) -> list[Frame]:
+    """One pass of the loop when some admission check is configured: ``recvfrom`` (the source
+    address), allowlist, signature, decode, source rate — each only when set."""
+    bufsize = limits.max_message_bytes + 1
+    max_bytes = limits.max_message_bytes
+    recvfrom = sock.recvfrom
+    wall_now = time.time()  # signatures carry wall-clock send times
+    now = trio.current_time()  # rate buckets run on the monotonic clock
+    batch: list[Frame] = []
+    for _ in range(drain_per_pass):
+        try:
+            data, address = recvfrom(bufsize)
+        except BlockingIOError:
+            break
+        except OSError as exc:
+            if exc.errno not in _TRANSIENT_ERRNOS:
+                raise
+            continue
+        source: str = address[0]
+        if allowlist is not None and not allowlist.permits(source):
+            counters.refuse(FORBIDDEN, len(data))
+            continue
+        payload = data
+        if keys and len(data) <= max_bytes:  # longer: decoded below as too_large
+            verified = verify_datagram(keys, data, wall_now, max_age_s)
+            if isinstance(verified, ProtocolError):
+                counters.refuse(BAD_SIGNATURE, len(data))
+                continue
+            payload = verified
+        decoded = decode_message(payload, limits)
+        if not keys and decoded.errors and is_signed(data) and len(data) <= max_bytes:
+            counters.refuse(BAD_SIGNATURE, len(data))
+            continue
+        counters.count(decoded, len(data))
+        frames = decoded.frames
+        if not frames:
+            continue
+        if limiter is not None:
+            granted = limiter.take(source, len(frames), now)
+            if granted < len(frames):
+                counters.withdraw(RATE_LIMITED, len(frames) - granted)
+                if not granted:
+                    continue
+                frames = frames[:granted]
+        batch += frames
+    return batch

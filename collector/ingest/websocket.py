@@ -8,6 +8,9 @@ One session per connection (PROTOCOL.md §7):
   on this one client, which TCP carries back to it) rather than dropping;
 - each rejected frame gets an ``error`` reply (at most N per ack interval; the rest are counted
   and visible in the next ``ack``);
+- frames over a rate limit (``SessionSettings.connection_rate`` for this connection,
+  ``source_limiter`` for its peer address, shared with UDP) are rejected as ``rate_limited``
+  like bad frames: counted, answered within the same reply budget; the session stays open;
 - every ack interval, if anything changed, an ``ack`` with the last processed message number;
 - the daemon pings every heartbeat interval and closes a connection whose pong does not come.
 
@@ -27,9 +30,20 @@ import msgspec
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
+from collector.auth import FORBIDDEN, Auth, Denied
 from collector.ingest.counters import TransportCounters
+from collector.ingest.limits import RATE_LIMITED, Rate, SourceLimiter, TokenBucket, take_all
 from collector.logs import get_logger
-from protocol import Frame, Hello, Limits, ProtocolError, decode_message
+from protocol import (
+    Decoded,
+    Event,
+    Frame,
+    Hello,
+    Limits,
+    ProtocolError,
+    RtcSample,
+    decode_message,
+)
 from protocol.codec import NOT_A_FRAME, TOO_LARGE
 from protocol.session import Ack, ErrorReply, SessionMessage, Welcome
 
@@ -55,6 +69,9 @@ class SessionSettings:
     heartbeat_timeout_s: float = 10.0
     ack_interval_s: float = 1.0
     max_error_replies_per_interval: int = 100
+    # Rate limits (PROTOCOL.md §5.2); shared, mutable objects: a reload reconfigures them.
+    connection_rate: Rate | None = None
+    source_limiter: SourceLimiter | None = None  # per peer address, shared with UDP
 
 
 class _Session:
@@ -69,6 +86,7 @@ class _Session:
         self.acked: tuple[int, int, int] = (0, 0, 0)
         self.error_budget = 0
         self.close: tuple[int, str] = (CLOSE_NORMAL, "")
+        self.meeting: str | None = None  # the token's meeting: frames of others are refused
         send, receive = trio.open_memory_channel[SessionMessage](_REPLY_QUEUE)
         self.replies_in = send
         self.replies_out = receive
@@ -94,8 +112,11 @@ async def serve_ingest_session(
     out: trio.MemorySendChannel[list[Frame]],
     counters: TransportCounters,
     settings: SessionSettings,
+    auth: Auth,
+    source: str = "",
 ) -> None:
-    """Run one accepted ``/ingest`` connection until it closes."""
+    """Run one accepted ``/ingest`` connection until it closes; ``auth`` checks the hello's
+    token (PROTOCOL.md §7.8)."""
     conn = next(_session_ids)
     first: str | bytes | None = None
     with trio.move_on_after(settings.hello_timeout_s):
@@ -109,8 +130,17 @@ async def serve_ingest_session(
         counters.reject(hello.reason)
         await ws.aclose(CLOSE_POLICY, f"first message must be a hello frame: {hello.reason}")
         return
+    claims = auth.admit(hello.token, "ingest")
+    if isinstance(claims, Denied):
+        counters.reject(claims.code)
+        log.info("ingest_session_refused", conn=conn, code=claims.code, detail=claims.detail)
+        await ws.aclose(CLOSE_POLICY, f"{claims.code}: {claims.detail}")
+        return
     session = _Session(ws, text=isinstance(first, str))
-    log.info("ingest_session_open", conn=conn, kind=hello.kind, agent=hello.agent)
+    session.meeting = claims.meeting
+    log.info(
+        "ingest_session_open", conn=conn, kind=hello.kind, agent=hello.agent, scope=claims.meeting
+    )
     await session.send(
         Welcome(
             session=str(conn),
@@ -123,7 +153,7 @@ async def serve_ingest_session(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_send_replies, session)
             nursery.start_soon(_ack_and_heartbeat, session, settings, nursery.cancel_scope)
-            await _receive_frames(session, out, counters, settings)
+            await _receive_frames(session, out, counters, settings, source)
             nursery.cancel_scope.cancel()
     except BaseException:
         shutting_down = trio.current_effective_deadline() == -math.inf
@@ -159,8 +189,13 @@ async def _receive_frames(
     out: trio.MemorySendChannel[list[Frame]],
     counters: TransportCounters,
     settings: SessionSettings,
+    source: str,
 ) -> None:
     limits = settings.limits
+    connection_rate, source_limiter = settings.connection_rate, settings.source_limiter
+    connection_bucket = (
+        TokenBucket(connection_rate, trio.current_time()) if connection_rate is not None else None
+    )
     while True:
         try:
             message = await session.ws.get_message()
@@ -172,15 +207,44 @@ async def _receive_frames(
         msg = session.last_msg + 1
         decoded = decode_message(data, limits)
         counters.count(decoded, len(data))
-        if decoded.frames:
-            await out.send(decoded.frames)
+        frames = decoded.frames
+        errors = decoded.errors
+        rejected = len(errors)
+        scope = session.meeting
+        if scope is not None and frames:
+            allowed = [_in_scope(frame, scope) for frame in frames]
+            if not all(allowed):
+                outside = allowed.count(False)
+                counters.withdraw(FORBIDDEN, outside)
+                rejected += outside
+                detail = f"the session's token is limited to meeting {scope!r}"
+                errors = _refused(decoded, allowed, FORBIDDEN, detail)
+                frames = [frame for frame, ok in zip(frames, allowed, strict=True) if ok]
+                decoded = Decoded(frames, errors)
+        if frames:
+            buckets = []
+            if connection_bucket is not None and connection_bucket.rate.enabled:
+                buckets.append(connection_bucket)
+            if source_limiter is not None and source_limiter.enabled:
+                buckets.append(source_limiter.bucket(source, trio.current_time()))
+            if buckets:
+                granted = take_all(buckets, len(frames), trio.current_time())
+                if granted < len(frames):
+                    counters.withdraw(RATE_LIMITED, len(frames) - granted)
+                    rejected += len(frames) - granted
+                    detail = "over the daemon's frame rate limit for this connection or address"
+                    allowed = [position < granted for position in range(len(frames))]
+                    errors = _refused(decoded, allowed, RATE_LIMITED, detail)
+                    frames = frames[:granted]
+        if frames:
+            await out.send(frames)
         # Only now is the message processed: an ack never names a message whose frames are
         # still waiting for room in the consumer's queue.
         session.last_msg = msg
-        session.accepted += len(decoded.frames)
-        if decoded.errors:
-            session.rejected += len(decoded.errors)
-            for error in decoded.errors:
+        session.accepted += len(frames)
+        if errors:
+            session.rejected += rejected
+            for error in errors:
                 if session.error_budget >= settings.max_error_replies_per_interval:
                     break
                 session.error_budget += 1
@@ -192,6 +256,34 @@ async def _receive_frames(
                         detail=error.detail,
                     )
                 )
+
+
+def _refused(
+    decoded: Decoded, allowed: list[bool], reason: str, detail: str
+) -> list[ProtocolError]:
+    """The message's errors plus one ``reason`` error per good frame not ``allowed``, at the
+    frame's index in the message, in index order; or, when no frame is allowed, one for the
+    whole message (index None: none of its frames was accepted, and a single unbatched frame
+    has no index, PROTOCOL.md §6)."""
+    if not any(allowed):
+        return [*decoded.errors, ProtocolError(reason, detail, None)]
+    bad = {error.index for error in decoded.errors}
+    good_indexes = itertools.islice(
+        (i for i in itertools.count() if i not in bad), len(decoded.frames)
+    )
+    refused = [
+        ProtocolError(reason, detail, index)
+        for index, ok in zip(good_indexes, allowed, strict=True)
+        if not ok
+    ]
+    return sorted([*decoded.errors, *refused], key=lambda error: error.index or 0)
+
+
+def _in_scope(frame: Frame, meeting: str) -> bool:
+    """Whether a session whose token is limited to ``meeting`` may send ``frame`` (§7.8)."""
+    if isinstance(frame, RtcSample | Event):
+        return frame.meeting == meeting
+    return isinstance(frame, Hello)
 
 
 async def _send_replies(session: _Session) -> None:

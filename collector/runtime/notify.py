@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Mapping
 
 import trio
@@ -106,6 +107,11 @@ class Notifier:
 
     def status(self, text: str) -> bool:
         return self.notify(_status_line(text))
+
+    def reloading(self) -> bool:
+        """A reload starts (``READY=1`` again when it is done, whatever its outcome)."""
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        return self.notify("RELOADING=1", f"MONOTONIC_USEC={usec}")
 
     def watchdog(self) -> bool:
         return self.notify("WATCHDOG=1")

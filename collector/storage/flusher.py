@@ -13,6 +13,7 @@ Never called from the ingest path with anything that waits: ``offer`` only appen
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -89,6 +90,8 @@ class Flusher:
             "rows_spooled": 0,
             "rows_dropped": 0,
         }
+        self.flush_seconds = 0.0  # every attempt, failed ones included
+        self.last_flush_s: float | None = None
         self.last_error: str | None = None
 
     def offer(self, output: Output) -> None:
@@ -122,6 +125,14 @@ class Flusher:
     async def flush(self) -> bool:
         """Write the spool's batches (oldest first), then the pending one. False if the
         database is unavailable (everything stays queued)."""
+        started = time.monotonic()
+        try:
+            return await self._flush()
+        finally:
+            self.last_flush_s = time.monotonic() - started
+            self.flush_seconds += self.last_flush_s
+
+    async def _flush(self) -> bool:
         try:
             if self.needs_migrate:
                 applied = await self.sink.migrate()
@@ -177,6 +188,9 @@ class Flusher:
             **self.counters,
             "pending_rows": len(self.pending),
             "spooled_batches": len(self.spool) if self.spool is not None else 0,
+            "spool_bytes": self.spool.size_bytes if self.spool is not None else 0,
+            "flush_seconds": round(self.flush_seconds, 6),
+            "last_flush_s": None if self.last_flush_s is None else round(self.last_flush_s, 6),
             "statements": self.sink.statements,
             "last_error": self.last_error,
             "consecutive_failures": self.failures,

@@ -328,3 +328,32 @@ def test_rules_from_config_reject_invalid_values(change: dict[str, Any], message
 def test_rule_names_must_be_unique() -> None:
     with pytest.raises(ValueError, match="high_rtt"):
         AlertEngine([RTT, msgspec.structs.replace(RTT, raise_threshold=500)])
+
+
+def test_set_rules_applies_new_thresholds_from_the_next_sample_and_keeps_what_was_seen() -> None:
+    engine = AlertEngine([RTT])
+    assert feed(engine, [MID, MID]) == []  # healthy under 400
+    lower = msgspec.structs.replace(RTT, raise_threshold=200, clear_threshold=150)
+    assert engine.set_rules([lower], now=2) == []
+    # 350 now breaches; the two samples before the change were seen under the old rule.
+    assert feed(engine, [MID, MID, MID], start=2) == ["high_rtt raised@4"]
+    raised_again_threshold = msgspec.structs.replace(lower, raise_threshold=300)
+    assert engine.set_rules([raised_again_threshold], now=5) == []  # same rule: stays raised
+    assert [event.rule for event in engine.active()] == ["high_rtt"]
+
+
+def test_set_rules_clears_the_alerts_of_a_dropped_or_repurposed_rule() -> None:
+    jitter = AlertRule(name="jitter", metric="jitter_ms", raise_threshold=30, clear_threshold=20)
+    engine = AlertEngine([RTT, jitter])
+    for t in range(3):
+        engine.observe(KEY, "participant", {"rtt_ms": BAD, "jitter_ms": 50.0}, t)
+    assert sorted(event.rule for event in engine.active()) == ["high_rtt", "jitter"]
+    on_loss = msgspec.structs.replace(jitter, metric="loss_pct")
+    cleared = engine.set_rules([on_loss], now=10)
+    assert sorted((event.rule, event.state, event.value) for event in cleared) == [
+        ("high_rtt", "cleared", None),
+        ("jitter", "cleared", None),
+    ]
+    assert engine.active() == []
+    with pytest.raises(ValueError, match="unique"):
+        engine.set_rules([RTT, RTT], now=11)

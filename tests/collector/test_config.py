@@ -66,7 +66,8 @@ def test_example_has_a_comment_for_every_key() -> None:
         ({"server": {"prot": 1}}, "unknown key 'server.prot'; expected one of: host,"),
         (
             {"sever": {}},
-            "unknown key 'sever'; expected one of: aggregate, alerts, fanout, ingest, log, server",
+            "unknown key 'sever'; expected one of: "
+            "aggregate, alerts, auth, fanout, ingest, limits, log, server",
         ),
         ({"log": {"level": "loud"}}, "log.level = 'loud': expected one of: 'debug'"),
         ({"ingest": {"ack_interval_s": 0}}, "ingest.ack_interval_s = 0: expected float > 0.0"),

@@ -19,6 +19,7 @@ from trio_websocket import (
     open_websocket_url,
 )
 
+from collector.auth import Auth
 from collector.http.server import HttpServer, HttpSettings, Response
 from collector.ingest.counters import TransportCounters
 from collector.ingest.websocket import SessionSettings, serve_ingest_session
@@ -49,15 +50,17 @@ async def start_server(
     nursery: trio.Nursery,
     session: SessionSettings | None = None,
     http_settings: HttpSettings | None = None,
+    auth: Auth | None = None,
 ) -> Server:
     counters = TransportCounters()
+    ingest_auth = auth or Auth([])
     send, receive = trio.open_memory_channel[list[Frame]](100)
     settings = session or SessionSettings(
         limits=Limits(max_message_bytes=4096), ack_interval_s=0.05
     )
 
     async def ingest(ws: WebSocketConnection) -> None:
-        await serve_ingest_session(ws, send, counters, settings)
+        await serve_ingest_session(ws, send, counters, settings, ingest_auth)
 
     http = HttpServer(
         http_routes={"/healthz": lambda _r: Response.json(200, {"status": "ok"})},

@@ -8,14 +8,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-import h11
 from prometheus_client.parser import text_string_to_metric_families
 
 from collector.app import Daemon
 from collector.config import from_dict
 from collector.http.metrics import render_metrics
+from collector.http.server import Request
 
-REQUEST = h11.Request(method="GET", target="/", headers=[("host", "x")])
+REQUEST = Request("GET", "/")
 
 
 def health() -> dict[str, Any]:
@@ -43,7 +43,10 @@ def health() -> dict[str, Any]:
                 "rejected_by_reason": {"no_hello": 1},
                 "queue_full_frames": 0,
             },
+            "queue_batches": 5,
+            "queue_capacity_batches": 4_096,
         },
+        "loop": {"lag_s": 0.002, "lag_max_s": 0.15},
         "consumer": {
             "batches": 110,
             "frames_by_kind": {"event": 20, "rtc": 500},
@@ -69,6 +72,9 @@ def health() -> dict[str, Any]:
             "pending_rows": 3,
             "spooled_batches": 1,
             "statements": 12,
+            "spool_bytes": 1_234,
+            "flush_seconds": 0.75,
+            "last_flush_s": 0.05,
             "last_error": None,
             "consecutive_failures": 0,
             "checkpoint_bytes": 4_096,
@@ -97,7 +103,9 @@ def health() -> dict[str, Any]:
             "connections_open": 1,
             "connections_total": 20,
             "connections_refused": 0,
+            "connections_refused_per_source": 3,
             "connection_errors": 0,
+            "response_errors": 1,
             "requests_by_status": {"200": 17, "404": 2},
         },
     }
@@ -163,6 +171,16 @@ def test_values_and_labels_come_from_the_health_dict() -> None:
     assert value("bwmon_storage_dropped_rows") == 0
     assert value("bwmon_storage_failed_flushes") == 1
     assert value("bwmon_storage_checkpoint_bytes") == 4_096
+    assert value("bwmon_storage_spool_bytes") == 1_234
+    assert metrics["bwmon_storage_flush_seconds"][0] == "counter"
+    assert value("bwmon_storage_flush_seconds") == 0.75
+    assert value("bwmon_storage_last_flush_seconds") == 0.05
+    assert value("bwmon_ingest_queue_batches") == 5
+    assert value("bwmon_ingest_queue_capacity_batches") == 4_096
+    assert value("bwmon_event_loop_lag_seconds") == 0.002
+    assert value("bwmon_event_loop_lag_max_seconds") == 0.15
+    assert value("bwmon_http_connections_refused_per_source") == 3
+    assert value("bwmon_http_response_errors") == 1
     assert value("bwmon_fanout_channel_info", channel="redis") == 1
     assert value("bwmon_fanout_subscribers") == 2
     assert value("bwmon_fanout_deltas_sent") == 55

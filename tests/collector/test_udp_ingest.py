@@ -1,16 +1,26 @@
-"""UDP ingest on a real loopback socket: decoding, counting, a full queue never blocks."""
+"""UDP ingest on a real loopback socket: decoding, counting, a full queue never blocks;
+admission (allowlist, signed datagrams) and per-source rate limits."""
 
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
 import trio
 
 from collector.ingest.counters import TransportCounters
-from collector.ingest.udp import kernel_drops, open_udp_socket, receive_buffer_size, serve_udp
-from protocol import Frame, Limits, encode_json, encode_msgpack
+from collector.ingest.limits import SourceLimiter, parse_allowlist
+from collector.ingest.udp import (
+    UdpAdmission,
+    kernel_drops,
+    open_udp_socket,
+    receive_buffer_size,
+    serve_udp,
+)
+from protocol import Frame, Limits, RtcSample, encode_json, encode_msgpack
+from protocol.signing import sign_datagram
 from tests.helpers import event, http_sample, rtc, wait_for
 
 LIMITS = Limits(max_message_bytes=2048, max_frames_per_message=10)
@@ -45,7 +55,7 @@ async def test_frames_and_rejections_are_counted(
         client.send(encode_msgpack(rtc(1)))
         client.send(encode_msgpack([rtc(2), http_sample(), event()]))
         client.send(encode_json(rtc(3)))
-        client.send(b"\xc1garbage")
+        client.send(b"\xc1garbage")  # looks signed; this daemon has no key
         client.send(b"x" * 3000)  # over the 2,048-byte limit
         client.send(b'{"t":"nope"}')
         client.send(encode_msgpack([rtc(4)] * 11))  # more frames than allowed
@@ -55,7 +65,7 @@ async def test_frames_and_rejections_are_counted(
     assert [getattr(f, "seq", None) for f in frames] == [1, 2, 1, None, 3]
     assert counters.frames_accepted == 5
     assert counters.rejected_by_reason == {
-        "malformed": 1,
+        "bad_signature": 1,
         "too_large": 1,
         "unknown_tag": 1,
         "batch_too_large": 1,
@@ -88,3 +98,114 @@ def test_socket_facts() -> None:
         assert kernel_drops(sock) == 0
     finally:
         sock.close()
+
+
+KEY = b"a-test-key-of-at-least-32-characters"
+
+
+def _sender(host: str, server: socket.socket) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((host, 0))
+    sock.connect(server.getsockname())
+    return sock
+
+
+async def test_only_validly_signed_datagrams_are_accepted(
+    udp_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    server, client = udp_pair
+    counters = TransportCounters()
+    send, receive = trio.open_memory_channel[list[Frame]](100)
+    admission = UdpAdmission(keys=(b"x" * 32, KEY), max_age_s=60)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_udp, server, send, counters, LIMITS, 512, admission)
+        now = time.time()
+        client.send(encode_msgpack(rtc(1)))  # unsigned
+        client.send(sign_datagram(b"w" * 32, encode_msgpack(rtc(2)), now))  # unknown key
+        client.send(sign_datagram(KEY, encode_msgpack(rtc(3)), now - 120))  # stale
+        tampered = bytearray(sign_datagram(KEY, encode_msgpack(rtc(4)), now))
+        tampered[-1] ^= 1
+        client.send(bytes(tampered))
+        client.send(sign_datagram(KEY, encode_msgpack([rtc(5), rtc(6)]), now))  # good
+        client.send(sign_datagram(KEY, encode_json(rtc(7)), now))  # good, JSON payload
+        client.send(sign_datagram(KEY, b'{"t":"nope"}', now))  # signed, but a bad frame
+        frames = await _collect(receive, 3)
+        await wait_for(lambda: counters.messages == 7)
+        nursery.cancel_scope.cancel()
+    assert [getattr(f, "seq", None) for f in frames] == [5, 6, 7]
+    assert counters.frames_accepted == 3
+    assert counters.rejected_by_reason == {"bad_signature": 4, "unknown_tag": 1}
+
+
+async def test_sources_outside_the_allowlist_are_forbidden(
+    udp_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    server, _client = udp_pair
+    counters = TransportCounters()
+    send, receive = trio.open_memory_channel[list[Frame]](100)
+    admission = UdpAdmission(allowlist=parse_allowlist(["127.0.0.1/32", "10.0.0.0/8"]))
+    with _sender("127.0.0.1", server) as allowed, _sender("127.0.0.2", server) as other:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_udp, server, send, counters, LIMITS, 512, admission)
+            other.send(encode_msgpack([rtc(1), rtc(2)]))
+            allowed.send(encode_msgpack(rtc(3)))
+            frames = await _collect(receive, 1)
+            await wait_for(lambda: counters.messages == 2)
+            nursery.cancel_scope.cancel()
+    assert [getattr(f, "seq", None) for f in frames] == [3]
+    assert counters.rejected_by_reason == {"forbidden": 1}  # one datagram, never decoded
+
+
+async def test_a_flooding_source_is_limited_while_another_gets_through(
+    udp_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    server, _client = udp_pair
+    counters = TransportCounters()
+    send, receive = trio.open_memory_channel[list[Frame]](10_000)
+    # A rate low enough that the test's run time adds no noticeable allowance: the burst is
+    # what each source may send.
+    limiter = SourceLimiter(per_s=0.01, burst=20)
+    admission = UdpAdmission(limiter=limiter)
+    with _sender("127.0.0.1", server) as steady, _sender("127.0.0.2", server) as flood:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_udp, server, send, counters, LIMITS, 512, admission)
+            for seq in range(1, 101):  # 300 frames from .2, 3 to a datagram
+                flood.send(encode_msgpack([rtc(seq, meeting="flood")] * 3))
+            for seq in range(1, 11):
+                steady.send(encode_msgpack(rtc(seq, meeting="steady")))
+            await wait_for(lambda: counters.messages == 110)
+            nursery.cancel_scope.cancel()
+    frames: list[Frame] = []
+    while True:
+        try:
+            frames += receive.receive_nowait()
+        except trio.WouldBlock:
+            break
+    by_meeting = [f.meeting for f in frames if isinstance(f, RtcSample)]
+    assert by_meeting.count("steady") == 10
+    assert by_meeting.count("flood") == 20
+    assert counters.frames_accepted == 30
+    assert counters.rejected_by_reason == {"rate_limited": 280}
+    assert counters.frames_rejected == 280
+    assert limiter.tracked == 2
+
+
+async def test_admission_can_change_while_running(
+    udp_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    server, client = udp_pair
+    counters = TransportCounters()
+    send, receive = trio.open_memory_channel[list[Frame]](100)
+    admission = UdpAdmission()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_udp, server, send, counters, LIMITS, 512, admission)
+        client.send(encode_msgpack(rtc(1)))
+        await _collect(receive, 1)
+        admission.keys = (KEY,)  # a reload added a key: unsigned datagrams are refused now
+        client.send(encode_msgpack(rtc(2)))
+        client.send(sign_datagram(KEY, encode_msgpack(rtc(3)), time.time()))
+        frames = await _collect(receive, 1)
+        await wait_for(lambda: counters.messages == 3)
+        nursery.cancel_scope.cancel()
+    assert [getattr(f, "seq", None) for f in frames] == [3]
+    assert counters.rejected_by_reason == {"bad_signature": 1}

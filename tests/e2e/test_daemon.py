@@ -96,7 +96,8 @@ def test_replayed_frames_are_counted_like_live_ones(daemon: DaemonProcess) -> No
 
 BAD_DATAGRAMS: list[tuple[bytes, dict[str, int], int]] = [
     # (datagram, rejections by reason, good frames in it)
-    (b"\xc1\xc1 garbage", {"malformed": 1}, 0),
+    # (not 0xC1 first: on UDP that is a signed datagram, PROTOCOL.md §2.3)
+    (b"\x93\xc1 garbage", {"malformed": 1}, 0),
     (b"x" * (MAX_DATAGRAM + 1), {"too_large": 1}, 0),
     (b'{"t":"video","m":"m1"}', {"unknown_tag": 1}, 0),
     (encode_json(rtc(1)).replace(b'"q":1', b'"q":"one"'), {"wrong_type": 1}, 0),

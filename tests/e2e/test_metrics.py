@@ -55,7 +55,7 @@ def test_metrics_count_what_was_sent_and_readyz_is_ready(tmp_path: Path) -> None
             sock.connect(("127.0.0.1", daemon.udp_port))
             for seq in range(1, FRAMES + 1):
                 sock.send(encode_msgpack(rtc(seq)))
-            sock.send(b"\xc1\xc1 garbage")
+            sock.send(b"{not json")
         deadline = time.monotonic() + 10
         after = scrape(daemon)
         while time.monotonic() < deadline and (

@@ -3,117 +3,20 @@ rows wait (memory, then spool) and arrive exactly once, with every byte emit sen
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import socket
 import subprocess
 import sys
-import threading
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import asyncmy
 import pytest
 
 from cli.daemon_process import start_daemon
+from tests.helpers import CuttableProxy, admin
 
 pytestmark = pytest.mark.e2e
 
 OUTAGE_S = 60
-
-
-class CuttableProxy:
-    """Forwards 127.0.0.1:<port> to MariaDB; ``cut()`` resets every connection and refuses new
-    ones (they are accepted and closed at once) until ``restore()``."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self.listener.getsockname()[1]
-        self.cut_off = False
-        self.sockets: list[socket.socket] = []
-        self.lock = threading.Lock()
-        self.closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.closed:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            if self.cut_off:
-                client.close()
-                continue
-            try:
-                server = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            with self.lock:
-                self.sockets += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (source, sink):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def cut(self) -> None:
-        self.cut_off = True
-        with self.lock:
-            sockets, self.sockets = self.sockets, []
-        for s in sockets:
-            try:
-                s.setsockopt(
-                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
-                )
-                s.close()
-            except OSError:
-                pass
-
-    def restore(self) -> None:
-        self.cut_off = False
-
-    def close(self) -> None:
-        self.closed = True
-        self.cut()
-        self.listener.close()
-
-
-def admin(sql: str, database: str | None = None) -> list[tuple[object, ...]]:
-    async def run() -> list[tuple[object, ...]]:
-        conn = await asyncmy.connect(
-            host="127.0.0.1", port=3306, user="root", password="", db=database
-        )
-        try:
-            async with conn.cursor() as cursor:
-                await cursor.execute(sql)
-                return list(await cursor.fetchall())
-        finally:
-            conn.close()
-
-    return asyncio.run(run())
-
-
-@pytest.fixture
-def database() -> Iterator[str]:
-    name = f"bwmon_fault_{uuid.uuid4().hex[:10]}"
-    admin(f"CREATE DATABASE {name}")
-    try:
-        yield name
-    finally:
-        admin(f"DROP DATABASE {name}")
 
 
 def test_a_60_s_database_outage_loses_and_doubles_nothing(tmp_path: Path, database: str) -> None:

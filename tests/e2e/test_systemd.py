@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -60,6 +61,9 @@ def test_daemon_reports_ready_status_watchdog_and_stopping(
         # Pings every 0.2 s from READY=1 on: two arrive well within 3 s.
         receive_until(sock, seen, lambda lines: lines.count("WATCHDOG=1") >= 2, 3)
         assert daemon.process.poll() is None
+        daemon.process.send_signal(signal.SIGHUP)  # systemctl reload
+        receive_until(sock, seen, lambda lines: lines.count("READY=1") >= 2, 5)
+        assert daemon.process.poll() is None
     finally:
         status = daemon.stop()
     receive_until(sock, seen, lambda lines: "STOPPING=1" in lines, 5)
@@ -71,7 +75,11 @@ def test_daemon_reports_ready_status_watchdog_and_stopping(
     )
     assert seen.count("WATCHDOG=1") >= 2
     assert seen.index("STOPPING=1") > seen.index("WATCHDOG=1")
+    reloading = seen.index("RELOADING=1")
+    assert seen[reloading + 1].startswith("MONOTONIC_USEC=")
+    assert seen.index("READY=1") < reloading < len(seen) - seen[::-1].index("READY=1") - 1
     events = [e["event"] for e in daemon.log_events()]
+    assert "reloaded" in events
     assert "watchdog_started" in events
     assert "notify_failed" not in events
     assert events[-1] == "stopped"
@@ -103,8 +111,12 @@ def test_unit_passes_systemd_analyze_verify_without_warnings(tmp_path: Path) -> 
     ]
     assert about_unit == []
     assert result.returncode == 0, result.stderr
-    for directive in ("Type=notify", "WatchdogSec=30", "DynamicUser=yes", "NotifyAccess=main"):
+    for directive in (
+        "Type=notify",
+        "WatchdogSec=30",
+        "DynamicUser=yes",
+        "NotifyAccess=main",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+    ):
         assert directive in text.splitlines()
-    assert not any(
-        line.startswith(("User=", "Group=", "ExecReload=")) for line in text.splitlines()
-    )
+    assert not any(line.startswith(("User=", "Group=")) for line in text.splitlines())

@@ -5,6 +5,7 @@ ingest goes on at full rate."""
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,9 +14,15 @@ import msgspec
 import pytest
 import trio
 import trio.lowlevel
-from trio_websocket import WebSocketConnection, open_websocket_url, wrap_client_stream
+from trio_websocket import (
+    ConnectionClosed,
+    WebSocketConnection,
+    open_websocket_url,
+    wrap_client_stream,
+)
 
 from collector.app import Daemon
+from collector.auth import Auth
 from collector.config import from_dict
 from collector.fanout.channel import ChannelUnavailable, LocalChannel
 from collector.fanout.hub import change
@@ -34,6 +41,7 @@ from protocol.subscribe import (
     server_json_decoder,
     server_msgpack_decoder,
 )
+from protocol.tokens import Claims, mint
 from tests.helpers import rtc, wait_for
 
 _json = msgspec.json.Encoder()
@@ -62,10 +70,14 @@ async def start_hub(
     nursery: trio.Nursery,
     history: int = 120,
     channel: LocalChannel | None = None,
+    auth: Auth | None = None,
     **settings: Any,
 ) -> Hub:
     channel = channel or LocalChannel(history=history)
-    fanout = Fanout(channel, FanoutSettings(**settings))
+    auth = auth or Auth([])
+    # Heartbeats start at a random phase: only the tests that want them get them.
+    settings.setdefault("heartbeat_interval_s", 3600.0)
+    fanout = Fanout(channel, FanoutSettings(**settings), lambda: auth)
     await nursery.start(channel.serve, fanout.deliver, fanout.on_epoch)
     http = HttpServer(
         http_routes={},
@@ -359,3 +371,72 @@ async def test_an_unavailable_channel_gets_one_error_and_the_session_goes_on(
                 if isinstance(message, Snapshot):
                     break
         assert (message.topic, message.entities) == ("meetings", {"m": {"n": 1}})
+
+
+def _token(*rights: str, meeting: str | None = None, ttl_s: float = 3600) -> str:
+    exp = int(time.time() + ttl_s)
+    return mint(TOKEN_KEY, Claims(rights=list(rights), exp=exp, meeting=meeting))  # type: ignore[arg-type]
+
+
+TOKEN_KEY = "s" * 32
+
+
+async def test_subscribers_need_a_read_token_and_a_meeting_token_reads_its_meeting_only(
+    nursery: trio.Nursery,
+) -> None:
+    hub = await start_hub(nursery, auth=Auth([TOKEN_KEY]))
+    await hub.set("meetings", {"m1": {"participants": 1}, "m2": {"participants": 1}})
+    await hub.set("meeting:m1", {"p1": {"mos": 4.1}})
+    await hub.set("meeting:m2", {"p9": {"mos": 2.0}})
+    async with subscriber(hub.url) as ws:
+        await send(ws, t="subscribe", topic="meeting:m1")  # no token yet
+        for token in ("bwm1.x.y", _token("read", ttl_s=-10), _token("ingest")):
+            await send(ws, t="auth", token=token)
+        codes = []
+        for _ in range(4):
+            error = await receive(ws)
+            assert isinstance(error, SubscribeError)
+            assert "bwm1." not in error.detail
+            codes.append(error.code)
+        assert codes == ["unauthorized", "unauthorized", "unauthorized", "forbidden"]
+        await send(ws, t="auth", token=_token("read", meeting="m1"))
+        for topic in ("meetings", "meeting:m2", "alerts", "http"):
+            await send(ws, t="subscribe", topic=topic)
+            refused = await receive(ws)
+            assert isinstance(refused, SubscribeError)
+            assert (refused.code, refused.topic) == ("forbidden", topic)
+        await send(ws, t="subscribe", topic="meeting:m1")
+        snapshot = await receive(ws)
+        assert isinstance(snapshot, Snapshot)
+        assert snapshot.entities == {"p1": {"mos": 4.1}}
+        await hub.set("meeting:m2", {"p9": {"mos": 1.0}})
+        await nothing_more(ws)
+    counters = hub.fanout.counters
+    assert (counters["refused_unauthorized"], counters["refused_forbidden"]) == (3, 5)
+
+
+async def test_an_everything_token_reads_every_topic(nursery: trio.Nursery) -> None:
+    hub = await start_hub(nursery, auth=Auth([TOKEN_KEY]))
+    await hub.set("meetings", {"m1": {"participants": 1}})
+    async with subscriber(hub.url) as ws:
+        await send(ws, text=False, t="auth", token=_token("read", "ingest"))
+        await send(ws, text=False, t="subscribe", topic="meetings")
+        snapshot = await receive(ws)
+        assert isinstance(snapshot, Snapshot)
+        assert snapshot.entities == {"m1": {"participants": 1}}
+
+
+async def test_the_session_ends_when_its_token_expires(nursery: trio.Nursery) -> None:
+    hub = await start_hub(nursery, auth=Auth([TOKEN_KEY]))
+    await hub.set("meetings", {"m1": {"participants": 1}})
+    async with subscriber(hub.url) as ws:
+        # Expiry is in whole seconds: this token lapses within two seconds.
+        await send(ws, t="auth", token=_token("read", ttl_s=1))
+        await send(ws, t="subscribe", topic="meetings")
+        assert isinstance(await receive(ws), Snapshot)
+        with pytest.raises(ConnectionClosed) as closed:  # noqa: PT012 - read until it closes
+            while True:
+                await receive(ws, timeout_s=5)
+    assert closed.value.reason is not None
+    assert (closed.value.reason.code, closed.value.reason.reason) == (1008, "token expired")
+    assert hub.fanout.counters["tokens_expired"] == 1

@@ -1,0 +1,118 @@
+"""Who may do what: access tokens on ``/ingest``, ``/subscribe`` and ``/api``, and the start-up
+rule that keeps an unauthenticated daemon on loopback.
+
+``Auth`` holds the verification keys of one configuration; a reload builds a new one and the
+daemon swaps it in, so every check reads the current keys (sessions keep the claims they were
+admitted with until those expire). The token format is ``protocol.tokens``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from dataclasses import dataclass
+from typing import Final
+
+from protocol.tokens import Claims, Right, TokenError, verify
+
+UNAUTHORIZED: Final = "unauthorized"
+FORBIDDEN: Final = "forbidden"
+
+# Claims granted when no token keys are configured (loopback, or allow_unauthenticated).
+OPEN: Final = Claims(rights=["ingest", "read"], exp=2**53 - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Denied:
+    """A refused request: ``code`` is ``unauthorized`` (no usable token: 401) or ``forbidden``
+    (a valid token without the right or the scope: 403); ``detail`` never holds the token."""
+
+    code: str
+    detail: str
+
+    @property
+    def status(self) -> int:
+        return 401 if self.code == UNAUTHORIZED else 403
+
+
+class Auth:
+    """The token keys in force; empty keys mean every request is allowed."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = list(keys)
+        self.denied = {UNAUTHORIZED: 0, FORBIDDEN: 0}
+
+    @property
+    def required(self) -> bool:
+        return bool(self.keys)
+
+    def admit(self, token: str | None, right: Right) -> Claims | Denied:
+        """The claims of ``token`` if it is valid and grants ``right`` (on some meeting)."""
+        if not self.keys:
+            return OPEN
+        if not token:
+            return self._deny(UNAUTHORIZED, "a token is required")
+        try:
+            claims = verify(self.keys, token, time.time())
+        except TokenError as exc:
+            return self._deny(UNAUTHORIZED, f"token refused: {exc}")
+        if right not in claims.rights:
+            return self._deny(FORBIDDEN, f"the token does not grant {right!r}")
+        return claims
+
+    def check(self, claims: Claims, right: Right, meeting: str | None) -> Denied | None:
+        """None when ``claims`` grant ``right`` on ``meeting`` (None: on every meeting) and
+        have not expired since they were admitted."""
+        if claims.exp <= time.time():
+            return self._deny(UNAUTHORIZED, "token expired")
+        if not claims.allows(right, meeting):
+            scope = f"meeting {claims.meeting!r}" if claims.meeting else "no meeting"
+            return self._deny(FORBIDDEN, f"the token is limited to {scope}")
+        return None
+
+    def _deny(self, code: str, detail: str) -> Denied:
+        self.denied[code] += 1
+        return Denied(code, detail)
+
+
+def bearer(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header value."""
+    if authorization is None:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the daemon reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class UnsafeBind(Exception):
+    """The daemon would listen beyond loopback without authentication."""
+
+
+def check_bind(host: str, token_keys: list[str], udp_guarded: bool, override: bool) -> None:
+    """Refuse a non-loopback ``host`` unless tokens and a UDP guard (allowlist or signing
+    keys) are configured, or the operator said ``auth.allow_unauthenticated = true``."""
+    if is_loopback(host) or override:
+        return
+    missing = []
+    if not token_keys:
+        missing.append("auth.token_secrets (or BWMON_TOKEN_SECRETS)")
+    if not udp_guarded:
+        missing.append("auth.udp_allow or auth.udp_keys (or BWMON_UDP_KEYS)")
+    if missing:
+        raise UnsafeBind(
+            f"refusing to listen on {host} without authentication: set "
+            + " and ".join(missing)
+            + ", or set auth.allow_unauthenticated = true to accept anyone who can reach "
+            "the port (see docs/CONFIG.md [auth])"
+        )

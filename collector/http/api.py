@@ -1,0 +1,229 @@
+"""``/api``: the daemon's live state and its stored rows over plain HTTP (docs/API.md).
+
+* ``GET /api/meetings``: every live meeting's summary — the ``meetings`` topic of
+  ``/subscribe``, built by ``collector.fanout.topics`` (in steps, so a large engine does not
+  stall ingest);
+* ``GET /api/meetings/{id}``: one live meeting's participants and their live window series —
+  the ``meeting:<id>`` topic, regrouped by participant; 404 when the meeting is not live here;
+* ``GET /api/export``: stored rows as CSV, JSON or NDJSON through
+  ``collector.storage.export``, streamed page by page (chunked), so an export of any size
+  holds one page in memory.
+
+The live state is computed only by ``collector.fanout.topics`` and the export only by
+``collector.storage.export``: this module parses parameters, calls them and shapes the answer.
+It never writes to the engine or to the database.
+
+Every route first asks ``authorize(request, meeting)`` — ``meeting`` is the one meeting the
+request reads, ``None`` for all of them (the list, an export without a ``meeting`` filter) —
+and sends the Response it returns (401/403) instead of reading anything.
+
+Errors are JSON ``{"error": "..."}``: 400 for a bad or unknown parameter, 404 for a meeting
+not live or ``storage.backend = "none"``, 503 when the database cannot be read before the
+first byte of an export. A database error after the first byte truncates the chunked body.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from typing import Any, Final, TypeAlias, cast
+
+from collector.aggregate.engine import Engine
+from collector.fanout import topics
+from collector.http.server import HttpRoute, Request, Response, StreamedResponse
+from collector.runtime.steps import finish_between_tasks
+from collector.storage.export import (
+    Format,
+    Kind,
+    Readable,
+    Selection,
+    export_rows,
+    parse_time,
+    row_writer,
+)
+from collector.storage.schema import Row
+from collector.storage.sinks import StorageError, StorageUnavailable
+
+Authorize: TypeAlias = Callable[[Request, str | None], Response | None]
+
+# Rows per page: a MySQL page is parsed on the event loop that also drains UDP (DESIGN §4),
+# so pages stay smaller than the CLI's.
+API_PAGE_ROWS: Final = 1_000
+EXPORT_PARAMETERS: Final = frozenset(
+    {"what", "format", "start", "end", "meeting", "participant", "service"}
+)
+CONTENT_TYPES: Final[dict[str, str]] = {
+    "csv": "text/csv; charset=utf-8",
+    "json": "application/json",
+    "ndjson": "application/x-ndjson",
+}
+_OPTION = re.compile(r"--(?=[a-z])")  # Selection's messages name the CLI's options
+
+
+def allow_everything(_request: Request, _meeting: str | None) -> Response | None:
+    """The authorization of a daemon without tokens: every request may read everything."""
+    return None
+
+
+class Api:
+    def __init__(
+        self,
+        engine: Callable[[], Engine],
+        sink: Readable | None,
+        *,
+        authorize: Authorize = allow_everything,
+        clock: Callable[[], float] = time.time,
+        page_rows: int = API_PAGE_ROWS,
+    ) -> None:
+        self.engine = engine  # a getter: a restored checkpoint replaces the daemon's engine
+        self.sink = sink
+        self.authorize = authorize
+        self.clock = clock
+        self.page_rows = page_rows
+
+    def routes(self) -> dict[str, HttpRoute]:
+        return {
+            "/api/meetings": self.meetings,
+            "/api/meetings/{id}": self.meeting,
+            "/api/export": self.export,
+        }
+
+    async def meetings(self, request: Request) -> Response:
+        """``{"at": <unix time>, "meetings": {<id>: <summary>}}``."""
+        refused = self.authorize(request, None) or _no_parameters(request)
+        if refused is not None:
+            return refused
+        now = self.clock()
+        state = await finish_between_tasks(topics.meetings_topic_steps(self.engine(), now))
+        return Response.json(200, {"at": now, "meetings": state})
+
+    async def meeting(self, request: Request) -> Response:
+        """``{"at", "meeting", "participants": {<id>: {...}}, "series": {<id>: [points]}}``."""
+        meeting = request.path_id
+        if meeting is None:  # only reached through the "{id}" route
+            return Response.error(404, "no such path")
+        refused = self.authorize(request, meeting) or _no_parameters(request)
+        if refused is not None:
+            return refused
+        engine = self.engine()
+        if meeting not in engine.meetings:
+            return Response.error(404, f"meeting {meeting!r} is not live on this daemon")
+        now = self.clock()
+        participants: dict[str, dict[str, Any]] = {}
+        series: dict[str, list[dict[str, Any]]] = {}
+        for key, entity in topics.meeting_topic(engine, meeting, now).items():
+            fields = {k: v for k, v in entity.items() if k != "kind"}
+            if entity["kind"] == "participant":
+                participants[key] = fields
+            else:
+                series.setdefault(fields.pop("participant"), []).append(fields)
+        for points in series.values():
+            points.sort(key=lambda point: point["t"])
+        return Response.json(
+            200, {"at": now, "meeting": meeting, "participants": participants, "series": series}
+        )
+
+    async def export(self, request: Request) -> Response | StreamedResponse:
+        query = request.query
+        refused = self.authorize(request, query.get("meeting") or None)
+        if refused is not None:
+            return refused
+        unknown = sorted(set(query) - EXPORT_PARAMETERS)
+        if unknown:
+            return Response.error(400, f"unknown parameter: {', '.join(unknown)}")
+        what = query.get("what")
+        if what is None:
+            return Response.error(400, "what is required: rtc, http, meetings or alerts")
+        fmt = query.get("format", "csv")
+        if fmt not in CONTENT_TYPES:
+            return Response.error(400, f"format {fmt!r}: one of csv, json, ndjson")
+        try:
+            start, end = query.get("start"), query.get("end")
+            selection = Selection(
+                cast(Kind, what),  # Selection checks it
+                start=None if start is None else parse_time(start),
+                end=None if end is None else parse_time(end),
+                meeting=query.get("meeting"),
+                participant=query.get("participant"),
+                service=query.get("service"),
+            )
+        except ValueError as exc:
+            return Response.error(400, _OPTION.sub("", str(exc)))
+        if self.sink is None:
+            return Response.error(404, 'storage.backend is "none": nothing is stored to export')
+        pages = export_rows(self.sink, selection, page_rows=self.page_rows)
+        try:
+            first = await anext(pages, None)
+        except StorageError as exc:
+            await _aclose(pages)
+            status = 503 if isinstance(exc, StorageUnavailable) else 500
+            return Response.error(status, f"storage: {exc}")
+        body = ExportBody(pages, first, cast(Format, fmt), selection.table.columns)
+        return StreamedResponse(
+            body,
+            CONTENT_TYPES[fmt],
+            headers=[("content-disposition", f'attachment; filename="bwmon-{what}.{fmt}"')],
+        )
+
+
+def _no_parameters(request: Request) -> Response | None:
+    if request.query:
+        return Response.error(400, f"unknown parameter: {', '.join(sorted(request.query))}")
+    return None
+
+
+async def _aclose(iterator: object) -> None:
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+class ExportBody:
+    """The export as text, one chunk per page: the writer's opening, then each page, then its
+    closing. Closing it closes the page reader too, even if it was never iterated (HEAD)."""
+
+    def __init__(
+        self,
+        pages: AsyncIterator[list[Row]],
+        first: list[Row] | None,
+        fmt: Format,
+        columns: Sequence[str],
+    ) -> None:
+        self._pages = pages
+        self._chunks = self._generate(first, fmt, columns)
+
+    def __aiter__(self) -> ExportBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        return await anext(self._chunks)
+
+    async def aclose(self) -> None:
+        try:
+            await self._chunks.aclose()
+        finally:
+            await _aclose(self._pages)
+
+    async def _generate(
+        self, first: list[Row] | None, fmt: Format, columns: Sequence[str]
+    ) -> AsyncGenerator[bytes, None]:
+        out = io.StringIO(newline="")
+        writer = row_writer(fmt, out)
+
+        def take() -> bytes:
+            text = out.getvalue()
+            out.seek(0)
+            out.truncate()
+            return text.encode()
+
+        writer.begin(columns)
+        if first is not None:
+            writer.write(first)
+            yield take()
+            async for page in self._pages:
+                writer.write(page)
+                yield take()
+        writer.end()
+        yield take()

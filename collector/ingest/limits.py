@@ -1,0 +1,231 @@
+"""Who may send frames, and how many: the UDP source allowlist and frame-rate limits.
+
+- ``Allowlist`` (``auth.udp_allow``): addresses and networks a datagram may come from; anything
+  else is refused as ``forbidden``. Built by ``parse_allowlist``, which names a bad entry.
+- ``Rate``: a frame rate and burst (``limits.*_frames_per_s``, ``*_burst_frames``), shared by
+  every bucket that uses it, so a reload's ``configure`` changes them all at once and keeps
+  what each bucket has spent.
+- ``TokenBucket``: the frames one sender (a WebSocket connection) may still send.
+- ``SourceLimiter``: one bucket per source address, UDP and WebSocket together, for at most
+  ``max_sources`` addresses (the least recently seen are forgotten first: memory stays bounded
+  whatever addresses a flood claims to come from).
+
+Frames over a limit are refused as ``rate_limited``; a rate of 0 turns a limit off, and callers
+skip the limiter entirely then (``enabled``), so an unconfigured daemon pays nothing.
+
+Pure bookkeeping: no I/O, and no clock read — callers pass ``now`` (any monotonic seconds).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from typing import Final
+
+RATE_LIMITED: Final = "rate_limited"
+FORBIDDEN: Final = "forbidden"
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Verdicts remembered per source string; cleared when full (a flood of spoofed addresses costs
+# one parse per new address, never unbounded memory).
+_VERDICT_CACHE_MAX: Final = 65_536
+
+
+class Allowlist:
+    """Source addresses allowed to send; an empty list allows every source."""
+
+    __slots__ = ("_cache", "_v4", "_v6", "networks")
+
+    def __init__(self, networks: Iterable[IPNetwork] = ()) -> None:
+        self.networks = tuple(networks)
+        self._v4 = tuple(n for n in self.networks if isinstance(n, ipaddress.IPv4Network))
+        self._v6 = tuple(n for n in self.networks if isinstance(n, ipaddress.IPv6Network))
+        self._cache: dict[str, bool] = {}
+
+    @property
+    def active(self) -> bool:
+        """Whether the list restricts anything."""
+        return bool(self.networks)
+
+    def permits(self, host: str) -> bool:
+        """Whether a datagram from ``host`` (an address as ``recvfrom`` gives it) may pass."""
+        verdict = self._cache.get(host)
+        if verdict is None:
+            verdict = self._check(host)
+            if len(self._cache) >= _VERDICT_CACHE_MAX:
+                self._cache.clear()
+            self._cache[host] = verdict
+        return verdict
+
+    def _check(self, host: str) -> bool:
+        if not self.networks:
+            return True
+        try:
+            address = ipaddress.ip_address(host.partition("%")[0])  # drop an IPv6 scope id
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address):
+            mapped = address.ipv4_mapped  # a dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d
+            if mapped is None:
+                return any(address in network for network in self._v6)
+            address = mapped
+        return any(address in network for network in self._v4)
+
+
+def parse_allowlist(entries: Iterable[str]) -> Allowlist:
+    """Parse ``auth.udp_allow``: addresses (``"10.1.2.3"``, ``"::1"``) and networks
+    (``"10.0.0.0/8"``). Raises ``ValueError`` naming the first bad entry — also a network
+    written with host bits set (``"10.0.0.1/8"``), which is more likely a typo than a wish."""
+    networks: list[IPNetwork] = []
+    for entry in entries:
+        if not isinstance(entry, str):
+            raise ValueError(f"{entry!r} is not a string")
+        try:
+            networks.append(ipaddress.ip_network(entry.strip(), strict=True))
+        except ValueError as exc:
+            raise ValueError(
+                f"{entry!r} is not an IP address or network ({exc}); expected e.g. "
+                "'10.1.2.3', '10.0.0.0/8' or '::1'"
+            ) from None
+    return Allowlist(networks)
+
+
+class Rate:
+    """Frames per second and burst size (frames), shared by buckets; 0 per second: off."""
+
+    __slots__ = ("burst", "per_s")
+
+    def __init__(self, per_s: float = 0.0, burst: int = 0) -> None:
+        self.per_s = 0.0
+        self.burst = 1.0
+        self.configure(per_s, burst)
+
+    def configure(self, per_s: float, burst: int = 0) -> None:
+        """Set the rate; ``burst`` 0 means one second's worth (at least one frame)."""
+        if not per_s >= 0 or not burst >= 0:
+            raise ValueError(f"rate {per_s!r} and burst {burst!r} must be >= 0")
+        self.per_s = float(per_s)
+        self.burst = float(burst) if burst > 0 else max(1.0, self.per_s)
+
+    @property
+    def enabled(self) -> bool:
+        return self.per_s > 0
+
+    def __repr__(self) -> str:
+        return f"Rate(per_s={self.per_s!r}, burst={self.burst!r})"
+
+
+class TokenBucket:
+    """A bucket of ``rate.burst`` frames, refilled at ``rate.per_s``; starts full."""
+
+    __slots__ = ("rate", "stamp", "tokens")
+
+    def __init__(self, rate: Rate, now: float) -> None:
+        self.rate = rate
+        self.tokens = rate.burst
+        self.stamp = now
+
+    def available(self, now: float) -> int:
+        """Whole frames that may be sent at ``now`` (refills first; a disabled rate: any)."""
+        rate = self.rate
+        if rate.per_s <= 0:
+            return 1 << 62
+        if now > self.stamp:
+            self.tokens = min(rate.burst, self.tokens + (now - self.stamp) * rate.per_s)
+            self.stamp = now
+        elif self.tokens > rate.burst:  # the burst was lowered by a reload
+            self.tokens = rate.burst
+        return int(self.tokens)
+
+    def spend(self, frames: int) -> None:
+        if self.rate.per_s > 0:
+            self.tokens -= frames
+
+    def take(self, frames: int, now: float) -> int:
+        """Spend up to ``frames``; return how many may be sent (the first ones)."""
+        granted = min(frames, self.available(now))
+        self.spend(granted)
+        return granted
+
+
+def take_all(buckets: Sequence[TokenBucket], frames: int, now: float) -> int:
+    """Spend the same number of frames from every bucket: as many as the emptiest allows."""
+    granted = frames
+    for bucket in buckets:
+        granted = min(granted, bucket.available(now))
+    for bucket in buckets:
+        bucket.spend(granted)
+    return granted
+
+
+class SourceLimiter:
+    """One token bucket per source address, at most ``max_sources`` of them (LRU)."""
+
+    __slots__ = ("_buckets", "forgotten", "max_sources", "rate")
+
+    def __init__(self, per_s: float = 0.0, burst: int = 0, max_sources: int = 100_000) -> None:
+        self.rate = Rate(per_s, burst)
+        self.max_sources = max(1, max_sources)
+        self.forgotten = 0  # sources dropped from the table to make room
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    @property
+    def enabled(self) -> bool:
+        return self.rate.per_s > 0
+
+    @property
+    def tracked(self) -> int:
+        return len(self._buckets)
+
+    def configure(self, per_s: float, burst: int = 0, max_sources: int | None = None) -> None:
+        """Change the limit at run time (a reload); tracked sources keep what they spent.
+        Turning it off forgets every source."""
+        self.rate.configure(per_s, burst)
+        if max_sources is not None:
+            self.max_sources = max(1, max_sources)
+        if not self.enabled:
+            self._buckets.clear()
+        while len(self._buckets) > self.max_sources:
+            self._buckets.popitem(last=False)
+            self.forgotten += 1
+
+    def bucket(self, source: str, now: float) -> TokenBucket:
+        """The bucket of ``source``, made (full) if it is not tracked; marks it recently seen."""
+        buckets = self._buckets
+        bucket = buckets.get(source)
+        if bucket is None:
+            if len(buckets) >= self.max_sources:
+                buckets.popitem(last=False)
+                self.forgotten += 1
+            bucket = buckets[source] = TokenBucket(self.rate, now)
+        else:
+            buckets.move_to_end(source)
+        return bucket
+
+    def take(self, source: str, frames: int, now: float) -> int:
+        """Spend up to ``frames`` of ``source``'s allowance; return how many may be sent.
+        (``bucket(source, now).take(frames, now)``, inlined: it runs once per datagram.)"""
+        rate = self.rate
+        per_s = rate.per_s
+        if per_s <= 0:
+            return frames
+        buckets = self._buckets
+        bucket = buckets.get(source)
+        if bucket is None:
+            bucket = self.bucket(source, now)
+        else:
+            buckets.move_to_end(source)
+        tokens = bucket.tokens
+        if now > bucket.stamp:
+            tokens += (now - bucket.stamp) * per_s
+            bucket.stamp = now
+        if tokens > rate.burst:
+            tokens = rate.burst
+        granted = frames if frames <= tokens else int(tokens)
+        bucket.tokens = tokens - granted
+        return granted
+
+    def health(self) -> dict[str, int]:
+        return {"tracked_sources": len(self._buckets), "forgotten_sources": self.forgotten}

@@ -1,0 +1,369 @@
+"""The HTTP side of the TCP port on real loopback sockets: the ``Request`` routes get (query,
+headers, peer), prefix routes, async routes, chunked streaming read back with an h11 client
+(complete, truncated, failing before the first byte, HEAD), route errors, the per-source
+connection limit, and the upgrade request as a WebSocket route sees it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import h11
+import msgspec
+import pytest
+import trio
+from trio_websocket import WebSocketConnection, open_websocket_url
+
+from collector.http.server import (
+    BadRequest,
+    Headers,
+    HttpServer,
+    HttpSettings,
+    Request,
+    Response,
+    StreamedResponse,
+    current_request,
+    parse_query,
+)
+from tests.helpers import wait_for
+
+
+@dataclass
+class Fetched:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    complete: bool  # the body ended as HTTP framing says, not cut off by a closed connection
+
+    def json(self) -> Any:
+        return msgspec.json.decode(self.body)
+
+
+async def fetch(
+    port: int,
+    target: str,
+    *,
+    method: str = "GET",
+    headers: Sequence[tuple[str, str]] = (),
+    local_address: str | None = None,
+) -> Fetched:
+    """One request with an h11 client, which checks the framing (content-length or chunks)."""
+    client = h11.Connection(h11.CLIENT)
+    stream = await trio.open_tcp_stream("127.0.0.1", port, local_address=local_address)
+    status, got, body, complete = 0, {}, b"", False
+    async with stream:
+        request = h11.Request(method=method, target=target, headers=[("host", "x"), *headers])
+        await stream.send_all(client.send(request) + (client.send(h11.EndOfMessage()) or b""))
+        with trio.fail_after(10):
+            try:
+                while True:
+                    event = client.next_event()
+                    if event is h11.NEED_DATA:
+                        client.receive_data(bytes(await stream.receive_some()))
+                    elif isinstance(event, h11.Response):
+                        status = event.status_code
+                        got = {k.decode(): v.decode() for k, v in event.headers}
+                    elif isinstance(event, h11.Data):
+                        body += bytes(event.data)
+                    elif isinstance(event, h11.EndOfMessage):
+                        complete = True
+                        break
+                    else:
+                        break
+            except h11.RemoteProtocolError:  # closed before the end of the body
+                pass
+    return Fetched(status, got, body, complete)
+
+
+@dataclass
+class Body:
+    """A streamed body whose progress the test can see."""
+
+    chunks: list[bytes]
+    fail_after: int | None = None  # raise once this many chunks are out
+    started: bool = False
+    closed: bool = False
+    log: list[str] = field(default_factory=list)
+
+    async def generate(self) -> AsyncIterator[bytes]:
+        self.started = True
+        try:
+            for i, chunk in enumerate(self.chunks):
+                if i == self.fail_after:
+                    raise RuntimeError("injected failure midway")
+                await trio.lowlevel.checkpoint()
+                yield chunk
+        finally:
+            self.closed = True
+
+
+@dataclass
+class Server:
+    port: int
+    http: HttpServer
+    bodies: dict[str, Body]
+
+
+def echo(request: Request) -> Response:
+    return Response.json(
+        200,
+        {
+            "method": request.method,
+            "path": request.path,
+            "query": dict(request.query),
+            "thing": request.headers.get("X-THING"),
+            "peer": request.peer,
+            "id": request.path_id,
+        },
+    )
+
+
+async def slow_echo(request: Request) -> Response:
+    await trio.sleep(0.01)
+    return echo(request)
+
+
+def broken(_request: Request) -> Response:
+    raise RuntimeError("injected route failure")
+
+
+async def start(nursery: trio.Nursery, settings: HttpSettings | None = None) -> Server:
+    bodies = {
+        "ok": Body([b"hello ", b"", b"world"]),
+        "big": Body([bytes([65 + i % 26]) * 1024 for i in range(500)]),
+        "midway": Body([b"first,", b"second,", b"never"], fail_after=2),
+        "at_once": Body([b"never"], fail_after=0),
+        "head": Body([b"never"]),
+    }
+
+    def streamed(name: str) -> Any:
+        def route(_request: Request) -> StreamedResponse:
+            return StreamedResponse(
+                bodies[name].generate(),
+                "text/plain",
+                headers=[("content-disposition", 'attachment; filename="x.txt"')],
+            )
+
+        return route
+
+    async def ws_peer(ws: WebSocketConnection) -> None:
+        request = current_request()
+        await ws.send_message(msgspec.json.encode([request.peer, dict(request.query)]).decode())
+
+    http = HttpServer(
+        http_routes={
+            "/echo": echo,
+            "/slow": slow_echo,
+            "/broken": broken,
+            "/items/{id}": echo,
+            **{f"/stream/{name}": streamed(name) for name in bodies},
+        },
+        ws_routes={"/peer": ws_peer},
+        settings=settings or HttpSettings(request_timeout_s=5),
+    )
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    await nursery.start(http.serve, listeners)
+    return Server(listeners[0].socket.getsockname()[1], http, bodies)
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery) -> Server:
+    return await start(nursery)
+
+
+def test_query_follows_parse_qs_and_refuses_repeated_keys() -> None:
+    assert parse_query("a=1&b=x%20y&c=&d+e=f+g&flag") == {
+        "a": "1",
+        "b": "x y",
+        "c": "",
+        "d e": "f g",
+        "flag": "",
+    }
+    assert parse_query("") == {}
+    with pytest.raises(BadRequest, match="'a' is given more than once"):
+        parse_query("a=1&b=2&a=1")
+    with pytest.raises(BadRequest, match="unreadable"):
+        parse_query("a=%ff")
+    with pytest.raises(BadRequest, match="unreadable"):
+        parse_query("&".join(f"k{i}=v" for i in range(100)))
+
+
+def test_headers_are_case_insensitive_and_repeats_are_joined() -> None:
+    headers = Headers([(b"X-Thing", b"one"), (b"x-thing", b"two"), ("Accept", "text/csv")])
+    assert headers["x-THING"] == "one, two"
+    assert headers.get("accept") == "text/csv"
+    assert "ACCEPT" in headers
+    assert headers.get("authorization") is None
+    assert len(headers) == 2
+    assert "one" not in repr(headers)  # values may be credentials
+
+
+async def test_routes_get_method_path_query_headers_and_peer(server: Server) -> None:
+    got = await fetch(server.port, "/echo?a=1&b=x%20y&empty=", headers=[("X-Thing", "v")])
+    assert got.status == 200
+    assert got.complete
+    assert got.json() == {
+        "method": "GET",
+        "path": "/echo",
+        "query": {"a": "1", "b": "x y", "empty": ""},
+        "thing": "v",
+        "peer": "127.0.0.1",
+        "id": None,
+    }
+    slow = await fetch(server.port, "/slow?x=1")
+    assert slow.json()["query"] == {"x": "1"}
+
+
+@pytest.mark.parametrize(
+    ("target", "status", "error"),
+    [
+        ("/echo?a=1&a=2", 400, "'a' is given more than once"),
+        ("/echo?a=%ff", 400, "unreadable query string"),
+        ("/items/a%2Fb", 400, "must not contain '/'"),
+        ("/items/%ff", 400, "not UTF-8"),
+        ("/items/", 404, "no such path"),
+        ("/items", 404, "no such path"),
+        ("/items/a/b", 404, "no such path"),
+        ("/broken", 500, "internal error"),
+    ],
+)
+async def test_errors_are_json(server: Server, target: str, status: int, error: str) -> None:
+    got = await fetch(server.port, target)
+    assert got.status == status
+    assert got.headers["content-type"] == "application/json"
+    assert error in got.json()["error"]
+
+
+async def test_a_target_that_is_not_ascii_is_400(server: Server) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    async with stream:
+        await stream.send_all("GET /echo?a=é HTTP/1.1\r\nhost: x\r\n\r\n".encode())
+        data = b""
+        with trio.fail_after(5):
+            while chunk := await stream.receive_some():
+                data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.split()[1] == b"400"
+    assert b"error" in body  # h11 refuses it before our own check would
+
+
+async def test_a_failing_route_is_counted_and_the_server_goes_on(server: Server) -> None:
+    assert (await fetch(server.port, "/broken")).status == 500
+    assert server.http.counters.response_errors == 1
+    assert server.http.counters.connection_errors == 0
+    assert (await fetch(server.port, "/echo")).status == 200
+
+
+async def test_prefix_route_gets_the_decoded_id(server: Server) -> None:
+    got = await fetch(server.port, "/items/room%20%C3%A9%3F?x=1")
+    assert got.status == 200
+    assert got.json()["id"] == "room é?"
+    assert got.json()["query"] == {"x": "1"}
+    assert got.json()["path"] == "/items/room%20%C3%A9%3F"
+
+
+def test_a_placeholder_must_end_the_route() -> None:
+    with pytest.raises(ValueError, match="last segment"):
+        HttpServer({"/items/{id}/x": echo}, {}, HttpSettings())
+
+
+async def test_405_names_the_allowed_methods(server: Server) -> None:
+    got = await fetch(server.port, "/echo", method="DELETE")
+    assert got.status == 405
+    assert got.headers["allow"] == "GET, HEAD"
+    assert got.json() == {"error": "method not allowed"}
+
+
+async def test_streamed_body_is_chunked_and_complete(server: Server) -> None:
+    got = await fetch(server.port, "/stream/ok")
+    assert got.status == 200
+    assert got.complete
+    assert got.body == b"hello world"
+    assert got.headers["transfer-encoding"] == "chunked"
+    assert "content-length" not in got.headers
+    assert got.headers["content-type"] == "text/plain"
+    assert got.headers["content-disposition"] == 'attachment; filename="x.txt"'
+    assert server.bodies["ok"].closed
+
+
+async def test_a_large_stream_arrives_whole(server: Server) -> None:
+    got = await fetch(server.port, "/stream/big")
+    assert got.complete
+    assert got.body == b"".join(server.bodies["big"].chunks)
+
+
+async def test_a_stream_failing_midway_is_truncated_counted_and_closed(server: Server) -> None:
+    got = await fetch(server.port, "/stream/midway")
+    assert got.status == 200
+    assert not got.complete  # no terminating chunk: the client cannot take it as whole
+    assert got.body == b"first,second,"
+    assert server.bodies["midway"].closed
+    assert server.http.counters.response_errors == 1
+    assert (await fetch(server.port, "/echo")).status == 200
+
+
+async def test_a_stream_failing_before_its_first_chunk_is_a_500(server: Server) -> None:
+    got = await fetch(server.port, "/stream/at_once")
+    assert got.status == 500
+    assert got.complete
+    assert got.json() == {"error": "internal error"}
+    assert server.http.counters.response_errors == 1
+    assert server.bodies["at_once"].closed
+
+
+async def test_head_of_a_stream_sends_headers_and_never_runs_it(server: Server) -> None:
+    got = await fetch(server.port, "/stream/head", method="HEAD")
+    assert got.status == 200
+    assert got.body == b""
+    assert got.headers["transfer-encoding"] == "chunked"
+    assert not server.bodies["head"].started
+    assert server.http.counters.requests_by_status == {200: 1}
+
+
+async def test_connections_over_the_per_source_limit_get_503(nursery: trio.Nursery) -> None:
+    server = await start(nursery, HttpSettings(max_connections_per_source=1, request_timeout_s=5))
+    counters = server.http.counters
+    idle = await trio.open_tcp_stream("127.0.0.1", server.port)
+    async with idle:
+        await wait_for(lambda: counters.connections_open == 1)
+        refused = await fetch(server.port, "/echo")
+        assert refused.status == 503
+        assert refused.json() == {"error": "too many connections from this address"}
+        assert counters.connections_refused_per_source == 1
+        assert counters.connections_refused == 0
+        # Another source address (all of 127/8 is loopback) has its own allowance.
+        other = await fetch(server.port, "/echo", local_address="127.0.0.2")
+        assert other.status == 200
+        assert other.json()["peer"] == "127.0.0.2"
+    await wait_for(lambda: counters.connections_open == 0)
+    assert server.http.open_by_source == {}
+    assert (await fetch(server.port, "/echo")).status == 200
+    health = counters.as_dict()
+    assert health["connections_refused_per_source"] == 1
+
+
+async def test_connections_over_the_global_limit_get_a_json_503(nursery: trio.Nursery) -> None:
+    server = await start(nursery, HttpSettings(max_connections=1, request_timeout_s=5))
+    idle = await trio.open_tcp_stream("127.0.0.1", server.port)
+    async with idle:
+        await wait_for(lambda: server.http.counters.connections_open == 1)
+        refused = await fetch(server.port, "/echo")
+    assert refused.status == 503
+    assert refused.json() == {"error": "too many connections"}
+    assert server.http.counters.connections_refused == 1
+
+
+async def test_a_websocket_route_reads_its_upgrade_request(server: Server) -> None:
+    async with open_websocket_url(
+        f"ws://127.0.0.1:{server.port}/peer?room=r1", disconnect_timeout=2
+    ) as ws:
+        with trio.fail_after(5):
+            message = await ws.get_message()
+        await ws._stream.aclose()
+    assert msgspec.json.decode(message) == ["127.0.0.1", {"room": "r1"}]
+
+
+def test_current_request_outside_a_connection_is_a_lookup_error() -> None:
+    with pytest.raises(LookupError):
+        current_request()

@@ -1,0 +1,108 @@
+"""``/api`` of the real daemon process: frames sent over UDP show up in ``/api/meetings`` and
+``/api/meetings/{id}`` while the meeting is live; after SIGTERM has written them, a daemon
+started on the same state exports them as CSV, streamed with chunked encoding."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cli.daemon_process import DaemonProcess, running_daemon, start_daemon
+from protocol import encode_msgpack
+from tests.helpers import rtc
+
+pytestmark = pytest.mark.e2e
+
+SAMPLES = 20
+PEOPLE = ("p1", "p2")
+
+
+def get(daemon: DaemonProcess, target: str) -> tuple[int, dict[str, str], bytes]:
+    url = f"http://127.0.0.1:{daemon.http_port}{target}"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, _lower(response.headers.items()), response.read()
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, _lower(error.headers.items()), error.read()
+
+
+def _lower(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    return {name.lower(): value for name, value in headers}
+
+
+def get_json(daemon: DaemonProcess, target: str) -> Any:
+    status, _, body = get(daemon, target)
+    assert status == 200, body
+    return json.loads(body)
+
+
+def send_samples(daemon: DaemonProcess) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect(("127.0.0.1", daemon.udp_port))
+        for seq in range(1, SAMPLES + 1):
+            sock.send(encode_msgpack([rtc(seq, "room-é", person) for person in PEOPLE]))
+
+
+def wait_for_meeting(daemon: DaemonProcess) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    while True:
+        meetings: dict[str, Any] = get_json(daemon, "/api/meetings")["meetings"]
+        if meetings.get("room-é", {}).get("participants") == len(PEOPLE):
+            return meetings
+        assert time.monotonic() < deadline, meetings
+        time.sleep(0.05)
+
+
+def test_live_meetings_then_a_csv_export_of_what_was_stored(tmp_path: Path) -> None:
+    config = tmp_path / "collector.toml"
+    config.write_text(f"[storage]\nstate_dir = '{tmp_path}'\nflush_interval_s = 0.5\n")
+    first = start_daemon(tmp_path / "first.log", ["--config", str(config)])
+    try:
+        send_samples(first)
+        meetings = wait_for_meeting(first)
+        assert list(meetings) == ["room-é"]
+        assert meetings["room-é"]["started_at"] > 0
+
+        meeting = get_json(first, "/api/meetings/room-%C3%A9")
+        assert meeting["meeting"] == "room-é"
+        assert sorted(meeting["participants"]) == list(PEOPLE)
+        assert meeting["participants"]["p1"]["connections"] == 1
+        assert {"up_bps", "rtt_ms", "quality", "relay"} <= set(meeting["participants"]["p1"])
+        assert set(meeting["series"]) <= set(PEOPLE)
+
+        status, _, body = get(first, "/api/meetings/nobody")
+        assert (status, json.loads(body)) == (
+            404,
+            {"error": "meeting 'nobody' is not live on this daemon"},
+        )
+        status, _, body = get(first, "/api/export?what=rtc&format=xml")
+        assert status == 400
+        assert json.loads(body) == {"error": "format 'xml': one of csv, json, ndjson"}
+        assert first.settled_health()["ingest"]["udp"]["frames_accepted"] == SAMPLES * len(PEOPLE)
+    finally:
+        assert first.stop() == 0  # closes every open minute and writes it
+
+    with running_daemon(tmp_path / "second.log", ["--config", str(config)]) as second:
+        status, headers, body = get(second, "/api/export?what=rtc&format=csv&meeting=room-%C3%A9")
+    assert status == 200
+    assert headers["transfer-encoding"] == "chunked"
+    assert headers["content-type"] == "text/csv; charset=utf-8"
+    assert headers["content-disposition"] == 'attachment; filename="bwmon-rtc.csv"'
+    rows = list(csv.DictReader(io.StringIO(body.decode(), newline="")))
+    assert {row["meeting"] for row in rows} == {"room-é"}
+    assert {row["participant"] for row in rows} == set(PEOPLE)
+    assert sum(int(row["samples"]) for row in rows) == SAMPLES * len(PEOPLE)
+    video = sum(float(row["video_bytes_sent"]) for row in rows)
+    # cumulative counters: the first sample is the baseline, the bytes are what came after it
+    assert video == len(PEOPLE) * 180_000 * (SAMPLES - 1)
