@@ -22,7 +22,6 @@ import msgspec
 import trio
 from trio_websocket import WebSocketConnection
 
-from collector.aggregate.alerts import AlertEngine
 from collector.aggregate.engine import Engine, Output
 from collector.auth import Auth, Denied, UnsafeBind, bearer, check_bind
 from collector.config import Config, ConfigError, FanoutConfig, StorageConfig
@@ -233,11 +232,11 @@ class Daemon:
         """Put a re-read configuration in force without dropping a connection or a buffered
         row: alert rules, tokens and keys, limits and the log level (``RELOADABLE``).
 
-        Everything is validated before anything changes: a ``ValueError`` (or ``UnsafeBind``)
-        leaves the running configuration whole. Returns the other sections that differ from
-        the running ones; they keep their running values until a restart."""
-        rules = new.alerts.effective_rules()
-        AlertEngine(rules)  # unique names, checked before the swap
+        Loading the file validated it (``ConfigError``); the one check left, ``UnsafeBind`` (no
+        authentication on a non-loopback host), comes before any change. Returns the other
+        sections that differ from the running ones; they keep their running values until a
+        restart."""
+        rules = new.alerts.effective_rules()  # unique names: loading the file checked them
         check_bind(
             self.config.server.host,
             new.auth.secrets(),

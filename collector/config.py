@@ -155,6 +155,12 @@ class AlertsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     use_default_rules: bool = True
     rules: list[AlertRule] = msgspec.field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        names = [rule.name for rule in self.rules]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"alerts.rules: rule names must be unique: {', '.join(duplicates)}")
+
     def effective_rules(self) -> list[AlertRule]:
         """The rules in force: the defaults (unless turned off), where a configured rule of the
         same name replaces a default one, then the other configured rules."""
