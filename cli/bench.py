@@ -11,6 +11,9 @@
 - WebSocket: ``emit`` over one session, offered far more than the daemon takes (TCP
   backpressure, no loss); the daemon's accepted count over the sending window gives the rate.
 
+``bench all`` (cli/bench_all.py) runs every benchmark in one run, with ingest side by side
+with StatsD and a bare receiver; its searches share ``rate_search`` with ``bench ingest``.
+
 Ratios measured in the same run, not absolute figures, are what compare across machines.
 """
 
@@ -22,6 +25,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -156,29 +160,64 @@ def udp_search(
 ) -> tuple[UdpStep | None, list[UdpStep]]:
     """Double the offered rate until loss reaches ``MAX_LOSS``, then bisect; return the best
     lossless step (None if even the first rate lost frames) and every step."""
+
+    def step(rate: float) -> UdpStep:
+        return udp_step(daemon, emit_options(daemon, rate, seconds, budget=budget))
+
+    return lossless_search(step, start_rate, refine_steps)
+
+
+SearchResult = tuple[UdpStep | None, list[UdpStep]]
+
+
+def rate_search(
+    start_rate: float, refine_steps: int, max_rate: float = MAX_OFFERED_FRAMES_PER_S
+) -> Generator[float, UdpStep, SearchResult]:
+    """The lossless rate search, without I/O: yields each rate to offer and is sent back what
+    the step at that rate measured. Double the offered rate until loss reaches ``MAX_LOSS``,
+    then bisect ``refine_steps`` times; returns the best lossless step (None if even the first
+    rate lost) and every step. Searches of several receivers can so take turns step by step."""
     steps: list[UdpStep] = []
     best: UdpStep | None = None
     failed_rate: float | None = None
     rate = start_rate
-    while rate <= MAX_OFFERED_FRAMES_PER_S:
-        step = udp_step(daemon, emit_options(daemon, rate, seconds, budget=budget))
-        steps.append(step)
-        if step.loss_fraction >= MAX_LOSS:
+    while rate <= max_rate:
+        result = yield rate
+        steps.append(result)
+        if result.loss_fraction >= MAX_LOSS:
             failed_rate = rate
             break
-        best = step
+        best = result
         rate *= 2
     low = best.offered_frames_per_s if best else 0.0
     for _ in range(refine_steps if failed_rate else 0):
         assert failed_rate is not None
         rate = (low + failed_rate) / 2
-        step = udp_step(daemon, emit_options(daemon, rate, seconds, budget=budget))
-        steps.append(step)
-        if step.loss_fraction < MAX_LOSS:
-            best, low = step, rate
+        result = yield rate
+        steps.append(result)
+        if result.loss_fraction < MAX_LOSS:
+            best, low = result, rate
         else:
             failed_rate = rate
     return best, steps
+
+
+def lossless_search(
+    step: Callable[[float], UdpStep],
+    start_rate: float,
+    refine_steps: int,
+    max_rate: float = MAX_OFFERED_FRAMES_PER_S,
+) -> SearchResult:
+    """``rate_search`` for one receiver: ``step(rate)`` offers ``rate`` for one step and says
+    what was sent and accepted."""
+    search = rate_search(start_rate, refine_steps, max_rate)
+    try:
+        rate = next(search)
+        while True:
+            rate = search.send(step(rate))
+    except StopIteration as done:
+        result: SearchResult = done.value
+        return result
 
 
 async def ws_throughput(daemon: DaemonProcess, seconds: float) -> float:
@@ -469,3 +508,25 @@ def fanout(
         print_json(result)
         return
     print_summary(result)
+
+
+@app.command("all")
+def all_benchmarks(
+    as_json: JsonFlag = False,
+    quick: QuickFlag = False,
+    mysql_host: Annotated[str, typer.Option(help="MariaDB/MySQL server")] = "127.0.0.1",
+    mysql_port: Annotated[int, typer.Option()] = 3306,
+    mysql_user: Annotated[str, typer.Option(help="needs CREATE and DROP DATABASE")] = "root",
+    mysql_password: Annotated[str, typer.Option(envvar="BWMON_BENCH_MYSQL_PASSWORD")] = "",
+) -> None:
+    """Every benchmark in one run: ingest against StatsD and the bare receiver, end to end."""
+    # Imported here: cli.bench_all builds on this module.
+    from cli.bench_all import main_all
+
+    server = {
+        "host": mysql_host,
+        "port": mysql_port,
+        "user": mysql_user,
+        "password": mysql_password,
+    }
+    main_all(as_json, quick, server)
