@@ -77,7 +77,7 @@ from cli.bench_statsd import (
 )
 from cli.bench_storage import StorageResult, run_storage
 from cli.daemon_process import DaemonFailed, DaemonProcess, running_daemon
-from cli.emit import SLICE_S, ReplayPool, replay_datagrams, replay_frames
+from cli.emit import SLICE_S, ReplayPool, replay_datagrams, replay_frames, replay_seq_step
 from collector.config import IngestConfig
 from collector.storage.sinks import StorageError
 from protocol import RtcSample
@@ -133,13 +133,13 @@ class Sent(msgspec.Struct):
     elapsed_s: float
 
 
-async def send_paced(
-    port: int, datagrams: list[tuple[bytes, int]], rate: float, seconds: float
-) -> Sent:
-    """``rate`` units per second (``datagrams`` say how many each holds) to 127.0.0.1:``port``
-    for ``seconds``, paced as ``emit --replay`` paces (``ReplayPool``, one slice every
-    ``SLICE_S``); a full socket buffer is waited for, never dropped."""
-    pool = ReplayPool(datagrams, rate)
+async def send_paced(port: int, pool: ReplayPool, rate: float, seconds: float) -> Sent:
+    """``rate`` units per second (the pool's datagrams say how many each holds) to
+    127.0.0.1:``port`` for ``seconds``, paced as ``emit --replay`` paces (``ReplayPool``, one
+    slice every ``SLICE_S``), going on where the pool's last send stopped (its sequence
+    numbers keep growing from step to step); a full socket buffer is waited for, never
+    dropped."""
+    pool.restart(rate)
     sent = Sent(0, 0, 0.0)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
@@ -182,7 +182,7 @@ def settled(read: Callable[[], int], timeout_s: float = 10.0) -> int:
 def paced_step(
     count: Callable[[], int],
     port: int,
-    datagrams: list[tuple[bytes, int]],
+    pool: ReplayPool,
     rate: float,
     seconds: float,
     units_per_item: float = 1.0,
@@ -190,7 +190,7 @@ def paced_step(
     """One step of a rate search: ``rate`` items/s (frames or participant-samples) for
     ``seconds``; ``count()`` is the receiver's total of units received so far."""
     before = settled(count)
-    sent = trio.run(send_paced, port, datagrams, rate * units_per_item, seconds)
+    sent = trio.run(send_paced, port, pool, rate * units_per_item, seconds)
     accepted_units = settled(count) - before
     sent_items = round(sent.units / units_per_item)
     accepted = round(accepted_units / units_per_item)
@@ -393,24 +393,29 @@ def _compare(
     step_s = plan.step_s
     runs: list[CompareRun] = []
     # receiver -> (unit, step at a rate, the plan's first rate)
+    # One pool per receiver for the whole comparison: bwmon sees every frame as a new sample.
+    seq_step = replay_seq_step(options)
+    bwmon_pool = ReplayPool(datagrams, 0.0, seq_step)
+    bare_pool = ReplayPool(datagrams, 0.0, seq_step)
     receivers: dict[str, tuple[str, Callable[[float], UdpStep], float]] = {
         "bwmon": (
             "rtc frames/s",
-            lambda r: paced_step(_daemon_frames(daemon), daemon.udp_port, datagrams, r, step_s),
+            lambda r: paced_step(_daemon_frames(daemon), daemon.udp_port, bwmon_pool, r, step_s),
             plan.start_frames_per_s,
         ),
         "bare": (
             "rtc frames/s",
-            lambda r: paced_step(bare.frames, bare.port, datagrams, r, step_s),
+            lambda r: paced_step(bare.frames, bare.port, bare_pool, r, step_s),
             plan.start_frames_per_s,
         ),
     }
     if statsd is not None:
         count_lines = statsd.received_lines
+        statsd_pool = ReplayPool(statsd_datagrams, 0.0)
         receivers["statsd"] = (
             "participant-samples/s",
             lambda r: paced_step(
-                count_lines, statsd.port, statsd_datagrams, r, step_s, lines_per_sample
+                count_lines, statsd.port, statsd_pool, r, step_s, lines_per_sample
             ),
             plan.start_samples_per_s,
         )

@@ -17,6 +17,7 @@ import itertools
 import os
 import random
 import socket
+import struct
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -59,8 +60,9 @@ class EmitOptions:
     joins: bool = True
     budget: int = 1200  # bytes per UDP datagram
     ws_batch: int = 50  # frames per WebSocket message
-    # > 0: encode this many rtc frames once and send them round and round (the daemon counts
-    # them the same; only seq numbers repeat): load beyond what live generation reaches.
+    # > 0: encode this many rtc frames once and send them round and round, each round
+    # renumbered (MessagePack) so that every frame is a new sample: load beyond what live
+    # generation reaches.
     replay: int = 0
     profile: Profile = field(default_factory=Profile)
     # Shared key (auth.udp_keys of the daemon): sign every UDP datagram. Empty: unsigned.
@@ -134,14 +136,41 @@ class FrameSchedule:
         return frames
 
 
-class ReplayPool:
-    """Pre-encoded messages sent round and round at the schedule's rtc rate."""
+# Replayed ``rtc`` frames carry sequence numbers from 2**32 up, so that MessagePack encodes each
+# as a uint64 (0xCF + 8 bytes) that the pool can rewrite in place; the wall-clock milliseconds
+# are added, so that a replay started later continues above an earlier one's numbers (as long
+# as no stream gets 1,000 samples a second).
+REPLAY_SEQ_BASE = 1 << 32
+_SEQ_FIELD = b"\xa1q\xcf"  # key "q", then a uint64
+_U64 = struct.Struct(">Q")
 
-    def __init__(self, messages: list[tuple[bytes, int]], rate: float) -> None:
-        self.messages = messages
+
+class ReplayPool:
+    """Pre-encoded messages sent round and round at the schedule's rtc rate.
+
+    With ``seq_step`` (MessagePack ``rtc`` frames only: ``replay_seq_step``) every round turns
+    the pool's frames into the next samples of their streams: each sequence number grows by
+    ``seq_step``, the samples each stream has in the pool, so the daemon aggregates every frame
+    as a new sample instead of dropping repeats as duplicates (PROTOCOL.md §8.2). The counters
+    start again from the pool's first values: one counter reset per stream per round (§8.3).
+    """
+
+    def __init__(self, messages: list[tuple[bytes, int]], rate: float, seq_step: int = 0) -> None:
+        self.messages = [(bytearray(data), count) for data, count in messages]
         self.rate = rate
+        self.seq_step = seq_step
+        self.rounds = 0
+        self._offsets = [
+            _find_all(data, _SEQ_FIELD) if seq_step else [] for data, _ in self.messages
+        ]
         self._sent = 0
         self._next = 0
+
+    def restart(self, rate: float) -> None:
+        """Pace from now on at ``rate``, going on where the last send stopped (the sequence
+        numbers keep growing)."""
+        self.rate = rate
+        self._sent = 0
 
     def due(self, elapsed: float) -> list[tuple[bytes, int]]:
         due: list[tuple[bytes, int]] = []
@@ -149,21 +178,58 @@ class ReplayPool:
         want = min(int(self.rate * elapsed), self._sent + max(1, int(self.rate * SLICE_S * 4)))
         messages, n = self.messages, len(self.messages)
         while self._sent < want:
-            message = messages[self._next]
-            due.append(message)
-            self._sent += message[1]
-            self._next = self._next + 1 if self._next + 1 < n else 0
+            data, count = messages[self._next]
+            due.append((bytes(data), count))  # a copy: the next round rewrites the pool
+            self._sent += count
+            self._next += 1
+            if self._next == n:
+                self._next = 0
+                self._next_round()
         return due
+
+    def _next_round(self) -> None:
+        self.rounds += 1
+        step = self.seq_step
+        if not step:
+            return
+        for (data, _), offsets in zip(self.messages, self._offsets, strict=True):
+            for offset in offsets:
+                _U64.pack_into(data, offset, _U64.unpack_from(data, offset)[0] + step)
+
+
+def _find_all(data: bytearray, field: bytes) -> list[int]:
+    """Offsets of the values that follow every ``field`` (key + type byte) in ``data``."""
+    offsets, start = [], 0
+    while (at := data.find(field, start)) >= 0:
+        offsets.append(at + len(field))
+        start = at + len(field)
+    return offsets
 
 
 def replay_frames(options: EmitOptions) -> list[Frame]:
-    """The ``rtc`` frames a replay sends round and round: the participants in turn."""
+    """The ``rtc`` frames a replay sends round and round: the participants in turn, each the
+    same number of times (``options.replay`` rounded up to a whole turn), with sequence
+    numbers above ``REPLAY_SEQ_BASE`` plus the wall-clock milliseconds."""
     participants = make_participants(options.meetings, options.participants, options.profile)
     if not participants:
         return []
     now_ms = _now_ms()
+    base = REPLAY_SEQ_BASE + int(now_ms)
+    turns = -(-options.replay // len(participants))
     cycle = itertools.cycle(participants)
-    return [next(cycle).sample(now_ms + i, options.interval_s) for i in range(options.replay)]
+    frames: list[Frame] = []
+    for i in range(turns * len(participants)):
+        sample = next(cycle).sample(now_ms + i, options.interval_s)
+        frames.append(msgspec.structs.replace(sample, seq=sample.seq + base))
+    return frames
+
+
+def replay_seq_step(options: EmitOptions) -> int:
+    """The ``seq_step`` of a pool of ``replay_frames`` (0 for JSON: not rewritten)."""
+    participants = options.meetings * options.participants
+    if options.encoding != "msgpack" or not participants or not options.replay:
+        return 0
+    return -(-options.replay // participants)
 
 
 def replay_datagrams(options: EmitOptions) -> list[tuple[bytes, int]]:
@@ -268,7 +334,7 @@ async def _emit_udp(
                     _count_replayed(report, count)
 
         if options.replay:
-            pool = ReplayPool(replay_datagrams(options), schedule.rate)
+            pool = ReplayPool(replay_datagrams(options), schedule.rate, replay_seq_step(options))
             await _paced(options.duration_s, pool.due, send_replayed)
         else:
             await _paced(options.duration_s, schedule.due, send)
@@ -344,7 +410,11 @@ async def _emit_ws(
                     frames[i : i + options.ws_batch]
                     for i in range(0, len(frames), options.ws_batch)
                 ]
-                pool = ReplayPool([(_as_bytes(encode(b)), len(b)) for b in batches], schedule.rate)
+                pool = ReplayPool(
+                    [(_as_bytes(encode(b)), len(b)) for b in batches],
+                    schedule.rate,
+                    replay_seq_step(options),
+                )
                 await _paced(options.duration_s, pool.due, send_replayed)
             else:
                 await _paced(options.duration_s, schedule.due, send)

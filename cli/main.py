@@ -275,8 +275,9 @@ def emit_command(
         int,
         typer.Option(
             min=0,
-            help="encode this many rtc frames once and resend them round and round "
-            "(rtc only; for load beyond what live generation reaches)",
+            help="encode this many rtc frames once and resend them round and round, "
+            "renumbered each round so that each is a new sample (rtc only; for load beyond "
+            "what live generation reaches)",
         ),
     ] = 0,
     seed: Annotated[int, typer.Option()] = 1,
