@@ -245,10 +245,27 @@ def export_command(
 
 @app.command("check-config")
 def check_config(path: Annotated[Path, typer.Argument(help="collector.toml to check")]) -> None:
-    """Validate a configuration file; print the effective configuration as JSON."""
+    """Validate a configuration file; print the effective configuration as JSON (secrets
+    shown as "[redacted]")."""
     settings = _load_or_exit(path)
-    typer.echo(json.dumps(msgspec.to_builtins(settings), indent=2))
+    shown = msgspec.to_builtins(settings)
+    for section, key in SECRET_KEYS:
+        value = shown[section][key]
+        if value:
+            shown[section][key] = (
+                ["[redacted]"] * len(value) if isinstance(value, list) else "[redacted]"
+            )
+    typer.echo(json.dumps(shown, indent=2))
     typer.echo(f"{path}: ok", err=True)
+
+
+# Configuration keys that hold secrets: never printed.
+SECRET_KEYS = (
+    ("storage", "mysql_password"),
+    ("fanout", "redis_url"),
+    ("auth", "token_secrets"),
+    ("auth", "udp_keys"),
+)
 
 
 @app.command("emit")

@@ -9,6 +9,7 @@ SIGTERM and SIGINT stop the daemon.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import signal
 import socket
@@ -133,10 +134,7 @@ class Daemon:
         self.source_limiter = SourceLimiter(max_sources=config.limits.max_tracked_sources)
         self.connection_rate = Rate()
         self.udp_admission = UdpAdmission(limiter=self.source_limiter)
-        try:
-            self.configure_admission(config)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        self.configure_admission(config)
         ingest = config.ingest
         self.udp_limits = Limits(
             max_message_bytes=ingest.max_datagram_bytes,
@@ -237,13 +235,11 @@ class Daemon:
         sections that differ from the running ones; they keep their running values until a
         restart."""
         rules = new.alerts.effective_rules()  # unique names: loading the file checked them
-        check_bind(
-            self.config.server.host,
-            new.auth.secrets(),
-            udp_guarded=bool(new.auth.udp_allow or new.auth.datagram_keys()),
-            override=new.auth.allow_unauthenticated,
-        )
+        check_bind(self.config.server.host, new.auth)
         self.configure_admission(new)  # its only failure, a bad allowlist, fails loading
+        self.http.settings = dataclasses.replace(
+            self.http.settings, max_connections_per_source=new.limits.max_connections_per_source
+        )
         self.engine.set_rules(rules, time.time())
         self.auth = Auth(new.auth.secrets())
         configure(new.log.level, new.log.format)
@@ -265,12 +261,8 @@ class Daemon:
 
     def configure_admission(self, config: Config) -> None:
         """Put ``auth.udp_*`` and ``[limits]`` of ``config`` in force (at start and on reload).
-        Validates first: a ``ValueError`` naming a bad ``auth.udp_allow`` entry changes nothing.
         Tracked sources keep what they have spent."""
-        try:
-            allowlist = parse_allowlist(config.auth.udp_allow)
-        except ValueError as exc:
-            raise ValueError(f"auth.udp_allow: {exc}") from None
+        allowlist = parse_allowlist(config.auth.udp_allow)  # valid: loading checked it
         keys = tuple(key.encode() for key in config.auth.datagram_keys())
         limits = config.limits
         self.udp_admission.allowlist = allowlist if allowlist.active else None
@@ -397,13 +389,8 @@ class Daemon:
     async def serve(
         self, *, task_status: trio.TaskStatus[Addresses] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        server, ingest, auth = self.config.server, self.config.ingest, self.config.auth
-        check_bind(
-            server.host,
-            self.auth.keys,
-            udp_guarded=bool(auth.udp_allow or auth.datagram_keys()),
-            override=auth.allow_unauthenticated,
-        )
+        server, ingest = self.config.server, self.config.ingest
+        check_bind(server.host, self.config.auth)
         frames_in, frames_out = trio.open_memory_channel[list[Frame]](ingest.queue_batches)
         self._frames_in = frames_in
         try:

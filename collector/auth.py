@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
+from collector.config import AuthConfig
 from protocol.tokens import Claims, Right, TokenError, verify
 
 UNAUTHORIZED: Final = "unauthorized"
@@ -99,15 +100,15 @@ class UnsafeBind(Exception):
     """The daemon would listen beyond loopback without authentication."""
 
 
-def check_bind(host: str, token_keys: list[str], udp_guarded: bool, override: bool) -> None:
+def check_bind(host: str, auth: AuthConfig) -> None:
     """Refuse a non-loopback ``host`` unless tokens and a UDP guard (allowlist or signing
     keys) are configured, or the operator said ``auth.allow_unauthenticated = true``."""
-    if is_loopback(host) or override:
+    if is_loopback(host) or auth.allow_unauthenticated:
         return
     missing = []
-    if not token_keys:
+    if not auth.secrets():
         missing.append("auth.token_secrets (or BWMON_TOKEN_SECRETS)")
-    if not udp_guarded:
+    if not (auth.udp_allow or auth.datagram_keys()):
         missing.append("auth.udp_allow or auth.udp_keys (or BWMON_UDP_KEYS)")
     if missing:
         raise UnsafeBind(

@@ -128,3 +128,20 @@ def test_token_mint_without_a_key_or_with_a_bad_right_exits_2(tmp_path: Path) ->
     assert bad.returncode == 2
     assert "rights: ingest, read" in bad.stderr
     assert bad.stdout == ""
+
+
+def test_check_config_never_prints_a_secret(tmp_path: Path) -> None:
+    secrets = ["token-key-" + "a" * 30, "udp-key-" + "b" * 30, "db-pass-word", "r3dis-pw"]
+    config = tmp_path / "collector.toml"
+    config.write_text(
+        f"[auth]\ntoken_secrets = ['{secrets[0]}']\nudp_keys = ['{secrets[1]}']\n"
+        f"[storage]\nmysql_password = '{secrets[2]}'\n"
+        f"[fanout]\nredis_url = 'redis://:{secrets[3]}@127.0.0.1:6379/0'\n"
+    )
+    result = bwmon("check-config", str(config))
+    assert result.returncode == 0, result.stderr
+    for secret in secrets:
+        assert secret not in result.stdout + result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["auth"]["token_secrets"] == ["[redacted]"]
+    assert shown["storage"]["mysql_password"] == "[redacted]"

@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from collector.auth import OPEN, Auth, Denied, UnsafeBind, bearer, check_bind, is_loopback
+from collector.config import AuthConfig
 from protocol import encode_json
 from protocol.frames import Hello, RtcSample
 from protocol.session import Ack, ErrorReply, Welcome
@@ -156,16 +157,17 @@ def test_is_loopback(host: str, loopback: bool) -> None:
 
 
 def test_non_loopback_bind_needs_tokens_and_a_udp_guard() -> None:
-    check_bind("127.0.0.1", [], udp_guarded=False, override=False)
-    check_bind("0.0.0.0", [KEY], udp_guarded=True, override=False)
-    check_bind("0.0.0.0", [], udp_guarded=False, override=True)
+    check_bind("127.0.0.1", AuthConfig())
+    check_bind("0.0.0.0", AuthConfig(token_secrets=[KEY], udp_keys=[OTHER_KEY]))
+    check_bind("0.0.0.0", AuthConfig(token_secrets=[KEY], udp_allow=["10.0.0.0/8"]))
+    check_bind("0.0.0.0", AuthConfig(allow_unauthenticated=True))
     with pytest.raises(UnsafeBind) as refused:
-        check_bind("0.0.0.0", [], udp_guarded=False, override=False)
+        check_bind("0.0.0.0", AuthConfig())
     message = str(refused.value)
     assert "auth.token_secrets" in message
     assert "auth.udp_allow or auth.udp_keys" in message
     with pytest.raises(UnsafeBind, match=r"auth\.udp_allow") as only_udp:
-        check_bind("0.0.0.0", [KEY], udp_guarded=False, override=False)
+        check_bind("0.0.0.0", AuthConfig(token_secrets=[KEY]))
     assert "token_secrets" not in str(only_udp.value)
 
 

@@ -32,7 +32,11 @@ def test_reload_swaps_keys_limits_rules_and_log_level() -> None:
     assert isinstance(daemon.auth.admit(read_token(OLD_KEY), "read"), Claims)
     new = config(
         auth={"token_secrets": [NEW_KEY], "udp_allow": ["10.0.0.0/8"]},
-        limits={"source_frames_per_s": 50.0, "connection_frames_per_s": 20.0},
+        limits={
+            "source_frames_per_s": 50.0,
+            "connection_frames_per_s": 20.0,
+            "max_connections_per_source": 3,
+        },
         alerts={"use_default_rules": False},
         log={"level": "error"},
     )
@@ -42,6 +46,7 @@ def test_reload_swaps_keys_limits_rules_and_log_level() -> None:
         assert isinstance(daemon.auth.admit(read_token(NEW_KEY), "read"), Claims)
         assert daemon.source_limiter.enabled
         assert daemon.connection_rate.enabled
+        assert daemon.http.settings.max_connections_per_source == 3
         assert daemon.udp_admission.allowlist is not None
         assert not daemon.udp_admission.allowlist.permits("127.0.0.1")
         assert daemon.engine.alerts.rules == ()
