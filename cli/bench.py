@@ -49,6 +49,17 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="print one JSON object")]
 QuickFlag = Annotated[bool, typer.Option(help="a short smoke run, not a measurement")]
 
 
+# The MariaDB/MySQL server of the benchmarks that need one (a throwaway database on it).
+MysqlHost = Annotated[str, typer.Option(help="MariaDB/MySQL server")]
+MysqlPort = Annotated[int, typer.Option()]
+MysqlUser = Annotated[str, typer.Option(help="needs CREATE and DROP DATABASE")]
+MysqlPassword = Annotated[str, typer.Option(envvar="BWMON_BENCH_MYSQL_PASSWORD")]
+
+
+def mysql_server(host: str, port: int, user: str, password: str) -> dict[str, Any]:
+    return {"host": host, "port": port, "user": user, "password": password}
+
+
 def print_json(result: msgspec.Struct) -> None:
     sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
 
@@ -514,19 +525,13 @@ def fanout(
 def all_benchmarks(
     as_json: JsonFlag = False,
     quick: QuickFlag = False,
-    mysql_host: Annotated[str, typer.Option(help="MariaDB/MySQL server")] = "127.0.0.1",
-    mysql_port: Annotated[int, typer.Option()] = 3306,
-    mysql_user: Annotated[str, typer.Option(help="needs CREATE and DROP DATABASE")] = "root",
-    mysql_password: Annotated[str, typer.Option(envvar="BWMON_BENCH_MYSQL_PASSWORD")] = "",
+    mysql_host: MysqlHost = "127.0.0.1",
+    mysql_port: MysqlPort = 3306,
+    mysql_user: MysqlUser = "root",
+    mysql_password: MysqlPassword = "",
 ) -> None:
     """Every benchmark in one run: ingest against StatsD and the bare receiver, end to end."""
     # Imported here: cli.bench_all builds on this module.
     from cli.bench_all import main_all
 
-    server = {
-        "host": mysql_host,
-        "port": mysql_port,
-        "user": mysql_user,
-        "password": mysql_password,
-    }
-    main_all(as_json, quick, server)
+    main_all(as_json, quick, mysql_server(mysql_host, mysql_port, mysql_user, mysql_password))

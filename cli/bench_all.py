@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -66,7 +65,7 @@ from cli.bench_e2e import (
     E2eUnavailable,
     run_e2e,
 )
-from cli.bench_fanout import ClientFailed, ClientProcess, FanoutResult, median, run_fanout
+from cli.bench_fanout import ChildProcess, ClientFailed, FanoutResult, median, run_fanout
 from cli.bench_statsd import (
     StatsdProcess,
     StatsdUnavailable,
@@ -208,20 +207,13 @@ def paced_step(
 # -- the receivers ---------------------------------------------------------------------------
 
 
-class BareReceiver(ClientProcess):
+class BareReceiver(ChildProcess):
     """The bare receiver child (``cli.bench_ceiling``): one command line in, one JSON line out."""
 
     def __init__(self, receive_buffer_bytes: int, cpu: int | None, log: Path) -> None:
         command = [sys.executable, "-m", "cli.bench_ceiling"]
         command += ["--receive-buffer", str(receive_buffer_bytes), "--deadline", "900"]
-        self.log = log
-        with log.open("wb") as err:
-            self.process = subprocess.Popen(
-                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err
-            )
-        if cpu is not None:
-            os.sched_setaffinity(self.process.pid, {cpu})
-        self._buffer = b""
+        super().__init__(command, cpu, log)
         try:
             address = self.ask("port")
         except BaseException:

@@ -35,7 +35,6 @@ import contextlib
 import os
 import secrets
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -58,7 +57,7 @@ from cli.bench import (
     emit_options,
     lossless_search,
 )
-from cli.bench_fanout import ClientProcess, percentile
+from cli.bench_fanout import ChildProcess, percentile
 from cli.daemon_process import DaemonProcess, running_daemon
 from cli.emit import emit
 from collector.config import FanoutConfig
@@ -257,18 +256,13 @@ def client_main(argv: list[str] | None = None) -> None:
     trio.run(probe_main, args.http_port, args.udp_port, args.deadline)
 
 
-class ProbeProcess(ClientProcess):
+class ProbeProcess(ChildProcess):
     """The probe child, driven like bench fanout's client: one line in, one JSON line out."""
 
     def __init__(self, daemon: DaemonProcess, log: Path, deadline_s: float) -> None:
         command = [sys.executable, "-m", "cli.bench_e2e", "--http-port", str(daemon.http_port)]
         command += ["--udp-port", str(daemon.udp_port), "--deadline", str(deadline_s)]
-        self.log = log
-        with log.open("wb") as err:
-            self.process = subprocess.Popen(
-                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err
-            )
-        self._buffer = b""
+        super().__init__(command, None, log)
 
 
 # -- the benchmark process -------------------------------------------------------------------

@@ -632,12 +632,11 @@ class ClientFailed(RuntimeError):
     """The client process exited, answered nonsense, or did not answer in time."""
 
 
-class ClientProcess:
-    """The client child: one command line in, one JSON line out."""
+class ChildProcess:
+    """A benchmark's helper child (``command``, pinned to ``cpu``, stderr to ``log``): one
+    command line in, one JSON line out."""
 
-    def __init__(self, port: int, cpu: int | None, log: Path, deadline_s: float) -> None:
-        command = [sys.executable, "-m", "cli.bench_fanout", "--port", str(port)]
-        command += ["--max-subscribers", str(MAX_CONNECTIONS), "--deadline", str(deadline_s)]
+    def __init__(self, command: list[str], cpu: int | None, log: Path) -> None:
         self.log = log
         with log.open("wb") as err:
             self.process = subprocess.Popen(
@@ -689,6 +688,15 @@ class ClientProcess:
             if pipe is not None:
                 with contextlib.suppress(OSError):
                     pipe.close()
+
+
+class ClientProcess(ChildProcess):
+    """The subscribers' client child (this module run as ``python -m cli.bench_fanout``)."""
+
+    def __init__(self, port: int, cpu: int | None, log: Path, deadline_s: float) -> None:
+        command = [sys.executable, "-m", "cli.bench_fanout", "--port", str(port)]
+        command += ["--max-subscribers", str(MAX_CONNECTIONS), "--deadline", str(deadline_s)]
+        super().__init__(command, cpu, log)
 
 
 @contextlib.contextmanager

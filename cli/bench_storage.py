@@ -28,7 +28,7 @@ import time
 from collections import Counter
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import asyncmy
 import asyncmy.errors
@@ -36,7 +36,17 @@ import msgspec
 import trio
 import typer
 
-from cli.bench import JsonFlag, QuickFlag, app, print_json
+from cli.bench import (
+    JsonFlag,
+    MysqlHost,
+    MysqlPassword,
+    MysqlPort,
+    MysqlUser,
+    QuickFlag,
+    app,
+    mysql_server,
+    print_json,
+)
 from collector.aggregate.engine import Output
 from collector.aggregate.http import HttpMinuteRow
 from collector.aggregate.percentiles import latency_summary
@@ -362,18 +372,13 @@ def run_storage(server: dict[str, Any], quick: bool) -> StorageResult:
 def storage(
     as_json: JsonFlag = False,
     quick: QuickFlag = False,
-    mysql_host: Annotated[str, typer.Option(help="MariaDB/MySQL server")] = "127.0.0.1",
-    mysql_port: Annotated[int, typer.Option()] = 3306,
-    mysql_user: Annotated[str, typer.Option(help="needs CREATE and DROP DATABASE")] = "root",
-    mysql_password: Annotated[str, typer.Option(envvar="BWMON_BENCH_MYSQL_PASSWORD")] = "",
+    mysql_host: MysqlHost = "127.0.0.1",
+    mysql_port: MysqlPort = 3306,
+    mysql_user: MysqlUser = "root",
+    mysql_password: MysqlPassword = "",
 ) -> None:
     """Statements per table per minute and rows/s of the MySQL and SQLite sinks."""
-    server = {
-        "host": mysql_host,
-        "port": mysql_port,
-        "user": mysql_user,
-        "password": mysql_password,
-    }
+    server = mysql_server(mysql_host, mysql_port, mysql_user, mysql_password)
     try:
         result = run_storage(server, quick)
     except StorageError as exc:
