@@ -440,6 +440,16 @@ class Daemon:
         """Begin an orderly shutdown (SIGTERM): ``serve`` returns when it is done."""
         self._stop.set()
 
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def hurry(self) -> None:
+        """Shut down without waiting for the database (a second SIGTERM): the last flush
+        stops trying and the rows it holds go to the spool."""
+        if self.flusher is not None:
+            self.flusher.hurry()
+
     async def _start_services(
         self,
         nursery: trio.Nursery,
@@ -571,10 +581,11 @@ async def run(
                         notifier.ready("reloaded")
                         continue
                     name = signal.Signals(signum).name
-                    if daemon.draining:
-                        log.warning("stopping_now", signal=name)  # a second signal: no drain
-                        nursery.cancel_scope.cancel()
-                        break
+                    if daemon.stopping:
+                        # A second signal: stop retrying the database; spool what is left.
+                        log.warning("stopping_now", signal=name)
+                        daemon.hurry()
+                        continue
                     log.info("stopping", signal=name)
                     notifier.stopping(f"stopping on {name}")
                     daemon.stop()

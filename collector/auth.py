@@ -41,7 +41,6 @@ class Auth:
 
     def __init__(self, keys: list[str]) -> None:
         self.keys = list(keys)
-        self.denied = {UNAUTHORIZED: 0, FORBIDDEN: 0}
 
     @property
     def required(self) -> bool:
@@ -52,28 +51,24 @@ class Auth:
         if not self.keys:
             return OPEN
         if not token:
-            return self._deny(UNAUTHORIZED, "a token is required")
+            return Denied(UNAUTHORIZED, "a token is required")
         try:
             claims = verify(self.keys, token, time.time())
         except TokenError as exc:
-            return self._deny(UNAUTHORIZED, f"token refused: {exc}")
+            return Denied(UNAUTHORIZED, f"token refused: {exc}")
         if right not in claims.rights:
-            return self._deny(FORBIDDEN, f"the token does not grant {right!r}")
+            return Denied(FORBIDDEN, f"the token does not grant {right!r}")
         return claims
 
     def check(self, claims: Claims, right: Right, meeting: str | None) -> Denied | None:
         """None when ``claims`` grant ``right`` on ``meeting`` (None: on every meeting) and
         have not expired since they were admitted."""
         if claims.exp <= time.time():
-            return self._deny(UNAUTHORIZED, "token expired")
+            return Denied(UNAUTHORIZED, "token expired")
         if not claims.allows(right, meeting):
             scope = f"meeting {claims.meeting!r}" if claims.meeting else "no meeting"
-            return self._deny(FORBIDDEN, f"the token is limited to {scope}")
+            return Denied(FORBIDDEN, f"the token is limited to {scope}")
         return None
-
-    def _deny(self, code: str, detail: str) -> Denied:
-        self.denied[code] += 1
-        return Denied(code, detail)
 
 
 def bearer(authorization: str | None) -> str | None:

@@ -7,11 +7,12 @@ publisher never wait on a subscriber. A subscriber whose queue is full has it re
 resynchronisation: its sender drops what was queued and sends each of its topics afresh (the
 missed deltas merged into one if the channel still holds them, else a snapshot).
 
-Each session runs three tasks: the receiver (``subscribe``/``unsubscribe`` from the client; it
-also keeps the WebSocket's pongs flowing), the sender (the queue, in order, per topic only
-deltas that follow what the client holds) and the heartbeat (a ``heartbeat`` message and a
-WebSocket ping every interval; a missing pong ends the session). Errors of one session end that
-session only.
+Each session runs three tasks: the receiver (``auth``/``subscribe``/``unsubscribe`` from the
+client; it also keeps the WebSocket's pongs flowing), the sender (the queue, in order, per topic
+only deltas that follow what the client holds) and the heartbeat (a ``heartbeat`` message and a
+WebSocket ping every interval; a missing pong ends the session); when the daemon requires
+tokens, a fourth ends the session as its token expires. Errors of one session end that session
+only.
 """
 
 from __future__ import annotations

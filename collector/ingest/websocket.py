@@ -207,35 +207,28 @@ async def _receive_frames(
         msg = session.last_msg + 1
         decoded = decode_message(data, limits)
         counters.count(decoded, len(data))
-        frames = decoded.frames
-        errors = decoded.errors
-        rejected = len(errors)
+        rejected = len(decoded.errors)  # frames: a whole-message rejection counts 1
         scope = session.meeting
-        if scope is not None and frames:
-            allowed = [_in_scope(frame, scope) for frame in frames]
+        if scope is not None and decoded.frames:
+            allowed = [_in_scope(frame, scope) for frame in decoded.frames]
             if not all(allowed):
-                outside = allowed.count(False)
-                counters.withdraw(FORBIDDEN, outside)
-                rejected += outside
+                rejected += allowed.count(False)
                 detail = f"the session's token is limited to meeting {scope!r}"
-                errors = _refused(decoded, allowed, FORBIDDEN, detail)
-                frames = [frame for frame, ok in zip(frames, allowed, strict=True) if ok]
-                decoded = Decoded(frames, errors)
-        if frames:
+                decoded = _drop(decoded, allowed, FORBIDDEN, detail, counters)
+        if decoded.frames:
             buckets = []
             if connection_bucket is not None and connection_bucket.rate.enabled:
                 buckets.append(connection_bucket)
             if source_limiter is not None and source_limiter.enabled:
                 buckets.append(source_limiter.bucket(source, trio.current_time()))
-            if buckets:
-                granted = take_all(buckets, len(frames), trio.current_time())
-                if granted < len(frames):
-                    counters.withdraw(RATE_LIMITED, len(frames) - granted)
-                    rejected += len(frames) - granted
-                    detail = "over the daemon's frame rate limit for this connection or address"
-                    allowed = [position < granted for position in range(len(frames))]
-                    errors = _refused(decoded, allowed, RATE_LIMITED, detail)
-                    frames = frames[:granted]
+            wanted = len(decoded.frames)
+            granted = take_all(buckets, wanted, trio.current_time()) if buckets else wanted
+            if granted < wanted:
+                rejected += wanted - granted
+                detail = "over the daemon's frame rate limit for this connection or address"
+                allowed = [position < granted for position in range(wanted)]
+                decoded = _drop(decoded, allowed, RATE_LIMITED, detail, counters)
+        frames, errors = decoded.frames, decoded.errors
         if frames:
             await out.send(frames)
         # Only now is the message processed: an ack never names a message whose frames are
@@ -256,6 +249,20 @@ async def _receive_frames(
                         detail=error.detail,
                     )
                 )
+
+
+def _drop(
+    decoded: Decoded,
+    allowed: list[bool],
+    reason: str,
+    detail: str,
+    counters: TransportCounters,
+) -> Decoded:
+    """The message without its good frames that are not ``allowed`` (counted as ``reason``
+    instead of accepted), and with an error for them (``_refused``)."""
+    counters.withdraw(reason, allowed.count(False))
+    frames = [frame for frame, ok in zip(decoded.frames, allowed, strict=True) if ok]
+    return Decoded(frames, _refused(decoded, allowed, reason, detail))
 
 
 def _refused(

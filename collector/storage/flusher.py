@@ -93,6 +93,8 @@ class Flusher:
         self.flush_seconds = 0.0  # every attempt, failed ones included
         self.last_flush_s: float | None = None
         self.last_error: str | None = None
+        self._closing: trio.CancelScope | None = None  # close()'s deadline, for hurry()
+        self._hurried = False
 
     def offer(self, output: Output) -> None:
         """Queue what the engine produced; spool or drop (counted) beyond the queue's cap."""
@@ -171,9 +173,16 @@ class Flusher:
         self.last_error = None
         return True
 
+    def hurry(self) -> None:
+        """End ``close``'s attempts now (a second SIGTERM): what is unwritten is spooled."""
+        self._hurried = True
+        if self._closing is not None:
+            self._closing.cancel()
+
     async def close(self, deadline_s: float) -> None:
-        """Last flush within ``deadline_s``; what cannot be written in time is spooled."""
-        with trio.move_on_after(deadline_s):
+        """Last flush within ``deadline_s`` (or until ``hurry``); what cannot be written in
+        time is spooled."""
+        with trio.move_on_after(0 if self._hurried else deadline_s) as self._closing:
             while True:
                 if await self.flush():
                     break

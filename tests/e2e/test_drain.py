@@ -1,7 +1,7 @@
 """SIGTERM drains in order: the real daemon's database goes away, then SIGTERM. While the last
 flush is retried (up to ``storage.shutdown_deadline_s``) plain HTTP still answers: ``/readyz``
-says 503 ``draining``, a subscriber is closed with 1001 and a new WebSocket gets 503; then the
-daemon spools what it could not write and exits 0."""
+says 503 ``draining``, a subscriber is closed with 1001 and a new WebSocket gets 503. A second
+SIGTERM stops the retries: the daemon spools what it could not write and exits 0."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ async def test_sigterm_keeps_http_up_while_draining(tmp_path: Path, database: st
     config.write_text(
         "[storage]\nbackend = 'mysql'\nmysql_user = 'root'\n"
         f"mysql_port = {proxy.port}\nmysql_database = '{database}'\n"
-        f"state_dir = '{tmp_path}'\nflush_interval_s = 0.5\nshutdown_deadline_s = 4.0\n"
+        f"state_dir = '{tmp_path}'\nflush_interval_s = 0.5\nshutdown_deadline_s = 120.0\n"
         "statement_timeout_s = 2.0\n"
     )
     daemon = start_daemon(tmp_path / "daemon.log", ["--config", str(config)])
@@ -79,6 +79,9 @@ async def test_sigterm_keeps_http_up_while_draining(tmp_path: Path, database: st
         status, body = readyz(daemon.http_port)
         assert (status, body) == (503, {"status": "draining"})
         assert await upgrade_status(daemon.http_port) == 503
+        # The database stays away: a second SIGTERM gives up on it long before the 120 s
+        # deadline, spooling the rows instead.
+        daemon.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 20
         while daemon.process.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110
             await trio.sleep(0.05)
@@ -87,4 +90,5 @@ async def test_sigterm_keeps_http_up_while_draining(tmp_path: Path, database: st
         daemon.stop()
         proxy.close()
     events = {e["event"]: e for e in daemon.log_events()}
+    assert "stopping_now" in events  # the second signal
     assert events["storage_closed"]["rows_spooled"] > 0  # kept for the next start

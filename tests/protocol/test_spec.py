@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import msgspec
@@ -20,6 +24,7 @@ from protocol import (
     subscribe,
 )
 from protocol.session import SessionMessage
+from protocol.tokens import verify
 
 SPEC = (Path(__file__).parents[2] / "protocol" / "PROTOCOL.md").read_text(encoding="utf-8")
 
@@ -199,3 +204,23 @@ def test_subscriber_transcript_decodes_and_applies() -> None:
             assert mirror.receive(message) is None
     assert mirror.seq == 45
     assert mirror.entities["standup"]["participants"] == 3
+
+
+@pytest.mark.skipif(
+    not (shutil.which("basenc") and shutil.which("openssl")), reason="needs basenc and openssl"
+)
+def test_the_shell_recipe_for_minting_a_token_makes_one_the_daemon_accepts() -> None:
+    section = SPEC[SPEC.index("Minting anywhere else") :]
+    recipe = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert recipe is not None
+    key = "a-shell-minted-key-" + "s" * 20
+    result = subprocess.run(
+        ["bash", "-c", recipe.group(1)],
+        env={"KEY": key, "PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    claims = verify([key], result.stdout.strip(), time.time())
+    assert (claims.rights, claims.meeting) == (["read"], "standup")
