@@ -15,6 +15,14 @@ Deltas go to two fixed-size accumulators of plain floats: ``pending`` (the tick 
 which the engine derives rates and quality) and ``minute`` (one ``MinuteRow`` per minute).
 Memory per stream is fixed: numbers live in ``array`` objects, never in per-bucket objects.
 
+A client that sends faster than the daemon ticks costs one comparison per sample, not a delta
+per counter: a sample whose counters all grew since the one before (same counters present, same
+pair) is *held* instead of applied, and the next one replaces it. Held or applied, the deltas
+add up the same — the held sample's deltas from the last applied one are the sum of the deltas
+in between, as none of them was a reset — so the held sample is applied (``_fold``) before
+anything reads the accumulators: the tick, the minute row, a checkpoint, a relay change, a
+sample that is not held.
+
 Pure: no I/O, no clock reads; the daemon passes its time in.
 """
 
@@ -22,8 +30,8 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterator, Sequence
-from operator import attrgetter
-from typing import Any, Final
+from operator import attrgetter, ge, itemgetter
+from typing import Any, Final, NamedTuple
 
 import msgspec
 
@@ -135,9 +143,11 @@ class RtcStream:
         "gaps",
         "gauge_count",
         "gauge_sum",
+        "held",
         "last",
         "last_seen",
         "last_seq",
+        "layout",
         "limitation",
         "meeting",
         "minute",
@@ -157,6 +167,8 @@ class RtcStream:
         "quality_count",
         "quality_min",
         "quality_sum",
+        "recent",
+        "recent_values",
         "relay",
         "relay_protocol",
         "relayed_minute",
@@ -210,10 +222,18 @@ class RtcStream:
         self.fps_in: float | None = None
         self.ring = array("H", [NO_DATA]) * (window * N_RING)  # a live view, not a ledger
         self.ring_bucket = -1
+        # The newest sample's counters, until the next tick: the reference a faster sample is
+        # compared with (its present ones in ``recent_values``, by ``layout``); ``held``: it has
+        # not been applied yet. Never in a checkpoint (``state`` applies it first).
+        self.recent: tuple[float | None, ...] | None = None
+        self.recent_values: tuple[float, ...] | None = None
+        self.layout: Layout | None = None
+        self.held = False
 
     def state(self) -> list[Any]:
         """Everything but the live ring, in ``_STATE_SLOTS`` order, arrays as their bytes:
         what a checkpoint keeps (positional and raw: it is taken for every stream)."""
+        self._fold()
         return [
             value.tobytes() if type(value) is array else value
             for value in map(self.__getattribute__, _STATE_SLOTS)
@@ -320,16 +340,64 @@ class RtcStream:
         self.samples += 1
         self.minute_samples += 1
         self.pending_samples += 1
+        changed = self._path(frame)  # first: a relay change applies a held sample before it
+        counters = _counters_of(frame)
+        if not self._hold(frame, counters):
+            self._fold()
+            self._apply(frame.pair_id, counters)
+            self.recent, self.recent_values = counters, None
+        self._gauges(frame)
+        return changed
 
+    def _hold(self, frame: RtcSample, counters: tuple[float | None, ...]) -> bool:
+        """Hold this sample in place of the one before when that is exact: the same pair, the
+        same counters present and none of them lower. False: it must be applied."""
+        recent = self.recent
+        if recent is None or frame.pair_id != self.pair_id:
+            return False
+        layout, reference = self.layout, self.recent_values
+        if reference is None:  # the reference was applied, not held: find its layout
+            if (
+                layout is None
+                or recent.count(None) != layout.absent
+                or None in (reference := layout.get(recent))
+            ):
+                layout = self.layout = _layout(recent)
+                if layout is None:
+                    return False
+                reference = layout.get(recent)
+        elif layout is None:
+            return False
+        if counters.count(None) != layout.absent:
+            return False
+        values = layout.get(counters)
+        try:
+            grew = all(map(ge, values, reference))
+        except TypeError:  # None where the reference has a value
+            return False
+        if not grew:
+            return False
+        self.recent, self.recent_values, self.held = counters, values, True
+        return True
+
+    def _fold(self) -> None:
+        """Apply the held sample, if any."""
+        if self.held:
+            self.held = False
+            assert self.recent is not None
+            self._apply(self.pair_id, self.recent)
+
+    def _apply(self, pair_id: str | None, counters: tuple[float | None, ...]) -> None:
+        """The deltas of one sample's counters from the last applied ones."""
         last, pending, minute = self.last, self.pending, self.minute
         i_sent, i_received = PAIR_COUNTERS
         pair_before = pending[i_sent] + pending[i_received]
-        if frame.pair_id != self.pair_id:
+        if pair_id != self.pair_id:
             if self.pair_id is not None:
                 for i in PAIR_COUNTERS:
                     last[i] = -1.0  # a new selected pair starts its own counters
-            self.pair_id = frame.pair_id
-        for i, value in enumerate(_counters_of(frame)):
+            self.pair_id = pair_id
+        for i, value in enumerate(counters):
             if value is None:
                 continue
             before = last[i]
@@ -343,18 +411,16 @@ class RtcStream:
                 continue
             pending[i] += delta
             minute[i] += delta
-
-        changed = self._path(frame)
         if self.relay != "direct":
             # Relayed volume: what the selected pair moved since the last sample, both ways.
             self.relayed_minute += pending[i_sent] + pending[i_received] - pair_before
-        self._gauges(frame)
-        return changed
 
     def _path(self, frame: RtcSample) -> RelayState | None:
         if frame.local_candidate is None:
             return None
         state = relay_state(frame.local_candidate, frame.relay_protocol)
+        if state != self.relay:
+            self._fold()  # the held sample's bytes belong to the path before
         self.remote_relayed = frame.remote_candidate == "relay" and state == "direct"
         self.turn_server = turn_server(frame.turn_url) if state != "direct" else None
         self.relay_protocol = frame.relay_protocol
@@ -386,6 +452,8 @@ class RtcStream:
 
     def take_pending(self) -> tuple[array[float], int]:
         """The deltas since the last call and how many samples brought them; resets them."""
+        self._fold()
+        self.recent = self.recent_values = None  # a tick's reference, not a stream's memory
         pending, samples = self.pending, self.pending_samples
         self.pending = array("d", _ZEROS)
         self.pending_samples = 0
@@ -406,6 +474,7 @@ class RtcStream:
 
     def close_minute(self) -> RtcMinuteRow | None:
         """The row of the open minute (None if no sample came in it); starts the next one."""
+        self._fold()
         if self.minute_no < 0 or not self.minute_samples:
             self.minute_no = -1
             return None
@@ -443,4 +512,28 @@ class RtcStream:
         return row
 
 
-_STATE_SLOTS: Final = tuple(name for name in RtcStream.__slots__ if not name.startswith("ring"))
+class Layout(NamedTuple):
+    """Where a sample's counters are present: ``get`` takes those (two or more) from all."""
+
+    get: itemgetter[tuple[float | None, ...]]
+    absent: int
+
+
+_LAYOUTS: dict[tuple[int, ...], Layout] = {}
+_MAX_LAYOUTS: Final = 1024  # distinct sets of counters clients send; a hostile few cost a slot
+
+
+def _layout(counters: tuple[float | None, ...]) -> Layout | None:
+    """The layout of these counters, shared by every stream that sends the same ones; None
+    when fewer than two are present (nothing to save) or too many layouts exist already."""
+    present = tuple(i for i, value in enumerate(counters) if value is not None)
+    layout = _LAYOUTS.get(present)
+    if layout is None and len(present) >= 2 and len(_LAYOUTS) < _MAX_LAYOUTS:
+        layout = _LAYOUTS[present] = Layout(itemgetter(*present), N_COUNTERS - len(present))
+    return layout
+
+
+_TRANSIENT: Final = frozenset({"held", "layout", "recent", "recent_values"})
+_STATE_SLOTS: Final = tuple(
+    name for name in RtcStream.__slots__ if not name.startswith("ring") and name not in _TRANSIENT
+)

@@ -137,3 +137,86 @@ def test_bytes_in_minute_rows_equal_last_total_minus_first(
     newest = max(delivered)
     expected = totals[newest] - totals[delivered[0]]
     assert sum(row.counters["video_bytes_sent"] for row in rows) == expected
+
+
+class _AppliesEverySample(RtcStream):
+    """The reference: every sample applied on arrival, none held."""
+
+    __slots__ = ()
+
+    def _hold(self, frame: RtcSample, counters: tuple[float | None, ...]) -> bool:
+        return False
+
+
+_STEP = st.one_of(
+    st.just("tick"),
+    st.just("minute"),
+    st.fixed_dictionaries(
+        {
+            "seq": st.sampled_from([1, 1, 1, 2, 0, -1]),  # next, a gap, a duplicate, a late one
+            # per counter: grow, absent, or fall (a reset)
+            "moves": st.lists(
+                st.one_of(st.integers(0, 5_000), st.none(), st.integers(-5_000, -1)),
+                min_size=4,
+                max_size=4,
+            ),
+            "pair": st.sampled_from(["a", "a", "a", "b", None]),
+            "path": st.sampled_from([None, None, "host", "relay"]),
+        }
+    ),
+)
+_HELD_COUNTERS = ("audio_bytes_sent", "video_bytes_received", "pair_bytes_sent", "frames_decoded")
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=st.lists(_STEP, max_size=80))
+def test_holding_samples_changes_no_figure(steps: list[Any]) -> None:
+    """Samples faster than the tick are held, not applied one by one: every pending interval,
+    minute row and total equals what applying each sample on arrival gives, whatever the order,
+    resets, absent counters, pair and relay changes."""
+    fast, reference = RtcStream("m", "p", "c"), _AppliesEverySample("m", "p", "c")
+    totals = [0] * len(_HELD_COUNTERS)
+    seq = minute = 0
+    for step in steps:
+        if step == "tick":
+            assert fast.take_pending() == reference.take_pending()
+            continue
+        if step == "minute":
+            minute += 1
+            assert fast.close_minute() == reference.close_minute()
+            continue
+        seq = max(0, seq + step["seq"])
+        fields: dict[str, Any] = {}
+        for k, move in enumerate(step["moves"]):
+            if move is not None:
+                totals[k] = max(0, totals[k] + move)
+                fields[_HELD_COUNTERS[k]] = totals[k]
+        if step["path"] is not None:
+            fields["local_candidate"] = step["path"]
+        frame = sample(seq, pair_id=step["pair"], **fields)
+        assert fast.add(frame, minute) == reference.add(frame, minute)
+    assert fast.state() == reference.state()
+    assert fast.close_minute() == reference.close_minute()
+
+
+def test_a_fast_client_is_held_between_ticks() -> None:
+    """Ten samples within a tick: one applied, the newest held, the interval exact."""
+    stream = RtcStream("m", "p", "c")
+    for seq in range(1, 11):
+        stream.add(sample(seq, audio_bytes_sent=100 * seq, video_bytes_sent=1_000 * seq), 0)
+        assert stream.held is (seq > 1)
+    pending, samples = stream.take_pending()
+    assert (pending[COUNTERS.index("video_bytes_sent")], samples) == (9_000, 10)
+    assert not stream.held
+
+
+def test_a_counter_that_appears_is_never_held_past() -> None:
+    """A sample with a counter the one before lacked is applied, so that counter's baseline is
+    that sample, not a later one."""
+    stream = RtcStream("m", "p", "c")
+    stream.add(sample(1, audio_bytes_sent=100, video_bytes_sent=100), 0)
+    stream.add(sample(2, audio_bytes_sent=200, video_bytes_sent=200, frames_decoded=50), 0)
+    stream.add(sample(3, audio_bytes_sent=300, video_bytes_sent=300, frames_decoded=80), 0)
+    pending, _ = stream.take_pending()
+    assert pending[COUNTERS.index("frames_decoded")] == 30
+    assert pending[COUNTERS.index("video_bytes_sent")] == 200
