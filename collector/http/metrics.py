@@ -298,6 +298,10 @@ def _fanout(out: _Exposition, health: Mapping[str, Any]) -> None:
         "refused": ("fanout_sessions_refused", "Subscriber sessions refused (too many)."),
         "deltas_delivered": ("fanout_deltas_delivered", "Deltas the channel delivered."),
         "deltas_sent": ("fanout_deltas_sent", "Deltas sent to subscribers."),
+        "deltas_written_now": (
+            "fanout_deltas_written_now",
+            "Of the deltas sent, those written straight to the subscriber's socket.",
+        ),
         "snapshots_sent": ("fanout_snapshots_sent", "Snapshots sent to subscribers."),
         "resumed": ("fanout_resumed", "Subscriptions resumed from an (epoch, seq)."),
         "queues_replaced": (

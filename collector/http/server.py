@@ -27,7 +27,9 @@ the server has a JSON body ``{"error": "..."}``.
 
 A WebSocket route reads its upgrade request (peer address, headers, query) with
 ``current_request()``: ``ws.remote`` of trio-websocket is only a ``repr`` here, since the
-connection it sees is the replaying stream, not a ``trio.SocketStream``.
+connection it sees is the replaying stream (``Wire``), not a ``trio.SocketStream``.
+``current_wire()`` gives that stream: the fan-out writes a frame it made once for all
+subscribers straight to each one's socket with ``Wire.send_now``.
 
 Knows nothing about ingest, aggregation or storage: routes are passed in by ``collector.app``.
 """
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import os
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
@@ -217,12 +220,22 @@ class HttpSettings:
     ws_message_queue: int = 16
 
 
-class _Replay(trio.abc.Stream):
-    """A stream that first returns bytes already read from it (the request head)."""
+class Wire(trio.abc.Stream):
+    """A WebSocket connection's byte stream: it first returns the request head already read
+    from it, and lets a broadcaster write a whole frame without waiting (``send_now``).
+
+    Every write goes through here, trio-websocket's and ``send_now``'s, so frames never
+    interleave: ``send_now`` writes only when no other write is under way, and when the socket
+    takes part of its frame, the rest goes out before any other byte (``flush``, or the next
+    ``send_all``).
+    """
 
     def __init__(self, stream: trio.abc.Stream, head: bytes) -> None:
         self._stream = stream
         self._head = head
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self._lock = trio.Lock()
+        self._rest: memoryview | None = None
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self._head:
@@ -232,13 +245,70 @@ class _Replay(trio.abc.Stream):
         return await self._stream.receive_some(max_bytes)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
+        async with self._lock:
+            await self._flush()
+            await self._stream.send_all(data)
+
+    def send_now(self, data: bytes) -> bool:
+        """Write ``data`` without waiting. True: written, or written in part with the rest
+        going first (``pending``: someone must ``flush``). False: nothing written — another
+        write is under way, the socket is full, closed or broken; send it the waiting way."""
+        if self._socket is None or self._rest is not None or self._lock.locked():
+            return False
+        fd = self._socket.fileno()  # -1 once closed: a stale number may be another socket's
+        if fd < 0:
+            return False
+        try:
+            written = os.write(fd, data)  # the socket is non-blocking, as all trio sockets
+        except OSError:
+            return False
+        if written < len(data):
+            self._rest = memoryview(data)[written:]
+        return True
+
+    @property
+    def pending(self) -> bool:
+        """Part of a frame ``send_now`` wrote is still to go."""
+        return self._rest is not None
+
+    async def flush(self) -> None:
+        """Send what ``send_now`` left, if anything."""
+        async with self._lock:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if self._rest is not None:
+            await self._stream.send_all(self._rest)
+            self._rest = None
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._stream.wait_send_all_might_not_block()
 
     async def aclose(self) -> None:
         await self._stream.aclose()
+
+
+def websocket_frame(payload: bytes, text: bool) -> bytes:
+    """One whole unmasked WebSocket message as a server sends it (RFC 6455 §5.2): what
+    trio-websocket would write for it, made once for every subscriber."""
+    opcode = 0x81 if text else 0x82  # FIN + text or binary
+    size = len(payload)
+    if size < 126:
+        header = bytes((opcode, size))
+    elif size < 1 << 16:
+        header = bytes((opcode, 126)) + size.to_bytes(2, "big")
+    else:
+        header = bytes((opcode, 127)) + size.to_bytes(8, "big")
+    return header + payload
+
+
+_current_wire: ContextVar[Wire] = ContextVar("bwmon_websocket_wire")
+
+
+def current_wire() -> Wire:
+    """The byte stream under the WebSocket connection this task serves (see ``Wire``).
+    ``LookupError`` outside a WebSocket route."""
+    return _current_wire.get()
 
 
 async def _read_head(stream: trio.abc.Stream) -> tuple[h11.Request | None, bytes]:
@@ -489,9 +559,11 @@ class HttpServer:
         self, stream: trio.abc.Stream, raw: bytes, route: WebSocketRoute
     ) -> None:
         async with trio.open_nursery() as nursery:
+            wire = Wire(stream, raw)
+            _current_wire.set(wire)
             ws_request = await wrap_server_stream(
                 nursery,
-                _Replay(stream, raw),
+                wire,
                 message_queue_size=self.settings.ws_message_queue,
                 max_message_size=self.settings.max_ws_message_bytes,
             )

@@ -93,6 +93,7 @@ def health() -> dict[str, Any]:
             "refused": 0,
             "deltas_delivered": 30,
             "deltas_sent": 55,
+            "deltas_written_now": 50,
             "snapshots_sent": 4,
             "resumed": 1,
             "queues_replaced": 1,
@@ -184,6 +185,7 @@ def test_values_and_labels_come_from_the_health_dict() -> None:
     assert value("bwmon_fanout_channel_info", channel="redis") == 1
     assert value("bwmon_fanout_subscribers") == 2
     assert value("bwmon_fanout_deltas_sent") == 55
+    assert value("bwmon_fanout_deltas_written_now") == 50
     assert value("bwmon_fanout_snapshots_sent") == 4
     assert value("bwmon_fanout_queues_replaced") == 1
     assert value("bwmon_fanout_publishes") == 12

@@ -14,6 +14,7 @@ import msgspec
 import pytest
 import trio
 import trio.lowlevel
+import trio.testing
 from trio_websocket import (
     ConnectionClosed,
     WebSocketConnection,
@@ -134,6 +135,23 @@ async def test_a_subscriber_gets_a_snapshot_then_deltas(nursery: trio.Nursery, t
         assert isinstance(delta, Delta)
         assert (delta.seq, delta.prev, delta.changed) == (2, 1, {"m1": {"participants": 2}})
         await nothing_more(ws)
+
+
+async def test_deltas_to_an_up_to_date_subscriber_go_straight_to_its_socket(
+    nursery: trio.Nursery,
+) -> None:
+    hub = await start_hub(nursery)
+    await hub.set("meetings", {"m1": {"n": 0}})
+    async with subscriber(hub.url) as ws:
+        await send(ws, False, t="subscribe", topic="meetings")
+        mirror = TopicMirror("meetings")
+        assert mirror.receive(await receive(ws)) is None  # type: ignore[arg-type]
+        for n in range(1, 6):
+            await trio.testing.wait_all_tasks_blocked()  # its sender idle, nothing queued
+            await hub.set("meetings", {"m1": {"n": n}})
+            assert mirror.receive(await receive(ws)) is None  # type: ignore[arg-type]
+        assert mirror.entities == {"m1": {"n": 5}}
+    assert hub.fanout.counters["deltas_written_now"] == 5
 
 
 async def test_resume_replays_what_was_missed_as_one_delta(nursery: trio.Nursery) -> None:
