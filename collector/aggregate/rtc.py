@@ -222,9 +222,10 @@ class RtcStream:
         self.fps_in: float | None = None
         self.ring = array("H", [NO_DATA]) * (window * N_RING)  # a live view, not a ledger
         self.ring_bucket = -1
-        # The newest sample's counters, until the next tick: the reference a faster sample is
-        # compared with (its present ones in ``recent_values``, by ``layout``); ``held``: it has
-        # not been applied yet. Never in a checkpoint (``state`` applies it first).
+        # The newest sample's counters, from the second sample of a tick until the tick: the
+        # reference a faster sample is compared with (its present ones in ``recent_values``,
+        # by ``layout``); ``held``: it has not been applied yet. Never in a checkpoint
+        # (``state`` applies it first).
         self.recent: tuple[float | None, ...] | None = None
         self.recent_values: tuple[float, ...] | None = None
         self.layout: Layout | None = None
@@ -345,7 +346,10 @@ class RtcStream:
         if not self._hold(frame, counters):
             self._fold()
             self._apply(frame.pair_id, counters)
-            self.recent, self.recent_values = counters, None
+            # A reference for the next sample from the second of a tick on: a stream that
+            # sends once a tick keeps nothing between ticks.
+            self.recent = counters if self.pending_samples > 1 else None
+            self.recent_values = None
         self._gauges(frame)
         return changed
 

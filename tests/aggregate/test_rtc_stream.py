@@ -200,14 +200,17 @@ def test_holding_samples_changes_no_figure(steps: list[Any]) -> None:
 
 
 def test_a_fast_client_is_held_between_ticks() -> None:
-    """Ten samples within a tick: one applied, the newest held, the interval exact."""
+    """Ten samples within a tick: two applied, then the newest held, the interval exact; a
+    stream that sends once a tick keeps no reference between ticks."""
     stream = RtcStream("m", "p", "c")
     for seq in range(1, 11):
         stream.add(sample(seq, audio_bytes_sent=100 * seq, video_bytes_sent=1_000 * seq), 0)
-        assert stream.held is (seq > 1)
+        assert stream.held is (seq > 2)
     pending, samples = stream.take_pending()
     assert (pending[COUNTERS.index("video_bytes_sent")], samples) == (9_000, 10)
     assert not stream.held
+    stream.add(sample(11, audio_bytes_sent=1_100, video_bytes_sent=11_000), 0)
+    assert stream.recent is None
 
 
 def test_a_counter_that_appears_is_never_held_past() -> None:
