@@ -211,11 +211,17 @@ class Daemon:
             state = checkpoint.load(self.state_dir)
             if state is None:
                 return
-            self.engine.restore(state["engine"], time.time())
+            # The unwritten rows first: they are kept even when the engine's open state is
+            # not (a checkpoint of another version, say), which costs only the open minute.
             self.flusher.pending.merge(decode_batch(state["pending"]))
+            self.engine.restore(state["engine"], time.time())
         except (checkpoint.CheckpointError, ValueError, KeyError, TypeError) as exc:
             self.checkpoint_errors += 1
-            log.error("checkpoint_not_restored", error=str(exc)[:300])
+            log.error(
+                "checkpoint_not_restored",
+                error=str(exc)[:300],
+                pending_rows=len(self.flusher.pending),
+            )
             self.engine = Engine(self.config.aggregate, self.config.alerts.effective_rules())
             self.consumer.engine = self.engine
             return

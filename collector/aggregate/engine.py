@@ -676,6 +676,6 @@ def _pct(fraction: float | None) -> float:
     return math.nan if fraction is None else 100 * fraction
 
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: a stream's gauge sums in slots, not arrays
 _MEETING_FIELDS = tuple(f for f in Meeting.__dataclass_fields__ if f != "participants")
 _PARTICIPANT_FIELDS = tuple(f for f in Participant.__dataclass_fields__ if f != "streams")

@@ -65,8 +65,6 @@ COUNTERS: Final = (
 C: Final = {name: i for i, name in enumerate(COUNTERS)}
 N_COUNTERS: Final = len(COUNTERS)
 PAIR_COUNTERS: Final = (C["pair_bytes_sent"], C["pair_bytes_received"])
-# Gauges summed over the minute for averages: sum and sample count each.
-GAUGES: Final = ("rtt_ms", "audio_jitter_ms", "video_jitter_ms")
 # The live view: per tick bucket, the values derived for the interval (NaN: not measured).
 RING_FIELDS: Final = (
     "send_bps",
@@ -137,12 +135,12 @@ class RtcStream:
 
     __slots__ = (
         "audio_fec",
+        "audio_jitter_count",
         "audio_jitter_ms",
+        "audio_jitter_sum",
         "connection",
         "fps_in",
         "gaps",
-        "gauge_count",
-        "gauge_sum",
         "held",
         "last",
         "last_seen",
@@ -176,11 +174,15 @@ class RtcStream:
         "resets",
         "ring",
         "ring_bucket",
+        "rtt_count",
         "rtt_ms",
+        "rtt_sum",
         "samples",
         "stale",
         "turn_server",
+        "video_jitter_count",
         "video_jitter_ms",
+        "video_jitter_sum",
     )
 
     def __init__(
@@ -201,8 +203,8 @@ class RtcStream:
         self.minute_samples = 0
         self.minute_gaps = 0
         self.minute_resets = 0
-        self.gauge_sum = array("d", [0.0, 0.0, 0.0])
-        self.gauge_count = array("l", [0, 0, 0])
+        self.rtt_sum = self.audio_jitter_sum = self.video_jitter_sum = 0.0
+        self.rtt_count = self.audio_jitter_count = self.video_jitter_count = 0
         self.mos_sum = self.quality_sum = 0.0
         self.mos_count = self.quality_count = 0
         self.mos_min: float | None = None
@@ -434,19 +436,19 @@ class RtcStream:
         return state
 
     def _gauges(self, frame: RtcSample) -> None:
-        s, n = self.gauge_sum, self.gauge_count
+        # Sums and counts for the minute's averages, in plain slots: this runs for every sample.
         if (rtt := frame.rtt_ms) is not None:
             self.rtt_ms = rtt
-            s[0] += rtt
-            n[0] += 1
+            self.rtt_sum += rtt
+            self.rtt_count += 1
         if (aj := frame.audio_jitter_ms) is not None:
             self.audio_jitter_ms = aj
-            s[1] += aj
-            n[1] += 1
+            self.audio_jitter_sum += aj
+            self.audio_jitter_count += 1
         if (vj := frame.video_jitter_ms) is not None:
             self.video_jitter_ms = vj
-            s[2] += vj
-            n[2] += 1
+            self.video_jitter_sum += vj
+            self.video_jitter_count += 1
         if frame.limitation is not None:
             self.limitation = frame.limitation
         if frame.audio_fec is not None:
@@ -482,7 +484,6 @@ class RtcStream:
         if self.minute_no < 0 or not self.minute_samples:
             self.minute_no = -1
             return None
-        s, n = self.gauge_sum, self.gauge_count
         row = RtcMinuteRow(
             meeting=self.meeting,
             participant=self.participant,
@@ -493,9 +494,9 @@ class RtcStream:
             gaps=self.minute_gaps,
             resets=self.minute_resets,
             counters={name: self.minute[i] for i, name in enumerate(COUNTERS)},
-            rtt_ms_avg=s[0] / n[0] if n[0] else None,
-            audio_jitter_ms_avg=s[1] / n[1] if n[1] else None,
-            video_jitter_ms_avg=s[2] / n[2] if n[2] else None,
+            rtt_ms_avg=_mean(self.rtt_sum, self.rtt_count),
+            audio_jitter_ms_avg=_mean(self.audio_jitter_sum, self.audio_jitter_count),
+            video_jitter_ms_avg=_mean(self.video_jitter_sum, self.video_jitter_count),
             mos_avg=self.mos_sum / self.mos_count if self.mos_count else None,
             mos_min=self.mos_min,
             quality_avg=self.quality_sum / self.quality_count if self.quality_count else None,
@@ -507,13 +508,17 @@ class RtcStream:
         self.minute = array("d", _ZEROS)
         self.minute_no = -1
         self.minute_samples = self.minute_gaps = self.minute_resets = 0
-        self.gauge_sum = array("d", [0.0, 0.0, 0.0])
-        self.gauge_count = array("l", [0, 0, 0])
+        self.rtt_sum = self.audio_jitter_sum = self.video_jitter_sum = 0.0
+        self.rtt_count = self.audio_jitter_count = self.video_jitter_count = 0
         self.mos_sum = self.quality_sum = 0.0
         self.mos_count = self.quality_count = 0
         self.mos_min = self.quality_min = None
         self.relayed_minute = 0.0
         return row
+
+
+def _mean(total: float, count: int) -> float | None:
+    return total / count if count else None
 
 
 class Layout(NamedTuple):
