@@ -16,8 +16,9 @@ which the engine derives rates and quality) and ``minute`` (one ``MinuteRow`` pe
 Memory per stream is fixed: numbers live in ``array`` objects, never in per-bucket objects.
 
 A client that sends faster than the daemon ticks costs one comparison per sample, not a delta
-per counter: a sample whose counters all grew since the one before (same counters present, same
-pair) is *held* instead of applied, and the next one replaces it. Held or applied, the deltas
+per counter: from a stream's third sample in one tick, a sample whose counters all grew since
+the one before (same counters present, same pair) is *held* instead of applied, and the next
+one replaces it. Held or applied, the deltas
 add up the same — the held sample's deltas from the last applied one are the sum of the deltas
 in between, as none of them was a reset — so the held sample is applied (``_fold``) before
 anything reads the accumulators: the tick, the minute row, a checkpoint, a relay change, a
