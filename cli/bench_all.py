@@ -96,7 +96,7 @@ class ComparePlan:
 
 
 COMPARE_FULL = ComparePlan(
-    runs=3, step_s=2.0, start_frames_per_s=40_000, start_samples_per_s=2_000, refine_steps=3
+    runs=3, step_s=2.0, start_frames_per_s=40_000, start_samples_per_s=2_000, refine_steps=4
 )
 COMPARE_QUICK = ComparePlan(
     runs=1, step_s=0.3, start_frames_per_s=40_000, start_samples_per_s=2_000, refine_steps=1

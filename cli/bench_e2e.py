@@ -89,7 +89,7 @@ class E2ePlan:
     sustain_s: float
 
 
-E2E_FULL = E2ePlan(runs=3, step_s=2.0, start_rate=40_000, refine_steps=3, sustain_s=5.0)
+E2E_FULL = E2ePlan(runs=3, step_s=2.0, start_rate=40_000, refine_steps=4, sustain_s=5.0)
 E2E_QUICK = E2ePlan(runs=1, step_s=0.3, start_rate=80_000, refine_steps=0, sustain_s=1.5)
 
 
