@@ -18,11 +18,10 @@ Memory per stream is fixed: numbers live in ``array`` objects, never in per-buck
 A client that sends faster than the daemon ticks costs one comparison per sample, not a delta
 per counter: from a stream's third sample in one tick, a sample whose counters all grew since
 the one before (same counters present, same pair) is *held* instead of applied, and the next
-one replaces it. Held or applied, the deltas
-add up the same — the held sample's deltas from the last applied one are the sum of the deltas
-in between, as none of them was a reset — so the held sample is applied (``_fold``) before
-anything reads the accumulators: the tick, the minute row, a checkpoint, a relay change, a
-sample that is not held.
+one replaces it. Held or applied, the deltas add up the same — the held sample's deltas from
+the last applied one are the sum of the deltas in between, as none of them was a reset — so
+the held sample is applied (``_fold``) before anything reads the accumulators: the tick, the
+minute row, a checkpoint, a relay change, a sample that is not held.
 
 Pure: no I/O, no clock reads; the daemon passes its time in.
 """
@@ -363,18 +362,18 @@ class RtcStream:
         if recent is None or frame.pair_id != self.pair_id:
             return False
         layout, reference = self.layout, self.recent_values
-        if reference is None:  # the reference was applied, not held: find its layout
-            if (
-                layout is None
-                or recent.count(None) != layout.absent
-                or None in (reference := layout.get(recent))
-            ):
-                layout = self.layout = _layout(recent)
-                if layout is None:
-                    return False
-                reference = layout.get(recent)
-        elif layout is None:
-            return False
+        # The reference was applied, not held: take its counters by the stream's layout, or
+        # by a new one when they no longer fit it.
+        if reference is None and (
+            layout is None
+            or recent.count(None) != layout.absent
+            or None in (reference := layout.get(recent))
+        ):
+            layout = self.layout = _layout(recent)
+            if layout is None:
+                return False
+            reference = layout.get(recent)
+        assert layout is not None  # set whenever ``recent_values`` is
         if counters.count(None) != layout.absent:
             return False
         values = layout.get(counters)

@@ -125,8 +125,8 @@ class Subscriber:
         conn: int,
         text: bool,
         queue_messages: int,
-        ws: WebSocketConnection | None = None,
-        wire: Wire | None = None,
+        ws: WebSocketConnection,
+        wire: Wire | None,
     ) -> None:
         self.conn = conn
         self.text = text
@@ -148,15 +148,8 @@ class Subscriber:
     def send_now(self, messages: list[Encoded]) -> bool:
         """Write messages straight to the socket, when nothing queued or being sent must go
         before them; False: nothing was written, queue them."""
-        wire, ws = self.wire, self.ws
-        if (
-            wire is None
-            or ws is None
-            or self.busy
-            or self.queue
-            or self.resync
-            or ws.closed is not None
-        ):
+        wire = self.wire
+        if wire is None or self.busy or self.queue or self.resync or self.ws.closed is not None:
             return False
         text = self.text
         data = (
@@ -295,7 +288,7 @@ class Fanout:
         try:
             first = await ws.get_message()
             subscriber = Subscriber(
-                conn, isinstance(first, str), self.settings.queue_messages, ws, _wire()
+                conn, isinstance(first, str), self.settings.queue_messages, ws, current_wire()
             )
             self.subscribers.add(subscriber)
             self.counters["sessions"] += 1
@@ -575,11 +568,3 @@ class Fanout:
                 scope.cancel()
                 return
             await trio.sleep(settings.heartbeat_interval_s)
-
-
-def _wire() -> Wire | None:
-    """The session's byte stream; None when served by something other than our server."""
-    try:
-        return current_wire()
-    except LookupError:
-        return None

@@ -305,10 +305,10 @@ def websocket_frame(payload: bytes, text: bool) -> bytes:
 _current_wire: ContextVar[Wire] = ContextVar("bwmon_websocket_wire")
 
 
-def current_wire() -> Wire:
-    """The byte stream under the WebSocket connection this task serves (see ``Wire``).
-    ``LookupError`` outside a WebSocket route."""
-    return _current_wire.get()
+def current_wire() -> Wire | None:
+    """The byte stream under the WebSocket connection this task serves (see ``Wire``); None
+    outside a WebSocket route of this server."""
+    return _current_wire.get(None)
 
 
 async def _read_head(stream: trio.abc.Stream) -> tuple[h11.Request | None, bytes]:
