@@ -7,6 +7,7 @@ a daemon over the network, and turns our errors into an exit code and one clear 
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import json
 import os
@@ -91,6 +92,11 @@ def serve(
         reread = (lambda: with_overrides(load(config))) if config is not None else None
         await daemon_app.run(settings, bridge, reread=reread)
 
+    # Everything imported so far lives as long as the process: freezing it spares every full
+    # collection from walking it (some 56,000 objects; a collection that took 22 ms, in which
+    # UDP ingest stood still, takes 3-4 ms).
+    gc.collect()
+    gc.freeze()
     try:
         run_guest(main)
     except BaseExceptionGroup as group:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -144,7 +145,7 @@ class _AppliesEverySample(RtcStream):
 
     __slots__ = ()
 
-    def _hold(self, frame: RtcSample, counters: tuple[float | None, ...]) -> bool:
+    def _hold(self, frame: RtcSample, fields: tuple[Any, ...]) -> bool:
         return False
 
 
@@ -162,10 +163,14 @@ _STEP = st.one_of(
             ),
             "pair": st.sampled_from(["a", "a", "a", "b", None]),
             "path": st.sampled_from([None, None, "host", "relay"]),
+            # every other counter too, growing with the sequence number: none, one or a few
+            # of all the counters absent
+            "others": st.booleans(),
         }
     ),
 )
 _HELD_COUNTERS = ("audio_bytes_sent", "video_bytes_received", "pair_bytes_sent", "frames_decoded")
+_OTHER_COUNTERS = tuple(name for name in COUNTERS if name not in _HELD_COUNTERS)
 
 
 @settings(max_examples=300, deadline=None)
@@ -193,6 +198,8 @@ def test_holding_samples_changes_no_figure(steps: list[Any]) -> None:
                 fields[_HELD_COUNTERS[k]] = totals[k]
         if step["path"] is not None:
             fields["local_candidate"] = step["path"]
+        if step["others"]:
+            fields |= dict.fromkeys(_OTHER_COUNTERS, 10 * seq)
         frame = sample(seq, pair_id=step["pair"], **fields)
         assert fast.add(frame, minute) == reference.add(frame, minute)
     assert fast.state() == reference.state()
@@ -223,3 +230,24 @@ def test_a_counter_that_appears_is_never_held_past() -> None:
     pending, _ = stream.take_pending()
     assert pending[COUNTERS.index("frames_decoded")] == 30
     assert pending[COUNTERS.index("video_bytes_sent")] == 200
+
+
+@pytest.mark.parametrize("missing", [(), ("freeze_count",), ("freeze_count", "frames_dropped")])
+def test_a_counter_that_appears_among_all_the_others_is_never_held_past(
+    missing: tuple[str, ...],
+) -> None:
+    """The same with every counter but ``missing`` present, the last of them then appearing:
+    layouts with no absent counter and with just one check presence as well."""
+    stream = RtcStream("m", "p", "c")
+    for seq in (1, 2, 3):
+        counters = {name: 100 * seq for name in COUNTERS if name not in missing}
+        stream.add(sample(seq, **counters), 0)
+    assert stream.held
+    appears = dict.fromkeys(missing[-1:], 7)
+    stream.add(sample(4, **{name: 400 for name in COUNTERS if name not in missing} | appears), 0)
+    assert stream.held is not bool(missing)  # with none missing, nothing appeared: held
+    stream.add(sample(5, **{name: 500 for name in COUNTERS if name not in missing[:-1]}), 0)
+    pending, samples = stream.take_pending()
+    assert (pending[COUNTERS.index("video_bytes_sent")], samples) == (400, 5)
+    if missing:
+        assert pending[COUNTERS.index(missing[-1])] == 500 - 7
