@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 from msgspec import Meta
@@ -225,7 +225,7 @@ class AlertEngine:
             for name in [name for name in watches if name not in kept]:
                 watch = watches.pop(name)
                 if watch.raised is not None:
-                    events.append(self._clear(old[name], watch, None, now))
+                    events.append(self._clear(old[name].clear_threshold, watch, None, now))
         return events
 
     def observe(
@@ -279,7 +279,61 @@ class AlertEngine:
                 del self._keys_by_meeting[k[:1]]
             for name, watch in self._watches.pop(k).items():
                 if watch.raised is not None:
-                    events.append(self._clear(by_name[name], watch, None, now))
+                    events.append(self._clear(by_name[name].clear_threshold, watch, None, now))
+        return events
+
+    def state(self) -> list[list[Any]]:
+        """What a checkpoint keeps: every watch, with its key, its rule's name, metric, scope
+        and clear threshold (so that a restart under other rules can clear what they no
+        longer watch), in plain values."""
+        by_name = {rule.name: rule for rule in self.rules}
+        return [
+            [
+                list(key),
+                name,
+                by_name[name].metric,
+                by_name[name].scope,
+                by_name[name].clear_threshold,
+                watch.bad,
+                watch.good,
+                watch.breach_since,
+                msgspec.to_builtins(watch.raised) if watch.raised is not None else None,
+                watch.raises,
+                watch.cleared_at,
+                watch.held,
+            ]
+            for key, watches in self._watches.items()
+            for name, watch in watches.items()
+        ]
+
+    def restore(self, state: Sequence[Sequence[Any]], now: float) -> list[AlertEvent]:
+        """Load ``state`` (from ``state()``) into this engine, which watches nothing yet: raised
+        alerts stay raised under their ids, and clear as if the daemon had never stopped. The
+        clears of raised alerts whose rule is gone, or now watches another metric or scope
+        (as ``set_rules``)."""
+        by_name = {rule.name: rule for rule in self.rules}
+        events: list[AlertEvent] = []
+        for entry in state:
+            key_list, name, metric, scope, clear_threshold, *fields = entry
+            key = tuple(key_list)
+            watch = _Watch()
+            (
+                watch.bad,
+                watch.good,
+                watch.breach_since,
+                raised,
+                watch.raises,
+                watch.cleared_at,
+                watch.held,
+            ) = fields
+            watch.raised = msgspec.convert(raised, AlertEvent) if raised is not None else None
+            rule = by_name.get(name)
+            if rule is None or (rule.metric, rule.scope) != (metric, scope):
+                if watch.raised is not None:
+                    events.append(self._clear(clear_threshold, watch, None, now))
+                continue
+            self._watches.setdefault(key, {})[name] = watch
+            self._keys_by_meeting.setdefault(key[:1], set()).add(key)
         return events
 
     def active(self) -> list[AlertEvent]:
@@ -305,7 +359,7 @@ class AlertEngine:
             healthy = _healthy(rule, value)
             watch.good = ((watch.good << 1) | healthy) & ((1 << rule.clear_window) - 1)
             if watch.good.bit_count() >= rule.clear_count:
-                return self._clear(rule, watch, value, now)
+                return self._clear(rule.clear_threshold, watch, value, now)
             return None
 
         if not (
@@ -339,7 +393,9 @@ class AlertEngine:
         return watch.raised
 
     @staticmethod
-    def _clear(rule: AlertRule, watch: _Watch, value: float | None, now: float) -> AlertEvent:
+    def _clear(
+        clear_threshold: float, watch: _Watch, value: float | None, now: float
+    ) -> AlertEvent:
         raised = watch.raised
         assert raised is not None
         watch.raised = None
@@ -348,5 +404,5 @@ class AlertEngine:
         watch.bad = 0
         watch.breach_since = None
         return msgspec.structs.replace(
-            raised, state="cleared", value=value, threshold=rule.clear_threshold, at=now
+            raised, state="cleared", value=value, threshold=clear_threshold, at=now
         )

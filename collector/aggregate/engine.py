@@ -594,6 +594,7 @@ class Engine:
             "last_tick": self.last_tick,
             "meetings": meetings,
             "routes": [route.state() for route in self.routes.values()],
+            "alerts": self.alerts.state(),
         }
 
     def restore(self, snapshot: dict[str, Any], now: float) -> None:
@@ -618,6 +619,8 @@ class Engine:
         for state in snapshot["routes"]:
             route = HttpRouteState.from_state(state, window)
             self.routes[(route.service, route.route, route.method)] = route
+        # Checkpoints of earlier builds hold no alerts: theirs are not restored.
+        self.output.alerts += self.alerts.restore(snapshot.get("alerts", []), now)
 
     def drain(self) -> Output:
         """Hand over everything produced since the last drain."""

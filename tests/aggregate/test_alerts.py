@@ -357,3 +357,61 @@ def test_set_rules_clears_the_alerts_of_a_dropped_or_repurposed_rule() -> None:
     assert engine.active() == []
     with pytest.raises(ValueError, match="unique"):
         engine.set_rules([RTT, RTT], now=11)
+
+
+def _restarted(
+    engine: AlertEngine, rules: Sequence[AlertRule], now: float
+) -> tuple[AlertEngine, list[AlertEvent]]:
+    """A new engine under ``rules`` from ``engine``'s checkpointed state (through MessagePack,
+    as a checkpoint goes); the events its restore produced."""
+    state = msgspec.msgpack.decode(msgspec.msgpack.encode(engine.state()))
+    restarted = AlertEngine(rules)
+    return restarted, restarted.restore(state, now)
+
+
+def test_a_restart_keeps_raised_alerts_and_their_ids_until_they_clear() -> None:
+    engine, twin = AlertEngine([RTT]), AlertEngine([RTT])  # the twin never stops
+    values = [BAD] * 3 + [GOOD] * 2
+    assert feed(engine, values) == feed(twin, values) == ["high_rtt raised@2"]
+    restarted, events = _restarted(engine, [RTT], now=5)
+    assert events == []
+    assert restarted.active() == twin.active()
+    # The healthy samples seen before the restart count: three more clear it, as in the twin,
+    # with the raise's id.
+    after = [
+        (e.id, e.state, e.at)
+        for t in range(5, 8)
+        for e in restarted.observe(KEY, "participant", {"rtt_ms": GOOD}, t)
+    ]
+    assert after == [(twin.active()[0].id, "cleared", 7)]
+    assert feed(twin, [GOOD] * 3, start=5) == ["high_rtt cleared@7"]
+    assert restarted.active() == []
+    assert restarted.state() == twin.state()
+
+
+def test_a_restart_keeps_the_window_of_a_rule_not_yet_raised() -> None:
+    engine = AlertEngine([RTT])
+    assert feed(engine, [BAD, BAD]) == []
+    restarted, _ = _restarted(engine, [RTT], now=2)
+    assert feed(restarted, [BAD], start=2) == ["high_rtt raised@2"]  # the third of five
+
+
+def test_a_restart_under_other_rules_clears_what_they_no_longer_watch() -> None:
+    jitter = AlertRule(name="jitter", metric="jitter_ms", raise_threshold=30, clear_threshold=20)
+    engine = AlertEngine([RTT, jitter])
+    for t in range(3):
+        engine.observe(KEY, "participant", {"rtt_ms": BAD, "jitter_ms": 50.0}, t)
+    raised = {event.rule: event for event in engine.active()}
+    on_loss = msgspec.structs.replace(jitter, metric="loss_pct")
+    restarted, cleared = _restarted(engine, [on_loss], now=10)
+    assert sorted((e.rule, e.id, e.state, e.value, e.threshold, e.at) for e in cleared) == [
+        ("high_rtt", raised["high_rtt"].id, "cleared", None, 300, 10),
+        ("jitter", raised["jitter"].id, "cleared", None, 20, 10),
+    ]
+    assert restarted.active() == []
+    assert restarted.state() == []
+    # Without the jitter rule: its alert clears, high_rtt's stays raised and goes on.
+    kept, cleared = _restarted(engine, [RTT], now=10)
+    assert [(e.id, e.state) for e in cleared] == [(raised["jitter"].id, "cleared")]
+    assert [e.id for e in kept.active()] == [raised["high_rtt"].id]
+    assert [e.id for e in kept.forget(KEY[:1], now=11)] == [raised["high_rtt"].id]

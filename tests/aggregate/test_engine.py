@@ -213,6 +213,25 @@ def test_high_rtt_raises_and_clears_an_alert() -> None:
     assert alerts == [("high_rtt", "raised"), ("high_rtt", "cleared")]
 
 
+def test_an_alert_raised_before_a_restart_clears_after_it_under_its_id() -> None:
+    def second(engine: Engine, at: int, rtt: float) -> None:
+        engine.add([rtc(at, audio_bytes_received=4_000 * at, rtt_ms=rtt)], T0 + at)
+        engine.tick(T0 + at + 0.5)
+
+    first = Engine()
+    for at in range(1, 5):
+        second(first, at, 500.0)
+    (raised,) = [a for a in first.drain().alerts if a.rule == "high_rtt"]
+    snapshot = msgspec.msgpack.decode(msgspec.msgpack.encode(first.snapshot()))
+    restarted = Engine()
+    restarted.restore(snapshot, T0 + 5)
+    assert [a.id for a in restarted.alerts.active()] == [raised.id]
+    for at in range(5, 12):
+        second(restarted, at, 100.0)
+    alerts = [(a.id, a.state) for a in restarted.drain().alerts if a.rule == "high_rtt"]
+    assert alerts == [(raised.id, "cleared")]
+
+
 def test_a_restored_snapshot_continues_exactly_where_the_engine_stopped() -> None:
     def feed(engine: Engine, seqs: range) -> None:
         for seq in seqs:
