@@ -68,9 +68,10 @@ PAIR_COUNTERS: Final = (C["pair_bytes_sent"], C["pair_bytes_received"])
 # A sample's fields as one tuple (``astuple``: one C call, a third of the cost of reading the
 # counters by name), in which the counters are one run in ``COUNTERS`` order.
 _fields_of: Final = msgspec.structs.astuple
-_FIRST: Final = [f.name for f in msgspec.structs.fields(RtcSample)].index(COUNTERS[0])
+_FIELD_NAMES: Final = tuple(f.name for f in msgspec.structs.fields(RtcSample))
+_FIRST: Final = _FIELD_NAMES.index(COUNTERS[0])
 _COUNTERS_AT: Final = slice(_FIRST, _FIRST + N_COUNTERS)
-assert tuple(f.name for f in msgspec.structs.fields(RtcSample))[_COUNTERS_AT] == COUNTERS
+assert _FIELD_NAMES[_COUNTERS_AT] == COUNTERS
 # The live view: per tick bucket, the values derived for the interval (NaN: not measured).
 RING_FIELDS: Final = (
     "send_bps",

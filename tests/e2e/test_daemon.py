@@ -227,6 +227,7 @@ def test_bench_aggregate_prints_its_figures() -> None:
     assert figures["target_bytes_per_stream"] == 4096
     assert figures["frames_per_s"] > 0
     assert 0 < figures["ratio_to_ceiling"] < 1
+    assert 0 < figures["tick_step_ms"] <= figures["tick_ms"]
     assert set(figures["bytes_per_stream"]) == {"1000", "5000"}
     assert all(0 < size < 64_000 for size in figures["bytes_per_stream"].values())
 
