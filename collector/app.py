@@ -329,10 +329,16 @@ class Daemon:
                 "epoch": self.channel.epoch,
                 **self.publisher.counters,
                 **self.fanout.health(),
+                **self._redis_health(),
             },
             "http": self.http.counters.as_dict(),
             "limits": self.source_limiter.health(),
         }
+
+    def _redis_health(self) -> dict[str, Any]:
+        """The Redis channel's own counters (outages, dead daemons reaped), if it is one."""
+        counters = getattr(self.channel, "counters", None)
+        return {"redis": dict(counters)} if isinstance(counters, dict) else {}
 
     def authorize_api(self, request: Request, meeting: str | None) -> Response | None:
         """``/api``: a bearer token with the ``read`` right on ``meeting`` (None: every
@@ -530,6 +536,7 @@ def open_channel(fanout: FanoutConfig, bridge: AsyncioBridge | None) -> Channel:
         prefix=fanout.redis_key_prefix,
         history=fanout.history_deltas,
         interest_ttl_s=max(10.0, 5 * fanout.publish_interval_s),
+        daemon_ttl_s=max(10.0, 5 * fanout.publish_interval_s),
         retry_max_s=fanout.redis_retry_max_s,
     )
 

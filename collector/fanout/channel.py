@@ -12,8 +12,9 @@ Exceptions (translated at the edge, callers see only these)::
 
     ChannelError
     ├── ChannelUnavailable   the channel cannot be reached now; try again later
-    └── EpochChanged         the channel lost its state (Redis restarted): publish everything
-                             again; subscribers resynchronise with snapshots
+    └── EpochChanged         the channel lost its state (Redis restarted), or this daemon's
+                             part of it (presumed dead): publish everything again; after a
+                             restart subscribers resynchronise with snapshots
 """
 
 from __future__ import annotations

@@ -17,6 +17,10 @@ Keys under the prefix ``P`` (``fanout.redis_key_prefix``)::
     P:log:<topic>      stream   one entry per delta, id ``<seq>-0``, fields ``seq``, ``epoch``,
                                 ``at``, ``changed``, ``removed``, ``alerts`` (MessagePack);
                                 trimmed to about ``history`` entries (``MAXLEN ~``)
+    P:owner:<topic>    hash     entity id -> id of the daemon that set it last
+    P:owned            set      the ``meta`` keys of topics with an ``owner`` hash
+    P:daemons          zset     daemon id -> expiry (ms, Redis clock): registered by its first
+                                publish, kept by every publish and every ``daemon_ttl_s / 3``
 
 How it works:
 
@@ -37,14 +41,22 @@ How it works:
 * ``forget`` deletes the ``state`` and ``log`` of emptied topics but keeps ``meta`` for
   ``FORGOTTEN_TTL_S``: a meeting id used again continues its sequence numbers instead of reusing
   ones that a subscriber may still hold under the same epoch.
+* A daemon that dies (``kill -9``, a lost host) leaves its entities in the shared topics. Every
+  daemon runs ``reap`` each ``daemon_ttl_s / 3``: the entities last set by a daemon whose
+  registration expired are removed, each topic in one delta as a publish would (so
+  subscribers everywhere see the meeting go), and the daemon is unregistered. A daemon that was
+  only cut off from Redis for that long finds itself unregistered at its next publish, which
+  then raises ``EpochChanged`` so that the publisher sends its whole state again.
 
 Limits, on purpose or not yet handled:
 
 * Redis should run without persistence for this data (or with the prefix deleted after a
   restore from a dump): a restored dump keeps the epoch but may hold older states and sequence
   numbers, which nothing here detects.
-* The shared topics (``meetings``, ``http``, ``alerts``) hold the entities of every daemon; the
-  entities of a daemon that died without removing them stay until Redis loses its data.
+* The shared topics (``meetings``, ``http``, ``alerts``) hold the entities of every daemon. An
+  entity two daemons both publish (one meeting with participants on both) belongs to the one
+  that set it last; when that one dies it is removed, and comes back with the other's next
+  change of it (holding only the fields that changed, for a client that applies deltas).
 * A publish that timed out may still have been applied; the publisher then sends the same
   changes again (same values; alert transitions twice).
 * One Redis, not Redis Cluster: a publish touches the keys of several topics in one script.
@@ -63,6 +75,8 @@ synchronous), and never blocks the trio loop on Redis: every command goes throug
 from __future__ import annotations
 
 import contextlib
+import secrets
+import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -107,14 +121,24 @@ _entities_decoder: Final = msgspec.msgpack.Decoder(Entities)
 _ids_decoder: Final = msgspec.msgpack.Decoder(list[str])
 _alerts_decoder: Final = msgspec.msgpack.Decoder(list[dict[str, Any]])
 
-# KEYS: epoch, then per change meta, state, log.
-# ARGV: expected epoch, at, history, then per change: n set, n removed, changed, removed, alerts,
-#       then n set (id, blob) pairs, then n removed ids.
-# Returns {1, {seq, ...}} or {0, epoch in Redis (false when missing)}.
+# KEYS: epoch, daemons, owned, then per change meta, state, log, owner.
+# ARGV: expected epoch, at, history, daemon id, its ttl (ms), registered (1: by an earlier publish
+#       under this epoch, so being missing means presumed dead), then per change: n set,
+#       n removed, changed, removed, alerts, then n set (id, blob) pairs, then n removed ids.
+# Returns {1, {seq, ...}}, {0, epoch in Redis (false when missing)} or {2} (this daemon had been
+# presumed dead and its entities removed: it is registered again, and nothing was published).
 _PUBLISH_LUA: Final = """
 local current = redis.call('GET', KEYS[1])
 if current ~= ARGV[1] then
   return {0, current}
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local me = ARGV[4]
+local registered = redis.call('ZSCORE', KEYS[2], me)
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[5]), me)
+if not registered and ARGV[6] == '1' then
+  return {2}
 end
 -- unpack() of more than ~8000 values fails: HDEL/HSET in slices of 1000 arguments
 local function chunked(command, key, first, last)
@@ -126,26 +150,103 @@ local function chunked(command, key, first, last)
   end
 end
 local at, history = ARGV[2], ARGV[3]
-local a, seqs = 4, {}
-for k = 2, #KEYS, 3 do
-  local meta, state, stream = KEYS[k], KEYS[k + 1], KEYS[k + 2]
+local a, seqs = 7, {}
+for k = 4, #KEYS, 4 do
+  local meta, state, stream, owner = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
   local nset, ndel = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
   local changed, removed, alerts = ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   a = a + 5
   local seq = redis.call('HINCRBY', meta, 'seq', 1)
   redis.call('HSET', meta, 'at', at)
   redis.call('PERSIST', meta)
+  redis.call('PERSIST', stream)
   local sets = a
   a = a + 2 * nset
   chunked('HDEL', state, a, a + ndel - 1)
+  chunked('HDEL', owner, a, a + ndel - 1)
   a = a + ndel
   chunked('HSET', state, sets, sets + 2 * nset - 1)
+  -- who set each entity last: the one whose death removes it
+  for i = sets, sets + 2 * nset - 1, 2 do
+    redis.call('HSET', owner, ARGV[i], me)
+  end
+  if nset > 0 then
+    redis.call('SADD', KEYS[3], KEYS[k])
+  elseif ndel > 0 and redis.call('EXISTS', owner) == 0 then
+    redis.call('SREM', KEYS[3], KEYS[k])
+  end
   redis.call('XADD', stream, 'MAXLEN', '~', history, seq .. '-0', 'seq', seq,
              'epoch', ARGV[1], 'at', at, 'changed', changed, 'removed', removed,
              'alerts', alerts)
   seqs[#seqs + 1] = seq
 end
 return {1, seqs}
+"""
+
+# KEYS: daemons. ARGV: ttl (ms), daemon id. Keeps a registered daemon alive; never registers
+# one (that is publish's, which then knows whether the daemon had been presumed dead).
+_ALIVE_LUA: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZADD', KEYS[1], 'XX', 'GT', now + tonumber(ARGV[1]), ARGV[2])
+"""
+
+# KEYS: daemons, owned, epoch. ARGV: prefix, at, history, forgotten ttl (ms), empty changed,
+# empty alerts. Removes the entities last set by daemons whose registration expired, each topic
+# in one delta (as a publish would), then the daemons themselves; at most 10 daemons a call.
+# Returns {daemons reaped, entities removed}.
+_REAP_LUA: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 10)
+if #dead == 0 then
+  return {0, 0}
+end
+local epoch = redis.call('GET', KEYS[3])
+local prefix, at, history = ARGV[1], ARGV[2], ARGV[3]
+local is_dead = {}
+for _, d in ipairs(dead) do
+  is_dead[d] = true
+end
+local removed_total = 0
+for _, meta in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local topic = string.sub(meta, #prefix + 7)  -- after "<prefix>:meta:"
+  local owner = prefix .. ':owner:' .. topic
+  local state = prefix .. ':state:' .. topic
+  local stream = prefix .. ':log:' .. topic
+  local gone = {}
+  local owners = redis.call('HGETALL', owner)
+  for i = 1, #owners, 2 do
+    if is_dead[owners[i + 1]] then
+      gone[#gone + 1] = owners[i]
+    end
+  end
+  if #gone > 0 then
+    for i = 1, #gone, 1000 do
+      local slice = {unpack(gone, i, math.min(i + 999, #gone))}
+      redis.call('HDEL', state, unpack(slice))
+      redis.call('HDEL', owner, unpack(slice))
+    end
+    removed_total = removed_total + #gone
+    if epoch then
+      local seq = redis.call('HINCRBY', meta, 'seq', 1)
+      redis.call('HSET', meta, 'at', at)
+      redis.call('XADD', stream, 'MAXLEN', '~', history, seq .. '-0', 'seq', seq,
+                 'epoch', epoch, 'at', at, 'changed', ARGV[5],
+                 'removed', cmsgpack.pack(gone), 'alerts', ARGV[6])
+    end
+  end
+  if redis.call('EXISTS', owner) == 0 then
+    redis.call('SREM', KEYS[2], meta)
+    if redis.call('EXISTS', state) == 0 and string.sub(topic, 1, 8) == 'meeting:' then
+      -- as forget does: the log goes (later: readers still get the removal), meta stays a while
+      redis.call('PEXPIRE', stream, ARGV[4])
+      redis.call('PEXPIRE', meta, ARGV[4])
+    end
+  end
+end
+redis.call('ZREM', KEYS[1], unpack(dead))
+return {#dead, removed_total}
 """
 
 # KEYS: epoch. ARGV: a new epoch. Returns the epoch in force.
@@ -192,6 +293,8 @@ class _Scripts:
     publish: AsyncScript
     establish: AsyncScript
     interest: AsyncScript
+    alive: AsyncScript
+    reap: AsyncScript
     wanted: AsyncScript
     forget: AsyncScript
 
@@ -207,6 +310,7 @@ class RedisChannel:
         prefix: str = "bwmon",
         history: int = 120,
         interest_ttl_s: float = 10.0,
+        daemon_ttl_s: float = 10.0,
         retry_max_s: float = 10.0,
         command_timeout_s: float = COMMAND_TIMEOUT_S,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
@@ -216,16 +320,23 @@ class RedisChannel:
         self.prefix = prefix
         self.history = max(1, history)
         self.interest_ttl_s = interest_ttl_s
+        self.daemon_ttl_s = daemon_ttl_s
+        self.daemon_id = secrets.token_hex(8)  # whose entities are whose, in Redis
         self.retry_max_s = max(RETRY_START_S, retry_max_s)
         self.command_timeout_s = command_timeout_s
         self.connect_timeout_s = connect_timeout_s
         self._epoch_key = f"{prefix}:epoch"
         self._interest_key = f"{prefix}:interest"
+        self._daemons_key = f"{prefix}:daemons"
+        self._owned_key = f"{prefix}:owned"
         self._client: redis.asyncio.Redis | None = None
         self._scripts: _Scripts | None = None
         self._client_lock = trio.Lock()
         self._epoch: str | None = None  # None until the first round trip
         self._publish_epoch: str | None = None  # what the publisher's state is under
+        # Registered by a publish under this epoch: a later publish that finds this daemon
+        # unregistered knows its entities were removed as a dead daemon's.
+        self._registered = False
         self._generation = 0  # +1 at each epoch change: reading positions restart
         self._on_epoch: OnEpoch | None = None
         self._watched: frozenset[str] = frozenset()
@@ -233,7 +344,15 @@ class RedisChannel:
         self._interest_changed = trio.Event()
         self._positions: dict[str, int] = {}  # topic -> last seq read from its log
         self._hints: dict[str, int] = {}  # topic -> seq a subscriber got, before it is read
-        self.counters = {"delivered": 0, "epoch_changes": 0, "bad_entries": 0, "outages": 0}
+        self.counters = {
+            "delivered": 0,
+            "epoch_changes": 0,
+            "bad_entries": 0,
+            "outages": 0,
+            "presumed_dead": 0,  # times this daemon's entities were removed as a dead one's
+            "daemons_reaped": 0,  # dead daemons whose entities this daemon removed
+            "entities_reaped": 0,
+        }
 
     # -- the Channel interface -------------------------------------------------------------
 
@@ -252,6 +371,7 @@ class RedisChannel:
         self._on_epoch = on_epoch
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._keep_interest)
+            nursery.start_soon(self._keep_alive)
             task_status.started()  # at once: a daemon starts even while Redis is down
             await self._read_forever(deliver)
 
@@ -268,10 +388,17 @@ class RedisChannel:
         await self._ensure_epoch()
         values = await self._complete_values(changes)
         expected = self._publish_epoch or self.epoch
-        keys: list[str] = [self._epoch_key]
-        args: list[str | bytes | int] = [expected, repr(float(at)), self.history]
+        keys: list[str] = [self._epoch_key, self._daemons_key, self._owned_key]
+        args: list[str | bytes | int] = [
+            expected,
+            repr(float(at)),
+            self.history,
+            self.daemon_id,
+            int(self.daemon_ttl_s * 1000),
+            int(self._registered),
+        ]
         for change, full in zip(changes, values, strict=True):
-            keys += self._topic_keys(change.topic)
+            keys += [*self._topic_keys(change.topic), self._owner_key(change.topic)]
             args += [
                 len(full),
                 len(change.removed),
@@ -284,11 +411,16 @@ class RedisChannel:
             args += change.removed
         scripts = await self._get_scripts()
         # Not retried: had the script run before the connection broke, it would apply twice.
-        ok, result = await self._call(_run_script, scripts.publish, keys, args, retry=False)
-        if ok:
+        reply = await self._call(_run_script, scripts.publish, keys, args, retry=False)
+        if reply[0] == 1:
             self._publish_epoch = expected
+            self._registered = True
             return
-        current = await self._observe_epoch(result)
+        if reply[0] == 2:
+            self.counters["presumed_dead"] += 1
+            log.warning("redis_channel_presumed_dead", daemon=self.daemon_id)
+            raise EpochChanged("this daemon was presumed dead: its entities were removed")
+        current = await self._observe_epoch(reply[1])
         self._publish_epoch = None  # the publisher now starts from nothing, under `current`
         raise EpochChanged(f"channel epoch is {current}, was {expected}")
 
@@ -369,6 +501,9 @@ class RedisChannel:
         p = self.prefix
         return f"{p}:meta:{topic}", f"{p}:state:{topic}", f"{p}:log:{topic}"
 
+    def _owner_key(self, topic: str) -> str:
+        return f"{self.prefix}:owner:{topic}"
+
     async def _get_scripts(self) -> _Scripts:
         await self._get_client()
         assert self._scripts is not None
@@ -389,6 +524,8 @@ class RedisChannel:
                     publish=client.register_script(_PUBLISH_LUA),
                     establish=client.register_script(_ESTABLISH_LUA),
                     interest=client.register_script(_INTEREST_LUA),
+                    alive=client.register_script(_ALIVE_LUA),
+                    reap=client.register_script(_REAP_LUA),
                     wanted=client.register_script(_WANTED_LUA),
                     forget=client.register_script(_FORGET_LUA),
                 )
@@ -443,6 +580,7 @@ class RedisChannel:
     def _adopt(self, epoch: str) -> None:
         previous, self._epoch = self._epoch, epoch
         self._generation += 1
+        self._registered = False  # Redis lost its data: registrations went with it
         self._positions.clear()
         self._hints.clear()
         if previous is None:
@@ -579,6 +717,44 @@ class RedisChannel:
                     pass  # the reader logs outages; try again at the next period
             with trio.move_on_after(self.interest_ttl_s / 3):
                 await self._interest_changed.wait()
+
+    async def _keep_alive(self) -> None:
+        """Every ``daemon_ttl_s / 3``: keep this daemon registered (once a publish registered
+        it), then remove the entities of daemons whose registration expired (``reap``)."""
+        ttl_ms = int(self.daemon_ttl_s * 1000)
+        while True:
+            with contextlib.suppress(ChannelUnavailable):  # the reader logs outages
+                if self._registered:
+                    scripts = await self._get_scripts()
+                    await self._call(
+                        _run_script, scripts.alive, [self._daemons_key], [ttl_ms, self.daemon_id]
+                    )
+                await self.reap()
+            await trio.sleep(self.daemon_ttl_s / 3)
+
+    async def reap(self) -> int:
+        """Remove the entities last set by daemons not heard from for ``daemon_ttl_s`` (they
+        died without removing them), in one delta per topic; the number of daemons reaped."""
+        scripts = await self._get_scripts()
+        keys = [self._daemons_key, self._owned_key, self._epoch_key]
+        args = [
+            self.prefix,
+            repr(time.time()),
+            self.history,
+            int(FORGOTTEN_TTL_S * 1000),
+            _encoder.encode({}),
+            _encoder.encode([]),
+        ]
+        total = 0
+        while True:
+            # Not retried: the removals would be published twice.
+            daemons, entities = await self._call(_run_script, scripts.reap, keys, args, retry=False)
+            if not daemons:
+                return total
+            total += daemons
+            self.counters["daemons_reaped"] += daemons
+            self.counters["entities_reaped"] += entities
+            log.info("redis_channel_reaped", daemons=daemons, entities=entities)
 
 
 # -- decoding ----------------------------------------------------------------------------------

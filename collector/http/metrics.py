@@ -317,6 +317,25 @@ def _fanout(out: _Exposition, health: Mapping[str, Any]) -> None:
     for key, (name, help_) in counters.items():
         out.counter(name, help_, fanout.get(key))
     out.gauge("fanout_subscribers", "Connected subscribers.", fanout.get("subscribers"))
+    redis = fanout.get("redis")
+    if isinstance(redis, Mapping):
+        redis_counters = {
+            "outages": ("fanout_redis_outages", "Times Redis became unreachable."),
+            "daemons_reaped": (
+                "fanout_redis_daemons_reaped",
+                "Dead daemons whose entities this daemon removed from the shared topics.",
+            ),
+            "entities_reaped": (
+                "fanout_redis_entities_reaped",
+                "Entities of dead daemons this daemon removed.",
+            ),
+            "presumed_dead": (
+                "fanout_redis_presumed_dead",
+                "Times this daemon, cut off from Redis, found its entities removed.",
+            ),
+        }
+        for key, (name, help_) in redis_counters.items():
+            out.counter(name, help_, redis.get(key))
     if isinstance(last_ms, int | float) and not isinstance(last_ms, bool):
         out.gauge("fanout_last_publish_seconds", "Duration of the last publish.", last_ms / 1000)
 

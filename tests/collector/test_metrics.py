@@ -99,6 +99,13 @@ def health() -> dict[str, Any]:
             "queues_replaced": 1,
             "heartbeat_timeouts": 1,
             "bad_messages": 0,
+            "redis": {
+                "delivered": 30,
+                "outages": 2,
+                "presumed_dead": 0,
+                "daemons_reaped": 1,
+                "entities_reaped": 7,
+            },
         },
         "http": {
             "connections_open": 1,
@@ -184,6 +191,10 @@ def test_values_and_labels_come_from_the_health_dict() -> None:
     assert value("bwmon_http_response_errors") == 1
     assert value("bwmon_fanout_channel_info", channel="redis") == 1
     assert value("bwmon_fanout_subscribers") == 2
+    assert value("bwmon_fanout_redis_outages") == 2
+    assert value("bwmon_fanout_redis_daemons_reaped") == 1
+    assert value("bwmon_fanout_redis_entities_reaped") == 7
+    assert value("bwmon_fanout_redis_presumed_dead") == 0
     assert value("bwmon_fanout_deltas_sent") == 55
     assert value("bwmon_fanout_deltas_written_now") == 50
     assert value("bwmon_fanout_snapshots_sent") == 4

@@ -1,12 +1,15 @@
 """Two real daemons share one real Redis: frames go to daemon A, a subscriber on daemon B sees
 A's meetings (snapshot, then deltas); Redis restarts mid-run, and the subscriber ends with the
-state of a fresh snapshot."""
+state of a fresh snapshot. A daemon killed with SIGKILL: its meetings leave every subscriber's
+view."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,9 +39,12 @@ def config(tmp_path: Path, name: str, redis_port: int, prefix: str) -> Path:
 
 
 @contextmanager
-def emitting(daemon: DaemonProcess, seconds: float) -> Iterator[None]:
+def emitting(
+    daemon: DaemonProcess, seconds: float, meetings: int = 3, seed: int = 1
+) -> Iterator[None]:
     command = [sys.executable, "-m", "cli.main", "emit", "--udp-port", str(daemon.udp_port)]
-    command += ["--meetings", "3", "--participants", "2", "--duration", str(seconds)]
+    command += ["--meetings", str(meetings), "--participants", "2", "--duration", str(seconds)]
+    command += ["--seed", str(seed)]
     command += ["--http-routes", "0", "--loss", "0"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     try:
@@ -114,3 +120,50 @@ async def test_a_subscriber_on_b_follows_meetings_on_a_through_a_redis_restart(
     assert health_a["fanout"]["epoch"] == health_b["fanout"]["epoch"] == fresh.epoch
     assert health_b["aggregate"]["meetings"] == 0  # B aggregated nothing itself
     assert health_b["fanout"]["snapshots_sent"] >= 2
+
+
+def live_meetings(daemon: DaemonProcess) -> set[str]:
+    """The meetings the daemon aggregates itself (``/api/meetings``)."""
+    url = f"http://127.0.0.1:{daemon.http_port}/api/meetings"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return set(json.load(response)["meetings"])
+
+
+async def test_a_killed_daemons_meetings_leave_the_subscribers_view(tmp_path: Path) -> None:
+    redis_port = free_port()
+    prefix = f"bwmon-test-{secrets.token_hex(4)}"
+    with (
+        redis_server(redis_port),
+        running_daemon(
+            tmp_path / "a.log", ["--config", str(config(tmp_path, "a", redis_port, prefix))]
+        ) as a,
+        running_daemon(
+            tmp_path / "b.log", ["--config", str(config(tmp_path, "b", redis_port, prefix))]
+        ) as b,
+        emitting(a, seconds=60, meetings=3, seed=1),
+        emitting(b, seconds=60, meetings=2, seed=2),
+    ):
+        mirror = TopicMirror("meetings")
+        async with open_websocket_url(f"ws://127.0.0.1:{b.http_port}/subscribe") as ws:
+            await ws.send_message(_json.encode(Subscribe(topic="meetings")).decode())
+            while len(mirror.entities) < 5:
+                await next_update(ws, mirror)
+            of_b = live_meetings(b)
+            assert len(of_b) == 2
+
+            a.process.kill()  # SIGKILL: nothing of A's is removed by A
+            a.process.wait()
+            killed = trio.current_time()
+            with trio.fail_after(30):  # the daemon TTL (10 s) and a keeper period (3.3 s)
+                while set(mirror.entities) != of_b:
+                    await next_update(ws, mirror)
+            assert trio.current_time() - killed > 5  # removed when presumed dead, not before
+            fresh = await fresh_snapshot(b.http_port, "meetings")
+            while mirror.seq is not None and mirror.seq < fresh.seq:
+                await next_update(ws, mirror)
+            assert (mirror.seq, mirror.entities) == (fresh.seq, fresh.entities)
+            assert set(fresh.entities) == of_b
+            await ws._stream.aclose()
+        redis_health = b.health()["fanout"]["redis"]
+    assert redis_health["daemons_reaped"] == 1
+    assert redis_health["entities_reaped"] >= 3  # A's meetings (and any open alert of A's)

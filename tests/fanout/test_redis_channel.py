@@ -368,3 +368,77 @@ async def test_redis_restart_changes_the_epoch_and_everything_is_published_again
             nursery.cancel_scope.cancel()
     finally:
         await trio.to_thread.run_sync(server.stop)
+
+
+async def test_a_dead_daemons_entities_are_removed_and_everyone_sees_them_go(
+    bridge: AsyncioBridge, prefix: str, raw: redis.Redis
+) -> None:
+    b_daemon = Daemon()
+    async with (
+        redis_channel(bridge, prefix, daemon_ttl_s=1.0) as a,
+        redis_channel(bridge, prefix, daemon_ttl_s=1.0) as b,
+        trio.open_nursery() as nursery,
+    ):
+        await nursery.start(b.serve, b_daemon.deliver, Daemon().on_epoch)
+        b.watch({"meetings", "meeting:m1"})
+        await b.snapshot("meetings")
+        # A never serves: its registration is not kept, as if it was killed after publishing.
+        await a.publish(
+            [
+                change("meetings", {}, {"m1": {"n": 1}, "shared": {"n": 1}}),
+                change("meeting:m1", {}, {"p1": {"mos": 4.1}, "p2": {"mos": 3.9}}),
+            ],
+            1.0,
+        )
+        await b.publish([change("meetings", {}, {"m2": {"n": 2}, "shared": {"n": 2}})], 2.0)
+        await wait_for(lambda: len(b_daemon.deltas) == 3)
+        assert raw.zscore(f"{prefix}:daemons", a.daemon_id) is not None
+
+        # B's keeper reaps A within a TTL and a third of it.
+        await wait_for(lambda: b.counters["daemons_reaped"] == 1, timeout_s=3)
+        assert b.counters["entities_reaped"] == 3
+        await wait_for(lambda: len(b_daemon.deltas) == 5)
+        removals = {d.topic: (d.seq, d.removed, d.changed) for d in b_daemon.deltas[3:]}
+        assert removals == {"meetings": (3, ["m1"], {}), "meeting:m1": (2, ["p1", "p2"], {})}
+        # "shared" was last set by B: it stays, as does everything of B's.
+        assert (await b.snapshot("meetings")).entities == {"m2": {"n": 2}, "shared": {"n": 2}}
+        assert (await b.snapshot("meeting:m1")).entities == {}
+        assert raw.zscore(f"{prefix}:daemons", a.daemon_id) is None
+        assert raw.zscore(f"{prefix}:daemons", b.daemon_id) is not None
+        assert raw.smembers(f"{prefix}:owned") == {f"{prefix}:meta:meetings".encode()}
+        assert raw.ttl(f"{prefix}:log:meeting:m1") > 3600  # emptied: goes away later
+        assert raw.ttl(f"{prefix}:log:meetings") == -1
+
+        # B, alive, is never reaped: its keeper keeps it registered without publishing.
+        await trio.sleep(1.5)
+        assert await a.reap() == 0
+        assert "m2" in (await b.snapshot("meetings")).entities
+        await b.publish([change("meetings", {"m2": {"n": 2}}, {"m2": {"n": 3}})], 3.0)
+        await wait_for(lambda: len(b_daemon.deltas) == 6)
+        assert (b_daemon.deltas[-1].seq, b_daemon.deltas[-1].changed) == (4, {"m2": {"n": 3}})
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_daemon_presumed_dead_is_told_and_publishes_everything_again(
+    bridge: AsyncioBridge, prefix: str, raw: redis.Redis
+) -> None:
+    state: Entities = {"m1": {"n": 1}}
+    async with (
+        redis_channel(bridge, prefix) as a,
+        redis_channel(bridge, prefix) as b,
+    ):
+        await a.publish([change("meetings", {}, state)], 1.0)
+        raw.zadd(f"{prefix}:daemons", {a.daemon_id: 0})  # cut off from Redis for a TTL
+        assert await b.reap() == 1
+        assert (await b.snapshot("meetings")).entities == {}
+
+        with capture_logs() as logs, pytest.raises(EpochChanged):
+            await a.publish([change("meetings", state, {"m1": {"n": 2}})], 2.0)
+        assert a.counters["presumed_dead"] == 1
+        assert [e["event"] for e in logs] == ["redis_channel_presumed_dead"]
+        assert (await b.snapshot("meetings")).entities == {}  # nothing of it was published
+        await a.publish([change("meetings", {}, {"m1": {"n": 2}})], 3.0)  # everything again
+        snapshot = await b.snapshot("meetings")
+        assert (snapshot.seq, snapshot.entities) == (3, {"m1": {"n": 2}})
+        assert await b.reap() == 0
+        assert a.counters["presumed_dead"] == 1
