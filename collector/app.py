@@ -336,9 +336,12 @@ class Daemon:
         }
 
     def _redis_health(self) -> dict[str, Any]:
-        """The Redis channel's own counters (outages, dead daemons reaped), if it is one."""
+        """The Redis channel's mode (``redis``, or a local fallback while Redis is unreachable)
+        and its own counters (outages, fallbacks, dead daemons reaped), if it is one."""
         counters = getattr(self.channel, "counters", None)
-        return {"redis": dict(counters)} if isinstance(counters, dict) else {}
+        if not isinstance(counters, dict):
+            return {}
+        return {"redis": {"mode": getattr(self.channel, "mode", "redis"), **counters}}
 
     def authorize_api(self, request: Request, meeting: str | None) -> Response | None:
         """``/api``: a bearer token with the ``read`` right on ``meeting`` (None: every
@@ -372,9 +375,10 @@ class Daemon:
         daemon writes what it holds, WebSocket sessions are closed (1001) and new ones refused.
         503 ``not ready`` with ``reasons`` while the storage flusher's last attempt failed
         (``consecutive_failures > 0``: rows queue and spool instead of being written), or the
-        fan-out channel (Redis) refused the publisher's last call; ready again after the next
-        success. With ``backend = "none"`` storage never blocks readiness, and the in-process
-        channel never fails. Otherwise 200 ``ready``.
+        fan-out channel (Redis) refused the publisher's last call or serves from its local
+        fallback (this daemon's meetings only); ready again once Redis takes the publishes.
+        With ``backend = "none"`` storage never blocks readiness, and the in-process channel
+        never fails. Otherwise 200 ``ready``.
         """
         if self.draining:
             return Response.json(503, {"status": "draining"})
@@ -383,6 +387,9 @@ class Daemon:
             reasons.append(f"storage: last flush failed: {self.flusher.last_error or 'unknown'}")
         if self.publisher.channel_error is not None:
             reasons.append(f"channel: {self.publisher.channel_error}")
+        problem = getattr(self.channel, "problem", None)
+        if problem is not None:
+            reasons.append(f"channel: {problem}")
         if reasons:
             return Response.json(503, {"status": "not ready", "reasons": reasons})
         return Response.json(
@@ -528,9 +535,10 @@ def open_channel(fanout: FanoutConfig, bridge: AsyncioBridge | None) -> Channel:
         return LocalChannel(history=fanout.history_deltas)
     if bridge is None:
         raise ValueError("the Redis channel needs the asyncio bridge")
+    from collector.fanout.fallback import FallbackChannel
     from collector.fanout.redis_channel import RedisChannel
 
-    return RedisChannel(
+    redis = RedisChannel(
         bridge,
         url,
         prefix=fanout.redis_key_prefix,
@@ -539,6 +547,7 @@ def open_channel(fanout: FanoutConfig, bridge: AsyncioBridge | None) -> Channel:
         daemon_ttl_s=max(10.0, 5 * fanout.publish_interval_s),
         retry_max_s=fanout.redis_retry_max_s,
     )
+    return FallbackChannel(redis, history=fanout.history_deltas)
 
 
 def open_sink(storage: StorageConfig, bridge: AsyncioBridge | None) -> Sink | None:

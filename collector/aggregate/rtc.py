@@ -71,7 +71,8 @@ _fields_of: Final = msgspec.structs.astuple
 _FIELD_NAMES: Final = tuple(f.name for f in msgspec.structs.fields(RtcSample))
 _FIRST: Final = _FIELD_NAMES.index(COUNTERS[0])
 _COUNTERS_AT: Final = slice(_FIRST, _FIRST + N_COUNTERS)
-assert _FIELD_NAMES[_COUNTERS_AT] == COUNTERS
+if _FIELD_NAMES[_COUNTERS_AT] != COUNTERS:  # checked also under ``python -O``
+    raise ImportError("RtcSample's counters must be one run of fields in COUNTERS order")
 # The live view: per tick bucket, the values derived for the interval (NaN: not measured).
 RING_FIELDS: Final = (
     "send_bps",

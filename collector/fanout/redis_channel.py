@@ -62,6 +62,9 @@ Limits, on purpose or not yet handled:
 * One Redis, not Redis Cluster: a publish touches the keys of several topics in one script.
 * Needs Redis 6.2 or later (``ZADD GT``); the connection speaks RESP2 (see ``_open_client``).
 
+While Redis cannot be reached, ``collector.fanout.fallback.FallbackChannel`` (which the daemon
+wraps around this channel) serves this daemon's own subscribers from its own state.
+
 Errors: every redis-py error, timeout and closed bridge becomes ``ChannelUnavailable``; a
 changed epoch on ``publish`` is ``EpochChanged`` (see the tree in ``collector.fanout.channel``).
 ``serve`` never raises them: it backs off (``0.5 s`` doubling to ``retry_max_s``), logs once per
@@ -340,6 +343,8 @@ class RedisChannel:
         self._generation = 0  # +1 at each epoch change: reading positions restart
         self._on_epoch: OnEpoch | None = None
         self._watched: frozenset[str] = frozenset()
+        # When the reader's last successful round of reads began (trio time; None: never).
+        self.reached_at: float | None = None
         self._watch_changed = trio.Event()
         self._interest_changed = trio.Event()
         self._positions: dict[str, int] = {}  # topic -> last seq read from its log
@@ -627,8 +632,10 @@ class RedisChannel:
         delay = RETRY_START_S
         down = False
         while True:
+            started = trio.current_time()
             try:
                 await self._read_once(deliver)
+                self.reached_at = started
             except ChannelUnavailable as exc:
                 if not down:
                     down = True

@@ -321,6 +321,10 @@ def _fanout(out: _Exposition, health: Mapping[str, Any]) -> None:
     if isinstance(redis, Mapping):
         redis_counters = {
             "outages": ("fanout_redis_outages", "Times Redis became unreachable."),
+            "fallbacks": (
+                "fanout_redis_fallbacks",
+                "Times subscribers were switched to this daemon's own meetings (Redis down).",
+            ),
             "daemons_reaped": (
                 "fanout_redis_daemons_reaped",
                 "Dead daemons whose entities this daemon removed from the shared topics.",

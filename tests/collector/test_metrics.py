@@ -100,8 +100,10 @@ def health() -> dict[str, Any]:
             "heartbeat_timeouts": 1,
             "bad_messages": 0,
             "redis": {
+                "mode": "local",
                 "delivered": 30,
                 "outages": 2,
+                "fallbacks": 3,
                 "presumed_dead": 0,
                 "daemons_reaped": 1,
                 "entities_reaped": 7,
@@ -192,6 +194,7 @@ def test_values_and_labels_come_from_the_health_dict() -> None:
     assert value("bwmon_fanout_channel_info", channel="redis") == 1
     assert value("bwmon_fanout_subscribers") == 2
     assert value("bwmon_fanout_redis_outages") == 2
+    assert value("bwmon_fanout_redis_fallbacks") == 3
     assert value("bwmon_fanout_redis_daemons_reaped") == 1
     assert value("bwmon_fanout_redis_entities_reaped") == 7
     assert value("bwmon_fanout_redis_presumed_dead") == 0

@@ -9,10 +9,12 @@ import json
 import secrets
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -167,3 +169,62 @@ async def test_a_killed_daemons_meetings_leave_the_subscribers_view(tmp_path: Pa
         redis_health = b.health()["fanout"]["redis"]
     assert redis_health["daemons_reaped"] == 1
     assert redis_health["entities_reaped"] >= 3  # A's meetings (and any open alert of A's)
+
+
+def readiness(daemon: DaemonProcess) -> tuple[int, dict[str, Any]]:
+    url = f"http://127.0.0.1:{daemon.http_port}/readyz"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+async def test_while_redis_is_down_a_subscriber_sees_its_daemons_meetings_live(
+    tmp_path: Path,
+) -> None:
+    redis_port = free_port()
+    prefix = f"bwmon-test-{secrets.token_hex(4)}"
+    with (
+        redis_server(redis_port) as redis,
+        running_daemon(
+            tmp_path / "a.log", ["--config", str(config(tmp_path, "a", redis_port, prefix))]
+        ) as a,
+        emitting(a, seconds=60, meetings=3, seed=3),
+    ):
+        mirror = TopicMirror("meetings")
+        async with open_websocket_url(f"ws://127.0.0.1:{a.http_port}/subscribe") as ws:
+            await ws.send_message(_json.encode(Subscribe(topic="meetings")).decode())
+            while len(mirror.entities) < 3:
+                await next_update(ws, mirror)
+            shared = mirror.epoch
+
+            redis.stop()
+            while mirror.epoch == shared or len(mirror.entities) < 3:
+                await next_update(ws, mirror)
+            local = mirror.epoch
+            assert a.health()["fanout"]["redis"]["mode"] == "local"
+            status, body = readiness(a)
+            assert status == 503
+            assert (
+                "channel: redis unreachable: serving this daemon's meetings only"
+                in (body["reasons"])
+            )
+            fresh = await fresh_snapshot(a.http_port, "meetings")  # served without Redis
+            assert fresh.epoch == local
+            assert set(fresh.entities) == set(mirror.entities)
+
+            redis.start()  # empty: the daemon sends everything to it
+            while mirror.epoch == local or len(mirror.entities) < 3:
+                await next_update(ws, mirror)
+            assert mirror.epoch not in (shared, local)
+            fresh = await fresh_snapshot(a.http_port, "meetings")
+            while mirror.seq is not None and mirror.seq < fresh.seq:
+                await next_update(ws, mirror)
+            assert (mirror.epoch, mirror.seq) == (fresh.epoch, fresh.seq)
+            assert set(mirror.entities) == set(fresh.entities)
+            await ws._stream.aclose()
+        health = a.health()["fanout"]
+        assert readiness(a)[0] == 200
+    assert (health["redis"]["mode"], health["redis"]["fallbacks"]) == ("redis", 1)
+    assert health["epoch"] == fresh.epoch
