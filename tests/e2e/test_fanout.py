@@ -12,7 +12,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from trio_websocket import WebSocketConnection, open_websocket_url
 
 from cli.daemon_process import DaemonProcess, running_daemon
 from protocol.subscribe import Delta, Snapshot, Subscribe, TopicMirror, server_json_decoder
-from tests.helpers import free_port, redis_server
+from tests.helpers import RedisServer, free_port, redis_server
 
 pytestmark = pytest.mark.e2e
 
@@ -38,6 +38,25 @@ def config(tmp_path: Path, name: str, redis_port: int, prefix: str) -> Path:
         f"redis_key_prefix = '{prefix}'\nredis_retry_max_s = 1.0\n"
     )
     return path
+
+
+@contextmanager
+def on_redis(tmp_path: Path, *names: str) -> Iterator[tuple[RedisServer, list[DaemonProcess]]]:
+    """A Redis server of the test's own, and a daemon per name sharing it (one key prefix)."""
+    redis_port = free_port()
+    prefix = f"bwmon-test-{secrets.token_hex(4)}"
+    with ExitStack() as stack:
+        redis = stack.enter_context(redis_server(redis_port))
+        daemons = [
+            stack.enter_context(
+                running_daemon(
+                    tmp_path / f"{name}.log",
+                    ["--config", str(config(tmp_path, name, redis_port, prefix))],
+                )
+            )
+            for name in names
+        ]
+        yield redis, daemons
 
 
 @contextmanager
@@ -82,18 +101,7 @@ async def fresh_snapshot(port: int, topic: str) -> Snapshot:
 async def test_a_subscriber_on_b_follows_meetings_on_a_through_a_redis_restart(
     tmp_path: Path,
 ) -> None:
-    redis_port = free_port()
-    prefix = f"bwmon-test-{secrets.token_hex(4)}"
-    with (
-        redis_server(redis_port) as redis,
-        running_daemon(
-            tmp_path / "a.log", ["--config", str(config(tmp_path, "a", redis_port, prefix))]
-        ) as a,
-        running_daemon(
-            tmp_path / "b.log", ["--config", str(config(tmp_path, "b", redis_port, prefix))]
-        ) as b,
-        emitting(a, seconds=60),
-    ):
+    with on_redis(tmp_path, "a", "b") as (redis, (a, b)), emitting(a, seconds=60):
         mirror = TopicMirror("meetings")
         async with open_websocket_url(f"ws://127.0.0.1:{b.http_port}/subscribe") as ws:
             await ws.send_message(_json.encode(Subscribe(topic="meetings")).decode())
@@ -132,16 +140,8 @@ def live_meetings(daemon: DaemonProcess) -> set[str]:
 
 
 async def test_a_killed_daemons_meetings_leave_the_subscribers_view(tmp_path: Path) -> None:
-    redis_port = free_port()
-    prefix = f"bwmon-test-{secrets.token_hex(4)}"
     with (
-        redis_server(redis_port),
-        running_daemon(
-            tmp_path / "a.log", ["--config", str(config(tmp_path, "a", redis_port, prefix))]
-        ) as a,
-        running_daemon(
-            tmp_path / "b.log", ["--config", str(config(tmp_path, "b", redis_port, prefix))]
-        ) as b,
+        on_redis(tmp_path, "a", "b") as (_, (a, b)),
         emitting(a, seconds=60, meetings=3, seed=1),
         emitting(b, seconds=60, meetings=2, seed=2),
     ):
@@ -183,13 +183,8 @@ def readiness(daemon: DaemonProcess) -> tuple[int, dict[str, Any]]:
 async def test_while_redis_is_down_a_subscriber_sees_its_daemons_meetings_live(
     tmp_path: Path,
 ) -> None:
-    redis_port = free_port()
-    prefix = f"bwmon-test-{secrets.token_hex(4)}"
     with (
-        redis_server(redis_port) as redis,
-        running_daemon(
-            tmp_path / "a.log", ["--config", str(config(tmp_path, "a", redis_port, prefix))]
-        ) as a,
+        on_redis(tmp_path, "a") as (redis, (a,)),
         emitting(a, seconds=60, meetings=3, seed=3),
     ):
         mirror = TopicMirror("meetings")

@@ -5,6 +5,7 @@ state under a local epoch; once it is back, the state goes to Redis and they get
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -14,7 +15,8 @@ from collector.fanout.fallback import FallbackChannel
 from collector.fanout.hub import change
 from collector.fanout.redis_channel import RedisChannel
 from collector.runtime import AsyncioBridge, open_thread_bridge
-from protocol.subscribe import Delta, Entities
+from protocol.subscribe import Entities
+from tests.fanout.test_redis_channel import Daemon
 from tests.helpers import RedisServer, free_port, wait_for
 
 
@@ -32,20 +34,6 @@ def server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
-
-
-class Subscribers:
-    """What the daemon's fan-out gives ``serve``: the deltas and epoch changes it got."""
-
-    def __init__(self) -> None:
-        self.deltas: list[Delta] = []
-        self.epochs: list[str] = []
-
-    def deliver(self, delta: Delta) -> None:
-        self.deltas.append(delta)
-
-    def on_epoch(self, epoch: str) -> None:
-        self.epochs.append(epoch)
 
 
 class Publisher:
@@ -69,25 +57,36 @@ class Publisher:
         return "ok"
 
 
+@pytest.fixture
+async def redis(bridge: AsyncioBridge, server: RedisServer) -> AsyncIterator[RedisChannel]:
+    channel = RedisChannel(
+        bridge, f"redis://127.0.0.1:{server.port}/0", retry_max_s=0.5, connect_timeout_s=0.5
+    )
+    yield channel
+    await channel.aclose()
+
+
+@asynccontextmanager
+async def serving(redis: RedisChannel) -> AsyncIterator[tuple[FallbackChannel, Daemon, Publisher]]:
+    """The fallback around ``redis``, served, its subscribers watching ``meetings``."""
+    channel = FallbackChannel(redis, history=50)
+    subscribers = Daemon()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(channel.serve, subscribers.deliver, subscribers.on_epoch)
+        channel.watch({"meetings"})
+        yield channel, subscribers, Publisher(channel)
+        nursery.cancel_scope.cancel()
+
+
 def state(channel: FallbackChannel) -> tuple[str, str | None]:
     """The mode and the problem (read afresh: the publishes in between change them)."""
     return channel.mode, channel.problem
 
 
 async def test_subscribers_get_local_state_while_redis_is_down_and_every_daemons_after(
-    bridge: AsyncioBridge, server: RedisServer
+    redis: RedisChannel, server: RedisServer
 ) -> None:
-    redis = RedisChannel(
-        bridge,
-        f"redis://127.0.0.1:{server.port}/0",
-        retry_max_s=0.5,
-        connect_timeout_s=0.5,
-    )
-    channel = FallbackChannel(redis, history=50)
-    subscribers, publisher = Subscribers(), Publisher(channel)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(channel.serve, subscribers.deliver, subscribers.on_epoch)
-        channel.watch({"meetings"})
+    async with serving(redis) as (channel, subscribers, publisher):
         assert await publisher.publish({"m1": {"n": 1}}, 1.0) == "ok"
         await wait_for(lambda: len(subscribers.deltas) == 1)  # through Redis
         shared = channel.epoch
@@ -134,24 +133,12 @@ async def test_subscribers_get_local_state_while_redis_is_down_and_every_daemons
         await wait_for(lambda: len(subscribers.deltas) > seen)  # through Redis again
         assert subscribers.deltas[-1].epoch == redis.epoch
         assert subscribers.deltas[-1].changed == {"m2": {"n": 7}}
-        nursery.cancel_scope.cancel()
-    await redis.aclose()
 
 
 async def test_a_failed_return_starts_a_fresh_local_epoch(
-    bridge: AsyncioBridge, server: RedisServer
+    redis: RedisChannel, server: RedisServer
 ) -> None:
-    redis = RedisChannel(
-        bridge,
-        f"redis://127.0.0.1:{server.port}/0",
-        retry_max_s=0.5,
-        connect_timeout_s=0.5,
-    )
-    channel = FallbackChannel(redis, history=50)
-    subscribers, publisher = Subscribers(), Publisher(channel)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(channel.serve, subscribers.deliver, subscribers.on_epoch)
-        channel.watch({"meetings"})
+    async with serving(redis) as (channel, subscribers, publisher):
         await trio.to_thread.run_sync(server.stop)
         # Started while Redis is down: the first publish falls back at once.
         assert await publisher.publish({"m1": {"n": 1}}, 1.0) == "everything again"
@@ -168,5 +155,3 @@ async def test_a_failed_return_starts_a_fresh_local_epoch(
         assert subscribers.epochs == [first, channel.epoch]
         assert (await channel.snapshot("meetings")).entities == {"m1": {"n": 2}}
         assert channel.counters["fallbacks"] == 2
-        nursery.cancel_scope.cancel()
-    await redis.aclose()
