@@ -54,7 +54,8 @@ class Publisher:
         self.pending_alerts: deque[dict[str, Any]] = deque(maxlen=MAX_PENDING_ALERTS)
         self._wanted: set[str] = set()
         self._ticked = trio.Event()
-        self.last_publish: float | None = None
+        self._tick_at = 0.0  # the time of the engine's last tick
+        self._published_tick: float | None = None  # that of the last tick published
         # Why the channel refused the last call (None: it answered): readiness reads it.
         self.channel_error: str | None = None
         self.counters = {
@@ -69,8 +70,9 @@ class Publisher:
         """Alert transitions the engine produced; they go out with the next ``alerts`` delta."""
         self.pending_alerts.extend(topics.alert_entity(a) for a in alerts)
 
-    def on_tick(self, _now: float) -> None:
-        """The engine ticked: fresh values to publish."""
+    def on_tick(self, now: float) -> None:
+        """The engine ticked at ``now``: fresh values to publish."""
+        self._tick_at = now
         self._ticked.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -78,10 +80,14 @@ class Publisher:
         while True:
             await self._ticked.wait()
             self._ticked = trio.Event()
-            now = self.clock()
-            if self.last_publish is not None and now - self.last_publish < self.interval_s * 0.9:
-                continue  # ticks faster than the publish interval: throttle
-            await self.publish(now)
+            tick_at, last = self._tick_at, self._published_tick
+            # Ticks faster than the publish interval: throttle, on the ticks' own times. When a
+            # tick ends, and so when this task wakes, varies with the tick's length under load:
+            # throttling on that skipped every other publish (deltas up to 2 intervals late).
+            if last is not None and tick_at - last < self.interval_s * 0.9:
+                continue
+            if await self.publish(self.clock()):
+                self._published_tick = tick_at
 
     async def build(self, now: float) -> dict[str, Entities]:
         """Every topic's state now: the fixed topics, the watched meetings, and an empty state
@@ -103,7 +109,8 @@ class Publisher:
                 states[topic] = {}
         return states
 
-    async def publish(self, now: float) -> None:
+    async def publish(self, now: float) -> bool:
+        """Publish the topics' changes as of ``now``; False if the channel did not take them."""
         started = time.perf_counter()
         try:
             self._wanted = await self.channel.wanted_topics()
@@ -124,12 +131,12 @@ class Publisher:
             self.counters["unavailable"] += 1
             self.channel_error = str(exc)[:300]
             log.warning("publish_unavailable", error=str(exc))
-            return
+            return False
         except EpochChanged:
             self.counters["epoch_changes"] += 1
             log.info("channel_epoch_changed", epoch=self.channel.epoch)
             self.published = {}  # the channel starts empty: the next interval sends it all
-            return
+            return False
         self.pending_alerts.clear()
         ended = [t for t, s in states.items() if not s and t.startswith("meeting:")]
         self.published.update(states)
@@ -138,7 +145,7 @@ class Publisher:
         if ended:
             with contextlib.suppress(ChannelUnavailable):
                 await self.channel.forget(ended)
-        self.last_publish = now
         self.counters["publishes"] += 1
         self.counters["deltas"] += len(changes)
         self.counters["last_publish_ms"] = round(1000 * (time.perf_counter() - started), 3)
+        return True

@@ -232,3 +232,37 @@ async def test_meeting_topics_are_built_while_wanted_and_emptied_when_the_meetin
     assert kinds == {"participant", "point"}
     assert state == {}  # the meeting ended: its last delta removed everything
     assert "meeting:m" not in rig.publisher.published
+
+
+async def test_every_tick_is_published_however_long_the_ticks_take(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Ticks come each second but end 50-300 ms after their second (a tick takes longer under
+    load): a publish interval of 1 s publishes every one of them, none a second late."""
+    publisher = Publisher(
+        lambda: Engine(AggregateSettings()), LocalChannel(), 1.0, clock=trio.current_time
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(publisher.run)
+        for second in range(1, 11):
+            await trio.sleep_until(second + (0.3 if second % 2 else 0.05))
+            publisher.on_tick(float(second))
+        await trio.sleep(0.5)
+        nursery.cancel_scope.cancel()
+    assert publisher.counters["publishes"] == 10
+
+
+async def test_ticks_faster_than_the_interval_are_throttled_on_their_own_times(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    publisher = Publisher(
+        lambda: Engine(AggregateSettings()), LocalChannel(), 2.0, clock=trio.current_time
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(publisher.run)
+        for second in range(1, 11):
+            await trio.sleep_until(second + (0.3 if second % 2 else 0.05))
+            publisher.on_tick(float(second))
+        await trio.sleep(0.5)
+        nursery.cancel_scope.cancel()
+    assert publisher.counters["publishes"] == 5  # ticks 1, 3, 5, 7, 9
