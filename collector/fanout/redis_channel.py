@@ -754,8 +754,8 @@ class RedisChannel:
         ]
         total = 0
         while True:
-            # Not retried: the removals would be published twice.
-            daemons, entities = await self._call(_run_script, scripts.reap, keys, args, retry=False)
+            # Retried as any idempotent call: a second run finds the daemons already reaped.
+            daemons, entities = await self._call(_run_script, scripts.reap, keys, args)
             if not daemons:
                 return total
             total += daemons
