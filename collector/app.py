@@ -329,19 +329,11 @@ class Daemon:
                 "epoch": self.channel.epoch,
                 **self.publisher.counters,
                 **self.fanout.health(),
-                **self._redis_health(),
+                **self.channel.health(),
             },
             "http": self.http.counters.as_dict(),
             "limits": self.source_limiter.health(),
         }
-
-    def _redis_health(self) -> dict[str, Any]:
-        """The Redis channel's mode (``redis``, or a local fallback while Redis is unreachable)
-        and its own counters (outages, fallbacks, dead daemons reaped), if it is one."""
-        counters = getattr(self.channel, "counters", None)
-        if not isinstance(counters, dict):
-            return {}
-        return {"redis": {"mode": getattr(self.channel, "mode", "redis"), **counters}}
 
     def authorize_api(self, request: Request, meeting: str | None) -> Response | None:
         """``/api``: a bearer token with the ``read`` right on ``meeting`` (None: every
@@ -387,9 +379,8 @@ class Daemon:
             reasons.append(f"storage: last flush failed: {self.flusher.last_error or 'unknown'}")
         if self.publisher.channel_error is not None:
             reasons.append(f"channel: {self.publisher.channel_error}")
-        problem = getattr(self.channel, "problem", None)
-        if problem is not None:
-            reasons.append(f"channel: {problem}")
+        if self.channel.problem is not None:
+            reasons.append(f"channel: {self.channel.problem}")
         if reasons:
             return Response.json(503, {"status": "not ready", "reasons": reasons})
         return Response.json(

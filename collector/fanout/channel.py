@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Collection, Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -55,6 +55,16 @@ class Channel(Protocol):
 
     @property
     def epoch(self) -> str: ...
+
+    @property
+    def problem(self) -> str | None:
+        """Why subscribers see less than every daemon's state now (None: nothing is wrong);
+        readiness reports it."""
+        ...
+
+    def health(self) -> dict[str, Any]:
+        """The channel's own part of the daemon's ``fanout`` health (empty: nothing to add)."""
+        ...
 
     async def serve(
         self,
@@ -106,6 +116,13 @@ class LocalChannel:
     @property
     def epoch(self) -> str:
         return self.log.epoch
+
+    @property
+    def problem(self) -> str | None:
+        return None
+
+    def health(self) -> dict[str, Any]:
+        return {}
 
     async def serve(
         self,

@@ -27,7 +27,7 @@ the open alerts do, with the state sent on return.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
-from typing import Final, NoReturn
+from typing import Any, Final, NoReturn
 
 import trio
 
@@ -63,13 +63,20 @@ class FallbackChannel:
         self._watched: frozenset[str] = frozenset()
         self._deliver: Deliver | None = None
         self._on_epoch: OnEpoch | None = None
-        self.counters = redis.counters  # shared: one "redis" section in the daemon's health
-        self.counters["fallbacks"] = 0
+        self.fallbacks = 0
 
     @property
     def epoch(self) -> str:
         local = self._serving_locally()
         return local.epoch if local is not None else self.redis.epoch
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """The Redis channel's counters and the fallbacks."""
+        return {**self.redis.counters, "fallbacks": self.fallbacks}
+
+    def health(self) -> dict[str, Any]:
+        return {"redis": {"mode": self.mode, **self.counters}}
 
     @property
     def problem(self) -> str | None:
@@ -134,7 +141,7 @@ class FallbackChannel:
         """Start a fresh local log; the publisher must send everything into it."""
         self.mode, self._local = FILLING, DeltaLog(new_epoch(), self.history)
         self._fell_at = trio.current_time()
-        self.counters["fallbacks"] += 1
+        self.fallbacks += 1
         log.warning("redis_fallback_started", epoch=self._local.epoch, error=error[:300])
         raise EpochChanged("redis unreachable: publish everything to the local fallback")
 

@@ -366,6 +366,13 @@ class RedisChannel:
         """The channel's epoch; empty until Redis has been reached once."""
         return self._epoch or ""
 
+    @property
+    def problem(self) -> str | None:
+        return None  # an unreachable Redis shows as the publisher's error
+
+    def health(self) -> dict[str, Any]:
+        return {"redis": dict(self.counters)}
+
     async def serve(
         self,
         deliver: Deliver,
