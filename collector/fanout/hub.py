@@ -99,6 +99,7 @@ class TopicLog:
     seq: int = 0
     at: float = 0.0
     deltas: deque[Delta] = field(default_factory=deque)
+    snapshot: Snapshot | None = None  # of this seq, built on first ask, shared
 
 
 class DeltaLog:
@@ -131,19 +132,27 @@ class DeltaLog:
             alerts=change.events,
         )
         apply(log.state, delta)
-        log.seq, log.at = delta.seq, at
+        log.seq, log.at, log.snapshot = delta.seq, at, None
         log.deltas.append(delta)
         return delta
 
     def snapshot(self, topic: str) -> Snapshot:
-        log = self.topics.get(topic) or TopicLog(seq=self.forgotten.get(topic, 0))
-        return Snapshot(
-            topic=topic,
-            epoch=self.epoch,
-            seq=log.seq,
-            at=log.at,
-            entities={entity: dict(fields) for entity, fields in log.state.items()},
-        )
+        """The topic's state now. Built once per sequence number and shared by everyone who
+        asks until the next delta (a thousand dashboards reconnecting at once cost one copy):
+        the caller must not change it."""
+        log = self.topics.get(topic)
+        if log is None:
+            seq = self.forgotten.get(topic, 0)
+            return Snapshot(topic=topic, epoch=self.epoch, seq=seq, at=0.0, entities={})
+        if log.snapshot is None:
+            log.snapshot = Snapshot(
+                topic=topic,
+                epoch=self.epoch,
+                seq=log.seq,
+                at=log.at,
+                entities={entity: dict(fields) for entity, fields in log.state.items()},
+            )
+        return log.snapshot
 
     def since(self, topic: str, epoch: str | None, seq: int | None) -> list[Delta] | None:
         """The deltas after ``seq`` (empty: nothing missed), or None when they are no longer

@@ -198,6 +198,17 @@ class Subscriber:
             self.wake.set()
 
 
+class _Fetch:
+    """A snapshot fetch under way, for the sessions waiting on it."""
+
+    __slots__ = ("done", "error", "result")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.error: str | None = None
+        self.result: tuple[Snapshot, Encoded] | None = None
+
+
 class Fanout:
     """This daemon's subscribers, by topic; the channel delivers into it."""
 
@@ -209,6 +220,10 @@ class Fanout:
         self.auth = auth  # the keys in force (a reload swaps them)
         self.subscribers: set[Subscriber] = set()
         self.by_topic: dict[str, set[Subscriber]] = {}
+        # Per topic with subscribers: the last snapshot sent and its encodings, and a fetch of
+        # one under way. Subscribers that (re)connect together share one fetch and one encoding.
+        self._snapshots: dict[str, tuple[Snapshot, Encoded]] = {}
+        self._fetches: dict[str, _Fetch] = {}
         self.counters = {
             "sessions": 0,
             "refused": 0,
@@ -274,6 +289,7 @@ class Fanout:
             subs.discard(subscriber)
             if not subs:
                 del self.by_topic[topic]
+                self._snapshots.pop(topic, None)
         self.channel.watch(self.topics())
 
     async def serve_session(self, ws: WebSocketConnection) -> None:
@@ -524,9 +540,7 @@ class Fanout:
         epoch, seq = subscriber.held[topic]
         try:
             missed = await self.channel.since(topic, epoch, seq) if seq is not None else None
-            update: Snapshot | Delta | None = (
-                await self.channel.snapshot(topic) if missed is None else None
-            )
+            shared = await self._snapshot(topic) if missed is None else None
         except ChannelUnavailable as exc:
             if topic not in subscriber.unavailable:
                 subscriber.unavailable.add(topic)
@@ -536,20 +550,59 @@ class Fanout:
         subscriber.unavailable.discard(topic)
         if topic not in subscriber.held:
             return True  # unsubscribed meanwhile
-        if missed:
-            update = merge(missed)
-            for alert in update.alerts:
-                message = Alert(topic=topic, epoch=update.epoch, seq=update.seq, alert=alert)
-                await self._write(subscriber, ws, Encoded(message))
-        if missed is not None:
-            self.counters["resumed"] += 1
-        if update is None:
+        if shared is not None:
+            snapshot, encoded = shared
+            subscriber.held[topic] = (snapshot.epoch, snapshot.seq)
+            self.counters["snapshots_sent"] += 1
+            await self._write(subscriber, ws, encoded)
+            return True
+        self.counters["resumed"] += 1
+        if not missed:
             return True  # nothing was missed
+        update = merge(missed)
+        for alert in update.alerts:
+            message = Alert(topic=topic, epoch=update.epoch, seq=update.seq, alert=alert)
+            await self._write(subscriber, ws, Encoded(message))
         subscriber.held[topic] = (update.epoch, update.seq)
-        counter = "snapshots_sent" if isinstance(update, Snapshot) else "deltas_sent"
-        self.counters[counter] += 1
+        self.counters["deltas_sent"] += 1
         await self._write(subscriber, ws, Encoded(update))
         return True
+
+    async def _snapshot(self, topic: str) -> tuple[Snapshot, Encoded]:
+        """The topic's snapshot, encoded. While one subscriber's fetch is under way, others
+        wait for it; later ones get the same one until the topic's sequence number moves."""
+        while (fetch := self._fetches.get(topic)) is not None:
+            await fetch.done.wait()
+            if fetch.error is not None:
+                raise ChannelUnavailable(fetch.error)
+            if fetch.result is not None:
+                return fetch.result
+            # the fetching session ended first: fetch again
+        fetch = self._fetches[topic] = _Fetch()
+        try:
+            shared = fetch.result = self._share(await self.channel.snapshot(topic))
+        except ChannelUnavailable as exc:
+            fetch.error = str(exc)
+            raise
+        finally:
+            del self._fetches[topic]
+            fetch.done.set()
+        return shared
+
+    def _share(self, snapshot: Snapshot) -> tuple[Snapshot, Encoded]:
+        """The snapshot and its encodings: the ones sent last if it is the same state (same
+        epoch and sequence number), their encodings already made."""
+        topic = snapshot.topic
+        shared = self._snapshots.get(topic)
+        if shared is not None and (shared[0].epoch, shared[0].seq) == (
+            snapshot.epoch,
+            snapshot.seq,
+        ):
+            return shared
+        shared = (snapshot, Encoded(snapshot))
+        if topic in self.by_topic:  # else it would outlive the topic's subscribers
+            self._snapshots[topic] = shared
+        return shared
 
     async def _heartbeat(
         self, subscriber: Subscriber, ws: WebSocketConnection, scope: trio.CancelScope

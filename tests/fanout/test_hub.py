@@ -117,6 +117,18 @@ def test_the_log_replays_what_it_holds_and_asks_for_a_snapshot_otherwise() -> No
     assert log.snapshot("http").entities == {}
 
 
+def test_a_snapshot_is_built_once_per_seq_and_keeps_the_state_it_was_built_at() -> None:
+    log = DeltaLog("epoch-a")
+    log.append(change("meetings", {}, {"m": {"n": 1}}), at=1.0)
+    first = log.snapshot("meetings")
+    assert log.snapshot("meetings") is first  # shared until the next delta
+    log.append(change("meetings", {"m": {"n": 1}}, {"m": {"n": 2}, "k": {"n": 1}}), at=2.0)
+    second = log.snapshot("meetings")
+    assert second is not first
+    assert (second.seq, second.entities) == (2, {"m": {"n": 2}, "k": {"n": 1}})
+    assert (first.seq, first.entities) == (1, {"m": {"n": 1}})  # not changed by the delta
+
+
 def test_a_forgotten_topic_goes_on_from_its_last_seq() -> None:
     log = DeltaLog("e")
     log.append(change("meeting:x", {}, {"p": {"a": 1}}), at=1.0)

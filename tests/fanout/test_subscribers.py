@@ -391,6 +391,66 @@ async def test_an_unavailable_channel_gets_one_error_and_the_session_goes_on(
         assert (message.topic, message.entities) == ("meetings", {"m": {"n": 1}})
 
 
+class SlowChannel(LocalChannel):
+    """Snapshots take a while, as from Redis, and fail while ``down``; counts them."""
+
+    down = False
+    fetches = 0
+
+    async def snapshot(self, topic: str) -> Snapshot:
+        self.fetches += 1
+        await trio.sleep(0.3)
+        if self.down:
+            raise ChannelUnavailable("injected outage")
+        return await super().snapshot(topic)
+
+
+async def test_subscribers_that_connect_together_share_one_snapshot_fetch(
+    nursery: trio.Nursery,
+) -> None:
+    channel = SlowChannel()
+    hub = await start_hub(nursery, channel=channel)
+    await hub.set("meetings", {"m1": {"n": 1}, "m2": {"n": 2}})
+    got: list[ServerMessage] = []
+
+    async def one() -> None:
+        async with subscriber(hub.url) as ws:
+            await send(ws, t="subscribe", topic="meetings")
+            got.append(await receive(ws))
+
+    async with trio.open_nursery() as clients:
+        for _ in range(20):
+            clients.start_soon(one)
+    assert channel.fetches == 1
+    assert all(
+        isinstance(m, Snapshot) and (m.seq, m.entities) == (1, hub.states["meetings"]) for m in got
+    ), got
+    assert len(got) == 20
+
+    # A failed fetch fails every session that waited on it: each is told once, and each gets
+    # the snapshot when the channel is back.
+    channel.down, channel.fetches = True, 0
+    got.clear()
+
+    async def after_outage() -> None:
+        async with subscriber(hub.url) as ws:
+            await send(ws, t="subscribe", topic="meetings")
+            first, second = await receive(ws), await receive(ws, timeout_s=10)
+            got.extend([first, second])
+
+    async with trio.open_nursery() as clients:
+        for _ in range(5):
+            clients.start_soon(after_outage)
+        await wait_for(lambda: channel.fetches >= 1)
+        await trio.sleep(0.5)
+        channel.down = False
+    errors = [m for m in got if isinstance(m, SubscribeError)]
+    snapshots = [m for m in got if isinstance(m, Snapshot)]
+    assert [e.code for e in errors] == ["unavailable"] * 5
+    assert len(snapshots) == 5
+    assert channel.fetches <= 3  # the retries are shared too (unshared: 10)
+
+
 def _token(*rights: str, meeting: str | None = None, ttl_s: float = 3600) -> str:
     exp = int(time.time() + ttl_s)
     return mint(TOKEN_KEY, Claims(rights=list(rights), exp=exp, meeting=meeting))  # type: ignore[arg-type]
