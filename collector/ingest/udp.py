@@ -4,7 +4,11 @@ The loop waits until the socket is readable, then drains it without blocking unt
 or ``drain_per_pass`` datagrams were read (DESIGN §4: ``await sock.recv()`` per datagram drops
 most of a flood; draining reaches the speed of a blocking loop). One pass hands one list of
 frames to the consumer with ``send_nowait``: a full queue is counted, never waited on, so the
-kernel's receive buffer keeps draining.
+kernel's receive buffer keeps draining. After a wait for its turn longer than
+``CATCH_UP_AFTER_S`` (other tasks held the loop: a burst of new WebSocket connections, a long
+step) the loop goes on for up to ``CATCH_UP_PASSES`` passes before yielding, until the socket is
+empty: one pass a turn would leave a backlog that grows while the loop is held up, and the
+kernel drops what its buffer cannot hold.
 
 Admission (``UdpAdmission``, PROTOCOL.md §2.3): with an allowlist, datagrams from other sources
 are refused (``forbidden``); with signing keys, datagrams that are not validly signed and fresh
@@ -25,6 +29,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -40,6 +45,12 @@ log = get_logger("ingest.udp")
 # recv errors that concern one datagram or the peer, not the socket: skip and go on.
 _TRANSIENT_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EINTR, errno.ENOMEM, errno.ENOBUFS})
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+# A pass that waited longer than this for its turn is followed by up to CATCH_UP_PASSES - 1
+# more before the loop yields (4,096 datagrams at the default drain_per_pass), each its own
+# batch, until the socket is empty. Shorter waits (the consumer's batches, a few ms) get one pass,
+# which keeps the drain and the consumer in step under a sustained flood.
+CATCH_UP_AFTER_S = 0.02
+CATCH_UP_PASSES = 8
 
 
 def open_udp_socket(host: str, port: int, receive_buffer_bytes: int) -> socket.socket:
@@ -136,47 +147,69 @@ async def serve_udp(
     send_nowait = out.send_nowait
     admit = admission or UdpAdmission()
     task_status.started()
+    last_pass = trio.current_time()
     while True:
         await trio.lowlevel.wait_readable(sock)
-        allowlist = (
-            admit.allowlist if admit.allowlist is not None and admit.allowlist.active else None
-        )
-        limiter = admit.limiter if admit.limiter is not None and admit.limiter.enabled else None
-        if admit.keys or allowlist is not None or limiter is not None:
-            batch = _drain_admitted(
-                sock,
-                counters,
-                limits,
-                drain_per_pass,
-                admit.keys,
-                admit.max_age_s,
-                allowlist,
-                limiter,
+        # Held up by other tasks for longer than usual (a burst of new connections, a long
+        # tick step, a collection), the kernel's buffer may hold more than one pass reads:
+        # read on, one batch per pass, until it is empty, so that it does not overflow.
+        catch_up = trio.current_time() - last_pass > CATCH_UP_AFTER_S
+        for _ in range(CATCH_UP_PASSES if catch_up else 1):
+            allowlist = (
+                admit.allowlist if admit.allowlist is not None and admit.allowlist.active else None
             )
-        else:
-            batch = []
-            for _ in range(drain_per_pass):
+            limiter = admit.limiter if admit.limiter is not None and admit.limiter.enabled else None
+            if admit.keys or allowlist is not None or limiter is not None:
+                batch, emptied = _drain_admitted(
+                    sock,
+                    counters,
+                    limits,
+                    drain_per_pass,
+                    admit.keys,
+                    admit.max_age_s,
+                    allowlist,
+                    limiter,
+                )
+            else:
+                batch, emptied = _drain(recv, bufsize, counters, limits, drain_per_pass)
+            if batch:
                 try:
-                    data = recv(bufsize)
-                except BlockingIOError:
-                    break
-                except OSError as exc:
-                    if exc.errno not in _TRANSIENT_ERRNOS:
-                        raise
-                    continue
-                decoded = decode_message(data, limits)
-                if decoded.errors and is_signed(data) and len(data) < bufsize:
-                    counters.refuse(BAD_SIGNATURE, len(data))  # "this daemon has no udp key"
-                    continue
-                counters.count(decoded, len(data))
-                if decoded.frames:
-                    batch += decoded.frames
-        if batch:
-            try:
-                send_nowait(batch)
-            except trio.WouldBlock:
-                counters.queue_full_frames += len(batch)
-                counters.frames_accepted -= len(batch)
+                    send_nowait(batch)
+                except trio.WouldBlock:
+                    counters.queue_full_frames += len(batch)
+                    counters.frames_accepted -= len(batch)
+            if emptied:
+                break
+        last_pass = trio.current_time()
+
+
+def _drain(
+    recv: Callable[[int], bytes],
+    bufsize: int,
+    counters: TransportCounters,
+    limits: Limits,
+    drain_per_pass: int,
+) -> tuple[list[Frame], bool]:
+    """One pass of the loop with no admission check: the frames of at most ``drain_per_pass``
+    datagrams, and whether the socket was emptied."""
+    batch: list[Frame] = []
+    for _ in range(drain_per_pass):
+        try:
+            data = recv(bufsize)
+        except BlockingIOError:
+            return batch, True
+        except OSError as exc:
+            if exc.errno not in _TRANSIENT_ERRNOS:
+                raise
+            continue
+        decoded = decode_message(data, limits)
+        if decoded.errors and is_signed(data) and len(data) < bufsize:
+            counters.refuse(BAD_SIGNATURE, len(data))  # "this daemon has no udp key"
+            continue
+        counters.count(decoded, len(data))
+        if decoded.frames:
+            batch += decoded.frames
+    return batch, False
 
 
 def _drain_admitted(
@@ -188,9 +221,10 @@ def _drain_admitted(
     max_age_s: float,
     allowlist: Allowlist | None,
     limiter: SourceLimiter | None,
-) -> list[Frame]:
+) -> tuple[list[Frame], bool]:
     """One pass of the loop when some admission check is configured: ``recvfrom`` (the source
-    address), allowlist, signature, decode, source rate — each only when set."""
+    address), allowlist, signature, decode, source rate — each only when set. The frames, and
+    whether the socket was emptied."""
     bufsize = limits.max_message_bytes + 1
     max_bytes = limits.max_message_bytes
     recvfrom = sock.recvfrom
@@ -201,7 +235,7 @@ def _drain_admitted(
         try:
             data, address = recvfrom(bufsize)
         except BlockingIOError:
-            break
+            return batch, True
         except OSError as exc:
             if exc.errno not in _TRANSIENT_ERRNOS:
                 raise
@@ -233,4 +267,4 @@ def _drain_admitted(
                     continue
                 frames = frames[:granted]
         batch += frames
-    return batch
+    return batch, False

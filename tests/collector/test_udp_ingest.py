@@ -13,6 +13,8 @@ import trio
 from collector.ingest.counters import TransportCounters
 from collector.ingest.limits import SourceLimiter, parse_allowlist
 from collector.ingest.udp import (
+    CATCH_UP_AFTER_S,
+    CATCH_UP_PASSES,
     UdpAdmission,
     kernel_drops,
     open_udp_socket,
@@ -89,6 +91,50 @@ async def test_full_queue_is_counted_and_reading_goes_on(
     assert len(receive.receive_nowait()) == 1
     assert counters.queue_full_frames == 19
     assert counters.frames_accepted == 1
+
+
+class _BatchesPerTurn(trio.abc.Instrument):
+    """How many batches each turn (task step) of the UDP loop queued."""
+
+    def __init__(self, queue: trio.MemorySendChannel[list[Frame]]) -> None:
+        self.queue = queue
+        self.turns: list[int] = []
+        self._before = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name.endswith("serve_udp"):
+            self._before = self.queue.statistics().current_buffer_used
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name.endswith("serve_udp"):
+            self.turns.append(self.queue.statistics().current_buffer_used - self._before)
+
+
+async def test_a_loop_held_up_reads_its_backlog_before_yielding_in_batches_of_one_pass(
+    udp_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    server, client = udp_pair
+    counters = TransportCounters()
+    send, receive = trio.open_memory_channel[list[Frame]](100)
+    turns = _BatchesPerTurn(send)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_udp, server, send, counters, LIMITS, 4)
+        await trio.testing.wait_all_tasks_blocked()
+        # Another task's long step holds the loop while a backlog builds up in the kernel.
+        time.sleep(CATCH_UP_AFTER_S * 1.5)  # noqa: ASYNC251 - holding the loop is the point
+        for seq in range(1, 51):
+            client.send(encode_msgpack(rtc(seq)))
+        trio.lowlevel.add_instrument(turns)
+        await wait_for(lambda: counters.messages == 50)
+        trio.lowlevel.remove_instrument(turns)
+        nursery.cancel_scope.cancel()
+    batches = [receive.receive_nowait() for _ in range(send.statistics().current_buffer_used)]
+    # The first turn reads on, pass after pass (each its own batch), as far as the catch-up
+    # allows: 32 of the 50 datagrams. Then one pass a turn, the loop no longer held up.
+    assert turns.turns[0] == CATCH_UP_PASSES
+    assert sum(turns.turns) == len(batches) == 13
+    assert [len(b) for b in batches] == [4] * 12 + [2]
+    assert [f.seq for b in batches for f in b if isinstance(f, RtcSample)] == list(range(1, 51))
 
 
 def test_socket_facts() -> None:
