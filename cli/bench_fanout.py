@@ -17,7 +17,11 @@ One run on one machine, loopback only, bounded in time (docs/BENCHMARKS.md):
   and every mirror is compared with it when it holds the same position;
 - then the daemon's accepted UDP frames/s under a flood (``emit --replay``, bench ingest's
   batched workload, offered more than the daemon takes) is read from ``/healthz`` while the
-  flood runs, in ABBA order with the subscribers connected and with them all closed.
+  flood runs, in ABBA order with the subscribers connected and with them all closed;
+- last, a reconnect storm: the subscribers all closed, the same workload offered at
+  ``STORM_LOAD`` of what the daemon took per CPU second in the first flood, and all of them
+  connecting at once: the datagrams the kernel dropped meanwhile (ingest must not wait on
+  subscribers, nor on their handshakes).
 
 Standing in for 1,000 clients, the client process decodes each distinct message once and lets
 the mirrors at the same position share their (never modified) entity maps; the sequence rules
@@ -93,6 +97,7 @@ FLOOD_OVERLOAD = 3.0
 FLOOD_MIN_OFFERED_FRAMES_PER_S = 30_000
 FLOOD_BUDGET = 1200  # bytes per datagram, as bench ingest's batched workload
 FLOOD_RAMP_S = 0.5  # the flood runs this long before its window opens
+STORM_LOAD = 0.5  # the storm's offered rate, of the daemon's frames per CPU second
 LAG_PROBE_S = 0.01
 MAX_MESSAGE_BYTES = 64 << 20
 RECEIVE_BUFFER_BYTES = 1 << 16
@@ -110,6 +115,7 @@ class Plan:
     # cancel a drift of the machine's speed over the run.
     phases: tuple[str, ...]
     settle_s: float  # after the subscribers (re)connected, before a flood
+    storm_s: float  # how long UDP is offered in the reconnect storm; the storm starts 1/4 in
     check_s: float  # how long the mirrors are compared with the snapshot probe
     # The children (emit, the clients) stop on their own after this, whatever happens to the
     # benchmark; the benchmark stops them long before.
@@ -125,6 +131,7 @@ FULL = Plan(
     flood_s=3,
     phases=("with", "without", "without", "with", "with", "without", "without", "with"),
     settle_s=2,
+    storm_s=6,
     check_s=3,
     bound_s=300,
 )
@@ -137,6 +144,7 @@ QUICK = Plan(
     flood_s=1,
     phases=("with", "without"),
     settle_s=0.5,
+    storm_s=2,
     check_s=1,
     bound_s=90,
 )
@@ -200,6 +208,16 @@ class FloodPhase(msgspec.Struct):
     frames_per_daemon_cpu_s: float | None  # accepted frames per CPU second it got
 
 
+class StormPhase(msgspec.Struct):
+    subscribers: int  # that connected at once and got their snapshot
+    open_s: float  # from the first connection attempt to the last snapshot
+    offered_frames_per_s: int
+    datagrams_sent: int  # by the storm's emit
+    kernel_drops: int  # datagrams the daemon's socket dropped from start to end (settled)
+    queue_full_frames: int  # frames dropped inside the daemon (its ingest queue full)
+    datagram_loss: float  # kernel_drops / datagrams_sent
+
+
 class Counts(msgspec.Struct):
     subscribers_requested: int
     subscribers_connected: int  # that got their first snapshot, at the start
@@ -258,6 +276,7 @@ class FanoutResult(msgspec.Struct):
     counts: Counts
     windows: dict[str, WindowStats]
     phases: list[FloodPhase]
+    storm: StormPhase
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -377,12 +396,12 @@ class Subscribers:
             await trio.sleep_until(asked)
             self.lags.setdefault(self.label, []).append(trio.current_time() - asked)
 
-    async def open(self, count: int) -> int:
-        """Open ``count`` subscribers, ``CONNECT_BATCH`` at a time, each batch once all of the
+    async def open(self, count: int, batch: int = CONNECT_BATCH) -> int:
+        """Open ``count`` subscribers, ``batch`` at a time, each batch once all of the
         previous one got a snapshot (or failed); the number that got one."""
         opened = self.report.subscribers_opened
-        for first in range(0, count, CONNECT_BATCH):
-            ready = [trio.Event() for _ in range(min(CONNECT_BATCH, count - first))]
+        for first in range(0, count, batch):
+            ready = [trio.Event() for _ in range(min(batch, count - first))]
             for event in ready:
                 self.nursery.start_soon(self._subscriber, self._next, event)
                 self._next += 1
@@ -576,7 +595,7 @@ def _answer(value: Any) -> None:
 
 async def client(port: int, deadline_s: float) -> None:
     """Run commands from stdin, one per line, answering each with one JSON line:
-    ``open N``, ``close``, ``mark LABEL``, ``snapshot CHECK_S``, ``report``, ``quit``."""
+    ``open N [BATCH]``, ``close``, ``mark LABEL``, ``snapshot CHECK_S``, ``report``, ``quit``."""
     with trio.move_on_after(deadline_s):
         async with trio.open_nursery() as nursery:
             subscribers = Subscribers(f"ws://127.0.0.1:{port}/subscribe", nursery)
@@ -584,7 +603,7 @@ async def client(port: int, deadline_s: float) -> None:
             while line := await _command():
                 command, _, argument = line.partition(" ")
                 if command == "open":
-                    opened = await subscribers.open(int(argument))
+                    opened = await subscribers.open(*map(int, argument.split()))
                     _answer({"opened": opened, "connected": subscribers.connected})
                 elif command == "close":
                     await subscribers.close()
@@ -778,6 +797,45 @@ async def flood(daemon: DaemonProcess, role: str, offered: int, seconds: float) 
     )
 
 
+async def storm(
+    daemon: DaemonProcess, client: ClientProcess, subscribers: int, offered: int, seconds: float
+) -> StormPhase:
+    """UDP offered at ``offered`` frames/s for ``seconds`` while, from a quarter in, the
+    client connects ``subscribers`` subscribers all at once; the datagrams the daemon lost.
+    Drops happen as datagrams arrive: once emit is done and the daemon caught up, the count
+    is final (the live meetings' emitter goes on, so the counters never stand still)."""
+    options = emit_options(daemon, offered, seconds, budget=FLOOD_BUDGET)
+    before = (await trio.to_thread.run_sync(daemon.health))["ingest"]["udp"]
+    reports: list[EmitReport] = []
+    opened: list[int] = []
+
+    async def send() -> None:
+        reports.append(await emit(options))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send)
+        await trio.sleep(seconds / 4)
+        started = trio.current_time()
+        answer = await trio.to_thread.run_sync(
+            client.ask, f"open {subscribers} {subscribers}", 30.0 + subscribers / 10
+        )
+        opened.append(answer["opened"])
+        open_s = trio.current_time() - started
+    await trio.sleep(1)  # the daemon reads what is still in its socket
+    after = (await trio.to_thread.run_sync(daemon.health))["ingest"]["udp"]
+    sent = reports[0].messages_sent
+    drops = (after.get("kernel_drops") or 0) - (before.get("kernel_drops") or 0)
+    return StormPhase(
+        subscribers=opened[0],
+        open_s=round(open_s, 3),
+        offered_frames_per_s=offered,
+        datagrams_sent=sent,
+        kernel_drops=drops,
+        queue_full_frames=after["queue_full_frames"] - before["queue_full_frames"],
+        datagram_loss=round(drops / sent, 5) if sent else 0.0,
+    )
+
+
 def live_emitter(daemon: DaemonProcess, plan: Plan, log: Path) -> subprocess.Popen[bytes]:
     """``bwmon emit`` keeping the plan's meetings live: one sample per participant per second
     for longer than the run (it is terminated at the end)."""
@@ -798,6 +856,7 @@ class Measured(msgspec.Struct):
     light: WindowStats  # the steady window of the lightly loaded client
     probe: SnapshotProbe
     phases: list[FloodPhase]
+    storm: StormPhase
     report: ClientReport
     fanout: dict[str, Any]  # the daemon's /healthz fanout section at the end
     steady_daemon_cpu_s_per_s: float | None
@@ -865,11 +924,19 @@ def measure(
         client.ask("mark flood" if connected else "mark between")
         phases.append(trio.run(flood, daemon, role, offered, plan.flood_s))
         client.ask("mark between")
+    if connected:
+        client.ask("close", 60)
+        _wait_subscribers(daemon, 0)
+        time.sleep(plan.settle_s / 2)
+    client.ask("mark storm")
+    storm_offered = max(1000, int(round(STORM_LOAD * capacity, -3)))
+    stormed = trio.run(storm, daemon, client, plan.subscribers, storm_offered, plan.storm_s)
     return Measured(
         opened=opened,
         light=light.windows.get("steady", WindowStats()),
         probe=probe,
         phases=phases,
+        storm=stormed,
         report=msgspec.convert(client.ask("report"), ClientReport),
         fanout=daemon.health()["fanout"],
         steady_daemon_cpu_s_per_s=steady_cpu[0],
@@ -1000,6 +1067,7 @@ def _result(plan: Plan, measured: Measured, cpus: int, pinned: bool) -> FanoutRe
         ),
         windows=report.windows,
         phases=phases,
+        storm=measured.storm,
     )
 
 
@@ -1114,6 +1182,13 @@ def print_summary(result: FanoutResult) -> None:
             f"{phase.daemon_cpu_s_per_s} s/s, {phase.frames_per_daemon_cpu_s or 0:,.0f} "
             "frames/CPU-s)\n"
         )
+    storm = result.storm
+    echo(
+        f"reconnect storm: {storm.subscribers:,} subscribers connected at once in "
+        f"{storm.open_s:.2f} s while UDP was offered {storm.offered_frames_per_s:,} frames/s: "
+        f"kernel drops {storm.kernel_drops:,} of {storm.datagrams_sent:,} datagrams "
+        f"({storm.datagram_loss:.3%}); queue full {storm.queue_full_frames:,} frames\n"
+    )
     echo(f"all targets: {'met' if result.meets_target else 'NOT met'}\n")
 
 

@@ -5,10 +5,12 @@ or ``drain_per_pass`` datagrams were read (DESIGN §4: ``await sock.recv()`` per
 most of a flood; draining reaches the speed of a blocking loop). One pass hands one list of
 frames to the consumer with ``send_nowait``: a full queue is counted, never waited on, so the
 kernel's receive buffer keeps draining. After a wait for its turn longer than
-``CATCH_UP_AFTER_S`` (other tasks held the loop: a burst of new WebSocket connections, a long
-step) the loop goes on for up to ``CATCH_UP_PASSES`` passes before yielding, until the socket is
-empty: one pass a turn would leave a backlog that grows while the loop is held up, and the
-kernel drops what its buffer cannot hold.
+``CATCH_UP_AFTER_S`` with the consumer's queue short (other tasks held the loop: a burst of new
+WebSocket connections, a long step; not aggregation falling behind) the loop goes on for up to
+``CATCH_UP_PASSES`` passes before yielding, until the socket is empty: one pass a turn would
+leave a backlog that grows while the loop is held up, and the kernel drops what its buffer
+cannot hold. When the consumer is behind, one pass a turn keeps the two in step: reading ahead
+of it would only move the backlog into the queue, where frames wait as long as it is deep.
 
 Admission (``UdpAdmission``, PROTOCOL.md §2.3): with an allowlist, datagrams from other sources
 are refused (``forbidden``); with signing keys, datagrams that are not validly signed and fresh
@@ -45,10 +47,14 @@ log = get_logger("ingest.udp")
 # recv errors that concern one datagram or the peer, not the socket: skip and go on.
 _TRANSIENT_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EINTR, errno.ENOMEM, errno.ENOBUFS})
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
-# A pass that waited longer than this for its turn is followed by up to CATCH_UP_PASSES - 1
-# more before the loop yields (4,096 datagrams at the default drain_per_pass), each its own
-# batch, until the socket is empty. Shorter waits (the consumer's batches, a few ms) get one pass,
-# which keeps the drain and the consumer in step under a sustained flood.
+# A pass that waited longer than this for its turn, with fewer than CATCH_UP_PASSES batches
+# queued for the consumer, is followed by up to CATCH_UP_PASSES - 1 more before the loop yields
+# (4,096 datagrams at the default drain_per_pass), each its own batch, until the socket is
+# empty. Shorter waits (the consumer's batches, a few ms) get one pass, which keeps the drain
+# and the consumer in step under a sustained flood; so does a consumer that is behind. Reading
+# ahead of it would grow its queue by up to 7 batches at every long step, and with it every
+# frame's wait (1 s of frame-to-subscriber latency within a minute, in the end-to-end
+# benchmark, when the catch-up did not look at the queue).
 CATCH_UP_AFTER_S = 0.02
 CATCH_UP_PASSES = 8
 
@@ -152,8 +158,12 @@ async def serve_udp(
         await trio.lowlevel.wait_readable(sock)
         # Held up by other tasks for longer than usual (a burst of new connections, a long
         # tick step, a collection), the kernel's buffer may hold more than one pass reads:
-        # read on, one batch per pass, until it is empty, so that it does not overflow.
-        catch_up = trio.current_time() - last_pass > CATCH_UP_AFTER_S
+        # read on, one batch per pass, until it is empty, so that it does not overflow. Not
+        # when the consumer is behind (CATCH_UP_PASSES batches queued): that backlog is its own.
+        catch_up = (
+            trio.current_time() - last_pass > CATCH_UP_AFTER_S
+            and out.statistics().current_buffer_used < CATCH_UP_PASSES
+        )
         for _ in range(CATCH_UP_PASSES if catch_up else 1):
             allowlist = (
                 admit.allowlist if admit.allowlist is not None and admit.allowlist.active else None

@@ -137,6 +137,29 @@ async def test_a_loop_held_up_reads_its_backlog_before_yielding_in_batches_of_on
     assert [f.seq for b in batches for f in b if isinstance(f, RtcSample)] == list(range(1, 51))
 
 
+async def test_a_loop_held_up_reads_one_pass_a_turn_while_the_consumer_is_behind(
+    udp_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    server, client = udp_pair
+    counters = TransportCounters()
+    send, receive = trio.open_memory_channel[list[Frame]](100)
+    for _ in range(CATCH_UP_PASSES):  # batches the consumer has not taken yet: it is behind
+        send.send_nowait([rtc(0)])
+    turns = _BatchesPerTurn(send)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_udp, server, send, counters, LIMITS, 4)
+        await trio.testing.wait_all_tasks_blocked()
+        time.sleep(CATCH_UP_AFTER_S * 1.5)  # noqa: ASYNC251 - holding the loop is the point
+        for seq in range(1, 21):
+            client.send(encode_msgpack(rtc(seq)))
+        trio.lowlevel.add_instrument(turns)
+        await wait_for(lambda: counters.messages == 20)
+        trio.lowlevel.remove_instrument(turns)
+        nursery.cancel_scope.cancel()
+    assert turns.turns == [1] * 5  # reading ahead would only deepen the consumer's queue
+    assert all(len(receive.receive_nowait()) == 1 for _ in range(CATCH_UP_PASSES))
+
+
 def test_socket_facts() -> None:
     sock = open_udp_socket("127.0.0.1", 0, 1 << 20)
     try:

@@ -60,3 +60,12 @@ def test_bench_fanout_prints_its_figures() -> None:
     for phase in figures["phases"]:
         assert phase["accepted_frames_per_s"] > 0
         assert phase["subscribers"] == (subscribers if phase["role"] != "without" else 0)
+
+    storm = figures["storm"]
+    assert storm["subscribers"] == subscribers
+    assert storm["open_s"] > 0
+    assert storm["datagrams_sent"] > 0
+    assert storm["kernel_drops"] >= 0
+    assert storm["datagram_loss"] == pytest.approx(
+        storm["kernel_drops"] / storm["datagrams_sent"], abs=1e-5
+    )
