@@ -110,29 +110,40 @@ class _BatchesPerTurn(trio.abc.Instrument):
             self.turns.append(self.queue.statistics().current_buffer_used - self._before)
 
 
-async def test_a_loop_held_up_reads_its_backlog_before_yielding_in_batches_of_one_pass(
-    udp_pair: tuple[socket.socket, socket.socket],
-) -> None:
+async def _held_up(
+    udp_pair: tuple[socket.socket, socket.socket], datagrams: int, queued: int
+) -> tuple[list[int], list[list[Frame]]]:
+    """Another task's long step holds the loop (drain_per_pass 4) while ``datagrams`` pile up
+    in the kernel, with ``queued`` batches the consumer has not taken yet: the batches each
+    turn of the loop queued, and every batch in the queue at the end."""
     server, client = udp_pair
     counters = TransportCounters()
     send, receive = trio.open_memory_channel[list[Frame]](100)
+    for _ in range(queued):
+        send.send_nowait([rtc(0)])
     turns = _BatchesPerTurn(send)
     async with trio.open_nursery() as nursery:
         await nursery.start(serve_udp, server, send, counters, LIMITS, 4)
         await trio.testing.wait_all_tasks_blocked()
-        # Another task's long step holds the loop while a backlog builds up in the kernel.
         time.sleep(CATCH_UP_AFTER_S * 1.5)  # noqa: ASYNC251 - holding the loop is the point
-        for seq in range(1, 51):
+        for seq in range(1, datagrams + 1):
             client.send(encode_msgpack(rtc(seq)))
         trio.lowlevel.add_instrument(turns)
-        await wait_for(lambda: counters.messages == 50)
+        await wait_for(lambda: counters.messages == datagrams)
         trio.lowlevel.remove_instrument(turns)
         nursery.cancel_scope.cancel()
     batches = [receive.receive_nowait() for _ in range(send.statistics().current_buffer_used)]
+    return turns.turns, batches[queued:]
+
+
+async def test_a_loop_held_up_reads_its_backlog_before_yielding_in_batches_of_one_pass(
+    udp_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    turns, batches = await _held_up(udp_pair, 50, queued=0)
     # The first turn reads on, pass after pass (each its own batch), as far as the catch-up
     # allows: 32 of the 50 datagrams. Then one pass a turn, the loop no longer held up.
-    assert turns.turns[0] == CATCH_UP_PASSES
-    assert sum(turns.turns) == len(batches) == 13
+    assert turns[0] == CATCH_UP_PASSES
+    assert sum(turns) == len(batches) == 13
     assert [len(b) for b in batches] == [4] * 12 + [2]
     assert [f.seq for b in batches for f in b if isinstance(f, RtcSample)] == list(range(1, 51))
 
@@ -140,24 +151,9 @@ async def test_a_loop_held_up_reads_its_backlog_before_yielding_in_batches_of_on
 async def test_a_loop_held_up_reads_one_pass_a_turn_while_the_consumer_is_behind(
     udp_pair: tuple[socket.socket, socket.socket],
 ) -> None:
-    server, client = udp_pair
-    counters = TransportCounters()
-    send, receive = trio.open_memory_channel[list[Frame]](100)
-    for _ in range(CATCH_UP_PASSES):  # batches the consumer has not taken yet: it is behind
-        send.send_nowait([rtc(0)])
-    turns = _BatchesPerTurn(send)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(serve_udp, server, send, counters, LIMITS, 4)
-        await trio.testing.wait_all_tasks_blocked()
-        time.sleep(CATCH_UP_AFTER_S * 1.5)  # noqa: ASYNC251 - holding the loop is the point
-        for seq in range(1, 21):
-            client.send(encode_msgpack(rtc(seq)))
-        trio.lowlevel.add_instrument(turns)
-        await wait_for(lambda: counters.messages == 20)
-        trio.lowlevel.remove_instrument(turns)
-        nursery.cancel_scope.cancel()
-    assert turns.turns == [1] * 5  # reading ahead would only deepen the consumer's queue
-    assert all(len(receive.receive_nowait()) == 1 for _ in range(CATCH_UP_PASSES))
+    turns, batches = await _held_up(udp_pair, 20, queued=CATCH_UP_PASSES)
+    assert turns == [1] * 5  # reading ahead would only deepen the consumer's queue
+    assert [len(b) for b in batches] == [4] * 5
 
 
 def test_socket_facts() -> None:
