@@ -807,7 +807,6 @@ async def storm(
     options = emit_options(daemon, offered, seconds, budget=FLOOD_BUDGET)
     before = (await trio.to_thread.run_sync(daemon.health))["ingest"]["udp"]
     reports: list[EmitReport] = []
-    opened: list[int] = []
 
     async def send() -> None:
         reports.append(await emit(options))
@@ -819,14 +818,13 @@ async def storm(
         answer = await trio.to_thread.run_sync(
             client.ask, f"open {subscribers} {subscribers}", 30.0 + subscribers / 10
         )
-        opened.append(answer["opened"])
         open_s = trio.current_time() - started
     await trio.sleep(1)  # the daemon reads what is still in its socket
     after = (await trio.to_thread.run_sync(daemon.health))["ingest"]["udp"]
     sent = reports[0].messages_sent
     drops = (after.get("kernel_drops") or 0) - (before.get("kernel_drops") or 0)
     return StormPhase(
-        subscribers=opened[0],
+        subscribers=answer["opened"],
         open_s=round(open_s, 3),
         offered_frames_per_s=offered,
         datagrams_sent=sent,

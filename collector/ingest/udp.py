@@ -51,10 +51,9 @@ _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 # queued for the consumer, is followed by up to CATCH_UP_PASSES - 1 more before the loop yields
 # (4,096 datagrams at the default drain_per_pass), each its own batch, until the socket is
 # empty. Shorter waits (the consumer's batches, a few ms) get one pass, which keeps the drain
-# and the consumer in step under a sustained flood; so does a consumer that is behind. Reading
-# ahead of it would grow its queue by up to 7 batches at every long step, and with it every
-# frame's wait (1 s of frame-to-subscriber latency within a minute, in the end-to-end
-# benchmark, when the catch-up did not look at the queue).
+# and the consumer in step under a sustained flood; so does a consumer that is behind: reading
+# ahead of it would grow its queue by up to 7 batches at every long step, and every frame's
+# wait with it (docs/BENCHMARKS.md: 1 s more frame-to-subscriber latency near the limit).
 CATCH_UP_AFTER_S = 0.02
 CATCH_UP_PASSES = 8
 
