@@ -26,6 +26,7 @@ import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable, Generator
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -241,8 +242,8 @@ async def ws_throughput(daemon: DaemonProcess, seconds: float) -> float:
 
     options = emit_options(daemon, MAX_OFFERED_FRAMES_PER_S, seconds + 1.0, transport="ws")
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(emit, options)
-        await trio.sleep(0.5)  # the session is open and the pipe is full
+        await nursery.start(partial(emit, options))  # the session is open
+        await trio.sleep(0.5)  # the pipe is full
         before, started = await trio.to_thread.run_sync(accepted), trio.current_time()
         await trio.sleep(seconds)
         after, ended = await trio.to_thread.run_sync(accepted), trio.current_time()

@@ -76,7 +76,7 @@ from cli.bench_statsd import (
 )
 from cli.bench_storage import StorageResult, run_storage
 from cli.daemon_process import DaemonFailed, DaemonProcess, running_daemon
-from cli.emit import SLICE_S, ReplayPool, replay_datagrams, replay_frames, replay_seq_step
+from cli.emit import SLICE_S, ReplayPool, replay_datagrams, replay_frames, replay_grows
 from collector.config import IngestConfig
 from collector.storage.sinks import StorageError
 from protocol import RtcSample
@@ -386,9 +386,9 @@ def _compare(
     runs: list[CompareRun] = []
     # receiver -> (unit, step at a rate, the plan's first rate)
     # One pool per receiver for the whole comparison: bwmon sees every frame as a new sample.
-    seq_step = replay_seq_step(options)
-    bwmon_pool = ReplayPool(datagrams, 0.0, seq_step)
-    bare_pool = ReplayPool(datagrams, 0.0, seq_step)
+    grow = replay_grows(options)
+    bwmon_pool = ReplayPool(datagrams, 0.0, grow)
+    bare_pool = ReplayPool(datagrams, 0.0, grow)
     receivers: dict[str, tuple[str, Callable[[float], UdpStep], float]] = {
         "bwmon": (
             "rtc frames/s",

@@ -761,8 +761,8 @@ async def flood(daemon: DaemonProcess, role: str, offered: int, seconds: float) 
     options = emit_options(daemon, offered, FLOOD_RAMP_S + seconds + 0.5, budget=FLOOD_BUDGET)
     reports: list[EmitReport] = []
 
-    async def send() -> None:
-        reports.append(await emit(options))
+    async def send(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        reports.append(await emit(options, task_status=task_status))
 
     def udp() -> tuple[dict[str, Any], int, float | None, float]:
         """The UDP counters, subscribers and the daemon's CPU time, and when (the middle of the
@@ -774,7 +774,7 @@ async def flood(daemon: DaemonProcess, role: str, offered: int, seconds: float) 
         return health["ingest"]["udp"], health["fanout"]["subscribers"], cpu, at
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(send)
+        await nursery.start(send)  # once the replay's pool is built and sending begins
         await trio.sleep(FLOOD_RAMP_S)
         before, _, cpu_before, started = await trio.to_thread.run_sync(udp)
         await trio.sleep(seconds)
@@ -808,11 +808,11 @@ async def storm(
     before = (await trio.to_thread.run_sync(daemon.health))["ingest"]["udp"]
     reports: list[EmitReport] = []
 
-    async def send() -> None:
-        reports.append(await emit(options))
+    async def send(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        reports.append(await emit(options, task_status=task_status))
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(send)
+        await nursery.start(send)
         await trio.sleep(seconds / 4)
         started = trio.current_time()
         answer = await trio.to_thread.run_sync(

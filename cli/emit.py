@@ -17,11 +17,10 @@ import itertools
 import os
 import random
 import socket
-import struct
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, Final, TypeVar
 
 import msgspec
 import trio
@@ -33,8 +32,10 @@ from trio_websocket import (
 )
 
 from cli.synthetic import Profile, make_participants, make_routes
+from collector.aggregate.rtc import COUNTERS
 from protocol import Frame, Hello, RtcSample, encode_json, encode_msgpack
 from protocol.emitter import pack, pack_json
+from protocol.frames import MAX_SECONDS
 from protocol.session import Ack, ErrorReply, SessionMessage, Welcome
 from protocol.signing import ENVELOPE_BYTES, sign_datagram
 
@@ -60,9 +61,9 @@ class EmitOptions:
     joins: bool = True
     budget: int = 1200  # bytes per UDP datagram
     ws_batch: int = 50  # frames per WebSocket message
-    # > 0: encode this many rtc frames once and send them round and round, each round
-    # renumbered (MessagePack) so that every frame is a new sample: load beyond what live
-    # generation reaches.
+    # > 0: encode this many rtc frames once and send them round and round, each round going
+    # on with every stream's sequence numbers and counters (MessagePack) so that every frame
+    # is a new sample, as from a live client: load beyond what live generation reaches.
     replay: int = 0
     profile: Profile = field(default_factory=Profile)
     # Shared key (auth.udp_keys of the daemon): sign every UDP datagram. Empty: unsigned.
@@ -136,39 +137,42 @@ class FrameSchedule:
         return frames
 
 
-# Replayed ``rtc`` frames carry sequence numbers from 2**32 up, so that MessagePack encodes each
-# as a uint64 (0xCF + 8 bytes) that the pool can rewrite in place; the wall-clock milliseconds
-# are added, so that a replay started later continues above an earlier one's numbers (as long
-# as no stream gets 1,000 samples a second).
+# Replayed ``rtc`` frames carry sequence numbers from 2**32 up (a uint64 in MessagePack); the
+# wall-clock milliseconds are added, so that a replay started later continues above an earlier
+# one's numbers (as long as no stream gets 1,000 samples a second). On the wire their counters
+# count from 2**16 up (seconds counters in whole seconds), so that each is a uint32. With fixed
+# widths, a round can advance every stream by adding one integer to the pool (``_Growth``).
 REPLAY_SEQ_BASE = 1 << 32
-_SEQ_FIELD = b"\xa1q\xcf"  # key "q", then a uint64
-_U64 = struct.Struct(">Q")
+REPLAY_COUNTER_BASE = 1 << 16
+_KEYS: Final = {f.name: f.encode_name for f in msgspec.structs.fields(RtcSample)}
+_SEQ_KEY: Final = _KEYS["seq"]
+_COUNTER_KEYS: Final = tuple(_KEYS[name] for name in COUNTERS)
+_SECONDS_KEYS: Final = frozenset(_KEYS[name] for name in COUNTERS if name.endswith("_s"))
 
 
 class ReplayPool:
     """Pre-encoded messages sent round and round at the schedule's rtc rate.
 
-    With ``seq_step`` (MessagePack ``rtc`` frames only: ``replay_seq_step``) every round turns
-    the pool's frames into the next samples of their streams: each sequence number grows by
-    ``seq_step``, the samples each stream has in the pool, so the daemon aggregates every frame
-    as a new sample instead of dropping repeats as duplicates (PROTOCOL.md §8.2). The counters
-    start again from the pool's first values: one counter reset per stream per round (§8.3).
+    With ``grow`` (MessagePack ``rtc`` frames from ``replay_datagrams``: ``replay_grows``)
+    every round turns the pool's frames into the next samples of their streams: each stream's
+    sequence numbers and counters go on from where the last round left them, as far again as
+    they went in the pool. The daemon aggregates every frame as a new sample, with no counter
+    reset (PROTOCOL.md §8.2, §8.3), as it would from a live client. Only when a counter would
+    outgrow its encoding do the counters start again from the pool's first values: one reset
+    per stream, every few hundred rounds.
     """
 
-    def __init__(self, messages: list[tuple[bytes, int]], rate: float, seq_step: int = 0) -> None:
-        self.messages = [(bytearray(data), count) for data, count in messages]
+    def __init__(self, messages: list[tuple[bytes, int]], rate: float, grow: bool = False) -> None:
+        self.messages = list(messages)
         self.rate = rate
-        self.seq_step = seq_step
         self.rounds = 0
-        self._offsets = [
-            _find_all(data, _SEQ_FIELD) if seq_step else [] for data, _ in self.messages
-        ]
+        self._growth = _Growth(self.messages) if grow else None
         self._sent = 0
         self._next = 0
 
     def restart(self, rate: float) -> None:
         """Pace from now on at ``rate``, going on where the last send stopped (the sequence
-        numbers keep growing)."""
+        numbers and counters keep growing)."""
         self.rate = rate
         self._sent = 0
 
@@ -176,34 +180,121 @@ class ReplayPool:
         due: list[tuple[bytes, int]] = []
         # As in FrameSchedule: a sender that fell behind catches up by a few slices at most.
         want = min(int(self.rate * elapsed), self._sent + max(1, int(self.rate * SLICE_S * 4)))
-        messages, n = self.messages, len(self.messages)
+        n = len(self.messages)
         while self._sent < want:
-            data, count = messages[self._next]
-            due.append((bytes(data), count))  # a copy: the next round rewrites the pool
-            self._sent += count
+            message = self.messages[self._next]
+            due.append(message)
+            self._sent += message[1]
             self._next += 1
             if self._next == n:
                 self._next = 0
-                self._next_round()
+                self.rounds += 1
+                if self._growth is not None:
+                    self.messages = self._growth.next_round()
         return due
 
-    def _next_round(self) -> None:
-        self.rounds += 1
-        step = self.seq_step
-        if not step:
-            return
-        for (data, _), offsets in zip(self.messages, self._offsets, strict=True):
-            for offset in offsets:
-                _U64.pack_into(data, offset, _U64.unpack_from(data, offset)[0] + step)
+
+class _Growth:
+    """A growing pool's rounds. Each stream's sequence number and counters advance by their
+    span in the pool every round — last value minus first, plus one step (last minus the one
+    before) — so that the next round's first sample follows the last round's last. As their
+    widths are fixed, the pool advanced one round encodes to as many bytes as the pool: the
+    whole pool as one big-endian integer grows by one integer a round, the difference of the
+    two encodings."""
+
+    def __init__(self, messages: list[tuple[bytes, int]]) -> None:
+        decoded = [msgspec.msgpack.decode(data) for data, _ in messages]
+        by_stream: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+        for batch in decoded:
+            if not isinstance(batch, list):
+                raise ValueError("a growing pool holds batches (arrays) of frames")
+            for frame in filter(_is_rtc, batch):
+                by_stream.setdefault(_stream(frame), []).append(frame)
+        spans = {stream: _spans(frames) for stream, frames in by_stream.items()}
+        # Rounds the counters can grow before one would outgrow its encoding (or a seconds
+        # counter the protocol's MAX_SECONDS); the sequence numbers have 2**53 to go.
+        self.counter_rounds_left = min(
+            (
+                (_room(frames[-1][key], key) - frames[-1][key]) // span
+                for stream, frames in by_stream.items()
+                for key, span in spans[stream].items()
+                if key != _SEQ_KEY and span > 0
+            ),
+            default=1 << 62,
+        )
+        self.counter_rounds = 0
+        pool = b"".join(data for data, _ in messages)
+        advanced = b"".join(_advance(batch, spans) for batch in decoded)
+        seq_spans = {stream: {_SEQ_KEY: s[_SEQ_KEY]} for stream, s in spans.items()}
+        seq_advanced = b"".join(_advance(batch, seq_spans) for batch in decoded)
+        if len(advanced) != len(pool) or len(seq_advanced) != len(pool):
+            raise ValueError(
+                "a growing pool needs its sequence numbers and counters at fixed widths, "
+                "as replay_datagrams encodes them"
+            )
+        self.pool = int.from_bytes(pool, "big")
+        self.step = int.from_bytes(advanced, "big") - self.pool
+        self.counter_step = self.step - (int.from_bytes(seq_advanced, "big") - self.pool)
+        self.size = len(pool)
+        self.bounds: list[tuple[int, int, int]] = []
+        at = 0
+        for data, count in messages:
+            self.bounds.append((at, at + len(data), count))
+            at += len(data)
+
+    def next_round(self) -> list[tuple[bytes, int]]:
+        """The pool's messages of the next round."""
+        if self.counter_rounds < self.counter_rounds_left:
+            self.counter_rounds += 1
+            self.pool += self.step
+        else:  # the sequence numbers go on; the counters start again from their first values
+            self.pool += self.step - (self.counter_rounds + 1) * self.counter_step
+            self.counter_rounds = 0
+        data = self.pool.to_bytes(self.size, "big")
+        return [(data[start:end], count) for start, end, count in self.bounds]
 
 
-def _find_all(data: bytearray, field: bytes) -> list[int]:
-    """Offsets of the values that follow every ``field`` (key + type byte) in ``data``."""
-    offsets, start = [], 0
-    while (at := data.find(field, start)) >= 0:
-        offsets.append(at + len(field))
-        start = at + len(field)
-    return offsets
+def _is_rtc(frame: Any) -> bool:
+    return isinstance(frame, dict) and frame.get("t") == "rtc"
+
+
+def _stream(frame: dict[str, Any]) -> tuple[str, str, str]:
+    return (frame["m"], frame["p"], frame["c"])
+
+
+def _spans(frames: list[dict[str, Any]]) -> dict[str, int]:
+    """By key, how far one stream's sequence number and counters go in one round."""
+    spans: dict[str, int] = {}
+    for key in (_SEQ_KEY, *_COUNTER_KEYS):
+        values = [frame[key] for frame in frames if key in frame]
+        if not values:
+            continue
+        if any(type(value) is not int for value in values):
+            raise ValueError(
+                "a growing pool needs integer counters, as replay_datagrams encodes them"
+            )
+        step = values[-1] - values[-2] if len(values) > 1 else 1
+        spans[key] = values[-1] - values[0] + step
+    return spans
+
+
+def _room(value: int, key: str) -> int:
+    """The largest value the encoding that holds ``value`` can hold (MessagePack: the smallest
+    that fits), for a seconds counter also no more than MAX_SECONDS."""
+    top = next(top for top in (0x7F, 0xFF, 0xFFFF, 0xFFFF_FFFF, 2**64 - 1) if value <= top)
+    return min(top, int(MAX_SECONDS)) if key in _SECONDS_KEYS else top
+
+
+def _advance(batch: list[Any], spans: dict[tuple[str, str, str], dict[str, int]]) -> bytes:
+    """A decoded batch encoded again one round on: each ``rtc`` frame's fields advanced by its
+    stream's ``spans``."""
+    moved = []
+    for frame in batch:
+        if _is_rtc(frame):
+            by_key = spans[_stream(frame)]
+            frame = frame | {key: frame[key] + span for key, span in by_key.items() if key in frame}
+        moved.append(frame)
+    return msgspec.msgpack.encode(moved)
 
 
 def replay_frames(options: EmitOptions) -> list[Frame]:
@@ -224,17 +315,36 @@ def replay_frames(options: EmitOptions) -> list[Frame]:
     return frames
 
 
-def replay_seq_step(options: EmitOptions) -> int:
-    """The ``seq_step`` of a pool of ``replay_frames`` (0 for JSON: not rewritten)."""
-    participants = options.meetings * options.participants
-    if options.encoding != "msgpack" or not participants or not options.replay:
-        return 0
-    return -(-options.replay // participants)
+def replay_grows(options: EmitOptions) -> bool:
+    """Whether a pool of ``replay_frames`` grows round by round (``ReplayPool``'s ``grow``):
+    MessagePack only; JSON pools are sent as they are."""
+    return options.encoding == "msgpack" and options.meetings * options.participants > 0
 
 
 def replay_datagrams(options: EmitOptions) -> list[tuple[bytes, int]]:
-    """The datagrams of a UDP replay, packed under ``options.budget`` as live sends are."""
-    return list(_datagrams(replay_frames(options), options))
+    """The datagrams of a UDP replay, packed under ``options.budget`` as live sends are, with
+    the fixed-width fields a growing pool needs (MessagePack)."""
+    return list(_datagrams(_on_the_wire(replay_frames(options), options), options))
+
+
+def _on_the_wire(frames: list[Frame], options: EmitOptions) -> list[Frame]:
+    """``frames`` as a growing pool sends them: counters from ``REPLAY_COUNTER_BASE`` up, seconds
+    counters in whole seconds (``_Growth``); unchanged for JSON, which is not rewritten."""
+    if not replay_grows(options):
+        return frames
+    return [
+        msgspec.structs.replace(
+            frame,
+            **{
+                name: round(value) + REPLAY_COUNTER_BASE
+                for name in COUNTERS
+                if (value := getattr(frame, name)) is not None
+            },
+        )
+        if isinstance(frame, RtcSample)
+        else frame
+        for frame in frames
+    ]
 
 
 def _now_ms() -> float:
@@ -275,9 +385,14 @@ def _datagrams(frames: list[Frame], options: EmitOptions) -> Iterator[tuple[byte
 
 
 async def _paced(
-    duration_s: float, due: Callable[[float], list[T]], send: Callable[[list[T]], Awaitable[None]]
+    duration_s: float,
+    due: Callable[[float], list[T]],
+    send: Callable[[list[T]], Awaitable[None]],
+    sending: Callable[[], None],
 ) -> None:
-    """Every slice, call ``send`` with what ``due`` says is due, for ``duration_s``."""
+    """Every slice, call ``send`` with what ``due`` says is due, for ``duration_s``; call
+    ``sending`` first."""
+    sending()
     start = trio.current_time()
     deadline = start + duration_s
     tick = start
@@ -310,7 +425,11 @@ async def _send_datagram(
 
 
 async def _emit_udp(
-    options: EmitOptions, schedule: FrameSchedule, report: EmitReport, spans: Spans
+    options: EmitOptions,
+    schedule: FrameSchedule,
+    report: EmitReport,
+    spans: Spans,
+    sending: Callable[[], None],
 ) -> None:
     family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
@@ -334,10 +453,10 @@ async def _emit_udp(
                     _count_replayed(report, count)
 
         if options.replay:
-            pool = ReplayPool(replay_datagrams(options), schedule.rate, replay_seq_step(options))
-            await _paced(options.duration_s, pool.due, send_replayed)
+            pool = ReplayPool(replay_datagrams(options), schedule.rate, replay_grows(options))
+            await _paced(options.duration_s, pool.due, send_replayed, sending)
         else:
-            await _paced(options.duration_s, schedule.due, send)
+            await _paced(options.duration_s, schedule.due, send, sending)
 
 
 _replies_json = msgspec.json.Decoder(SessionMessage)
@@ -364,7 +483,11 @@ async def _read_replies(ws: WebSocketConnection, report: EmitReport) -> None:
 
 
 async def _emit_ws(
-    options: EmitOptions, schedule: FrameSchedule, report: EmitReport, spans: Spans
+    options: EmitOptions,
+    schedule: FrameSchedule,
+    report: EmitReport,
+    spans: Spans,
+    sending: Callable[[], None],
 ) -> None:
     text = options.encoding == "json"
     url = f"ws://{options.host}:{options.http_port}/ingest"
@@ -405,7 +528,7 @@ async def _emit_ws(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_read_replies, ws, report)
             if options.replay:
-                frames = replay_frames(options)
+                frames = _on_the_wire(replay_frames(options), options)
                 batches = [
                     frames[i : i + options.ws_batch]
                     for i in range(0, len(frames), options.ws_batch)
@@ -413,11 +536,11 @@ async def _emit_ws(
                 pool = ReplayPool(
                     [(_as_bytes(encode(b)), len(b)) for b in batches],
                     schedule.rate,
-                    replay_seq_step(options),
+                    replay_grows(options),
                 )
-                await _paced(options.duration_s, pool.due, send_replayed)
+                await _paced(options.duration_s, pool.due, send_replayed, sending)
             else:
-                await _paced(options.duration_s, schedule.due, send)
+                await _paced(options.duration_s, schedule.due, send, sending)
             # Wait for the ack of the last message, so that the report says what was processed.
             with trio.move_on_after(welcome.ack_interval_s * 3 + 5):
                 # Acks arrive on the reader task; polling one counter is the simplest wait.
@@ -430,23 +553,34 @@ class EmitError(Exception):
     """The daemon could not be reached or ended the session; the message says which."""
 
 
-async def emit(options: EmitOptions) -> EmitReport:
-    """Send synthetic frames for ``options.duration_s`` seconds and report what was sent."""
+async def emit(
+    options: EmitOptions, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> EmitReport:
+    """Send synthetic frames for ``options.duration_s`` seconds and report what was sent.
+
+    Started with ``nursery.start``, it returns once sending begins (a replay's pool is built,
+    a WebSocket session open); ``elapsed_s`` counts from then."""
     schedule = FrameSchedule(options)
     report = EmitReport(transport=options.transport, target_rtc_per_s=round(schedule.rate, 1))
     spans: Spans = {}
     started = trio.current_time()
+
+    def sending() -> None:
+        nonlocal started
+        started = trio.current_time()
+        task_status.started()
+
     if options.transport == "ws":
         url = f"ws://{options.host}:{options.http_port}/ingest"
         try:
-            await _emit_ws(options, schedule, report, spans)
+            await _emit_ws(options, schedule, report, spans, sending)
         except HandshakeError as exc:
             cause = exc.__cause__
             raise EmitError(f"cannot connect to {url}: {cause or 'handshake failed'}") from None
         except ConnectionClosed as exc:
             raise EmitError(f"{url} closed the session: {exc.reason}") from None
     else:
-        await _emit_udp(options, schedule, report, spans)
+        await _emit_udp(options, schedule, report, spans, sending)
     report.rtc_bytes_sent = sum(last - first for first, last in spans.values())
     report.elapsed_s = round(trio.current_time() - started, 3)
     report.frames_per_s = (

@@ -298,9 +298,10 @@ def emit_command(
         int,
         typer.Option(
             min=0,
-            help="encode this many rtc frames once and resend them round and round, "
-            "renumbered each round so that each is a new sample (rtc only; for load beyond "
-            "what live generation reaches)",
+            help="encode this many rtc frames once and resend them round and round, each "
+            "round continuing every stream's sequence numbers and counters (MessagePack), so "
+            "that each is a new sample (rtc only; for load beyond what live generation "
+            "reaches)",
         ),
     ] = 0,
     seed: Annotated[int, typer.Option()] = 1,
