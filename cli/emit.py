@@ -159,7 +159,7 @@ class ReplayPool:
     they went in the pool. The daemon aggregates every frame as a new sample, with no counter
     reset (PROTOCOL.md §8.2, §8.3), as it would from a live client. Only when a counter would
     outgrow its encoding do the counters start again from the pool's first values: one reset
-    per stream, every few hundred rounds.
+    per stream, after about a thousand rounds of `bench ingest`'s pool.
     """
 
     def __init__(self, messages: list[tuple[bytes, int]], rate: float, grow: bool = False) -> None:
