@@ -265,13 +265,16 @@ def test_kill_9_and_restart_lose_no_counted_byte(tmp_path: Path) -> None:
     first = start_daemon(tmp_path / "first.log", ["--config", str(config)])
     ports = ["--udp-port", str(first.udp_port), "--http-port", str(first.http_port)]
     sender = emit(
-        first, "udp", "--meetings", "3", "--participants", "3", "--interval", "0.2", seconds=6
+        first, "udp", "--meetings", "3", "--participants", "3", "--interval", "0.2", seconds=10
     )
     time.sleep(2.5)
     first.process.kill()
     first.process.wait()
     second = start_daemon(tmp_path / "second.log", ["--config", str(config), *ports])
     try:
+        # The last samples must reach the second daemon: they carry the bytes sent while no
+        # daemon listened (on a slow machine a restart once outlasted a 6 s emit).
+        assert sender.poll() is None, "emit ended before the daemon was back"
         sent = report(sender)
         assert any(e.get("event") == "checkpoint_restored" for e in second.log_events())
         assert second.stop() == 0

@@ -74,6 +74,10 @@ async def serving(redis: RedisChannel) -> AsyncIterator[tuple[FallbackChannel, D
     async with trio.open_nursery() as nursery:
         await nursery.start(channel.serve, subscribers.deliver, subscribers.on_epoch)
         channel.watch({"meetings"})
+        # As a subscriber session does: the reader starts on the topic from this snapshot's
+        # position, not from wherever the topic is once it gets to it (a publish in between
+        # would otherwise be in no delta).
+        await channel.snapshot("meetings")
         yield channel, subscribers, Publisher(channel)
         nursery.cancel_scope.cancel()
 
