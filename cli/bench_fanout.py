@@ -63,7 +63,7 @@ from trio_websocket import (
 
 from cli.bench import emit_options
 from cli.daemon_process import DaemonProcess, running_daemon
-from cli.emit import EmitReport, emit
+from cli.emit import EmitOptions, EmitReport, emit
 from protocol.subscribe import (
     Delta,
     Entities,
@@ -754,15 +754,23 @@ def process_cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+async def start_emit(nursery: trio.Nursery, options: EmitOptions) -> list[EmitReport]:
+    """Start ``emit`` in ``nursery``; return once it sends (its replay pool built). The list
+    it returns holds emit's report once emit is done."""
+    reports: list[EmitReport] = []
+
+    async def send(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        reports.append(await emit(options, task_status=task_status))
+
+    await nursery.start(send)
+    return reports
+
+
 async def flood(daemon: DaemonProcess, role: str, offered: int, seconds: float) -> FloodPhase:
     """The daemon's accepted UDP frames/s while ``emit --replay`` (bench ingest's batched
     workload) offers ``offered`` frames/s: ``/healthz`` (and the daemon's CPU time) read
     ``FLOOD_RAMP_S`` into the flood and ``seconds`` later, both while the flood runs."""
     options = emit_options(daemon, offered, FLOOD_RAMP_S + seconds + 0.5, budget=FLOOD_BUDGET)
-    reports: list[EmitReport] = []
-
-    async def send(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        reports.append(await emit(options, task_status=task_status))
 
     def udp() -> tuple[dict[str, Any], int, float | None, float]:
         """The UDP counters, subscribers and the daemon's CPU time, and when (the middle of the
@@ -774,7 +782,7 @@ async def flood(daemon: DaemonProcess, role: str, offered: int, seconds: float) 
         return health["ingest"]["udp"], health["fanout"]["subscribers"], cpu, at
 
     async with trio.open_nursery() as nursery:
-        await nursery.start(send)  # once the replay's pool is built and sending begins
+        reports = await start_emit(nursery, options)
         await trio.sleep(FLOOD_RAMP_S)
         before, _, cpu_before, started = await trio.to_thread.run_sync(udp)
         await trio.sleep(seconds)
@@ -806,13 +814,8 @@ async def storm(
     is final (the live meetings' emitter goes on, so the counters never stand still)."""
     options = emit_options(daemon, offered, seconds, budget=FLOOD_BUDGET)
     before = (await trio.to_thread.run_sync(daemon.health))["ingest"]["udp"]
-    reports: list[EmitReport] = []
-
-    async def send(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        reports.append(await emit(options, task_status=task_status))
-
     async with trio.open_nursery() as nursery:
-        await nursery.start(send)
+        reports = await start_emit(nursery, options)
         await trio.sleep(seconds / 4)
         started = trio.current_time()
         answer = await trio.to_thread.run_sync(

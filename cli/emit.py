@@ -76,7 +76,7 @@ class EmitReport(msgspec.Struct, kw_only=True):
     frames_by_kind: dict[str, int] = msgspec.field(default_factory=dict)
     messages_sent: int = 0  # datagrams or WebSocket messages
     send_errors: int = 0  # datagrams refused by the network stack (nothing listening)
-    elapsed_s: float = 0.0
+    elapsed_s: float = 0.0  # from the first send (after a replay's pool is built) to the end
     frames_per_s: float = 0.0
     target_rtc_per_s: float = 0.0
     acked_messages: int | None = None
@@ -318,7 +318,7 @@ def replay_frames(options: EmitOptions) -> list[Frame]:
 def replay_grows(options: EmitOptions) -> bool:
     """Whether a pool of ``replay_frames`` grows round by round (``ReplayPool``'s ``grow``):
     MessagePack only; JSON pools are sent as they are."""
-    return options.encoding == "msgpack" and options.meetings * options.participants > 0
+    return options.encoding == "msgpack"
 
 
 def replay_datagrams(options: EmitOptions) -> list[tuple[bytes, int]]:
