@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint lock clean
+.PHONY: serve test lint lock clean compiled pure
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -33,5 +33,14 @@ lock: $(STAMP)
 	{ echo "# Exact versions CI and \`make\` install (runtime + dev). Regenerate: make lock"; \
 	  $(BIN)/pip freeze --exclude-editable; } > requirements.lock
 
-clean:
+# The hot path compiled with mypyc, in place (setup.py, docs/BENCHMARKS.md); `make pure` undoes it.
+compiled: pure $(STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check 'setuptools>=77'
+	BWMON_COMPILE=1 $(BIN)/python setup.py --quiet build_ext --inplace
+
+pure:
+	rm -rf build
+	find collector protocol \( -name '*.so' -o -name '*.py.sha256' \) -delete
+
+clean: pure
 	rm -rf $(VENV) .mypy_cache .ruff_cache .hypothesis

@@ -80,6 +80,7 @@ from cli.emit import SLICE_S, ReplayPool, replay_datagrams, replay_frames, repla
 from collector.config import IngestConfig
 from collector.storage.sinks import StorageError
 from protocol import RtcSample
+from protocol.build import compiled_modules
 
 TARGET_RATIO_VS_STATSD = 10.0
 TARGET_RATIO_TO_CEILING = 0.5
@@ -489,6 +490,7 @@ class AllResult(msgspec.Struct):
 
     quick: bool
     cpus: int
+    compiled: list[str]  # modules the daemons ran compiled (setup.py, make compiled)
     elapsed_s: float
     meets_targets: bool  # every target measured and met
     targets: list[Target]
@@ -611,6 +613,7 @@ def _result(
     return AllResult(
         quick=quick,
         cpus=len(os.sched_getaffinity(0)),
+        compiled=compiled_modules(),
         elapsed_s=round(elapsed, 1),
         meets_targets=all(t.passed for t in targets),
         targets=targets,
@@ -650,8 +653,9 @@ def print_table(result: AllResult) -> None:
     runs = len(result.ingest.runs) if result.ingest is not None else 0
     echo(
         f"bwmon bench all{' --quick (a smoke run, not a measurement)' if result.quick else ''}: "
-        f"{result.cpus} CPUs, {result.elapsed_s:g} s; figures are median (min - max) over "
-        f"{runs} runs\n\n"
+        f"{result.cpus} CPUs, {result.elapsed_s:g} s, "
+        f"{'compiled' if result.compiled else 'pure Python'}; figures are median (min - max) "
+        f"over {runs} runs\n\n"
     )
     rows = [
         ("lossless rtc ingest, bwmon (frames/s)", _show(result.ingest_frames_per_s)),

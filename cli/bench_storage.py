@@ -50,7 +50,8 @@ from cli.bench import (
 from collector.aggregate.engine import Output
 from collector.aggregate.http import HttpMinuteRow
 from collector.aggregate.percentiles import latency_summary
-from collector.aggregate.rtc import COUNTERS, RtcMinuteRow
+from collector.aggregate.records import RtcMinuteRow
+from collector.aggregate.rtc import COUNTERS
 from collector.runtime import AsyncioBridge, open_thread_bridge
 from collector.storage.flusher import Flusher
 from collector.storage.schema import Batch

@@ -55,6 +55,7 @@ from collector.storage.retention import run_retention
 from collector.storage.sinks import MysqlSink, Sink, SqliteSink
 from collector.storage.spool import Spool
 from protocol import Frame, Limits
+from protocol.build import compiled_modules
 
 log = get_logger("app")
 
@@ -304,6 +305,7 @@ class Daemon:
         return {
             "status": "ok",
             "version": VERSION,
+            "compiled": compiled_modules(),  # setup.py: BWMON_COMPILE=1, make compiled
             "uptime_s": round(time.monotonic() - self.started, 3),
             "ingest": {
                 "udp": udp,

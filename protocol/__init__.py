@@ -1,10 +1,11 @@
 """bwmon's wire contract: frames, codec and limits. Imports only msgspec and the stdlib."""
 
+# First: it refuses a compiled build older than its source (protocol/build.py).
+import protocol.build  # noqa: F401
 from protocol.codec import (
     DEFAULT_LIMITS,
     REASONS,
     Decoded,
-    Limits,
     ProtocolError,
     decode_frame,
     decode_message,
@@ -23,6 +24,7 @@ from protocol.frames import (
     HttpSample,
     RtcSample,
 )
+from protocol.limits import Limits
 
 __all__ = [
     "DEFAULT_LIMITS",

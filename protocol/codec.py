@@ -27,6 +27,7 @@ from typing import Final
 import msgspec
 
 from protocol.frames import Event, Frame, HttpSample, RtcSample
+from protocol.limits import Limits
 
 # Reason codes: stable, part of the spec; counters and error replies use them as they are.
 EMPTY: Final = "empty"
@@ -74,13 +75,6 @@ class ProtocolError(Exception):
         self.reason = reason
         self.detail = detail
         self.index = index
-
-
-class Limits(msgspec.Struct, frozen=True, kw_only=True):
-    """Per-message limits a daemon enforces (strings and numbers are limited by the schema)."""
-
-    max_message_bytes: int = 65_507
-    max_frames_per_message: int = 1_000
 
 
 DEFAULT_LIMITS: Final = Limits()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import asyncmy
 import trio
 
 from protocol import Event, Hello, HttpSample, RtcSample
+from protocol.build import COMPILED_MODULES
 
 
 def rtc(seq: int = 1, meeting: str = "m1", participant: str = "p1") -> RtcSample:
@@ -215,3 +217,17 @@ class CuttableProxy:
         self.closed = True
         self.cut()
         self.listener.close()
+
+
+def assert_build(compiled: list[str]) -> None:
+    """``compiled`` (``protocol.build.compiled_modules``, ``/healthz``) is the build this run
+    expects: ``BWMON_EXPECT_COMPILED=1`` (CI's compiled run) every module of
+    ``COMPILED_MODULES``, ``0`` none; unset, all or none, never a build of some."""
+    every = list(COMPILED_MODULES)
+    expected = os.environ.get("BWMON_EXPECT_COMPILED")
+    if expected == "1":
+        assert compiled == every
+    elif expected == "0":
+        assert compiled == []
+    else:
+        assert compiled in ([], every)

@@ -21,16 +21,18 @@ from __future__ import annotations
 import math
 from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
+from mypy_extensions import mypyc_attr
 
 from collector.aggregate import quality as q
 from collector.aggregate.alerts import DEFAULT_RULES, AlertEngine, AlertEvent, AlertRule
 from collector.aggregate.http import BYTES_IN, BYTES_OUT, HIST, REQUESTS, STATUS, HttpMinuteRow
 from collector.aggregate.http import HttpRoute as HttpRouteState
 from collector.aggregate.percentiles import latency_summary
-from collector.aggregate.rtc import C, RtcMinuteRow, RtcStream
+from collector.aggregate.records import LifecycleEvent, MeetingSummary, RtcMinuteRow
+from collector.aggregate.rtc import C, RtcStream
 from collector.aggregate.settings import AggregateSettings
 from collector.aggregate.steps import finish
 from protocol import Event, Frame, HttpSample, RtcSample
@@ -50,34 +52,6 @@ VIDEO_PACKETS_LOST = C["video_packets_lost"]
 VIDEO_PACKETS_RECEIVED = C["video_packets_received"]
 VIDEO_PACKETS_SENT = C["video_packets_sent"]
 VIDEO_REMOTE_PACKETS_LOST = C["video_remote_packets_lost"]
-
-LifecycleKind = Literal[
-    "meeting_started", "meeting_ended", "joined", "left", "relay_changed", "client_event"
-]
-
-
-class LifecycleEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    kind: LifecycleKind
-    meeting: str
-    participant: str | None = None
-    connection: str | None = None
-    at: float
-    detail: str | None = None  # why (leave, silence, first_frame…), the relay state, the event
-
-
-class MeetingSummary(msgspec.Struct, frozen=True, kw_only=True):
-    meeting: str
-    started_at: float
-    ended_at: float
-    peak_participants: int
-    bytes_up: float
-    bytes_down: float
-    relayed_bytes: float
-    relay_cost: float
-    relayed_bytes_by_turn_server: dict[str, float]
-    quality_avg: float | None
-    quality_worst: float | None
-    seconds_by_level: dict[str, float]
 
 
 @dataclass(slots=True)
@@ -140,6 +114,7 @@ class Interval:
     video: float | None
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # tests subclass it, compiled or not
 class Engine:
     """All live meetings, participants, streams and HTTP routes of one daemon."""
 
@@ -608,8 +583,9 @@ class Engine:
             meeting = Meeting(**{k: m[k] for k in _MEETING_FIELDS})
             self.meetings[meeting.meeting] = meeting
             for p in m["participants"]:
-                participant = Participant(**{k: p[k] for k in _PARTICIPANT_FIELDS})
-                participant.reasons = tuple(participant.reasons)
+                fields = {k: p[k] for k in _PARTICIPANT_FIELDS}
+                fields["reasons"] = tuple(fields["reasons"])  # MessagePack gave a list
+                participant = Participant(**fields)
                 meeting.participants[participant.participant] = participant
                 for state in p["streams"]:
                     stream = RtcStream.from_state(state, window)

@@ -34,7 +34,9 @@ from operator import ge, itemgetter
 from typing import Any, Final, NamedTuple
 
 import msgspec
+from mypy_extensions import mypyc_attr
 
+from collector.aggregate.records import RelayState, RtcMinuteRow
 from protocol import RtcSample
 
 COUNTERS: Final = (
@@ -95,8 +97,6 @@ NO_DATA: Final = 0xFFFF
 _TOP: Final = NO_DATA - 1
 _NO_DATA_ROW: Final = array("H", [NO_DATA]) * N_RING
 
-RelayState = str  # "direct" | "turn-udp" | "turn-tcp" | "turn-tls"
-
 
 def relay_state(local_candidate: str | None, relay_protocol: str | None) -> RelayState:
     """Where this client's media goes: direct, or through TURN over which transport.
@@ -113,84 +113,65 @@ def turn_server(url: str | None) -> str | None:
     return url.split("?", 1)[0] if url else None
 
 
-class RtcMinuteRow(msgspec.Struct, gc=False, frozen=True, kw_only=True):
-    """Everything one RTC stream did in one minute; the unit of storage."""
+# RtcStream's attributes, named once: its ``__slots__`` and its checkpoint state read them.
+_SLOTS: Final = (
+    "audio_fec",
+    "audio_jitter_count",
+    "audio_jitter_ms",
+    "audio_jitter_sum",
+    "connection",
+    "fps_in",
+    "gaps",
+    "held",
+    "last",
+    "last_seen",
+    "last_seq",
+    "layout",
+    "limitation",
+    "meeting",
+    "minute",
+    "minute_gaps",
+    "minute_no",
+    "minute_resets",
+    "minute_samples",
+    "mos_count",
+    "mos_min",
+    "mos_sum",
+    "opened",
+    "pair_id",
+    "participant",
+    "pending",
+    "pending_samples",
+    "quality",
+    "quality_count",
+    "quality_min",
+    "quality_sum",
+    "recent",
+    "recent_values",
+    "relay",
+    "relay_protocol",
+    "relayed_minute",
+    "remote_relayed",
+    "resets",
+    "ring",
+    "ring_bucket",
+    "rtt_count",
+    "rtt_ms",
+    "rtt_sum",
+    "samples",
+    "stale",
+    "turn_server",
+    "video_jitter_count",
+    "video_jitter_ms",
+    "video_jitter_sum",
+)
 
-    meeting: str
-    participant: str
-    connection: str
-    minute: int  # Unix time of the minute's start, seconds
-    segment: int  # when this stream state opened (ms): a rejoin in the same minute is another row
-    samples: int
-    gaps: int
-    resets: int
-    counters: dict[str, float]  # deltas of every cumulative counter over the minute
-    rtt_ms_avg: float | None
-    audio_jitter_ms_avg: float | None
-    video_jitter_ms_avg: float | None
-    mos_avg: float | None
-    mos_min: float | None
-    quality_avg: float | None
-    quality_min: float | None
-    relay: RelayState
-    turn_server: str | None
-    relayed_bytes: float
 
-
+@mypyc_attr(allow_interpreted_subclasses=True)  # tests subclass it, compiled or not
 class RtcStream:
     """Cumulative counters of one peer connection in, interval deltas out."""
 
-    __slots__ = (
-        "audio_fec",
-        "audio_jitter_count",
-        "audio_jitter_ms",
-        "audio_jitter_sum",
-        "connection",
-        "fps_in",
-        "gaps",
-        "held",
-        "last",
-        "last_seen",
-        "last_seq",
-        "layout",
-        "limitation",
-        "meeting",
-        "minute",
-        "minute_gaps",
-        "minute_no",
-        "minute_resets",
-        "minute_samples",
-        "mos_count",
-        "mos_min",
-        "mos_sum",
-        "opened",
-        "pair_id",
-        "participant",
-        "pending",
-        "pending_samples",
-        "quality",
-        "quality_count",
-        "quality_min",
-        "quality_sum",
-        "recent",
-        "recent_values",
-        "relay",
-        "relay_protocol",
-        "relayed_minute",
-        "remote_relayed",
-        "resets",
-        "ring",
-        "ring_bucket",
-        "rtt_count",
-        "rtt_ms",
-        "rtt_sum",
-        "samples",
-        "stale",
-        "turn_server",
-        "video_jitter_count",
-        "video_jitter_ms",
-        "video_jitter_sum",
-    )
+    __slots__ = _SLOTS
 
     def __init__(
         self, meeting: str, participant: str, connection: str, window: int = 60, opened: int = 0
@@ -534,9 +515,10 @@ class Layout(NamedTuple):
     ``get`` takes those (two or more); ``absent`` takes the others, and returns ``nones`` when
     they are absent too (an identity check per counter, not a comparison)."""
 
+    # Any, not object: mypyc (setup.py) cannot build a NamedTuple with an ``object`` field.
     get: itemgetter[tuple[Any, ...]]
-    absent: Callable[[tuple[Any, ...]], object]
-    nones: object
+    absent: Callable[[tuple[Any, ...]], Any]
+    nones: Any
 
 
 _LAYOUTS: dict[tuple[int, ...], Layout] = {}
@@ -565,5 +547,5 @@ def _nothing(fields: tuple[Any, ...]) -> tuple[()]:
 
 _TRANSIENT: Final = frozenset({"held", "layout", "recent", "recent_values"})
 _STATE_SLOTS: Final = tuple(
-    name for name in RtcStream.__slots__ if not name.startswith("ring") and name not in _TRANSIENT
+    name for name in _SLOTS if not name.startswith("ring") and name not in _TRANSIENT
 )

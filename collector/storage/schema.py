@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from collector.aggregate.alerts import AlertEvent
-from collector.aggregate.engine import MeetingSummary
 from collector.aggregate.http import HttpMinuteRow
-from collector.aggregate.rtc import COUNTERS, RtcMinuteRow
+from collector.aggregate.records import MeetingSummary, RtcMinuteRow
+from collector.aggregate.rtc import COUNTERS
 
 Dialect = Literal["mysql", "sqlite"]
 Row = tuple[Any, ...]

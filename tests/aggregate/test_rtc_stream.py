@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from collector.aggregate.rtc import COUNTERS, RtcMinuteRow, RtcStream, relay_state, turn_server
+from collector.aggregate.records import RtcMinuteRow
+from collector.aggregate.rtc import COUNTERS, RtcStream, relay_state, turn_server
 from protocol import RtcSample
 
 

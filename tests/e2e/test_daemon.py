@@ -22,7 +22,7 @@ from trio_websocket import open_websocket_url
 from cli.daemon_process import DaemonProcess, start_daemon
 from protocol import encode_json, encode_msgpack
 from protocol.session import ErrorReply, SessionMessage, Welcome
-from tests.helpers import event, hello, http_sample, rtc
+from tests.helpers import assert_build, event, hello, http_sample, rtc
 
 pytestmark = pytest.mark.e2e
 
@@ -213,6 +213,10 @@ def test_healthz_shows_live_meetings_and_participants_while_emit_runs(
     assert live["rtc_streams"] == 21
     assert live["http_routes"] == 4
     assert live["refused_by_reason"] == {}
+
+
+def test_healthz_names_the_modules_the_daemon_runs_compiled(daemon: DaemonProcess) -> None:
+    assert_build(daemon.health()["compiled"])
 
 
 def test_bench_aggregate_prints_its_figures() -> None:

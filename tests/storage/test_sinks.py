@@ -15,10 +15,10 @@ import trio
 import trio.lowlevel
 
 from collector.aggregate.alerts import AlertEvent
-from collector.aggregate.engine import MeetingSummary
 from collector.aggregate.http import HttpMinuteRow
 from collector.aggregate.percentiles import latency_summary
-from collector.aggregate.rtc import COUNTERS, RtcMinuteRow
+from collector.aggregate.records import MeetingSummary, RtcMinuteRow
+from collector.aggregate.rtc import COUNTERS
 from collector.runtime import open_thread_bridge
 from collector.storage.schema import (
     ALERTS,

@@ -1,0 +1,43 @@
+"""The build, for setuptools: pure Python unless ``BWMON_COMPILE=1``, which compiles the
+ingest hot path (decode, aggregation) with mypyc into C extensions — the same source, type
+checked by mypy, about a third more frames per second per core (docs/BENCHMARKS.md).
+
+``make compiled`` builds them in place; ``make pure`` removes them. Beside each extension goes
+the digest of the source it was built from: in a checkout, the packages refuse to import an
+extension built from another source (``protocol/build.py``). The modules below must define no
+msgspec Struct: mypyc does not keep a Struct's class options (``frozen``, ``kw_only``,
+``gc``); tests/test_build.py checks both.
+"""
+
+import hashlib
+import os
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+COMPILED = [
+    "protocol/codec.py",
+    "collector/aggregate/rtc.py",
+    "collector/aggregate/engine.py",
+]
+
+
+class BuildExtensions(build_ext):
+    def run(self) -> None:
+        super().run()
+        root = Path(".") if self.inplace else Path(self.build_lib)
+        for source in COMPILED:
+            digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()
+            (root / (source + ".sha256")).write_text(digest + "\n")
+
+
+if os.environ.get("BWMON_COMPILE") == "1":
+    from mypyc.build import mypycify
+
+    setup(
+        ext_modules=mypycify(COMPILED, opt_level="3", separate=True),
+        cmdclass={"build_ext": BuildExtensions},
+    )
+else:
+    setup()
