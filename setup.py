@@ -20,6 +20,9 @@ COMPILED = [
     "protocol/codec.py",
     "collector/aggregate/rtc.py",
     "collector/aggregate/engine.py",
+    "collector/aggregate/quality.py",
+    "collector/ingest/counters.py",
+    "collector/fanout/topics.py",
 ]
 
 

@@ -21,6 +21,9 @@ COMPILED_MODULES: Final = (
     "protocol.codec",
     "collector.aggregate.rtc",
     "collector.aggregate.engine",
+    "collector.aggregate.quality",
+    "collector.ingest.counters",
+    "collector.fanout.topics",
 )
 
 
