@@ -1,6 +1,7 @@
 """The build, for setuptools: pure Python unless ``BWMON_COMPILE=1``, which compiles the
 ingest hot path (decode, aggregation) with mypyc into C extensions — the same source, type
-checked by mypy, about a third more frames per second per core (docs/BENCHMARKS.md).
+checked by mypy: decode + aggregation 1.5 to 1.8 times as fast, the daemon at its limit 1.2 to 1.4
+times (docs/BENCHMARKS.md, "Compiled with mypyc").
 
 ``make compiled`` builds them in place; ``make pure`` removes them. Beside each extension goes
 the digest of the source it was built from: in a checkout, the packages refuse to import an
