@@ -16,7 +16,7 @@ from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 from typing import Final
 
-# The same modules as COMPILED in setup.py (tests/test_build.py checks it).
+# What setup.py compiles.
 COMPILED_MODULES: Final = (
     "protocol.codec",
     "collector.aggregate.rtc",
