@@ -32,7 +32,7 @@ from collector.aggregate.http import BYTES_IN, BYTES_OUT, HIST, REQUESTS, STATUS
 from collector.aggregate.http import HttpRoute as HttpRouteState
 from collector.aggregate.percentiles import latency_summary
 from collector.aggregate.records import LifecycleEvent, MeetingSummary, RtcMinuteRow
-from collector.aggregate.rtc import C, RtcStream
+from collector.aggregate.rtc import STREAM_KEY, C, RtcStream, sample_fields
 from collector.aggregate.settings import AggregateSettings
 from collector.aggregate.steps import finish
 from protocol import Event, Frame, HttpSample, RtcSample
@@ -123,7 +123,7 @@ class Engine:
     ) -> None:
         self.settings = settings or AggregateSettings()
         self.meetings: dict[str, Meeting] = {}
-        self.streams: dict[tuple[str, str, str], RtcStream] = {}
+        self.streams: dict[tuple[str, ...], RtcStream] = {}  # (meeting, participant, connection)
         self.routes: dict[tuple[str, str, str], HttpRouteState] = {}
         self.alerts = AlertEngine(list(rules))
         self.output = Output()
@@ -161,7 +161,8 @@ class Engine:
                 by_kind[tag] = by_kind.get(tag, 0) + count
 
     def _rtc(self, frame: RtcSample, now: float, minute_no: int) -> None:
-        stream = self.streams.get((frame.meeting, frame.participant, frame.connection))
+        fields = sample_fields(frame)
+        stream = self.streams.get(fields[STREAM_KEY])
         if stream is None:
             stream = self._open_stream(frame.meeting, frame.participant, frame.connection, now)
             if stream is None:
@@ -169,7 +170,7 @@ class Engine:
         elif stream.minute_no != minute_no and stream.minute_samples:
             self._close_stream_minute(stream)
         stream.last_seen = now
-        changed = stream.add(frame, minute_no)
+        changed = stream.add_fields(fields, minute_no)
         if changed is not None:
             self.output.events.append(
                 LifecycleEvent(

@@ -69,12 +69,30 @@ N_COUNTERS: Final = len(COUNTERS)
 PAIR_COUNTERS: Final = (C["pair_bytes_sent"], C["pair_bytes_received"])
 # A sample's fields as one tuple (``astuple``: one C call, a third of the cost of reading the
 # counters by name), in which the counters are one run in ``COUNTERS`` order.
-_fields_of: Final = msgspec.structs.astuple
+sample_fields: Final = msgspec.structs.astuple
 _FIELD_NAMES: Final = tuple(f.name for f in msgspec.structs.fields(RtcSample))
 _FIRST: Final = _FIELD_NAMES.index(COUNTERS[0])
 _COUNTERS_AT: Final = slice(_FIRST, _FIRST + N_COUNTERS)
 if _FIELD_NAMES[_COUNTERS_AT] != COUNTERS:  # checked also under ``python -O``
     raise ImportError("RtcSample's counters must be one run of fields in COUNTERS order")
+# A stream's key (meeting, participant, connection): the first fields, one slice of the tuple.
+STREAM_KEY: Final = slice(0, 3)
+if _FIELD_NAMES[STREAM_KEY] != ("meeting", "participant", "connection"):
+    raise ImportError("RtcSample must begin with meeting, participant and connection")
+# The other fields ``add`` reads, by position: an index into the tuple, not an attribute
+# lookup on the frame for each.
+_SEQ: Final = _FIELD_NAMES.index("seq")
+_PAIR_ID: Final = _FIELD_NAMES.index("pair_id")
+_LOCAL_CANDIDATE: Final = _FIELD_NAMES.index("local_candidate")
+_REMOTE_CANDIDATE: Final = _FIELD_NAMES.index("remote_candidate")
+_RELAY_PROTOCOL: Final = _FIELD_NAMES.index("relay_protocol")
+_TURN_URL: Final = _FIELD_NAMES.index("turn_url")
+_RTT_MS: Final = _FIELD_NAMES.index("rtt_ms")
+_AUDIO_JITTER_MS: Final = _FIELD_NAMES.index("audio_jitter_ms")
+_VIDEO_JITTER_MS: Final = _FIELD_NAMES.index("video_jitter_ms")
+_LIMITATION: Final = _FIELD_NAMES.index("limitation")
+_AUDIO_FEC: Final = _FIELD_NAMES.index("audio_fec")
+_FPS_IN: Final = _FIELD_NAMES.index("fps_in")
 # The live view: per tick bucket, the values derived for the interval (NaN: not measured).
 RING_FIELDS: Final = (
     "send_bps",
@@ -212,8 +230,8 @@ class RtcStream:
         self.fps_in: float | None = None
         self.ring = array("H", [NO_DATA]) * (window * N_RING)  # a live view, not a ledger
         self.ring_bucket = -1
-        # The newest sample's fields, from the second sample of a tick until the tick: the
-        # reference a faster sample is compared with (its present counters in
+        # The newest sample's counters (``COUNTERS`` order), from the second sample of a tick
+        # until the tick: the reference a faster sample is compared with (the present ones in
         # ``recent_values``, by ``layout``); ``held``: it has not been applied yet. Never in a
         # checkpoint (``state`` applies it first).
         self.recent: tuple[Any, ...] | None = None
@@ -318,7 +336,12 @@ class RtcStream:
     def add(self, frame: RtcSample, minute_no: int) -> RelayState | None:
         """Apply one sample received in minute ``minute_no`` (the caller has closed the row of
         an earlier minute first). Returns the new relay state when it changed, else None."""
-        seq = frame.seq
+        return self.add_fields(sample_fields(frame), minute_no)
+
+    def add_fields(self, fields: tuple[Any, ...], minute_no: int) -> RelayState | None:
+        """``add`` of a sample's fields (``sample_fields``), which the engine has taken
+        already for the stream's key."""
+        seq: int = fields[_SEQ]
         if seq <= self.last_seq:
             self.stale += 1
             return None
@@ -331,24 +354,27 @@ class RtcStream:
         self.samples += 1
         self.minute_samples += 1
         self.pending_samples += 1
-        changed = self._path(frame)  # first: a relay change applies a held sample before it
-        fields = _fields_of(frame)
-        if not self._hold(frame, fields):
+        changed = self._path(fields)  # first: a relay change applies a held sample before it
+        # Only the counters are kept: the rest of the sample is freed with the frame, while it
+        # is still in the processor's cache, not a thousand samples of other streams later.
+        counters = fields[_COUNTERS_AT]
+        pair_id: str | None = fields[_PAIR_ID]
+        if not self._hold(pair_id, counters):
             self._fold()
-            self._apply(frame.pair_id, fields[_COUNTERS_AT])
+            self._apply(pair_id, counters)
             # A reference for the next sample from the second of a tick on: a stream that
             # sends once a tick keeps nothing between ticks.
-            self.recent = fields if self.pending_samples > 1 else None
+            self.recent = counters if self.pending_samples > 1 else None
             self.recent_values = None
-        self._gauges(frame)
+        self._gauges(fields)
         return changed
 
-    def _hold(self, frame: RtcSample, fields: tuple[Any, ...]) -> bool:
-        """Hold this sample (``fields``: all of them, ``_fields_of``) in place of the one before
-        when that is exact: the same pair, the same counters present and none of them lower.
-        False: it must be applied."""
+    def _hold(self, pair_id: str | None, counters: tuple[Any, ...]) -> bool:
+        """Hold this sample (``counters``: all of them in ``COUNTERS`` order, None where absent)
+        in place of the one before when that is exact: the same pair, the same counters present
+        and none of them lower. False: it must be applied."""
         recent = self.recent
-        if recent is None or frame.pair_id != self.pair_id:
+        if recent is None or pair_id != self.pair_id:
             return False
         layout, reference = self.layout, self.recent_values
         # The reference was applied, not held: take its counters by the stream's layout, or
@@ -363,16 +389,16 @@ class RtcStream:
                 return False
             reference = layout.get(recent)
         assert layout is not None  # set whenever ``recent_values`` is
-        if layout.absent(fields) != layout.nones:  # a counter appeared
+        if layout.absent(counters) != layout.nones:  # a counter appeared
             return False
-        values = layout.get(fields)
+        values = layout.get(counters)
         try:
             grew = all(map(ge, values, reference))
         except TypeError:  # None where the reference has a value
             return False
         if not grew:
             return False
-        self.recent, self.recent_values, self.held = fields, values, True
+        self.recent, self.recent_values, self.held = counters, values, True
         return True
 
     def _fold(self) -> None:
@@ -380,7 +406,7 @@ class RtcStream:
         if self.held:
             self.held = False
             assert self.recent is not None
-            self._apply(self.pair_id, self.recent[_COUNTERS_AT])
+            self._apply(self.pair_id, self.recent)
 
     def _apply(self, pair_id: str | None, counters: tuple[float | None, ...]) -> None:
         """The deltas of one sample's counters from the last applied ones."""
@@ -410,40 +436,48 @@ class RtcStream:
             # Relayed volume: what the selected pair moved since the last sample, both ways.
             self.relayed_minute += pending[i_sent] + pending[i_received] - pair_before
 
-    def _path(self, frame: RtcSample) -> RelayState | None:
-        if frame.local_candidate is None:
+    def _path(self, fields: tuple[Any, ...]) -> RelayState | None:
+        local: str | None = fields[_LOCAL_CANDIDATE]
+        if local is None:
             return None
-        state = relay_state(frame.local_candidate, frame.relay_protocol)
+        protocol: str | None = fields[_RELAY_PROTOCOL]
+        state = relay_state(local, protocol)
         if state != self.relay:
             self._fold()  # the held sample's bytes belong to the path before
-        self.remote_relayed = frame.remote_candidate == "relay" and state == "direct"
-        self.turn_server = turn_server(frame.turn_url) if state != "direct" else None
-        self.relay_protocol = frame.relay_protocol
+        self.remote_relayed = fields[_REMOTE_CANDIDATE] == "relay" and state == "direct"
+        self.turn_server = turn_server(fields[_TURN_URL]) if state != "direct" else None
+        self.relay_protocol = protocol
         if state == self.relay:
             return None
         self.relay = state
         return state
 
-    def _gauges(self, frame: RtcSample) -> None:
+    def _gauges(self, fields: tuple[Any, ...]) -> None:
         # Sums and counts for the minute's averages, in plain slots: this runs for every sample.
-        if (rtt := frame.rtt_ms) is not None:
+        rtt: float | None = fields[_RTT_MS]
+        if rtt is not None:
             self.rtt_ms = rtt
             self.rtt_sum += rtt
             self.rtt_count += 1
-        if (aj := frame.audio_jitter_ms) is not None:
+        aj: float | None = fields[_AUDIO_JITTER_MS]
+        if aj is not None:
             self.audio_jitter_ms = aj
             self.audio_jitter_sum += aj
             self.audio_jitter_count += 1
-        if (vj := frame.video_jitter_ms) is not None:
+        vj: float | None = fields[_VIDEO_JITTER_MS]
+        if vj is not None:
             self.video_jitter_ms = vj
             self.video_jitter_sum += vj
             self.video_jitter_count += 1
-        if frame.limitation is not None:
-            self.limitation = frame.limitation
-        if frame.audio_fec is not None:
-            self.audio_fec = frame.audio_fec
-        if frame.fps_in is not None:
-            self.fps_in = frame.fps_in
+        limitation: str | None = fields[_LIMITATION]
+        if limitation is not None:
+            self.limitation = limitation
+        fec: bool | None = fields[_AUDIO_FEC]
+        if fec is not None:
+            self.audio_fec = fec
+        fps: float | None = fields[_FPS_IN]
+        if fps is not None:
+            self.fps_in = fps
 
     def take_pending(self) -> tuple[array[float], int]:
         """The deltas since the last call and how many samples brought them; resets them."""
@@ -511,7 +545,7 @@ def _mean(total: float, count: int) -> float | None:
 
 
 class Layout(NamedTuple):
-    """Where a sample's counters are present, by position in its fields (``_fields_of``):
+    """Where a sample's counters are present, by position in ``COUNTERS``:
     ``get`` takes those (two or more); ``absent`` takes the others, and returns ``nones`` when
     they are absent too (an identity check per counter, not a comparison)."""
 
@@ -525,11 +559,11 @@ _LAYOUTS: dict[tuple[int, ...], Layout] = {}
 _MAX_LAYOUTS: Final = 1024  # distinct sets of counters clients send; a hostile few cost a slot
 
 
-def _layout(fields: tuple[Any, ...]) -> Layout | None:
+def _layout(counters: tuple[Any, ...]) -> Layout | None:
     """The layout of a sample's counters, shared by every stream that sends the same ones;
     None when fewer than two are present (nothing to save) or too many layouts exist already."""
-    at = range(_COUNTERS_AT.start, _COUNTERS_AT.stop)
-    present = tuple(i for i in at if fields[i] is not None)
+    at = range(N_COUNTERS)
+    present = tuple(i for i in at if counters[i] is not None)
     layout = _LAYOUTS.get(present)
     if layout is None and len(present) >= 2 and len(_LAYOUTS) < _MAX_LAYOUTS:
         absent = tuple(i for i in at if i not in present)
@@ -541,7 +575,7 @@ def _layout(fields: tuple[Any, ...]) -> Layout | None:
     return layout
 
 
-def _nothing(fields: tuple[Any, ...]) -> tuple[()]:
+def _nothing(counters: tuple[Any, ...]) -> tuple[()]:
     return ()
 
 

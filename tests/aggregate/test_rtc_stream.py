@@ -146,7 +146,7 @@ class _AppliesEverySample(RtcStream):
 
     __slots__ = ()
 
-    def _hold(self, frame: RtcSample, fields: tuple[Any, ...]) -> bool:
+    def _hold(self, pair_id: str | None, counters: tuple[Any, ...]) -> bool:
         return False
 
 
