@@ -355,8 +355,7 @@ class RtcStream:
         self.minute_samples += 1
         self.pending_samples += 1
         changed = self._path(fields)  # first: a relay change applies a held sample before it
-        # Only the counters are kept: the rest of the sample is freed with the frame, while it
-        # is still in the processor's cache, not a thousand samples of other streams later.
+        # Only the counters outlive the frame (as ``recent``); the rest is freed with it.
         counters = fields[_COUNTERS_AT]
         pair_id: str | None = fields[_PAIR_ID]
         if not self._hold(pair_id, counters):
