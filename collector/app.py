@@ -195,6 +195,11 @@ class Daemon:
             engine_state = await finish_between_tasks(self.engine.snapshot_steps())
         finally:
             gc.enable()
+        # Rows the engine closed since its last tick (a stream's first sample of a new minute
+        # closes the last one's row) are in neither the snapshot nor the flusher yet: hand them
+        # over now, with no await before the pending rows are read, or a kill -9 before the
+        # next checkpoint loses that minute's last bytes.
+        self.consumer.take(self.engine.drain())
         state = {"engine": engine_state, "pending": encode_batch(self.flusher.pending)}
         try:
             self.checkpoint_bytes = await trio.to_thread.run_sync(

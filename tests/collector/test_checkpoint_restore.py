@@ -1,9 +1,12 @@
 """Restoring the checkpoint at start: the unwritten rows survive even an engine state this
-version cannot read (another checkpoint version), which costs only the open minute."""
+version cannot read (another checkpoint version), which costs only the open minute; a row the
+engine closed between two ticks is in the checkpoint too."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import trio
 
 from collector.aggregate.engine import Engine
 from collector.app import Daemon
@@ -33,3 +36,27 @@ def test_unwritten_rows_survive_an_engine_state_of_another_version(tmp_path: Pat
     assert daemon.checkpoint_errors == 1
     assert not daemon.engine.streams  # a fresh engine, the open minute lost
     assert daemon.consumer.engine is daemon.engine
+
+
+def test_a_row_closed_between_ticks_is_in_the_checkpoint(tmp_path: Path) -> None:
+    """A stream's first sample of a new minute closes the last minute's row in the engine; the
+    tick hands it to storage. A checkpoint before that tick keeps it, so a kill -9 right after
+    loses none of its bytes (the likely cause of one CI failure of the e2e kill -9 test: 3.6 %
+    of the bytes sent missing from the database)."""
+    config = from_dict({"storage": {"backend": "sqlite", "state_dir": str(tmp_path)}})
+    first, reference = Daemon(config), Engine()
+    for engine in (first.engine, reference):
+        for seq in range(1, 4):
+            engine.add([rtc(seq)], T0 + seq)
+        engine.add([rtc(4)], T0 + 61)  # the next minute: the first one's row is closed
+    closed = batch_of(reference.drain())
+    assert len(closed) == 1
+    trio.run(first.checkpoint)
+    assert first.flusher is not None
+    assert first.flusher.spool is not None
+    first.flusher.spool.close()  # as the killed process's lock went with it
+
+    second = Daemon(config)
+    second.restore()
+    assert second.flusher is not None
+    assert second.flusher.pending.rows == closed.rows
