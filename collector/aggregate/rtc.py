@@ -29,9 +29,8 @@ Pure: no I/O, no clock reads; the daemon passes its time in.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable, Iterator, Sequence
-from operator import ge, itemgetter
-from typing import Any, Final, NamedTuple
+from collections.abc import Iterator, Sequence
+from typing import Any, Final
 
 import msgspec
 from mypy_extensions import mypyc_attr
@@ -144,7 +143,6 @@ _SLOTS: Final = (
     "last",
     "last_seen",
     "last_seq",
-    "layout",
     "limitation",
     "meeting",
     "minute",
@@ -165,7 +163,6 @@ _SLOTS: Final = (
     "quality_min",
     "quality_sum",
     "recent",
-    "recent_values",
     "relay",
     "relay_protocol",
     "relayed_minute",
@@ -231,12 +228,9 @@ class RtcStream:
         self.ring = array("H", [NO_DATA]) * (window * N_RING)  # a live view, not a ledger
         self.ring_bucket = -1
         # The newest sample's counters (``COUNTERS`` order), from the second sample of a tick
-        # until the tick: the reference a faster sample is compared with (the present ones in
-        # ``recent_values``, by ``layout``); ``held``: it has not been applied yet. Never in a
-        # checkpoint (``state`` applies it first).
+        # until the tick: the reference a faster sample is compared with; ``held``: it has not
+        # been applied yet. Never in a checkpoint (``state`` applies it first).
         self.recent: tuple[Any, ...] | None = None
-        self.recent_values: tuple[float, ...] | None = None
-        self.layout: Layout | None = None
         self.held = False
 
     def state(self) -> list[Any]:
@@ -364,7 +358,6 @@ class RtcStream:
             # A reference for the next sample from the second of a tick on: a stream that
             # sends once a tick keeps nothing between ticks.
             self.recent = counters if self.pending_samples > 1 else None
-            self.recent_values = None
         self._gauges(fields)
         return changed
 
@@ -373,31 +366,9 @@ class RtcStream:
         in place of the one before when that is exact: the same pair, the same counters present
         and none of them lower. False: it must be applied."""
         recent = self.recent
-        if recent is None or pair_id != self.pair_id:
+        if recent is None or pair_id != self.pair_id or not _grew(counters, recent):
             return False
-        layout, reference = self.layout, self.recent_values
-        # The reference was applied, not held: take its counters by the stream's layout, or
-        # by a new one when they no longer fit it.
-        if reference is None and (
-            layout is None
-            or layout.absent(recent) != layout.nones
-            or None in (reference := layout.get(recent))
-        ):
-            layout = self.layout = _layout(recent)
-            if layout is None:
-                return False
-            reference = layout.get(recent)
-        assert layout is not None  # set whenever ``recent_values`` is
-        if layout.absent(counters) != layout.nones:  # a counter appeared
-            return False
-        values = layout.get(counters)
-        try:
-            grew = all(map(ge, values, reference))
-        except TypeError:  # None where the reference has a value
-            return False
-        if not grew:
-            return False
-        self.recent, self.recent_values, self.held = counters, values, True
+        self.recent, self.held = counters, True
         return True
 
     def _fold(self) -> None:
@@ -481,7 +452,7 @@ class RtcStream:
     def take_pending(self) -> tuple[array[float], int]:
         """The deltas since the last call and how many samples brought them; resets them."""
         self._fold()
-        self.recent = self.recent_values = None  # a tick's reference, not a stream's memory
+        self.recent = None  # a tick's reference, not a stream's memory
         pending, samples = self.pending, self.pending_samples
         self.pending = array("d", _ZEROS)
         self.pending_samples = 0
@@ -543,42 +514,22 @@ def _mean(total: float, count: int) -> float | None:
     return total / count if count else None
 
 
-class Layout(NamedTuple):
-    """Where a sample's counters are present, by position in ``COUNTERS``:
-    ``get`` takes those (two or more); ``absent`` takes the others, and returns ``nones`` when
-    they are absent too (an identity check per counter, not a comparison)."""
+def _grew(counters: tuple[Any, ...], reference: tuple[Any, ...]) -> bool:
+    """Whether ``counters`` has the same counters present as ``reference`` and none lower.
 
-    # Any, not object: mypyc (setup.py) cannot build a NamedTuple with an ``object`` field.
-    get: itemgetter[tuple[Any, ...]]
-    absent: Callable[[tuple[Any, ...]], Any]
-    nones: Any
-
-
-_LAYOUTS: dict[tuple[int, ...], Layout] = {}
-_MAX_LAYOUTS: Final = 1024  # distinct sets of counters clients send; a hostile few cost a slot
-
-
-def _layout(counters: tuple[Any, ...]) -> Layout | None:
-    """The layout of a sample's counters, shared by every stream that sends the same ones;
-    None when fewer than two are present (nothing to save) or too many layouts exist already."""
-    at = range(N_COUNTERS)
-    present = tuple(i for i in at if counters[i] is not None)
-    layout = _LAYOUTS.get(present)
-    if layout is None and len(present) >= 2 and len(_LAYOUTS) < _MAX_LAYOUTS:
-        absent = tuple(i for i in at if i not in present)
-        layout = _LAYOUTS[present] = Layout(
-            itemgetter(*present),
-            itemgetter(*absent) if absent else _nothing,
-            (None,) * len(absent) if len(absent) != 1 else None,
-        )
-    return layout
+    One pass by index: compiled, a C loop with no tuple made (two ``itemgetter`` tuples and a
+    ``map`` cost more)."""
+    for i in range(N_COUNTERS):
+        value, before = counters[i], reference[i]
+        if value is None or before is None:
+            if value is not before:
+                return False
+        elif value < before:
+            return False
+    return True
 
 
-def _nothing(counters: tuple[Any, ...]) -> tuple[()]:
-    return ()
-
-
-_TRANSIENT: Final = frozenset({"held", "layout", "recent", "recent_values"})
+_TRANSIENT: Final = frozenset({"held", "recent"})
 _STATE_SLOTS: Final = tuple(
     name for name in _SLOTS if not name.startswith("ring") and name not in _TRANSIENT
 )

@@ -238,7 +238,7 @@ def test_a_counter_that_appears_among_all_the_others_is_never_held_past(
     missing: tuple[str, ...],
 ) -> None:
     """The same with every counter but ``missing`` present, the last of them then appearing:
-    layouts with no absent counter and with just one check presence as well."""
+    samples with no absent counter and with just one are compared as well."""
     stream = RtcStream("m", "p", "c")
     for seq in (1, 2, 3):
         counters = {name: 100 * seq for name in COUNTERS if name not in missing}
