@@ -80,7 +80,6 @@ class UdpStep(msgspec.Struct):
     accepted_frames_per_s: float
     loss_fraction: float
     kernel_drops: int
-    queue_full_frames: int
 
 
 class UdpResult(msgspec.Struct):
@@ -163,7 +162,6 @@ def udp_step(daemon: DaemonProcess, options: EmitOptions) -> UdpStep:
         accepted_frames_per_s=round(accepted / options.duration_s, 1),
         loss_fraction=round(max(0.0, 1 - accepted / sent), 6) if sent else 1.0,
         kernel_drops=(after.get("kernel_drops") or 0) - (before.get("kernel_drops") or 0),
-        queue_full_frames=after["queue_full_frames"] - before["queue_full_frames"],
     )
 
 

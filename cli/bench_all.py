@@ -201,7 +201,6 @@ def paced_step(
         accepted_frames_per_s=round(accepted / seconds, 1),
         loss_fraction=(round(max(0.0, 1 - accepted_units / sent.units), 6) if sent.units else 1.0),
         kernel_drops=0,
-        queue_full_frames=0,
     )
 
 

@@ -375,7 +375,6 @@ def e2e_step(daemon: DaemonProcess, probe: ProbeProcess, rate: float, seconds: f
         accepted_frames_per_s=round(accepted / seconds, 1),
         loss_fraction=round(max(0.0, 1 - accepted / sent), 6) if sent else 1.0,
         kernel_drops=(after.get("kernel_drops") or 0) - (before.get("kernel_drops") or 0),
-        queue_full_frames=after["queue_full_frames"] - before["queue_full_frames"],
     )
 
 

@@ -428,7 +428,7 @@ class Daemon:
             async with trio.open_nursery() as http_nursery:
                 try:
                     async with trio.open_nursery() as nursery:
-                        await self._start_services(nursery, frames_in, frames_out)
+                        await self._start_services(nursery, frames_out)
                         await http_nursery.start(self.http.serve, listeners)
                         udp_addr = self._udp_sock.getsockname()
                         http_addr = listeners[0].socket.getsockname()
@@ -470,7 +470,6 @@ class Daemon:
     async def _start_services(
         self,
         nursery: trio.Nursery,
-        frames_in: trio.MemorySendChannel[list[Frame]],
         frames_out: trio.MemoryReceiveChannel[list[Frame]],
     ) -> None:
         """Everything but the TCP port, in the startup order of the module docstring."""
@@ -494,7 +493,7 @@ class Daemon:
         await nursery.start(
             serve_udp,
             self._udp_sock,
-            frames_in,
+            self.consumer.apply,
             self.udp_counters,
             self.udp_limits,
             ingest.udp_drain_per_pass,

@@ -44,7 +44,7 @@ class IngestConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_ws_message_bytes: Annotated[int, Meta(ge=512, le=64 << 20)] = 1 << 20
     max_frames_per_message: Annotated[int, Meta(ge=1, le=100_000)] = 1_000
     queue_batches: Annotated[int, Meta(ge=1, le=1_000_000)] = 4_096
-    udp_drain_per_pass: Annotated[int, Meta(ge=1, le=100_000)] = 512
+    udp_drain_per_pass: Annotated[int, Meta(ge=1, le=100_000)] = 32
     hello_timeout_s: PositiveSeconds = 5.0
     heartbeat_interval_s: PositiveSeconds = 15.0
     heartbeat_timeout_s: PositiveSeconds = 10.0

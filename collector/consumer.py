@@ -1,6 +1,8 @@
-"""The trio side of aggregation: feed the engine from the ingest queue, tick it on time.
+"""The trio side of aggregation: feed the engine (from the WebSocket queue and directly from UDP
+ingest), tick it on time.
 
-``FrameConsumer.consume`` takes decoded batches from the bounded ingest channel and hands them
+``FrameConsumer.consume`` takes decoded batches from the bounded ingest channel (WebSocket
+sessions) and ``FrameConsumer.apply`` gets UDP ingest's batches directly; each hands its batch
 to ``Engine.add`` with the daemon's time of arrival (one clock read per batch, never per frame);
 ``FrameConsumer.tick`` calls ``Engine.tick`` once per bucket and drains what the engine
 produced: rows go to storage and alerts to fan-out (``on_output``), and ``after_tick`` tells the
@@ -61,11 +63,16 @@ class FrameConsumer:
     ) -> None:
         task_status.started()
         async for batch in frames:
-            self.batches += 1
-            try:
-                self.engine.add(batch, self.clock())
-            except Exception:
-                self._failed("add")
+            self.apply(batch)
+
+    def apply(self, batch: list[Frame]) -> None:
+        """Aggregate one batch now: the WebSocket sessions' batches from the queue
+        (``consume``), UDP ingest's as it reads them (a direct call: collector/ingest/udp.py)."""
+        self.batches += 1
+        try:
+            self.engine.add(batch, self.clock())
+        except Exception:
+            self._failed("add")
 
     async def tick(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Tick the engine at every bucket boundary of the daemon's clock."""

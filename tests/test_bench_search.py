@@ -30,7 +30,6 @@ def receiver(
             accepted_frames_per_s=accepted,
             loss_fraction=1 - accepted / sent,
             kernel_drops=0,
-            queue_full_frames=0,
         )
 
     return step

@@ -168,12 +168,6 @@ def _ingest(out: _Exposition, health: Mapping[str, Any]) -> None:
                 transport=transport,
                 reason=reason,
             )
-        out.counter(
-            "ingest_queue_full_frames",
-            "Frames decoded but dropped because the engine's queue was full.",
-            t.get("queue_full_frames"),
-            transport=transport,
-        )
     ingest = _section(health, "ingest")
     out.gauge(
         "ingest_queue_batches",

@@ -24,7 +24,6 @@ class TransportCounters:
         "frames_accepted",
         "frames_rejected",
         "messages",
-        "queue_full_frames",
         "rejected_by_reason",
     )
 
@@ -33,7 +32,6 @@ class TransportCounters:
         self.bytes = 0
         self.frames_accepted = 0
         self.frames_rejected = 0
-        self.queue_full_frames = 0  # decoded fine, but the consumer's queue was full
         self.rejected_by_reason: dict[str, int] = {}
 
     def count(self, decoded: Decoded, size: int) -> None:
@@ -69,5 +67,4 @@ class TransportCounters:
             "frames_accepted": self.frames_accepted,
             "frames_rejected": self.frames_rejected,
             "rejected_by_reason": dict(sorted(self.rejected_by_reason.items())),
-            "queue_full_frames": self.queue_full_frames,
         }

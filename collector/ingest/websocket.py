@@ -4,8 +4,9 @@ One session per connection (PROTOCOL.md §7):
 
 - the first message must be a ``hello`` frame, within ``hello_timeout_s`` (else close 1008);
 - the daemon answers ``welcome`` and numbers the following messages 1, 2, 3…;
-- good frames go to the consumer's queue; unlike UDP the session *waits* for room (backpressure
-  on this one client, which TCP carries back to it) rather than dropping;
+- good frames go to the consumer's queue; the session *waits* for room (backpressure on this
+  one client, which TCP carries back to it) rather than dropping (UDP batches skip the queue:
+  the UDP loop aggregates them as it reads them, and what it cannot read the kernel drops);
 - each rejected frame gets an ``error`` reply (at most N per ack interval; the rest are counted
   and visible in the next ``ack``);
 - frames over a rate limit (``SessionSettings.connection_rate`` for this connection,

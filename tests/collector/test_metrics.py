@@ -31,7 +31,6 @@ def health() -> dict[str, Any]:
                 "frames_accepted": 480,
                 "frames_rejected": 3,
                 "rejected_by_reason": {"malformed": 2, "too_large": 1},
-                "queue_full_frames": 7,
                 "kernel_drops": 4,
                 "receive_buffer_bytes": 8_388_608,
             },
@@ -41,7 +40,6 @@ def health() -> dict[str, Any]:
                 "frames_accepted": 40,
                 "frames_rejected": 1,
                 "rejected_by_reason": {"no_hello": 1},
-                "queue_full_frames": 0,
             },
             "queue_batches": 5,
             "queue_capacity_batches": 4_096,
@@ -163,7 +161,6 @@ def test_values_and_labels_come_from_the_health_dict() -> None:
     assert value("bwmon_ingest_frames_rejected", transport="udp", reason="unknown_tag") == 0
     assert value("bwmon_ingest_messages", transport="udp") == 100
     assert value("bwmon_ingest_received_bytes", transport="udp") == 51_200
-    assert value("bwmon_ingest_queue_full_frames", transport="udp") == 7
     assert value("bwmon_udp_kernel_drops") == 4
     assert metrics["bwmon_udp_receive_buffer_bytes"][0] == "gauge"
     assert value("bwmon_udp_receive_buffer_bytes") == 8_388_608

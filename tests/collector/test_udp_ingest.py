@@ -1,4 +1,4 @@
-"""UDP ingest on a real loopback socket: decoding, counting, a full queue never blocks;
+"""UDP ingest on a real loopback socket: decoding, counting, passes and turns;
 admission (allowlist, signed datagrams) and per-source rate limits."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
+from functools import partial
 
 import pytest
 import trio
@@ -14,7 +15,6 @@ from collector.ingest.counters import TransportCounters
 from collector.ingest.limits import SourceLimiter, parse_allowlist
 from collector.ingest.udp import (
     CATCH_UP_AFTER_S,
-    CATCH_UP_PASSES,
     UdpAdmission,
     kernel_drops,
     open_udp_socket,
@@ -53,7 +53,7 @@ async def test_frames_and_rejections_are_counted(
     counters = TransportCounters()
     send, receive = trio.open_memory_channel[list[Frame]](100)
     async with trio.open_nursery() as nursery:
-        await nursery.start(serve_udp, server, send, counters, LIMITS)
+        await nursery.start(serve_udp, server, send.send_nowait, counters, LIMITS)
         client.send(encode_msgpack(rtc(1)))
         client.send(encode_msgpack([rtc(2), http_sample(), event()]))
         client.send(encode_json(rtc(3)))
@@ -75,85 +75,49 @@ async def test_frames_and_rejections_are_counted(
     assert counters.messages == 7
 
 
-async def test_full_queue_is_counted_and_reading_goes_on(
-    udp_pair: tuple[socket.socket, socket.socket],
-) -> None:
-    server, client = udp_pair
-    counters = TransportCounters()
-    send, receive = trio.open_memory_channel[list[Frame]](1)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(serve_udp, server, send, counters, LIMITS, 1)
-        for seq in range(1, 21):
-            client.send(encode_msgpack(rtc(seq)))
-        await wait_for(lambda: counters.messages == 20)
-        nursery.cancel_scope.cancel()
-    # Nobody read the queue: one batch waits in it, every other frame was counted as dropped.
-    assert len(receive.receive_nowait()) == 1
-    assert counters.queue_full_frames == 19
-    assert counters.frames_accepted == 1
-
-
 class _BatchesPerTurn(trio.abc.Instrument):
-    """How many batches each turn (task step) of the UDP loop queued."""
+    """How many batches each turn (task step) of the UDP loop delivered."""
 
-    def __init__(self, queue: trio.MemorySendChannel[list[Frame]]) -> None:
-        self.queue = queue
+    def __init__(self, delivered: list[list[Frame]]) -> None:
+        self.delivered = delivered
         self.turns: list[int] = []
         self._before = 0
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
         if task.name.endswith("serve_udp"):
-            self._before = self.queue.statistics().current_buffer_used
+            self._before = len(self.delivered)
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
         if task.name.endswith("serve_udp"):
-            self.turns.append(self.queue.statistics().current_buffer_used - self._before)
+            self.turns.append(len(self.delivered) - self._before)
 
 
-async def _held_up(
-    udp_pair: tuple[socket.socket, socket.socket], datagrams: int, queued: int
-) -> tuple[list[int], list[list[Frame]]]:
-    """Another task's long step holds the loop (drain_per_pass 4) while ``datagrams`` pile up
-    in the kernel, with ``queued`` batches the consumer has not taken yet: the batches each
-    turn of the loop queued, and every batch in the queue at the end."""
+async def test_a_turn_reads_passes_until_its_budget_and_more_when_the_loop_was_held_up(
+    udp_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """Another task's long step holds the loop (passes of 4 datagrams, turns of 8, a catch-up
+    of 32) while 50 datagrams pile up in the kernel."""
     server, client = udp_pair
     counters = TransportCounters()
-    send, receive = trio.open_memory_channel[list[Frame]](100)
-    for _ in range(queued):
-        send.send_nowait([rtc(0)])
-    turns = _BatchesPerTurn(send)
+    delivered: list[list[Frame]] = []
+    turns = _BatchesPerTurn(delivered)
+    serve = partial(serve_udp, turn_datagrams=8, catch_up_datagrams=32)
     async with trio.open_nursery() as nursery:
-        await nursery.start(serve_udp, server, send, counters, LIMITS, 4)
+        await nursery.start(serve, server, delivered.append, counters, LIMITS, 4)
         await trio.testing.wait_all_tasks_blocked()
         time.sleep(CATCH_UP_AFTER_S * 1.5)  # noqa: ASYNC251 - holding the loop is the point
-        for seq in range(1, datagrams + 1):
+        for seq in range(1, 51):
             client.send(encode_msgpack(rtc(seq)))
         trio.lowlevel.add_instrument(turns)
-        await wait_for(lambda: counters.messages == datagrams)
+        await wait_for(lambda: counters.messages == 50)
         trio.lowlevel.remove_instrument(turns)
         nursery.cancel_scope.cancel()
-    batches = [receive.receive_nowait() for _ in range(send.statistics().current_buffer_used)]
-    return turns.turns, batches[queued:]
-
-
-async def test_a_loop_held_up_reads_its_backlog_before_yielding_in_batches_of_one_pass(
-    udp_pair: tuple[socket.socket, socket.socket],
-) -> None:
-    turns, batches = await _held_up(udp_pair, 50, queued=0)
     # The first turn reads on, pass after pass (each its own batch), as far as the catch-up
-    # allows: 32 of the 50 datagrams. Then one pass a turn, the loop no longer held up.
-    assert turns[0] == CATCH_UP_PASSES
-    assert sum(turns) == len(batches) == 13
-    assert [len(b) for b in batches] == [4] * 12 + [2]
-    assert [f.seq for b in batches for f in b if isinstance(f, RtcSample)] == list(range(1, 51))
-
-
-async def test_a_loop_held_up_reads_one_pass_a_turn_while_the_consumer_is_behind(
-    udp_pair: tuple[socket.socket, socket.socket],
-) -> None:
-    turns, batches = await _held_up(udp_pair, 20, queued=CATCH_UP_PASSES)
-    assert turns == [1] * 5  # reading ahead would only deepen the consumer's queue
-    assert [len(b) for b in batches] == [4] * 5
+    # allows: 32 of the 50 datagrams. Then two passes a turn, the loop no longer held up,
+    # until the socket is empty.
+    assert [t for t in turns.turns if t] == [8, 2, 2, 1]
+    assert [len(b) for b in delivered] == [4] * 12 + [2]
+    assert [f.seq for b in delivered for f in b if isinstance(f, RtcSample)] == list(range(1, 51))
 
 
 def test_socket_facts() -> None:
@@ -183,7 +147,7 @@ async def test_only_validly_signed_datagrams_are_accepted(
     send, receive = trio.open_memory_channel[list[Frame]](100)
     admission = UdpAdmission(keys=(b"x" * 32, KEY), max_age_s=60)
     async with trio.open_nursery() as nursery:
-        await nursery.start(serve_udp, server, send, counters, LIMITS, 512, admission)
+        await nursery.start(serve_udp, server, send.send_nowait, counters, LIMITS, 512, admission)
         now = time.time()
         client.send(encode_msgpack(rtc(1)))  # unsigned
         client.send(sign_datagram(b"w" * 32, encode_msgpack(rtc(2)), now))  # unknown key
@@ -211,7 +175,9 @@ async def test_sources_outside_the_allowlist_are_forbidden(
     admission = UdpAdmission(allowlist=parse_allowlist(["127.0.0.1/32", "10.0.0.0/8"]))
     with _sender("127.0.0.1", server) as allowed, _sender("127.0.0.2", server) as other:
         async with trio.open_nursery() as nursery:
-            await nursery.start(serve_udp, server, send, counters, LIMITS, 512, admission)
+            await nursery.start(
+                serve_udp, server, send.send_nowait, counters, LIMITS, 512, admission
+            )
             other.send(encode_msgpack([rtc(1), rtc(2)]))
             allowed.send(encode_msgpack(rtc(3)))
             frames = await _collect(receive, 1)
@@ -233,7 +199,9 @@ async def test_a_flooding_source_is_limited_while_another_gets_through(
     admission = UdpAdmission(limiter=limiter)
     with _sender("127.0.0.1", server) as steady, _sender("127.0.0.2", server) as flood:
         async with trio.open_nursery() as nursery:
-            await nursery.start(serve_udp, server, send, counters, LIMITS, 512, admission)
+            await nursery.start(
+                serve_udp, server, send.send_nowait, counters, LIMITS, 512, admission
+            )
             for seq in range(1, 101):  # 300 frames from .2, 3 to a datagram
                 flood.send(encode_msgpack([rtc(seq, meeting="flood")] * 3))
             for seq in range(1, 11):
@@ -263,7 +231,7 @@ async def test_admission_can_change_while_running(
     send, receive = trio.open_memory_channel[list[Frame]](100)
     admission = UdpAdmission()
     async with trio.open_nursery() as nursery:
-        await nursery.start(serve_udp, server, send, counters, LIMITS, 512, admission)
+        await nursery.start(serve_udp, server, send.send_nowait, counters, LIMITS, 512, admission)
         client.send(encode_msgpack(rtc(1)))
         await _collect(receive, 1)
         admission.keys = (KEY,)  # a reload added a key: unsigned datagrams are refused now
