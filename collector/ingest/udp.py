@@ -53,9 +53,10 @@ log = get_logger("ingest.udp")
 # recv errors that concern one datagram or the peer, not the socket: skip and go on.
 _TRANSIENT_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EINTR, errno.ENOMEM, errno.ENOBUFS})
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
-# Datagrams one turn of the loop reads at most (in passes of drain_per_pass), and after a wait
-# for its turn longer than CATCH_UP_AFTER_S: a turn aggregates what it reads, about 5 ms at the
-# default, 40 ms for a catch-up, while every other task waits.
+# Datagrams one turn of the loop reads at most (in passes of drain_per_pass, or one pass if it
+# is larger), and after a wait for its turn longer than CATCH_UP_AFTER_S. A turn aggregates
+# what it reads while every other task waits: 3 to 4 ms under a flood, 26 to 34 ms for a catch-up
+# (compiled, timed by hand: docs/BENCHMARKS.md, "Ingest: the pauses").
 TURN_DATAGRAMS = 512
 CATCH_UP_AFTER_S = 0.02
 CATCH_UP_DATAGRAMS = 4096
