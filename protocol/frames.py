@@ -50,6 +50,7 @@ RelayProtocol: TypeAlias = Literal["udp", "tcp", "tls"]
 LimitationReason: TypeAlias = Literal["none", "cpu", "bandwidth", "other"]
 ClientKind: TypeAlias = Literal["browser", "server", "emitter", "other"]
 EventKind: TypeAlias = Literal["join", "leave", "ice", "reconnect", "mute", "unmute"]
+DEFAULT_CLIENT_KIND: Final[ClientKind] = "other"
 
 # Upper bounds (ms) of the cumulative HTTP latency histogram, fixed by the spec; the histogram
 # has one more bucket for everything above the last bound.
@@ -62,12 +63,20 @@ class Hello(msgspec.Struct, tag="hello", tag_field="t", omit_defaults=True, gc=F
     """First frame of a WebSocket session (optional on UDP): who is sending."""
 
     boot: Id  # random nonce per process/page start: tells a restart from a counter reset
-    v: Annotated[int, Meta(ge=1, le=1000)] = PROTOCOL_VERSION
-    kind: ClientKind = "other"
+    v: Annotated[int, Meta(ge=1, le=1000)] | None = PROTOCOL_VERSION
+    kind: ClientKind | None = DEFAULT_CLIENT_KIND
     agent: Text | None = None  # e.g. "bwmon-js/0.1"
     host: Text | None = None
     pid: Annotated[int, Meta(ge=0, le=2**31)] | None = None
     token: Annotated[str, Meta(max_length=4096)] | None = None  # never logged
+
+    def __post_init__(self) -> None:
+        # null on the wire means absent (PROTOCOL.md §3.2): v and kind take their defaults,
+        # so a decoded hello never holds None in them.
+        if self.v is None:
+            msgspec.structs.force_setattr(self, "v", PROTOCOL_VERSION)
+        if self.kind is None:
+            msgspec.structs.force_setattr(self, "kind", DEFAULT_CLIENT_KIND)
 
 
 class RtcSample(

@@ -53,12 +53,13 @@ class Vector:
     encodings: dict[str, bytes]  # "json" | "jsonl" | "msgpack" → the message's bytes
     kinds: tuple[str, ...] = ()  # the ``t`` of each accepted frame, in order
     errors: tuple[tuple[int | None, str], ...] = ()  # (index, reason) of each rejection
+    equals: str | None = None  # a vector whose frames this one decodes to, field for field
 
     def files(self) -> dict[str, str]:
         return {encoding: f"{self.name}.{encoding}" for encoding in self.encodings}
 
     def manifest_entry(self) -> dict[str, Any]:
-        return {
+        entry: dict[str, Any] = {
             "name": self.name,
             "description": self.description,
             "files": self.files(),
@@ -66,6 +67,9 @@ class Vector:
             "kinds": list(self.kinds),
             "errors": [{"index": index, "reason": reason} for index, reason in self.errors],
         }
+        if self.equals is not None:
+            entry["equals"] = self.equals
+        return entry
 
 
 def _both(message: Frame | list[Frame]) -> dict[str, bytes]:
@@ -131,6 +135,7 @@ RTC_FULL: Final = RtcSample(
 RTC_MINIMAL: Final = RtcSample(
     meeting="standup-4821", participant="u-1b9e4c7a", connection="pc-3", seq=0, client_ts=TS
 )
+HELLO_MINIMAL: Final = Hello(boot="b-93f1c2aa7e")
 HELLO_BROWSER: Final = Hello(boot="b-93f1c2aa7e", kind="browser", agent="bwmon-js/0.1")
 HELLO_SERVER: Final = Hello(
     boot="5d0c8e21a9f4", kind="server", agent="bwmon-py/0.1", host="api-7", pid=48213
@@ -170,6 +175,15 @@ RTC_OTHER: Final = msgspec.structs.replace(
 )
 
 
+def _nulls(frame: Frame) -> dict[str, Any]:
+    """The frame's map with null for every optional field (PROTOCOL.md §3.2: null means
+    absent)."""
+    info = msgspec.inspect.type_info(type(frame))
+    assert isinstance(info, msgspec.inspect.StructType)
+    optional = {field.encode_name: None for field in info.fields if not field.required}
+    return {**_as_map(frame), **optional}
+
+
 def build_vectors() -> list[Vector]:
     """Every golden vector, in manifest order."""
     rtc_map = _as_map(RTC_MINIMAL)
@@ -198,6 +212,27 @@ def build_vectors() -> list[Vector]:
             "so the encoder omits it).",
             _both(HELLO_BROWSER),
             kinds=("hello",),
+        ),
+        Vector(
+            "hello_minimal",
+            "A hello with its one required field, the boot nonce: v is 1 and kind is other.",
+            _both(HELLO_MINIMAL),
+            kinds=("hello",),
+        ),
+        Vector(
+            "hello_nulls",
+            "A hello with null for every optional field: null means absent, so v is 1 and "
+            "kind is other, as in hello_minimal.",
+            _both_raw(_nulls(HELLO_MINIMAL)),
+            kinds=("hello",),
+            equals="hello_minimal",
+        ),
+        Vector(
+            "rtc_nulls",
+            "An rtc sample with null for every optional field: the same frame as rtc_minimal.",
+            _both_raw(_nulls(RTC_MINIMAL)),
+            kinds=("rtc",),
+            equals="rtc_minimal",
         ),
         Vector(
             "http",

@@ -157,6 +157,22 @@ async def test_msgpack_session_replies_in_msgpack(server: Server) -> None:
             assert isinstance(reply, Ack)
 
 
+@pytest.mark.parametrize("text", [True, False], ids=["json", "msgpack"])
+async def test_a_hello_with_null_version_and_kind_opens_the_session(
+    server: Server, text: bool
+) -> None:
+    # PROTOCOL.md §3.2: null for an optional field means absent (hello.v 1, kind "other").
+    hello_map = {"t": "hello", "boot": "b-1", "v": None, "kind": None}
+    async with open_ws(server.url("/ingest")) as ws:
+        if text:
+            await ws.send_message(msgspec.json.encode(hello_map).decode())
+        else:
+            await ws.send_message(msgspec.msgpack.encode(hello_map))
+        welcome = await next_reply(ws)
+        assert isinstance(welcome, Welcome)
+    assert server.counters.rejected_by_reason == {}
+
+
 async def test_first_message_must_be_hello(server: Server) -> None:
     async with open_ws(server.url("/ingest")) as ws:
         await ws.send_message(encode_msgpack(rtc(1)))

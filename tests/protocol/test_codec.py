@@ -587,10 +587,47 @@ def test_tag_is_written_first_and_may_be_read_anywhere() -> None:
         assert decode_message(encode(tag_last)).frames == [EVENT_JOIN]
 
 
-def test_null_is_the_same_as_absent_for_optional_fields() -> None:
-    with_nulls = {**as_map(RTC_MINIMAL), "rtt": None, "turn": None, "fec": None}
-    for encode in (msgspec.msgpack.encode, msgspec.json.encode):
-        assert decode_message(encode(with_nulls)).frames == [RTC_MINIMAL]
+# The smallest valid frame of each kind: its required fields only.
+MINIMAL: dict[str, Frame] = {
+    "hello": Hello(boot="b-1"),
+    "rtc": RTC_MINIMAL,
+    "http": HTTP,
+    "event": EVENT_JOIN,
+}
+
+
+def optional_fields() -> list[Any]:
+    params = []
+    for tag, frame in MINIMAL.items():
+        info = mi.type_info(type(frame))
+        assert isinstance(info, mi.StructType)
+        params += [
+            pytest.param(frame, field, id=f"{tag}.{field.encode_name}")
+            for field in info.fields
+            if not field.required
+        ]
+    return params
+
+
+@pytest.mark.parametrize("encode", ENCODINGS)
+@pytest.mark.parametrize(("frame", "field"), optional_fields())
+def test_null_is_the_same_as_absent_for_every_optional_field(
+    encode: Encode, frame: Frame, field: mi.Field
+) -> None:
+    # PROTOCOL.md §3.2: null for an optional field means absent, so the field takes its
+    # default (hello.v 1, hello.kind "other"; None for the others).
+    decoded = decode_message(encode({**as_map(frame), field.encode_name: None}))
+    assert decoded.errors == []
+    assert decoded.frames == [frame]
+    assert getattr(decoded.frames[0], field.name) == field.default
+
+
+def test_null_defaults_are_what_the_readers_see() -> None:
+    data = b'{"t":"hello","boot":"b-1","v":null,"kind":null,"agent":null}'
+    (hello,) = decode_message(data).frames
+    assert isinstance(hello, Hello)
+    assert (hello.v, hello.kind, hello.agent) == (1, "other", None)
+    assert encode_json(hello) == b'{"t":"hello","boot":"b-1"}'
 
 
 def test_full_rtc_frame_fits_in_512_bytes() -> None:

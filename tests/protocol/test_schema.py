@@ -39,6 +39,16 @@ def test_schema_describes_every_frame_and_key() -> None:
             assert definition["properties"][field.encode_name]["title"] == field.name
 
 
+def test_every_optional_key_accepts_null() -> None:
+    # PROTOCOL.md §3.2: null for an optional field means absent, whatever its default.
+    schema = json.loads(jsonschema.SCHEMA_PATH.read_text(encoding="utf-8"))
+    for struct in FRAME_TYPES:
+        definition = schema["$defs"][struct.__name__]
+        for key, prop in definition["properties"].items():
+            if key not in definition["required"]:
+                assert {"type": "null"} in prop.get("anyOf", []), f"{struct.__name__}.{key}"
+
+
 def _string_keys(frame: Frame) -> list[str]:
     info = mi.type_info(type(frame))
     assert isinstance(info, mi.StructType)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from protocol import Frame, RtcSample, decode_message, encode_msgpack
+from protocol import Frame, Hello, RtcSample, decode_message, encode_msgpack
 from protocol.vectors import generate
 
 MANIFEST: dict[str, Any] = json.loads((generate.VECTORS_DIR / generate.MANIFEST).read_text())
@@ -62,6 +62,23 @@ def test_both_encodings_decode_to_equal_frames(name: str) -> None:
     assert [(e.index, e.reason) for e in from_json.errors] == [
         (e.index, e.reason) for e in from_msgpack.errors
     ]
+
+
+@pytest.mark.parametrize("name", [v["name"] for v in VECTORS if "equals" in v])
+def test_vector_decodes_to_the_frames_of_the_one_it_equals(name: str) -> None:
+    vector = BY_NAME[name]
+    other = BY_NAME[vector["equals"]]
+    for encoding, file in vector["files"].items():
+        expected = decode_message(read(other["files"][encoding])).frames
+        assert expected
+        assert decode_message(read(file)).frames == expected
+
+
+def test_nulls_are_covered_for_every_frame_with_a_default_besides_none() -> None:
+    # hello's v and kind default to 1 and "other": null must give those, not an error.
+    (hello,) = decode_message(read(BY_NAME["hello_nulls"]["files"]["msgpack"])).frames
+    assert isinstance(hello, Hello)
+    assert (hello.v, hello.kind) == (1, "other")
 
 
 def test_the_required_cases_are_covered() -> None:
