@@ -162,7 +162,9 @@ def _check_identifiers(frame: Frame) -> ProtocolError | None:
     """Identifiers may hold no whitespace or control characters (PROTOCOL.md §4.1).
 
     Checked here rather than as a schema pattern: ``str.isprintable`` costs a fraction of a
-    regex match, and identifiers come with every frame.
+    regex match, and identifiers come with every frame. The character rule of
+    ``frames.is_identifier``, inlined (the lengths are the Structs' to check): this runs for
+    every identifier of every frame.
     """
     for value in _identifiers(frame):
         if value is not None and (" " in value or not value.isprintable()):

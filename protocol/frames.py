@@ -31,9 +31,8 @@ MAX_SECONDS: Final = 1e9  # cumulative seconds (jitter-buffer delay, freeze dura
 MAX_BPS: Final = 1e12
 
 # Identifiers: 1 to 128 characters, no whitespace and no control characters, so they are safe
-# in logs, topic names and file names; the length is checked here, the characters by
-# codec._check_identifiers (PROTOCOL.md §4.1).
-_ID_PATTERN: Final = r"^[^\s\x00-\x1f\x7f]+$"
+# in logs, topic names and file names; in frames the length is checked by the Structs, the
+# characters by codec._check_identifiers (PROTOCOL.md §4.1).
 Id: TypeAlias = Annotated[str, Meta(min_length=1, max_length=MAX_ID_CHARS)]
 Url: TypeAlias = Annotated[str, Meta(min_length=1, max_length=MAX_URL_CHARS)]
 Text: TypeAlias = Annotated[str, Meta(max_length=MAX_ID_CHARS)]
@@ -44,6 +43,14 @@ ClientTs: TypeAlias = Annotated[float, Meta(ge=0, le=MAX_CLIENT_TS_MS)]
 Fps: TypeAlias = Annotated[float, Meta(ge=0, le=1000)]
 Pixels: TypeAlias = Annotated[int, Meta(ge=0, le=65535)]
 Bps: TypeAlias = Annotated[float, Meta(ge=0, le=MAX_BPS)]
+
+
+def is_identifier(value: str) -> bool:
+    """Whether ``value`` is an identifier (PROTOCOL.md §4.1): 1 to 128 code points, no space
+    and no code point that ``str.isprintable`` refuses (Unicode Other: Cc, Cf, Cs, Co, Cn;
+    Separator: Zs, Zl, Zp)."""
+    return 0 < len(value) <= MAX_ID_CHARS and " " not in value and value.isprintable()
+
 
 CandidateType: TypeAlias = Literal["host", "srflx", "prflx", "relay"]
 RelayProtocol: TypeAlias = Literal["udp", "tcp", "tls"]

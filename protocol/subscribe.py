@@ -14,29 +14,32 @@ so that clients in Python can use it without the daemon's dependencies.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Final, TypeAlias
 
 import msgspec
 from msgspec import Meta
 
-from protocol.frames import MAX_ID_CHARS, PROTOCOL_VERSION
+from protocol.frames import PROTOCOL_VERSION, is_identifier
 from protocol.tokens import MAX_TOKEN_CHARS
 
 MAX_CLIENT_MESSAGE_BYTES: Final = 4096
 MAX_TOPICS_PER_SESSION: Final = 64
 TOPICS: Final = ("meetings", "http", "alerts")  # plus "meeting:<meeting id>"
-_MEETING_TOPIC = re.compile(rf"^meeting:[^\s\x00-\x1f\x7f]{{1,{MAX_ID_CHARS}}}$")
+MEETING_TOPIC_PREFIX: Final = "meeting:"
 
 Entities: TypeAlias = dict[str, dict[str, Any]]
-TopicName: TypeAlias = Annotated[str, Meta(min_length=1, max_length=MAX_ID_CHARS + 8)]
 Epoch: TypeAlias = Annotated[str, Meta(min_length=1, max_length=64)]
 Seq: TypeAlias = Annotated[int, Meta(ge=0, le=2**53 - 1)]
 
 
 def is_topic(name: str) -> bool:
-    """``meetings``, ``http``, ``alerts`` or ``meeting:<meeting id>``."""
-    return name in TOPICS or _MEETING_TOPIC.match(name) is not None
+    """``meetings``, ``http``, ``alerts`` or ``meeting:<meeting id>`` (an identifier of
+    PROTOCOL.md §4.1)."""
+    if name in TOPICS:
+        return True
+    return name.startswith(MEETING_TOPIC_PREFIX) and is_identifier(
+        name[len(MEETING_TOPIC_PREFIX) :]
+    )
 
 
 # -- client → daemon -------------------------------------------------------------------------
@@ -44,15 +47,18 @@ def is_topic(name: str) -> bool:
 
 class Subscribe(msgspec.Struct, tag="subscribe", tag_field="t", kw_only=True):
     """Start (or restart) a topic; with ``epoch`` and ``seq`` the daemon replays what was
-    missed after ``seq`` if it still holds it, else sends a snapshot."""
+    missed after ``seq`` if it still holds it, else sends a snapshot.
 
-    topic: TopicName
+    ``topic`` is any string (bounded by the message size): one that ``is_topic`` refuses is
+    answered ``unknown_topic``, not ``bad_message`` (PROTOCOL.md §12.6)."""
+
+    topic: str
     epoch: Epoch | None = None
     seq: Seq | None = None
 
 
 class Unsubscribe(msgspec.Struct, tag="unsubscribe", tag_field="t", kw_only=True):
-    topic: TopicName
+    topic: str  # as in Subscribe
 
 
 class Authenticate(msgspec.Struct, tag="auth", tag_field="t", kw_only=True):
