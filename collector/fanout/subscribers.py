@@ -618,6 +618,7 @@ class Fanout:
             if ping_scope.cancelled_caught:
                 self.counters["heartbeat_timeouts"] += 1
                 log.info("subscriber_heartbeat_timeout", conn=subscriber.conn)
+                subscriber.close = (CLOSE_INTERNAL, "heartbeat timeout")
                 scope.cancel()
                 return
             await trio.sleep(settings.heartbeat_interval_s)

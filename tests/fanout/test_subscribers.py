@@ -21,6 +21,8 @@ from trio_websocket import (
     open_websocket_url,
     wrap_client_stream,
 )
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection, Ping, Request, TextMessage
 
 from collector.app import Daemon
 from collector.auth import Auth
@@ -251,6 +253,36 @@ async def test_heartbeats_flow_and_a_dead_subscriber_is_dropped(nursery: trio.Nu
     async with stuck_subscriber(hub.port, nursery) as _:
         await wait_for(lambda: hub.fanout.counters["heartbeat_timeouts"] == 1)
         await wait_for(lambda: not hub.fanout.subscribers)
+
+
+async def test_a_subscriber_that_does_not_answer_pings_is_closed_with_1011(
+    nursery: trio.Nursery,
+) -> None:
+    # PROTOCOL.md §12.6: no pong within the timeout of a ping closes with 1011, reason
+    # "heartbeat timeout" (as on /ingest, §7.6). The client reads everything, pongs nothing.
+    hub = await start_hub(nursery, heartbeat_interval_s=0.1, heartbeat_timeout_s=0.3)
+    stream = await trio.open_tcp_stream("127.0.0.1", hub.port)
+    async with stream:
+        client = WSConnection(ConnectionType.CLIENT)
+        await stream.send_all(client.send(Request(host="127.0.0.1", target="/subscribe")))
+        pings = 0
+        closed: CloseConnection | None = None
+        with trio.fail_after(10):
+            while closed is None:
+                data = await stream.receive_some()
+                assert data, "the daemon closed the TCP connection without a close frame"
+                client.receive_data(data)
+                for event in client.events():
+                    if isinstance(event, AcceptConnection):
+                        subscribe = TextMessage(data='{"t":"subscribe","topic":"alerts"}')
+                        await stream.send_all(client.send(subscribe))
+                    elif isinstance(event, Ping):
+                        pings += 1  # and no Pong
+                    elif isinstance(event, CloseConnection):
+                        closed = event
+    assert pings == 1
+    assert (closed.code, closed.reason) == (1011, "heartbeat timeout")
+    assert hub.fanout.counters["heartbeat_timeouts"] == 1
 
 
 @asynccontextmanager
