@@ -24,9 +24,10 @@ from protocol.codec import REASONS
 MetricType = Literal["counter", "gauge"]
 Labels = tuple[tuple[str, str], ...]
 TRANSPORTS = ("udp", "websocket")
-# Reason codes of PROTOCOL.md §6 that ingest gives outside the decoder (admission and rate
-# limits: protocol.signing, collector.ingest.limits); with REASONS, a series from the start.
-ADMISSION_REASONS = ("bad_signature", "forbidden", "rate_limited", "unauthorized")
+# Reason codes of PROTOCOL.md §6 that ingest gives outside the decoder (admission, rate
+# limits and the WebSocket hello: protocol.signing, collector.auth, collector.ingest.limits,
+# collector.ingest.websocket); with REASONS, a series from the start.
+ADMISSION_REASONS = ("bad_signature", "forbidden", "no_hello", "rate_limited", "unauthorized")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

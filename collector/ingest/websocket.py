@@ -2,7 +2,8 @@
 
 One session per connection (PROTOCOL.md §7):
 
-- the first message must be a ``hello`` frame, within ``hello_timeout_s`` (else close 1008);
+- the first message must be a ``hello`` frame, within ``hello_timeout_s``; else close 1008
+  with the counted reason code as the close reason, or ``hello expected`` (``no_hello``);
 - the daemon answers ``welcome`` and numbers the following messages 1, 2, 3…;
 - good frames go to the consumer's queue; the session *waits* for room (backpressure on this
   one client, which TCP carries back to it) rather than dropping (UDP batches skip the queue:
@@ -45,7 +46,7 @@ from protocol import (
     RtcSample,
     decode_message,
 )
-from protocol.codec import NOT_A_FRAME, TOO_LARGE
+from protocol.codec import TOO_LARGE
 from protocol.session import Ack, ErrorReply, SessionMessage, Welcome
 
 log = get_logger("ingest.websocket")
@@ -55,6 +56,10 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
+# The reason code counted for a session whose hello never came: no first message within the
+# hello timeout, or one that decoded but is not one hello frame (PROTOCOL.md §6, §7.1).
+NO_HELLO = "no_hello"
+HELLO_EXPECTED = "hello expected"  # the close reason then
 
 _REPLY_QUEUE = 256
 _session_ids = itertools.count(1)
@@ -121,15 +126,20 @@ async def serve_ingest_session(
     conn = next(_session_ids)
     first: str | bytes | None = None
     with trio.move_on_after(settings.hello_timeout_s):
-        first = await ws.get_message()
+        try:
+            first = await ws.get_message()
+        except ConnectionClosed as exc:
+            _count_close(exc, counters)
+            return
+    # The close reason is the counted reason code, or "hello expected" (PROTOCOL.md §7.1).
     if first is None:
-        counters.reject("no_hello")
-        await ws.aclose(CLOSE_POLICY, "hello expected")
+        counters.reject(NO_HELLO)
+        await ws.aclose(CLOSE_POLICY, HELLO_EXPECTED)
         return
     hello = _expect_hello(_as_bytes(first), settings.limits)
     if isinstance(hello, ProtocolError):
         counters.reject(hello.reason)
-        await ws.aclose(CLOSE_POLICY, f"first message must be a hello frame: {hello.reason}")
+        await ws.aclose(CLOSE_POLICY, HELLO_EXPECTED if hello.reason == NO_HELLO else hello.reason)
         return
     claims = auth.admit(hello.token, "ingest")
     if isinstance(claims, Denied):
@@ -177,12 +187,22 @@ async def serve_ingest_session(
 
 
 def _expect_hello(data: bytes, limits: Limits) -> Hello | ProtocolError:
+    """The hello of a session's first message; else the decoder's first rejection in it, or
+    ``no_hello`` when it decoded cleanly but holds anything but one hello frame (a batch of
+    one hello is one hello)."""
     decoded = decode_message(data, limits)
     if decoded.errors:
         return decoded.errors[0]
     if len(decoded.frames) != 1 or not isinstance(decoded.frames[0], Hello):
-        return ProtocolError(NOT_A_FRAME, "the first message must be one hello frame")
+        return ProtocolError(NO_HELLO, "the first message must be one hello frame")
     return decoded.frames[0]
+
+
+def _count_close(exc: ConnectionClosed, counters: TransportCounters) -> None:
+    """Count a connection that the client's message closed: too large (1009, sent by
+    trio-websocket itself). A client that closes the connection is not counted."""
+    if exc.reason is not None and exc.reason.code == CLOSE_TOO_BIG:
+        counters.reject(TOO_LARGE)
 
 
 async def _receive_frames(
@@ -201,8 +221,7 @@ async def _receive_frames(
         try:
             message = await session.ws.get_message()
         except ConnectionClosed as exc:
-            if exc.reason is not None and exc.reason.code == CLOSE_TOO_BIG:
-                counters.reject(TOO_LARGE)
+            _count_close(exc, counters)
             return
         data = _as_bytes(message)
         msg = session.last_msg + 1

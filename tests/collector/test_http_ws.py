@@ -114,8 +114,8 @@ async def next_reply(ws: WebSocketConnection) -> SessionMessage:
     return reply
 
 
-async def close_code(ws: WebSocketConnection) -> int:
-    """Read replies until the daemon closes the connection; return the close code."""
+async def close_reason(ws: WebSocketConnection) -> tuple[int, str | None]:
+    """Read replies until the daemon closes the connection; return the close code and reason."""
     while True:
         try:
             await next_reply(ws)
@@ -124,7 +124,11 @@ async def close_code(ws: WebSocketConnection) -> int:
             break
     assert reason is not None
     code: int = reason.code
-    return code
+    return code, reason.reason
+
+
+async def close_code(ws: WebSocketConnection) -> int:
+    return (await close_reason(ws))[0]
 
 
 async def test_json_session_welcome_errors_and_acks(server: Server) -> None:
@@ -173,21 +177,72 @@ async def test_a_hello_with_null_version_and_kind_opens_the_session(
     assert server.counters.rejected_by_reason == {}
 
 
-async def test_first_message_must_be_hello(server: Server) -> None:
+HELLO_EXPECTED = (1008, "hello expected")
+
+
+@pytest.mark.parametrize(
+    ("first", "close", "counted"),
+    [
+        # valid frames, but not exactly one hello: PROTOCOL.md §7.1's "hello expected"
+        pytest.param(encode_msgpack(rtc(1)), HELLO_EXPECTED, "no_hello", id="rtc"),
+        pytest.param(encode_json(rtc(1)).decode(), HELLO_EXPECTED, "no_hello", id="rtc-text"),
+        pytest.param(encode_msgpack([hello(), rtc(1)]), HELLO_EXPECTED, "no_hello", id="batch"),
+        pytest.param(encode_msgpack([hello(), hello()]), HELLO_EXPECTED, "no_hello", id="2-hellos"),
+        pytest.param(b"\x90", HELLO_EXPECTED, "no_hello", id="empty-batch"),
+        # what the decoder rejects: the reason code of its (first) rejection
+        pytest.param("{not json", (1008, "malformed"), "malformed", id="malformed"),
+        pytest.param('{"t":"hello"}', (1008, "missing_field"), "missing_field", id="missing"),
+        pytest.param(
+            '{"t":"hello","boot":"b","v":0}', (1008, "out_of_range"), "out_of_range", id="range"
+        ),
+        pytest.param(
+            b'[{"t":"hello","boot":"b"},{"t":"rtc"}]',
+            (1008, "missing_field"),
+            "missing_field",
+            id="batch-with-a-bad-frame",
+        ),
+    ],
+)
+async def test_a_first_message_that_is_not_one_hello_closes_with_its_reason(
+    server: Server, first: str | bytes, close: tuple[int, str], counted: str
+) -> None:
     async with open_ws(server.url("/ingest")) as ws:
-        await ws.send_message(encode_msgpack(rtc(1)))
-        code = await close_code(ws)
-    assert code == 1008
-    assert server.counters.rejected_by_reason == {"not_a_frame": 1}
+        await ws.send_message(first)
+        assert await close_reason(ws) == close
+    assert server.counters.rejected_by_reason == {counted: 1}
+    assert server.counters.frames_rejected == 1
+
+
+async def test_a_batch_of_one_hello_opens_the_session(server: Server) -> None:
+    async with open_ws(server.url("/ingest")) as ws:
+        await ws.send_message(encode_msgpack([hello()]))
+        assert isinstance(await next_reply(ws), Welcome)
 
 
 async def test_silent_client_is_closed_after_hello_timeout(nursery: trio.Nursery) -> None:
     settings = SessionSettings(limits=Limits(), hello_timeout_s=0.2)
     server = await start_server(nursery, session=settings)
     async with open_ws(server.url("/ingest")) as ws:
-        code = await close_code(ws)
-    assert code == 1008
+        assert await close_reason(ws) == HELLO_EXPECTED
     assert server.counters.rejected_by_reason == {"no_hello": 1}
+
+
+async def test_a_client_that_closes_before_its_hello_is_not_counted(server: Server) -> None:
+    async with open_ws(server.url("/ingest")):
+        pass
+    await wait_for(lambda: server.http.counters.connections_open == 0)
+    assert server.counters.rejected_by_reason == {}
+    assert server.http.counters.connection_errors == 0
+
+
+async def test_an_oversize_first_message_closes_with_1009_and_is_counted(server: Server) -> None:
+    async with open_ws(server.url("/ingest")) as ws:
+        await ws.send_message(b"x" * 5000)
+        code = await close_code(ws)
+    assert code == 1009
+    await wait_for(lambda: bool(server.counters.rejected_by_reason))
+    assert server.counters.rejected_by_reason == {"too_large": 1}
+    assert server.http.counters.connection_errors == 0
 
 
 async def test_oversize_message_closes_with_1009_and_is_counted(server: Server) -> None:

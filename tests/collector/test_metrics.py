@@ -5,15 +5,22 @@ routes of an in-process daemon."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from collector import auth
 from collector.app import Daemon
 from collector.config import from_dict
-from collector.http.metrics import render_metrics
+from collector.http.metrics import ADMISSION_REASONS, render_metrics
 from collector.http.server import Request
+from collector.ingest import limits
+from collector.ingest.limits import RATE_LIMITED
+from collector.ingest.websocket import NO_HELLO
+from protocol.codec import REASONS, TOO_LARGE
+from protocol.signing import BAD_SIGNATURE
 
 REQUEST = Request("GET", "/")
 
@@ -209,6 +216,29 @@ def test_values_and_labels_come_from_the_health_dict() -> None:
     assert value("bwmon_http_requests", code="404") == 2
     assert metrics["bwmon_uptime_seconds"] == ("gauge", {(): 12.5})
     assert value("bwmon_build_info", version="0.1.0") == 1
+
+
+PROTOCOL_MD = Path(__file__).parents[2] / "protocol" / "PROTOCOL.md"
+
+
+def documented_reasons() -> set[str]:
+    """The reason codes of PROTOCOL.md §6's table."""
+    text = PROTOCOL_MD.read_text(encoding="utf-8")
+    errors = text[text.index("\n## 6. Errors") : text.index("\n## 7. ")]
+    return set(re.findall(r"^\| `([a-z_]+)` \| (?:message|frame)", errors, re.MULTILINE))
+
+
+def test_every_reason_ingest_counts_is_in_section_6_and_has_a_series() -> None:
+    # What ingest can count: the decoder's reasons and those it gives itself (admission, rate
+    # limits, the WebSocket hello); §6 lists exactly these, and /metrics has a series for each
+    # from the start.
+    own = {BAD_SIGNATURE, auth.FORBIDDEN, auth.UNAUTHORIZED, limits.FORBIDDEN, RATE_LIMITED}
+    counted = {*REASONS, *own, NO_HELLO, TOO_LARGE}
+    assert counted == {*REASONS, *ADMISSION_REASONS}
+    assert documented_reasons() == counted
+    series = parse(render_metrics({"ingest": {"udp": {"rejected_by_reason": {}}}}))
+    rejected = series["bwmon_ingest_frames_rejected"][1]
+    assert {dict(labels)["reason"] for labels in rejected} == counted
 
 
 def test_no_label_carries_an_id() -> None:
