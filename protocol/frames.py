@@ -29,6 +29,10 @@ MAX_CLIENT_TS_MS: Final = 1e13  # ms since the Unix epoch, year 2286
 MAX_MS: Final = 3_600_000.0  # one hour, for delays and durations reported as gauges
 MAX_SECONDS: Final = 1e9  # cumulative seconds (jitter-buffer delay, freeze duration)
 MAX_BPS: Final = 1e12
+# Nesting every decoder must take (PROTOCOL.md §5.1), the outermost map or array being level 1.
+# Guaranteed rather than checked: a deeper message fails only where it exhausts msgspec's
+# recursion limit, which is the Python runtime's and depends on the caller's stack.
+MAX_NESTING: Final = 256
 
 # Identifiers: 1 to 128 characters, no whitespace and no control characters, so they are safe
 # in logs, topic names and file names; in frames the length is checked by the Structs, the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -27,7 +28,7 @@ from protocol import (
     encode_json_lines,
     encode_msgpack,
 )
-from protocol.frames import MAX_COUNTER, MAX_ID_CHARS, MAX_MS, MAX_URL_CHARS
+from protocol.frames import MAX_COUNTER, MAX_ID_CHARS, MAX_MS, MAX_NESTING, MAX_URL_CHARS
 from protocol.jsonschema import IDENTIFIER_FIELDS
 from protocol.vectors.generate import (
     EVENT_ICE,
@@ -146,6 +147,40 @@ def test_deep_nesting_is_malformed_not_a_crash(data: bytes) -> None:
     # msgspec raises RecursionError on these: the decoder must translate it, not let it out.
     error = rejected(decode_message(data, BIG))
     assert (error.reason, error.detail) == (codec.MALFORMED, "nested too deeply")
+
+
+def nested_json(levels: int) -> bytes:
+    """A hello whose unknown key holds arrays: ``levels`` deep in all, the frame being 1."""
+    return b'{"t":"hello","boot":"x","junk":' + b"[" * (levels - 1) + b"]" * (levels - 1) + b"}"
+
+
+def nested_msgpack(levels: int) -> bytes:
+    return b"\x83\xa1t\xa5hello\xa4boot\xa1x\xa4junk" + b"\x91" * (levels - 2) + b"\x90"
+
+
+def on_a_deep_stack(depth: int, call: Callable[[], Decoded]) -> Decoded:
+    """``call()`` with ``depth`` more Python frames on the stack than the caller has."""
+    return call() if depth == 0 else on_a_deep_stack(depth - 1, call)
+
+
+@pytest.mark.parametrize(
+    ("single", "batch"),
+    [
+        pytest.param(nested_json, lambda n: b"[" + nested_json(n - 1) + b"]", id="json"),
+        pytest.param(nested_msgpack, lambda n: b"\x91" + nested_msgpack(n - 1), id="msgpack"),
+    ],
+)
+def test_every_message_up_to_the_nesting_limit_is_decoded(
+    single: Callable[[int], bytes], batch: Callable[[int], bytes]
+) -> None:
+    # PROTOCOL.md §5.1: at most MAX_NESTING levels, guaranteed whatever the caller's stack:
+    # here 300 frames deeper than the test's own, several times what the daemon has.
+    for data in (single(MAX_NESTING), batch(MAX_NESTING)):
+        decoded = on_a_deep_stack(300, partial(decode_message, data))
+        assert decoded.errors == []
+        assert decoded.frames == [Hello(boot="x")]
+    lines = nested_json(MAX_NESTING) + b"\n" + nested_json(MAX_NESTING)
+    assert on_a_deep_stack(300, partial(decode_message, lines)).frames == [Hello(boot="x")] * 2
 
 
 def test_deep_nesting_in_one_json_line_rejects_that_line_only() -> None:

@@ -23,8 +23,17 @@ from protocol import (
     encode_msgpack,
     subscribe,
 )
+from protocol.frames import MAX_NESTING, Frame, Hello
 from protocol.session import SessionMessage
 from protocol.tokens import verify
+from protocol.vectors.generate import (
+    EVENT_ICE,
+    EVENT_JOIN,
+    HTTP,
+    RTC_FULL,
+    RTC_MINIMAL,
+    VECTORS_DIR,
+)
 
 SPEC = (Path(__file__).parents[2] / "protocol" / "PROTOCOL.md").read_text(encoding="utf-8")
 
@@ -80,6 +89,40 @@ def test_default_limits_are_stated() -> None:
         f"{DEFAULT_LIMITS.max_message_bytes:,} bytes and {DEFAULT_LIMITS.max_frames_per_message:,}"
         in limits
     )
+
+
+def _header_kind(first_byte: int) -> str:
+    if 0x80 <= first_byte <= 0x8F:
+        return "fixmap"
+    return {0xDE: "`map 16`", 0xDF: "`map 32`"}[first_byte]
+
+
+def test_the_map_headers_the_reference_encoder_writes_are_stated() -> None:
+    """§3.4's table names, per frame kind, the map header of every frame the encoder writes:
+    the smallest and the largest frame of each kind, and the golden vectors it made."""
+    table = dict(re.findall(r"^ *\| `([a-z]+)` \| ([^|]+?)(?:,[^|]*)? \|$", section("3.4"), re.M))
+    assert set(table) == set(FRAME_SECTIONS)
+    smallest: list[Frame] = [Hello(boot="b"), RTC_MINIMAL, HTTP, EVENT_JOIN]
+    largest: list[Frame] = [
+        Hello(boot="b", v=2, kind="server", agent="a", host="h", pid=1, token="t"),
+        RTC_FULL,
+        HTTP,
+        EVENT_ICE,
+    ]
+    for frame in [*smallest, *largest]:
+        tag = str(type(frame).__struct_config__.tag)
+        assert _header_kind(encode_msgpack(frame)[0]) == table[tag], tag
+    # The vectors of one frame built from the Structs are the encoder's bytes.
+    for name in ("hello", "hello_minimal", "rtc_full", "rtc_minimal", "http", "event"):
+        data = (VECTORS_DIR / f"{name}.msgpack").read_bytes()
+        (frame,) = decode_message(data).frames
+        assert encode_msgpack(frame) == data
+        tag = str(type(frame).__struct_config__.tag)
+        assert _header_kind(data[0]) == table[tag], name
+
+
+def test_the_nesting_limit_is_stated() -> None:
+    assert f"a message is at most **{MAX_NESTING}** levels deep" in section("5.1")
 
 
 def test_worked_rtc_example_matches_the_encoder() -> None:
