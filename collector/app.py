@@ -126,6 +126,7 @@ class Daemon:
                 max_subscribers=config.fanout.max_subscribers,
             ),
             lambda: self.auth,
+            prepare=self.publisher.prepare,
         )
         self.consumer = FrameConsumer(
             self.engine, on_output=self.on_output, after_tick=self.publisher.on_tick
@@ -155,8 +156,9 @@ class Daemon:
             source_limiter=self.source_limiter,
         )
         self.api = Api(
-            lambda: self.engine,
+            self.channel,
             self.sink if isinstance(self.sink, SqliteSink | MysqlSink) else None,
+            prepare=self.publisher.prepare,
             authorize=self.authorize_api,
         )
         self.http = HttpServer(
@@ -528,8 +530,9 @@ class Daemon:
 def open_channel(fanout: FanoutConfig, bridge: AsyncioBridge | None) -> Channel:
     """The configured channel: Redis when a URL is set, else in process."""
     url = fanout.redis()
+    interest_ttl_s = max(10.0, 5 * fanout.publish_interval_s)
     if not url:
-        return LocalChannel(history=fanout.history_deltas)
+        return LocalChannel(history=fanout.history_deltas, interest_ttl_s=interest_ttl_s)
     if bridge is None:
         raise ValueError("the Redis channel needs the asyncio bridge")
     from collector.fanout.fallback import FallbackChannel
@@ -540,8 +543,9 @@ def open_channel(fanout: FanoutConfig, bridge: AsyncioBridge | None) -> Channel:
         url,
         prefix=fanout.redis_key_prefix,
         history=fanout.history_deltas,
-        interest_ttl_s=max(10.0, 5 * fanout.publish_interval_s),
+        interest_ttl_s=interest_ttl_s,
         daemon_ttl_s=max(10.0, 5 * fanout.publish_interval_s),
+        parts_ttl_s=max(3.0, 3 * fanout.publish_interval_s),
         retry_max_s=fanout.redis_retry_max_s,
     )
     return FallbackChannel(redis, history=fanout.history_deltas)
