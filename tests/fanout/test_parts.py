@@ -226,7 +226,7 @@ def merged_from_scratch(parts: dict[tuple[str, str], dict[str, Any]]) -> Entitie
 def run_parts(deltas: list[Delta]) -> list[dict[tuple[str, str], dict[str, Any]]]:
     """The parts after each delta, applied the way the channel's state is."""
     parts: dict[tuple[str, str], dict[str, Any]] = {}
-    history = [{}]
+    history: list[dict[tuple[str, str], dict[str, Any]]] = [{}]
     for delta in deltas:
         for raw in delta.removed:
             parts.pop(split_part(raw), None)
