@@ -5,6 +5,11 @@ publishes, every daemon delivers to its own subscribers. The semantics are those
 ``LocalChannel`` (``collector.fanout.channel``): per topic a sequence number under the channel's
 epoch, the current state for snapshots and a bounded log of deltas for resume.
 
+What a daemon publishes is its part of each entity (``collector.fanout.parts``): in Redis an
+entity's parts are kept apart, under *part ids* ``<entity id>\t<daemon id>``, and every read
+merges them (``parts.Mirror``), so that every daemon gives its subscribers the same merged
+entities under the same sequence numbers.
+
 Keys under the prefix ``P`` (``fanout.redis_key_prefix``)::
 
     P:epoch            string   the channel's epoch, shared by all daemons: ``SET NX`` by the
@@ -13,11 +18,14 @@ Keys under the prefix ``P`` (``fanout.redis_key_prefix``)::
                                 some daemon's subscribers hold; each daemon re-adds its own
                                 every ``interest_ttl_s / 3``
     P:meta:<topic>     hash     ``seq`` (last sequence number), ``at`` (time of the last delta)
-    P:state:<topic>    hash     entity id -> MessagePack of all the entity's fields
-    P:log:<topic>      stream   one entry per delta, id ``<seq>-0``, fields ``seq``, ``epoch``,
-                                ``at``, ``changed``, ``removed``, ``alerts`` (MessagePack);
-                                trimmed to about ``history`` entries (``MAXLEN ~``)
-    P:owner:<topic>    hash     entity id -> id of the daemon that set it last
+    P:state:<topic>    hash     part id -> MessagePack of all the part's fields
+    P:log:<topic>      stream   one entry per delta (of parts), id ``<seq>-0``, fields ``seq``,
+                                ``epoch``, ``at``, ``changed``, ``removed``, ``alerts``
+                                (MessagePack); trimmed to about ``history`` entries (``MAXLEN ~``)
+    P:owner:<topic>    hash     part id -> id of the daemon that set it (whose death removes it)
+    P:parts:<topic>    hash     daemon id -> when (ms, Redis clock) it last published its part
+                                of this ``meeting:<id>`` topic (or had none); expires after
+                                ``parts_ttl_s``
     P:owned            set      the ``meta`` keys of topics with an ``owner`` hash
     P:daemons          zset     daemon id -> expiry (ms, Redis clock): registered by its first
                                 publish, kept by every publish and every ``daemon_ttl_s / 3``
@@ -32,8 +40,19 @@ How it works:
   the deltas holds it as None (as the delta carried it).
 * ``serve`` reads the ``log`` streams of the topics this daemon's subscribers watch
   (``XREAD BLOCK``, at most ``READ_BLOCK_MS``, pipelined with a ``GET P:epoch`` so an epoch
-  change is seen even when the connection never broke) and hands each entry to ``deliver`` in
-  order, this daemon's own deltas included. A second task keeps this daemon's interest fresh.
+  change is seen even when the connection never broke). Per topic it keeps the parts and merged
+  entities (a ``Mirror``, loaded with the topic's ``state`` and ``seq`` in one transaction, or
+  taken from the snapshot a subscriber just got) and hands each entry, as the change of merged
+  entities it makes, to ``deliver`` in order, this daemon's own deltas included; an entry that
+  does not follow (trimmed away, unreadable) makes it load the topic again. A second task keeps
+  this daemon's interest fresh.
+* ``snapshot`` merges the parts in ``state``; ``since`` turns the missed entries into what a
+  subscriber needs (``parts.catch_up``: each entry alone where every entity it touched had one
+  part all along, else one delta that sets the entities of several daemons again, whole).
+* A first reader of a ``meeting:<id>`` topic ``request``s it (the ``interest`` set), and
+  ``await_parts`` waits until every live daemon has marked its part of it in ``P:parts``, which
+  each daemon's publisher does after every publish for the topics it builds
+  (``parts_published``).
 * An epoch change (Redis restarted without its data, or the key was deleted) is adopted from
   wherever it is seen first; ``on_epoch`` is called, reading positions restart, and the next
   ``publish`` raises ``EpochChanged`` exactly once, so that the publisher sends everything again
@@ -41,10 +60,11 @@ How it works:
 * ``forget`` deletes the ``state`` and ``log`` of emptied topics but keeps ``meta`` for
   ``FORGOTTEN_TTL_S``: a meeting id used again continues its sequence numbers instead of reusing
   ones that a subscriber may still hold under the same epoch.
-* A daemon that dies (``kill -9``, a lost host) leaves its entities in the shared topics. Every
-  daemon runs ``reap`` each ``daemon_ttl_s / 3``: the entities last set by a daemon whose
-  registration expired are removed, each topic in one delta as a publish would (so
-  subscribers everywhere see the meeting go), and the daemon is unregistered. A daemon that was
+* A daemon that dies (``kill -9``, a lost host) leaves its parts in the shared topics. Every
+  daemon runs ``reap`` each ``daemon_ttl_s / 3``: the parts of a daemon whose registration
+  expired are removed, each topic in one delta as a publish would (so subscribers everywhere
+  see its meetings go, and the meetings it shared lose its participants), and the daemon is
+  unregistered. A daemon that was
   only cut off from Redis for that long finds itself unregistered at its next publish, which
   then raises ``EpochChanged`` so that the publisher sends its whole state again.
 
@@ -53,10 +73,6 @@ Limits, on purpose or not yet handled:
 * Redis should run without persistence for this data (or with the prefix deleted after a
   restore from a dump): a restored dump keeps the epoch but may hold older states and sequence
   numbers, which nothing here detects.
-* The shared topics (``meetings``, ``http``, ``alerts``) hold the entities of every daemon. An
-  entity two daemons both publish (one meeting with participants on both) belongs to the one
-  that set it last; when that one dies it is removed, and comes back with the other's next
-  change of it (holding only the fields that changed, for a client that applies deltas).
 * A publish that timed out may still have been applied; the publisher then sends the same
   changes again (same values; alert transitions twice).
 * One Redis, not Redis Cluster: a publish touches the keys of several topics in one script.
