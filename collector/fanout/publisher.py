@@ -143,15 +143,21 @@ class Publisher:
         this daemon's part now, wait (bounded) for the other daemons' parts. Raises
         ``ChannelUnavailable``."""
         await self.channel.request(topic)
-        async with self._lock:
-            self._wanted.add(topic)
-            now = self.clock()
-            engine, meeting = self.engine(), topic.removeprefix("meeting:")
-            live = meeting in engine.meetings
-            state = topics.meeting_topic(engine, meeting, now) if live else {}
-            if (state or topic in self.published) and not await self._send({topic: state}, now):
+        if not self.counters["publishes"]:
+            # Nothing of this daemon's is out yet: everything, the requested topic with it (a
+            # first publish replaces what an earlier run of this daemon left in the channel).
+            if not await self.publish(self.clock()):
                 return
-            await self.channel.parts_published([topic])
+        else:
+            async with self._lock:
+                self._wanted.add(topic)
+                now = self.clock()
+                engine, meeting = self.engine(), topic.removeprefix("meeting:")
+                live = meeting in engine.meetings
+                state = topics.meeting_topic(engine, meeting, now) if live else {}
+                if (state or topic in self.published) and not await self._send({topic: state}, now):
+                    return
+                await self.channel.parts_published([topic])
         self.counters["prepared"] += 1
         if not await self.channel.await_parts(topic, self.parts_timeout_s):
             self.counters["parts_timeouts"] += 1

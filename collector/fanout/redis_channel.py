@@ -338,6 +338,23 @@ return missing
 """
 
 
+# KEYS: owned. ARGV: prefix, daemon id. The parts a daemon id owns: topic, part id, topic, ...
+_PARTS_OF_LUA: Final = """
+local found = {}
+for _, meta in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local topic = string.sub(meta, #ARGV[1] + 7)  -- after "<prefix>:meta:"
+  local owners = redis.call('HGETALL', ARGV[1] .. ':owner:' .. topic)
+  for i = 1, #owners, 2 do
+    if owners[i + 1] == ARGV[2] then
+      found[#found + 1] = topic
+      found[#found + 1] = owners[i]
+    end
+  end
+end
+return found
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class _Scripts:
     publish: AsyncScript
@@ -349,6 +366,7 @@ class _Scripts:
     forget: AsyncScript
     parts: AsyncScript
     missing_parts: AsyncScript
+    parts_of: AsyncScript
 
 
 class RedisChannel:
@@ -364,6 +382,7 @@ class RedisChannel:
         interest_ttl_s: float = 10.0,
         daemon_ttl_s: float = 10.0,
         parts_ttl_s: float = 3.0,
+        daemon_id: str | None = None,
         retry_max_s: float = 10.0,
         command_timeout_s: float = COMMAND_TIMEOUT_S,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
@@ -375,7 +394,8 @@ class RedisChannel:
         self.interest_ttl_s = interest_ttl_s
         self.daemon_ttl_s = daemon_ttl_s
         self.parts_ttl_s = parts_ttl_s
-        self.daemon_id = secrets.token_hex(8)  # whose entities are whose, in Redis
+        # Whose parts are whose, in Redis; kept across restarts by the daemon (state_dir).
+        self.daemon_id = daemon_id or secrets.token_hex(8)
         self.retry_max_s = max(RETRY_START_S, retry_max_s)
         self.command_timeout_s = command_timeout_s
         self.connect_timeout_s = connect_timeout_s
@@ -451,6 +471,8 @@ class RedisChannel:
         if not changes:
             return
         await self._ensure_epoch()
+        if not self._registered:
+            changes = await self._replacing_earlier_parts(changes)
         values = await self._complete_values(changes)
         expected = self._publish_epoch or self.epoch
         keys: list[str] = [self._epoch_key, self._daemons_key, self._owned_key]
@@ -625,6 +647,7 @@ class RedisChannel:
                     forget=client.register_script(_FORGET_LUA),
                     parts=client.register_script(_PARTS_LUA),
                     missing_parts=client.register_script(_MISSING_PARTS_LUA),
+                    parts_of=client.register_script(_PARTS_OF_LUA),
                 )
                 self._client = client
             return self._client
@@ -698,6 +721,28 @@ class RedisChannel:
                 self._hints[topic] = parts
 
     # -- publish helpers -------------------------------------------------------------------
+
+    async def _replacing_earlier_parts(self, changes: list[Change]) -> list[Change]:
+        """The first publish of this process (under this epoch) replaces every part an earlier
+        run with this daemon id left (a restart): ``changes`` plus the removal of those of its
+        parts that they do not set again, in the same deltas."""
+        scripts = await self._get_scripts()
+        found = await self._call(
+            _run_script, scripts.parts_of, [self._owned_key], [self.prefix, self.daemon_id]
+        )
+        stale: dict[str, list[str]] = {}
+        for raw_topic, raw_part in zip(found[::2], found[1::2], strict=True):
+            entity, _ = split_part(raw_part.decode())
+            stale.setdefault(raw_topic.decode(), []).append(entity)
+        if not stale:
+            return changes
+        out = []
+        for c in changes:
+            gone = [e for e in stale.pop(c.topic, []) if e not in c.changed and e not in c.removed]
+            out.append(Change(c.topic, c.changed, c.removed + gone, c.events, c.values))
+        out += [Change(topic, {}, sorted(entities)) for topic, entities in sorted(stale.items())]
+        log.info("redis_channel_replaced_earlier_parts", parts=sum(map(len, stale.values())))
+        return out
 
     async def _complete_values(self, changes: Sequence[Change]) -> list[Entities]:
         """Every field of each changed entity: ``change.values`` (``hub.change`` fills it), or,

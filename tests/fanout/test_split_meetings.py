@@ -8,12 +8,15 @@ import secrets
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import redis
 import trio
 
 from collector.aggregate.engine import Engine
+from collector.app import daemon_id
+from collector.config import from_dict
 from collector.fanout.publisher import Publisher
 from collector.fanout.redis_channel import RedisChannel
 from collector.http.api import Api
@@ -163,3 +166,41 @@ async def test_a_first_reader_waits_for_a_silent_daemon_no_longer_than_its_bound
         assert a.publisher.counters["parts_timeouts"] == 1
         snapshot = await a.channel.snapshot("meeting:standup")
         assert "alice" in snapshot.entities
+
+
+async def test_a_restarted_daemon_replaces_what_its_earlier_run_left(
+    bridge: AsyncioBridge, prefix: str
+) -> None:
+    """A restart keeps the daemon's id (its state directory): the new run's first publish
+    replaces the earlier run's parts, in one delta, instead of adding to them until the earlier
+    run is presumed dead."""
+    async with (
+        side(bridge, prefix) as other,
+        side(bridge, prefix) as first,
+        side(bridge, prefix) as again,
+    ):
+        again.channel.daemon_id = first.channel.daemon_id  # the id kept in its state_dir
+        other.feed("carol", 3, 10_000)
+        first.feed("alice", 3, 100_000)
+        await other.publisher.publish(other.now)
+        await first.publisher.publish(first.now)
+        before = await other.channel.snapshot("meetings")
+        assert before.entities["standup"]["participants"] == 2
+
+        again.feed("bob", 3, 50_000)  # alice's state was lost with the earlier run
+        await again.publisher.publish(again.now)
+        after = await other.channel.snapshot("meetings")
+        assert after.seq == before.seq + 1  # one delta
+        assert after.entities["standup"]["participants"] == 2  # carol and bob, not three
+        deltas = await other.channel.since("meetings", before.epoch, before.seq)
+        assert deltas is not None
+        assert [d.changed["standup"]["participants"] for d in deltas] == [2]
+
+
+def test_the_daemon_id_is_kept_in_the_state_directory(tmp_path: Path) -> None:
+    storage = from_dict({"storage": {"state_dir": str(tmp_path / "state")}}).storage
+    first = daemon_id(storage)
+    assert first is not None
+    assert (tmp_path / "state" / "daemon-id").read_text().strip() == first
+    assert daemon_id(storage) == first
+    assert daemon_id(from_dict({"storage": {"backend": "none"}}).storage) is None
