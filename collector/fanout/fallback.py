@@ -125,6 +125,7 @@ class FallbackChannel:
         assert local is not None  # set whenever the mode is FILLING or LOCAL
         if self.mode == LOCAL and self.redis_back():
             self.mode = RETURNING
+            self.redis.start_over()  # what Redis holds of this daemon's may be stale
             raise EpochChanged("redis reachable again: publish everything to it")
         deltas = [local.append(c, at) for c in map(shown, changes) if c]
         if self.mode == FILLING:

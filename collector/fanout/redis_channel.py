@@ -411,6 +411,9 @@ class RedisChannel:
         # Registered by a publish under this epoch: a later publish that finds this daemon
         # unregistered knows its entities were removed as a dead daemon's.
         self._registered = False
+        # The publisher's next changes are everything it has (a start, an epoch change, a return
+        # from the fallback): they replace every part this daemon id has in Redis.
+        self._replace = True
         self._generation = 0  # +1 at each epoch change: reading positions restart
         self._on_epoch: OnEpoch | None = None
         self._watched: frozenset[str] = frozenset()
@@ -471,7 +474,7 @@ class RedisChannel:
         if not changes:
             return
         await self._ensure_epoch()
-        if not self._registered:
+        if self._replace:
             changes = await self._replacing_earlier_parts(changes)
         values = await self._complete_values(changes)
         expected = self._publish_epoch or self.epoch
@@ -504,7 +507,9 @@ class RedisChannel:
         if reply[0] == 1:
             self._publish_epoch = expected
             self._registered = True
+            self._replace = False
             return
+        self._replace = True  # the publisher now starts from nothing
         if reply[0] == 2:
             self.counters["presumed_dead"] += 1
             log.warning("redis_channel_presumed_dead", daemon=self.daemon_id)
@@ -512,6 +517,11 @@ class RedisChannel:
         current = await self._observe_epoch(reply[1])
         self._publish_epoch = None  # the publisher now starts from nothing, under `current`
         raise EpochChanged(f"channel epoch is {current}, was {expected}")
+
+    def start_over(self) -> None:
+        """The publisher will send everything again (its caller raised ``EpochChanged``): that
+        publish replaces every part of this daemon's in Redis."""
+        self._replace = True
 
     async def snapshot(self, topic: str) -> Snapshot:
         meta, state, _ = self._topic_keys(topic)
@@ -723,9 +733,10 @@ class RedisChannel:
     # -- publish helpers -------------------------------------------------------------------
 
     async def _replacing_earlier_parts(self, changes: list[Change]) -> list[Change]:
-        """The first publish of this process (under this epoch) replaces every part an earlier
-        run with this daemon id left (a restart): ``changes`` plus the removal of those of its
-        parts that they do not set again, in the same deltas."""
+        """A publish of everything (the first of this process, or after ``EpochChanged``)
+        replaces every part this daemon id has in Redis (left by an earlier run, or from before
+        an outage): ``changes`` plus the removal of the parts they do not set again, in the same
+        deltas."""
         scripts = await self._get_scripts()
         found = await self._call(
             _run_script, scripts.parts_of, [self._owned_key], [self.prefix, self.daemon_id]
