@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import os
+import secrets
 import signal
 import socket
 import time
@@ -113,7 +115,7 @@ class Daemon:
             if self.sink is not None
             else None
         )
-        self.channel = open_channel(config.fanout, bridge)
+        self.channel = open_channel(config.fanout, bridge, config.storage)
         self.publisher = Publisher(
             lambda: self.engine, self.channel, config.fanout.publish_interval_s
         )
@@ -126,6 +128,7 @@ class Daemon:
                 max_subscribers=config.fanout.max_subscribers,
             ),
             lambda: self.auth,
+            prepare=self.publisher.prepare,
         )
         self.consumer = FrameConsumer(
             self.engine, on_output=self.on_output, after_tick=self.publisher.on_tick
@@ -155,8 +158,9 @@ class Daemon:
             source_limiter=self.source_limiter,
         )
         self.api = Api(
-            lambda: self.engine,
+            self.channel,
             self.sink if isinstance(self.sink, SqliteSink | MysqlSink) else None,
+            prepare=self.publisher.prepare,
             authorize=self.authorize_api,
         )
         self.http = HttpServer(
@@ -525,11 +529,48 @@ class Daemon:
             await self.channel.aclose()
 
 
-def open_channel(fanout: FanoutConfig, bridge: AsyncioBridge | None) -> Channel:
-    """The configured channel: Redis when a URL is set, else in process."""
+DAEMON_ID_FILE = "daemon-id"
+
+
+def daemon_id(storage: StorageConfig) -> str | None:
+    """The id under which this daemon's parts go to Redis, kept in ``<state_dir>/daemon-id``:
+    after a restart the daemon takes over what its earlier run published (its first publish
+    replaces it) instead of adding to it until that run is presumed dead. None (a new id each
+    run) with ``backend = "none"``, which keeps nothing on disk, or when the file cannot be
+    kept."""
+    if storage.backend == "none":
+        return None
+    path = Path(storage.state_dir) / DAEMON_ID_FILE
+    try:
+        known = path.read_text(encoding="ascii").strip()
+        if known:
+            return known
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as exc:
+        log.warning("daemon_id_unreadable", path=str(path), error=str(exc))
+        return None
+    new = secrets.token_hex(8)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_suffix(".tmp")
+        temp.write_text(new + "\n", encoding="ascii")
+        os.replace(temp, path)
+    except OSError as exc:
+        log.warning("daemon_id_not_kept", path=str(path), error=str(exc))
+        return None
+    return new
+
+
+def open_channel(
+    fanout: FanoutConfig, bridge: AsyncioBridge | None, storage: StorageConfig | None = None
+) -> Channel:
+    """The configured channel: Redis when a URL is set (this daemon's parts under the id kept
+    in ``storage``'s state directory), else in process."""
     url = fanout.redis()
+    interest_ttl_s = max(10.0, 5 * fanout.publish_interval_s)
     if not url:
-        return LocalChannel(history=fanout.history_deltas)
+        return LocalChannel(history=fanout.history_deltas, interest_ttl_s=interest_ttl_s)
     if bridge is None:
         raise ValueError("the Redis channel needs the asyncio bridge")
     from collector.fanout.fallback import FallbackChannel
@@ -540,8 +581,10 @@ def open_channel(fanout: FanoutConfig, bridge: AsyncioBridge | None) -> Channel:
         url,
         prefix=fanout.redis_key_prefix,
         history=fanout.history_deltas,
-        interest_ttl_s=max(10.0, 5 * fanout.publish_interval_s),
+        interest_ttl_s=interest_ttl_s,
         daemon_ttl_s=max(10.0, 5 * fanout.publish_interval_s),
+        parts_ttl_s=max(3.0, 3 * fanout.publish_interval_s),
+        daemon_id=daemon_id(storage) if storage is not None else None,
         retry_max_s=fanout.redis_retry_max_s,
     )
     return FallbackChannel(redis, history=fanout.history_deltas)

@@ -629,6 +629,7 @@ class Engine:
             "bytes_in_per_s": totals[BYTES_IN] / seconds,
             "bytes_out_per_s": totals[BYTES_OUT] / seconds,
             "status": totals[STATUS:BYTES_IN],
+            "histogram": [int(c) for c in totals[HIST:]],
             "latency": msgspec.to_builtins(latency_summary([int(c) for c in totals[HIST:]])),
         }
 

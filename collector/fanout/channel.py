@@ -2,7 +2,9 @@
 
 A channel numbers each topic's changes under an epoch, keeps the topics' current state (for
 snapshots) and a bounded log of deltas (for resume), and delivers every delta to this daemon's
-subscribers through ``deliver``. Two implementations with the same semantics:
+subscribers through ``deliver``. What the publisher hands it is this daemon's *part* of each
+entity; what it gives out are the entities merged from every daemon's parts
+(``collector.fanout.parts``). Two implementations with the same semantics:
 
 * ``LocalChannel``: in process, one daemon (a ``DeltaLog``);
 * ``RedisChannel`` (``collector.fanout.redis_channel``): Redis Streams and hashes, shared by
@@ -26,6 +28,7 @@ from typing import Any, Protocol
 import trio
 
 from collector.fanout.hub import Change, DeltaLog
+from collector.fanout.parts import shown
 from protocol.subscribe import Delta, Snapshot
 
 
@@ -95,7 +98,23 @@ class Channel(Protocol):
         ...
 
     async def wanted_topics(self) -> set[str]:
-        """``meeting:<id>`` topics that some subscriber (on any daemon) holds."""
+        """``meeting:<id>`` topics that some subscriber (on any daemon) holds, or that a
+        reader ``request``ed within the interest's time to live."""
+        ...
+
+    async def request(self, topic: str) -> None:
+        """A reader (a first subscriber, ``/api``) wants the ``meeting:<id>`` topic: every
+        daemon is to publish its part of it from its next publish on."""
+        ...
+
+    async def parts_published(self, topics: Collection[str]) -> None:
+        """This daemon's part of each of these ``meeting:<id>`` topics (possibly none) is in
+        the channel now."""
+        ...
+
+    async def await_parts(self, topic: str, timeout_s: float) -> bool:
+        """Wait until every live daemon has published its part of ``topic`` lately; False when
+        ``timeout_s`` passed first."""
         ...
 
     async def forget(self, topics: Iterable[str]) -> None:
@@ -105,13 +124,33 @@ class Channel(Protocol):
     async def aclose(self) -> None: ...
 
 
+class Requests:
+    """Topics readers requested (``Channel.request``), each wanted until its interest expires."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._until: dict[str, float] = {}
+
+    def add(self, topic: str) -> None:
+        self._until[topic] = trio.current_time() + self.ttl_s
+
+    def live(self) -> set[str]:
+        now = trio.current_time()
+        for topic in [t for t, until in self._until.items() if until <= now]:
+            del self._until[topic]
+        return set(self._until)
+
+
 class LocalChannel:
     """The in-process channel: one daemon, its epoch fixed for the life of the process."""
 
-    def __init__(self, history: int = 120, epoch: str | None = None) -> None:
+    def __init__(
+        self, history: int = 120, epoch: str | None = None, interest_ttl_s: float = 10.0
+    ) -> None:
         self.log = DeltaLog(epoch or new_epoch(), history)
         self._deliver: Deliver | None = None
         self._watched: set[str] = set()
+        self._requests = Requests(interest_ttl_s)
 
     @property
     def epoch(self) -> str:
@@ -139,7 +178,9 @@ class LocalChannel:
         self._watched = set(topics)
 
     async def publish(self, changes: list[Change], at: float) -> None:
-        for change in changes:
+        for change in map(shown, changes):
+            if not change:
+                continue
             delta = self.log.append(change, at)
             if self._deliver is not None:
                 self._deliver(delta)
@@ -151,7 +192,16 @@ class LocalChannel:
         return self.log.since(topic, epoch, seq)
 
     async def wanted_topics(self) -> set[str]:
-        return {t for t in self._watched if t.startswith("meeting:")}
+        return {t for t in self._watched if t.startswith("meeting:")} | self._requests.live()
+
+    async def request(self, topic: str) -> None:
+        self._requests.add(topic)
+
+    async def parts_published(self, topics: Collection[str]) -> None:
+        pass  # the only part there is: this daemon's
+
+    async def await_parts(self, topic: str, timeout_s: float) -> bool:
+        return True
 
     async def forget(self, topics: Iterable[str]) -> None:
         self.log.forget(topics)

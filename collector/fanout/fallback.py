@@ -36,9 +36,11 @@ from collector.fanout.channel import (
     Deliver,
     EpochChanged,
     OnEpoch,
+    Requests,
     new_epoch,
 )
 from collector.fanout.hub import Change, DeltaLog
+from collector.fanout.parts import shown
 from collector.fanout.redis_channel import RedisChannel
 from collector.logs import get_logger
 from protocol.subscribe import Delta, Snapshot
@@ -63,6 +65,7 @@ class FallbackChannel:
         self._watched: frozenset[str] = frozenset()
         self._deliver: Deliver | None = None
         self._on_epoch: OnEpoch | None = None
+        self._requests = Requests(redis.interest_ttl_s)
         self.fallbacks = 0
 
     @property
@@ -122,8 +125,9 @@ class FallbackChannel:
         assert local is not None  # set whenever the mode is FILLING or LOCAL
         if self.mode == LOCAL and self.redis_back():
             self.mode = RETURNING
+            self.redis.start_over()  # what Redis holds of this daemon's may be stale
             raise EpochChanged("redis reachable again: publish everything to it")
-        deltas = [local.append(c, at) for c in changes]
+        deltas = [local.append(c, at) for c in map(shown, changes) if c]
         if self.mode == FILLING:
             self.mode = LOCAL
             self._tell(local.epoch)  # subscribers resynchronise from the filled log
@@ -164,8 +168,23 @@ class FallbackChannel:
 
     async def wanted_topics(self) -> set[str]:
         if self.mode in (FILLING, LOCAL):  # no Redis call while it is unreachable
-            return {t for t in self._watched if t.startswith("meeting:")}
+            return {t for t in self._watched if t.startswith("meeting:")} | self._requests.live()
         return await self.redis.wanted_topics()
+
+    async def request(self, topic: str) -> None:
+        if self.mode in (FILLING, LOCAL):
+            self._requests.add(topic)
+            return
+        await self.redis.request(topic)
+
+    async def parts_published(self, topics: Collection[str]) -> None:
+        if self.mode == REDIS:
+            await self.redis.parts_published(topics)
+
+    async def await_parts(self, topic: str, timeout_s: float) -> bool:
+        if self.mode in (FILLING, LOCAL):
+            return True  # this daemon's part is all it serves
+        return await self.redis.await_parts(topic, timeout_s)
 
     async def forget(self, topics: Iterable[str]) -> None:
         if self._local is not None and self.mode in (FILLING, LOCAL):

@@ -5,6 +5,11 @@ publishes, every daemon delivers to its own subscribers. The semantics are those
 ``LocalChannel`` (``collector.fanout.channel``): per topic a sequence number under the channel's
 epoch, the current state for snapshots and a bounded log of deltas for resume.
 
+What a daemon publishes is its part of each entity (``collector.fanout.parts``): in Redis an
+entity's parts are kept apart, under *part ids* ``<entity id>\t<daemon id>``, and every read
+merges them (``parts.Mirror``), so that every daemon gives its subscribers the same merged
+entities under the same sequence numbers.
+
 Keys under the prefix ``P`` (``fanout.redis_key_prefix``)::
 
     P:epoch            string   the channel's epoch, shared by all daemons: ``SET NX`` by the
@@ -13,11 +18,14 @@ Keys under the prefix ``P`` (``fanout.redis_key_prefix``)::
                                 some daemon's subscribers hold; each daemon re-adds its own
                                 every ``interest_ttl_s / 3``
     P:meta:<topic>     hash     ``seq`` (last sequence number), ``at`` (time of the last delta)
-    P:state:<topic>    hash     entity id -> MessagePack of all the entity's fields
-    P:log:<topic>      stream   one entry per delta, id ``<seq>-0``, fields ``seq``, ``epoch``,
-                                ``at``, ``changed``, ``removed``, ``alerts`` (MessagePack);
-                                trimmed to about ``history`` entries (``MAXLEN ~``)
-    P:owner:<topic>    hash     entity id -> id of the daemon that set it last
+    P:state:<topic>    hash     part id -> MessagePack of all the part's fields
+    P:log:<topic>      stream   one entry per delta (of parts), id ``<seq>-0``, fields ``seq``,
+                                ``epoch``, ``at``, ``changed``, ``removed``, ``alerts``
+                                (MessagePack); trimmed to about ``history`` entries (``MAXLEN ~``)
+    P:owner:<topic>    hash     part id -> id of the daemon that set it (whose death removes it)
+    P:parts:<topic>    hash     daemon id -> when (ms, Redis clock) it last published its part
+                                of this ``meeting:<id>`` topic (or had none); expires after
+                                ``parts_ttl_s``
     P:owned            set      the ``meta`` keys of topics with an ``owner`` hash
     P:daemons          zset     daemon id -> expiry (ms, Redis clock): registered by its first
                                 publish, kept by every publish and every ``daemon_ttl_s / 3``
@@ -32,8 +40,19 @@ How it works:
   the deltas holds it as None (as the delta carried it).
 * ``serve`` reads the ``log`` streams of the topics this daemon's subscribers watch
   (``XREAD BLOCK``, at most ``READ_BLOCK_MS``, pipelined with a ``GET P:epoch`` so an epoch
-  change is seen even when the connection never broke) and hands each entry to ``deliver`` in
-  order, this daemon's own deltas included. A second task keeps this daemon's interest fresh.
+  change is seen even when the connection never broke). Per topic it keeps the parts and merged
+  entities (a ``Mirror``, loaded with the topic's ``state`` and ``seq`` in one transaction, or
+  taken from the snapshot a subscriber just got) and hands each entry, as the change of merged
+  entities it makes, to ``deliver`` in order, this daemon's own deltas included; an entry that
+  does not follow (trimmed away, unreadable) makes it load the topic again. A second task keeps
+  this daemon's interest fresh.
+* ``snapshot`` merges the parts in ``state``; ``since`` turns the missed entries into what a
+  subscriber needs (``parts.catch_up``: each entry alone where every entity it touched had one
+  part all along, else one delta that sets the entities of several daemons again, whole).
+* A first reader of a ``meeting:<id>`` topic ``request``s it (the ``interest`` set), and
+  ``await_parts`` waits until every live daemon has marked its part of it in ``P:parts``, which
+  each daemon's publisher does after every publish for the topics it builds
+  (``parts_published``).
 * An epoch change (Redis restarted without its data, or the key was deleted) is adopted from
   wherever it is seen first; ``on_epoch`` is called, reading positions restart, and the next
   ``publish`` raises ``EpochChanged`` exactly once, so that the publisher sends everything again
@@ -41,10 +60,11 @@ How it works:
 * ``forget`` deletes the ``state`` and ``log`` of emptied topics but keeps ``meta`` for
   ``FORGOTTEN_TTL_S``: a meeting id used again continues its sequence numbers instead of reusing
   ones that a subscriber may still hold under the same epoch.
-* A daemon that dies (``kill -9``, a lost host) leaves its entities in the shared topics. Every
-  daemon runs ``reap`` each ``daemon_ttl_s / 3``: the entities last set by a daemon whose
-  registration expired are removed, each topic in one delta as a publish would (so
-  subscribers everywhere see the meeting go), and the daemon is unregistered. A daemon that was
+* A daemon that dies (``kill -9``, a lost host) leaves its parts in the shared topics. Every
+  daemon runs ``reap`` each ``daemon_ttl_s / 3``: the parts of a daemon whose registration
+  expired are removed, each topic in one delta as a publish would (so subscribers everywhere
+  see its meetings go, and the meetings it shared lose its participants), and the daemon is
+  unregistered. A daemon that was
   only cut off from Redis for that long finds itself unregistered at its next publish, which
   then raises ``EpochChanged`` so that the publisher sends its whole state again.
 
@@ -53,10 +73,6 @@ Limits, on purpose or not yet handled:
 * Redis should run without persistence for this data (or with the prefix deleted after a
   restore from a dump): a restored dump keeps the epoch but may hold older states and sequence
   numbers, which nothing here detects.
-* The shared topics (``meetings``, ``http``, ``alerts``) hold the entities of every daemon. An
-  entity two daemons both publish (one meeting with participants on both) belongs to the one
-  that set it last; when that one dies it is removed, and comes back with the other's next
-  change of it (holding only the fields that changed, for a client that applies deltas).
 * A publish that timed out may still have been applied; the publisher then sends the same
   changes again (same values; alert transitions twice).
 * One Redis, not Redis Cluster: a publish touches the keys of several topics in one script.
@@ -101,6 +117,7 @@ from collector.fanout.channel import (
     new_epoch,
 )
 from collector.fanout.hub import Change
+from collector.fanout.parts import Mirror, catch_up, part_id, split_part
 from collector.logs import get_logger
 from collector.runtime import AsyncioBridge, BridgeCancelled, BridgeClosed
 from protocol.subscribe import Delta, Entities, Snapshot
@@ -117,6 +134,7 @@ READ_COUNT: Final = 100  # entries per stream per read
 RETRY_START_S: Final = 0.5
 FORGOTTEN_TTL_S: Final = 24 * 3600
 MAX_WANTED_TOPICS: Final = 10_000
+PARTS_POLL_S: Final = 0.05  # how often ``await_parts`` looks again
 
 _encoder: Final = msgspec.msgpack.Encoder()
 _fields_decoder: Final = msgspec.msgpack.Decoder(dict[str, Any])
@@ -291,6 +309,52 @@ return n
 """
 
 
+# KEYS: per topic its ``parts`` hash. ARGV: daemon id, ttl (ms). This daemon's part of each topic
+# is in the channel now (or it has none): its mark, with the Redis clock's time.
+_PARTS_LUA: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 1, #KEYS do
+  redis.call('HSET', KEYS[i], ARGV[1], string.format('%d', now))
+  redis.call('PEXPIRE', KEYS[i], ARGV[2])
+end
+return #KEYS
+"""
+
+# KEYS: daemons, the topic's ``parts`` hash. ARGV: ttl (ms). How many live daemons have not
+# marked their part of the topic within the ttl.
+_MISSING_PARTS_LUA: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local missing = 0
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. string.format('%d', now), '+inf')
+for _, daemon in ipairs(live) do
+  local at = redis.call('HGET', KEYS[2], daemon)
+  if not at or tonumber(at) < now - tonumber(ARGV[1]) then
+    missing = missing + 1
+  end
+end
+return missing
+"""
+
+
+# KEYS: owned. ARGV: prefix, daemon id. The parts a daemon id owns: topic, part id, topic, ...
+_PARTS_OF_LUA: Final = """
+local found = {}
+for _, meta in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local topic = string.sub(meta, #ARGV[1] + 7)  -- after "<prefix>:meta:"
+  local owners = redis.call('HGETALL', ARGV[1] .. ':owner:' .. topic)
+  for i = 1, #owners, 2 do
+    if owners[i + 1] == ARGV[2] then
+      found[#found + 1] = topic
+      found[#found + 1] = owners[i]
+    end
+  end
+end
+return found
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class _Scripts:
     publish: AsyncScript
@@ -300,6 +364,9 @@ class _Scripts:
     reap: AsyncScript
     wanted: AsyncScript
     forget: AsyncScript
+    parts: AsyncScript
+    missing_parts: AsyncScript
+    parts_of: AsyncScript
 
 
 class RedisChannel:
@@ -314,6 +381,8 @@ class RedisChannel:
         history: int = 120,
         interest_ttl_s: float = 10.0,
         daemon_ttl_s: float = 10.0,
+        parts_ttl_s: float = 3.0,
+        daemon_id: str | None = None,
         retry_max_s: float = 10.0,
         command_timeout_s: float = COMMAND_TIMEOUT_S,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
@@ -324,7 +393,9 @@ class RedisChannel:
         self.history = max(1, history)
         self.interest_ttl_s = interest_ttl_s
         self.daemon_ttl_s = daemon_ttl_s
-        self.daemon_id = secrets.token_hex(8)  # whose entities are whose, in Redis
+        self.parts_ttl_s = parts_ttl_s
+        # Whose parts are whose, in Redis; kept across restarts by the daemon (state_dir).
+        self.daemon_id = daemon_id or secrets.token_hex(8)
         self.retry_max_s = max(RETRY_START_S, retry_max_s)
         self.command_timeout_s = command_timeout_s
         self.connect_timeout_s = connect_timeout_s
@@ -340,6 +411,9 @@ class RedisChannel:
         # Registered by a publish under this epoch: a later publish that finds this daemon
         # unregistered knows its entities were removed as a dead daemon's.
         self._registered = False
+        # The publisher's next changes are everything it has (a start, an epoch change, a return
+        # from the fallback): they replace every part this daemon id has in Redis.
+        self._replace = True
         self._generation = 0  # +1 at each epoch change: reading positions restart
         self._on_epoch: OnEpoch | None = None
         self._watched: frozenset[str] = frozenset()
@@ -347,8 +421,10 @@ class RedisChannel:
         self.reached_at: float | None = None
         self._watch_changed = trio.Event()
         self._interest_changed = trio.Event()
-        self._positions: dict[str, int] = {}  # topic -> last seq read from its log
-        self._hints: dict[str, int] = {}  # topic -> seq a subscriber got, before it is read
+        # Per topic read: its parts and merged entities at the last seq read from its log.
+        self._mirrors: dict[str, Mirror] = {}
+        # Per topic not read yet: the parts a subscriber's snapshot or resume was made of.
+        self._hints: dict[str, Mirror] = {}
         self.counters = {
             "delivered": 0,
             "epoch_changes": 0,
@@ -398,6 +474,8 @@ class RedisChannel:
         if not changes:
             return
         await self._ensure_epoch()
+        if self._replace:
+            changes = await self._replacing_earlier_parts(changes)
         values = await self._complete_values(changes)
         expected = self._publish_epoch or self.epoch
         keys: list[str] = [self._epoch_key, self._daemons_key, self._owned_key]
@@ -409,25 +487,29 @@ class RedisChannel:
             int(self.daemon_ttl_s * 1000),
             int(self._registered),
         ]
+        me = self.daemon_id
         for change, full in zip(changes, values, strict=True):
             keys += [*self._topic_keys(change.topic), self._owner_key(change.topic)]
+            removed = [part_id(entity, me) for entity in change.removed]
             args += [
                 len(full),
-                len(change.removed),
-                _encoder.encode(change.changed),
-                _encoder.encode(change.removed),
+                len(removed),
+                _encoder.encode({part_id(e, me): f for e, f in change.changed.items()}),
+                _encoder.encode(removed),
                 _encoder.encode(change.events),
             ]
             for entity, fields in full.items():
-                args += [entity, _encoder.encode(fields)]
-            args += change.removed
+                args += [part_id(entity, me), _encoder.encode(fields)]
+            args += removed
         scripts = await self._get_scripts()
         # Not retried: had the script run before the connection broke, it would apply twice.
         reply = await self._call(_run_script, scripts.publish, keys, args, retry=False)
         if reply[0] == 1:
             self._publish_epoch = expected
             self._registered = True
+            self._replace = False
             return
+        self._replace = True  # the publisher now starts from nothing
         if reply[0] == 2:
             self.counters["presumed_dead"] += 1
             log.warning("redis_channel_presumed_dead", daemon=self.daemon_id)
@@ -436,34 +518,40 @@ class RedisChannel:
         self._publish_epoch = None  # the publisher now starts from nothing, under `current`
         raise EpochChanged(f"channel epoch is {current}, was {expected}")
 
+    def start_over(self) -> None:
+        """The publisher will send everything again (its caller raised ``EpochChanged``): that
+        publish replaces every part of this daemon's in Redis."""
+        self._replace = True
+
     async def snapshot(self, topic: str) -> Snapshot:
         meta, state, _ = self._topic_keys(topic)
         raw_epoch, (raw_seq, raw_at), raw_entities = await self._call(
             _read_snapshot, self._epoch_key, meta, state
         )
         epoch = await self._observe_epoch(raw_epoch)
-        seq = int(raw_seq or 0)
-        self._hint(topic, seq)
+        mirror = _mirror(raw_entities, int(raw_seq or 0))
+        self._hint(topic, mirror)
         return Snapshot(
             topic=topic,
             epoch=epoch,
-            seq=seq,
+            seq=mirror.seq,
             at=float(raw_at or 0.0),
-            entities={k.decode(): _fields_decoder.decode(v) for k, v in raw_entities.items()},
+            entities=dict(mirror.entities),
         )
 
     async def since(self, topic: str, epoch: str | None, seq: int | None) -> list[Delta] | None:
         if epoch is None or seq is None:
             return None
-        meta, _, stream = self._topic_keys(topic)
-        raw_epoch, raw_seq, entries = await self._call(
-            _read_since, self._epoch_key, meta, stream, f"{seq + 1}-0", self.history
+        meta, state, stream = self._topic_keys(topic)
+        raw_epoch, raw_seq, entries, raw_parts = await self._call(
+            _read_since, self._epoch_key, meta, state, stream, f"{seq + 1}-0", self.history
         )
         if await self._observe_epoch(raw_epoch) != epoch:
             return None
-        current = int(raw_seq or 0)
+        now = _mirror(raw_parts, int(raw_seq or 0))
+        current = now.seq
         if seq == current:
-            self._hint(topic, current)
+            self._hint(topic, now)
             return []
         if seq > current or current - seq > self.history:
             return None
@@ -475,8 +563,8 @@ class RedisChannel:
             return None  # trimmed away (or the topic was forgotten meanwhile)
         if any(d.epoch != epoch for d in deltas):
             return None
-        self._hint(topic, current)
-        return deltas
+        self._hint(topic, now)
+        return catch_up(deltas, now)
 
     async def wanted_topics(self) -> set[str]:
         scripts = await self._get_scripts()
@@ -485,6 +573,30 @@ class RedisChannel:
         )
         remote = {m.decode() for m in members}
         return {t for t in remote | self._watched if t.startswith("meeting:")}
+
+    async def request(self, topic: str) -> None:
+        scripts = await self._get_scripts()
+        ttl_ms = int(self.interest_ttl_s * 1000)
+        await self._call(_run_script, scripts.interest, [self._interest_key], [ttl_ms, topic])
+
+    async def parts_published(self, topics: Collection[str]) -> None:
+        if not topics:
+            return
+        scripts = await self._get_scripts()
+        keys = [self._parts_key(topic) for topic in sorted(topics)]
+        args = [self.daemon_id, int(self.parts_ttl_s * 1000)]
+        await self._call(_run_script, scripts.parts, keys, args)
+
+    async def await_parts(self, topic: str, timeout_s: float) -> bool:
+        scripts = await self._get_scripts()
+        keys = [self._daemons_key, self._parts_key(topic)]
+        args = [int(self.parts_ttl_s * 1000)]
+        deadline = trio.current_time() + timeout_s
+        while await self._call(_run_script, scripts.missing_parts, keys, args):
+            if trio.current_time() + PARTS_POLL_S > deadline:
+                return False
+            await trio.sleep(PARTS_POLL_S)  # the other daemons publish on their own clocks
+        return True
 
     async def forget(self, topics: Iterable[str]) -> None:
         keys = [key for topic in topics for key in self._topic_keys(topic)]
@@ -516,6 +628,9 @@ class RedisChannel:
     def _owner_key(self, topic: str) -> str:
         return f"{self.prefix}:owner:{topic}"
 
+    def _parts_key(self, topic: str) -> str:
+        return f"{self.prefix}:parts:{topic}"
+
     async def _get_scripts(self) -> _Scripts:
         await self._get_client()
         assert self._scripts is not None
@@ -540,6 +655,9 @@ class RedisChannel:
                     reap=client.register_script(_REAP_LUA),
                     wanted=client.register_script(_WANTED_LUA),
                     forget=client.register_script(_FORGET_LUA),
+                    parts=client.register_script(_PARTS_LUA),
+                    missing_parts=client.register_script(_MISSING_PARTS_LUA),
+                    parts_of=client.register_script(_PARTS_OF_LUA),
                 )
                 self._client = client
             return self._client
@@ -593,7 +711,7 @@ class RedisChannel:
         previous, self._epoch = self._epoch, epoch
         self._generation += 1
         self._registered = False  # Redis lost its data: registrations went with it
-        self._positions.clear()
+        self._mirrors.clear()
         self._hints.clear()
         if previous is None:
             log.info("redis_channel_epoch", epoch=epoch, prefix=self.prefix)
@@ -603,13 +721,39 @@ class RedisChannel:
         if self._on_epoch is not None:
             self._on_epoch(epoch)
 
-    def _hint(self, topic: str, seq: int) -> None:
-        """A subscriber now holds ``topic`` at ``seq``: if the reader has not started on the
-        topic yet, it starts there (not later), so no delta after it goes undelivered."""
-        if topic in self._watched and topic not in self._positions:
-            self._hints[topic] = min(seq, self._hints.get(topic, seq))
+    def _hint(self, topic: str, parts: Mirror) -> None:
+        """A subscriber now holds ``topic`` as merged from ``parts``: if the reader has not
+        started on the topic yet, it starts there (not later), so no delta after it goes
+        undelivered."""
+        if topic in self._watched and topic not in self._mirrors:
+            held = self._hints.get(topic)
+            if held is None or parts.seq < held.seq:
+                self._hints[topic] = parts
 
     # -- publish helpers -------------------------------------------------------------------
+
+    async def _replacing_earlier_parts(self, changes: list[Change]) -> list[Change]:
+        """A publish of everything (the first of this process, or after ``EpochChanged``)
+        replaces every part this daemon id has in Redis (left by an earlier run, or from before
+        an outage): ``changes`` plus the removal of the parts they do not set again, in the same
+        deltas."""
+        scripts = await self._get_scripts()
+        found = await self._call(
+            _run_script, scripts.parts_of, [self._owned_key], [self.prefix, self.daemon_id]
+        )
+        stale: dict[str, list[str]] = {}
+        for raw_topic, raw_part in zip(found[::2], found[1::2], strict=True):
+            entity, _ = split_part(raw_part.decode())
+            stale.setdefault(raw_topic.decode(), []).append(entity)
+        if not stale:
+            return changes
+        out = []
+        for c in changes:
+            gone = [e for e in stale.pop(c.topic, []) if e not in c.changed and e not in c.removed]
+            out.append(Change(c.topic, c.changed, c.removed + gone, c.events, c.values))
+        out += [Change(topic, {}, sorted(entities)) for topic, entities in sorted(stale.items())]
+        log.info("redis_channel_replaced_earlier_parts", parts=sum(map(len, stale.values())))
+        return out
 
     async def _complete_values(self, changes: Sequence[Change]) -> list[Entities]:
         """Every field of each changed entity: ``change.values`` (``hub.change`` fills it), or,
@@ -618,7 +762,10 @@ class RedisChannel:
         missing = [(c.topic, e) for c in changes for e in c.changed if e not in c.values]
         stored: dict[tuple[str, str], bytes | None] = {}
         if missing:
-            keys = [(self._topic_keys(topic)[1], entity) for topic, entity in missing]
+            keys = [
+                (self._topic_keys(topic)[1], part_id(entity, self.daemon_id))
+                for topic, entity in missing
+            ]
             blobs = await self._call(_read_fields, keys)
             stored = dict(zip(missing, blobs, strict=True))
         out: list[Entities] = []
@@ -658,8 +805,8 @@ class RedisChannel:
 
     async def _read_once(self, deliver: Deliver) -> None:
         watched = self._watched
-        for topic in [t for t in self._positions if t not in watched]:
-            del self._positions[topic]
+        for topic in [t for t in self._mirrors if t not in watched]:
+            del self._mirrors[topic]
         for topic in [t for t in self._hints if t not in watched]:
             del self._hints[topic]
         if not watched:
@@ -671,19 +818,21 @@ class RedisChannel:
             return
         await self._ensure_epoch()
         generation = self._generation
-        new = sorted(t for t in watched if t not in self._positions)
+        new = sorted(t for t in watched if t not in self._mirrors)
+        for topic in [t for t in new if t in self._hints]:
+            self._mirrors[topic] = self._hints.pop(topic)
+        new = [t for t in new if t not in self._mirrors]
         if new:
-            seqs = await self._call(_read_seqs, [self._topic_keys(t)[0] for t in new])
+            states = await self._call(_read_states, [self._topic_keys(t)[:2] for t in new])
             if generation != self._generation:
                 return
-            for topic, raw_seq in zip(new, seqs, strict=True):
-                current = int(raw_seq or 0)
-                self._positions[topic] = min(current, self._hints.pop(topic, current))
+            for topic, (raw_seq, raw_parts) in zip(new, states, strict=True):
+                self._mirrors.setdefault(topic, _mirror(raw_parts, int(raw_seq or 0)))
         streams = {self._topic_keys(t)[2]: t for t in sorted(watched)}
         raw_epoch, reply = await self._call(
             _read_logs,
             self._epoch_key,
-            {key: f"{self._positions[t]}-0" for key, t in streams.items()},
+            {key: f"{self._mirrors[t].seq}-0" for key, t in streams.items()},
             READ_COUNT,
             READ_BLOCK_MS,
             timeout_s=self.command_timeout_s + READ_BLOCK_MS / 1000 + 1,
@@ -695,7 +844,8 @@ class RedisChannel:
             return  # the epoch changed: start again from the current positions
         for raw_key, entries in _stream_replies(reply):
             read_topic = streams.get(raw_key.decode())
-            if read_topic is None or read_topic not in self._positions:
+            mirror = self._mirrors.get(read_topic) if read_topic is not None else None
+            if read_topic is None or mirror is None:
                 continue
             topic = read_topic
             for entry_id, fields in entries:
@@ -704,12 +854,19 @@ class RedisChannel:
                 except (msgspec.DecodeError, KeyError, ValueError) as exc:
                     self.counters["bad_entries"] += 1
                     log.warning("redis_channel_bad_entry", topic=topic, error=str(exc)[:200])
-                    continue
-                self._positions[topic] = delta.seq
-                if delta.epoch != self._epoch:
-                    continue  # written under another epoch: the next read adopts it if current
+                    delta = None
+                # Written under another epoch (the next read adopts it if current), unreadable,
+                # or not following the mirror (trimmed away): read the topic's parts again.
+                shown = (
+                    mirror.apply_delta(delta)
+                    if delta is not None and delta.epoch == self._epoch
+                    else None
+                )
+                if shown is None:
+                    del self._mirrors[topic]
+                    break
                 self.counters["delivered"] += 1
-                deliver(delta)
+                deliver(shown)
             await trio.lowlevel.checkpoint()  # many topics: let other tasks run in between
             if generation != self._generation:
                 return
@@ -772,6 +929,13 @@ class RedisChannel:
 
 
 # -- decoding ----------------------------------------------------------------------------------
+
+
+def _mirror(raw_parts: dict[bytes, bytes], seq: int) -> Mirror:
+    """The parts of a topic's ``state`` hash (part id -> MessagePack fields) at ``seq``."""
+    return Mirror.of(
+        ((*split_part(k.decode()), _fields_decoder.decode(v)) for k, v in raw_parts.items()), seq
+    )
 
 
 def _delta(topic: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Delta:
@@ -846,20 +1010,32 @@ async def _read_snapshot(
 
 
 async def _read_since(
-    client: redis.asyncio.Redis, epoch_key: str, meta: str, stream: str, first: str, count: int
+    client: redis.asyncio.Redis,
+    epoch_key: str,
+    meta: str,
+    state: str,
+    stream: str,
+    first: str,
+    count: int,
 ) -> list[Any]:
     async with client.pipeline(transaction=True) as pipe:
         pipe.get(epoch_key)
         pipe.hget(meta, "seq")
         pipe.xrange(stream, min=first, max="+", count=count)
+        pipe.hgetall(state)
         return list(await pipe.execute())
 
 
-async def _read_seqs(client: redis.asyncio.Redis, metas: list[str]) -> list[Any]:
-    async with client.pipeline(transaction=False) as pipe:
-        for meta in metas:
+async def _read_states(
+    client: redis.asyncio.Redis, topics: list[tuple[str, str]]
+) -> list[tuple[Any, Any]]:
+    """Per topic (meta, state): its seq and parts, read together (MULTI)."""
+    async with client.pipeline(transaction=True) as pipe:
+        for meta, state in topics:
             pipe.hget(meta, "seq")
-        return list(await pipe.execute())
+            pipe.hgetall(state)
+        replies = list(await pipe.execute())
+    return list(zip(replies[::2], replies[1::2], strict=True))
 
 
 async def _read_fields(client: redis.asyncio.Redis, keys: list[tuple[str, str]]) -> list[Any]:

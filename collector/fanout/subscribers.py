@@ -213,11 +213,18 @@ class Fanout:
     """This daemon's subscribers, by topic; the channel delivers into it."""
 
     def __init__(
-        self, channel: Channel, settings: FanoutSettings, auth: Callable[[], Auth]
+        self,
+        channel: Channel,
+        settings: FanoutSettings,
+        auth: Callable[[], Auth],
+        prepare: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.channel = channel
         self.settings = settings
         self.auth = auth  # the keys in force (a reload swaps them)
+        # Before a snapshot of a meeting topic: every daemon's part of it into the channel
+        # (``Publisher.prepare``).
+        self.prepare = prepare
         self.subscribers: set[Subscriber] = set()
         self.by_topic: dict[str, set[Subscriber]] = {}
         # Per topic with subscribers: the last snapshot sent and its encodings, and a fetch of
@@ -580,6 +587,8 @@ class Fanout:
             # the fetching session ended first: fetch again
         fetch = self._fetches[topic] = _Fetch()
         try:
+            if self.prepare is not None and topic.startswith("meeting:"):
+                await self.prepare(topic)
             shared = fetch.result = self._share(await self.channel.snapshot(topic))
         except ChannelUnavailable as exc:
             fetch.error = str(exc)

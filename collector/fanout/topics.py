@@ -27,6 +27,7 @@ from collector.aggregate.alerts import AlertEvent
 from collector.aggregate.engine import Engine, Meeting, Participant, relay_cost
 from collector.aggregate.rtc import RING_FIELDS, RtcStream
 from collector.aggregate.steps import finish
+from collector.fanout.parts import RELAY_RANK, percentile_fields, rate, rounded
 from protocol.subscribe import Entities
 
 RECENT_BUCKETS: Final = 5
@@ -34,18 +35,6 @@ MAX_POINTS: Final = 60
 
 SEND, RECV, LOSS_DOWN, LOSS_UP, RTT, JITTER, MOS, QUALITY = range(len(RING_FIELDS))
 _RATES: Final = (SEND, RECV)
-_RELAY_RANK: Final = {"direct": 0, "turn-udp": 1, "turn-tcp": 2, "turn-tls": 3}
-
-
-def rate(value: float | None) -> float | None:
-    """A rate to 3 significant digits."""
-    if value is None or value == 0 or not math.isfinite(value):
-        return value
-    return round(value, 2 - math.floor(math.log10(abs(value))))
-
-
-def _round(value: float | None, digits: int) -> float | None:
-    return None if value is None else round(value, digits)
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
@@ -84,7 +73,7 @@ def _participant_recent(participant: Participant, now_bucket: int) -> list[float
 def _relay(participant: Participant) -> str:
     return max(
         (s.relay for s in participant.streams.values()),
-        key=lambda r: _RELAY_RANK.get(r, 0),
+        key=lambda r: RELAY_RANK.get(r, 0),
         default="direct",
     )
 
@@ -144,6 +133,7 @@ def meetings_topic_steps(
             "quality": None if worst is None else round(worst),
             "level": None if worst is None else q.level(worst),
             "relay_share": round(relayed / count, 2) if count else 0.0,
+            "_relayed": relayed,
             "relay_cost": round(relay_cost(_relayed_bytes(meeting), price), 4),
             "alerts": alerts.get(meeting.meeting, 0),
             "started_at": meeting.started_at,
@@ -172,12 +162,12 @@ def meeting_topic(engine: Engine, meeting_id: str, now: float) -> Entities:
             "joined_at": participant.joined_at,
             "up_bps": rate(values[SEND]),
             "down_bps": rate(values[RECV]),
-            "loss_down_pct": _round(values[LOSS_DOWN], 1),
-            "loss_up_pct": _round(values[LOSS_UP], 1),
-            "rtt_ms": _round(values[RTT], 0),
-            "jitter_ms": _round(values[JITTER], 1),
-            "mos": _round(values[MOS], 2),
-            "quality": _round(participant.quality, 0),
+            "loss_down_pct": rounded(values[LOSS_DOWN], 1),
+            "loss_up_pct": rounded(values[LOSS_UP], 1),
+            "rtt_ms": rounded(values[RTT], 0),
+            "jitter_ms": rounded(values[JITTER], 1),
+            "mos": rounded(values[MOS], 2),
+            "quality": rounded(participant.quality, 0),
             "level": participant.level,
             "reasons": list(participant.reasons),
             "relay": _relay(participant),
@@ -214,19 +204,25 @@ def _series(
         rows = [row for rows_of_stream in streams for row in rows_of_stream]
         loss = _worst([_worst([r[LOSS_DOWN], r[LOSS_UP]]) for r in rows])
         t = point * per_point * bucket_s
-        entities[f"{pid}@{t:g}"] = {
+        entities[point_id(pid, t)] = {
             "kind": "point",
             "participant": pid,
             "t": t,
             "up_bps": rate(send),
             "down_bps": rate(recv),
-            "loss_pct": _round(loss, 1),
-            "rtt_ms": _round(_worst(r[RTT] for r in rows), 0),
-            "jitter_ms": _round(_worst(r[JITTER] for r in rows), 1),
-            "mos": _round(_worst((r[MOS] for r in rows), lowest=True), 2),
-            "quality": _round(_worst((r[QUALITY] for r in rows), lowest=True), 0),
+            "loss_pct": rounded(loss, 1),
+            "rtt_ms": rounded(_worst(r[RTT] for r in rows), 0),
+            "jitter_ms": rounded(_worst(r[JITTER] for r in rows), 1),
+            "mos": rounded(_worst((r[MOS] for r in rows), lowest=True), 2),
+            "quality": rounded(_worst((r[QUALITY] for r in rows), lowest=True), 0),
         }
     return entities
+
+
+def point_id(participant: str, t: float) -> str:
+    """``<participant>@<t>``: ``t`` in seconds, in decimal to the millisecond, no exponent and
+    no trailing zeros (``alice@1796550000``, ``alice@1796550000.5``): exact for epoch times."""
+    return f"{participant}@{f'{t:.3f}'.rstrip('0').rstrip('.')}"
 
 
 def http_topic(engine: Engine, now: float) -> Entities:
@@ -237,7 +233,6 @@ def http_topic(engine: Engine, now: float) -> Entities:
         if view is None:
             continue
         service, route, method = key
-        latency = view["latency"]
         entities[f"{service} {method} {route}"] = {
             "service": service,
             "route": route,
@@ -246,9 +241,8 @@ def http_topic(engine: Engine, now: float) -> Entities:
             "bytes_in_per_s": rate(view["bytes_in_per_s"]),
             "bytes_out_per_s": rate(view["bytes_out_per_s"]),
             "status_per_s": [rate(s / window_s) for s in view["status"]],
-            "p50_ms": _round(latency.get("p50"), 1),
-            "p95_ms": _round(latency.get("p95"), 1),
-            "p99_ms": _round(latency.get("p99"), 1),
+            **percentile_fields(view["histogram"]),
+            "_hist": view["histogram"],
         }
     return entities
 

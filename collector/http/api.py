@@ -1,15 +1,16 @@
 """``/api``: the daemon's live state and its stored rows over plain HTTP (docs/API.md).
 
-* ``GET /api/meetings``: every live meeting's summary — the ``meetings`` topic of
-  ``/subscribe``, built by ``collector.fanout.topics`` (in steps, so a large engine does not
-  stall ingest);
+* ``GET /api/meetings``: every live meeting's summary — a snapshot of the ``meetings`` topic of
+  ``/subscribe``, from the same channel, so every daemon on one Redis answers alike (each
+  meeting merged from every daemon's part);
 * ``GET /api/meetings/{id}``: one live meeting's participants and their live window series —
-  the ``meeting:<id>`` topic, regrouped by participant; 404 when the meeting is not live here;
+  a snapshot of the ``meeting:<id>`` topic (prepared as for a first subscriber: every daemon's
+  part in it), regrouped by participant; 404 when the meeting is live on no daemon;
 * ``GET /api/export``: stored rows as CSV, JSON or NDJSON through
   ``collector.storage.export``, streamed page by page (chunked), so an export of any size
   holds one page in memory.
 
-The live state is computed only by ``collector.fanout.topics`` and the export only by
+The live state comes only from the fan-out channel and the export only from
 ``collector.storage.export``: this module parses parameters, calls them and shapes the answer.
 It never writes to the engine or to the database.
 
@@ -18,22 +19,20 @@ request reads, ``None`` for all of them (the list, an export without a ``meeting
 and sends the Response it returns (401/403) instead of reading anything.
 
 Errors are JSON ``{"error": "..."}``: 400 for a bad or unknown parameter, 404 for a meeting
-not live or ``storage.backend = "none"``, 503 when the database cannot be read before the
-first byte of an export. A database error after the first byte truncates the chunked body.
+not live or ``storage.backend = "none"``, 503 when the channel (Redis) cannot be reached or the
+database cannot be read before the first byte of an export. A database error after the first
+byte truncates the chunked body.
 """
 
 from __future__ import annotations
 
 import io
 import re
-import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Final, TypeAlias, cast
 
-from collector.aggregate.engine import Engine
-from collector.fanout import topics
+from collector.fanout.channel import Channel, ChannelUnavailable
 from collector.http.server import HttpRoute, Request, Response, StreamedResponse
-from collector.runtime.steps import finish_between_tasks
 from collector.storage.export import (
     Format,
     Kind,
@@ -45,6 +44,7 @@ from collector.storage.export import (
 )
 from collector.storage.schema import Row
 from collector.storage.sinks import StorageError, StorageUnavailable
+from protocol.subscribe import is_topic
 
 Authorize: TypeAlias = Callable[[Request, str | None], Response | None]
 
@@ -67,20 +67,24 @@ def allow_everything(_request: Request, _meeting: str | None) -> Response | None
     return None
 
 
+async def nothing_to_prepare(_topic: str) -> None:
+    """The preparation of a daemon alone with its channel: its part is all there is."""
+
+
 class Api:
     def __init__(
         self,
-        engine: Callable[[], Engine],
+        channel: Channel,
         sink: Readable | None,
         *,
+        prepare: Callable[[str], Awaitable[None]] = nothing_to_prepare,
         authorize: Authorize = allow_everything,
-        clock: Callable[[], float] = time.time,
         page_rows: int = API_PAGE_ROWS,
     ) -> None:
-        self.engine = engine  # a getter: a restored checkpoint replaces the daemon's engine
+        self.channel = channel
+        self.prepare = prepare  # every daemon's part of a meeting topic in the channel
         self.sink = sink
         self.authorize = authorize
-        self.clock = clock
         self.page_rows = page_rows
 
     def routes(self) -> dict[str, HttpRoute]:
@@ -95,9 +99,11 @@ class Api:
         refused = self.authorize(request, None) or _no_parameters(request)
         if refused is not None:
             return refused
-        now = self.clock()
-        state = await finish_between_tasks(topics.meetings_topic_steps(self.engine(), now))
-        return Response.json(200, {"at": now, "meetings": state})
+        try:
+            snapshot = await self.channel.snapshot("meetings")
+        except ChannelUnavailable as exc:
+            return Response.error(503, f"channel: {exc}")
+        return Response.json(200, {"at": snapshot.at, "meetings": snapshot.entities})
 
     async def meeting(self, request: Request) -> Response:
         """``{"at", "meeting", "participants": {<id>: {...}}, "series": {<id>: [points]}}``."""
@@ -107,13 +113,19 @@ class Api:
         refused = self.authorize(request, meeting) or _no_parameters(request)
         if refused is not None:
             return refused
-        engine = self.engine()
-        if meeting not in engine.meetings:
-            return Response.error(404, f"meeting {meeting!r} is not live on this daemon")
-        now = self.clock()
+        topic = f"meeting:{meeting}"
+        if not is_topic(topic):
+            return Response.error(404, f"meeting {meeting!r} is not live")
+        try:
+            await self.prepare(topic)
+            snapshot = await self.channel.snapshot(topic)
+        except ChannelUnavailable as exc:
+            return Response.error(503, f"channel: {exc}")
+        if not snapshot.entities:
+            return Response.error(404, f"meeting {meeting!r} is not live")
         participants: dict[str, dict[str, Any]] = {}
         series: dict[str, list[dict[str, Any]]] = {}
-        for key, entity in topics.meeting_topic(engine, meeting, now).items():
+        for key, entity in snapshot.entities.items():
             fields = {k: v for k, v in entity.items() if k != "kind"}
             if entity["kind"] == "participant":
                 participants[key] = fields
@@ -122,7 +134,13 @@ class Api:
         for points in series.values():
             points.sort(key=lambda point: point["t"])
         return Response.json(
-            200, {"at": now, "meeting": meeting, "participants": participants, "series": series}
+            200,
+            {
+                "at": snapshot.at,
+                "meeting": meeting,
+                "participants": participants,
+                "series": series,
+            },
         )
 
     async def export(self, request: Request) -> Response | StreamedResponse:

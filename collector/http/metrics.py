@@ -308,6 +308,14 @@ def _fanout(out: _Exposition, health: Mapping[str, Any]) -> None:
             "Subscribers dropped for missing heartbeats.",
         ),
         "bad_messages": ("fanout_bad_messages", "Unreadable messages from subscribers."),
+        "prepared": (
+            "fanout_meeting_topics_prepared",
+            "First snapshots of meeting topics prepared with every daemon's part.",
+        ),
+        "parts_timeouts": (
+            "fanout_parts_timeouts",
+            "Prepared snapshots sent before every live daemon had published its part.",
+        ),
     }
     for key, (name, help_) in counters.items():
         out.counter(name, help_, fanout.get(key))

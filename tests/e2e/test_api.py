@@ -84,7 +84,7 @@ def test_live_meetings_then_a_csv_export_of_what_was_stored(tmp_path: Path) -> N
         status, _, body = get(first, "/api/meetings/nobody")
         assert (status, json.loads(body)) == (
             404,
-            {"error": "meeting 'nobody' is not live on this daemon"},
+            {"error": "meeting 'nobody' is not live"},
         )
         status, _, body = get(first, "/api/export?what=rtc&format=xml")
         assert status == 400

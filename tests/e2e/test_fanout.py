@@ -133,7 +133,7 @@ async def test_a_subscriber_on_b_follows_meetings_on_a_through_a_redis_restart(
 
 
 def live_meetings(daemon: DaemonProcess) -> set[str]:
-    """The meetings the daemon aggregates itself (``/api/meetings``)."""
+    """The meetings live on any daemon, as this one's ``/api/meetings`` has them."""
     url = f"http://127.0.0.1:{daemon.http_port}/api/meetings"
     with urllib.request.urlopen(url, timeout=5) as response:
         return set(json.load(response)["meetings"])
@@ -150,15 +150,20 @@ async def test_a_killed_daemons_meetings_leave_the_subscribers_view(tmp_path: Pa
             await ws.send_message(_json.encode(Subscribe(topic="meetings")).decode())
             while len(mirror.entities) < 5:
                 await next_update(ws, mirror)
-            of_b = live_meetings(b)
-            assert len(of_b) == 2
+            everyone = set(mirror.entities)
+            # Both daemons' API answers from the shared state, as /subscribe does.
+            assert live_meetings(a) == live_meetings(b) == everyone
 
             a.process.kill()  # SIGKILL: nothing of A's is removed by A
             a.process.wait()
             killed = trio.current_time()
             with trio.fail_after(20):  # the daemon TTL (10 s), a keeper period (3.3 s), a read
-                while set(mirror.entities) != of_b:
+                while len(mirror.entities) != 2:
                     await next_update(ws, mirror)
+            of_b = set(mirror.entities)
+            assert of_b < everyone
+            assert b.health()["aggregate"]["meetings"] == 2
+            assert live_meetings(b) == of_b
             assert trio.current_time() - killed > 5  # removed when presumed dead, not before
             fresh = await fresh_snapshot(b.http_port, "meetings")
             while mirror.seq is not None and mirror.seq < fresh.seq:

@@ -17,7 +17,7 @@ from collector.fanout.redis_channel import RedisChannel
 from collector.runtime import AsyncioBridge, open_thread_bridge
 from protocol.subscribe import Entities
 from tests.fanout.test_redis_channel import Daemon
-from tests.helpers import RedisServer, free_port, wait_for
+from tests.helpers import CuttableProxy, RedisServer, free_port, wait_for
 
 
 @pytest.fixture
@@ -158,3 +158,34 @@ async def test_a_failed_return_starts_a_fresh_local_epoch(
         assert subscribers.epochs == [first, channel.epoch]
         assert (await channel.snapshot("meetings")).entities == {"m1": {"n": 2}}
         assert channel.counters["fallbacks"] == 2
+
+
+async def test_after_a_short_outage_what_ended_meanwhile_leaves_redis(
+    bridge: AsyncioBridge, server: RedisServer
+) -> None:
+    """Redis kept its data while this daemon could not reach it: the daemon's return replaces
+    its parts there, so a meeting that ended meanwhile does not stay behind."""
+    proxy = CuttableProxy(("127.0.0.1", server.port))
+    cut_off = RedisChannel(
+        bridge, f"redis://127.0.0.1:{proxy.port}/0", retry_max_s=0.5, connect_timeout_s=0.5
+    )
+    direct = RedisChannel(bridge, f"redis://127.0.0.1:{server.port}/0")
+    try:
+        async with serving(cut_off) as (channel, _, publisher):
+            assert await publisher.publish({"m1": {"n": 1}, "m2": {"n": 1}}, 1.0) == "ok"
+            proxy.cut()
+            assert await publisher.publish({"m1": {"n": 2}}, 2.0) == "everything again"
+            assert await publisher.publish({"m1": {"n": 2}}, 3.0) == "ok"  # local; m2 ended
+            assert channel.mode == "local"
+            assert set((await direct.snapshot("meetings")).entities) == {"m1", "m2"}
+
+            proxy.restore()
+            await wait_for(channel.redis_back, timeout_s=10)
+            assert await publisher.publish({"m1": {"n": 3}}, 4.0) == "everything again"
+            assert await publisher.publish({"m1": {"n": 3}}, 5.0) == "ok"
+            assert channel.mode == "redis"
+            assert (await direct.snapshot("meetings")).entities == {"m1": {"n": 3}}
+    finally:
+        await direct.aclose()
+        await cut_off.aclose()
+        proxy.close()

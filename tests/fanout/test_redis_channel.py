@@ -385,23 +385,29 @@ async def test_a_dead_daemons_entities_are_removed_and_everyone_sees_them_go(
         # A never serves: its registration is not kept, as if it was killed after publishing.
         await a.publish(
             [
-                change("meetings", {}, {"m1": {"n": 1}, "shared": {"n": 1}}),
+                change("meetings", {}, {"m1": {"n": 1}, "shared": {"participants": 1}}),
                 change("meeting:m1", {}, {"p1": {"mos": 4.1}, "p2": {"mos": 3.9}}),
             ],
             1.0,
         )
-        await b.publish([change("meetings", {}, {"m2": {"n": 2}, "shared": {"n": 2}})], 2.0)
+        b_part = {"m2": {"n": 2}, "shared": {"participants": 2}}
+        await b.publish([change("meetings", {}, b_part)], 2.0)
         await wait_for(lambda: len(b_daemon.deltas) == 3)
         assert raw.zscore(f"{prefix}:daemons", a.daemon_id) is not None
+        both = {"m1": {"n": 1}, "m2": {"n": 2}, "shared": {"participants": 3}}
+        assert (await b.snapshot("meetings")).entities == both
 
-        # B's keeper reaps A within a TTL and a third of it.
+        # B's keeper reaps A within a TTL and a third of it: A's part of "shared" goes too.
         await wait_for(lambda: b.counters["daemons_reaped"] == 1, timeout_s=3)
-        assert b.counters["entities_reaped"] == 3
+        assert b.counters["entities_reaped"] == 4
         await wait_for(lambda: len(b_daemon.deltas) == 5)
         removals = {d.topic: (d.seq, d.removed, d.changed) for d in b_daemon.deltas[3:]}
-        assert removals == {"meetings": (3, ["m1"], {}), "meeting:m1": (2, ["p1", "p2"], {})}
-        # "shared" was last set by B: it stays, as does everything of B's.
-        assert (await b.snapshot("meetings")).entities == {"m2": {"n": 2}, "shared": {"n": 2}}
+        assert removals == {
+            "meetings": (3, ["m1"], {"shared": {"participants": 2}}),
+            "meeting:m1": (2, ["p1", "p2"], {}),
+        }
+        # B's part of "shared" stays, as does everything of B's.
+        assert (await b.snapshot("meetings")).entities == b_part
         assert (await b.snapshot("meeting:m1")).entities == {}
         assert raw.zscore(f"{prefix}:daemons", a.daemon_id) is None
         assert raw.zscore(f"{prefix}:daemons", b.daemon_id) is not None

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -24,11 +24,13 @@ from trio_websocket import (
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Ping, Request, TextMessage
 
+from collector.aggregate.engine import Engine
 from collector.app import Daemon
 from collector.auth import Auth
 from collector.config import from_dict
 from collector.fanout.channel import ChannelUnavailable, LocalChannel
 from collector.fanout.hub import change
+from collector.fanout.publisher import Publisher
 from collector.fanout.subscribers import Fanout, FanoutSettings
 from collector.http.server import HttpServer, HttpSettings
 from protocol import encode_msgpack
@@ -74,13 +76,14 @@ async def start_hub(
     history: int = 120,
     channel: LocalChannel | None = None,
     auth: Auth | None = None,
+    prepare: Callable[[str], Awaitable[None]] | None = None,
     **settings: Any,
 ) -> Hub:
     channel = channel or LocalChannel(history=history)
     auth = auth or Auth([])
     # Heartbeats start at a random phase: only the tests that want them get them.
     settings.setdefault("heartbeat_interval_s", 3600.0)
-    fanout = Fanout(channel, FanoutSettings(**settings), lambda: auth)
+    fanout = Fanout(channel, FanoutSettings(**settings), lambda: auth, prepare)
     await nursery.start(channel.serve, fanout.deliver, fanout.on_epoch)
     http = HttpServer(
         http_routes={},
@@ -154,6 +157,28 @@ async def test_deltas_to_an_up_to_date_subscriber_go_straight_to_its_socket(
             assert mirror.receive(await receive(ws)) is None  # type: ignore[arg-type]
         assert mirror.entities == {"m1": {"n": 5}}
     assert hub.fanout.counters["deltas_written_now"] == 5
+
+
+async def test_a_first_subscriber_to_a_live_meeting_gets_all_of_it_at_once(
+    nursery: trio.Nursery,
+) -> None:
+    engine = Engine()
+    now = time.time()  # the daemon's clock
+    for seq in range(1, 6):
+        engine.add([rtc(seq=seq, participant="alice"), rtc(seq=seq, participant="bob")], now)
+        now += 1
+        engine.tick(now)
+    channel = LocalChannel()
+    publisher = Publisher(lambda: engine, channel, clock=lambda: now)
+    assert await publisher.publish(now)  # the meetings topic; no meeting topic is wanted yet
+    hub = await start_hub(nursery, channel=channel, prepare=publisher.prepare)
+    async with subscriber(hub.url) as ws:
+        await send(ws, t="subscribe", topic="meeting:m1")
+        snapshot = await receive(ws)
+    assert isinstance(snapshot, Snapshot)
+    assert snapshot.seq >= 1
+    kinds = {(f["kind"], f.get("participant", e)) for e, f in snapshot.entities.items()}
+    assert kinds >= {("participant", "alice"), ("participant", "bob"), ("point", "alice")}
 
 
 async def test_resume_replays_what_was_missed_as_one_delta(nursery: trio.Nursery) -> None:

@@ -8,6 +8,7 @@ import pytest
 from collector.aggregate.engine import Engine
 from collector.aggregate.settings import AggregateSettings
 from collector.fanout import topics
+from collector.fanout.parts import rate
 from protocol import RtcSample
 from tests.helpers import http_sample
 
@@ -82,10 +83,10 @@ def test_a_long_window_is_downsampled_to_60_points() -> None:
 
 
 def test_rates_keep_three_significant_digits() -> None:
-    assert topics.rate(1_234_567.0) == 1_230_000.0
-    assert topics.rate(0.012345) == 0.0123
-    assert topics.rate(0.0) == 0.0
-    assert topics.rate(None) is None
+    assert rate(1_234_567.0) == 1_230_000.0
+    assert rate(0.012345) == 0.0123
+    assert rate(0.0) == 0.0
+    assert rate(None) is None
 
 
 def test_http_topic_has_rates_and_percentiles() -> None:
