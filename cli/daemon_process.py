@@ -90,8 +90,10 @@ def start_daemon(
     args: Sequence[str] = (),
     cpu: int | None = None,
     ready_timeout_s: float = 20.0,
+    cwd: Path | None = None,
 ) -> DaemonProcess:
-    """Start ``bwmon serve`` on free loopback ports (``args`` adds options, e.g. ``--config``).
+    """Start ``bwmon serve`` on free loopback ports (``args`` adds options, e.g. ``--config``),
+    in ``cwd`` (default: this process's working directory).
 
     ``cpu`` pins the process (all its threads) to that CPU where the platform allows.
     """
@@ -100,7 +102,7 @@ def start_daemon(
     env = {k: v for k, v in os.environ.items() if k != "BWMON_CONFIG"}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=cwd
         )
     if cpu is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(process.pid, {cpu})

@@ -2,11 +2,16 @@
 
 Thin: each command parses its options, calls into ``collector`` (public functions) or talks to
 a daemon over the network, and turns our errors into an exit code and one clear line.
+
+Exit status: 0 done; 1 failed (a port in use, a database that cannot be reached or read: trying
+again may work); 2 (``EXIT_CONFIG``) the configuration or the command line is wrong, in every
+command, so trying again will not help (the systemd unit does not restart on it); 130 Ctrl-C.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import io
 import json
@@ -26,8 +31,7 @@ from cli.emit import EmitError, EmitOptions, emit
 from cli.synthetic import Profile
 from cli.tail import TailError, TailOptions, TopicRefused, run_tail
 from collector import app as daemon_app
-from collector.auth import UnsafeBind
-from collector.config import Config, ConfigError, load
+from collector.config import Config, ConfigError, StorageConfig, load
 from collector.logs import configure
 from collector.runtime import AsyncioBridge, open_thread_bridge, run_guest
 from collector.storage.export import (
@@ -38,10 +42,12 @@ from collector.storage.export import (
     parse_time,
     row_writer,
 )
-from collector.storage.sinks import MysqlSink, SqliteSink, StorageError
+from collector.storage.sinks import DatabaseMissing, MysqlSink, SqliteSink, StorageError
 from collector.storage.spool import SpoolError
 from protocol.subscribe import is_topic
 from protocol.tokens import MAX_TTL_S, RIGHTS, Claims, mint
+
+EXIT_CONFIG = 2  # deploy/bwmon.service: RestartPreventExitStatus=2
 
 app = typer.Typer(
     help="bwmon: call-quality and bandwidth collector daemon.",
@@ -64,7 +70,16 @@ def _load_or_exit(path: Path | None) -> Config:
         return load(path)
     except ConfigError as exc:
         typer.echo(f"bwmon: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_CONFIG) from None
+
+
+def _check_or_exit(settings: Config) -> None:
+    """What ``serve`` checks before it binds a port (``check_startup``); check-config too."""
+    try:
+        daemon_app.check_startup(settings)
+    except ConfigError as exc:
+        typer.echo(f"bwmon: {exc}", err=True)
+        raise typer.Exit(EXIT_CONFIG) from None
 
 
 @app.command()
@@ -86,6 +101,8 @@ def serve(
         return msgspec.structs.replace(settings, server=server)
 
     settings = with_overrides(_load_or_exit(config))
+    _check_or_exit(settings)
+    _state_dir_or_exit(settings.storage)
     configure(settings.log.level, settings.log.format)
 
     async def main(bridge: AsyncioBridge) -> None:
@@ -101,16 +118,39 @@ def serve(
         run_guest(main)
     except BaseExceptionGroup as group:
         # trio nurseries wrap errors in groups; a port that cannot be bound is one clear line.
-        matched, _rest = group.split((daemon_app.ListenError, UnsafeBind))
+        matched, _rest = group.split((daemon_app.ListenError, SpoolError, ConfigError))
         if matched is None:
             raise
-        typer.echo(f"bwmon: {_first_leaf(matched)}", err=True)
-        raise typer.Exit(1) from None
-    except (daemon_app.ListenError, SpoolError, UnsafeBind) as exc:
+        leaf = _first_leaf(matched)
+        typer.echo(f"bwmon: {leaf}", err=True)
+        raise typer.Exit(EXIT_CONFIG if isinstance(leaf, ConfigError) else 1) from None
+    except (daemon_app.ListenError, SpoolError) as exc:
         typer.echo(f"bwmon: {exc}", err=True)
         raise typer.Exit(1) from None
+    except ConfigError as exc:
+        typer.echo(f"bwmon: {exc}", err=True)
+        raise typer.Exit(EXIT_CONFIG) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+
+
+def _state_dir_or_exit(storage: StorageConfig) -> None:
+    """Create the state directory now: one the daemon cannot create or write to is a
+    configuration error (a wrong path, or not the daemon's), which restarting will not fix."""
+    if storage.backend == "none":
+        return
+    directory = Path(storage.state_dir)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        if not os.access(directory, os.W_OK):
+            raise PermissionError(errno.EACCES, "not writable")
+    except OSError as exc:
+        typer.echo(
+            f"bwmon: storage.state_dir = {storage.state_dir!r}: cannot use it: "
+            f"{exc.strerror or exc}",
+            err=True,
+        )
+        raise typer.Exit(EXIT_CONFIG) from None
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -125,13 +165,14 @@ def migrate(
         bool, typer.Option("--dry-run", help="print the SQL, change nothing")
     ] = False,
 ) -> None:
-    """Apply the pending schema migrations to the configured database (idempotent)."""
+    """Apply the pending schema migrations to the configured database (idempotent). With
+    --dry-run, print what would be applied and write nothing."""
     settings = _load_or_exit(config)
     configure(settings.log.level, settings.log.format)
 
     async def main() -> list[str]:
         async with open_thread_bridge() as bridge:
-            sink = daemon_app.open_sink(settings.storage, bridge)
+            sink = daemon_app.open_sink(settings.storage, bridge, read_only=dry_run)
             if sink is None:
                 return []
             try:
@@ -141,7 +182,9 @@ def migrate(
 
     if settings.storage.backend == "none":
         typer.echo("bwmon: storage.backend is none: nothing to migrate", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(EXIT_CONFIG)
+    database = settings.storage.sqlite_file()
+    missing = settings.storage.backend == "sqlite" and not database.exists()
     try:
         statements = trio.run(main)
     except StorageError as exc:
@@ -150,6 +193,8 @@ def migrate(
     for statement in statements:
         typer.echo(statement + ";\n")
     verb = "would apply" if dry_run else "applied"
+    if dry_run and missing:
+        verb = f"no database at {database} yet: would create it and apply"
     typer.echo(f"bwmon migrate: {verb} {len(statements)} statements", err=True)
 
 
@@ -181,11 +226,11 @@ def export_command(
         )
     except ValueError as exc:
         typer.echo(f"bwmon export: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_CONFIG) from None
     settings = _load_or_exit(config)
     if settings.storage.backend == "none":
         typer.echo("bwmon export: storage.backend is none: nothing to export", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(EXIT_CONFIG)
     configure(settings.log.level, settings.log.format)
     on_terminal = sys.stderr.isatty()
 
@@ -198,7 +243,8 @@ def export_command(
 
     async def main(out: io.TextIOWrapper) -> int:
         async with open_thread_bridge() as bridge:
-            sink = daemon_app.open_sink(settings.storage, bridge)
+            # Read-only: an export never creates a database (nor its directory) or changes one.
+            sink = daemon_app.open_sink(settings.storage, bridge, read_only=True)
             assert isinstance(sink, SqliteSink | MysqlSink)  # both can be read
             try:
                 writer = row_writer(output_format, out)
@@ -228,6 +274,9 @@ def export_command(
     except BrokenPipeError:  # the reader went away (| head): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 1
+    except DatabaseMissing as exc:
+        source = f"configured in {config}" if config else "the default: no --config"
+        code, failure = 1, f"bwmon export: {exc} ({source}; nothing has been stored there)"
     except (StorageError, OSError) as exc:
         code, failure = 1, f"bwmon export: {exc}"
     except KeyboardInterrupt:
@@ -251,9 +300,10 @@ def export_command(
 
 @app.command("check-config")
 def check_config(path: Annotated[Path, typer.Argument(help="collector.toml to check")]) -> None:
-    """Validate a configuration file; print the effective configuration as JSON (secrets
-    shown as "[redacted]")."""
+    """Validate a configuration file as `bwmon serve` does; print the effective configuration
+    as JSON (secrets shown as "[redacted]", relative paths made absolute)."""
     settings = _load_or_exit(path)
+    _check_or_exit(settings)
     shown = msgspec.to_builtins(settings)
     for section, key in SECRET_KEYS:
         value = shown[section][key]
@@ -318,7 +368,7 @@ def emit_command(
     """Send synthetic meetings (rtc + events) and HTTP route samples to a daemon."""
     if transport not in ("udp", "ws") or encoding not in ("msgpack", "json"):
         typer.echo("bwmon: --transport is udp or ws, --encoding is msgpack or json", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(EXIT_CONFIG)
     options = EmitOptions(
         host=host,
         udp_port=udp_port,
@@ -383,7 +433,7 @@ def token_mint(
             "bwmon token mint: no key: set auth.token_secrets in the config or BWMON_TOKEN_SECRETS",
             err=True,
         )
-        raise typer.Exit(2)
+        raise typer.Exit(EXIT_CONFIG)
     rights = sorted(set(right or ["read"]))
     try:
         claims = msgspec.convert(
@@ -391,7 +441,7 @@ def token_mint(
         )
     except msgspec.ValidationError as exc:
         typer.echo(f"bwmon token mint: {exc} (rights: {', '.join(RIGHTS)})", err=True)
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_CONFIG) from None
     typer.echo(mint(keys[0], claims))
 
 
@@ -421,10 +471,10 @@ def tail_command(
     change; reconnects and resumes by itself. Stop with Ctrl-C."""
     if encoding not in ("json", "msgpack"):
         typer.echo("bwmon tail: --encoding is json or msgpack", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(EXIT_CONFIG)
     if meeting is not None and not is_topic(f"meeting:{meeting}"):
         typer.echo(f"bwmon tail: {meeting!r} is not a meeting id", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(EXIT_CONFIG)
     options = TailOptions(
         host=host,
         http_port=http_port,
@@ -439,7 +489,7 @@ def tail_command(
         trio.run(run_tail, options)
     except TopicRefused as exc:
         typer.echo(f"bwmon tail: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_CONFIG) from None
     except TailError as exc:
         typer.echo(f"bwmon tail: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -411,7 +411,7 @@ class Daemon:
         self, *, task_status: trio.TaskStatus[Addresses] = trio.TASK_STATUS_IGNORED
     ) -> None:
         server, ingest = self.config.server, self.config.ingest
-        check_bind(server.host, self.config.auth)
+        check_startup(self.config)
         frames_in, frames_out = trio.open_memory_channel[list[Frame]](ingest.queue_batches)
         self._frames_in = frames_in
         try:
@@ -529,6 +529,23 @@ class Daemon:
             await self.channel.aclose()
 
 
+def check_startup(config: Config) -> None:
+    """The rules a configuration must meet to run a daemon, beyond what loading the file checked:
+    they depend on the environment (``BWMON_*`` secrets) and on command-line overrides. ``serve``
+    runs them before it binds a port and ``bwmon check-config`` runs them too, so a
+    configuration check-config accepts is one the daemon starts on. Raises ``ConfigError``
+    (``UnsafeBind`` is one); never does I/O."""
+    check_bind(config.server.host, config.auth)
+    url = config.fanout.redis()
+    if url:
+        from redis.asyncio.connection import parse_url
+
+        try:
+            parse_url(url)
+        except ValueError as exc:  # the message never holds the URL, which may hold a password
+            raise ConfigError(f"fanout.redis_url (or BWMON_REDIS_URL): {exc}") from None
+
+
 DAEMON_ID_FILE = "daemon-id"
 
 
@@ -590,12 +607,15 @@ def open_channel(
     return FallbackChannel(redis, history=fanout.history_deltas)
 
 
-def open_sink(storage: StorageConfig, bridge: AsyncioBridge | None) -> Sink | None:
-    """The configured sink (not connected yet), or None for ``backend = "none"``."""
+def open_sink(
+    storage: StorageConfig, bridge: AsyncioBridge | None, *, read_only: bool = False
+) -> Sink | None:
+    """The configured sink (not connected yet), or None for ``backend = "none"``. A read-only
+    SQLite sink never creates or changes the database file (``bwmon export``)."""
     if storage.backend == "none":
         return None
     if storage.backend == "sqlite":
-        return SqliteSink(storage.sqlite_file(), storage.statement_timeout_s)
+        return SqliteSink(storage.sqlite_file(), storage.statement_timeout_s, read_only=read_only)
     if bridge is None:
         raise ValueError("the MySQL sink needs the asyncio bridge")
     return MysqlSink(

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
-from collector.config import AuthConfig
+from collector.config import AuthConfig, ConfigError
 from protocol.tokens import Claims, Right, TokenError, verify
 
 UNAUTHORIZED: Final = "unauthorized"
@@ -91,8 +91,9 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class UnsafeBind(Exception):
-    """The daemon would listen beyond loopback without authentication."""
+class UnsafeBind(ConfigError):
+    """The daemon would listen beyond loopback without authentication: a configuration error
+    (``bwmon serve`` and ``bwmon check-config`` exit 2 on it)."""
 
 
 def check_bind(host: str, auth: AuthConfig) -> None:

@@ -3,7 +3,8 @@
 Every key has a default, so ``bwmon serve`` with no file at all runs a useful daemon on
 loopback. Every key is documented in ``collector.toml.example`` (a test checks that both list
 the same keys). A bad file raises ``ConfigError`` whose message names the key, the bad value and
-what was expected; this module never prints or exits.
+what was expected; this module never prints or exits. ``load`` makes the file's relative paths
+(``storage.state_dir``, ``storage.sqlite_path``) absolute, relative to the file's directory.
 """
 
 from __future__ import annotations
@@ -240,9 +241,11 @@ def from_dict(doc: dict[str, Any], source: str = "config") -> Config:
 
 
 def load(path: Path | None) -> Config:
-    """Read ``path`` (None: embedded defaults)."""
+    """Read ``path`` (None: embedded defaults), with its relative paths made absolute: relative
+    to the file's directory (with no file, to the working directory), so that every command
+    finds the same state wherever it runs."""
     if path is None:
-        return Config()
+        return _anchored(Config(), Path.cwd())
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -253,7 +256,19 @@ def load(path: Path | None) -> Config:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return from_dict(doc, str(path))
+    return _anchored(from_dict(doc, str(path)), path.absolute().parent)
+
+
+def _anchored(config: Config, base: Path) -> Config:
+    """``config`` with ``storage.state_dir`` and ``storage.sqlite_path`` made absolute against
+    ``base`` (an absolute path stays as it is)."""
+    storage = config.storage
+    anchored = msgspec.structs.replace(
+        storage,
+        state_dir=str(base / storage.state_dir),
+        sqlite_path=str(base / storage.sqlite_path) if storage.sqlite_path else "",
+    )
+    return msgspec.structs.replace(config, storage=anchored)
 
 
 def defaults_as_dict() -> dict[str, Any]:

@@ -5,6 +5,11 @@ Only the sync logging methods are used (``log.info``…): the async ones need as
 daemon's code runs in trio. Context such as ``conn`` or ``peer`` is bound in contextvars at task
 entry. Secrets never reach a log call: a processor drops keys named like credentials as a last
 line of defence, and access tokens are cut out of every string value.
+
+Libraries log through the standard library's ``logging`` (the MySQL driver's server warnings,
+asyncio's errors) and ``warnings``: ``configure`` routes both into structlog, as ``library_log``
+events with the library's logger name as ``component`` and its text as ``message``, so that no
+raw line ever breaks the JSON log.
 """
 
 from __future__ import annotations
@@ -50,6 +55,24 @@ def _serialise(event: dict[str, Any], **_kw: Any) -> bytes:
     )
 
 
+class _LibraryLog(logging.Handler):
+    """Hands each record of the standard library's logging to structlog (warnings and up: the
+    root logger's default level)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level = min(max(record.levelno // 10 * 10, logging.DEBUG), logging.CRITICAL)
+            fields: dict[str, Any] = {"message": record.getMessage()}
+            if record.exc_info:
+                fields["exc_info"] = record.exc_info
+            get_logger(record.name).log(level, "library_log", **fields)
+        except Exception:
+            self.handleError(record)
+
+
+_LIBRARY_LOG = _LibraryLog()
+
+
 def configure(level: str = "info", fmt: Literal["auto", "json", "console"] = "auto") -> None:
     """Configure structlog for the whole process; safe to call again (reload)."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
@@ -74,6 +97,10 @@ def configure(level: str = "info", fmt: Literal["auto", "json", "console"] = "au
         logger_factory=factory,
         cache_logger_on_first_use=False,
     )
+    root = logging.getLogger()
+    if _LIBRARY_LOG not in root.handlers:
+        root.addHandler(_LIBRARY_LOG)
+    logging.captureWarnings(True)
 
 
 def get_logger(name: str) -> FilteringBoundLogger:

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import asyncmy
 import trio
@@ -67,10 +68,12 @@ async def wait_for(condition: Callable[[], bool], timeout_s: float = 5) -> None:
             await trio.sleep(0.01)
 
 
-def bwmon(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run the ``bwmon`` command as a user does, in a child process; never raises on exit."""
+def bwmon(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the ``bwmon`` command as a user does, in a child process (in ``cwd``, default: this
+    one); never raises on exit."""
     return subprocess.run(
         [sys.executable, "-m", "cli.main", *args],
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=60,

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from cli.main import EXIT_CONFIG
 from cli.synthetic import Profile, make_participants, make_routes
+from collector.config import defaults_as_dict
 from protocol import decode_message, encode_msgpack
 from protocol.tokens import verify
 from tests.helpers import bwmon
@@ -44,11 +46,12 @@ def test_check_config_names_the_problem_and_exits_2(
     assert "Traceback" not in result.stderr
 
 
-def test_serve_on_a_busy_port_exits_1_with_one_line() -> None:
+def test_serve_on_a_busy_port_exits_1_with_one_line(tmp_path: Path) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
         busy.bind(("127.0.0.1", 0))
         port = busy.getsockname()[1]
-        result = bwmon("serve", "--udp-port", str(port), "--http-port", "0")
+        # no --config: the state goes to ./state, here in tmp_path
+        result = bwmon("serve", "--udp-port", str(port), "--http-port", "0", cwd=tmp_path)
     assert result.returncode == 1
     assert "cannot listen" in result.stderr
     assert "Traceback" not in result.stderr
@@ -145,3 +148,79 @@ def test_check_config_never_prints_a_secret(tmp_path: Path) -> None:
     shown = json.loads(result.stdout)
     assert shown["auth"]["token_secrets"] == ["[redacted]"]
     assert shown["storage"]["mysql_password"] == "[redacted]"
+
+
+# Configuration errors: exit 2 (EXIT_CONFIG) from every command, the status systemd does not
+# restart on; serve and check-config apply the same checks.
+
+PUBLIC_WITHOUT_AUTH = '[server]\nhost = "0.0.0.0"\n[storage]\nbackend = "none"\n'
+
+
+def test_check_config_refuses_what_serve_refuses_with_the_same_line_and_exit_2(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "collector.toml"
+    config.write_text(PUBLIC_WITHOUT_AUTH)
+    checked = bwmon("check-config", str(config))
+    served = bwmon("serve", "--config", str(config), "--udp-port", "0", "--http-port", "0")
+    assert (checked.returncode, served.returncode) == (EXIT_CONFIG, EXIT_CONFIG)
+    assert checked.stdout == ""
+    assert checked.stderr == served.stderr
+    assert checked.stderr.startswith("bwmon: refusing to listen on 0.0.0.0 without authentic")
+    assert checked.stderr.count("\n") == 1
+    # The same check on the effective configuration: a --host override counts too.
+    flag = bwmon("serve", "--host", "0.0.0.0", "--udp-port", "0", "--http-port", "0")
+    assert flag.returncode == EXIT_CONFIG
+    assert "refusing to listen on 0.0.0.0" in flag.stderr
+
+
+def test_a_redis_url_the_driver_cannot_use_is_a_configuration_error(tmp_path: Path) -> None:
+    config = tmp_path / "collector.toml"
+    config.write_text(
+        '[fanout]\nredis_url = "redis-host:6379:s3cret"\n[storage]\nbackend = "none"\n'
+    )
+    checked = bwmon("check-config", str(config))
+    served = bwmon("serve", "--config", str(config), "--udp-port", "0", "--http-port", "0")
+    assert (checked.returncode, served.returncode) == (EXIT_CONFIG, EXIT_CONFIG)
+    assert checked.stderr == served.stderr
+    assert "fanout.redis_url" in checked.stderr
+    assert "s3cret" not in checked.stderr  # the URL may hold a password
+    assert "Traceback" not in served.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["serve", "--udp-port", "0", "--http-port", "0"],
+        ["migrate"],
+        ["migrate", "--dry-run"],
+        ["export", "rtc"],
+        ["token", "mint"],
+    ],
+    ids=lambda command: " ".join(command[:2]),
+)
+def test_every_command_exits_2_on_a_configuration_error(tmp_path: Path, command: list[str]) -> None:
+    config = tmp_path / "collector.toml"
+    config.write_text("[storage]\nstate_dri = 'x'\n")
+    result = bwmon(*command, "--config", str(config))
+    assert result.returncode == EXIT_CONFIG
+    assert (
+        result.stderr
+        == f"bwmon: {config}: unknown key 'storage.state_dri'; expected one of: "
+        + (", ".join(sorted(defaults_as_dict()["storage"])))
+        + "\n"
+    )
+    assert result.stdout == ""
+
+
+def test_serve_exits_2_when_it_cannot_use_the_state_directory(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    config = tmp_path / "collector.toml"
+    config.write_text("[storage]\nstate_dir = 'a-file/state'\n")
+    result = bwmon("serve", "--config", str(config), "--udp-port", "0", "--http-port", "0")
+    assert result.returncode == EXIT_CONFIG
+    assert result.stderr == (
+        f"bwmon: storage.state_dir = '{tmp_path / 'a-file' / 'state'}': cannot use it: "
+        "Not a directory\n"
+    )

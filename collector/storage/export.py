@@ -14,10 +14,11 @@ Errors: a bad selection is ``ValueError`` (the caller's mistake, before any quer
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, TextIO
@@ -136,7 +137,7 @@ class Selection:
 
 async def export_rows(
     sink: Readable, selection: Selection, *, page_rows: int = PAGE_ROWS
-) -> AsyncIterator[list[Row]]:
+) -> AsyncGenerator[list[Row], None]:
     """The selected rows in primary-key order, one page (at most ``page_rows`` rows) at a time."""
     if page_rows < 1:
         raise ValueError("page_rows must be at least 1")
@@ -255,13 +256,17 @@ async def export_to(
     progress: Callable[[int], None] | None = None,
 ) -> int:
     """Write the selected rows with ``writer``; return how many. ``progress`` hears the running
-    count after each page."""
+    count after each page. The first page is read before anything is written: an export that
+    cannot read (no database, no table) fails without output."""
     written = 0
-    writer.begin(selection.table.columns)
-    async for page in export_rows(sink, selection, page_rows=page_rows):
-        writer.write(page)
-        written += len(page)
-        if progress is not None:
-            progress(written)
+    async with contextlib.aclosing(export_rows(sink, selection, page_rows=page_rows)) as pages:
+        page = await anext(pages, None)
+        writer.begin(selection.table.columns)
+        while page is not None:
+            writer.write(page)
+            written += len(page)
+            if progress is not None:
+                progress(written)
+            page = await anext(pages, None)
     writer.end()
     return written

@@ -8,18 +8,25 @@ not grow with the number of streams, and a retried or replayed batch leaves the 
 - ``MysqlSink``: asyncmy, an asyncio driver, reached through the runtime's ``AsyncioBridge``;
   each session gets ``max_statement_time`` so a slow server cannot hold a flush forever.
 - ``SqliteSink``: the standard library's sqlite3 in a worker thread (one at a time): the
-  embedded default, so a fresh machine stores data with nothing else installed.
+  embedded default, so a fresh machine stores data with nothing else installed. A read-only
+  sink (``bwmon export``) opens the file read-only and never creates it or its directory.
+
+A dry run of ``migrate`` writes nothing: SQLite reads through a read-only connection, MySQL
+inside a ``READ ONLY`` transaction, and neither creates the migrations table.
 
 Errors, translated here and nowhere else::
 
     StorageError            base
-     └── StorageUnavailable the database cannot be reached or did not answer in time: retry later
+     ├── StorageUnavailable the database cannot be reached or did not answer in time: retry later
+     └── DatabaseMissing    a reader found no SQLite file where the configuration points
 
 Never called from the ingest path: only the flusher awaits a sink.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -45,6 +52,11 @@ from collector.storage.schema import (
 )
 
 MIGRATIONS_TABLE = "bwmon_migrations"
+# What the MySQL user needs on its database, and all it needs (deploy/README.md grants exactly
+# these, in the order SHOW GRANTS lists them): SELECT, INSERT, UPDATE for upserts, rollups
+# (INSERT … SELECT … ON DUPLICATE KEY UPDATE) and exports; DELETE for retention; CREATE, INDEX,
+# ALTER for migrations.
+MYSQL_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "CREATE", "INDEX", "ALTER")
 # Rows per upsert: as many as fit the server's max_allowed_packet (read at connect) at a
 # generous 500 bytes per row, within these bounds; halved if the server still refuses one.
 MYSQL_ROWS_PER_STATEMENT = 5_000  # before the first connection
@@ -61,6 +73,10 @@ class StorageError(Exception):
 
 class StorageUnavailable(StorageError):
     """The database cannot be reached or did not answer in time; the batch is kept."""
+
+
+class DatabaseMissing(StorageError):
+    """A read-only sink found no database file; the message names the absolute path."""
 
 
 class Sink(Protocol):
@@ -84,18 +100,29 @@ def _pending_sql(applied: set[int], dialect: Dialect) -> list[tuple[Migration, l
     return [(m, m.statements()) for m in migrations(dialect) if m.version not in applied]
 
 
+def _plan(applied: set[int], dialect: Dialect) -> list[str]:
+    """The statements of the migrations not applied yet, in order: what a dry run lists."""
+    return [s for _migration, statements in _pending_sql(applied, dialect) for s in statements]
+
+
 class SqliteSink:
     dialect: Dialect = "sqlite"
 
-    def __init__(self, path: Path, statement_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, path: Path, statement_timeout_s: float = 10.0, *, read_only: bool = False
+    ) -> None:
         self.path = path
         self.statement_timeout_s = statement_timeout_s
+        self.read_only = read_only
         self.statements = 0
         self._limiter = trio.CapacityLimiter(1)
         self._conn: sqlite3.Connection | None = None
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
+            if self.read_only:
+                self._conn = self._open_read_only()
+                return self._conn
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(
                 self.path, timeout=self.statement_timeout_s, check_same_thread=False
@@ -105,29 +132,57 @@ class SqliteSink:
             self._conn = conn
         return self._conn
 
+    def _open_read_only(self) -> sqlite3.Connection:
+        """A connection that cannot write; ``DatabaseMissing`` instead of creating the file.
+
+        Reading a WAL database that no one has open creates its ``-wal`` and ``-shm`` files,
+        and a reader's files are left behind: those made here are given to the database's
+        owner, so that root running ``bwmon export`` cannot lock the daemon's user out."""
+        path = self.path.absolute()
+        if not path.is_file():
+            raise DatabaseMissing(f"no database at {path}")
+        companions = [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]
+        existing = {companion for companion in companions if companion.exists()}
+        conn = sqlite3.connect(
+            f"{path.as_uri()}?mode=ro",
+            uri=True,
+            timeout=self.statement_timeout_s,
+            check_same_thread=False,
+        )
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")  # opens the companions now
+        owner = path.stat()
+        for companion in companions:
+            if companion not in existing:
+                with contextlib.suppress(OSError):  # absent, or not ours to give away
+                    if companion.stat().st_uid != owner.st_uid:
+                        os.chown(companion, owner.st_uid, owner.st_gid)
+        return conn
+
     async def _run(self, fn: Any, *args: Any) -> Any:
         try:
             return await trio.to_thread.run_sync(partial(fn, *args), limiter=self._limiter)
         except sqlite3.OperationalError as exc:
             raise StorageUnavailable(f"sqlite {self.path}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:  # not a database, or a damaged one
+            raise StorageError(f"sqlite {self.path}: {exc}") from exc
 
     async def migrate(self, dry_run: bool = False) -> list[str]:
         return list(await self._run(self._migrate, dry_run))
 
     def _migrate(self, dry_run: bool) -> list[str]:
-        if dry_run and not self.path.exists():  # a dry run creates nothing, not even the file
-            return [s for m, statements in _pending_sql(set(), "sqlite") for s in statements]
+        if dry_run:
+            if not self.path.exists():  # what a first migrate would do; nothing is created
+                return _plan(set(), "sqlite")
+            with contextlib.closing(self._open_read_only()) as reader:
+                return _plan(_sqlite_applied(reader), "sqlite")
         conn = self._connect()
         conn.execute(
             f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} "
             "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
         )
-        applied = {v for (v,) in conn.execute(f"SELECT version FROM {MIGRATIONS_TABLE}")}
         done: list[str] = []
-        for migration, statements in _pending_sql(applied, "sqlite"):
+        for migration, statements in _pending_sql(_sqlite_applied(conn), "sqlite"):
             done += statements
-            if dry_run:
-                continue
             with conn:
                 for statement in statements:
                     conn.execute(statement)
@@ -183,6 +238,16 @@ class SqliteSink:
         if self._conn is not None:
             conn, self._conn = self._conn, None
             await trio.to_thread.run_sync(conn.close, limiter=self._limiter)
+
+
+def _sqlite_applied(conn: sqlite3.Connection) -> set[int]:
+    """The versions applied to the database (none when it has no migrations table)."""
+    present = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (MIGRATIONS_TABLE,)
+    ).fetchone()
+    if present is None:
+        return set()
+    return {v for (v,) in conn.execute(f"SELECT version FROM {MIGRATIONS_TABLE}")}
 
 
 class MysqlSink:
@@ -332,17 +397,31 @@ async def _mysql_query(pool: Any, sql: str, params: list[Any]) -> list[tuple[Any
 
 async def _mysql_migrate(pool: Any, dry_run: bool) -> list[str]:
     async with pool.acquire() as conn, conn.cursor() as cursor:
+        if dry_run:  # the server refuses any write in this transaction
+            await cursor.execute("START TRANSACTION READ ONLY")
+        # Looked up, not CREATE TABLE IF NOT EXISTS: a dry run creates nothing, and an existing
+        # table would cost a server warning on every start.
         await cursor.execute(
-            f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (version INT PRIMARY KEY, "
-            "name VARCHAR(200) NOT NULL, applied_at DOUBLE NOT NULL)"
+            "SELECT COUNT(*) FROM information_schema.tables "
+            "WHERE table_schema = DATABASE() AND table_name = %s",
+            (MIGRATIONS_TABLE,),
         )
-        await cursor.execute(f"SELECT version FROM {MIGRATIONS_TABLE}")
-        applied = {v for (v,) in await cursor.fetchall()}
+        ((present,),) = await cursor.fetchall()
+        applied: set[int] = set()
+        if present:
+            await cursor.execute(f"SELECT version FROM {MIGRATIONS_TABLE}")
+            applied = {v for (v,) in await cursor.fetchall()}
+        elif not dry_run:
+            await cursor.execute(
+                f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (version INT PRIMARY KEY, "
+                "name VARCHAR(200) NOT NULL, applied_at DOUBLE NOT NULL)"
+            )
+        if dry_run:
+            await conn.rollback()
+            return _plan(applied, "mysql")
         done: list[str] = []
         for migration, statements in _pending_sql(applied, "mysql"):
             done += statements
-            if dry_run:
-                continue
             for statement in statements:  # DDL commits implicitly in MySQL
                 await cursor.execute(statement)
             await cursor.execute(

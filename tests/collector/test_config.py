@@ -6,6 +6,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from collector.config import Config, ConfigError, defaults_as_dict, from_dict, load
@@ -23,16 +24,22 @@ def _keys(doc: dict[str, Any], prefix: str = "") -> set[str]:
     return keys
 
 
+def with_state_in(directory: Path) -> Config:
+    """The defaults, with the relative state_dir resolved as loading resolves it."""
+    storage = msgspec.structs.replace(Config().storage, state_dir=str(directory / "state"))
+    return msgspec.structs.replace(Config(), storage=storage)
+
+
 def test_no_file_means_loopback_defaults() -> None:
     config = load(None)
-    assert config == Config()
+    assert config == with_state_in(Path.cwd())
     assert config.server.host == "127.0.0.1"
 
 
 def test_example_documents_every_key_with_its_default() -> None:
     example = tomllib.loads(EXAMPLE.read_text())
     assert _keys(example) == _keys(defaults_as_dict())
-    assert load(EXAMPLE) == Config()
+    assert load(EXAMPLE) == with_state_in(ROOT)
 
 
 def test_reference_documents_every_key_with_its_default() -> None:
@@ -122,3 +129,29 @@ def test_alert_rules_from_the_file_replace_and_extend_the_defaults(tmp_path: Pat
     path.write_text("[[alerts.rules]]\nname = 'x'\nmetric = 'm'\nraise_threshold = 1.0\n")
     with pytest.raises(ConfigError, match="clear_threshold"):
         load(path)
+
+
+def test_relative_paths_are_relative_to_the_files_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    etc, elsewhere = tmp_path / "etc", tmp_path / "elsewhere"
+    etc.mkdir()
+    elsewhere.mkdir()
+    path = etc / "collector.toml"
+    path.write_text("[storage]\nstate_dir = 'state'\nsqlite_path = 'db/rows.db'\n")
+    monkeypatch.chdir(elsewhere)
+    storage = load(path).storage
+    assert storage.state_dir == str(etc / "state")
+    assert storage.sqlite_file() == etc / "db" / "rows.db"
+    monkeypatch.chdir(tmp_path)
+    assert load(Path("etc/collector.toml")).storage == storage  # a relative --config too
+    path.write_text("[storage]\nstate_dir = '/var/lib/bwmon'\n")
+    assert load(path).storage.state_dir == "/var/lib/bwmon"
+    assert load(path).storage.sqlite_file() == Path("/var/lib/bwmon/bwmon.db")
+
+
+def test_without_a_file_the_state_is_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load(None).storage.state_dir == str(tmp_path / "state")

@@ -19,6 +19,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from cli.daemon_process import DaemonProcess, running_daemon
+from cli.main import EXIT_CONFIG
 from protocol import encode_msgpack
 from protocol.frames import Hello
 from protocol.subscribe import Snapshot, SubscribeError, server_json_decoder
@@ -166,7 +167,7 @@ def test_a_non_loopback_bind_without_authentication_refuses_to_start(
         timeout=30,
         env=env,
     )
-    assert result.returncode == 1
+    assert result.returncode == EXIT_CONFIG  # a configuration error: systemd does not restart
     assert "refusing to listen on 0.0.0.0 without authentication" in result.stderr
     assert missing in result.stderr
     assert "allow_unauthenticated" in result.stderr

@@ -102,7 +102,7 @@ def test_unit_passes_systemd_analyze_verify_without_warnings(tmp_path: Path) -> 
     text = UNIT.read_text()
     unit = tmp_path / UNIT.name
     unit.write_text(runnable_unit(text))
-    assert unit.read_text().count(sys.executable) == 2
+    assert unit.read_text().count(sys.executable) == 1
     result = subprocess.run(
         [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=30
     )

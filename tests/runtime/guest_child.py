@@ -58,6 +58,10 @@ async def unhandled(bridge: AsyncioBridge) -> int:
 
 def main() -> int:
     scenario = {"listen": listen, "unhandled": unhandled}[sys.argv[1]]
+    # Python's own SIGINT handler, which asyncio's Ctrl-C handling needs, whatever this process
+    # inherited: a Python started with SIGINT ignored (a shell's background job, ``nohup``
+    # wrappers) keeps it ignored, and Ctrl-C would then do nothing.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return run_guest(scenario)
     except KeyboardInterrupt:

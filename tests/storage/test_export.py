@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from collector.storage.export import (
 )
 from collector.storage.schema import ALERTS, MEETINGS, RTC_MINUTE, Batch, Row, alert_row
 from collector.storage.schema import meeting_row as summary_row
-from collector.storage.sinks import SqliteSink
+from collector.storage.sinks import SqliteSink, StorageError
 from tests.helpers import bwmon
 from tests.storage.test_sinks import RAISED, SUMMARY, batch, rtc, sink
 
@@ -291,3 +293,93 @@ def test_export_command_from_an_unreachable_mysql_is_one_line_and_exit_1(
     assert result.stderr.count("\n") == 1
     assert "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == [config]  # no half-written output left behind
+
+
+# Read-only: the command never creates a database or a directory, and a relative state_dir is
+# relative to the configuration file's directory, wherever the command runs from.
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every path under ``root`` with a digest of its content ("" for a directory)."""
+    return {
+        str(p.relative_to(root)): "" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def test_export_with_a_relative_state_dir_reads_it_from_any_directory(tmp_path: Path) -> None:
+    etc, elsewhere = tmp_path / "etc", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    sqlite_config(etc, 5)  # fills etc/state/bwmon.db
+    config = etc / "collector.toml"
+    config.write_text("[storage]\nstate_dir = 'state'\n")
+    result = bwmon("export", "rtc", "--config", str(config), "-f", "ndjson", cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 5
+    assert list(elsewhere.iterdir()) == []
+
+
+@pytest.mark.parametrize("relative", [True, False])
+def test_export_of_a_missing_database_names_it_creates_nothing_and_prints_nothing(
+    tmp_path: Path, relative: bool
+) -> None:
+    etc, elsewhere = tmp_path / "etc", tmp_path / "elsewhere"
+    etc.mkdir()
+    elsewhere.mkdir()
+    config = etc / "collector.toml"
+    state = "state" if relative else str(tmp_path / "var" / "state")
+    config.write_text(f"[storage]\nstate_dir = '{state}'\n")
+    before = tree(tmp_path)
+    result = bwmon("export", "rtc", "--config", str(config), cwd=elsewhere)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    looked_for = (etc / "state" if relative else tmp_path / "var" / "state") / "bwmon.db"
+    assert result.stderr.startswith(f"bwmon export: no database at {looked_for} ")
+    assert result.stderr.count("\n") == 1
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"", "no such table: rtc_minute"), (b"not sqlite\n", "file is not a database")],
+    ids=["empty", "not a database"],
+)
+def test_export_of_a_database_without_rows_to_read_fails_before_writing_and_changes_nothing(
+    tmp_path: Path, content: bytes, message: str
+) -> None:
+    (tmp_path / "state").mkdir()
+    database = tmp_path / "state" / "bwmon.db"
+    database.write_bytes(content)  # as made by something else (an empty file is a database)
+    config = tmp_path / "collector.toml"
+    config.write_text("[storage]\nstate_dir = 'state'\n")
+    before = tree(tmp_path)
+    result = bwmon("export", "rtc", "--config", str(config))
+    assert result.returncode == 1
+    assert result.stdout == ""  # not even the CSV header
+    assert result.stderr == f"bwmon export: sqlite {database}: {message}\n"
+    assert tree(tmp_path) == before
+
+
+async def test_a_failed_first_query_writes_nothing(sink: Any) -> None:
+    out = io.StringIO()
+    with pytest.raises(StorageError, match="rtc_minute"):  # no table: nothing was migrated
+        await export_to(sink, Selection("rtc"), row_writer("csv", out))
+    assert out.getvalue() == ""
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root")
+def test_root_reading_the_daemons_database_leaves_it_the_daemons(tmp_path: Path) -> None:
+    """The daemon's user owns its SQLite files; reading them as root (``sudo bwmon export``
+    while the daemon is stopped) must not leave root-owned ``-wal``/``-shm`` files behind,
+    which the daemon could not open for writing."""
+    daemon_user = 65534  # nobody
+    state = tmp_path / "state"
+    config = sqlite_config(tmp_path, 3)
+    for path in [state, *state.iterdir()]:
+        os.chown(path, daemon_user, daemon_user)
+    assert sorted(p.name for p in state.iterdir()) == ["bwmon.db"]  # closed: no companions
+    result = bwmon("export", "rtc", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert {p.name: p.stat().st_uid for p in state.iterdir()} == {
+        name: daemon_user for name in ("bwmon.db", "bwmon.db-shm", "bwmon.db-wal")
+    }

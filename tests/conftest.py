@@ -1,4 +1,4 @@
-"""Fixtures of the end-to-end tests."""
+"""Fixtures shared by the test packages."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from tests.helpers import admin
 @pytest.fixture
 def database() -> Iterator[str]:
     """A scratch MariaDB database, dropped after the test."""
-    name = f"bwmon_fault_{uuid.uuid4().hex[:10]}"
+    name = f"bwmon_test_{uuid.uuid4().hex[:10]}"
     admin(f"CREATE DATABASE {name}")
     try:
         yield name
