@@ -129,6 +129,9 @@ class SqliteSink:
             if dry_run:
                 continue
             with conn:
+                # One transaction for the migration and its record: sqlite3 opens none before
+                # DDL, and an ALTER TABLE applied alone would fail again at every start.
+                conn.execute("BEGIN")
                 for statement in statements:
                     conn.execute(statement)
                 conn.execute(
