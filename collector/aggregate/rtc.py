@@ -467,20 +467,25 @@ class RtcStream:
 
     def _gauges(self, fields: tuple[Any, ...]) -> None:
         # Sums and counts for the minute's averages, in plain slots: this runs for every sample.
-        rtt: float | None = fields[_RTT_MS]
-        if rtt is not None:
-            self.rtt_ms = rtt
-            self.rtt_sum += rtt
+        # The values stay the frame's objects (``Any``): compiled, a value narrowed to float
+        # or int would be boxed again, a new object, for each slot it is stored in.
+        value: Any = fields[_RTT_MS]
+        if value is not None:
+            self.rtt_ms = value
+            number: float = value
+            self.rtt_sum += number
             self.rtt_count += 1
-        aj: float | None = fields[_AUDIO_JITTER_MS]
-        if aj is not None:
-            self.audio_jitter_ms = aj
-            self.audio_jitter_sum += aj
+        value = fields[_AUDIO_JITTER_MS]
+        if value is not None:
+            self.audio_jitter_ms = value
+            number = value
+            self.audio_jitter_sum += number
             self.audio_jitter_count += 1
-        vj: float | None = fields[_VIDEO_JITTER_MS]
-        if vj is not None:
-            self.video_jitter_ms = vj
-            self.video_jitter_sum += vj
+        value = fields[_VIDEO_JITTER_MS]
+        if value is not None:
+            self.video_jitter_ms = value
+            number = value
+            self.video_jitter_sum += number
             self.video_jitter_count += 1
         limitation: str | None = fields[_LIMITATION]
         if limitation is not None:
@@ -488,12 +493,10 @@ class RtcStream:
         fec: bool | None = fields[_AUDIO_FEC]
         if fec is not None:
             self.audio_fec = fec
-        # The values stay the frame's objects (``Any``): compiled, a value narrowed to float
-        # or int would be boxed again, a new object, for each slot it is stored in.
-        value: Any = fields[_FPS_IN]
+        value = fields[_FPS_IN]
         if value is not None:
             self.fps_in = value
-            number: float = value
+            number = value
             self.fps_in_sum += number
             self.fps_in_count += 1
         value = fields[_FPS_OUT]
