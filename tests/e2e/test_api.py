@@ -20,7 +20,7 @@ import pytest
 
 from cli.daemon_process import DaemonProcess, running_daemon, start_daemon
 from protocol import encode_msgpack
-from tests.helpers import rtc
+from tests.helpers import rtc, video_gauges
 
 pytestmark = pytest.mark.e2e
 
@@ -29,17 +29,7 @@ PEOPLE = ("p1", "p2")
 RESOLUTIONS = ("width_in", "height_in", "width_out", "height_out")
 VIDEO = ("fps_in", "fps_out", *RESOLUTIONS, "bwe_bps", "remote_relayed")
 VIDEO_COLUMNS = ("fps_in_avg", "fps_out_avg", *RESOLUTIONS, "bwe_bps_avg", "remote_relayed")
-GAUGES: dict[str, Any] = dict(
-    fps_in=24.0,
-    fps_out=30.0,
-    width_in=1280,
-    height_in=720,
-    width_out=640,
-    height_out=360,
-    available_outgoing_bps=2_000_000.0,
-    local_candidate="host",
-    remote_candidate="relay",
-)
+GAUGES = video_gauges() | dict(local_candidate="host", remote_candidate="relay")
 
 
 def get(daemon: DaemonProcess, target: str) -> tuple[int, dict[str, str], bytes]:

@@ -12,7 +12,7 @@ from collector.aggregate.engine import Engine
 from collector.aggregate.settings import AggregateSettings
 from collector.fanout import topics
 from protocol import RtcSample
-from tests.helpers import http_sample
+from tests.helpers import http_sample, video_gauges
 
 
 def sample(participant: str, connection: str, seq: int, bytes_per_s: int) -> RtcSample:
@@ -107,28 +107,10 @@ def test_participants_show_frame_rates_resolutions_bandwidth_and_remote_relay() 
     if the peer of any is; a sample without them leaves them; bob sent none."""
     engine = Engine()
     gauges: dict[str, dict[str, Any]] = {
-        "pc1": dict(
-            fps_in=29.97,
-            fps_out=30.0,
-            width_in=1280,
-            height_in=720,
-            width_out=1280,
-            height_out=720,
-            available_outgoing_bps=1_500_000.0,
-            local_candidate="host",
-            remote_candidate="host",
-        ),
-        "pc2": dict(
-            fps_in=14.6,
-            fps_out=30.0,
-            width_in=640,
-            height_in=360,
-            width_out=1920,
-            height_out=1080,
-            available_outgoing_bps=1_234_567.0,
-            local_candidate="srflx",
-            remote_candidate="relay",
-        ),
+        "pc1": video_gauges((29.97, 30.0), (1280, 720), (1280, 720), 1_500_000.0)
+        | dict(local_candidate="host", remote_candidate="host"),
+        "pc2": video_gauges((14.6, 30.0), (640, 360), (1920, 1080), 1_234_567.0)
+        | dict(local_candidate="srflx", remote_candidate="relay"),
     }
     t = 1_800_000_000.0
     for connection, fields in gauges.items():
