@@ -9,8 +9,8 @@
 
 Current values are means over the last ``RECENT_BUCKETS`` ticks (frame rates, resolutions and
 the bandwidth estimate: the last value a sample carried) and rounded to what a dashboard shows
-(3 significant digits for rates): samples arrive at their own rhythm, and
-a value that jitters in its fourth digit would put every entity in every delta.
+(3 significant digits for rates): samples arrive at their own rhythm, and a value that jitters
+in its fourth digit would put every entity in every delta.
 
 Pure: reads the engine, returns plain dicts; never awaits, never reads the clock.
 """
