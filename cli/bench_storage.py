@@ -200,6 +200,14 @@ def rtc_rows(participants: int, minute: int) -> list[RtcMinuteRow]:
             relay="turn-udp" if p % 10 == 0 else "direct",
             turn_server="turn:t1:3478" if p % 10 == 0 else None,
             relayed_bytes=1_000.0 if p % 10 == 0 else 0.0,
+            fps_in_avg=29.5,
+            fps_out_avg=30.0,
+            width_in=1280,
+            height_in=720,
+            width_out=1280,
+            height_out=720,
+            bwe_bps_avg=2_500_000.0,
+            remote_relayed=False,
         )
         for p in range(participants)
     ]

@@ -214,7 +214,9 @@ def export_command(
         Path | None, typer.Option("--output", "-o", help="file to write (default: stdout)")
     ] = None,
 ) -> None:
-    """Write stored rows as CSV, JSON or NDJSON, streamed page by page in key order."""
+    """Write stored rows as CSV, JSON or NDJSON, streamed page by page in key order.
+
+    Every column is described in docs/API.md, "Columns"."""
     try:
         selection = Selection(
             what,

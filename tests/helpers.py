@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import asyncmy
 import trio
@@ -31,6 +32,25 @@ def rtc(seq: int = 1, meeting: str = "m1", participant: str = "p1") -> RtcSample
         audio_bytes_sent=4_000 * seq,
         video_bytes_sent=180_000 * seq,
         rtt_ms=40.0,
+    )
+
+
+def video_gauges(
+    fps: tuple[float, float] = (24.0, 30.0),
+    size_in: tuple[int, int] = (1280, 720),
+    size_out: tuple[int, int] = (640, 360),
+    bwe_bps: float = 2_000_000.0,
+) -> dict[str, Any]:
+    """An ``rtc`` sample's frame rates and resolutions (in, out) and bandwidth estimate, as
+    keyword arguments."""
+    return dict(
+        fps_in=fps[0],
+        fps_out=fps[1],
+        width_in=size_in[0],
+        height_in=size_in[1],
+        width_out=size_out[0],
+        height_out=size_out[1],
+        available_outgoing_bps=bwe_bps,
     )
 
 

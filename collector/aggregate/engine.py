@@ -658,6 +658,6 @@ def _pct(fraction: float | None) -> float:
     return math.nan if fraction is None else 100 * fraction
 
 
-SNAPSHOT_VERSION = 2  # 2: a stream's gauge sums in slots, not arrays
+SNAPSHOT_VERSION = 3  # a new one whenever a stream's state (rtc.py `_STATE_SLOTS`) changes
 _MEETING_FIELDS = tuple(f for f in Meeting.__dataclass_fields__ if f != "participants")
 _PARTICIPANT_FIELDS = tuple(f for f in Participant.__dataclass_fields__ if f != "streams")

@@ -35,6 +35,15 @@ class RtcMinuteRow(msgspec.Struct, gc=False, frozen=True, kw_only=True):
     relay: RelayState
     turn_server: str | None
     relayed_bytes: float
+    # Video and path gauges over the minute; None: no sample of the minute carried the value.
+    fps_in_avg: float | None = None
+    fps_out_avg: float | None = None
+    width_in: int | None = None  # resolutions: the last reported in the minute
+    height_in: int | None = None
+    width_out: int | None = None
+    height_out: int | None = None
+    bwe_bps_avg: float | None = None  # available outgoing bitrate (bandwidth estimate)
+    remote_relayed: bool | None = None  # the peer was relayed, at the minute's last path
 
 
 LifecycleKind = Literal[

@@ -11,6 +11,11 @@ into deltas with the rules of the reference (``shared/reference/webrtc-quality.m
   changes;
 - an absent counter keeps its last value.
 
+Gauges (RTT, jitter, frame rates, resolutions, the bandwidth estimate) keep their last value —
+a sample without one leaves it — for the live view; the minute row has the mean of the values
+its samples carried and the last resolutions and remote relay it reported, None for what none
+of them carried.
+
 Deltas go to two fixed-size accumulators of plain floats: ``pending`` (the tick interval, from
 which the engine derives rates and quality) and ``minute`` (one ``MinuteRow`` per minute).
 Memory per stream is fixed: numbers live in ``array`` objects, never in per-bucket objects.
@@ -92,6 +97,12 @@ _VIDEO_JITTER_MS: Final = _FIELD_NAMES.index("video_jitter_ms")
 _LIMITATION: Final = _FIELD_NAMES.index("limitation")
 _AUDIO_FEC: Final = _FIELD_NAMES.index("audio_fec")
 _FPS_IN: Final = _FIELD_NAMES.index("fps_in")
+_FPS_OUT: Final = _FIELD_NAMES.index("fps_out")
+_WIDTH_IN: Final = _FIELD_NAMES.index("width_in")
+_HEIGHT_IN: Final = _FIELD_NAMES.index("height_in")
+_WIDTH_OUT: Final = _FIELD_NAMES.index("width_out")
+_HEIGHT_OUT: Final = _FIELD_NAMES.index("height_out")
+_BWE: Final = _FIELD_NAMES.index("available_outgoing_bps")
 # The live view: per tick bucket, the values derived for the interval (NaN: not measured).
 RING_FIELDS: Final = (
     "send_bps",
@@ -136,9 +147,19 @@ _SLOTS: Final = (
     "audio_jitter_count",
     "audio_jitter_ms",
     "audio_jitter_sum",
+    "available_outgoing_bps",
+    "bwe_count",
+    "bwe_sum",
     "connection",
     "fps_in",
+    "fps_in_count",
+    "fps_in_sum",
+    "fps_out",
+    "fps_out_count",
+    "fps_out_sum",
     "gaps",
+    "height_in",
+    "height_out",
     "held",
     "last",
     "last_seen",
@@ -147,9 +168,14 @@ _SLOTS: Final = (
     "meeting",
     "minute",
     "minute_gaps",
+    "minute_height_in",
+    "minute_height_out",
     "minute_no",
+    "minute_remote_relayed",
     "minute_resets",
     "minute_samples",
+    "minute_width_in",
+    "minute_width_out",
     "mos_count",
     "mos_min",
     "mos_sum",
@@ -179,6 +205,8 @@ _SLOTS: Final = (
     "video_jitter_count",
     "video_jitter_ms",
     "video_jitter_sum",
+    "width_in",
+    "width_out",
 )
 
 
@@ -224,7 +252,22 @@ class RtcStream:
         self.audio_jitter_ms: float | None = None
         self.video_jitter_ms: float | None = None
         self.audio_fec = False
+        # The last value of each video gauge and of the bandwidth estimate (None: never sent),
+        # their sums and counts over the minute, and the minute's last resolutions.
         self.fps_in: float | None = None
+        self.fps_out: float | None = None
+        self.available_outgoing_bps: float | None = None
+        self.fps_in_sum = self.fps_out_sum = self.bwe_sum = 0.0
+        self.fps_in_count = self.fps_out_count = self.bwe_count = 0
+        self.width_in: int | None = None
+        self.height_in: int | None = None
+        self.width_out: int | None = None
+        self.height_out: int | None = None
+        self.minute_width_in: int | None = None
+        self.minute_height_in: int | None = None
+        self.minute_width_out: int | None = None
+        self.minute_height_out: int | None = None
+        self.minute_remote_relayed: bool | None = None  # None: no sample with a path this minute
         self.ring = array("H", [NO_DATA]) * (window * N_RING)  # a live view, not a ledger
         self.ring_bucket = -1
         # The newest sample's counters (``COUNTERS`` order), from the second sample of a tick
@@ -424,20 +467,25 @@ class RtcStream:
 
     def _gauges(self, fields: tuple[Any, ...]) -> None:
         # Sums and counts for the minute's averages, in plain slots: this runs for every sample.
-        rtt: float | None = fields[_RTT_MS]
-        if rtt is not None:
-            self.rtt_ms = rtt
-            self.rtt_sum += rtt
+        # The values stay the frame's objects (``Any``): compiled, a value narrowed to float
+        # or int would be boxed again, a new object, for each slot it is stored in.
+        value: Any = fields[_RTT_MS]
+        if value is not None:
+            self.rtt_ms = value
+            number: float = value
+            self.rtt_sum += number
             self.rtt_count += 1
-        aj: float | None = fields[_AUDIO_JITTER_MS]
-        if aj is not None:
-            self.audio_jitter_ms = aj
-            self.audio_jitter_sum += aj
+        value = fields[_AUDIO_JITTER_MS]
+        if value is not None:
+            self.audio_jitter_ms = value
+            number = value
+            self.audio_jitter_sum += number
             self.audio_jitter_count += 1
-        vj: float | None = fields[_VIDEO_JITTER_MS]
-        if vj is not None:
-            self.video_jitter_ms = vj
-            self.video_jitter_sum += vj
+        value = fields[_VIDEO_JITTER_MS]
+        if value is not None:
+            self.video_jitter_ms = value
+            number = value
+            self.video_jitter_sum += number
             self.video_jitter_count += 1
         limitation: str | None = fields[_LIMITATION]
         if limitation is not None:
@@ -445,9 +493,38 @@ class RtcStream:
         fec: bool | None = fields[_AUDIO_FEC]
         if fec is not None:
             self.audio_fec = fec
-        fps: float | None = fields[_FPS_IN]
-        if fps is not None:
-            self.fps_in = fps
+        value = fields[_FPS_IN]
+        if value is not None:
+            self.fps_in = value
+            number = value
+            self.fps_in_sum += number
+            self.fps_in_count += 1
+        value = fields[_FPS_OUT]
+        if value is not None:
+            self.fps_out = value
+            number = value
+            self.fps_out_sum += number
+            self.fps_out_count += 1
+        value = fields[_BWE]
+        if value is not None:
+            self.available_outgoing_bps = value
+            number = value
+            self.bwe_sum += number
+            self.bwe_count += 1
+        value = fields[_WIDTH_IN]
+        if value is not None:
+            self.width_in = self.minute_width_in = value
+        value = fields[_HEIGHT_IN]
+        if value is not None:
+            self.height_in = self.minute_height_in = value
+        value = fields[_WIDTH_OUT]
+        if value is not None:
+            self.width_out = self.minute_width_out = value
+        value = fields[_HEIGHT_OUT]
+        if value is not None:
+            self.height_out = self.minute_height_out = value
+        if fields[_LOCAL_CANDIDATE] is not None:  # ``_path`` took remote_relayed from it
+            self.minute_remote_relayed = self.remote_relayed
 
     def take_pending(self) -> tuple[array[float], int]:
         """The deltas since the last call and how many samples brought them; resets them."""
@@ -497,6 +574,14 @@ class RtcStream:
             relay=self.relay,
             turn_server=self.turn_server,
             relayed_bytes=self.relayed_minute,
+            fps_in_avg=_mean(self.fps_in_sum, self.fps_in_count),
+            fps_out_avg=_mean(self.fps_out_sum, self.fps_out_count),
+            width_in=self.minute_width_in,
+            height_in=self.minute_height_in,
+            width_out=self.minute_width_out,
+            height_out=self.minute_height_out,
+            bwe_bps_avg=_mean(self.bwe_sum, self.bwe_count),
+            remote_relayed=self.minute_remote_relayed,
         )
         self.minute = array("d", _ZEROS)
         self.minute_no = -1
@@ -507,6 +592,11 @@ class RtcStream:
         self.mos_count = self.quality_count = 0
         self.mos_min = self.quality_min = None
         self.relayed_minute = 0.0
+        self.fps_in_sum = self.fps_out_sum = self.bwe_sum = 0.0
+        self.fps_in_count = self.fps_out_count = self.bwe_count = 0
+        self.minute_width_in = self.minute_height_in = None
+        self.minute_width_out = self.minute_height_out = None
+        self.minute_remote_relayed = None
         return row
 
 

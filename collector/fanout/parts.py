@@ -9,11 +9,12 @@ part; every view of an entity (a snapshot, a delta, ``/api``) is the ``merge`` o
 field by field:
 
 * summed: counts and volumes (``participants``, ``alerts``, ``connections``, ``relayed_bytes``,
-  ``relay_cost``) and rates (``up_bps``, ``down_bps``, ``*_per_s``; rounded again to 3
-  significant digits), lists element by element (``status_per_s``, ``_hist``);
-* the earliest: ``started_at``, ``joined_at``; the worst: the lowest ``quality`` and ``mos``, the
-  highest loss, ``rtt_ms`` and ``jitter_ms``, the worst ``level`` and ``relay``; ``reasons``:
-  every part's, in their fixed order;
+  ``relay_cost``) and rates (``up_bps``, ``down_bps``, ``bwe_bps``, ``*_per_s``; rounded again
+  to 3 significant digits), lists element by element (``status_per_s``, ``_hist``);
+* the earliest: ``started_at``, ``joined_at``; the worst: the lowest ``quality``, ``mos`` and
+  frame rates, the highest loss, ``rtt_ms`` and ``jitter_ms``, the worst ``level`` and
+  ``relay``, the resolution with the fewest pixels (width and height of one part), and
+  ``remote_relayed`` if any part's; ``reasons``: every part's, in their fixed order;
 * derived from the merged fields: ``relay_share`` (relayed participants, ``_relayed``, over
   ``participants``) and ``p50_ms``/``p95_ms``/``p99_ms`` (from the summed latency histogram
   ``_hist``: exact, never an average of percentiles);
@@ -46,11 +47,12 @@ SEPARATOR: Final = "\t"
 
 _SUMMED: Final = frozenset({"participants", "alerts", "connections", "relayed_bytes", "_relayed"})
 _SUMMED_RATES: Final = frozenset(
-    {"up_bps", "down_bps", "requests_per_s", "bytes_in_per_s", "bytes_out_per_s"}
+    {"up_bps", "down_bps", "bwe_bps", "requests_per_s", "bytes_in_per_s", "bytes_out_per_s"}
 )
 _SUMMED_LISTS: Final = frozenset({"_hist"})
 _SUMMED_RATE_LISTS: Final = frozenset({"status_per_s"})
-_LOWEST: Final = frozenset({"started_at", "joined_at", "quality", "mos"})
+_LOWEST: Final = frozenset({"started_at", "joined_at", "quality", "mos", "fps_in", "fps_out"})
+_RESOLUTIONS: Final = (("width_in", "height_in"), ("width_out", "height_out"))
 _HIGHEST: Final = frozenset({"loss_down_pct", "loss_up_pct", "loss_pct", "rtt_ms", "jitter_ms"})
 _LEVEL_RANK: Final = {name: i for i, name in enumerate(q.LEVELS)}  # higher: worse
 RELAY_RANK: Final = {"direct": 0, "turn-udp": 1, "turn-tcp": 2, "turn-tls": 3}
@@ -105,6 +107,14 @@ def merge(parts: Sequence[Mapping[str, Any]]) -> Fields:
         merged["relay_share"] = round(merged["_relayed"] / count, 2) if count else 0.0
     if "_hist" in merged and merged["_hist"] is not None:
         merged.update(percentile_fields(merged["_hist"]))
+    for width, height in _RESOLUTIONS:
+        known = [
+            (p[width] * p[height], p[width], p[height])
+            for p in parts
+            if p.get(width) is not None and p.get(height) is not None
+        ]
+        if known:
+            _, merged[width], merged[height] = min(known)
     return visible(merged)
 
 
@@ -128,6 +138,8 @@ def _combine(name: str, values: list[Any]) -> Any:
         return max(values, key=lambda level: _LEVEL_RANK.get(level, -1))
     if name == "relay":
         return max(values, key=lambda relay: RELAY_RANK.get(relay, 0))
+    if name == "remote_relayed":
+        return any(values)
     if name == "reasons":
         found = {reason for reasons in values for reason in reasons}
         return [r for r in q.REASONS if r in found] + sorted(found - set(q.REASONS))

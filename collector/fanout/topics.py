@@ -7,9 +7,10 @@
 * ``http``: one entity per route (``<service> <method> <route>``) with rates and percentiles;
 * ``alerts``: one entity per open alert.
 
-Current values are means over the last ``RECENT_BUCKETS`` ticks and rounded to what a
-dashboard shows (3 significant digits for rates): samples arrive at their own rhythm, and
-a value that jitters in its fourth digit would put every entity in every delta.
+Current values are means over the last ``RECENT_BUCKETS`` ticks (frame rates, resolutions and
+the bandwidth estimate: the last value a sample carried) and rounded to what a dashboard shows
+(3 significant digits for rates): samples arrive at their own rhythm, and a value that jitters
+in its fourth digit would put every entity in every delta.
 
 Pure: reads the engine, returns plain dicts; never awaits, never reads the clock.
 """
@@ -76,6 +77,39 @@ def _relay(participant: Participant) -> str:
         key=lambda r: RELAY_RANK.get(r, 0),
         default="direct",
     )
+
+
+def _video(participant: Participant) -> dict[str, Any]:
+    """A participant's last video gauges and bandwidth estimate over its connections: the
+    lowest frame rates, the smallest resolutions (width and height of one connection), the
+    bandwidth estimates summed (as bitrates are), remote-relayed if any connection's peer is."""
+    streams = participant.streams.values()
+    width_in, height_in = _smallest((s.width_in, s.height_in) for s in streams)
+    width_out, height_out = _smallest((s.width_out, s.height_out) for s in streams)
+    estimates = [s.available_outgoing_bps for s in streams if s.available_outgoing_bps is not None]
+    fps_in = _worst((s.fps_in for s in streams), lowest=True)
+    fps_out = _worst((s.fps_out for s in streams), lowest=True)
+    return {
+        "fps_in": rounded(fps_in, 0),
+        "fps_out": rounded(fps_out, 0),
+        "width_in": width_in,
+        "height_in": height_in,
+        "width_out": width_out,
+        "height_out": height_out,
+        "bwe_bps": rate(sum(estimates)) if estimates else None,
+        "remote_relayed": any(s.remote_relayed for s in streams),
+    }
+
+
+def _smallest(
+    resolutions: Iterable[tuple[int | None, int | None]],
+) -> tuple[int | None, int | None]:
+    """The resolution with the fewest pixels of those known whole, else (None, None)."""
+    known = [(w * h, w, h) for w, h in resolutions if w is not None and h is not None]
+    if not known:
+        return None, None
+    _, width, height = min(known)
+    return width, height
 
 
 def _relayed_bytes(meeting: Meeting) -> float:
@@ -177,6 +211,7 @@ def meeting_topic(engine: Engine, meeting_id: str, now: float) -> Entities:
             "relayed_bytes": participant.relayed_bytes
             + sum(s.relayed_minute for s in participant.streams.values()),
             "connections": len(participant.streams),
+            **_video(participant),
         }
         entities.update(_series(participant, now_bucket, window, per_point, settings.bucket_s))
     return entities

@@ -27,10 +27,12 @@ from collector.storage.schema import (
     HTTP_MINUTE,
     MEETINGS,
     RTC_MINUTE,
+    TABLES_BY_NAME,
     Batch,
     alert_row,
     http_row,
     meeting_row,
+    pad_row,
     rtc_row,
 )
 from collector.storage.sinks import Sink, StorageUnavailable
@@ -48,8 +50,13 @@ def encode_batch(batch: Batch) -> bytes:
 
 
 def decode_batch(payload: bytes) -> Batch:
+    """A batch from ``encode_batch``, of this build or an earlier one (a spool record or a
+    checkpoint written before an upgrade): rows lacking columns added since get NULL in them."""
     return Batch(
-        {name: [tuple(r) for r in rows] for name, rows in _decoder.decode(payload).items()}
+        {
+            name: [pad_row(TABLES_BY_NAME[name], r) for r in rows]
+            for name, rows in _decoder.decode(payload).items()
+        }
     )
 
 

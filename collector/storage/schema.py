@@ -79,6 +79,16 @@ RTC_MINUTE = Table(
         "relay",
         "turn_server",
         "relayed_bytes",
+        # Added by migration 0003: a row of an earlier build, in the spool or a checkpoint,
+        # lacks these last columns, which are all nullable (``pad_row``).
+        "fps_in_avg",
+        "fps_out_avg",
+        "width_in",
+        "height_in",
+        "width_out",
+        "height_out",
+        "bwe_bps_avg",
+        "remote_relayed",
     ),
     key=("meeting", "participant", "connection", "minute", "segment"),
 )
@@ -165,6 +175,14 @@ def rtc_row(row: RtcMinuteRow) -> Row:
         row.relay,
         row.turn_server,
         row.relayed_bytes,
+        row.fps_in_avg,
+        row.fps_out_avg,
+        row.width_in,
+        row.height_in,
+        row.width_out,
+        row.height_out,
+        row.bwe_bps_avg,
+        row.remote_relayed,
     )
 
 
@@ -240,6 +258,14 @@ class Batch:
 TABLES_BY_NAME = {t.name: t for t in TABLES}
 
 
+def pad_row(table: Table, row: list[Any] | Row) -> Row:
+    """``row`` with as many values as ``table`` has columns: a row of an earlier build (spooled
+    or checkpointed before an upgrade) lacks the columns a migration added since, which are
+    nullable and come last; they are NULL."""
+    missing = len(table.columns) - len(row)
+    return (*row, *(None,) * missing) if missing > 0 else tuple(row)
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -286,6 +312,10 @@ ROLLUPS: Final = (
             ("quality_avg", "AVG(quality_avg)"),
             ("quality_min", "MIN(quality_min)"),
             ("relayed_bytes", "SUM(relayed_bytes)"),
+            ("fps_in_avg", "AVG(fps_in_avg)"),
+            ("fps_out_avg", "AVG(fps_out_avg)"),
+            ("bwe_bps_avg", "AVG(bwe_bps_avg)"),
+            ("remote_relayed_minutes", "SUM(remote_relayed)"),
         ),
     ),
     (

@@ -184,6 +184,9 @@ class SqliteSink:
         for migration, statements in _pending_sql(_sqlite_applied(conn), "sqlite"):
             done += statements
             with conn:
+                # One transaction for the migration and its record: sqlite3 opens none before
+                # DDL, and an ALTER TABLE applied alone would fail again at every start.
+                conn.execute("BEGIN")
                 for statement in statements:
                     conn.execute(statement)
                 conn.execute(

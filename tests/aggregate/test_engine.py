@@ -27,6 +27,13 @@ def rtc(seq: int, participant: str = "p1", meeting: str = "m1", **fields: Any) -
     )
 
 
+def restart(engine: Engine, now: float) -> Engine:
+    """A new engine from ``engine``'s checkpoint, through MessagePack as on disk."""
+    restored = Engine()
+    restored.restore(msgspec.msgpack.decode(msgspec.msgpack.encode(engine.snapshot())), now)
+    return restored
+
+
 def kinds(engine: Engine) -> list[tuple[str, str | None, str | None]]:
     return [(e.kind, e.participant, e.detail) for e in engine.drain().events]
 
@@ -222,9 +229,7 @@ def test_an_alert_raised_before_a_restart_clears_after_it_under_its_id() -> None
     for at in range(1, 5):
         second(first, at, 500.0)
     (raised,) = [a for a in first.drain().alerts if a.rule == "high_rtt"]
-    snapshot = msgspec.msgpack.decode(msgspec.msgpack.encode(first.snapshot()))
-    restarted = Engine()
-    restarted.restore(snapshot, T0 + 5)
+    restarted = restart(first, T0 + 5)
     assert [a.id for a in restarted.alerts.active()] == [raised.id]
     for at in range(5, 12):
         second(restarted, at, 100.0)
@@ -249,9 +254,7 @@ def test_a_restored_snapshot_continues_exactly_where_the_engine_stopped() -> Non
     feed(first, range(1, 11))
     steps = first.snapshot_steps(streams_per_step=1)
     next(steps)  # it pauses between streams
-    snapshot = msgspec.msgpack.decode(msgspec.msgpack.encode(first.snapshot()))
-    second = Engine()
-    second.restore(snapshot, T0 + 10.5)
+    second = restart(first, T0 + 10.5)
     feed(second, range(11, 21))
     for engine in (straight, second):
         engine.close_minutes(T0 + 30)
@@ -260,3 +263,37 @@ def test_a_restored_snapshot_continues_exactly_where_the_engine_stopped() -> Non
     assert [r.counters["video_bytes_sent"] for r in rows[1].rtc_rows] == [19_000]
     assert [r.requests for r in rows[1].http_rows] == [r.requests for r in rows[0].http_rows]
     assert second.meetings["m1"].participants["p1"].joined_at == T0 + 1
+
+
+def test_a_restored_snapshot_keeps_the_open_minutes_video_gauges() -> None:
+    """Frame rates, resolutions, the bandwidth estimate and the peer's relay of an open
+    minute survive a checkpoint: the row after the restart equals the row without one."""
+
+    def feed(engine: Engine, seqs: range) -> None:
+        for seq in seqs:
+            gauges: dict[str, Any] = dict(
+                fps_in=float(seq), fps_out=30.0, available_outgoing_bps=1e5 * seq
+            )
+            if seq % 4 == 0:
+                gauges |= dict(width_in=160 * seq, height_in=90 * seq)
+            if seq == 3:
+                gauges |= dict(local_candidate="host", remote_candidate="relay")
+            engine.add([rtc(seq, video_bytes_sent=1_000 * seq, **gauges)], T0 + seq)
+
+    straight = Engine()
+    feed(straight, range(1, 11))
+    first = Engine()
+    feed(first, range(1, 6))
+    second = restart(first, T0 + 5.5)
+    feed(second, range(6, 11))
+    for engine in (straight, second):
+        engine.close_minutes(T0 + 30)
+    (row,) = straight.drain().rtc_rows
+    assert second.drain().rtc_rows == [row]
+    assert (row.fps_in_avg, row.fps_out_avg, row.bwe_bps_avg) == (5.5, 30.0, 5.5e5)
+    assert (row.width_in, row.height_in, row.width_out, row.remote_relayed) == (
+        1_280,
+        720,
+        None,
+        True,
+    )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -97,6 +98,63 @@ def test_gauges_average_over_the_minute() -> None:
     row = rows_of(stream)
     assert row.rtt_ms_avg == 150.0
     assert row.audio_jitter_ms_avg is None
+
+
+def test_video_gauges_and_the_bandwidth_estimate_reach_the_minute_row() -> None:
+    """Frame rates and the bandwidth estimate average over the samples that carried them,
+    resolutions are the minute's last; a sample without a value leaves the stream's last one,
+    and a minute in which no sample carried a value has None for it."""
+    stream = RtcStream("m", "p", "c")
+    video: dict[str, Any] = dict(width_in=1280, height_in=720, width_out=640, height_out=360)
+    stream.add(sample(1, fps_in=30.0, fps_out=24.0, available_outgoing_bps=2e6, **video), 0)
+    stream.add(sample(2, fps_in=20.0, width_in=960, height_in=540), 0)
+    stream.add(sample(3, fps_out=12.0, available_outgoing_bps=1e6), 0)
+    stream.add(sample(4), 0)
+    row = rows_of(stream)
+    assert (row.fps_in_avg, row.fps_out_avg, row.bwe_bps_avg) == (25.0, 18.0, 1.5e6)
+    assert (row.width_in, row.height_in, row.width_out, row.height_out) == (960, 540, 640, 360)
+    assert row.remote_relayed is None  # no sample told the path
+    # The live values are the last ones carried.
+    assert (stream.fps_in, stream.fps_out, stream.available_outgoing_bps) == (20.0, 12.0, 1e6)
+    assert (stream.width_in, stream.height_in) == (960, 540)
+
+    stream.add(sample(5, rtt_ms=50.0), 1)  # a minute without any of them
+    row = rows_of(stream)
+    assert (row.fps_in_avg, row.fps_out_avg, row.bwe_bps_avg) == (None, None, None)
+    assert (row.width_in, row.height_in, row.width_out, row.height_out) == (None,) * 4
+    assert (stream.fps_in, stream.width_out, stream.available_outgoing_bps) == (20.0, 640, 1e6)
+
+
+def test_a_relayed_peer_is_the_minutes_last_path() -> None:
+    """``rct`` = relay with a direct local candidate: the peer is relayed (not this client);
+    a minute with no sample that told the path has None."""
+    stream = RtcStream("m", "p", "c")
+    stream.add(sample(1, local_candidate="host", remote_candidate="relay"), 0)
+    stream.add(sample(2), 0)
+    row = rows_of(stream)
+    assert (row.remote_relayed, row.relay) == (True, "direct")
+    stream.add(sample(3), 1)
+    assert rows_of(stream).remote_relayed is None
+    assert stream.remote_relayed  # the live view keeps it
+    stream.add(sample(4, local_candidate="relay", remote_candidate="relay"), 2)
+    row = rows_of(stream)
+    assert (row.remote_relayed, row.relay) == (False, "turn-udp")  # relayed here, not there
+
+
+def test_a_restored_state_keeps_the_open_minutes_gauges() -> None:
+    """The checkpoint state holds the minute's sums, counts and last resolutions."""
+    stream = RtcStream("m", "p", "c")
+    video: dict[str, Any] = dict(fps_in=30.0, fps_out=15.0, available_outgoing_bps=3e6)
+    stream.add(sample(1, width_in=320, height_in=180, local_candidate="srflx", **video), 0)
+    stream.add(sample(2, fps_in=10.0, remote_candidate="relay", local_candidate="host"), 0)
+    restored = RtcStream.from_state(msgspec.msgpack.decode(msgspec.msgpack.encode(stream.state())))
+    restored.add(sample(3, fps_out=25.0, width_out=1920, height_out=1080), 0)
+    stream.add(sample(3, fps_out=25.0, width_out=1920, height_out=1080), 0)
+    row = rows_of(restored)
+    assert row == rows_of(stream)
+    assert (row.fps_in_avg, row.fps_out_avg, row.bwe_bps_avg) == (20.0, 20.0, 3e6)
+    assert (row.width_in, row.height_in, row.width_out, row.height_out) == (320, 180, 1920, 1080)
+    assert row.remote_relayed is True
 
 
 def test_ring_keeps_the_window_and_marks_missing_buckets() -> None:

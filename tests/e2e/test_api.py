@@ -15,16 +15,21 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from cli.daemon_process import DaemonProcess, running_daemon, start_daemon
 from protocol import encode_msgpack
-from tests.helpers import rtc
+from tests.helpers import rtc, video_gauges
 
 pytestmark = pytest.mark.e2e
 
 SAMPLES = 20
 PEOPLE = ("p1", "p2")
+RESOLUTIONS = ("width_in", "height_in", "width_out", "height_out")
+VIDEO = ("fps_in", "fps_out", *RESOLUTIONS, "bwe_bps", "remote_relayed")
+VIDEO_COLUMNS = ("fps_in_avg", "fps_out_avg", *RESOLUTIONS, "bwe_bps_avg", "remote_relayed")
+GAUGES = video_gauges() | dict(local_candidate="host", remote_candidate="relay")
 
 
 def get(daemon: DaemonProcess, target: str) -> tuple[int, dict[str, str], bytes]:
@@ -51,7 +56,8 @@ def send_samples(daemon: DaemonProcess) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.connect(("127.0.0.1", daemon.udp_port))
         for seq in range(1, SAMPLES + 1):
-            sock.send(encode_msgpack([rtc(seq, "room-é", person) for person in PEOPLE]))
+            frames = [rtc(seq, "room-é", person) for person in PEOPLE]
+            sock.send(encode_msgpack([msgspec.structs.replace(f, **GAUGES) for f in frames]))
 
 
 def wait_for_meeting(daemon: DaemonProcess) -> dict[str, Any]:
@@ -79,6 +85,8 @@ def test_live_meetings_then_a_csv_export_of_what_was_stored(tmp_path: Path) -> N
         assert sorted(meeting["participants"]) == list(PEOPLE)
         assert meeting["participants"]["p1"]["connections"] == 1
         assert {"up_bps", "rtt_ms", "quality", "relay"} <= set(meeting["participants"]["p1"])
+        shown = {k: meeting["participants"]["p1"][k] for k in VIDEO}
+        assert shown == dict(zip(VIDEO, (24.0, 30.0, 1280, 720, 640, 360, 2e6, True), strict=True))
         assert set(meeting["series"]) <= set(PEOPLE)
 
         status, _, body = get(first, "/api/meetings/nobody")
@@ -106,3 +114,6 @@ def test_live_meetings_then_a_csv_export_of_what_was_stored(tmp_path: Path) -> N
     video = sum(float(row["video_bytes_sent"]) for row in rows)
     # cumulative counters: the first sample is the baseline, the bytes are what came after it
     assert video == len(PEOPLE) * 180_000 * (SAMPLES - 1)
+    assert {tuple(row[c] for c in VIDEO_COLUMNS) for row in rows} == {
+        ("24.0", "30.0", "1280", "720", "640", "360", "2000000.0", "1")
+    }

@@ -29,7 +29,7 @@ from collector.fanout.parts import (
 )
 from protocol import RtcSample
 from protocol.subscribe import Delta, Entities, apply
-from tests.helpers import http_sample
+from tests.helpers import http_sample, video_gauges
 
 MEETING_A = {
     "participants": 2,
@@ -344,6 +344,45 @@ def test_a_meeting_split_over_two_daemons_merges_into_what_one_daemon_shows() ->
     a, b = (topics.meeting_topic(split[name], "m", now) for name in ("a", "b"))
     assert not a.keys() & b.keys()  # participants and their points: one daemon each
     assert {**a, **b} == topics.meeting_topic(whole["one"], "m", now)
+
+
+def test_a_participant_whose_connections_reach_two_daemons_is_one_participant() -> None:
+    """alice's two peer connections land on two daemons: the merge of their parts of her is
+    what one daemon holding both connections shows (rates to their 3 significant digits)."""
+    t0 = 1_796_550_000.0
+    split, whole = {"pc1": Engine(), "pc2": Engine()}, Engine()
+    gauges = {
+        "pc1": video_gauges((29.97, 30.0), (1280, 720), (1280, 720), 1_500_000.0)
+        | {"local_candidate": "relay", "relay_protocol": "tcp", "turn_url": "turn:t.example"},
+        "pc2": video_gauges((14.6, 30.0), (640, 360), (1920, 1080), 1_234_567.0)
+        | {"local_candidate": "srflx", "remote_candidate": "relay"},
+    }
+    for seq in range(1, 8):
+        for connection, engine in split.items():
+            frame = msgspec.structs.replace(
+                sample("alice", seq, 40_000 if connection == "pc1" else 90_000, t0),
+                connection=connection,
+                **gauges[connection],
+            )
+            engine.add([frame], t0 + seq - 0.5)
+            whole.add([frame], t0 + seq - 0.5)
+        for engine in (*split.values(), whole):
+            engine.tick(t0 + seq)
+    now = t0 + 7
+    merged = merge([topics.meeting_topic(e, "m", now)["alice"] for e in split.values()])
+    expected = visible(topics.meeting_topic(whole, "m", now)["alice"])
+    rates = ("up_bps", "down_bps", "bwe_bps")
+    assert {k: v for k, v in merged.items() if k not in rates} == {
+        k: v for k, v in expected.items() if k not in rates
+    }
+    for k in rates:
+        assert merged[k] == pytest.approx(expected[k], rel=0.01)
+    assert (merged["connections"], merged["relay"], merged["remote_relayed"]) == (
+        2,
+        "turn-tcp",
+        True,
+    )
+    assert (merged["width_in"], merged["height_in"], merged["fps_in"]) == (640, 360, 15.0)
 
 
 def test_a_route_served_through_two_daemons_merges_into_what_one_daemon_shows() -> None:

@@ -3,6 +3,9 @@ downsampled to at most 60 points, rounding that keeps jitter out of deltas."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import msgspec
 import pytest
 
 from collector.aggregate.engine import Engine
@@ -10,7 +13,7 @@ from collector.aggregate.settings import AggregateSettings
 from collector.fanout import topics
 from collector.fanout.parts import rate
 from protocol import RtcSample
-from tests.helpers import http_sample
+from tests.helpers import http_sample, video_gauges
 
 
 def sample(participant: str, connection: str, seq: int, bytes_per_s: int) -> RtcSample:
@@ -97,3 +100,31 @@ def test_http_topic_has_rates_and_percentiles() -> None:
     assert (route["service"], route["method"], route["route"]) == ("api", "GET", "/v1/items")
     assert route["requests_per_s"] == pytest.approx(20 / 60, rel=1e-2)
     assert route["p50_ms"] is not None
+
+
+def test_participants_show_frame_rates_resolutions_bandwidth_and_remote_relay() -> None:
+    """The last value each connection sent: over alice's two connections the lowest frame
+    rates and the smallest resolution, the bandwidth estimates summed (like up_bps), relayed
+    if the peer of any is; a sample without them leaves them; bob sent none."""
+    engine = Engine()
+    gauges: dict[str, dict[str, Any]] = {
+        "pc1": video_gauges((29.97, 30.0), (1280, 720), (1280, 720), 1_500_000.0)
+        | dict(local_candidate="host", remote_candidate="host"),
+        "pc2": video_gauges((14.6, 30.0), (640, 360), (1920, 1080), 1_234_567.0)
+        | dict(local_candidate="srflx", remote_candidate="relay"),
+    }
+    t = 1_800_000_000.0
+    for connection, fields in gauges.items():
+        first = sample("alice", connection, 1, 100_000)
+        engine.add([msgspec.structs.replace(first, **fields)], t)
+    engine.add([sample("alice", "pc1", 2, 100_000), sample("bob", "pc1", 1, 50_000)], t + 0.5)
+    engine.tick(t + 1)
+    entities = topics.meeting_topic(engine, "m", t + 1)
+    video = ("fps_in", "fps_out", "width_in", "height_in", "width_out", "height_out")
+    alice, bob = entities["alice"], entities["bob"]
+    assert [alice[k] for k in video] == [15.0, 30.0, 640, 360, 1280, 720]
+    assert alice["bwe_bps"] == 2_730_000.0  # 3 significant digits, as the bitrates
+    assert alice["remote_relayed"] is True
+    assert alice["relay"] == "direct"  # the peer is relayed, not alice
+    assert [bob[k] for k in (*video, "bwe_bps")] == [None] * 7
+    assert bob["remote_relayed"] is False

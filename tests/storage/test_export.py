@@ -14,6 +14,7 @@ import msgspec
 import pytest
 import trio
 
+from collector.aggregate.engine import Engine
 from collector.storage.export import (
     EXPORTS,
     Format,
@@ -24,11 +25,13 @@ from collector.storage.export import (
     parse_time,
     row_writer,
 )
+from collector.storage.flusher import batch_of
 from collector.storage.schema import ALERTS, MEETINGS, RTC_MINUTE, Batch, Row, alert_row
 from collector.storage.schema import meeting_row as summary_row
 from collector.storage.sinks import SqliteSink, StorageError
+from protocol import RtcSample
 from tests.helpers import bwmon
-from tests.storage.test_sinks import RAISED, SUMMARY, batch, rtc, sink
+from tests.storage.test_sinks import RAISED, SUMMARY, VIDEO_COLUMNS, batch, rtc, sink
 
 __all__ = ["sink"]  # the two-backend fixture, shared with the sink contract tests
 
@@ -151,7 +154,9 @@ def typed(column: str, text: str) -> Any:
         return None
     if column in ("meeting", "participant", "connection", "relay", "turn_server"):
         return text
-    if column in ("minute", "segment", "samples", "gaps", "resets"):
+    if column in ("minute", "segment", "samples", "gaps", "resets", "remote_relayed"):
+        return int(text)
+    if column in ("width_in", "height_in", "width_out", "height_out"):
         return int(text)
     return float(text)
 
@@ -210,6 +215,37 @@ def test_times_are_iso_8601_or_unix_seconds() -> None:
             parse_time(bad)
 
 
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+async def test_the_rtc_export_has_the_minutes_frame_rates_resolutions_and_relay(
+    sink: Any, fmt: Format
+) -> None:
+    """From samples to the export: the engine's minute row, stored, read back with the
+    frame rates and bandwidth estimate averaged, the last resolutions, the peer's relay."""
+    engine = Engine()
+    video: dict[str, Any] = dict(width_in=1280, height_in=720, width_out=640, height_out=360)
+    path: dict[str, Any] = dict(local_candidate="host", remote_candidate="relay")
+    engine.add(
+        [sample(1, fps_in=30.0, fps_out=24.0, available_outgoing_bps=1e6, **video, **path)], T0
+    )
+    engine.add([sample(2, fps_in=25.0, width_in=960, height_in=540)], T0 + 1)
+    engine.add([sample(1, participant="quiet")], T0 + 2)  # sent none of them
+    engine.close_minutes(T0 + 59)
+    await sink.migrate()
+    await sink.write(batch_of(engine.drain()))
+    out = io.StringIO(newline="")
+    assert await export_to(sink, Selection("rtc"), row_writer(fmt, out)) == 2
+    exported = {row["participant"]: row for row in parse(fmt, out.getvalue())}
+    got = {c: exported["p"][c] for c in VIDEO_COLUMNS}
+    assert got == dict(zip(VIDEO_COLUMNS, (27.5, 24.0, 960, 540, 640, 360, 1e6, 1), strict=True))
+    assert [exported["quiet"][c] for c in VIDEO_COLUMNS] == [None] * len(VIDEO_COLUMNS)
+
+
+def sample(seq: int, participant: str = "p", **fields: Any) -> RtcSample:
+    return RtcSample(
+        meeting="m", participant=participant, connection="c", seq=seq, client_ts=1.0, **fields
+    )
+
+
 def test_every_kind_exports_a_table_with_its_time_column() -> None:
     kinds: list[Kind] = ["rtc", "http", "meetings", "alerts"]
     assert list(EXPORTS) == kinds
@@ -242,6 +278,9 @@ def test_export_command_writes_ndjson_to_stdout(tmp_path: Path) -> None:
     assert result.stderr == ""  # not a terminal: no progress
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(rows) == 20
+    assert {tuple(r[c] for c in VIDEO_COLUMNS) for r in rows} == {
+        (29.5, 24.25, 1280, 720, 640, 360, 2_500_000.0, 1)
+    }
     assert sum(r["participant"] == HOSTILE for r in rows) == 4
     keys = [tuple(r[c] for c in RTC_MINUTE.key) for r in rows]
     assert keys == sorted(keys)

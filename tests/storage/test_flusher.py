@@ -11,7 +11,7 @@ import trio
 
 from collector.aggregate.engine import Output
 from collector.storage.flusher import Flusher, decode_batch, encode_batch
-from collector.storage.schema import Batch
+from collector.storage.schema import RTC_MINUTE, Batch, rtc_row
 from collector.storage.sinks import SqliteSink, StorageUnavailable
 from collector.storage.spool import Spool
 from tests.storage.test_sinks import RAISED, rtc
@@ -108,9 +108,29 @@ async def test_close_writes_what_it_can_within_the_deadline(sink: FlakySink) -> 
 
 
 def test_batches_survive_their_spool_encoding() -> None:
+    rows = [rtc_row(rtc(1_800_000_000)), rtc_row(rtc(1_800_000_060, "p2"))]
     batch = Batch()
-    batch.merge(decode_batch(encode_batch(Batch({"rtc_minute": [(1, "a", None, 2.5)]}))))
-    assert batch.rows == {"rtc_minute": [(1, "a", None, 2.5)]}
+    batch.merge(decode_batch(encode_batch(Batch({"rtc_minute": rows}))))
+    assert batch.rows == {"rtc_minute": rows}
+
+
+async def test_rows_spooled_before_the_upgrade_are_written_with_null_new_columns(
+    sink: FlakySink, tmp_path: Path
+) -> None:
+    """A spool record of the build before migration 0003 holds rtc_minute rows without its
+    columns: they are written, the new columns NULL, and the spool drains."""
+    before = RTC_MINUTE.columns.index("fps_in_avg")  # the first column 0003 added
+    old = [rtc_row(rtc(1_800_000_000 + 60 * i))[:before] for i in range(3)]
+    spool = Spool(tmp_path / "spool", fsync=False)
+    spool.append(encode_batch(Batch({"rtc_minute": old})))
+    flusher = Flusher(sink, spool=spool)
+    assert await flusher.flush()
+    assert spool.peek(1) == []
+    stored = await sink.query(
+        "SELECT minute, video_bytes_sent, fps_in_avg, width_in, remote_relayed FROM rtc_minute"
+    )
+    assert stored == [(1_800_000_000 + 60 * i, 1_000.0, None, None, None) for i in range(3)]
+    spool.close()
 
 
 async def test_overflow_goes_to_the_spool_and_comes_back_in_order(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncmy
+import msgspec
 import pytest
 import trio
 import trio.lowlevel
@@ -20,6 +21,7 @@ from collector.aggregate.percentiles import latency_summary
 from collector.aggregate.records import MeetingSummary, RtcMinuteRow
 from collector.aggregate.rtc import COUNTERS
 from collector.runtime import open_thread_bridge
+from collector.storage import sinks
 from collector.storage.schema import (
     ALERTS,
     HTTP_MINUTE,
@@ -27,9 +29,12 @@ from collector.storage.schema import (
     RTC_MINUTE,
     TABLES,
     Batch,
+    Migration,
+    Table,
     alert_row,
     http_row,
     meeting_row,
+    migrations,
     rtc_row,
 )
 from collector.storage.sinks import (
@@ -92,6 +97,14 @@ def rtc(minute: int, participant: str = "p1", video: float = 1_000.0) -> RtcMinu
         relay="turn-udp",
         turn_server="turn:t1:3478",
         relayed_bytes=video,
+        fps_in_avg=29.5,
+        fps_out_avg=24.25,
+        width_in=1280,
+        height_in=720,
+        width_out=640,
+        height_out=360,
+        bwe_bps_avg=2_500_000.0,
+        remote_relayed=True,
     )
 
 
@@ -166,7 +179,79 @@ async def test_migrate_is_idempotent_and_dry_run_changes_nothing(sink: Any) -> N
     assert await sink.query("SELECT version FROM bwmon_migrations ORDER BY version") == [
         (1,),
         (2,),
+        (3,),
     ]
+
+
+VIDEO_COLUMNS = RTC_MINUTE.columns[RTC_MINUTE.columns.index("fps_in_avg") :]  # from 0003
+
+
+async def test_minute_rows_keep_frame_rates_resolutions_bandwidth_and_remote_relay(
+    sink: Any,
+) -> None:
+    await sink.migrate()
+    unknown = msgspec.structs.replace(
+        rtc(1_800_000_060),
+        **dict.fromkeys(VIDEO_COLUMNS, None),  # a minute whose samples carried none of them
+    )
+    await sink.write(batch(rtc(1_800_000_000), unknown))
+    assert await sink.query(
+        f"SELECT {', '.join(VIDEO_COLUMNS)} FROM rtc_minute ORDER BY minute"
+    ) == [(29.5, 24.25, 1280, 720, 640, 360, 2_500_000.0, 1), (None,) * len(VIDEO_COLUMNS)]
+
+
+async def test_a_database_at_version_2_migrates_to_3_and_keeps_its_rows(
+    sink: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database of the build before 0003 (its migrations, its rtc_minute columns, one row
+    in it): ``migrate`` applies 0003 alone, the old row gets NULL in the new columns, and rows
+    with them are written, read and rolled up into hours."""
+    added = RTC_MINUTE.columns.index(VIDEO_COLUMNS[0])
+    old_layout = Table("rtc_minute", RTC_MINUTE.columns[:added], RTC_MINUTE.key)
+    monkeypatch.setattr(sinks, "migrations", lambda d: [m for m in migrations(d) if m.version < 3])
+    monkeypatch.setattr(sinks, "TABLES_BY_NAME", {"rtc_minute": old_layout})
+    await sink.migrate()
+    hour = 1_800_000_000 - 1_800_000_000 % 3600
+    await sink.write(Batch({"rtc_minute": [rtc_row(rtc(hour))[:added]]}))
+    monkeypatch.undo()
+
+    (third,) = [m for m in migrations(sink.dialect) if m.version == 3]
+    assert await sink.migrate() == third.statements()
+    assert await sink.query("SELECT MAX(version) FROM bwmon_migrations") == [(3,)]
+    new = Batch()
+    new.add(RTC_MINUTE, [rtc_row(rtc(hour + 60))])
+    await sink.write(new)
+    assert await sink.query(
+        f"SELECT minute, video_bytes_sent, {', '.join(VIDEO_COLUMNS)} FROM rtc_minute "
+        "ORDER BY minute"
+    ) == [
+        (hour, 1_000.0, *(None,) * len(VIDEO_COLUMNS)),
+        (hour + 60, 1_000.0, 29.5, 24.25, 1280, 720, 640, 360, 2_500_000.0, 1),
+    ]
+    assert await sink.retain(hour + 3600) == {"rtc_minute": 2, "http_minute": 0}
+    assert await sink.query(
+        "SELECT minutes, fps_in_avg, fps_out_avg, bwe_bps_avg, remote_relayed_minutes FROM rtc_hour"
+    ) == [(2, 29.5, 24.25, 2_500_000.0, 1)]
+
+
+async def test_a_sqlite_migration_that_fails_leaves_nothing_applied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each migration and its record are one transaction: a failure in its middle (a crash,
+    a full disk) rolls its first ALTER TABLEs back, so the next start applies it whole."""
+    sqlite = SqliteSink(tmp_path / "bwmon.db")
+    monkeypatch.setattr(sinks, "migrations", lambda d: [m for m in migrations(d) if m.version < 3])
+    await sqlite.migrate()
+    (third,) = [m for m in migrations("sqlite") if m.version == 3]
+    broken = Migration(3, third.name, third.sql + "\nALTER TABLE no_such_table ADD COLUMN x;")
+    monkeypatch.setattr(sinks, "migrations", lambda d: [*migrations(d)[:2], broken])
+    with pytest.raises(StorageUnavailable, match="no_such_table"):
+        await sqlite.migrate()
+    monkeypatch.undo()
+    assert await sqlite.migrate() == third.statements()
+    columns = [c[1] for c in await sqlite.query("PRAGMA table_info(rtc_minute)")]
+    assert columns == list(RTC_MINUTE.columns)
+    await sqlite.close()
 
 
 async def test_replaying_a_batch_leaves_identical_tables(sink: Any) -> None:
