@@ -34,9 +34,12 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
+import msgspec
+
 from collector.aggregate import quality as q
 from collector.aggregate.percentiles import latency_summary
 from collector.fanout.hub import Change
+from collector.fanout.hub import merge as merge_deltas
 from protocol.subscribe import Delta, Entities
 
 Fields = dict[str, Any]
@@ -234,16 +237,7 @@ class Mirror:
             [split_part(raw) for raw in delta.removed],
         )
         self.seq = delta.seq
-        return Delta(
-            topic=delta.topic,
-            epoch=delta.epoch,
-            seq=delta.seq,
-            prev=delta.prev,
-            at=delta.at,
-            changed=changed,
-            removed=removed,
-            alerts=delta.alerts,
-        )
+        return msgspec.structs.replace(delta, changed=changed, removed=removed)
 
 
 def catch_up(deltas: Sequence[Delta], now: Mirror) -> list[Delta]:
@@ -269,32 +263,11 @@ def catch_up(deltas: Sequence[Delta], now: Mirror) -> list[Delta]:
     converted = [_simple(delta, complex_) for delta in deltas]
     if not complex_:
         return converted
-    merged_changed: Entities = {}
-    merged_removed: set[str] = set(complex_)
-    alerts: list[dict[str, Any]] = []
-    for delta in converted:
-        alerts += delta.alerts
-        for entity in delta.removed:
-            merged_changed.pop(entity, None)
-            merged_removed.add(entity)
-        for entity, fields in delta.changed.items():
-            merged_changed.setdefault(entity, {}).update(fields)
-    for entity in complex_:
-        if entity in now.entities:
-            merged_changed[entity] = dict(now.entities[entity])
-    first, last = deltas[0], deltas[-1]
-    return [
-        Delta(
-            topic=last.topic,
-            epoch=last.epoch,
-            seq=last.seq,
-            prev=first.prev,
-            at=last.at,
-            changed=merged_changed,
-            removed=sorted(merged_removed),
-            alerts=alerts,
-        )
-    ]
+    merged = merge_deltas(converted)
+    changed = dict(merged.changed)
+    changed.update({e: dict(now.entities[e]) for e in complex_ if e in now.entities})
+    removed = sorted(set(merged.removed) | complex_)
+    return [msgspec.structs.replace(merged, changed=changed, removed=removed)]
 
 
 def _simple(delta: Delta, leave_out: set[str]) -> Delta:
@@ -307,13 +280,4 @@ def _simple(delta: Delta, leave_out: set[str]) -> Delta:
             if shown:
                 changed[entity] = shown
     removed = [e for e in (split_part(raw)[0] for raw in delta.removed) if e not in leave_out]
-    return Delta(
-        topic=delta.topic,
-        epoch=delta.epoch,
-        seq=delta.seq,
-        prev=delta.prev,
-        at=delta.at,
-        changed=changed,
-        removed=removed,
-        alerts=delta.alerts,
-    )
+    return msgspec.structs.replace(delta, changed=changed, removed=removed)

@@ -4,14 +4,12 @@ Redis: every view merges both daemons' parts — the ``meetings`` topic on eithe
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import redis
 import trio
 
 from collector.aggregate.engine import Engine
@@ -21,27 +19,13 @@ from collector.fanout.publisher import Publisher
 from collector.fanout.redis_channel import RedisChannel
 from collector.http.api import Api
 from collector.http.server import Headers, Request, Response
-from collector.runtime import AsyncioBridge, open_thread_bridge
+from collector.runtime import AsyncioBridge
 from protocol import RtcSample
+from tests.fanout.test_redis_channel import REDIS_URL, bridge, prefix
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
+__all__ = ["bridge", "prefix"]  # the Redis channel tests' fixtures
+
 T0 = 1_796_550_000.0  # epoch seconds, as the daemon's clock gives
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    name = f"bwmon-test-{secrets.token_hex(6)}"
-    yield name
-    with redis.Redis.from_url(REDIS_URL) as client:
-        keys = list(client.scan_iter(match=f"{name}:*", count=1000))
-        if keys:
-            client.delete(*keys)
-
-
-@pytest.fixture
-async def bridge() -> AsyncIterator[AsyncioBridge]:
-    async with open_thread_bridge() as bridge:
-        yield bridge
 
 
 def sample(participant: str, seq: int, bytes_per_s: int) -> RtcSample:
