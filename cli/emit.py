@@ -6,6 +6,12 @@ few milliseconds), not a burst per interval. The same code is the load generator
 with what the daemon counted. UDP sends wait for room in the socket buffer rather than drop, so
 every frame counted as sent left this process.
 
+Each run is a new emitter (PROTOCOL.md §8.4): a new boot nonce, in the WebSocket hello and in
+every frame over UDP, and — unless the profile has a ``seed`` — new random meeting and
+connection ids; every stream starts at ``q`` 0 with counters from 0, so that the daemon counts
+each stream's first sample in full and a second run, seeded or not, is never taken for a
+replay of the first.
+
 With ``udp_key`` every datagram is signed (PROTOCOL.md §2.3) just before it is sent, so its send
 time is fresh even when a replay pool was encoded long before; datagrams are then packed under
 ``budget`` minus the 26-byte envelope, so the signed datagram still fits the budget.
@@ -83,12 +89,12 @@ class EmitReport(msgspec.Struct, kw_only=True):
     acked_accepted: int | None = None
     acked_rejected: int | None = None
     error_replies: dict[str, int] = msgspec.field(default_factory=dict)
-    # Live runs: audio + video bytes sent by all participants between the first and the last
-    # rtc frame of each that left this process: what the daemon's minute rows must add up to.
+    # Live runs: audio + video bytes sent by all participants up to the last rtc frame of each
+    # that left this process (counted from 0): what the daemon's minute rows must add up to.
     rtc_bytes_sent: float = 0.0
 
 
-Spans = dict[tuple[str, str, str], list[float]]  # stream -> [first total, last total]
+Spans = dict[tuple[str, str, str], float]  # stream -> total of its last frame sent
 
 
 class FrameSchedule:
@@ -97,14 +103,19 @@ class FrameSchedule:
 
     def __init__(self, options: EmitOptions) -> None:
         profile = options.profile
-        self.participants = make_participants(options.meetings, options.participants, profile)
-        self.routes = make_routes(options.http_routes, profile)
+        self.boot = os.urandom(8).hex()  # this run's boot nonce (PROTOCOL.md §8.4)
+        # Over WebSocket the session's hello carries the boot for every rtc frame.
+        in_frames = self.boot if options.transport == "udp" else None
+        self.participants = make_participants(
+            options.meetings, options.participants, profile, in_frames
+        )
+        self.routes = make_routes(options.http_routes, self.boot)
         self.interval_s = options.interval_s
         count = len(self.participants)
         self.rate = options.rate if options.rate is not None else count / options.interval_s
         self.dt = count / self.rate if self.rate > 0 else options.interval_s
         self._cycle = itertools.cycle(self.participants)
-        self._rng = random.Random(profile.seed + 2)
+        self._rng = random.Random(None if profile.seed is None else profile.seed + 2)
         self._instance = f"{socket.gethostname()}-{os.getpid()}"
         now_ms = _now_ms()
         self._joins: list[Frame] = (
@@ -351,19 +362,14 @@ def _now_ms() -> float:
     return time.time() * 1000
 
 
-def _count(report: EmitReport, frames: list[Frame], first_last: Spans) -> None:
+def _count(report: EmitReport, frames: list[Frame], last: Spans) -> None:
     by_kind = report.frames_by_kind
     for frame in frames:
         kind = str(frame.__struct_config__.tag)
         by_kind[kind] = by_kind.get(kind, 0) + 1
         if isinstance(frame, RtcSample):
             total = float((frame.audio_bytes_sent or 0) + (frame.video_bytes_sent or 0))
-            key = (frame.meeting, frame.participant, frame.connection)
-            span = first_last.get(key)
-            if span is None:
-                first_last[key] = [total, total]
-            else:
-                span[1] = total
+            last[(frame.meeting, frame.participant, frame.connection)] = total
     report.frames_sent += len(frames)
 
 
@@ -493,7 +499,7 @@ async def _emit_ws(
     url = f"ws://{options.host}:{options.http_port}/ingest"
     async with open_websocket_url(url, message_queue_size=64) as ws:
         hello = Hello(
-            boot=f"{random.getrandbits(64):016x}",
+            boot=schedule.boot,
             kind="emitter",
             agent="bwmon-emit/0.1",
             host=socket.gethostname()[:128],
@@ -581,7 +587,7 @@ async def emit(
             raise EmitError(f"{url} closed the session: {exc.reason}") from None
     else:
         await _emit_udp(options, schedule, report, spans, sending)
-    report.rtc_bytes_sent = sum(last - first for first, last in spans.values())
+    report.rtc_bytes_sent = sum(spans.values())
     report.elapsed_s = round(trio.current_time() - started, 3)
     report.frames_per_s = (
         round(report.frames_sent / report.elapsed_s, 1) if report.elapsed_s else 0.0

@@ -356,7 +356,14 @@ def emit_command(
             "reaches)",
         ),
     ] = 0,
-    seed: Annotated[int, typer.Option()] = 1,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="the same meeting and connection ids on every run (default: random ones); "
+            "the boot nonce is new on every run all the same",
+            show_default=False,
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
     udp_key: Annotated[
         str,

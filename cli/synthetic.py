@@ -1,7 +1,9 @@
 """Synthetic clients for ``bwmon emit``: meetings of participants whose cumulative getStats
 counters advance realistically, and HTTP routes whose request counters do.
 
-Pure generation, no I/O: ``cli.emit`` sends what this makes. Values follow a typical call:
+Pure generation, no I/O: ``cli.emit`` sends what this makes. Ids are random unless the
+profile has a ``seed`` (then the same on every run); every stream's first sample has ``q`` 0 and
+its counters count from 0, as PROTOCOL.md §8 asks of a client. Values follow a typical call:
 audio Opus at ~32 kbit/s, video at ~1.5 Mbit/s, 50 audio packets/s, 30 fps 720p, with the
 configured loss, jitter and RTT scattered around their means, and a share of participants
 relayed through a TURN server (some over TCP).
@@ -31,7 +33,7 @@ class Profile:
     jitter_ms: float = 15.0
     rtt_ms: float = 60.0
     relay_share: float = 0.1  # fraction of participants relayed through TURN
-    seed: int = 1
+    seed: int | None = None  # None: random ids, new on every run
 
 
 class SyntheticParticipant:
@@ -46,6 +48,7 @@ class SyntheticParticipant:
         "_dt",
         "_gauges",
         "_inc",
+        "boot",
         "connection",
         "counters",
         "jbd",
@@ -58,12 +61,19 @@ class SyntheticParticipant:
     )
 
     def __init__(
-        self, meeting: str, participant: str, rng: random.Random, relay: bool, profile: Profile
+        self,
+        meeting: str,
+        participant: str,
+        rng: random.Random,
+        relay: bool,
+        profile: Profile,
+        boot: str | None = None,
     ) -> None:
         self.meeting = meeting
         self.participant = participant
         self.connection = f"pc-{rng.getrandbits(40):010x}"
-        self.seq = 0
+        self.boot = boot  # sent in every sample (UDP); None: the session's hello says it (ws)
+        self.seq = 0  # of the next sample
         self.counters = [0] * 19
         self.jbd = 0.0
         self._dt = -1.0
@@ -127,14 +137,14 @@ class SyntheticParticipant:
         c = self.counters
         for i, inc in enumerate(self._inc):
             c[i] += inc
-        self.seq += 1
-        rtt, jitter, _loss = self._gauges[self.seq & 3]
+        seq, self.seq = self.seq, self.seq + 1
+        rtt, jitter, _loss = self._gauges[seq & 3]
         self.jbd += self._inc[12] * (jitter * 2 + 20) / 1000
         return RtcSample(
             meeting=self.meeting,
             participant=self.participant,
             connection=self.connection,
-            seq=self.seq,
+            seq=seq,
             client_ts=now_ms,
             audio_bytes_sent=c[0],
             audio_packets_sent=c[1],
@@ -170,6 +180,7 @@ class SyntheticParticipant:
             remote_candidate="host",
             relay_protocol=self.relay_protocol,
             turn_url=self.turn_url,
+            boot=self.boot,
         )
 
     def join(self, now_ms: float) -> Event:
@@ -202,7 +213,7 @@ class SyntheticRoute:
         self.route = route
         self.method = method
         self.boot = boot
-        self.seq = 0
+        self.seq = 0  # of the next sample
         self.requests = self.bytes_in = self.bytes_out = 0
         self.latency_sum = 0.0
         self.status = [0] * 5
@@ -223,14 +234,14 @@ class SyntheticRoute:
                 len(HTTP_LATENCY_BOUNDS_MS),
             )
             self.hist[bucket] += 1
-        self.seq += 1
+        seq, self.seq = self.seq, self.seq + 1
         return HttpSample(
             service=service,
             instance=instance,
             boot=self.boot,
             route=self.route,
             method=self.method,
-            seq=self.seq,
+            seq=seq,
             client_ts=now_ms,
             requests=self.requests,
             status=list(self.status),
@@ -242,13 +253,15 @@ class SyntheticRoute:
 
 
 def make_participants(
-    meetings: int, per_meeting: int, profile: Profile
+    meetings: int, per_meeting: int, profile: Profile, boot: str | None = None
 ) -> list[SyntheticParticipant]:
+    """``meetings`` meetings of ``per_meeting`` participants, one connection each; ``boot``:
+    the emitter's boot nonce, to send in every sample (None: not sent)."""
     rng = random.Random(profile.seed)
     run = f"{rng.getrandbits(24):06x}"
     return [
         SyntheticParticipant(
-            f"m-{run}-{m}", f"p-{m}-{p}", rng, rng.random() < profile.relay_share, profile
+            f"m-{run}-{m}", f"p-{m}-{p}", rng, rng.random() < profile.relay_share, profile, boot
         )
         for m in range(meetings)
         for p in range(per_meeting)
@@ -267,9 +280,8 @@ ROUTE_TEMPLATES = (
 )
 
 
-def make_routes(count: int, profile: Profile) -> list[SyntheticRoute]:
-    rng = random.Random(profile.seed + 1)
-    boot = f"{rng.getrandbits(48):012x}"
+def make_routes(count: int, boot: str) -> list[SyntheticRoute]:
+    """``count`` routes of one server process whose boot nonce is ``boot``."""
     return [
         SyntheticRoute(
             ROUTE_TEMPLATES[i % len(ROUTE_TEMPLATES)]

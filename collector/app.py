@@ -28,7 +28,7 @@ from trio_websocket import WebSocketConnection
 from collector.aggregate.engine import Engine, Output
 from collector.auth import Auth, Denied, UnsafeBind, bearer, check_bind
 from collector.config import Config, ConfigError, FanoutConfig, StorageConfig
-from collector.consumer import FrameConsumer
+from collector.consumer import FrameConsumer, SessionBatch
 from collector.fanout.channel import Channel, LocalChannel
 from collector.fanout.publisher import Publisher
 from collector.fanout.subscribers import Fanout, FanoutSettings
@@ -56,7 +56,7 @@ from collector.storage.flusher import Flusher, decode_batch, encode_batch
 from collector.storage.retention import run_retention
 from collector.storage.sinks import MysqlSink, Sink, SqliteSink
 from collector.storage.spool import Spool
-from protocol import Frame, Limits
+from protocol import Limits
 from protocol.build import compiled_modules
 
 log = get_logger("app")
@@ -185,7 +185,7 @@ class Daemon:
         self.stopped = trio.Event()
         self.draining = False  # set when shutdown starts: /readyz answers 503 from then on
         self._udp_sock: socket.socket | None = None
-        self._frames_in: trio.MemorySendChannel[list[Frame]] | None = None
+        self._frames_in: trio.MemorySendChannel[SessionBatch] | None = None
 
     @property
     def state_dir(self) -> Path:
@@ -412,7 +412,7 @@ class Daemon:
     ) -> None:
         server, ingest = self.config.server, self.config.ingest
         check_startup(self.config)
-        frames_in, frames_out = trio.open_memory_channel[list[Frame]](ingest.queue_batches)
+        frames_in, frames_out = trio.open_memory_channel[SessionBatch](ingest.queue_batches)
         self._frames_in = frames_in
         try:
             self._udp_sock = open_udp_socket(
@@ -474,7 +474,7 @@ class Daemon:
     async def _start_services(
         self,
         nursery: trio.Nursery,
-        frames_out: trio.MemoryReceiveChannel[list[Frame]],
+        frames_out: trio.MemoryReceiveChannel[SessionBatch],
     ) -> None:
         """Everything but the TCP port, in the startup order of the module docstring."""
         storage, ingest = self.config.storage, self.config.ingest
@@ -504,7 +504,7 @@ class Daemon:
             self.udp_admission,
         )
 
-    async def _shutdown(self, frames_out: trio.MemoryReceiveChannel[list[Frame]]) -> None:
+    async def _shutdown(self, frames_out: trio.MemoryReceiveChannel[SessionBatch]) -> None:
         """Ingest has stopped: aggregate what is still queued, close every open minute, flush
         within the deadline (the flusher spools what it cannot write in time)."""
         self.draining = True
@@ -512,10 +512,10 @@ class Daemon:
         now = time.time()
         while True:
             try:
-                batch = frames_out.receive_nowait()
+                batch, boot = frames_out.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 break
-            self.engine.add(batch, now)
+            self.engine.add(batch, now, boot)
         self.engine.close_minutes(now)
         self.consumer.take(self.engine.drain())
         if self.flusher is not None and self.sink is not None:

@@ -2,8 +2,9 @@
 ingest), tick it on time.
 
 ``FrameConsumer.consume`` takes decoded batches from the bounded ingest channel (WebSocket
-sessions) and ``FrameConsumer.apply`` gets UDP ingest's batches directly; each hands its batch
-to ``Engine.add`` with the daemon's time of arrival (one clock read per batch, never per frame);
+sessions: each with its session's boot nonce) and ``FrameConsumer.apply`` gets UDP ingest's
+batches directly; each hands its batch to ``Engine.add`` with the daemon's time of arrival (one
+clock read per batch, never per frame);
 ``FrameConsumer.tick`` calls ``Engine.tick`` once per bucket and drains what the engine
 produced: rows go to storage and alerts to fan-out (``on_output``), and ``after_tick`` tells the
 publisher that fresh values are there. The most recent events, alerts and summaries are also
@@ -17,7 +18,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import trio
 
@@ -28,6 +29,9 @@ from protocol import Frame
 log = get_logger("consumer")
 
 RECENT = 100
+
+# What a WebSocket session queues: its decoded frames and the ``boot`` of its hello.
+SessionBatch: TypeAlias = tuple[list[Frame], str]
 
 
 class FrameConsumer:
@@ -57,20 +61,21 @@ class FrameConsumer:
 
     async def consume(
         self,
-        frames: trio.MemoryReceiveChannel[list[Frame]],
+        batches: trio.MemoryReceiveChannel[SessionBatch],
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         task_status.started()
-        async for batch in frames:
-            self.apply(batch)
+        async for batch, boot in batches:
+            self.apply(batch, boot)
 
-    def apply(self, batch: list[Frame]) -> None:
+    def apply(self, batch: list[Frame], boot: str | None = None) -> None:
         """Aggregate one batch now: the WebSocket sessions' batches from the queue
-        (``consume``), UDP ingest's as it reads them (a direct call: collector/ingest/udp.py)."""
+        (``consume``, with the session's ``boot``), UDP ingest's as it reads them (a direct
+        call: collector/ingest/udp.py)."""
         self.batches += 1
         try:
-            self.engine.add(batch, self.clock())
+            self.engine.add(batch, self.clock(), boot)
         except Exception:
             self._failed("add")
 

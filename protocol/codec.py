@@ -150,7 +150,14 @@ def _classify(exc: Exception, index: int | None) -> ProtocolError:
 
 def _identifiers(frame: Frame) -> tuple[str | None, ...]:
     if isinstance(frame, RtcSample):
-        return (frame.meeting, frame.participant, frame.connection, frame.turn_url, frame.pair_id)
+        return (
+            frame.meeting,
+            frame.participant,
+            frame.connection,
+            frame.turn_url,
+            frame.pair_id,
+            frame.boot,
+        )
     if isinstance(frame, HttpSample):
         return (frame.service, frame.instance, frame.boot, frame.route)
     if isinstance(frame, Event):

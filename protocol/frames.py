@@ -146,6 +146,9 @@ class RtcSample(
     relay_protocol: RelayProtocol | None = field(default=None, name="rp")
     turn_url: Url | None = field(default=None, name="turn")
     pair_id: Id | None = field(default=None, name="pair")
+    # the emitter's boot nonce (as ``Hello.boot``): another boot of a known (m, p, c) is a new
+    # stream; on WebSocket a frame without it takes the session hello's
+    boot: Id | None = None
 
 
 StatusCounts: TypeAlias = Annotated[

@@ -36,7 +36,7 @@ IDENTIFIER_PATTERN: Final = r"^[^\s\u0000-\u001f\u007f-\u009f]+$"
 # frame tag. A test checks this table against the decoder's behaviour.
 IDENTIFIER_FIELDS: Final[dict[str, tuple[str, ...]]] = {
     "hello": ("boot",),
-    "rtc": ("m", "p", "c", "turn", "pair"),
+    "rtc": ("m", "p", "c", "turn", "pair", "boot"),
     "http": ("svc", "inst", "boot", "route"),
     "event": ("m", "p", "c"),
 }

@@ -77,7 +77,7 @@ def test_synthetic_samples_are_valid_frames_with_rising_counters() -> None:
     assert second.seq == first.seq + 1
     assert second.video_bytes_sent > first.video_bytes_sent  # type: ignore[operator]
     assert second.audio_packets_received > first.audio_packets_received  # type: ignore[operator]
-    route = make_routes(1, Profile())[0]
+    route = make_routes(1, "b00t")[0]
     sample = route.sample(1_000.0, 1.0, random.Random(1), "svc", "inst")
     assert decode_message(encode_msgpack(sample)).errors == []
 

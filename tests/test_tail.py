@@ -47,6 +47,7 @@ from protocol.tokens import Claims, mint
 from tests.helpers import free_port, wait_for
 
 EPOCH = "5f0c2a9e1b7d4c3a"
+SEED = 1  # emit's ids, so that the test knows them
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -516,7 +517,7 @@ def emit(
 ) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "cli.main", "emit", "--udp-port", str(daemon.udp_port)]
     command += ["--meetings", str(meetings), "--participants", str(participants)]
-    command += ["--duration", str(seconds)]
+    command += ["--duration", str(seconds), "--seed", str(SEED)]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -587,7 +588,7 @@ def test_json_streams_every_update_with_the_whole_state(tmp_path: Path, config: 
     assert 3 in counts
     assert all(r["kind"] == "delta" for r in meetings[1:])
     last = meetings[-1]["entities"]
-    assert sorted(last) == sorted({p.meeting for p in make_participants(3, 2, Profile())})
+    assert sorted(last) == sorted({p.meeting for p in make_participants(3, 2, Profile(seed=SEED))})
     assert {m["participants"] for m in last.values()} == {2}
     assert any(m["up_bps"] and m["up_bps"] > 100_000 for m in last.values())
     assert "connected to ws://127.0.0.1" in errors
@@ -614,7 +615,7 @@ def read_terminal(fd: int, process: subprocess.Popen[Any], timeout_s: float) -> 
 
 @pytest.mark.e2e
 def test_on_a_terminal_the_participants_are_drawn_in_colour(tmp_path: Path, config: Path) -> None:
-    [first, second] = make_participants(1, 2, Profile())
+    [first, second] = make_participants(1, 2, Profile(seed=SEED))
     env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
     args = ["--meeting", first.meeting, "--encoding", "msgpack", "--duration", "4"]
     with running_daemon(tmp_path / "d.log", ["--config", str(config)]) as daemon:

@@ -10,6 +10,18 @@ Lifecycle: a participant joins on its first frame or a ``join`` event and leaves
 or after ``participant_timeout_s`` without a sample; a meeting ends once it has had no
 participant for ``meeting_end_after_s`` and then yields a ``MeetingSummary``.
 
+Streams: an ``rtc`` sample's stream is its (meeting, participant, connection) and, once known,
+its emitter's boot (the frame's ``boot``, else that of the WebSocket session it came in): a
+sample of another boot of a known key begins the stream anew (``RtcStream.restart``: its open
+minute row closes, the rest goes to a new segment) unless the stream has left that boot before
+(a late sample of a restarted emitter: not applied). A sample without a boot continues whatever
+stream there is. HTTP instances do the same with their ``boot`` (``HttpInstance``).
+
+Accounting: every sample that is not applied is counted by kind and reason
+(``samples_not_applied``: a duplicate ``q``, an old boot, a cap), and so is every first sample
+of a stream taken as a baseline (``baseline_samples``: its stream began before the daemon saw
+it). PROTOCOL.md §8 is the rule.
+
 Cardinality guard: a frame that would open a meeting, participant, connection or HTTP route
 over its cap is refused and counted by reason; nothing live is ever evicted to make room.
 
@@ -32,7 +44,17 @@ from collector.aggregate.http import BYTES_IN, BYTES_OUT, HIST, REQUESTS, STATUS
 from collector.aggregate.http import HttpRoute as HttpRouteState
 from collector.aggregate.percentiles import latency_summary
 from collector.aggregate.records import LifecycleEvent, MeetingSummary, RtcMinuteRow
-from collector.aggregate.rtc import STREAM_KEY, C, RtcStream, sample_fields
+from collector.aggregate.rtc import (
+    BASELINE,
+    DUPLICATE,
+    OLD_BOOT,
+    RELAY_CHANGED,
+    SAMPLE_BOOT,
+    STREAM_KEY,
+    C,
+    RtcStream,
+    sample_fields,
+)
 from collector.aggregate.settings import AggregateSettings
 from collector.aggregate.steps import finish
 from protocol import Event, Frame, HttpSample, RtcSample
@@ -52,6 +74,12 @@ VIDEO_PACKETS_LOST = C["video_packets_lost"]
 VIDEO_PACKETS_RECEIVED = C["video_packets_received"]
 VIDEO_PACKETS_SENT = C["video_packets_sent"]
 VIDEO_REMOTE_PACKETS_LOST = C["video_remote_packets_lost"]
+
+# Why a sample was not applied, per kind: fixed sets (labels of /metrics).
+NOT_APPLIED_REASONS = {
+    "rtc": ("duplicate", "old_boot", "meeting_cap", "participant_cap", "connection_cap"),
+    "http": ("duplicate", "old_boot", "http_route_cap"),
+}
 
 
 @dataclass(slots=True)
@@ -129,6 +157,10 @@ class Engine:
         self.output = Output()
         self.refused_by_reason: dict[str, int] = {}
         self.frames_by_kind: dict[str, int] = {}  # every frame added, by its tag
+        self.samples_not_applied = {
+            kind: dict.fromkeys(reasons, 0) for kind, reasons in NOT_APPLIED_REASONS.items()
+        }
+        self.baseline_samples = dict.fromkeys(NOT_APPLIED_REASONS, 0)
         self.last_tick: float | None = None
 
     def set_rules(self, rules: Iterable[AlertRule], now: float) -> None:
@@ -137,8 +169,10 @@ class Engine:
 
     # -- the per-frame path ---------------------------------------------------------------
 
-    def add(self, frames: Iterable[Frame], now: float) -> None:
-        """Apply decoded frames received at daemon time ``now`` (seconds since the epoch)."""
+    def add(self, frames: Iterable[Frame], now: float, boot: str | None = None) -> None:
+        """Apply decoded frames received at daemon time ``now`` (seconds since the epoch);
+        ``boot``: the boot nonce of the WebSocket session they came in, for ``rtc`` frames
+        without their own."""
         minute_no = int(now // 60)
         bucket_no = int(now // self.settings.bucket_s)
         rtc = http = events = other = 0
@@ -146,7 +180,7 @@ class Engine:
             kind = type(frame)
             if kind is RtcSample:
                 rtc += 1
-                self._rtc(frame, now, minute_no)  # type: ignore[arg-type]
+                self._rtc(frame, now, minute_no, boot)  # type: ignore[arg-type]
             elif kind is HttpSample:
                 http += 1
                 self._http(frame, now, bucket_no, minute_no)  # type: ignore[arg-type]
@@ -160,26 +194,58 @@ class Engine:
             if count:
                 by_kind[tag] = by_kind.get(tag, 0) + count
 
-    def _rtc(self, frame: RtcSample, now: float, minute_no: int) -> None:
+    def _rtc(self, frame: RtcSample, now: float, minute_no: int, session_boot: str | None) -> None:
         fields = sample_fields(frame)
         stream = self.streams.get(fields[STREAM_KEY])
+        boot: str | None = fields[SAMPLE_BOOT]
+        if boot is None:
+            boot = session_boot
         if stream is None:
-            stream = self._open_stream(frame.meeting, frame.participant, frame.connection, now)
+            stream = self._open_stream(
+                frame.meeting, frame.participant, frame.connection, now, boot
+            )
             if stream is None:
                 return
-        elif stream.minute_no != minute_no and stream.minute_samples:
-            self._close_stream_minute(stream)
+        else:
+            if boot is not None and boot != stream.boot and not self._boot(stream, boot, now):
+                return
+            if stream.minute_no != minute_no and stream.minute_samples:
+                self._close_stream_minute(stream)
         stream.last_seen = now
-        changed = stream.add_fields(fields, minute_no)
-        if changed is not None:
+        outcome = stream.add_fields(fields, minute_no)
+        if outcome:
+            self._rtc_outcome(stream, outcome, now)
+
+    def _boot(self, stream: RtcStream, boot: str, now: float) -> bool:
+        """A sample of ``stream`` says another ``boot`` than the stream's: the stream takes it
+        (it knew none) or begins anew for it (True), or the sample is of a boot the stream has
+        left, a restarted emitter's late datagram (False: not applied)."""
+        if stream.boot is None:
+            stream.boot = boot
+            return True
+        if boot in stream.retired:
+            self.samples_not_applied["rtc"]["old_boot"] += 1
+            return False
+        self._close_stream_minute(stream)
+        # A new segment, so that no row of the new boot's replaces one of the old boot's.
+        stream.restart(boot, max(int(now * 1000), stream.opened + 1))
+        return True
+
+    def _rtc_outcome(self, stream: RtcStream, outcome: int, now: float) -> None:
+        if outcome & DUPLICATE:
+            self.samples_not_applied["rtc"]["duplicate"] += 1
+            return
+        if outcome & BASELINE:
+            self.baseline_samples["rtc"] += 1
+        if outcome & RELAY_CHANGED:
             self.output.events.append(
                 LifecycleEvent(
                     kind="relay_changed",
-                    meeting=frame.meeting,
-                    participant=frame.participant,
-                    connection=frame.connection,
+                    meeting=stream.meeting,
+                    participant=stream.participant,
+                    connection=stream.connection,
                     at=now,
-                    detail=changed,
+                    detail=stream.relay,
                 )
             )
 
@@ -188,7 +254,7 @@ class Engine:
         route = self.routes.get(key)
         if route is None:
             if len(self.routes) >= self.settings.max_http_routes:
-                self._refuse("http_route_cap")
+                self._refuse("http_route_cap", "http")
                 return
             service, path, method = key
             route = self.routes[key] = HttpRouteState(
@@ -196,7 +262,14 @@ class Engine:
             )
         elif route.minute_no != minute_no and route.minute_no >= 0:
             self._close_route_minute(route)
-        route.add(sample, bucket_no, minute_no)
+        outcome = route.add(sample, bucket_no, minute_no)
+        if outcome:
+            if outcome & BASELINE:
+                self.baseline_samples["http"] += 1
+            elif outcome & DUPLICATE:
+                self.samples_not_applied["http"]["duplicate"] += 1
+            elif outcome & OLD_BOOT:
+                self.samples_not_applied["http"]["old_boot"] += 1
 
     def _event(self, event: Event, now: float) -> None:
         if event.kind == "leave":
@@ -205,7 +278,7 @@ class Engine:
             if meeting is not None and participant is not None:
                 self._leave(meeting, participant, now, "leave")
             return
-        participant = self._participant(event.meeting, event.participant, now, event.kind)
+        participant = self._participant(event.meeting, event.participant, now, event.kind, None)
         if participant is not None and event.kind != "join":
             self.output.events.append(
                 LifecycleEvent(
@@ -218,18 +291,21 @@ class Engine:
                 )
             )
 
-    def _refuse(self, reason: str) -> None:
+    def _refuse(self, reason: str, sample: str | None) -> None:
+        """Count a frame refused by a cap; ``sample``: the kind of sample it was, if any."""
         self.refused_by_reason[reason] = self.refused_by_reason.get(reason, 0) + 1
+        if sample is not None:
+            self.samples_not_applied[sample][reason] += 1
 
     def _participant(
-        self, meeting_id: str, participant_id: str, now: float, why: str
+        self, meeting_id: str, participant_id: str, now: float, why: str, sample: str | None
     ) -> Participant | None:
         """The live participant, joining it (and starting its meeting) if needed; None when a
-        cap refuses it."""
+        cap refuses it (a frame of kind ``sample``, if a sample)."""
         meeting = self.meetings.get(meeting_id)
         if meeting is None:
             if len(self.meetings) >= self.settings.max_meetings:
-                self._refuse("meeting_cap")
+                self._refuse("meeting_cap", sample)
                 return None
             meeting = self.meetings[meeting_id] = Meeting(meeting_id, started_at=now)
             self.output.events.append(
@@ -238,7 +314,7 @@ class Engine:
         participant = meeting.participants.get(participant_id)
         if participant is None:
             if len(meeting.participants) >= self.settings.max_participants_per_meeting:
-                self._refuse("participant_cap")
+                self._refuse("participant_cap", sample)
                 return None
             participant = meeting.participants[participant_id] = Participant(
                 meeting_id, participant_id, joined_at=now
@@ -257,16 +333,21 @@ class Engine:
         return participant
 
     def _open_stream(
-        self, meeting_id: str, participant_id: str, connection: str, now: float
+        self, meeting_id: str, participant_id: str, connection: str, now: float, boot: str | None
     ) -> RtcStream | None:
-        participant = self._participant(meeting_id, participant_id, now, "first_frame")
+        participant = self._participant(meeting_id, participant_id, now, "first_frame", "rtc")
         if participant is None:
             return None
         if len(participant.streams) >= self.settings.max_connections_per_participant:
-            self._refuse("connection_cap")
+            self._refuse("connection_cap", "rtc")
             return None
         stream = RtcStream(
-            meeting_id, participant_id, connection, self.settings.window_buckets, int(now * 1000)
+            meeting_id,
+            participant_id,
+            connection,
+            self.settings.window_buckets,
+            int(now * 1000),
+            boot,
         )
         participant.streams[connection] = stream
         self.streams[(meeting_id, participant_id, connection)] = stream
@@ -614,6 +695,10 @@ class Engine:
             "http_routes": len(self.routes),
             "frames": sum(self.frames_by_kind.values()),
             "refused_by_reason": dict(sorted(self.refused_by_reason.items())),
+            "baseline_samples": dict(self.baseline_samples),
+            "samples_not_applied": {
+                kind: dict(reasons) for kind, reasons in self.samples_not_applied.items()
+            },
             "alerts_active": len(self.alerts.active()),
         }
 
@@ -658,6 +743,6 @@ def _pct(fraction: float | None) -> float:
     return math.nan if fraction is None else 100 * fraction
 
 
-SNAPSHOT_VERSION = 3  # a new one whenever a stream's state (rtc.py `_STATE_SLOTS`) changes
+SNAPSHOT_VERSION = 3  # a new one whenever a stream's or an HTTP instance's state changes
 _MEETING_FIELDS = tuple(f for f in Meeting.__dataclass_fields__ if f != "participants")
 _PARTICIPANT_FIELDS = tuple(f for f in Participant.__dataclass_fields__ if f != "streams")

@@ -2,9 +2,16 @@
 
 An ``HttpInstance`` is one (service, instance, route, method) stream: the last cumulative
 counters of one server process. Its deltas are added to the ``HttpRoute`` of (service, route,
-method), which sums all instances. A new ``boot`` nonce is a restarted process (its counters
-start again: a new baseline, nothing subtracted); a counter that decreases without a new boot is
-a reset counted as such. A duplicate or older sequence number is ignored.
+method), which sums all instances. The rules are PROTOCOL.md §8's:
+
+- the first sample of an instance counts in full when its ``q`` is 0; with a greater ``q`` it
+  is a baseline (the process began before the daemon saw it: ``BASELINE``);
+- a new ``boot`` nonce is a restarted process: its counters started again from 0, so the first
+  sample of the new boot counts in full, whatever its ``q``; a sample of a boot the instance
+  has left (a late datagram of the process before) is not applied (``OLD_BOOT``);
+- a duplicate or older sequence number is not applied (``DUPLICATE``);
+- a counter that decreases without a new boot is a reset, counted as such: the whole sample is
+  a new baseline (its counters count the same requests, so none is differenced alone).
 
 A route keeps a ring of per-tick buckets for the live view (requests, bytes, errors and the
 latency histogram) and a minute accumulator that closes into one ``HttpMinuteRow``. Histograms
@@ -22,6 +29,7 @@ from typing import Any, Final
 import msgspec
 
 from collector.aggregate.percentiles import LatencySummary, latency_summary
+from collector.aggregate.rtc import BASELINE, DUPLICATE, OLD_BOOT, retire
 from protocol import HTTP_LATENCY_BUCKETS, HttpSample
 
 # One accumulator layout for the ring buckets and the minute: requests, five status classes,
@@ -62,33 +70,42 @@ class HttpMinuteRow(msgspec.Struct, gc=False, frozen=True, kw_only=True):
 class HttpInstance:
     """The last cumulative counters of one server process for one route."""
 
-    __slots__ = ("boot", "last", "last_seq", "resets", "restarts", "stale")
+    __slots__ = ("boot", "last", "last_seq", "resets", "restarts", "retired", "stale")
 
     def __init__(self) -> None:
         self.boot: str | None = None
-        self.last: list[float] | None = None
+        self.retired: tuple[str, ...] = ()  # boots left for a newer one, the newest first
+        self.last: list[float] | None = None  # None: the boot's first sample counts in full
         self.last_seq = -1
         self.stale = self.resets = self.restarts = 0
 
-    def delta(self, sample: HttpSample) -> list[float] | None:
-        """The increase since the last sample, or None (baseline, duplicate, late or reset)."""
+    def delta(self, sample: HttpSample) -> tuple[list[float] | None, int]:
+        """The increase since the last sample (None: nothing to add) and what else became of
+        the sample: ``BASELINE``, ``DUPLICATE``, ``OLD_BOOT`` (0: applied, nothing else)."""
         if sample.boot != self.boot:
-            if self.boot is not None:
+            if sample.boot in self.retired:
+                return None, OLD_BOOT
+            if self.boot is not None:  # a restarted process: counters from 0 again
                 self.restarts += 1
-            self.boot, self.last_seq, self.last = sample.boot, sample.seq, _values(sample)
-            return None
+                self.retired = retire(self.retired, self.boot)
+                self.last = None
+            elif sample.seq > 0:  # the first sample seen, of a process that began before
+                self.boot, self.last_seq, self.last = sample.boot, sample.seq, _values(sample)
+                return None, BASELINE
+            self.boot, self.last_seq = sample.boot, -1
         if sample.seq <= self.last_seq:
             self.stale += 1
-            return None
+            return None, DUPLICATE
         self.last_seq = sample.seq
         values = _values(sample)
         last, self.last = self.last, values
-        assert last is not None
+        if last is None:
+            return values, 0
         delta = [new - old for new, old in zip(values, last, strict=True)]
         if min(delta) < 0:
             self.resets += 1
-            return None
-        return delta
+            return None, 0
+        return delta, 0
 
 
 class HttpRoute:
@@ -119,20 +136,22 @@ class HttpRoute:
         self.minute = array("d", _ZEROS)
         self.minute_no = -1
 
-    def add(self, sample: HttpSample, bucket_no: int, minute_no: int) -> None:
+    def add(self, sample: HttpSample, bucket_no: int, minute_no: int) -> int:
+        """Apply one sample; what else became of it (``HttpInstance.delta``)."""
         instance = self.instances.get(sample.instance)
         if instance is None:
             instance = self.instances[sample.instance] = HttpInstance()
-        delta = instance.delta(sample)
+        delta, outcome = instance.delta(sample)
         self.minute_no = minute_no
         if delta is None:
-            return
+            return outcome
         self._advance(bucket_no)
         at = (bucket_no % self.window) * WIDTH
         ring, minute = self.ring, self.minute
         for k, value in enumerate(delta):
             ring[at + k] += value
             minute[k] += value
+        return outcome
 
     def _advance(self, bucket_no: int) -> None:
         """Zero the buckets between the last one written and ``bucket_no``."""
@@ -152,7 +171,7 @@ class HttpRoute:
             "minute_no": self.minute_no,
             "opened": self.opened,
             "instances": {
-                name: [i.boot, i.last, i.last_seq, i.stale, i.resets, i.restarts]
+                name: [i.boot, i.last, i.last_seq, i.stale, i.resets, i.restarts, i.retired]
                 for name, i in self.instances.items()
             },
         }
@@ -164,10 +183,12 @@ class HttpRoute:
         route.minute = array("d", state["minute"])
         route.minute_no = state["minute_no"]
         route.opened = state["opened"]
-        for name, (boot, last, last_seq, stale, resets, restarts) in state["instances"].items():
+        for name, values in state["instances"].items():
+            boot, last, last_seq, stale, resets, restarts, retired = values
             instance = route.instances[name] = HttpInstance()
             instance.boot, instance.last, instance.last_seq = boot, last, last_seq
             instance.stale, instance.resets, instance.restarts = stale, resets, restarts
+            instance.retired = tuple(retired)
         return route
 
     def window_totals(self, now_bucket: int) -> list[float]:

@@ -1,15 +1,22 @@
 """One RTC stream — a participant's peer connection — from cumulative samples to intervals.
 
 Each ``rtc`` frame carries cumulative counters (PROTOCOL.md §8). ``RtcStream.add`` turns them
-into deltas with the rules of the reference (``shared/reference/webrtc-quality.md``, Deltas):
+into deltas with the rules of §8 and of the reference (``shared/reference/webrtc-quality.md``,
+Deltas):
 
-- a sequence number at or below the last one is a duplicate or arrived late: ignored whole;
+- the stream's first sample counts in full (every counter's delta from 0) when the stream's
+  start is known: its ``q`` is 0, or it is the first of a new boot (``restart``); any other
+  first sample is a *baseline* (no deltas; ``add_fields`` says ``BASELINE``): the stream began
+  before the daemon saw it, and what it counted until then cannot be told from a continuation;
+- a sequence number at or below the last one is a duplicate or arrived late: ignored whole
+  (``DUPLICATE``);
 - a gap in sequence numbers is recorded (``gaps``); the next sample's delta covers the missing
   ones, so nothing is lost and nothing is counted twice;
 - a counter below its last value is a reset: that counter takes a new baseline and yields no
   delta for the interval (``resets``); so does every selected-pair counter when the pair id
   changes;
-- an absent counter keeps its last value.
+- an absent counter keeps its last value; a counter absent from the stream's first sample
+  counts from 0 when it appears (its source began after the stream: all of it is new).
 
 Gauges (RTT, jitter, frame rates, resolutions, the bandwidth estimate) keep their last value —
 a sample without one leaves it — for the live view; the minute row has the mean of the values
@@ -27,6 +34,9 @@ one replaces it. Held or applied, the deltas add up the same — the held sample
 the last applied one are the sum of the deltas in between, as none of them was a reset — so
 the held sample is applied (``_fold``) before anything reads the accumulators: the tick, the
 minute row, a checkpoint, a relay change, a sample that is not held.
+
+Which stream a sample belongs to (its key and boot) is the engine's business; a stream is told
+when its emitter restarted (``restart``) and remembers the boots it left (``retired``).
 
 Pure: no I/O, no clock reads; the daemon passes its time in.
 """
@@ -103,6 +113,13 @@ _HEIGHT_IN: Final = _FIELD_NAMES.index("height_in")
 _WIDTH_OUT: Final = _FIELD_NAMES.index("width_out")
 _HEIGHT_OUT: Final = _FIELD_NAMES.index("height_out")
 _BWE: Final = _FIELD_NAMES.index("available_outgoing_bps")
+SAMPLE_BOOT: Final = _FIELD_NAMES.index("boot")  # the engine's: which stream a sample is of
+# What ``add_fields`` did besides applying the sample, as bits (0: applied, nothing else).
+RELAY_CHANGED: Final = 1  # the relay state changed: ``relay`` holds the new one
+BASELINE: Final = 2  # the stream's first sample, taken as a baseline (no deltas)
+DUPLICATE: Final = 4  # not applied: its ``q`` is not above the stream's last
+OLD_BOOT: Final = 8  # not applied: of a boot its stream has left (the engine's, HTTP's)
+RETIRED_BOOTS: Final = 4  # boots a stream remembers having left
 # The live view: per tick bucket, the values derived for the interval (NaN: not measured).
 RING_FIELDS: Final = (
     "send_bps",
@@ -148,6 +165,7 @@ _SLOTS: Final = (
     "audio_jitter_ms",
     "audio_jitter_sum",
     "available_outgoing_bps",
+    "boot",
     "bwe_count",
     "bwe_sum",
     "connection",
@@ -161,6 +179,7 @@ _SLOTS: Final = (
     "height_in",
     "height_out",
     "held",
+    "known_start",
     "last",
     "last_seen",
     "last_seq",
@@ -194,6 +213,7 @@ _SLOTS: Final = (
     "relayed_minute",
     "remote_relayed",
     "resets",
+    "retired",
     "ring",
     "ring_bucket",
     "rtt_count",
@@ -217,16 +237,27 @@ class RtcStream:
     __slots__ = _SLOTS
 
     def __init__(
-        self, meeting: str, participant: str, connection: str, window: int = 60, opened: int = 0
+        self,
+        meeting: str,
+        participant: str,
+        connection: str,
+        window: int = 60,
+        opened: int = 0,
+        boot: str | None = None,
     ) -> None:
         self.meeting = meeting
         self.opened = opened
         self.participant = participant
         self.connection = connection
+        self.boot = boot  # the emitter's boot nonce, once a sample said it
+        self.retired: tuple[str, ...] = ()  # boots left for a newer one, the newest first
+        self.known_start = False  # the first sample counts in full whatever its ``q``
         self.last_seq = -1
         self.last_seen = 0.0  # daemon time of the last sample, set by the engine
         self.quality: float | None = None  # smoothed quality score, set by the engine
-        self.last = array("d", [-1.0]) * N_COUNTERS  # -1: no baseline yet
+        # The last value of every counter: 0 until it comes (a counter counts from 0), -1: the
+        # next value is a baseline (a new selected pair).
+        self.last = array("d", _ZEROS)
         self.pending = array("d", _ZEROS)
         self.pending_samples = 0
         self.minute = array("d", _ZEROS)
@@ -295,8 +326,25 @@ class RtcStream:
                 restored = array(current.typecode)
                 restored.frombytes(value)
                 value = restored
+            elif type(current) is tuple:
+                value = tuple(value)  # MessagePack gave a list
             setattr(stream, name, value)
         return stream
+
+    def restart(self, boot: str, opened: int) -> None:
+        """Begin again for a new ``boot`` of the emitter (the caller has closed the open minute):
+        sequence numbers anew, every counter from 0, the first sample in full, rows in the new
+        segment ``opened``. The live view and what the stream counted so far go on."""
+        self._fold()
+        if self.boot is not None:
+            self.retired = retire(self.retired, self.boot)
+        self.boot = boot
+        self.opened = opened
+        self.known_start = True
+        self.last_seq = -1
+        self.last = array("d", _ZEROS)
+        self.pair_id = None
+        self.recent = None
 
     def ring_write(self, bucket_no: int, values: tuple[float, ...]) -> None:
         """Store one tick's derived values (in ``RING_FIELDS`` order, NaN: not measured) in
@@ -373,36 +421,55 @@ class RtcStream:
     def add(self, frame: RtcSample, minute_no: int) -> RelayState | None:
         """Apply one sample received in minute ``minute_no`` (the caller has closed the row of
         an earlier minute first). Returns the new relay state when it changed, else None."""
-        return self.add_fields(sample_fields(frame), minute_no)
+        changed = self.add_fields(sample_fields(frame), minute_no) & RELAY_CHANGED
+        return self.relay if changed else None
 
-    def add_fields(self, fields: tuple[Any, ...], minute_no: int) -> RelayState | None:
+    def add_fields(self, fields: tuple[Any, ...], minute_no: int) -> int:
         """``add`` of a sample's fields (``sample_fields``), which the engine has taken
-        already for the stream's key."""
+        already for the stream's key. Returns what else became of it: ``RELAY_CHANGED``,
+        ``BASELINE``, ``DUPLICATE`` bits (0: applied, nothing else)."""
         seq: int = fields[_SEQ]
-        if seq <= self.last_seq:
+        last_seq = self.last_seq
+        if seq <= last_seq:
             self.stale += 1
-            return None
+            return DUPLICATE
+        outcome = 0
         self.minute_no = minute_no
-        if self.last_seq >= 0 and seq > self.last_seq + 1:
-            gap = seq - self.last_seq - 1
+        if last_seq < 0:
+            if seq > 0 and not self.known_start:
+                outcome = BASELINE
+        elif seq > last_seq + 1:
+            gap = seq - last_seq - 1
             self.gaps += gap
             self.minute_gaps += gap
         self.last_seq = seq
         self.samples += 1
         self.minute_samples += 1
         self.pending_samples += 1
-        changed = self._path(fields)  # first: a relay change applies a held sample before it
+        if self._path(fields):  # first: a relay change applies a held sample before it
+            outcome |= RELAY_CHANGED
         # Only the counters outlive the frame (as ``recent``); the rest is freed with it.
         counters = fields[_COUNTERS_AT]
         pair_id: str | None = fields[_PAIR_ID]
-        if not self._hold(pair_id, counters):
+        if outcome & BASELINE:
+            self._baseline(pair_id, counters)
+        elif not self._hold(pair_id, counters):
             self._fold()
             self._apply(pair_id, counters)
             # A reference for the next sample from the second of a tick on: a stream that
             # sends once a tick keeps nothing between ticks.
             self.recent = counters if self.pending_samples > 1 else None
         self._gauges(fields)
-        return changed
+        return outcome
+
+    def _baseline(self, pair_id: str | None, counters: tuple[Any, ...]) -> None:
+        """Take a first sample's counters as the values the stream had reached: no deltas
+        (nothing is held before a stream's first sample)."""
+        self.pair_id = pair_id
+        last = self.last
+        for i, value in enumerate(counters):
+            if value is not None:
+                last[i] = value
 
     def _hold(self, pair_id: str | None, counters: tuple[Any, ...]) -> bool:
         """Hold this sample (``counters``: all of them in ``COUNTERS`` order, None where absent)
@@ -449,10 +516,11 @@ class RtcStream:
             # Relayed volume: what the selected pair moved since the last sample, both ways.
             self.relayed_minute += pending[i_sent] + pending[i_received] - pair_before
 
-    def _path(self, fields: tuple[Any, ...]) -> RelayState | None:
+    def _path(self, fields: tuple[Any, ...]) -> bool:
+        """Take the sample's path; whether the relay state changed."""
         local: str | None = fields[_LOCAL_CANDIDATE]
         if local is None:
-            return None
+            return False
         protocol: str | None = fields[_RELAY_PROTOCOL]
         state = relay_state(local, protocol)
         if state != self.relay:
@@ -461,9 +529,9 @@ class RtcStream:
         self.turn_server = turn_server(fields[_TURN_URL]) if state != "direct" else None
         self.relay_protocol = protocol
         if state == self.relay:
-            return None
+            return False
         self.relay = state
-        return state
+        return True
 
     def _gauges(self, fields: tuple[Any, ...]) -> None:
         # Sums and counts for the minute's averages, in plain slots: this runs for every sample.
@@ -598,6 +666,12 @@ class RtcStream:
         self.minute_width_out = self.minute_height_out = None
         self.minute_remote_relayed = None
         return row
+
+
+def retire(retired: tuple[str, ...], boot: str) -> tuple[str, ...]:
+    """The boots a stream has left, newest first, once it leaves ``boot`` as well: a sample of
+    one of them is of an emitter that restarted since (``OLD_BOOT``), never a new stream."""
+    return (boot, *retired[: RETIRED_BOOTS - 1])
 
 
 def _mean(total: float, count: int) -> float | None:

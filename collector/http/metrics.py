@@ -5,11 +5,11 @@ A pure function of the health dict: no I/O, no clock, no registry; the route in
 values are in base units (``_seconds``, ``_bytes``) and counters end in ``_total``.
 
 Labels come only from fixed sets, never from what a client sends: ``transport`` (``udp``,
-``websocket``), ``reason`` (the protocol's reason codes and the engine's cap reasons, the keys of
-the counters), ``kind`` (frame and output kinds), ``backend``, ``channel``, ``code`` (HTTP
-status) and ``version``. Meeting, participant or route ids must never become labels: one series
-per meeting would grow without bound. Absent keys (storage ``backend = "none"``, a UDP socket
-not open yet) are skipped, not written as zero.
+``websocket``), ``reason`` (the protocol's reason codes, the engine's cap reasons and its
+reasons for not applying a sample, the keys of the counters), ``kind`` (frame and output kinds),
+``backend``, ``channel``, ``code`` (HTTP status) and ``version``. Meeting, participant or route
+ids must never become labels: one series per meeting would grow without bound. Absent keys
+(storage ``backend = "none"``, a UDP socket not open yet) are skipped, not written as zero.
 """
 
 from __future__ import annotations
@@ -227,6 +227,24 @@ def _aggregate(out: _Exposition, health: Mapping[str, Any]) -> None:
             count,
             reason=reason,
         )
+    for kind, count in _by_key(live.get("baseline_samples")).items():
+        out.counter(
+            "baseline_samples",
+            "First samples of streams that began before the daemon saw them: taken as a "
+            "baseline, what they had counted is not stored (PROTOCOL.md 8.5), by kind.",
+            count,
+            kind=kind,
+        )
+    for kind, reasons in _by_key(live.get("samples_not_applied")).items():
+        for reason, count in _by_key(reasons).items():
+            out.counter(
+                "samples_not_applied",
+                "Samples the engine did not apply (a duplicate q, a boot the stream has left, "
+                "a cap), by kind and reason.",
+                count,
+                kind=kind,
+                reason=reason,
+            )
 
 
 def _storage(out: _Exposition, health: Mapping[str, Any]) -> None:

@@ -5,7 +5,8 @@ One session per connection (PROTOCOL.md §7):
 - the first message must be a ``hello`` frame, within ``hello_timeout_s``; else close 1008
   with the counted reason code as the close reason, or ``hello expected`` (``no_hello``);
 - the daemon answers ``welcome`` and numbers the following messages 1, 2, 3…;
-- good frames go to the consumer's queue; the session *waits* for room (backpressure on this
+- good frames go to the consumer's queue with the hello's ``boot``, which ``rtc`` frames
+  without their own take (PROTOCOL.md §8.4); the session *waits* for room (backpressure on this
   one client, which TCP carries back to it) rather than dropping (UDP batches skip the queue:
   the UDP loop aggregates them as it reads them, and what it cannot read the kernel drops);
 - each rejected frame gets an ``error`` reply (at most N per ack interval; the rest are counted
@@ -115,7 +116,7 @@ def _as_bytes(message: str | bytes) -> bytes:
 
 async def serve_ingest_session(
     ws: WebSocketConnection,
-    out: trio.MemorySendChannel[list[Frame]],
+    out: trio.MemorySendChannel[tuple[list[Frame], str]],
     counters: TransportCounters,
     settings: SessionSettings,
     auth: Auth,
@@ -164,7 +165,7 @@ async def serve_ingest_session(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_send_replies, session)
             nursery.start_soon(_ack_and_heartbeat, session, settings, nursery.cancel_scope)
-            await _receive_frames(session, out, counters, settings, source)
+            await _receive_frames(session, out, counters, settings, source, hello.boot)
             nursery.cancel_scope.cancel()
     except BaseException:
         shutting_down = trio.current_effective_deadline() == -math.inf
@@ -207,10 +208,11 @@ def _count_close(exc: ConnectionClosed, counters: TransportCounters) -> None:
 
 async def _receive_frames(
     session: _Session,
-    out: trio.MemorySendChannel[list[Frame]],
+    out: trio.MemorySendChannel[tuple[list[Frame], str]],
     counters: TransportCounters,
     settings: SessionSettings,
     source: str,
+    boot: str,
 ) -> None:
     limits = settings.limits
     connection_rate, source_limiter = settings.connection_rate, settings.source_limiter
@@ -250,7 +252,7 @@ async def _receive_frames(
                 decoded = _drop(decoded, allowed, RATE_LIMITED, detail, counters)
         frames, errors = decoded.frames, decoded.errors
         if frames:
-            await out.send(frames)
+            await out.send((frames, boot))
         # Only now is the message processed: an ack never names a message whose frames are
         # still waiting for room in the consumer's queue.
         session.last_msg = msg

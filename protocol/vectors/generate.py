@@ -131,6 +131,7 @@ RTC_FULL: Final = RtcSample(
     relay_protocol="udp",
     turn_url="turn:turn1.example.net:3478?transport=udp",
     pair_id="CP4e2b9d71_a1b2c3d4",
+    boot="b-93f1c2aa7e",
 )
 RTC_MINIMAL: Final = RtcSample(
     meeting="standup-4821", participant="u-1b9e4c7a", connection="pc-3", seq=0, client_ts=TS

@@ -12,7 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from collector.aggregate.records import RtcMinuteRow
-from collector.aggregate.rtc import COUNTERS, RtcStream, relay_state, turn_server
+from collector.aggregate.rtc import (
+    BASELINE,
+    COUNTERS,
+    DUPLICATE,
+    RtcStream,
+    relay_state,
+    turn_server,
+)
 from protocol import RtcSample
 
 
@@ -26,9 +33,23 @@ def rows_of(stream: RtcStream) -> RtcMinuteRow:
     return row
 
 
-def test_first_sample_is_a_baseline_then_deltas_accumulate() -> None:
-    stream = RtcStream("m", "p", "c")
+def test_a_first_sample_with_q_0_counts_in_full_and_a_restart_begins_again() -> None:
+    stream = RtcStream("m", "p", "c", boot="b1")
+    assert stream.add_fields(msgspec.structs.astuple(sample(0, video_bytes_sent=700)), 1) == 0
     stream.add(sample(1, video_bytes_sent=1_000), minute_no=1)
+    assert rows_of(stream).counters["video_bytes_sent"] == 1_000
+    stream.restart("b2", opened=5)
+    assert (stream.boot, stream.retired, stream.opened) == ("b2", ("b1",), 5)
+    stream.add(sample(3, video_bytes_sent=40), minute_no=2)  # its first ones were lost
+    stream.add(sample(4, video_bytes_sent=90), minute_no=2)
+    assert rows_of(stream).counters["video_bytes_sent"] == 90
+
+
+def test_a_first_sample_above_q_0_is_a_baseline_then_deltas_accumulate() -> None:
+    stream = RtcStream("m", "p", "c")
+    assert stream.add_fields(msgspec.structs.astuple(sample(1, video_bytes_sent=1_000)), 1) == (
+        BASELINE
+    )
     stream.add(sample(2, video_bytes_sent=1_500), minute_no=1)
     stream.add(sample(3, video_bytes_sent=2_500), minute_no=1)
     pending, samples = stream.take_pending()
@@ -41,8 +62,11 @@ def test_first_sample_is_a_baseline_then_deltas_accumulate() -> None:
 
 def test_duplicates_and_late_samples_are_ignored_and_gaps_recorded() -> None:
     stream = RtcStream("m", "p", "c")
-    for seq, total in [(1, 100), (4, 400), (4, 400), (2, 200), (5, 500)]:
-        stream.add(sample(seq, audio_bytes_received=total), minute_no=0)
+    outcomes = [
+        stream.add_fields(msgspec.structs.astuple(sample(seq, audio_bytes_received=total)), 0)
+        for seq, total in [(1, 100), (4, 400), (4, 400), (2, 200), (5, 500)]
+    ]
+    assert outcomes == [BASELINE, 0, DUPLICATE, DUPLICATE, 0]
     row = rows_of(stream)
     assert row.counters["audio_bytes_received"] == 400  # 500 - 100, nothing twice
     assert stream.stale == 2
@@ -280,14 +304,15 @@ def test_a_fast_client_is_held_between_ticks() -> None:
 
 
 def test_a_counter_that_appears_is_never_held_past() -> None:
-    """A sample with a counter the one before lacked is applied, so that counter's baseline is
-    that sample, not a later one."""
+    """A sample with a counter the one before lacked is applied; the counter, absent from the
+    stream's first sample, counts from 0 (all of it is new)."""
     stream = RtcStream("m", "p", "c")
     stream.add(sample(1, audio_bytes_sent=100, video_bytes_sent=100), 0)
     stream.add(sample(2, audio_bytes_sent=200, video_bytes_sent=200, frames_decoded=50), 0)
+    assert not stream.held
     stream.add(sample(3, audio_bytes_sent=300, video_bytes_sent=300, frames_decoded=80), 0)
     pending, _ = stream.take_pending()
-    assert pending[COUNTERS.index("frames_decoded")] == 30
+    assert pending[COUNTERS.index("frames_decoded")] == 80
     assert pending[COUNTERS.index("video_bytes_sent")] == 200
 
 
@@ -295,8 +320,8 @@ def test_a_counter_that_appears_is_never_held_past() -> None:
 def test_a_counter_that_appears_among_all_the_others_is_never_held_past(
     missing: tuple[str, ...],
 ) -> None:
-    """The same with every counter but ``missing`` present, the last of them then appearing:
-    samples with no absent counter and with just one are compared as well."""
+    """The same with every counter but ``missing`` present, the last of them then appearing
+    (from 0): samples with no absent counter and with just one are compared as well."""
     stream = RtcStream("m", "p", "c")
     for seq in (1, 2, 3):
         counters = {name: 100 * seq for name in COUNTERS if name not in missing}
@@ -309,4 +334,4 @@ def test_a_counter_that_appears_among_all_the_others_is_never_held_past(
     pending, samples = stream.take_pending()
     assert (pending[COUNTERS.index("video_bytes_sent")], samples) == (400, 5)
     if missing:
-        assert pending[COUNTERS.index(missing[-1])] == 500 - 7
+        assert pending[COUNTERS.index(missing[-1])] == 500

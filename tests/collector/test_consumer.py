@@ -8,7 +8,7 @@ import trio
 import trio.testing
 
 from collector.aggregate.engine import Engine
-from collector.consumer import FrameConsumer
+from collector.consumer import FrameConsumer, SessionBatch
 from protocol import Frame
 from tests.helpers import event, rtc, wait_for
 
@@ -18,11 +18,11 @@ async def test_frames_reach_the_engine_and_ticks_run_the_lifecycle(
 ) -> None:
     engine = Engine()
     consumer = FrameConsumer(engine, clock=trio.current_time)
-    send, receive = trio.open_memory_channel[list[Frame]](10)
+    send, receive = trio.open_memory_channel[SessionBatch](10)
     async with trio.open_nursery() as nursery:
         await nursery.start(consumer.consume, receive)
         await nursery.start(consumer.tick)
-        await send.send([event("join"), rtc(1), rtc(2)])
+        await send.send(([event("join"), rtc(1), rtc(2)], "boot"))
         await wait_for(lambda: engine.stats()["participants"] == 1)
         assert engine.stats()["rtc_streams"] == 1
         # No more samples: after the silence timeout and the meeting timeout, it is all over.
@@ -44,19 +44,19 @@ async def test_an_engine_failure_is_counted_and_consuming_goes_on(
     class FailsOnce(Engine):
         failed = False
 
-        def add(self, frames: Iterable[Frame], now: float) -> None:
+        def add(self, frames: Iterable[Frame], now: float, boot: str | None = None) -> None:
             if not self.failed:
                 self.failed = True
                 raise RuntimeError("injected engine bug")
-            super().add(frames, now)
+            super().add(frames, now, boot)
 
     engine = FailsOnce()
     consumer = FrameConsumer(engine, clock=trio.current_time)
-    send, receive = trio.open_memory_channel[list[Frame]](10)
+    send, receive = trio.open_memory_channel[SessionBatch](10)
     async with trio.open_nursery() as nursery:
         await nursery.start(consumer.consume, receive)
-        await send.send([rtc(1, participant="lost")])
-        await send.send([rtc(1)])
+        await send.send(([rtc(1, participant="lost")], "boot"))
+        await send.send(([rtc(1)], "boot"))
         await wait_for(lambda: engine.stats()["rtc_streams"] == 1)
         nursery.cancel_scope.cancel()
     assert consumer.engine_errors == 1

@@ -20,10 +20,11 @@ from trio_websocket import (
 )
 
 from collector.auth import Auth
+from collector.consumer import SessionBatch
 from collector.http.server import HttpServer, HttpSettings, Response
 from collector.ingest.counters import TransportCounters
 from collector.ingest.websocket import SessionSettings, serve_ingest_session
-from protocol import Frame, Limits, encode_json, encode_msgpack
+from protocol import Limits, encode_json, encode_msgpack
 from protocol.session import Ack, ErrorReply, SessionMessage, Welcome
 from tests.helpers import hello, rtc, wait_for
 
@@ -36,7 +37,7 @@ class Server:
     port: int
     http: HttpServer
     counters: TransportCounters
-    frames: trio.MemoryReceiveChannel[list[Frame]]
+    frames: trio.MemoryReceiveChannel[SessionBatch]
 
     def url(self, path: str) -> str:
         return f"ws://127.0.0.1:{self.port}{path}"
@@ -54,7 +55,7 @@ async def start_server(
 ) -> Server:
     counters = TransportCounters()
     ingest_auth = auth or Auth([])
-    send, receive = trio.open_memory_channel[list[Frame]](100)
+    send, receive = trio.open_memory_channel[SessionBatch](100)
     settings = session or SessionSettings(
         limits=Limits(max_message_bytes=4096), ack_interval_s=0.05
     )
@@ -144,8 +145,9 @@ async def test_json_session_welcome_errors_and_acks(server: Server) -> None:
         assert (error.msg, error.index, error.reason) == (1, 1, "missing_field")
         ack = await next_reply(ws)
         assert ack == Ack(msg=1, accepted=2, rejected=1)
-    frames = server.frames.receive_nowait()
+    frames, boot = server.frames.receive_nowait()
     assert [getattr(f, "seq", None) for f in frames] == [1, 2]
+    assert boot == "test-boot"  # the hello's, for rtc frames without their own
     assert server.counters.frames_accepted == 2  # the session's hello is not a data frame
     assert server.counters.rejected_by_reason == {"missing_field": 1}
 

@@ -65,6 +65,11 @@ def health() -> dict[str, Any]:
             "http_routes": 3,
             "frames": 520,
             "refused_by_reason": {"max_meetings": 11},
+            "baseline_samples": {"http": 0, "rtc": 2},
+            "samples_not_applied": {
+                "http": {"duplicate": 0, "old_boot": 0, "http_route_cap": 0},
+                "rtc": {"duplicate": 319, "old_boot": 1, "meeting_cap": 11},
+            },
             "alerts_active": 1,
         },
         "storage": {
@@ -179,6 +184,11 @@ def test_values_and_labels_come_from_the_health_dict() -> None:
     assert value("bwmon_live_http_routes") == 3
     assert value("bwmon_alerts_open") == 1
     assert value("bwmon_frames_refused", reason="max_meetings") == 11
+    assert value("bwmon_baseline_samples", kind="rtc") == 2
+    assert value("bwmon_baseline_samples", kind="http") == 0
+    assert value("bwmon_samples_not_applied", kind="rtc", reason="duplicate") == 319
+    assert value("bwmon_samples_not_applied", kind="rtc", reason="old_boot") == 1
+    assert value("bwmon_samples_not_applied", kind="http", reason="duplicate") == 0
     assert value("bwmon_storage_backend_info", backend="sqlite") == 1
     assert value("bwmon_storage_pending_rows") == 3
     assert value("bwmon_storage_spooled_rows") == 2

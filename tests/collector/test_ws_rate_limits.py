@@ -10,6 +10,7 @@ import trio
 from trio_websocket import WebSocketConnection
 
 from collector.auth import Auth
+from collector.consumer import SessionBatch
 from collector.http.server import HttpServer, HttpSettings, current_request
 from collector.ingest.counters import TransportCounters
 from collector.ingest.limits import Rate, SourceLimiter
@@ -27,7 +28,7 @@ SLOW = 0.01
 class Server:
     port: int
     counters: TransportCounters
-    frames: trio.MemoryReceiveChannel[list[Frame]]
+    frames: trio.MemoryReceiveChannel[SessionBatch]
 
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ingest"
@@ -35,7 +36,7 @@ class Server:
 
 async def start_server(nursery: trio.Nursery, settings: SessionSettings) -> Server:
     counters = TransportCounters()
-    send, receive = trio.open_memory_channel[list[Frame]](100)
+    send, receive = trio.open_memory_channel[SessionBatch](100)
 
     async def ingest(ws: WebSocketConnection) -> None:
         peer = current_request().peer
@@ -61,11 +62,11 @@ async def replies_until_ack(ws: WebSocketConnection, msg: int) -> list[SessionMe
             return replies
 
 
-def drain(frames: trio.MemoryReceiveChannel[list[Frame]]) -> list[Frame]:
+def drain(frames: trio.MemoryReceiveChannel[SessionBatch]) -> list[Frame]:
     out: list[Frame] = []
     while True:
         try:
-            out += frames.receive_nowait()
+            out += frames.receive_nowait()[0]
         except trio.WouldBlock:
             return out
 

@@ -112,7 +112,8 @@ def test_live_meetings_then_a_csv_export_of_what_was_stored(tmp_path: Path) -> N
     assert {row["participant"] for row in rows} == set(PEOPLE)
     assert sum(int(row["samples"]) for row in rows) == SAMPLES * len(PEOPLE)
     video = sum(float(row["video_bytes_sent"]) for row in rows)
-    # cumulative counters: the first sample is the baseline, the bytes are what came after it
+    # cumulative counters: the first sample has q 1 (the daemon did not see the stream start),
+    # a baseline; the bytes are what came after it
     assert video == len(PEOPLE) * 180_000 * (SAMPLES - 1)
     assert {tuple(row[c] for c in VIDEO_COLUMNS) for row in rows} == {
         ("24.0", "30.0", "1280", "720", "640", "360", "2000000.0", "1")

@@ -13,11 +13,11 @@ import trio.testing
 
 from collector.aggregate.engine import Engine
 from collector.aggregate.settings import AggregateSettings
-from collector.consumer import FrameConsumer
+from collector.consumer import FrameConsumer, SessionBatch
 from collector.fanout.channel import ChannelUnavailable, LocalChannel
 from collector.fanout.hub import Change
 from collector.fanout.publisher import Publisher
-from protocol import Frame, RtcSample
+from protocol import RtcSample
 from protocol.subscribe import Delta, Entities, apply
 
 
@@ -51,7 +51,7 @@ class Rig:
             on_output=lambda out: self.publisher.offer_alerts(out.alerts),
             after_tick=self.publisher.on_tick,
         )
-        self.frames, self._frames_out = trio.open_memory_channel[list[Frame]](1000)
+        self.frames, self._frames_out = trio.open_memory_channel[SessionBatch](1000)
 
     async def start(self, nursery: trio.Nursery) -> None:
         await nursery.start(self.channel.serve, self.deltas.append, lambda _epoch: None)
@@ -80,7 +80,7 @@ async def test_changes_between_publishes_make_one_delta_per_topic_per_interval(
 
         async def join_many() -> None:  # a new meeting every 0.1 s: ten changes per tick
             for i in range(40):
-                await rig.frames.send([sample(f"m{i}", 1)])
+                await rig.frames.send(([sample(f"m{i}", 1)], "boot"))
                 await trio.sleep(0.1)
 
         await run_for(12, join_many)
@@ -108,13 +108,13 @@ async def test_a_delta_holds_only_changed_fields_and_nothing_when_nothing_change
         async def steady() -> None:  # one sample per second, mid-bucket: a constant rate
             await trio.sleep(0.5)
             for seq in range(1, 16):
-                await rig.frames.send([sample("steady", seq), sample("short", seq)])
+                await rig.frames.send(([sample("steady", seq), sample("short", seq)], "boot"))
                 if seq == 12:
                     break
                 await trio.sleep(1)
             for seq in range(13, 30):
                 await trio.sleep(1)
-                await rig.frames.send([sample("steady", seq)])
+                await rig.frames.send(([sample("steady", seq)], "boot"))
 
         await run_for(25, steady)
         nursery.cancel_scope.cancel()
@@ -146,7 +146,9 @@ async def test_alert_transitions_go_out_on_the_alerts_topic(
         async def bad_then_good() -> None:
             await trio.sleep(0.5)
             for seq in range(1, 30):
-                await rig.frames.send([sample("m", seq, rtt_ms=900.0 if seq < 8 else 50.0)])
+                await rig.frames.send(
+                    ([sample("m", seq, rtt_ms=900.0 if seq < 8 else 50.0)], "boot")
+                )
                 await trio.sleep(1)
 
         await run_for(28, bad_then_good)
@@ -183,11 +185,11 @@ async def test_nothing_is_lost_while_the_channel_is_away(
         await rig.start(nursery)
 
         async def scenario() -> None:
-            await rig.frames.send([sample("before", 1)])
+            await rig.frames.send(([sample("before", 1)], "boot"))
             await trio.sleep(2.5)
             assert isinstance(rig.channel, FlakyChannel)
             rig.channel.down = True
-            await rig.frames.send([sample("during", 1)])
+            await rig.frames.send(([sample("during", 1)], "boot"))
             await trio.sleep(outage_s)
             assert rig.publisher.channel_error == "injected outage"  # /readyz: not ready
             rig.channel.down = False
@@ -217,7 +219,7 @@ async def test_meeting_topics_are_built_while_wanted_and_emptied_when_the_meetin
         async def talk() -> None:
             await trio.sleep(0.5)
             for seq in range(1, 6):
-                await rig.frames.send([sample("m", seq), sample("other", seq)])
+                await rig.frames.send(([sample("m", seq), sample("other", seq)], "boot"))
                 await trio.sleep(1)
 
         await run_for(15, talk)

@@ -693,23 +693,29 @@ def worst_case_rtc(strings: dict[str, Any]) -> RtcSample:
     return RtcSample(**values, **strings)
 
 
-STRING_FIELDS = ("meeting", "participant", "connection", "pair_id", "turn_url")
+STRING_FIELDS = ("meeting", "participant", "connection", "pair_id", "turn_url", "boot")
 
 
 @pytest.mark.parametrize(
     "lengths",
-    [(32, 32, 30, 1, 1), (92, 1, 1, 1, 1), (20, 19, 19, 19, 19), (1, 1, 1, 1, 92)],
+    [
+        (32, 32, 23, 1, 1, 1),
+        (85, 1, 1, 1, 1, 1),
+        (15, 15, 15, 15, 15, 15),
+        (1, 1, 1, 1, 85, 1),
+        (12, 12, 12, 12, 30, 12),
+    ],
     ids=str,
 )
 def test_full_rtc_frame_size_budget(lengths: tuple[int, ...]) -> None:
-    """PROTOCOL.md §5: counters below 2**32 and identifiers totalling 96 bytes fit in 512."""
+    """PROTOCOL.md §5: counters below 2**32 and identifiers totalling 90 bytes fit in 512."""
     strings = {key: "x" * n for key, n in zip(STRING_FIELDS, lengths, strict=True)}
-    assert sum(lengths) == 96
+    assert sum(lengths) == 90
     frame = worst_case_rtc(strings)
     assert len(encode_msgpack(frame)) <= 512
     assert decode_message(encode_msgpack(frame)).frames == [frame]
     # and the budget is tight: one more byte can cross the line
-    over = ("x" * 32, "x" * 32, "x" * 31, "x", "x")
+    over = ("x" * 32, "x" * 32, "x" * 24, "x", "x", "x")
     tight = worst_case_rtc(dict(zip(STRING_FIELDS, over, strict=True)))
     assert len(encode_msgpack(tight)) == 513
 
