@@ -145,6 +145,6 @@ async def test_two_daemons_show_split_meetings_whole_and_store_every_byte(
         "FROM rtc_minute GROUP BY meeting, participant",
         database,
     )
-    stored = {(m, p): (int(str(up)), int(str(down))) for m, p, up, down in rows}
+    stored = {(m, p): (float(str(up)), float(str(down))) for m, p, up, down in rows}
     every_byte = BYTES_PER_SAMPLE * ROUNDS
     assert stored == {(m, p): (every_byte, every_byte // 2) for m in MEETINGS for p in PEOPLE}
