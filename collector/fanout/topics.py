@@ -12,6 +12,11 @@ the bandwidth estimate: the last value a sample carried) and rounded to what a d
 (3 significant digits for rates): samples arrive at their own rhythm, and a value that jitters
 in its fourth digit would put every entity in every delta.
 
+Each entity is this daemon's part of it: what it aggregates itself, plus the hidden fields that
+merging the parts of several daemons needs (``_relayed``: relayed participants of a meeting;
+``_hist``: a route's latency histogram over the window); ``collector.fanout.parts`` merges them
+and drops the hidden ones before a subscriber sees anything.
+
 Pure: reads the engine, returns plain dicts; never awaits, never reads the clock.
 """
 
