@@ -224,20 +224,25 @@ class Engine:
             stream.boot = boot
             return True
         if boot in stream.retired:
-            self.samples_not_applied["rtc"]["old_boot"] += 1
+            self._count("rtc", OLD_BOOT)
             return False
         self._close_stream_minute(stream)
         # A new segment, so that no row of the new boot's replaces one of the old boot's.
         stream.restart(boot, max(int(now * 1000), stream.opened + 1))
         return True
 
-    def _rtc_outcome(self, stream: RtcStream, outcome: int, now: float) -> None:
-        if outcome & DUPLICATE:
-            self.samples_not_applied["rtc"]["duplicate"] += 1
-            return
+    def _count(self, kind: str, outcome: int) -> None:
+        """Count a sample of ``kind`` taken as a baseline, or not applied."""
         if outcome & BASELINE:
-            self.baseline_samples["rtc"] += 1
-        if outcome & RELAY_CHANGED:
+            self.baseline_samples[kind] += 1
+        elif outcome & DUPLICATE:
+            self.samples_not_applied[kind]["duplicate"] += 1
+        elif outcome & OLD_BOOT:
+            self.samples_not_applied[kind]["old_boot"] += 1
+
+    def _rtc_outcome(self, stream: RtcStream, outcome: int, now: float) -> None:
+        self._count("rtc", outcome)
+        if outcome & RELAY_CHANGED:  # never with DUPLICATE: a duplicate changes nothing
             self.output.events.append(
                 LifecycleEvent(
                     kind="relay_changed",
@@ -264,12 +269,7 @@ class Engine:
             self._close_route_minute(route)
         outcome = route.add(sample, bucket_no, minute_no)
         if outcome:
-            if outcome & BASELINE:
-                self.baseline_samples["http"] += 1
-            elif outcome & DUPLICATE:
-                self.samples_not_applied["http"]["duplicate"] += 1
-            elif outcome & OLD_BOOT:
-                self.samples_not_applied["http"]["old_boot"] += 1
+            self._count("http", outcome)
 
     def _event(self, event: Event, now: float) -> None:
         if event.kind == "leave":

@@ -15,7 +15,7 @@ from collector.aggregate.engine import SNAPSHOT_VERSION, Engine
 from collector.aggregate.settings import AggregateSettings
 from protocol import HttpSample, RtcSample
 
-T0 = 1_764_338_417.25  # 2025-11-28 14:00:17.25 UTC: mid-minute, as a real clock reads
+T0 = 1_764_338_417.25  # an epoch time mid-minute, as a real clock reads
 
 
 def rtc(seq: int, connection: str = "pc-1", boot: str | None = None, **fields: Any) -> RtcSample:
