@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint lock clean compiled pure
+.PHONY: serve test faults lint lock clean compiled pure
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,15 @@ lint: $(STAMP)
 
 # pytest exit 5 means no tests were collected: that is a broken suite, not a pass.
 test: lint
-	$(BIN)/pytest -q -p no:cacheprovider; rc=$$?; \
+	$(BIN)/pytest -q -p no:cacheprovider -m "not faults"; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
+	exit $$rc
+
+# The fault-injection suite (docs/RELIABILITY.md): kill -9, outages, refused rows, Redis
+# restarts, hostile datagrams, slow and idle clients, against real servers on loopback.
+faults: $(STAMP)
+	$(BIN)/pytest -q -p no:cacheprovider -m faults; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make faults: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
 
 lock: $(STAMP)

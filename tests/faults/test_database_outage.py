@@ -14,7 +14,7 @@ import pytest
 from cli.daemon_process import start_daemon
 from tests.helpers import CuttableProxy, admin
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
 OUTAGE_S = 60
 
