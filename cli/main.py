@@ -31,7 +31,8 @@ from cli.emit import EmitError, EmitOptions, emit
 from cli.synthetic import Profile
 from cli.tail import TailError, TailOptions, TopicRefused, run_tail
 from collector import app as daemon_app
-from collector.config import Config, ConfigError, StorageConfig, load
+from collector.auth import bind_warning
+from collector.config import SECRET_KEYS, Config, ConfigError, StorageConfig, load
 from collector.logs import configure
 from collector.runtime import AsyncioBridge, open_thread_bridge, run_guest
 from collector.storage.export import (
@@ -302,28 +303,39 @@ def export_command(
 
 @app.command("check-config")
 def check_config(path: Annotated[Path, typer.Argument(help="collector.toml to check")]) -> None:
-    """Validate a configuration file as `bwmon serve` does; print the effective configuration
-    as JSON (secrets shown as "[redacted]", relative paths made absolute)."""
+    """Validate a configuration file as `bwmon serve` does, with the BWMON_* variables that win
+    over it; print the effective configuration as JSON (secrets shown only as where they come
+    from and how long they are, relative paths made absolute)."""
     settings = _load_or_exit(path)
     _check_or_exit(settings)
     shown = msgspec.to_builtins(settings)
-    for section, key in SECRET_KEYS:
-        value = shown[section][key]
-        if value:
-            shown[section][key] = (
-                ["[redacted]"] * len(value) if isinstance(value, list) else "[redacted]"
-            )
+    effective: dict[tuple[str, str], str | list[str]] = {
+        ("storage", "mysql_password"): settings.storage.password(),
+        ("fanout", "redis_url"): settings.fanout.redis(),
+        ("auth", "token_secrets"): settings.auth.secrets(),
+        ("auth", "udp_keys"): settings.auth.datagram_keys(),
+    }
+    for (section, key), variable in SECRET_KEYS.items():
+        origin = variable if variable in os.environ else "the file"
+        value = effective[(section, key)]
+        shown[section][key] = (
+            [_redacted(item, origin) for item in value]
+            if isinstance(value, list)
+            else _redacted(value, origin)
+            if value
+            else ""
+        )
     typer.echo(json.dumps(shown, indent=2))
+    warning = bind_warning(settings.server.host, settings.auth)
+    if warning is not None:
+        typer.echo(f"bwmon: warning: {warning}", err=True)
     typer.echo(f"{path}: ok", err=True)
 
 
-# Configuration keys that hold secrets: never printed.
-SECRET_KEYS = (
-    ("storage", "mysql_password"),
-    ("fanout", "redis_url"),
-    ("auth", "token_secrets"),
-    ("auth", "udp_keys"),
-)
+def _redacted(secret: str, origin: str) -> str:
+    """A secret as check-config shows it: where it comes from and its length, never a
+    character of it."""
+    return f"[redacted: {len(secret)} characters, from {origin}]"
 
 
 @app.command("emit")
@@ -436,7 +448,11 @@ def token_mint(
 ) -> None:
     """Print a signed token (PROTOCOL.md §13) made with the first of auth.token_secrets (or
     BWMON_TOKEN_SECRETS). Give it to one client; it expires after --ttl seconds."""
-    keys = _load_or_exit(config).auth.secrets()
+    try:
+        keys = _load_or_exit(config).auth.secrets()
+    except ConfigError as exc:  # a key of BWMON_TOKEN_SECRETS breaks the length rule
+        typer.echo(f"bwmon: {exc}", err=True)
+        raise typer.Exit(EXIT_CONFIG) from None
     if not keys:
         typer.echo(
             "bwmon token mint: no key: set auth.token_secrets in the config or BWMON_TOKEN_SECRETS",

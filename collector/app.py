@@ -26,7 +26,7 @@ import trio
 from trio_websocket import WebSocketConnection
 
 from collector.aggregate.engine import Engine, Output
-from collector.auth import Auth, Denied, UnsafeBind, bearer, check_bind
+from collector.auth import Auth, Denied, UnsafeBind, bearer, bind_warning, check_bind
 from collector.config import Config, ConfigError, FanoutConfig, StorageConfig
 from collector.consumer import FrameConsumer, SessionBatch
 from collector.fanout.channel import Channel, LocalChannel
@@ -246,12 +246,16 @@ class Daemon:
         """Put a re-read configuration in force without dropping a connection or a buffered
         row: alert rules, tokens and keys, limits and the log level (``RELOADABLE``).
 
-        Loading the file validated it (``ConfigError``); the one check left, ``UnsafeBind`` (no
-        authentication on a non-loopback host), comes before any change. Returns the other
+        Loading the file validated it (``ConfigError``); the checks left, ``UnsafeBind`` (no
+        authentication on a non-loopback host) and the keys of ``BWMON_TOKEN_SECRETS`` and
+        ``BWMON_UDP_KEYS`` (``ConfigError``), come before any change. Returns the other
         sections that differ from the running ones; they keep their running values until a
         restart."""
         rules = new.alerts.effective_rules()  # unique names: loading the file checked them
         check_bind(self.config.server.host, new.auth)
+        warning = bind_warning(self.config.server.host, new.auth)
+        if warning is not None:
+            log.warning("listening_unauthenticated", message=warning)
         self.configure_admission(new)  # its only failure, a bad allowlist, fails loading
         self.http.settings = dataclasses.replace(
             self.http.settings, max_connections_per_source=new.limits.max_connections_per_source
@@ -412,6 +416,9 @@ class Daemon:
     ) -> None:
         server, ingest = self.config.server, self.config.ingest
         check_startup(self.config)
+        warning = bind_warning(server.host, self.config.auth)
+        if warning is not None:
+            log.warning("listening_unauthenticated", message=warning)
         frames_in, frames_out = trio.open_memory_channel[SessionBatch](ingest.queue_batches)
         self._frames_in = frames_in
         try:
@@ -534,7 +541,10 @@ def check_startup(config: Config) -> None:
     they depend on the environment (``BWMON_*`` secrets) and on command-line overrides. ``serve``
     runs them before it binds a port and ``bwmon check-config`` runs them too, so a
     configuration check-config accepts is one the daemon starts on. Raises ``ConfigError``
-    (``UnsafeBind`` is one); never does I/O."""
+    (``UnsafeBind`` is one; a ``BWMON_TOKEN_SECRETS`` or ``BWMON_UDP_KEYS`` key that breaks the
+    file's length rule is another); never does I/O. What it allows but an operator must know,
+    ``auth.allow_unauthenticated`` beyond loopback, is ``bind_warning``: ``serve`` logs it
+    (``listening_unauthenticated``) and check-config prints it."""
     check_bind(config.server.host, config.auth)
     url = config.fanout.redis()
     if url:

@@ -96,20 +96,53 @@ class UnsafeBind(ConfigError):
     (``bwmon serve`` and ``bwmon check-config`` exit 2 on it)."""
 
 
-def check_bind(host: str, auth: AuthConfig) -> None:
-    """Refuse a non-loopback ``host`` unless tokens and a UDP guard (allowlist or signing
-    keys) are configured, or the operator said ``auth.allow_unauthenticated = true``."""
-    if is_loopback(host) or auth.allow_unauthenticated:
-        return
+# What each unset guard leaves open, by the keys ``_unguarded`` names.
+_TOKENS: Final = "auth.token_secrets (or BWMON_TOKEN_SECRETS)"
+_UDP_GUARD: Final = "auth.udp_allow or auth.udp_keys (or BWMON_UDP_KEYS)"
+_OPEN: Final = {
+    _TOKENS: "/ingest, /subscribe and /api take no token",
+    _UDP_GUARD: "UDP frames are taken from any address",
+}
+
+
+def _unguarded(auth: AuthConfig) -> list[str]:
+    """The guards ``auth`` leaves unset, as the keys to set (``ConfigError`` for a key of
+    ``BWMON_TOKEN_SECRETS``/``BWMON_UDP_KEYS`` that breaks the length rule)."""
     missing = []
     if not auth.secrets():
-        missing.append("auth.token_secrets (or BWMON_TOKEN_SECRETS)")
+        missing.append(_TOKENS)
     if not (auth.udp_allow or auth.datagram_keys()):
-        missing.append("auth.udp_allow or auth.udp_keys (or BWMON_UDP_KEYS)")
-    if missing:
-        raise UnsafeBind(
-            f"refusing to listen on {host} without authentication: set "
-            + " and ".join(missing)
-            + ", or set auth.allow_unauthenticated = true to accept anyone who can reach "
-            "the port (see docs/CONFIG.md [auth])"
-        )
+        missing.append(_UDP_GUARD)
+    return missing
+
+
+def check_bind(host: str, auth: AuthConfig) -> None:
+    """Refuse a non-loopback ``host`` unless tokens and a UDP guard (allowlist or signing
+    keys) are configured, or the operator said ``auth.allow_unauthenticated = true``. Raises
+    ``ConfigError`` also for a key of ``BWMON_TOKEN_SECRETS``/``BWMON_UDP_KEYS`` that breaks
+    the length rule, wherever the daemon listens."""
+    missing = _unguarded(auth)
+    if not missing or is_loopback(host) or auth.allow_unauthenticated:
+        return
+    raise UnsafeBind(
+        f"refusing to listen on {host} without authentication: set "
+        + " and ".join(missing)
+        + ", or set auth.allow_unauthenticated = true to accept anyone who can reach "
+        "the port (see docs/CONFIG.md [auth])"
+    )
+
+
+def bind_warning(host: str, auth: AuthConfig) -> str | None:
+    """The warning for a non-loopback ``host`` that ``auth.allow_unauthenticated = true`` lets
+    go without some authentication (``check_bind`` passes it), or None."""
+    if is_loopback(host) or not auth.allow_unauthenticated:
+        return None
+    missing = _unguarded(auth)
+    if not missing:
+        return None
+    return (
+        f"listening on {host} without authentication (auth.allow_unauthenticated = true): "
+        + "; ".join(_OPEN[guard] for guard in missing)
+        + ". Unless only trusted hosts can reach the port, set "
+        + " and ".join(missing)
+    )

@@ -3,7 +3,10 @@
 Every key has a default, so ``bwmon serve`` with no file at all runs a useful daemon on
 loopback. Every key is documented in ``collector.toml.example`` (a test checks that both list
 the same keys). A bad file raises ``ConfigError`` whose message names the key, the bad value and
-what was expected; this module never prints or exits. ``load`` makes the file's relative paths
+what was expected; this module never prints or exits. No message holds the value of a key that
+holds a secret (``SECRET_KEYS``), nor a whole table: those say what is wrong (a key's length,
+a type) instead. Keys from ``BWMON_TOKEN_SECRETS`` and ``BWMON_UDP_KEYS`` meet the same rules
+as the file's, checked when they are read. ``load`` makes the file's relative paths
 (``storage.state_dir``, ``storage.sqlite_path``) absolute, relative to the file's directory.
 """
 
@@ -13,7 +16,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 import msgspec.inspect
@@ -102,16 +105,43 @@ class FanoutConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         return os.environ.get("BWMON_REDIS_URL", self.redis_url)
 
 
-Secret = Annotated[str, Meta(min_length=32, max_length=512)]
+SECRET_MIN_CHARS: Final = 32
+SECRET_MAX_CHARS: Final = 512
+Secret = Annotated[str, Meta(min_length=SECRET_MIN_CHARS, max_length=SECRET_MAX_CHARS)]
+
+# The keys that hold secrets, with the environment variable that wins over each. No message,
+# log line or ``check-config`` output ever holds their values.
+SECRET_KEYS: Final[dict[tuple[str, str], str]] = {
+    ("storage", "mysql_password"): "BWMON_MYSQL_PASSWORD",
+    ("fanout", "redis_url"): "BWMON_REDIS_URL",
+    ("auth", "token_secrets"): "BWMON_TOKEN_SECRETS",
+    ("auth", "udp_keys"): "BWMON_UDP_KEYS",
+}
 
 
-def _env_list(name: str, configured: list[str]) -> list[str]:
-    """A comma-separated environment variable wins over the configured list (secrets stay
-    out of files)."""
+def secret_length_problem(length: int) -> str | None:
+    """Why a signing key of ``length`` characters is refused, or None: the rule for
+    ``auth.token_secrets`` and ``auth.udp_keys`` wherever they come from."""
+    if length < SECRET_MIN_CHARS:
+        return f"{length} characters, at least {SECRET_MIN_CHARS} required"
+    if length > SECRET_MAX_CHARS:
+        return f"{length} characters, at most {SECRET_MAX_CHARS} allowed"
+    return None
+
+
+def _env_keys(name: str, configured: list[str]) -> list[str]:
+    """A comma-separated environment variable wins over the configured keys (secrets stay
+    out of files); its keys meet the file's rules, or ``ConfigError`` names the variable, the
+    position and the length, never the key."""
     value = os.environ.get(name)
     if value is None:
         return list(configured)
-    return [item.strip() for item in value.split(",") if item.strip()]
+    keys = [item.strip() for item in value.split(",") if item.strip()]
+    for index, key in enumerate(keys):
+        problem = secret_length_problem(len(key))
+        if problem is not None:
+            raise ConfigError(f"{name}[{index}] (environment): {problem}")
+    return keys
 
 
 class AuthConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -132,12 +162,14 @@ class AuthConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     def secrets(self) -> list[str]:
         """Token signing keys: ``BWMON_TOKEN_SECRETS`` (comma-separated) wins. The first mints,
-        every one verifies (rotation: add the new key first, drop the old one later)."""
-        return _env_list("BWMON_TOKEN_SECRETS", self.token_secrets)
+        every one verifies (rotation: add the new key first, drop the old one later).
+        ``ConfigError`` when a key of the variable is too short or too long."""
+        return _env_keys("BWMON_TOKEN_SECRETS", self.token_secrets)
 
     def datagram_keys(self) -> list[str]:
-        """UDP signing keys: ``BWMON_UDP_KEYS`` (comma-separated) wins; same rotation rule."""
-        return _env_list("BWMON_UDP_KEYS", self.udp_keys)
+        """UDP signing keys: ``BWMON_UDP_KEYS`` (comma-separated) wins; same rotation and
+        length rules."""
+        return _env_keys("BWMON_UDP_KEYS", self.udp_keys)
 
 
 class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -194,6 +226,9 @@ def _lookup(doc: Any, dotted: list[str | int]) -> Any:
 
 
 def _explain(exc: msgspec.ValidationError, doc: dict[str, Any], source: str) -> ConfigError:
+    """The operator's message for a validation error: the key, what was wrong and what was
+    expected; the bad value only where it can hold no secret (``SECRET_KEYS``), and never a
+    whole table."""
     message = str(exc)
     match = _PATH.search(message)
     raw_path = match.group(1) if match else ""
@@ -202,7 +237,7 @@ def _explain(exc: msgspec.ValidationError, doc: dict[str, Any], source: str) -> 
         int(p[1:-1]) if p.startswith("[") else p[1:]
         for p in re.findall(r"\.[A-Za-z0-9_]+|\[\d+\]", raw_path)
     ]
-    key = ".".join(str(p) for p in parts)
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts)[1:]
     unknown = _UNKNOWN.match(expected)
     if unknown:
         name = f"{key}.{unknown.group(1)}" if key else unknown.group(1)
@@ -213,16 +248,49 @@ def _explain(exc: msgspec.ValidationError, doc: dict[str, Any], source: str) -> 
         value = _lookup(doc, parts)
     except (KeyError, IndexError, TypeError):
         return ConfigError(f"{source}: {key or 'document'}: {expected}")
+    if isinstance(value, dict):
+        # A table's own check (``__post_init__``) failed, or a table stands where a value
+        # should: the message names the key, and the table may hold secrets.
+        said = expected if expected.startswith(f"{key}.") else f"{key}: {_plain(expected)}"
+        return ConfigError(f"{source}: {said}")
+    if _holds_secret(parts):
+        return ConfigError(f"{source}: {key}: {_secret_problem(value, expected)}")
     if expected.startswith("Invalid enum value"):
         return ConfigError(f"{source}: {key} = {value!r}: expected one of: {_choices(parts)}")
     return ConfigError(f"{source}: {key} = {value!r}: {_plain(expected)}")
+
+
+def _holds_secret(parts: list[str | int]) -> bool:
+    """Whether the value at ``parts`` is, or contains, a secret-bearing key."""
+    return any(
+        tuple(parts[: len(secret)]) == secret or tuple(secret[: len(parts)]) == tuple(parts)
+        for secret in SECRET_KEYS
+    )
+
+
+_LENGTH = re.compile(r"^Expected `str` of length [<>]= \d+$")
+
+
+def _secret_problem(value: Any, expected: str) -> str:
+    """What is wrong with a secret-bearing value, without the value: its length against the
+    rule, or the type expected and the type found."""
+    if isinstance(value, str) and _LENGTH.match(expected):
+        problem = secret_length_problem(len(value))
+        if problem is not None:
+            return problem
+    if expected.startswith("Expected") and ", got " in expected:
+        return _plain(expected)
+    return f"{_plain(expected)} (value not shown: it holds a secret)"
 
 
 def _choices(parts: list[str | int]) -> str:
     """The allowed values of a Literal-typed key, read from the Structs themselves."""
     info: Any = msgspec.inspect.type_info(Config)
     for part in parts:
-        info = next(f.type for f in info.fields if f.name == part)
+        if isinstance(part, int):  # an item of a list, e.g. alerts.rules[0]
+            info = info.item_type
+        else:
+            info = next(f.type for f in info.fields if f.name == part)
     return ", ".join(repr(v) for v in getattr(info, "values", ()))
 
 

@@ -148,8 +148,109 @@ def test_check_config_never_prints_a_secret(tmp_path: Path) -> None:
     for secret in secrets:
         assert secret not in result.stdout + result.stderr
     shown = json.loads(result.stdout)
-    assert shown["auth"]["token_secrets"] == ["[redacted]"]
-    assert shown["storage"]["mysql_password"] == "[redacted]"
+    assert shown["auth"]["token_secrets"] == ["[redacted: 40 characters, from the file]"]
+    assert shown["storage"]["mysql_password"] == "[redacted: 12 characters, from the file]"
+
+
+def test_check_config_shows_where_secrets_come_from_and_checks_them_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys from the environment: shown as keys from there (not as the file's empty list),
+    and held to the file's length rule by check-config, serve and token mint alike."""
+    keys = ["env-token-key-" + "e" * 30, "env-token-key-" + "n" * 30]
+    monkeypatch.setenv("BWMON_TOKEN_SECRETS", ",".join(keys))
+    monkeypatch.setenv("BWMON_UDP_KEYS", "udp-key-" + "u" * 40)
+    monkeypatch.setenv("BWMON_MYSQL_PASSWORD", "db-pass-word")
+    monkeypatch.delenv("BWMON_REDIS_URL", raising=False)
+    config = tmp_path / "collector.toml"
+    config.write_text("[server]\nhost = '0.0.0.0'\n[storage]\nbackend = 'none'\n")
+    result = bwmon("check-config", str(config))
+    assert result.returncode == 0, result.stderr
+    for secret in [*keys, "u" * 40, "db-pass-word"]:
+        assert secret not in result.stdout + result.stderr
+    auth = json.loads(result.stdout)["auth"]
+    assert auth["token_secrets"] == ["[redacted: 44 characters, from BWMON_TOKEN_SECRETS]"] * 2
+    assert auth["udp_keys"] == ["[redacted: 48 characters, from BWMON_UDP_KEYS]"]
+    assert json.loads(result.stdout)["fanout"]["redis_url"] == ""
+
+    monkeypatch.setenv("BWMON_TOKEN_SECRETS", f"{keys[0]},ab")  # "ab" passed the bind rule
+    refused = "bwmon: BWMON_TOKEN_SECRETS[1] (environment): 2 characters, at least 32 required\n"
+    for command in (
+        ["check-config", str(config)],
+        ["serve", "--config", str(config), "--udp-port", "0", "--http-port", "0"],
+        ["serve", "--config", str(config), "--host", "127.0.0.1", "--udp-port", "0"],
+        ["token", "mint", "--config", str(config)],
+    ):
+        result = bwmon(*command)
+        assert (result.returncode, result.stderr, result.stdout) == (EXIT_CONFIG, refused, "")
+
+
+@pytest.mark.parametrize(
+    ("auth", "secret", "message"),
+    [
+        (
+            "token_secrets = ['{key}', 'twelve-chars']",
+            "twelve-chars",
+            "auth.token_secrets[1]: 12 characters, at least 32 required",
+        ),
+        ("udp_keys = ['{long}']", "L" * 513, "auth.udp_keys[0]: 513 characters, at most 512"),
+        (
+            "token_secrets = ['{key}']\nudp_keys = ['{key}']\nudp_allow = ['10.0.0.300']",
+            "k" * 40,
+            "auth.udp_allow: '10.0.0.300' is not an IP address or network",
+        ),
+    ],
+    ids=["too-short", "too-long", "udp-allow-typo"],
+)
+def test_a_bad_secret_in_the_file_is_named_never_printed(
+    tmp_path: Path, auth: str, secret: str, message: str
+) -> None:
+    config = tmp_path / "collector.toml"
+    text = auth.format(key="k" * 40, long="L" * 513)
+    config.write_text(f"[storage]\nbackend = 'none'\n[auth]\n{text}\n")
+    checked = bwmon("check-config", str(config))
+    served = bwmon("serve", "--config", str(config), "--udp-port", "0", "--http-port", "0")
+    assert (checked.returncode, served.returncode) == (EXIT_CONFIG, EXIT_CONFIG)
+    assert checked.stderr == served.stderr
+    assert checked.stderr.startswith(f"bwmon: {config}: {message}")
+    assert secret not in checked.stderr
+
+
+def test_an_alert_rule_on_an_unknown_metric_is_refused_by_check_config_and_serve(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "collector.toml"
+    config.write_text(
+        "[storage]\nbackend = 'none'\n[[alerts.rules]]\nname = 'slow'\nmetric = 'rtt_msec'\n"
+        "raise_threshold = 400.0\nclear_threshold = 300.0\n"
+    )
+    checked = bwmon("check-config", str(config))
+    served = bwmon("serve", "--config", str(config), "--udp-port", "0", "--http-port", "0")
+    assert (checked.returncode, served.returncode) == (EXIT_CONFIG, EXIT_CONFIG)
+    assert (
+        checked.stderr
+        == served.stderr
+        == (
+            f"bwmon: {config}: alerts.rules[0].metric = 'rtt_msec': expected one of: "
+            "'jitter_ms', 'loss_pct', 'mos', 'relay_tcp', 'rtt_ms'\n"
+        )
+    )
+
+
+def test_check_config_warns_about_allow_unauthenticated_beyond_loopback(tmp_path: Path) -> None:
+    config = tmp_path / "collector.toml"
+    config.write_text(PUBLIC_WITHOUT_AUTH + "[auth]\nallow_unauthenticated = true\n")
+    result = bwmon("check-config", str(config))
+    assert result.returncode == 0
+    warning, ok = result.stderr.splitlines()
+    assert warning.startswith(
+        "bwmon: warning: listening on 0.0.0.0 without authentication "
+        "(auth.allow_unauthenticated = true): /ingest, /subscribe and /api take no token; "
+        "UDP frames are taken from any address."
+    )
+    assert ok == f"{config}: ok"
+    config.write_text("[storage]\nbackend = 'none'\n[auth]\nallow_unauthenticated = true\n")
+    assert "warning" not in bwmon("check-config", str(config)).stderr  # loopback: nothing to say
 
 
 # Configuration errors: exit 2 (EXIT_CONFIG) from every command, the status systemd does not

@@ -48,13 +48,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, get_args
 
 import msgspec
 from msgspec import Meta
 
 Severity = Literal["info", "warning", "critical"]
 Scope = Literal["participant", "meeting"]
+# What a rule can watch: the keys of the metrics the aggregation engine measures per sample.
+Metric = Literal["rtt_ms", "jitter_ms", "loss_pct", "mos", "relay_tcp"]
+
+METRICS: Final[tuple[Metric, ...]] = get_args(Metric)
 
 SCOPES: Final[tuple[Scope, ...]] = ("participant", "meeting")
 MAX_WINDOW: Final = 64  # samples; windows are bit masks, so this bounds memory per rule and key
@@ -73,7 +77,7 @@ class AlertRule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen
     """
 
     name: _Name  # unique among the rules in force, e.g. "high_rtt"
-    metric: _Name  # key of the metrics mapping: rtt_ms | jitter_ms | loss_pct | mos | relay_tcp
+    metric: Metric  # one of METRICS: a typo is refused, never a rule that cannot fire
     above: bool = True  # True: a breach is value > raise_threshold; False: value < it
     raise_threshold: float
     clear_threshold: float  # hysteresis: healthy is <= this (above) or >= this (below)
@@ -87,6 +91,8 @@ class AlertRule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen
     min_interval_s: _Seconds = 60.0  # after a clear, no new raise of this rule and key before
 
     def __post_init__(self) -> None:
+        if self.metric not in METRICS:  # a rule built in code; decoding checked the Literal
+            raise ValueError(f"unknown metric {self.metric!r}; expected one of: {METRICS}")
         if not (math.isfinite(self.raise_threshold) and math.isfinite(self.clear_threshold)):
             raise ValueError("raise_threshold and clear_threshold must be finite numbers")
         if self.raise_count > self.raise_window:

@@ -12,8 +12,17 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from collector.auth import OPEN, Auth, Denied, UnsafeBind, bearer, check_bind, is_loopback
-from collector.config import AuthConfig
+from collector.auth import (
+    OPEN,
+    Auth,
+    Denied,
+    UnsafeBind,
+    bearer,
+    bind_warning,
+    check_bind,
+    is_loopback,
+)
+from collector.config import AuthConfig, ConfigError
 from protocol import encode_json
 from protocol.frames import Hello, RtcSample
 from protocol.session import Ack, ErrorReply, Welcome
@@ -168,6 +177,49 @@ def test_non_loopback_bind_needs_tokens_and_a_udp_guard() -> None:
     with pytest.raises(UnsafeBind, match=r"auth\.udp_allow") as only_udp:
         check_bind("0.0.0.0", AuthConfig(token_secrets=[KEY]))
     assert "token_secrets" not in str(only_udp.value)
+
+
+def test_weak_keys_from_the_environment_count_for_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``BWMON_TOKEN_SECRETS`` and ``BWMON_UDP_KEYS`` meet the file's length rule: a weak key
+    is a configuration error wherever the daemon listens, never a guard for a public port."""
+    monkeypatch.setenv("BWMON_TOKEN_SECRETS", "weak-1")
+    monkeypatch.setenv("BWMON_UDP_KEYS", KEY)
+    for host in ("0.0.0.0", "127.0.0.1"):
+        with pytest.raises(ConfigError) as caught:
+            check_bind(host, AuthConfig())
+        assert str(caught.value) == (
+            "BWMON_TOKEN_SECRETS[0] (environment): 6 characters, at least 32 required"
+        )
+    monkeypatch.setenv("BWMON_TOKEN_SECRETS", KEY)
+    monkeypatch.setenv("BWMON_UDP_KEYS", f"{OTHER_KEY},weak-2")
+    with pytest.raises(ConfigError, match=r"^BWMON_UDP_KEYS\[1\] \(environment\): 6 char"):
+        check_bind("0.0.0.0", AuthConfig())
+    monkeypatch.setenv("BWMON_UDP_KEYS", OTHER_KEY)
+    check_bind("0.0.0.0", AuthConfig())  # strong keys from the environment guard it
+
+
+def test_allow_unauthenticated_beyond_loopback_starts_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("BWMON_TOKEN_SECRETS", raising=False)
+    monkeypatch.delenv("BWMON_UDP_KEYS", raising=False)
+    anyone = AuthConfig(allow_unauthenticated=True)
+    check_bind("0.0.0.0", anyone)  # allowed...
+    warning = bind_warning("0.0.0.0", anyone)  # ...and said
+    assert warning is not None
+    assert warning.startswith("listening on 0.0.0.0 without authentication")
+    assert "/ingest, /subscribe and /api take no token" in warning
+    assert "UDP frames are taken from any address" in warning
+    only_udp = bind_warning("10.0.0.5", AuthConfig(allow_unauthenticated=True, token_secrets=[KEY]))
+    assert only_udp is not None
+    assert "take no token" not in only_udp
+    assert "auth.udp_allow or auth.udp_keys" in only_udp
+    assert bind_warning("127.0.0.1", anyone) is None
+    assert bind_warning("0.0.0.0", AuthConfig()) is None  # refused by check_bind instead
+    guarded = AuthConfig(allow_unauthenticated=True, token_secrets=[KEY], udp_keys=[OTHER_KEY])
+    assert bind_warning("0.0.0.0", guarded) is None
 
 
 async def _hello_with(token: str | None) -> bytes:

@@ -9,6 +9,9 @@ from typing import Any
 import msgspec
 import pytest
 
+from collector.aggregate.alerts import DEFAULT_RULES, METRICS, AlertRule
+from collector.aggregate.engine import Interval, _alert_metrics
+from collector.aggregate.rtc import RtcStream
 from collector.config import Config, ConfigError, defaults_as_dict, from_dict, load
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,7 +129,7 @@ def test_alert_rules_from_the_file_replace_and_extend_the_defaults(tmp_path: Pat
     assert "low_mos" in rules
     path.write_text("[alerts]\nuse_default_rules = false\n")
     assert load(path).alerts.effective_rules() == []
-    path.write_text("[[alerts.rules]]\nname = 'x'\nmetric = 'm'\nraise_threshold = 1.0\n")
+    path.write_text("[[alerts.rules]]\nname = 'x'\nmetric = 'mos'\nraise_threshold = 1.0\n")
     with pytest.raises(ConfigError, match="clear_threshold"):
         load(path)
 
@@ -155,3 +158,107 @@ def test_without_a_file_the_state_is_in_the_working_directory(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     assert load(None).storage.state_dir == str(tmp_path / "state")
+
+
+def rule(**fields: Any) -> dict[str, Any]:
+    return {"name": "mine", "raise_threshold": 400.0, "clear_threshold": 300.0, **fields}
+
+
+def test_an_alert_rule_on_an_unknown_metric_is_refused_with_the_metrics_it_may_watch(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "collector.toml"
+    path.write_text(
+        "[[alerts.rules]]\nname = 'slow'\nmetric = 'rtt'\n"
+        "raise_threshold = 400.0\nclear_threshold = 300.0\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    assert str(caught.value) == (
+        f"{path}: alerts.rules[0].metric = 'rtt': expected one of: "
+        + ", ".join(repr(metric) for metric in sorted(METRICS))
+    )
+    with pytest.raises(ValueError, match="unknown metric 'rtt'"):  # a rule built in code
+        AlertRule(**rule(metric="rtt"))
+
+
+def test_every_metric_a_rule_may_watch_is_one_the_engine_measures() -> None:
+    interval = Interval(*[0.0] * len(Interval.__dataclass_fields__))
+    assert set(_alert_metrics(interval, RtcStream("m1", "p1", "pc1"))) == set(METRICS)
+    assert {rule.metric for rule in DEFAULT_RULES} <= set(METRICS)
+
+
+# Secrets: the same rules wherever they come from, and never a secret's value in a message.
+
+FILE_KEY = "file-token-key-" + "f" * 30
+UDP_KEY = "file-udp-key-" + "u" * 30
+
+
+@pytest.mark.parametrize(
+    ("auth", "secret", "message"),
+    [
+        (
+            {"token_secrets": [FILE_KEY, "short-secret-1234"]},
+            "short-secret-1234",
+            "auth.token_secrets[1]: 17 characters, at least 32 required",
+        ),
+        (
+            {"udp_keys": ["L" * 600]},
+            "L" * 600,
+            "auth.udp_keys[0]: 600 characters, at most 512 allowed",
+        ),
+        (
+            {"token_secrets": "one-secret-not-in-a-list-" + "z" * 20},
+            "one-secret-not-in-a-list",
+            "auth.token_secrets: expected array, got str",
+        ),
+        (
+            {"token_secrets": [FILE_KEY], "udp_keys": [UDP_KEY], "udp_allow": ["10.0.0.300"]},
+            FILE_KEY,
+            "auth.udp_allow: '10.0.0.300' is not an IP address or network",
+        ),
+    ],
+    ids=["too-short", "too-long", "not-a-list", "udp-allow-typo"],
+)
+def test_a_bad_auth_table_is_named_and_no_secret_is_printed(
+    auth: dict[str, Any], secret: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        from_dict({"auth": auth}, "c.toml")
+    text = str(caught.value)
+    assert text.startswith(f"c.toml: {message}")
+    for value in [secret, FILE_KEY, UDP_KEY]:
+        assert value not in text
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"storage": {"mysql_password": ["pass-word-in-a-list"]}},
+        {"fanout": {"redis_url": ["redis://:pass-word-in-a-list@host"]}},
+        {"auth": ["pass-word-in-a-list"]},
+        {"storage": ["pass-word-in-a-list"]},
+    ],
+)
+def test_a_misplaced_secret_is_not_printed_either(doc: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        from_dict(doc, "c.toml")
+    assert "expected" in str(caught.value)
+    assert "pass-word-in-a-list" not in str(caught.value)
+
+
+@pytest.mark.parametrize("variable", ["BWMON_TOKEN_SECRETS", "BWMON_UDP_KEYS"])
+def test_keys_from_the_environment_meet_the_files_rules(
+    variable: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    auth = from_dict({}).auth
+    read = auth.secrets if variable == "BWMON_TOKEN_SECRETS" else auth.datagram_keys
+    monkeypatch.setenv(variable, f"{FILE_KEY}, ab")
+    with pytest.raises(ConfigError) as caught:
+        read()
+    assert str(caught.value) == f"{variable}[1] (environment): 2 characters, at least 32 required"
+    monkeypatch.setenv(variable, "x" * 513)
+    with pytest.raises(ConfigError, match=r"\[0\] \(environment\): 513 characters, at most 512"):
+        read()
+    monkeypatch.setenv(variable, f" {FILE_KEY} ,{UDP_KEY},")
+    assert read() == [FILE_KEY, UDP_KEY]

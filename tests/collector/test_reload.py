@@ -5,14 +5,16 @@ needing a restart."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
+from structlog.testing import capture_logs
 
-from collector.app import Daemon
+from collector.app import Daemon, _reload
 from collector.auth import UnsafeBind
-from collector.config import Config, ConfigError, from_dict
+from collector.config import Config, ConfigError, from_dict, load
 from protocol.tokens import Claims, mint
 
 OLD_KEY = "o" * 32
@@ -81,3 +83,62 @@ def test_duplicate_rule_names_are_a_configuration_error() -> None:
     rule = {"name": "r", "metric": "rtt_ms", "raise_threshold": 5.0, "clear_threshold": 4.0}
     with pytest.raises(ConfigError, match="rule names must be unique: r"):
         config(alerts={"rules": [rule, rule]})
+
+
+SLOW_RULE = (
+    "[[alerts.rules]]\nname = 'slow'\nmetric = '{metric}'\n"
+    "raise_threshold = 400.0\nclear_threshold = 300.0\n"
+)
+
+
+def test_sighup_with_an_unknown_alert_metric_keeps_the_running_rules(tmp_path: Path) -> None:
+    path = tmp_path / "collector.toml"
+    path.write_text("[storage]\nbackend = 'none'\n" + SLOW_RULE.format(metric="rtt_ms"))
+    daemon = Daemon(load(path))
+    rules = daemon.engine.alerts.rules
+    assert "slow" in {rule.name for rule in rules}
+    path.write_text("[storage]\nbackend = 'none'\n" + SLOW_RULE.format(metric="rtt"))
+    with capture_logs() as logs:
+        _reload(daemon, lambda: load(path))
+    assert [entry["event"] for entry in logs] == ["reload_failed"]
+    assert logs[0]["error"] == (
+        f"{path}: alerts.rules[0].metric = 'rtt': expected one of: "
+        "'jitter_ms', 'loss_pct', 'mos', 'relay_tcp', 'rtt_ms'"
+    )
+    assert daemon.engine.alerts.rules == rules
+
+
+def test_sighup_with_a_weak_secret_names_the_key_and_logs_no_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "collector.toml"
+    path.write_text(f"[storage]\nbackend = 'none'\n[auth]\ntoken_secrets = ['{OLD_KEY}']\n")
+    daemon = Daemon(load(path))
+    weak = "short-but-secret"
+    path.write_text(
+        f"[storage]\nbackend = 'none'\n[auth]\ntoken_secrets = ['{NEW_KEY}', '{weak}']\n"
+    )
+    with capture_logs() as logs:
+        _reload(daemon, lambda: load(path))
+    assert [entry["error"] for entry in logs] == [
+        f"{path}: auth.token_secrets[1]: 16 characters, at least 32 required"
+    ]
+    path.write_text(
+        f"[storage]\nbackend = 'none'\n[auth]\ntoken_secrets = ['{NEW_KEY}']\n"
+        "udp_allow = ['10.0.0.300']\n"
+    )
+    with capture_logs() as logs:
+        _reload(daemon, lambda: load(path))
+    assert logs[0]["event"] == "reload_failed"
+    assert logs[0]["error"].startswith(f"{path}: auth.udp_allow: '10.0.0.300' is not an IP")
+    assert NEW_KEY not in logs[0]["error"]
+    # A weak key from the environment: refused as the file's would be, before any change.
+    path.write_text(f"[storage]\nbackend = 'none'\n[auth]\ntoken_secrets = ['{NEW_KEY}']\n")
+    monkeypatch.setenv("BWMON_TOKEN_SECRETS", weak)
+    with capture_logs() as logs:
+        _reload(daemon, lambda: load(path))
+    assert [entry["error"] for entry in logs] == [
+        "BWMON_TOKEN_SECRETS[0] (environment): 16 characters, at least 32 required"
+    ]
+    assert isinstance(daemon.auth.admit(read_token(OLD_KEY), "read"), Claims)
+    assert daemon.config.auth.token_secrets == [OLD_KEY]

@@ -171,3 +171,17 @@ def test_a_non_loopback_bind_without_authentication_refuses_to_start(
     assert "refusing to listen on 0.0.0.0 without authentication" in result.stderr
     assert missing in result.stderr
     assert "allow_unauthenticated" in result.stderr
+
+
+def test_allow_unauthenticated_beyond_loopback_starts_with_a_warning(tmp_path: Path) -> None:
+    config = tmp_path / "collector.toml"
+    config.write_text("[storage]\nbackend = 'none'\n[auth]\nallow_unauthenticated = true\n")
+    args = ["--config", str(config), "--host", "0.0.0.0"]  # the last --host wins
+    with running_daemon(tmp_path / "daemon.log", args) as daemon:
+        assert daemon.health()["status"] == "ok"
+        events = daemon.log_events()
+    (warning,) = [e for e in events if e["event"] == "listening_unauthenticated"]
+    assert warning["level"] == "warning"
+    assert warning["message"].startswith("listening on 0.0.0.0 without authentication")
+    names = [e["event"] for e in events]
+    assert names.index("listening_unauthenticated") < names.index("ready")
