@@ -318,13 +318,10 @@ def check_config(path: Annotated[Path, typer.Argument(help="collector.toml to ch
     for (section, key), variable in SECRET_KEYS.items():
         origin = variable if variable in os.environ else "the file"
         value = effective[(section, key)]
-        shown[section][key] = (
-            [_redacted(item, origin) for item in value]
-            if isinstance(value, list)
-            else _redacted(value, origin)
-            if value
-            else ""
-        )
+        if isinstance(value, list):
+            shown[section][key] = [_redacted(item, origin) for item in value]
+        else:  # the value in force: the file's never shows, even where a variable empties it
+            shown[section][key] = _redacted(value, origin) if value else ""
     typer.echo(json.dumps(shown, indent=2))
     warning = bind_warning(settings.server.host, settings.auth)
     if warning is not None:

@@ -1,5 +1,6 @@
-"""Who may do what: access tokens on ``/ingest``, ``/subscribe`` and ``/api``, and the start-up
-rule that keeps an unauthenticated daemon on loopback.
+"""Who may do what: access tokens on ``/ingest``, ``/subscribe`` and ``/api``, the start-up
+rule that keeps an unauthenticated daemon on loopback, and the warning when the operator lifts
+it (``auth.allow_unauthenticated``).
 
 ``Auth`` holds the verification keys of one configuration; a reload builds a new one and the
 daemon swaps it in, so every check reads the current keys (sessions keep the claims they were

@@ -160,18 +160,25 @@ def test_check_config_shows_where_secrets_come_from_and_checks_them_all(
     keys = ["env-token-key-" + "e" * 30, "env-token-key-" + "n" * 30]
     monkeypatch.setenv("BWMON_TOKEN_SECRETS", ",".join(keys))
     monkeypatch.setenv("BWMON_UDP_KEYS", "udp-key-" + "u" * 40)
-    monkeypatch.setenv("BWMON_MYSQL_PASSWORD", "db-pass-word")
+    monkeypatch.setenv("BWMON_MYSQL_PASSWORD", "")  # set, empty: wins over the file's
     monkeypatch.delenv("BWMON_REDIS_URL", raising=False)
     config = tmp_path / "collector.toml"
-    config.write_text("[server]\nhost = '0.0.0.0'\n[storage]\nbackend = 'none'\n")
+    config.write_text(
+        "[server]\nhost = '0.0.0.0'\n[storage]\nbackend = 'none'\n"
+        "mysql_password = 'file-pass-word'\n"
+    )
     result = bwmon("check-config", str(config))
     assert result.returncode == 0, result.stderr
-    for secret in [*keys, "u" * 40, "db-pass-word"]:
+    for secret in [*keys, "u" * 40, "file-pass-word"]:
         assert secret not in result.stdout + result.stderr
-    auth = json.loads(result.stdout)["auth"]
-    assert auth["token_secrets"] == ["[redacted: 44 characters, from BWMON_TOKEN_SECRETS]"] * 2
-    assert auth["udp_keys"] == ["[redacted: 48 characters, from BWMON_UDP_KEYS]"]
-    assert json.loads(result.stdout)["fanout"]["redis_url"] == ""
+    shown = json.loads(result.stdout)
+    assert (
+        shown["auth"]["token_secrets"]
+        == ["[redacted: 44 characters, from BWMON_TOKEN_SECRETS]"] * 2
+    )
+    assert shown["auth"]["udp_keys"] == ["[redacted: 48 characters, from BWMON_UDP_KEYS]"]
+    assert shown["storage"]["mysql_password"] == ""
+    assert shown["fanout"]["redis_url"] == ""
 
     monkeypatch.setenv("BWMON_TOKEN_SECRETS", f"{keys[0]},ab")  # "ab" passed the bind rule
     refused = "bwmon: BWMON_TOKEN_SECRETS[1] (environment): 2 characters, at least 32 required\n"
