@@ -655,10 +655,10 @@ class Engine:
     def snapshot_steps(
         self, streams_per_step: int = 2_000
     ) -> Generator[None, None, dict[str, Any]]:
-        """``snapshot`` in steps: yields after about ``streams_per_step`` streams (a snapshot of
-        50,000 streams takes long enough to stall ingest), returns the snapshot. Frames added
-        between steps are safe: a stream's own state is always whole, and rows written twice
-        are complete-aggregate upserts."""
+        """``snapshot`` in steps: yields after about ``streams_per_step`` streams or HTTP
+        instances (a snapshot of 50,000 streams takes long enough to stall ingest), returns the
+        snapshot. Frames added between steps are safe: a stream's own state is always whole,
+        and rows written twice are complete-aggregate upserts."""
         meetings = []
         done = 0
         for m in list(self.meetings.values()):
@@ -677,11 +677,18 @@ class Engine:
             meetings.append(
                 {**{k: getattr(m, k) for k in _MEETING_FIELDS}, "participants": participants}
             )
+        routes = []
+        for route in list(self.routes.values()):  # an HTTP instance weighs about a stream
+            routes.append(route.state())
+            done += len(route.instances)
+            if done >= streams_per_step:
+                done = 0
+                yield
         return {
             "version": SNAPSHOT_VERSION,
             "last_tick": self.last_tick,
             "meetings": meetings,
-            "routes": [route.state() for route in self.routes.values()],
+            "routes": routes,
             "alerts": self.alerts.state(),
         }
 
