@@ -49,6 +49,7 @@ from collector.aggregate.http import (
     BYTES_OUT,
     HIST,
     INSTANCE_CAP,
+    NEW_INSTANCE,
     REQUESTS,
     STATUS,
     HttpMinuteRow,
@@ -173,6 +174,7 @@ class Engine:
             kind: dict.fromkeys(reasons, 0) for kind, reasons in NOT_APPLIED_REASONS.items()
         }
         self.baseline_samples = dict.fromkeys(NOT_APPLIED_REASONS, 0)
+        self.http_instances = 0  # of all routes
         self.http_instances_expired = self.http_routes_expired = 0
         self.last_tick: float | None = None
 
@@ -270,22 +272,34 @@ class Engine:
     def _http(self, sample: HttpSample, now: float, bucket_no: int, minute_no: int) -> None:
         key = (sample.service, sample.route, sample.method)
         route = self.routes.get(key)
+        settings = self.settings
+        full = self.http_instances >= settings.max_http_instances
         if route is None:
-            if len(self.routes) >= self.settings.max_http_routes:
+            if len(self.routes) >= settings.max_http_routes:
                 self._refuse("http_route_cap", "http")
+                return
+            if full:  # the route's first instance could not join it
+                self._refuse("http_instance_cap", "http")
                 return
             service, path, method = key
             route = self.routes[key] = HttpRouteState(
-                service, path, method, self.settings.window_buckets, int(now * 1000)
+                service, path, method, settings.window_buckets, int(now * 1000)
             )
         elif route.minute_no != minute_no and route.minute_no >= 0:
             self._close_route_minute(route)
         outcome = route.add(
-            sample, now, bucket_no, minute_no, self.settings.max_http_instances_per_route
+            sample,
+            now,
+            bucket_no,
+            minute_no,
+            len(route.instances) if full else settings.max_http_instances_per_route,
         )
         if outcome == INSTANCE_CAP:
             self._refuse("http_instance_cap", "http")
-        elif outcome:
+            return
+        if outcome & NEW_INSTANCE:
+            self.http_instances += 1
+        if outcome & ~NEW_INSTANCE:
             self._count("http", outcome)
 
     def _event(self, event: Event, now: float) -> None:
@@ -408,7 +422,9 @@ class Engine:
         for key, route in self.routes.items():
             if 0 <= route.minute_no < open_minute:
                 self._close_route_minute(route)
-            self.http_instances_expired += route.expire(idle_before)
+            expired = route.expire(idle_before)
+            self.http_instances -= expired
+            self.http_instances_expired += expired
             if not route.instances:
                 quiet.append(key)
         for key in quiet:
@@ -716,6 +732,7 @@ class Engine:
         for state in snapshot["routes"]:
             route = HttpRouteState.from_state(state, window, now, self.last_tick)
             self.routes[(route.service, route.route, route.method)] = route
+            self.http_instances += len(route.instances)
         # Checkpoints of earlier builds hold no alerts: theirs are not restored.
         self.output.alerts += self.alerts.restore(snapshot.get("alerts", []), now)
 
@@ -732,11 +749,12 @@ class Engine:
             "participants": sum(len(m.participants) for m in self.meetings.values()),
             "rtc_streams": len(self.streams),
             "http_routes": len(self.routes),
-            "http_instances": sum(len(route.instances) for route in self.routes.values()),
+            "http_instances": self.http_instances,
             "http_routes_expired": self.http_routes_expired,
             "http_instances_expired": self.http_instances_expired,
             "max_http_routes": self.settings.max_http_routes,
             "max_http_instances_per_route": self.settings.max_http_instances_per_route,
+            "max_http_instances": self.settings.max_http_instances,
             "http_idle_s": self.settings.http_idle_s,
             "frames": sum(self.frames_by_kind.values()),
             "refused_by_reason": dict(sorted(self.refused_by_reason.items())),

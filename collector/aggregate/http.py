@@ -19,7 +19,8 @@ are per bucket and mergeable (``percentiles``), so route-level percentiles are e
 instance histograms, never averages of percentiles.
 
 Bounded: a route holds at most ``max_instances`` instances (a sample of a new one over that is
-not applied: ``INSTANCE_CAP``), kept in the order of their last sample so that ``expire``
+not applied: ``INSTANCE_CAP``; the engine lowers it to what the route has while all routes
+together hold their cap), kept in the order of their last sample so that ``expire``
 forgets the idle ones from the front without looking at the others. An instance holds only
 its last counters: what its samples added is in the route's accumulators already, so forgetting
 it loses no counted byte (a sample of it after that is a first sample again, PROTOCOL.md §8.5).
@@ -40,6 +41,7 @@ from collector.aggregate.rtc import BASELINE, DUPLICATE, OLD_BOOT, retire
 from protocol import HTTP_LATENCY_BUCKETS, HttpSample
 
 INSTANCE_CAP: Final = 16  # not applied: a new instance of a route already at its cap
+NEW_INSTANCE: Final = 32  # the sample's instance is new to the route (with the other outcomes)
 
 # One accumulator layout for the ring buckets and the minute: requests, five status classes,
 # bytes in, bytes out, latency sum, then the histogram.
@@ -156,17 +158,21 @@ class HttpRoute:
         max_instances: int = 1_000_000,
     ) -> int:
         """Apply one sample received at daemon time ``now``; what else became of it
-        (``HttpInstance.delta``, or ``INSTANCE_CAP``: a new instance over ``max_instances``)."""
+        (``HttpInstance.delta``, with ``NEW_INSTANCE`` if its instance is new; or only
+        ``INSTANCE_CAP``: a new instance over ``max_instances``, not applied)."""
         instances = self.instances
         instance = instances.get(sample.instance)
+        new = 0
         if instance is None:
             if len(instances) >= max_instances:
                 return INSTANCE_CAP
             instance = instances[sample.instance] = HttpInstance()
+            new = NEW_INSTANCE
         else:
             instances.move_to_end(sample.instance)
         instance.last_seen = now
         delta, outcome = instance.delta(sample)
+        outcome |= new
         self.minute_no = minute_no
         if delta is None:
             return outcome

@@ -235,6 +235,11 @@ def _aggregate(out: _Exposition, health: Mapping[str, Any]) -> None:
         live.get("max_http_instances_per_route"),
     )
     out.gauge(
+        "http_instances_max",
+        "The cap on live HTTP instances of all routes together (max_http_instances).",
+        live.get("max_http_instances"),
+    )
+    out.gauge(
         "http_idle_seconds",
         "Seconds without a sample after which an HTTP instance is forgotten (http_idle_s).",
         live.get("http_idle_s"),

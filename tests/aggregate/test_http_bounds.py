@@ -58,6 +58,24 @@ def test_new_instances_over_the_route_cap_are_refused_and_counted() -> None:
     assert stored_requests(engine) == 3 * 30
 
 
+def test_new_instances_over_the_cap_of_all_routes_are_refused_and_counted() -> None:
+    engine = Engine(AggregateSettings(max_http_instances=4, http_idle_s=90))
+    engine.add([http(f"a:{pid}", 0, 10) for pid in range(3)], T0)
+    engine.add([http(f"b:{pid}", 0, 10, route="/b") for pid in range(2)], T0 + 1)  # b:1 refused
+    engine.add([http("c:0", 0, 10, route="/c")], T0 + 2)  # no instance for a new route either
+    stats = engine.stats()
+    assert (stats["http_instances"], stats["http_routes"]) == (4, 2)
+    assert stats["samples_not_applied"]["http"]["http_instance_cap"] == 2
+    engine.add([http("a:0", 1, 20), http("b:0", 1, 20, route="/b")], T0 + 50)  # held ones go on
+    engine.tick(T0 + 91)  # a:1, a:2 expire (silent since T0): room for two again
+    assert engine.stats()["http_instances"] == 2
+    engine.add([http("c:0", 0, 10, route="/c"), http("d:0", 0, 10, route="/d")], T0 + 92)
+    assert engine.stats()["http_instances"] == 4
+    engine.close_minutes(T0 + 93)
+    # a:0 and b:0 20 requests each, a:1, a:2, c:0 and d:0 10 each; b:1's first 10 never came in
+    assert stored_requests(engine) == 2 * 20 + 4 * 10
+
+
 def test_idle_instances_expire_with_their_bytes_already_in_minute_rows() -> None:
     engine = Engine(AggregateSettings(http_idle_s=120))
     engine.add([http("old", 0, 5), http("busy", 0, 5)], T0)
@@ -154,6 +172,7 @@ def test_a_restart_keeps_an_instances_silence_not_the_downtime() -> None:
     back = T0 + 3_600
     restored = restart(engine, back)
     assert list(restored.routes[KEY].instances) == ["quiet", "busy"]
+    assert restored.stats()["http_instances"] == 2
     restored.tick(back + 19)
     assert list(restored.routes[KEY].instances) == ["quiet", "busy"]
     restored.tick(back + 20)

@@ -70,6 +70,7 @@ def health() -> dict[str, Any]:
             "http_instances_expired": 40,
             "max_http_routes": 1_000,
             "max_http_instances_per_route": 256,
+            "max_http_instances": 20_000,
             "http_idle_s": 600.0,
             "frames": 520,
             "refused_by_reason": {"max_meetings": 11, "http_instance_cap": 5},
@@ -198,6 +199,7 @@ def test_values_and_labels_come_from_the_health_dict() -> None:
     assert value("bwmon_live_http_instances") == 17
     assert value("bwmon_http_routes_max") == 1_000
     assert value("bwmon_http_instances_per_route_max") == 256
+    assert value("bwmon_http_instances_max") == 20_000
     assert value("bwmon_http_idle_seconds") == 600
     assert metrics["bwmon_http_instances_expired"][0] == "counter"
     assert value("bwmon_http_instances_expired") == 40
@@ -342,6 +344,7 @@ def test_healthz_and_metrics_show_the_http_caps_live_counts_and_expiries(tmp_pat
         "http_instances_expired": 1,
         "max_http_routes": 1_000,
         "max_http_instances_per_route": 2,
+        "max_http_instances": 20_000,
         "http_idle_s": 90.0,
     }
     assert aggregate["samples_not_applied"]["http"]["http_instance_cap"] == 2
@@ -355,6 +358,7 @@ def test_healthz_and_metrics_show_the_http_caps_live_counts_and_expiries(tmp_pat
     assert value("bwmon_http_routes_expired") == 1
     assert value("bwmon_http_instances_expired") == 2
     assert value("bwmon_http_instances_per_route_max") == 2
+    assert value("bwmon_http_instances_max") == 20_000
     assert value("bwmon_http_routes_max") == 1_000
     assert value("bwmon_http_idle_seconds") == 90
     assert value("bwmon_samples_not_applied", kind="http", reason="http_instance_cap") == 2

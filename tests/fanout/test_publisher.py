@@ -17,7 +17,7 @@ from collector.consumer import FrameConsumer, SessionBatch
 from collector.fanout.channel import ChannelUnavailable, LocalChannel
 from collector.fanout.hub import Change
 from collector.fanout.publisher import Publisher
-from protocol import HttpSample, RtcSample
+from protocol import Frame, HttpSample, RtcSample
 from protocol.subscribe import Delta, Entities, apply
 
 
@@ -265,7 +265,9 @@ async def test_an_http_route_that_expired_leaves_the_http_topic_in_a_removal(
         async def serve() -> None:  # /gone: 10 samples, then silence; /kept: a sample a second
             await trio.sleep(0.5)
             for seq in range(200):
-                batch = [http("/kept", seq)] + ([http("/gone", seq)] if seq < 10 else [])
+                batch: list[Frame] = [http("/kept", seq)]
+                if seq < 10:
+                    batch.append(http("/gone", seq))
                 await rig.frames.send((batch, "boot"))
                 await trio.sleep(1)
 
