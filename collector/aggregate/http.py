@@ -234,9 +234,10 @@ class HttpRoute:
         now: float = 0.0,
         taken_at: float | None = None,
     ) -> HttpRoute:
-        """The route of ``state``, a checkpoint ``taken_at`` (daemon time; None: unknown),
+        """The route of ``state``, from a checkpoint ``taken_at`` (daemon time; None: unknown),
         restored at ``now``: each instance keeps the silence it had when the checkpoint was
-        taken, not the time the daemon was down (one of a checkpoint without it: none)."""
+        taken, not the time the daemon was down; one without the time of its last sample (a
+        version 3 checkpoint) is heard from ``now``."""
         service, path, method = state["key"]
         route = cls(service, path, method, window)
         route.minute = array("d", state["minute"])
