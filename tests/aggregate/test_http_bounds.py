@@ -113,18 +113,18 @@ def test_an_idle_route_expires_after_its_last_minute_row_and_leaves_no_state() -
 
 
 def test_an_expired_route_frees_its_slot_under_the_route_cap() -> None:
-    engine = Engine(AggregateSettings(max_http_routes=2, http_idle_s=90))
+    engine = Engine(AggregateSettings(max_http_routes=2))  # http_idle_s: 600 by default
     engine.add([http("fuzz", 0, 1, route=f"/junk/{i}") for i in range(2)], T0)
     legit = http("web-1", 0, 4, route="/v1/orders")
     engine.add([legit], T0 + 30)
     assert engine.stats()["samples_not_applied"]["http"]["http_route_cap"] == 1
-    engine.tick(T0 + 89)
+    engine.tick(T0 + 599)
     assert len(engine.routes) == 2  # not idle long enough yet
-    engine.tick(T0 + 91)
+    engine.tick(T0 + 600)
     assert engine.routes == {}
-    engine.add([legit], T0 + 92)
+    engine.add([legit], T0 + 601)
     assert list(engine.routes) == [("api", "/v1/orders", "GET")]
-    engine.close_minutes(T0 + 93)
+    engine.close_minutes(T0 + 602)
     assert stored_requests(engine) == 2 + 4
 
 
@@ -148,7 +148,7 @@ def test_the_checkpoint_holds_the_capped_instances_only() -> None:
     cap's size however many arrive."""
 
     def checkpoint_of(frames: int) -> tuple[int, int]:
-        engine = Engine(AggregateSettings(max_http_instances_per_route=64))
+        engine = Engine()  # max_http_instances_per_route: 256 by default
         for start in range(0, frames, 500):
             batch = [http(f"fuzz-{i:08d}", 0, 1) for i in range(start, start + 500)]
             engine.add(batch, T0 + start / 1_000)
@@ -157,7 +157,7 @@ def test_the_checkpoint_holds_the_capped_instances_only() -> None:
         return len(route["instances"]), len(msgspec.msgpack.encode(snapshot))
 
     instances, size = checkpoint_of(1_000)
-    assert instances == 64
+    assert instances == 256
     assert checkpoint_of(20_000) == (instances, size)
 
 

@@ -68,12 +68,8 @@ def test_http_state_stays_bounded_and_what_expired_is_not_restored(tmp_path: Pat
     """A fuzz of new ``inst`` values on one route: the checkpoint keeps the size of the
     capped instances however many arrive; once the route is idle it expires, and the next
     checkpoint restores no HTTP state, only the route's closed rows, still to be written."""
-    config = from_dict(
-        {
-            "storage": {"backend": "sqlite", "state_dir": str(tmp_path)},
-            "aggregate": {"max_http_instances_per_route": 64, "http_idle_s": 90},
-        }
-    )
+    # The defaults: 256 instances per route, forgotten after 600 s without a sample.
+    config = from_dict({"storage": {"backend": "sqlite", "state_dir": str(tmp_path)}})
     first, reference = Daemon(config), Engine(config.aggregate)
     sizes = []
     for start in range(0, 10_000, 1_000):
@@ -85,10 +81,10 @@ def test_http_state_stays_bounded_and_what_expired_is_not_restored(tmp_path: Pat
             engine.add(frames, T0 + start / 1_000)
         trio.run(first.checkpoint)
         sizes.append(first.checkpoint_bytes)
-    assert len(set(sizes)) == 1, sizes  # 64 instances from the first 1,000 frames on
-    assert first.engine.stats()["http_instances"] == 64
+    assert len(set(sizes)) == 1, sizes  # 256 instances from the first 1,000 frames on
+    assert first.engine.stats()["http_instances"] == 256
     for engine in (first.engine, reference):
-        engine.tick(T0 + 9 + 90)
+        engine.tick(T0 + 9 + 600)
     assert not first.engine.routes
     closed = batch_of(reference.drain())
     assert len(closed) == 1
@@ -103,4 +99,4 @@ def test_http_state_stays_bounded_and_what_expired_is_not_restored(tmp_path: Pat
     assert second.engine.routes == {}
     assert second.engine.stats()["http_instances"] == 0
     assert second.flusher is not None
-    assert second.flusher.pending.rows == closed.rows  # 64 instances' 10 requests each
+    assert second.flusher.pending.rows == closed.rows  # 256 instances' 10 requests each

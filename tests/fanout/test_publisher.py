@@ -240,7 +240,7 @@ async def test_meeting_topics_are_built_while_wanted_and_emptied_when_the_meetin
 async def test_an_http_route_that_expired_leaves_the_http_topic_in_a_removal(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    rig = Rig(interval_s=1.0, settings=AggregateSettings(http_idle_s=90))
+    rig = Rig(interval_s=1.0)  # http_idle_s: 600 by default
 
     def http(route: str, seq: int) -> HttpSample:
         return HttpSample(
@@ -264,18 +264,18 @@ async def test_an_http_route_that_expired_leaves_the_http_topic_in_a_removal(
 
         async def serve() -> None:  # /gone: 10 samples, then silence; /kept: a sample a second
             await trio.sleep(0.5)
-            for seq in range(200):
+            for seq in range(700):
                 batch: list[Frame] = [http("/kept", seq)]
                 if seq < 10:
                     batch.append(http("/gone", seq))
                 await rig.frames.send((batch, "boot"))
                 await trio.sleep(1)
 
-        await run_for(150, serve)
+        await run_for(650, serve)
         nursery.cancel_scope.cancel()
     deltas = rig.of("http")
     removals = [d for d in deltas if d.removed]
-    assert [(d.removed, d.at >= 9.5 + 90) for d in removals] == [(["api GET /gone"], True)]
+    assert [(d.removed, d.at >= 9.5 + 600) for d in removals] == [(["api GET /gone"], True)]
     state: Entities = {}
     for delta in deltas:
         apply(state, delta)
