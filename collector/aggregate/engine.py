@@ -22,8 +22,12 @@ Accounting: every sample that is not applied is counted by kind and reason
 of a stream taken as a baseline (``baseline_samples``: its stream began before the daemon saw
 it). PROTOCOL.md §8 is the rule.
 
-Cardinality guard: a frame that would open a meeting, participant, connection or HTTP route
-over its cap is refused and counted by reason; nothing live is ever evicted to make room.
+Cardinality guard: a frame that would open a meeting, participant, connection, HTTP route or
+HTTP instance over its cap is refused and counted by reason; nothing live is ever evicted to
+make room. What goes quiet leaves instead: a participant after ``participant_timeout_s``, a
+meeting after ``meeting_end_after_s``, an HTTP instance after ``http_idle_s`` without a sample,
+and an HTTP route once its last instance has left, its last minute row closed first (as a
+participant's rows close when it leaves), so the slot it frees holds no uncounted byte.
 
 Pure: no I/O and no clock reads; every method takes the daemon's time. Never awaits anything.
 """
@@ -40,7 +44,16 @@ from mypy_extensions import mypyc_attr
 
 from collector.aggregate import quality as q
 from collector.aggregate.alerts import DEFAULT_RULES, AlertEngine, AlertEvent, AlertRule
-from collector.aggregate.http import BYTES_IN, BYTES_OUT, HIST, REQUESTS, STATUS, HttpMinuteRow
+from collector.aggregate.http import (
+    BYTES_IN,
+    BYTES_OUT,
+    HIST,
+    INSTANCE_CAP,
+    NEW_INSTANCE,
+    REQUESTS,
+    STATUS,
+    HttpMinuteRow,
+)
 from collector.aggregate.http import HttpRoute as HttpRouteState
 from collector.aggregate.percentiles import latency_summary
 from collector.aggregate.records import LifecycleEvent, MeetingSummary, RtcMinuteRow
@@ -78,7 +91,7 @@ VIDEO_REMOTE_PACKETS_LOST = C["video_remote_packets_lost"]
 # Why a sample was not applied, per kind: fixed sets (labels of /metrics).
 NOT_APPLIED_REASONS = {
     "rtc": ("duplicate", "old_boot", "meeting_cap", "participant_cap", "connection_cap"),
-    "http": ("duplicate", "old_boot", "http_route_cap"),
+    "http": ("duplicate", "old_boot", "http_route_cap", "http_instance_cap"),
 }
 
 
@@ -161,6 +174,8 @@ class Engine:
             kind: dict.fromkeys(reasons, 0) for kind, reasons in NOT_APPLIED_REASONS.items()
         }
         self.baseline_samples = dict.fromkeys(NOT_APPLIED_REASONS, 0)
+        self.http_instances = 0  # of all routes
+        self.http_instances_expired = self.http_routes_expired = 0
         self.last_tick: float | None = None
 
     def set_rules(self, rules: Iterable[AlertRule], now: float) -> None:
@@ -257,18 +272,34 @@ class Engine:
     def _http(self, sample: HttpSample, now: float, bucket_no: int, minute_no: int) -> None:
         key = (sample.service, sample.route, sample.method)
         route = self.routes.get(key)
+        settings = self.settings
+        full = self.http_instances >= settings.max_http_instances
         if route is None:
-            if len(self.routes) >= self.settings.max_http_routes:
+            if len(self.routes) >= settings.max_http_routes:
                 self._refuse("http_route_cap", "http")
+                return
+            if full:  # the route's first instance could not join it
+                self._refuse("http_instance_cap", "http")
                 return
             service, path, method = key
             route = self.routes[key] = HttpRouteState(
-                service, path, method, self.settings.window_buckets, int(now * 1000)
+                service, path, method, settings.window_buckets, int(now * 1000)
             )
         elif route.minute_no != minute_no and route.minute_no >= 0:
             self._close_route_minute(route)
-        outcome = route.add(sample, bucket_no, minute_no)
-        if outcome:
+        outcome = route.add(
+            sample,
+            now,
+            bucket_no,
+            minute_no,
+            len(route.instances) if full else settings.max_http_instances_per_route,
+        )
+        if outcome == INSTANCE_CAP:
+            self._refuse("http_instance_cap", "http")
+            return
+        if outcome & NEW_INSTANCE:
+            self.http_instances += 1
+        if outcome & ~NEW_INSTANCE:
             self._count("http", outcome)
 
     def _event(self, event: Event, now: float) -> None:
@@ -386,9 +417,18 @@ class Engine:
                 meeting.empty_since = now
             elif now - meeting.empty_since >= settings.meeting_end_after_s:
                 self._end_meeting(meeting, now)
-        for route in self.routes.values():
+        idle_before = now - settings.http_idle_s
+        quiet: list[tuple[str, str, str]] = []
+        for key, route in self.routes.items():
             if 0 <= route.minute_no < open_minute:
                 self._close_route_minute(route)
+            expired = route.expire(idle_before)
+            self.http_instances -= expired
+            self.http_instances_expired += expired
+            if not route.instances:
+                quiet.append(key)
+        for key in quiet:
+            self._expire_route(key)
 
     def _tick_participant(
         self,
@@ -556,6 +596,13 @@ class Engine:
         if row is not None:
             self.output.http_rows.append(row)
 
+    def _expire_route(self, key: tuple[str, str, str]) -> None:
+        """Forget a route whose last instance has left; its open minute (if any: with
+        ``http_idle_s`` over a minute and the grace, the tick has closed it) closes first."""
+        route = self.routes.pop(key)
+        self._close_route_minute(route)
+        self.http_routes_expired += 1
+
     def _leave(self, meeting: Meeting, participant: Participant, now: float, why: str) -> None:
         for connection, stream in participant.streams.items():
             self._close_stream_minute(stream)
@@ -624,10 +671,10 @@ class Engine:
     def snapshot_steps(
         self, streams_per_step: int = 2_000
     ) -> Generator[None, None, dict[str, Any]]:
-        """``snapshot`` in steps: yields after about ``streams_per_step`` streams (a snapshot of
-        50,000 streams takes long enough to stall ingest), returns the snapshot. Frames added
-        between steps are safe: a stream's own state is always whole, and rows written twice
-        are complete-aggregate upserts."""
+        """``snapshot`` in steps: yields after about ``streams_per_step`` streams or HTTP
+        instances (a snapshot of 50,000 streams takes long enough to stall ingest), returns the
+        snapshot. Frames added between steps are safe: a stream's own state is always whole,
+        and rows written twice are complete-aggregate upserts."""
         meetings = []
         done = 0
         for m in list(self.meetings.values()):
@@ -646,18 +693,26 @@ class Engine:
             meetings.append(
                 {**{k: getattr(m, k) for k in _MEETING_FIELDS}, "participants": participants}
             )
+        routes = []
+        for route in list(self.routes.values()):  # an HTTP instance weighs about a stream
+            routes.append(route.state())
+            done += len(route.instances)
+            if done >= streams_per_step:
+                done = 0
+                yield
         return {
             "version": SNAPSHOT_VERSION,
             "last_tick": self.last_tick,
             "meetings": meetings,
-            "routes": [route.state() for route in self.routes.values()],
+            "routes": routes,
             "alerts": self.alerts.state(),
         }
 
     def restore(self, snapshot: dict[str, Any], now: float) -> None:
         """Load a ``snapshot`` into this (new, empty) engine. Streams count as seen ``now``: the
-        time the daemon was down is not their silence."""
-        if snapshot.get("version") != SNAPSHOT_VERSION:
+        time the daemon was down is not their silence. HTTP instances keep the silence they had
+        at the snapshot's last tick, so that restarts never keep an idle one from expiring."""
+        if snapshot.get("version") not in READABLE_SNAPSHOT_VERSIONS:
             raise ValueError(f"unknown checkpoint version {snapshot.get('version')!r}")
         window = self.settings.window_buckets
         self.last_tick = snapshot["last_tick"]
@@ -675,8 +730,9 @@ class Engine:
                     participant.streams[stream.connection] = stream
                     self.streams[(stream.meeting, stream.participant, stream.connection)] = stream
         for state in snapshot["routes"]:
-            route = HttpRouteState.from_state(state, window)
+            route = HttpRouteState.from_state(state, window, now, self.last_tick)
             self.routes[(route.service, route.route, route.method)] = route
+            self.http_instances += len(route.instances)
         # Checkpoints of earlier builds hold no alerts: theirs are not restored.
         self.output.alerts += self.alerts.restore(snapshot.get("alerts", []), now)
 
@@ -693,6 +749,13 @@ class Engine:
             "participants": sum(len(m.participants) for m in self.meetings.values()),
             "rtc_streams": len(self.streams),
             "http_routes": len(self.routes),
+            "http_instances": self.http_instances,
+            "http_routes_expired": self.http_routes_expired,
+            "http_instances_expired": self.http_instances_expired,
+            "max_http_routes": self.settings.max_http_routes,
+            "max_http_instances_per_route": self.settings.max_http_instances_per_route,
+            "max_http_instances": self.settings.max_http_instances,
+            "http_idle_s": self.settings.http_idle_s,
             "frames": sum(self.frames_by_kind.values()),
             "refused_by_reason": dict(sorted(self.refused_by_reason.items())),
             "baseline_samples": dict(self.baseline_samples),
@@ -743,6 +806,8 @@ def _pct(fraction: float | None) -> float:
     return math.nan if fraction is None else 100 * fraction
 
 
-SNAPSHOT_VERSION = 3  # a new one whenever a stream's or an HTTP instance's state changes
+SNAPSHOT_VERSION = 4  # a new one whenever a stream's or an HTTP instance's state changes
+# 3: HTTP instances without the time of their last sample (restored as heard from now).
+READABLE_SNAPSHOT_VERSIONS = (3, SNAPSHOT_VERSION)
 _MEETING_FIELDS = tuple(f for f in Meeting.__dataclass_fields__ if f != "participants")
 _PARTICIPANT_FIELDS = tuple(f for f in Participant.__dataclass_fields__ if f != "streams")

@@ -18,12 +18,20 @@ latency histogram) and a minute accumulator that closes into one ``HttpMinuteRow
 are per bucket and mergeable (``percentiles``), so route-level percentiles are exact sums of
 instance histograms, never averages of percentiles.
 
+Bounded: a route holds at most ``max_instances`` instances (a sample of a new one over that is
+not applied: ``INSTANCE_CAP``; the engine lowers it to what the route has while all routes
+together hold their cap), kept in the order of their last sample so that ``expire``
+forgets the idle ones from the front without looking at the others. An instance holds only
+its last counters: what its samples added is in the route's accumulators already, so forgetting
+it loses no counted byte (a sample of it after that is a first sample again, PROTOCOL.md §8.5).
+
 Pure: no I/O, no clock reads.
 """
 
 from __future__ import annotations
 
 from array import array
+from collections import OrderedDict
 from typing import Any, Final
 
 import msgspec
@@ -31,6 +39,9 @@ import msgspec
 from collector.aggregate.percentiles import LatencySummary, latency_summary
 from collector.aggregate.rtc import BASELINE, DUPLICATE, OLD_BOOT, retire
 from protocol import HTTP_LATENCY_BUCKETS, HttpSample
+
+INSTANCE_CAP: Final = 16  # not applied: a new instance of a route already at its cap
+NEW_INSTANCE: Final = 32  # the sample's instance is new to the route (with the other outcomes)
 
 # One accumulator layout for the ring buckets and the minute: requests, five status classes,
 # bytes in, bytes out, latency sum, then the histogram.
@@ -70,9 +81,10 @@ class HttpMinuteRow(msgspec.Struct, gc=False, frozen=True, kw_only=True):
 class HttpInstance:
     """The last cumulative counters of one server process for one route."""
 
-    __slots__ = ("boot", "last", "last_seq", "resets", "restarts", "retired", "stale")
+    __slots__ = ("boot", "last", "last_seen", "last_seq", "resets", "restarts", "retired", "stale")
 
-    def __init__(self) -> None:
+    def __init__(self, last_seen: float = 0.0) -> None:
+        self.last_seen = last_seen  # daemon time of its last sample
         self.boot: str | None = None
         self.retired: tuple[str, ...] = ()  # boots left for a newer one, the newest first
         self.last: list[float] | None = None  # None: the boot's first sample counts in full
@@ -129,19 +141,38 @@ class HttpRoute:
     ) -> None:
         self.service, self.route, self.method = service, route, method
         self.opened = opened
-        self.instances: dict[str, HttpInstance] = {}
+        # The least recently heard from first: ``add`` moves an instance to the end.
+        self.instances: OrderedDict[str, HttpInstance] = OrderedDict()
         self.window = window
         self.ring = array("d", _ZEROS) * window
         self.ring_bucket = -1
         self.minute = array("d", _ZEROS)
         self.minute_no = -1
 
-    def add(self, sample: HttpSample, bucket_no: int, minute_no: int) -> int:
-        """Apply one sample; what else became of it (``HttpInstance.delta``)."""
-        instance = self.instances.get(sample.instance)
+    def add(
+        self,
+        sample: HttpSample,
+        now: float,
+        bucket_no: int,
+        minute_no: int,
+        max_instances: int = 1_000_000,
+    ) -> int:
+        """Apply one sample received at daemon time ``now``; what else became of it
+        (``HttpInstance.delta``, with ``NEW_INSTANCE`` if its instance is new; or only
+        ``INSTANCE_CAP``: a new instance over ``max_instances``, not applied)."""
+        instances = self.instances
+        instance = instances.get(sample.instance)
+        new = 0
         if instance is None:
-            instance = self.instances[sample.instance] = HttpInstance()
+            if len(instances) >= max_instances:
+                return INSTANCE_CAP
+            instance = instances[sample.instance] = HttpInstance()
+            new = NEW_INSTANCE
+        else:
+            instances.move_to_end(sample.instance)
+        instance.last_seen = now
         delta, outcome = instance.delta(sample)
+        outcome |= new
         self.minute_no = minute_no
         if delta is None:
             return outcome
@@ -163,32 +194,69 @@ class HttpRoute:
             self.ring[at : at + WIDTH] = _ZEROS
         self.ring_bucket = bucket_no
 
+    def expire(self, idle_before: float) -> int:
+        """Forget the instances without a sample since ``idle_before``; how many."""
+        instances = self.instances
+        expired = 0
+        while instances and next(iter(instances.values())).last_seen <= idle_before:
+            instances.popitem(last=False)
+            expired += 1
+        return expired
+
     def state(self) -> dict[str, Any]:
-        """The minute accumulator and every instance's last counters (not the live ring)."""
+        """The minute accumulator and every instance's last counters (not the live ring),
+        the least recently heard from first."""
         return {
             "key": [self.service, self.route, self.method],
             "minute": list(self.minute),
             "minute_no": self.minute_no,
             "opened": self.opened,
             "instances": {
-                name: [i.boot, i.last, i.last_seq, i.stale, i.resets, i.restarts, i.retired]
+                name: [
+                    i.boot,
+                    i.last,
+                    i.last_seq,
+                    i.stale,
+                    i.resets,
+                    i.restarts,
+                    i.retired,
+                    i.last_seen,
+                ]
                 for name, i in self.instances.items()
             },
         }
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], window: int = 60) -> HttpRoute:
+    def from_state(
+        cls,
+        state: dict[str, Any],
+        window: int = 60,
+        now: float = 0.0,
+        taken_at: float | None = None,
+    ) -> HttpRoute:
+        """The route of ``state``, from a checkpoint ``taken_at`` (daemon time; None: unknown),
+        restored at ``now``: each instance keeps the silence it had when the checkpoint was
+        taken, not the time the daemon was down; one without the time of its last sample (a
+        version 3 checkpoint) is heard from ``now``."""
         service, path, method = state["key"]
         route = cls(service, path, method, window)
         route.minute = array("d", state["minute"])
         route.minute_no = state["minute_no"]
         route.opened = state["opened"]
+        restored = []
         for name, values in state["instances"].items():
-            boot, last, last_seq, stale, resets, restarts, retired = values
-            instance = route.instances[name] = HttpInstance()
+            boot, last, last_seq, stale, resets, restarts, retired = values[:7]
+            idle = 0.0
+            if taken_at is not None and len(values) > 7:
+                idle = max(0.0, taken_at - values[7])
+            instance = HttpInstance(now - idle)
             instance.boot, instance.last, instance.last_seq = boot, last, last_seq
             instance.stale, instance.resets, instance.restarts = stale, resets, restarts
             instance.retired = tuple(retired)
+            restored.append((instance.last_seen, name, instance))
+        restored.sort(key=lambda item: item[0])  # stable: the checkpoint's order among equals
+        for _, name, instance in restored:
+            route.instances[name] = instance
         return route
 
     def window_totals(self, now_bucket: int) -> list[float]:

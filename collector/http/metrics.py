@@ -219,6 +219,41 @@ def _aggregate(out: _Exposition, health: Mapping[str, Any]) -> None:
     out.gauge("live_participants", "Participants in live meetings.", live.get("participants"))
     out.gauge("live_rtc_streams", "RTC streams with live state.", live.get("rtc_streams"))
     out.gauge("live_http_routes", "HTTP routes with live state.", live.get("http_routes"))
+    out.gauge(
+        "live_http_instances",
+        "HTTP instances (one server process on one route) with live state.",
+        live.get("http_instances"),
+    )
+    out.gauge(
+        "http_routes_max",
+        "The cap on live HTTP routes (max_http_routes).",
+        live.get("max_http_routes"),
+    )
+    out.gauge(
+        "http_instances_per_route_max",
+        "The cap on live instances of one HTTP route (max_http_instances_per_route).",
+        live.get("max_http_instances_per_route"),
+    )
+    out.gauge(
+        "http_instances_max",
+        "The cap on live HTTP instances of all routes together (max_http_instances).",
+        live.get("max_http_instances"),
+    )
+    out.gauge(
+        "http_idle_seconds",
+        "Seconds without a sample after which an HTTP instance is forgotten (http_idle_s).",
+        live.get("http_idle_s"),
+    )
+    out.counter(
+        "http_instances_expired",
+        "HTTP instances forgotten after http_idle_s without a sample.",
+        live.get("http_instances_expired"),
+    )
+    out.counter(
+        "http_routes_expired",
+        "HTTP routes forgotten with their last instance, their last minute row closed first.",
+        live.get("http_routes_expired"),
+    )
     out.gauge("alerts_open", "Alerts raised and not cleared.", live.get("alerts_active"))
     for reason, count in _by_key(live.get("refused_by_reason")).items():
         out.counter(

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from prometheus_client.parser import text_string_to_metric_families
 
 from collector import auth
@@ -21,6 +22,7 @@ from collector.ingest.limits import RATE_LIMITED
 from collector.ingest.websocket import NO_HELLO
 from protocol.codec import REASONS, TOO_LARGE
 from protocol.signing import BAD_SIGNATURE
+from tests.helpers import http_sample
 
 REQUEST = Request("GET", "/")
 
@@ -63,11 +65,23 @@ def health() -> dict[str, Any]:
             "participants": 5,
             "rtc_streams": 6,
             "http_routes": 3,
+            "http_instances": 17,
+            "http_routes_expired": 2,
+            "http_instances_expired": 40,
+            "max_http_routes": 1_000,
+            "max_http_instances_per_route": 256,
+            "max_http_instances": 20_000,
+            "http_idle_s": 600.0,
             "frames": 520,
-            "refused_by_reason": {"max_meetings": 11},
+            "refused_by_reason": {"max_meetings": 11, "http_instance_cap": 5},
             "baseline_samples": {"http": 0, "rtc": 2},
             "samples_not_applied": {
-                "http": {"duplicate": 0, "old_boot": 0, "http_route_cap": 0},
+                "http": {
+                    "duplicate": 0,
+                    "old_boot": 0,
+                    "http_route_cap": 0,
+                    "http_instance_cap": 5,
+                },
                 "rtc": {"duplicate": 319, "old_boot": 1, "meeting_cap": 11},
             },
             "alerts_active": 1,
@@ -182,6 +196,15 @@ def test_values_and_labels_come_from_the_health_dict() -> None:
     assert value("bwmon_live_participants") == 5
     assert value("bwmon_live_rtc_streams") == 6
     assert value("bwmon_live_http_routes") == 3
+    assert value("bwmon_live_http_instances") == 17
+    assert value("bwmon_http_routes_max") == 1_000
+    assert value("bwmon_http_instances_per_route_max") == 256
+    assert value("bwmon_http_instances_max") == 20_000
+    assert value("bwmon_http_idle_seconds") == 600
+    assert metrics["bwmon_http_instances_expired"][0] == "counter"
+    assert value("bwmon_http_instances_expired") == 40
+    assert value("bwmon_http_routes_expired") == 2
+    assert value("bwmon_samples_not_applied", kind="http", reason="http_instance_cap") == 5
     assert value("bwmon_alerts_open") == 1
     assert value("bwmon_frames_refused", reason="max_meetings") == 11
     assert value("bwmon_baseline_samples", kind="rtc") == 2
@@ -297,6 +320,49 @@ def test_metrics_route_renders_the_daemons_health(tmp_path: Path) -> None:
     metrics = parse(response.body.decode())
     assert metrics["bwmon_ingest_frames_accepted"][1][(("transport", "udp"),)] == 0
     assert metrics["bwmon_fanout_channel_info"][1] == {(("channel", "local"),): 1}
+
+
+def test_healthz_and_metrics_show_the_http_caps_live_counts_and_expiries(tmp_path: Path) -> None:
+    d = Daemon(
+        from_dict(
+            {
+                "storage": {"backend": "none", "state_dir": str(tmp_path)},
+                "aggregate": {"max_http_instances_per_route": 2, "http_idle_s": 90},
+            }
+        )
+    )
+    t0 = 1_800_000_000.0
+    d.engine.add([http_sample()], t0)
+    d.engine.add([msgspec.structs.replace(http_sample(), instance=f"w-{i}") for i in range(3)], t0)
+    d.engine.add([http_sample(2)], t0 + 60)
+    d.engine.tick(t0 + 95)  # w-0, silent for 95 s, expires; web-1 stays
+    aggregate = json.loads(d.healthz(REQUEST).body)["aggregate"]
+    assert {k: v for k, v in aggregate.items() if "http" in k} == {
+        "http_routes": 1,
+        "http_instances": 1,
+        "http_routes_expired": 0,
+        "http_instances_expired": 1,
+        "max_http_routes": 1_000,
+        "max_http_instances_per_route": 2,
+        "max_http_instances": 20_000,
+        "http_idle_s": 90.0,
+    }
+    assert aggregate["samples_not_applied"]["http"]["http_instance_cap"] == 2
+    d.engine.tick(t0 + 150)  # web-1 expires too, and with it the route
+    metrics = parse(d.metrics(REQUEST).body.decode())
+
+    def value(name: str, **labels: str) -> float:
+        return metrics[name][1][tuple(sorted(labels.items()))]
+
+    assert value("bwmon_live_http_routes") == value("bwmon_live_http_instances") == 0
+    assert value("bwmon_http_routes_expired") == 1
+    assert value("bwmon_http_instances_expired") == 2
+    assert value("bwmon_http_instances_per_route_max") == 2
+    assert value("bwmon_http_instances_max") == 20_000
+    assert value("bwmon_http_routes_max") == 1_000
+    assert value("bwmon_http_idle_seconds") == 90
+    assert value("bwmon_samples_not_applied", kind="http", reason="http_instance_cap") == 2
+    assert value("bwmon_frames_refused", reason="http_instance_cap") == 2
 
 
 def test_readyz_is_ready_then_draining(tmp_path: Path) -> None:

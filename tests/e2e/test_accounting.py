@@ -78,7 +78,7 @@ def test_two_process_boots_and_two_emit_runs_are_counted_in_full(
     assert daemon.stop() == 0
     live = health["aggregate"]
     assert live["samples_not_applied"] == {
-        "http": {"duplicate": 0, "http_route_cap": 0, "old_boot": 0},
+        "http": {"duplicate": 0, "http_instance_cap": 0, "http_route_cap": 0, "old_boot": 0},
         "rtc": {
             "connection_cap": 0,
             "duplicate": 0,

@@ -17,7 +17,7 @@ from collector.consumer import FrameConsumer, SessionBatch
 from collector.fanout.channel import ChannelUnavailable, LocalChannel
 from collector.fanout.hub import Change
 from collector.fanout.publisher import Publisher
-from protocol import RtcSample
+from protocol import Frame, HttpSample, RtcSample
 from protocol.subscribe import Delta, Entities, apply
 
 
@@ -235,6 +235,53 @@ async def test_meeting_topics_are_built_while_wanted_and_emptied_when_the_meetin
     assert kinds == {"participant", "point"}
     assert state == {}  # the meeting ended: its last delta removed everything
     assert "meeting:m" not in rig.publisher.published
+
+
+async def test_an_http_route_that_expired_leaves_the_http_topic_in_a_removal(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    rig = Rig(interval_s=1.0)  # http_idle_s: 600 by default
+
+    def http(route: str, seq: int) -> HttpSample:
+        return HttpSample(
+            service="api",
+            instance="web-1",
+            boot="b00t",
+            route=route,
+            method="GET",
+            seq=seq,
+            client_ts=1.0,
+            requests=10 * seq,
+            status=[0, 10 * seq, 0, 0, 0],
+            bytes_in=0,
+            bytes_out=1_000 * seq,
+            latency_hist=[10 * seq] + [0] * 11,
+            latency_sum_ms=float(seq),
+        )
+
+    async with trio.open_nursery() as nursery:
+        await rig.start(nursery)
+
+        async def serve() -> None:  # /gone: 10 samples, then silence; /kept: a sample a second
+            await trio.sleep(0.5)
+            for seq in range(700):
+                batch: list[Frame] = [http("/kept", seq)]
+                if seq < 10:
+                    batch.append(http("/gone", seq))
+                await rig.frames.send((batch, "boot"))
+                await trio.sleep(1)
+
+        await run_for(650, serve)
+        nursery.cancel_scope.cancel()
+    deltas = rig.of("http")
+    removals = [d for d in deltas if d.removed]
+    assert [(d.removed, d.at >= 9.5 + 600) for d in removals] == [(["api GET /gone"], True)]
+    state: Entities = {}
+    for delta in deltas:
+        apply(state, delta)
+    assert list(state) == ["api GET /kept"]
+    assert (await rig.channel.snapshot("http")).entities == state
+    assert rig.engine.stats()["http_routes_expired"] == 1
 
 
 @pytest.mark.parametrize(("interval_s", "published"), [(1.0, 10), (2.0, 5)])
