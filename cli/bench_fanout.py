@@ -959,6 +959,8 @@ def run_fanout(quick: bool) -> FanoutResult:
                 f"[server]\nmax_connections = {MAX_CONNECTIONS}\n"
                 f"[storage]\nbackend = 'none'\nstate_dir = '{tmp}'\n"
                 f"[fanout]\nmax_subscribers = {MAX_CONNECTIONS}\n"
+                # Every subscriber comes from 127.0.0.1.
+                "[limits]\nmax_connections_per_source = 0\n"
             )
             with running_daemon(
                 Path(tmp) / "bench-daemon.log",
