@@ -386,7 +386,7 @@ def _http(out: _Exposition, health: Mapping[str, Any]) -> None:
     )
     out.counter(
         "http_connections_operator",
-        "Loopback connections admitted over a limit for /healthz, /readyz and /metrics only.",
+        "Health and metrics requests from loopback answered over a connection limit.",
         http.get("connections_operator"),
     )
     out.counter(

@@ -28,7 +28,9 @@ Limits (so that no one address, nor many idle ones, can lock everyone out):
   ``request_timeout_s``.
 - A loopback peer over either limit may still ask ``/healthz``, ``/readyz`` and ``/metrics``:
   up to ``OPERATOR_SLOTS`` such connections are admitted beyond the limits, with the busy head
-  timeout; any other request on them is answered 503. The local operator can always see why.
+  timeout, the longest waiting closed for a new one; anything else on them (another request,
+  no request in time) is answered 503 and counted as the refusal it would have been. The local
+  operator can always see why, and a loopback flood gains nothing from the slots.
 - A request head larger than ``MAX_REQUEST_HEAD_BYTES`` is answered 431; a client WebSocket
   frame whose header declares more than ``max_ws_message_bytes`` is refused as soon as its
   header arrives (close 1009), not after that many bytes.
@@ -594,7 +596,6 @@ class HttpServer:
                 self._count_refusal(refusal)
                 await self._refuse(stream, refusal)
                 return
-            counters.connections_operator += 1
             self._operator_open += 1
         else:
             self.open_by_source[peer] = self.open_by_source.get(peer, 0) + 1
@@ -642,7 +643,8 @@ class HttpServer:
         scope = waiting.pop(conn_id)
         self._relaxed.pop(conn_id, None)
         scope.cancel()
-        self.counters.connections_evicted += 1
+        if waiting is self._waiting:  # an operator slot's loss is counted as its refusal
+            self.counters.connections_evicted += 1
         return True
 
     @property
@@ -725,7 +727,12 @@ class HttpServer:
         finally:
             timed_out = waiting.pop(conn_id, None) is not None and scope.cancelled_caught
             self._relaxed.pop(conn_id, None)
-        if timed_out:
+        if refusal is not None and (error is not None or event is None):
+            # An operator slot that asked for nothing (or nothing readable) in time: refused,
+            # as it would have been without the slot.
+            self._count_refusal(refusal)
+            error = Response.error(503, refusal)
+        elif timed_out:
             self.counters.head_timeouts += 1
         if error is not None:  # the rest of the request is unread: do not reset the client
             self._count(error.status)
@@ -742,10 +749,12 @@ class HttpServer:
         _current_request.set(request)  # this task's own context: seen by its route only
         ws_route = self.ws_routes.get(request.path)
         upgrade = _is_upgrade(request.headers)
-        if refusal is not None and (upgrade or request.path not in OPERATOR_PATHS):
-            self._count_refusal(refusal)
-            await self._respond(stream, Response.error(503, refusal))
-            return
+        if refusal is not None:
+            if upgrade or request.path not in OPERATOR_PATHS:
+                self._count_refusal(refusal)
+                await self._respond(stream, Response.error(503, refusal))
+                return
+            self.counters.connections_operator += 1
         if upgrade:
             if ws_route is None:
                 await self._respond(stream, Response.error(404, "no such path"))
