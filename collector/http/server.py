@@ -280,32 +280,38 @@ class Wire(trio.abc.Stream):
         max_frame_bytes: int | None = None,
     ) -> None:
         """``head``: the bytes already read, of which the first ``head_bytes`` (default: all)
-        are the HTTP request and the rest the first WebSocket bytes. ``max_frame_bytes``: the
-        payload a client frame may declare at most (see ``_guard``); None: any."""
+        are the HTTP request and the rest the first WebSocket bytes: held back until the
+        handshake's answer is out (wsproto drops bytes that come with the request).
+        ``max_frame_bytes``: the payload a client frame may declare at most (see ``_guard``);
+        None: any."""
         self._stream = stream
-        self._head = head
+        split = len(head) if head_bytes is None else head_bytes
+        self._head = head[:split]
+        self._early = head[split:]
+        self._answered = trio.Event()  # the handshake's answer (our first write) is out
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
         self._lock = trio.Lock()
         self._rest: memoryview | None = None
         self._max_frame = max_frame_bytes
         self._frame_header = bytearray()  # a client frame header not complete yet, held back
         self._payload_left = 0  # bytes of the current frame's payload still to come
-        self._skip = len(head) if head_bytes is None else head_bytes  # HTTP bytes: not frames
         self.too_large = False  # a frame was refused for its declared size
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self._head:
             head, self._head = self._head, b""
             await trio.lowlevel.checkpoint()
-            if self._max_frame is None:
-                return head
-            skip, self._skip = self._skip, 0
-            return head[:skip] + self._guard(head[skip:])
-        if self._max_frame is None:
-            return await self._stream.receive_some(max_bytes)
+            return head
         while not self.too_large:
-            data = await self._stream.receive_some(max_bytes)
-            if not data:
+            if self._early:
+                await self._answered.wait()
+                data: bytes | bytearray = self._early
+                self._early = b""
+            else:
+                data = await self._stream.receive_some(max_bytes)
+                if not data:
+                    return data
+            if self._max_frame is None:
                 return data
             passed = self._guard(data)
             if passed:  # empty when all of it was the start of a frame header: read on
@@ -361,6 +367,7 @@ class Wire(trio.abc.Stream):
         async with self._lock:
             await self._flush()
             await self._stream.send_all(data)
+        self._answered.set()
 
     def send_now(self, data: bytes) -> bool:
         """Write ``data`` without waiting. True: written, or written in part with the rest

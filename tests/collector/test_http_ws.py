@@ -426,6 +426,36 @@ async def test_a_frame_declaring_2_62_bytes_is_refused_at_its_header(
     assert server.http.counters.connection_errors == 0
 
 
+async def test_frames_sent_with_the_upgrade_request_are_read(server: Server) -> None:
+    # Bytes that arrive with the request head are the client's first frames (wsproto would
+    # drop them): a hello sent at once opens the session.
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    async with stream:
+        await stream.send_all(UPGRADE + client_frame(encode_msgpack(hello())))
+        data = b""
+        with trio.fail_after(3):
+            while b"welcome" not in data:
+                data += await stream.receive_some()
+    assert data.startswith(b"HTTP/1.1 101 ")
+
+
+@pytest.mark.parametrize("declared", [5000, 1 << 62])
+async def test_an_oversize_frame_sent_with_the_upgrade_request_is_counted(
+    server: Server, declared: int
+) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    async with stream:
+        await stream.send_all(UPGRADE + client_frame(b"x" * 100, declared=declared))
+        head = b""
+        with trio.fail_after(3):
+            while b"\r\n\r\n" not in head:
+                head += await stream.receive_some()
+        assert head.startswith(b"HTTP/1.1 101 ")
+    await wait_for(lambda: server.http.counters.connections_open == 0)
+    assert server.counters.rejected_by_reason == {"too_large": 1}
+    assert server.http.counters.connection_errors == 0
+
+
 async def test_the_frame_guard_passes_every_byte_of_good_frames() -> None:
     frames = [
         client_frame(b"a" * n, opcode)
