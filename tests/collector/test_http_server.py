@@ -449,7 +449,7 @@ async def test_loopback_health_is_answered_over_the_limits(nursery: trio.Nursery
 
 
 async def test_operator_slots_evict_their_longest_idle_connection(nursery: trio.Nursery) -> None:
-    settings = HttpSettings(max_connections=1, request_timeout_s=5, busy_head_timeout_s=30)
+    settings = HttpSettings(max_connections=1, request_timeout_s=30, busy_head_timeout_s=30)
     server = await start(nursery, settings)
     counters = server.http.counters
     async with await send_head(server.port, "/hold"):
