@@ -344,7 +344,9 @@ async def test_idle_and_slow_clients_lock_no_one_out(tmp_path: Path) -> None:
     assert one.refused >= IDLE_FROM_ONE - PER_SOURCE
     assert http["connections_refused_per_source"] >= one.refused
     # Idle connections over the whole port were evicted or timed out, slowloris heads too.
-    assert probes.open_max < 1024 + 8  # max_connections, and the operator's slots
+    # max_connections and the operator's slots, plus connections evicted but not yet closed
+    # (each is closed the next time its task runs)
+    assert probes.open_max <= 1024 + 8 + 64
     assert slowloris.closed > 0
     assert http["head_timeouts"] > 0
     assert slowloris.held_max_s < 10 + 2  # http_request_timeout_s, and a margin
