@@ -3,7 +3,8 @@
 One run on one machine, loopback only, bounded in time (docs/BENCHMARKS.md):
 
 - a real ``bwmon serve`` child pinned to CPU 0, storage ``backend = "none"`` (fan-out measured
-  apart from storage), ``server.max_connections`` and ``fanout.max_subscribers`` raised;
+  apart from storage), ``server.max_connections`` and ``fanout.max_subscribers`` raised, no
+  limit of connections per source (every subscriber comes from 127.0.0.1);
 - ``bwmon emit`` (a child process) keeps the plan's meetings of 2 live over UDP, one sample per
   participant per second, for the whole run;
 - one client process (this module run as ``python -m cli.bench_fanout``, pinned to CPU 1)
@@ -959,6 +960,8 @@ def run_fanout(quick: bool) -> FanoutResult:
                 f"[server]\nmax_connections = {MAX_CONNECTIONS}\n"
                 f"[storage]\nbackend = 'none'\nstate_dir = '{tmp}'\n"
                 f"[fanout]\nmax_subscribers = {MAX_CONNECTIONS}\n"
+                # Every subscriber comes from 127.0.0.1.
+                "[limits]\nmax_connections_per_source = 0\n"
             )
             with running_daemon(
                 Path(tmp) / "bench-daemon.log",

@@ -175,6 +175,7 @@ class Daemon:
                 max_connections=config.server.max_connections,
                 max_connections_per_source=config.limits.max_connections_per_source,
                 request_timeout_s=config.server.http_request_timeout_s,
+                busy_head_timeout_s=config.server.http_busy_head_timeout_s,
                 max_ws_message_bytes=ingest.max_ws_message_bytes,
             ),
         )

@@ -40,6 +40,7 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     http_port: Port = 8470
     max_connections: Annotated[int, Meta(ge=1, le=1_000_000)] = 1024
     http_request_timeout_s: PositiveSeconds = 10.0
+    http_busy_head_timeout_s: PositiveSeconds = 2.0
 
 
 class IngestConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -180,7 +181,7 @@ class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     source_burst_frames: Annotated[int, Meta(ge=0, le=1_000_000_000)] = 0
     connection_frames_per_s: Annotated[float, Meta(ge=0, le=1e9)] = 0.0
     connection_burst_frames: Annotated[int, Meta(ge=0, le=1_000_000_000)] = 0
-    max_connections_per_source: Annotated[int, Meta(ge=0, le=1_000_000)] = 0
+    max_connections_per_source: Annotated[int, Meta(ge=0, le=1_000_000)] = 128
     max_tracked_sources: Annotated[int, Meta(ge=1, le=10_000_000)] = 100_000
 
 

@@ -415,6 +415,21 @@ def _http(out: _Exposition, health: Mapping[str, Any]) -> None:
         http.get("connections_refused_per_source"),
     )
     out.counter(
+        "http_connections_evicted",
+        "Connections closed before their request head to admit a new one (at max_connections).",
+        http.get("connections_evicted"),
+    )
+    out.counter(
+        "http_connections_operator",
+        "Health and metrics requests from loopback answered over a connection limit.",
+        http.get("connections_operator"),
+    )
+    out.counter(
+        "http_head_timeouts",
+        "Connections closed for not sending their request head in time.",
+        http.get("head_timeouts"),
+    )
+    out.counter(
         "http_connection_errors",
         "Connections ended by an error in a handler.",
         http.get("connection_errors"),

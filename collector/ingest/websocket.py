@@ -153,14 +153,18 @@ async def serve_ingest_session(
     log.info(
         "ingest_session_open", conn=conn, kind=hello.kind, agent=hello.agent, scope=claims.meeting
     )
-    await session.send(
-        Welcome(
-            session=str(conn),
-            ack_interval_s=settings.ack_interval_s,
-            max_message_bytes=settings.limits.max_message_bytes,
-            max_frames=settings.limits.max_frames_per_message,
-        )
+    welcome = Welcome(
+        session=str(conn),
+        ack_interval_s=settings.ack_interval_s,
+        max_message_bytes=settings.limits.max_message_bytes,
+        max_frames=settings.limits.max_frames_per_message,
     )
+    try:
+        await session.send(welcome)
+    except ConnectionClosed as exc:  # gone (or refused, say a message too large) right away
+        _count_close(exc, counters)
+        log.info("ingest_session_closed", conn=conn, messages=0, accepted=0, rejected=0)
+        return
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_send_replies, session)

@@ -13,9 +13,12 @@ import h11
 import msgspec
 import pytest
 import trio
+import trio.testing
 from trio_websocket import WebSocketConnection, open_websocket_url
 
 from collector.http.server import (
+    MAX_REQUEST_HEAD_BYTES,
+    OPERATOR_SLOTS,
     BadRequest,
     Headers,
     HttpServer,
@@ -23,6 +26,7 @@ from collector.http.server import (
     Request,
     Response,
     StreamedResponse,
+    _is_loopback,
     current_request,
     parse_query,
 )
@@ -103,6 +107,7 @@ class Server:
     port: int
     http: HttpServer
     bodies: dict[str, Body]
+    release: trio.Event = field(default_factory=trio.Event)  # ends the requests to /hold
 
 
 def echo(request: Request) -> Response:
@@ -147,6 +152,12 @@ async def start(nursery: trio.Nursery, settings: HttpSettings | None = None) -> 
 
         return route
 
+    release = trio.Event()
+
+    async def hold(request: Request) -> Response:
+        await release.wait()
+        return echo(request)
+
     async def ws_peer(ws: WebSocketConnection) -> None:
         request = current_request()
         await ws.send_message(msgspec.json.encode([request.peer, dict(request.query)]).decode())
@@ -156,6 +167,8 @@ async def start(nursery: trio.Nursery, settings: HttpSettings | None = None) -> 
             "/echo": echo,
             "/slow": slow_echo,
             "/broken": broken,
+            "/hold": hold,
+            "/healthz": echo,
             "/items/{id}": echo,
             **{f"/stream/{name}": streamed(name) for name in bodies},
         },
@@ -164,7 +177,7 @@ async def start(nursery: trio.Nursery, settings: HttpSettings | None = None) -> 
     )
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     await nursery.start(http.serve, listeners)
-    return Server(listeners[0].socket.getsockname()[1], http, bodies)
+    return Server(listeners[0].socket.getsockname()[1], http, bodies, release)
 
 
 @pytest.fixture
@@ -343,15 +356,160 @@ async def test_connections_over_the_per_source_limit_get_503(nursery: trio.Nurse
     assert health["connections_refused_per_source"] == 1
 
 
+async def send_head(port: int, target: str, local_address: str | None = None) -> trio.SocketStream:
+    """A connection that sent its request head and waits for the answer."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port, local_address=local_address)
+    await stream.send_all(f"GET {target} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
+    return stream
+
+
+async def closed_by_server(stream: trio.SocketStream) -> bool:
+    """Whether the server closed ``stream`` (reads what it sent, up to the end)."""
+    with trio.move_on_after(5):
+        while await stream.receive_some():
+            pass
+        return True
+    return False
+
+
 async def test_connections_over_the_global_limit_get_a_json_503(nursery: trio.Nursery) -> None:
     server = await start(nursery, HttpSettings(max_connections=1, request_timeout_s=5))
-    idle = await trio.open_tcp_stream("127.0.0.1", server.port)
-    async with idle:
+    # The one connection sent its request: it is being served, never evicted.
+    async with await send_head(server.port, "/hold"):
         await wait_for(lambda: server.http.counters.connections_open == 1)
-        refused = await fetch(server.port, "/echo")
+        await trio.testing.wait_all_tasks_blocked()
+        refused = await fetch(server.port, "/echo", local_address="127.0.0.2")
+        server.release.set()
     assert refused.status == 503
     assert refused.json() == {"error": "too many connections"}
     assert server.http.counters.connections_refused == 1
+    assert server.http.counters.connections_evicted == 0
+
+
+async def test_at_the_limit_the_longest_idle_connection_is_evicted(nursery: trio.Nursery) -> None:
+    # Connections that never send a request head cannot keep a client out: the one that has
+    # waited longest is closed to admit the new one.
+    server = await start(nursery, HttpSettings(max_connections=2, request_timeout_s=30))
+    counters = server.http.counters
+    first = await trio.open_tcp_stream("127.0.0.1", server.port)
+    await wait_for(lambda: counters.connections_open == 1)
+    second = await trio.open_tcp_stream("127.0.0.1", server.port)
+    await wait_for(lambda: counters.connections_open == 2)
+    async with first, second:
+        answer = await fetch(server.port, "/echo", local_address="127.0.0.2")
+        assert answer.status == 200
+        assert await closed_by_server(first)
+        assert counters.connections_evicted == 1
+        assert counters.connections_refused == 0
+        # The second idle connection is still open and may still send its request.
+        await second.send_all(b"GET /echo HTTP/1.1\r\nhost: x\r\n\r\n")
+        data = b""
+        with trio.fail_after(5):
+            while chunk := await second.receive_some():
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 200 ")
+
+
+async def test_a_busy_server_gives_request_heads_less_time(nursery: trio.Nursery) -> None:
+    settings = HttpSettings(max_connections=4, request_timeout_s=60, busy_head_timeout_s=0.2)
+    server = await start(nursery, settings)
+    counters = server.http.counters
+    idle = [await trio.open_tcp_stream("127.0.0.1", server.port)]
+    await wait_for(lambda: counters.connections_open == 1)
+    await trio.sleep(0.3)  # past the busy timeout: only the full one applies while not busy
+    assert counters.connections_open == 1
+    # A third connection makes the server busy (3 of 4): every head wait is cut short, the
+    # first connection's too, counted from its own start.
+    idle += [await trio.open_tcp_stream("127.0.0.1", server.port) for _ in range(2)]
+    for stream in idle:
+        assert await closed_by_server(stream)
+        await stream.aclose()
+    assert counters.head_timeouts == 3
+    assert counters.connections_open == 0
+    assert (await fetch(server.port, "/echo")).status == 200
+
+
+async def test_loopback_health_is_answered_over_the_limits(nursery: trio.Nursery) -> None:
+    settings = HttpSettings(max_connections=1, max_connections_per_source=1, request_timeout_s=5)
+    server = await start(nursery, settings)
+    counters = server.http.counters
+    async with await send_head(server.port, "/hold"):
+        await wait_for(lambda: counters.connections_open == 1)
+        await trio.testing.wait_all_tasks_blocked()
+        # Over the per-source limit (same address) and over the global one (another).
+        assert (await fetch(server.port, "/healthz")).status == 200
+        assert (await fetch(server.port, "/healthz", local_address="127.0.0.2")).status == 200
+        refused = await fetch(server.port, "/echo")
+        assert refused.status == 503
+        assert refused.json() == {"error": "too many connections from this address"}
+        server.release.set()
+    assert counters.connections_operator == 2
+    assert counters.connections_refused_per_source == 1
+    assert counters.connections_refused == 0
+
+
+async def test_operator_slots_evict_their_longest_idle_connection(nursery: trio.Nursery) -> None:
+    settings = HttpSettings(max_connections=1, request_timeout_s=30, busy_head_timeout_s=30)
+    server = await start(nursery, settings)
+    counters = server.http.counters
+    async with await send_head(server.port, "/hold"):
+        await wait_for(lambda: counters.connections_open == 1)
+        idle = [await trio.open_tcp_stream("127.0.0.1", server.port) for _ in range(OPERATOR_SLOTS)]
+        await wait_for(lambda: counters.connections_open == 1 + OPERATOR_SLOTS)
+        assert (await fetch(server.port, "/healthz")).status == 200
+        # The longest waiting slot was closed with the 503 it would have had without it.
+        answer = b""
+        with trio.fail_after(5):
+            while chunk := await idle[0].receive_some():
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 503 ")
+        assert counters.connections_refused == 1
+        assert counters.connections_evicted == 0
+        for stream in idle:
+            await stream.aclose()
+        server.release.set()
+
+
+def test_loopback_addresses() -> None:
+    assert all(map(_is_loopback, ["127.0.0.1", "127.0.0.2", "::1", "::ffff:127.0.0.1"]))
+    assert not any(map(_is_loopback, ["10.0.0.1", "::ffff:10.0.0.1", "2001:db8::1", "", "x"]))
+
+
+async def raw_exchange(port: int, data: bytes) -> tuple[int, bytes]:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(data)
+        answer = b""
+        with trio.fail_after(5):
+            while chunk := await stream.receive_some():
+                answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def padded_head(size: int) -> bytes:
+    """A GET /echo head of exactly ``size`` bytes."""
+    start, end = b"GET /echo HTTP/1.1\r\nhost: x\r\nx-pad: ", b"\r\n\r\n"
+    return start + b"a" * (size - len(start) - len(end)) + end
+
+
+async def test_a_request_head_may_take_16_kib_and_no_more(server: Server) -> None:
+    assert MAX_REQUEST_HEAD_BYTES == 16 * 1024
+    status, _ = await raw_exchange(server.port, padded_head(MAX_REQUEST_HEAD_BYTES))
+    assert status == 200
+    for size in (MAX_REQUEST_HEAD_BYTES + 1, MAX_REQUEST_HEAD_BYTES + 4000, 40_000):
+        status, body = await raw_exchange(server.port, padded_head(size))
+        assert status == 431, size
+        assert msgspec.json.decode(body) == {"error": "request head larger than 16384 bytes"}
+
+
+async def test_a_malformed_request_is_answered_without_echoing_it(server: Server) -> None:
+    status, body = await raw_exchange(server.port, b"GARBAGE\x01 /secret-ish\r\n\r\n")
+    assert status == 400
+    assert msgspec.json.decode(body) == {"error": "malformed HTTP request: illegal request line"}
+    status, body = await raw_exchange(server.port, b"GET / HTTP/1.1\r\nno colon here\r\n\r\n")
+    assert status == 400
+    assert msgspec.json.decode(body) == {"error": "malformed HTTP request: illegal header line"}
 
 
 async def test_a_websocket_route_reads_its_upgrade_request(server: Server) -> None:

@@ -4,6 +4,8 @@ boundaries (an injected failure ends one connection, never the server), limits."
 from __future__ import annotations
 
 import contextlib
+import socket
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -12,6 +14,7 @@ import h11
 import msgspec
 import pytest
 import trio
+import trio.testing
 from trio_websocket import (
     ConnectionClosed,
     WebSocketConnection,
@@ -21,7 +24,7 @@ from trio_websocket import (
 
 from collector.auth import Auth
 from collector.consumer import SessionBatch
-from collector.http.server import HttpServer, HttpSettings, Response
+from collector.http.server import HttpServer, HttpSettings, Response, Wire
 from collector.ingest.counters import TransportCounters
 from collector.ingest.websocket import SessionSettings, serve_ingest_session
 from protocol import Limits, encode_json, encode_msgpack
@@ -330,12 +333,147 @@ async def test_http_answers(server: Server, request_bytes: bytes, status: int) -
 
 async def test_connections_over_the_limit_get_503(nursery: trio.Nursery) -> None:
     server = await start_server(nursery, http_settings=HttpSettings(max_connections=1))
-    idle = await trio.open_tcp_stream("127.0.0.1", server.port)
-    async with idle:
-        await wait_for(lambda: server.http.counters.connections_open == 1)
+    async with open_ws(server.url("/ingest")) as ws:  # a live session is never evicted
+        await ws.send_message(encode_msgpack(hello()))
+        assert isinstance(await next_reply(ws), Welcome)
+        status, _ = await http_get(server.port, b"GET /nope HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert status == 503
+        # The local operator still reads the daemon's health.
         status, _ = await http_get(server.port, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
-    assert status == 503
+        assert status == 200
     assert server.http.counters.connections_refused == 1
+
+
+UPGRADE = (
+    b"GET /ingest HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
+    b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
+)
+
+
+def client_frame(payload: bytes, opcode: int = 0x2, declared: int | None = None) -> bytes:
+    """A masked client frame (all-zero mask), its length field saying ``declared``."""
+    size = len(payload) if declared is None else declared
+    if size < 126:
+        header = bytes((0x80 | opcode, 0x80 | size))
+    elif size < 1 << 16:
+        header = bytes((0x80 | opcode, 0x80 | 126)) + size.to_bytes(2, "big")
+    else:
+        header = bytes((0x80 | opcode, 0x80 | 127)) + size.to_bytes(8, "big")
+    return header + b"\0\0\0\0" + payload
+
+
+async def upgraded(port: int) -> trio.SocketStream:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(UPGRADE)
+    data = b""
+    with trio.fail_after(5):
+        while b"\r\n\r\n" not in data:
+            data += await stream.receive_some()
+    assert data.startswith(b"HTTP/1.1 101 ")
+    return stream
+
+
+async def server_close_frame(stream: trio.SocketStream) -> tuple[int, bytes]:
+    """Read up to the server's close frame: its code and reason (within 3 s)."""
+    data = b""
+    with trio.fail_after(3):
+        while True:
+            data += await stream.receive_some()
+            while len(data) >= 2 and len(data) >= 2 + data[1]:  # server frames: < 126 bytes
+                opcode, size = data[0] & 0x0F, data[1]
+                if opcode == 0x8:
+                    return int.from_bytes(data[2:4], "big"), data[4 : 2 + size]
+                data = data[2 + size :]
+
+
+def reset(stream: trio.SocketStream) -> None:
+    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+async def test_a_client_that_drops_during_the_handshake_is_not_an_error(server: Server) -> None:
+    for _ in range(3):
+        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+        await stream.send_all(UPGRADE)
+        reset(stream)  # gone before the daemon's 101
+        await stream.aclose()
+    await wait_for(lambda: server.http.counters.connections_total == 3)
+    await wait_for(lambda: server.http.counters.connections_open == 0)
+    assert server.http.counters.connection_errors == 0
+    assert server.counters.rejected_by_reason == {}
+
+
+@pytest.mark.parametrize("before", ["nothing", "hello"])
+@pytest.mark.parametrize("split", [False, True])
+async def test_a_frame_declaring_2_62_bytes_is_refused_at_its_header(
+    server: Server, before: str, split: bool
+) -> None:
+    stream = await upgraded(server.port)
+    async with stream:
+        if before == "hello":
+            await stream.send_all(client_frame(encode_msgpack(hello())))
+        header = client_frame(b"", declared=1 << 62)
+        if split:  # the header in two reads, the first not enough to know the length
+            await stream.send_all(header[:5])
+            await trio.sleep(0.05)
+            await stream.send_all(header[5:])
+        else:
+            await stream.send_all(header + b"x" * 1000)
+        code, reason = await server_close_frame(stream)
+    assert code == 1009
+    assert reason == b"message larger than 4096 bytes"
+    await wait_for(lambda: server.http.counters.connections_open == 0)
+    assert server.counters.rejected_by_reason == {"too_large": 1}
+    assert server.http.counters.connection_errors == 0
+
+
+async def test_frames_sent_with_the_upgrade_request_are_read(server: Server) -> None:
+    # Bytes that arrive with the request head are the client's first frames (wsproto would
+    # drop them): a hello sent at once opens the session.
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    async with stream:
+        await stream.send_all(UPGRADE + client_frame(encode_msgpack(hello())))
+        data = b""
+        with trio.fail_after(3):
+            while b"welcome" not in data:
+                data += await stream.receive_some()
+    assert data.startswith(b"HTTP/1.1 101 ")
+
+
+@pytest.mark.parametrize("declared", [5000, 1 << 62])
+async def test_an_oversize_frame_sent_with_the_upgrade_request_is_counted(
+    server: Server, declared: int
+) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    async with stream:
+        await stream.send_all(UPGRADE + client_frame(b"x" * 100, declared=declared))
+        head = b""
+        with trio.fail_after(3):
+            while b"\r\n\r\n" not in head:
+                head += await stream.receive_some()
+        assert head.startswith(b"HTTP/1.1 101 ")
+    await wait_for(lambda: server.http.counters.connections_open == 0)
+    assert server.counters.rejected_by_reason == {"too_large": 1}
+    assert server.http.counters.connection_errors == 0
+
+
+async def test_the_frame_guard_passes_every_byte_of_good_frames() -> None:
+    frames = [
+        client_frame(b"a" * n, opcode)
+        for n, opcode in [(0, 2), (1, 1), (125, 2), (126, 2), (4096, 2), (10, 9), (300, 0)]
+    ]
+    data = b"".join(frames)
+    for step in (1, 2, 3, 7, 13, 14, 4096, len(data)):
+        wire = Wire(trio.testing.MemorySendStream(), b"", max_frame_bytes=4096)  # type: ignore[arg-type]
+        passed = b"".join(bytes(wire._guard(data[i : i + step])) for i in range(0, len(data), step))
+        assert passed == data, step
+        assert not wire.too_large
+    wire = Wire(trio.testing.MemorySendStream(), b"", max_frame_bytes=4096)  # type: ignore[arg-type]
+    passed = bytes(wire._guard(frames[0] + client_frame(b"x" * 4097)))
+    assert passed.startswith(frames[0])
+    close = passed[len(frames[0]) :]
+    assert close[0] == 0x88  # a close frame follows, masked as from a client
+    assert close[1] & 0x80
+    assert wire.too_large
 
 
 def test_h11_is_the_parser() -> None:
