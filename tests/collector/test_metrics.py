@@ -87,6 +87,9 @@ def health() -> dict[str, Any]:
             "last_flush_s": 0.05,
             "last_error": None,
             "consecutive_failures": 0,
+            "rows_refused": 1,
+            "refused_bytes": 900,
+            "probe_error": None,
             "checkpoint_bytes": 4_096,
             "checkpoint_errors": 0,
         },
@@ -196,6 +199,9 @@ def test_values_and_labels_come_from_the_health_dict() -> None:
     assert value("bwmon_storage_failed_flushes") == 1
     assert value("bwmon_storage_checkpoint_bytes") == 4_096
     assert value("bwmon_storage_spool_bytes") == 1_234
+    assert value("bwmon_storage_refused_rows") == 1
+    assert value("bwmon_storage_refused_file_bytes") == 900
+    assert value("bwmon_storage_responding") == 1
     assert metrics["bwmon_storage_flush_seconds"][0] == "counter"
     assert value("bwmon_storage_flush_seconds") == 0.75
     assert value("bwmon_storage_last_flush_seconds") == 0.05
