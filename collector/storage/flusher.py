@@ -294,7 +294,7 @@ class Flusher:
         values = dict(zip(table.columns, row, strict=False))
         key = {column: values.get(column) for column in table.key}
         self.counters["rows_refused"] += 1
-        log.error("storage_row_refused", table=name, key=key, error=error[:300])
+        log.error("storage_row_refused", table=name, row_key=key, error=error[:300])
         if self.refused_path is None:
             return
         line = _refused_encoder.encode(

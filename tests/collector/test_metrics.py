@@ -327,3 +327,20 @@ def test_readyz_is_not_ready_while_storage_fails(tmp_path: Path) -> None:
     assert body["reasons"] == ["storage: last flush failed: database is locked"]
     d.flusher.failures, d.flusher.last_error = 0, None  # a successful flush resets both
     assert d.readyz(REQUEST).status == 200
+
+
+def test_readyz_is_not_ready_while_the_database_does_not_answer_but_a_refused_row_is_fine(
+    tmp_path: Path,
+) -> None:
+    d = daemon(tmp_path, "sqlite")
+    assert d.flusher is not None
+    d.flusher.counters["rows_refused"] = 1  # set aside: storage goes on
+    assert d.readyz(REQUEST).status == 200
+    d.flusher.probe_error = "the database did not answer within 2 s"
+    response = d.readyz(REQUEST)
+    assert response.status == 503
+    assert json.loads(response.body)["reasons"] == [
+        "storage: not responding: the database did not answer within 2 s"
+    ]
+    d.flusher.probe_error = None  # the next probe answered
+    assert d.readyz(REQUEST).status == 200
