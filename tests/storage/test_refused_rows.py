@@ -22,11 +22,15 @@ from collector.aggregate.records import RtcMinuteRow
 from collector.runtime import open_thread_bridge
 from collector.storage.flusher import Flusher, encode_batch
 from collector.storage.schema import (
+    ALERTS,
+    HTTP_MINUTE,
     MEETINGS,
     OTHER_TURN_SERVERS,
     RTC_MINUTE,
     TURN_SERVERS_JSON_MAX_CHARS,
     Batch,
+    alert_row,
+    http_row,
     meeting_row,
     rtc_row,
     turn_servers_json,
@@ -34,7 +38,7 @@ from collector.storage.schema import (
 from collector.storage.sinks import MysqlSink, RowsRefused, SqliteSink, StorageUnavailable
 from collector.storage.spool import Spool
 from tests.helpers import HangingProxy, wait_for
-from tests.storage.test_sinks import MYSQL, RAISED, SUMMARY, _admin, rtc
+from tests.storage.test_sinks import MYSQL, RAISED, SUMMARY, _admin, http, rtc
 
 MINUTE = 1_800_000_000
 POISON = 17  # the index of the refused row among the minutes written
@@ -194,6 +198,49 @@ async def test_a_meeting_relayed_through_servers_of_512_emoji_is_stored_whole(si
     await sink.write(batch)
     ((stored,),) = await sink.query("SELECT relayed_bytes_by_turn_server FROM meetings")
     assert json.loads(stored) == servers
+
+
+async def test_every_column_holds_the_longest_values_the_protocol_allows(sink: Any) -> None:
+    """Identifiers of 128 code points, TURN servers of 512 (PROTOCOL.md §5.1), every one an
+    emoji (four bytes in utf8mb4), a 64-character rule name and a 16-letter method: stored as
+    they came, on both dialects."""
+    await sink.migrate()
+    ident = "😀" * 128
+    turn = "turn:" + "😀" * 507
+    minute = msgspec.structs.replace(
+        rtc(MINUTE), meeting=ident, participant=ident, connection=ident, turn_server=turn
+    )
+    route = msgspec.structs.replace(
+        http(MINUTE), service=ident, route=ident, method="M" * 16, latency_hist=[2.0**53] * 12
+    )
+    rule = "r" * 64
+    alert = msgspec.structs.replace(
+        RAISED,
+        id=f"{rule}:{ident}/{ident}:{2**53}@{round(MINUTE * 1000)}",
+        rule=rule,
+        key=(ident, ident),
+        severity="critical",
+    )
+    summary = msgspec.structs.replace(
+        SUMMARY, meeting=ident, relayed_bytes_by_turn_server={turn: 2.0**53}
+    )
+    batch = Batch()
+    batch.add(RTC_MINUTE, [rtc_row(minute)])
+    batch.add(HTTP_MINUTE, [http_row(route)])
+    batch.add(MEETINGS, [meeting_row(summary)])
+    batch.add(ALERTS, [alert_row(alert)])
+    await sink.write(batch)
+    assert await sink.query(
+        "SELECT meeting, participant, connection, turn_server FROM rtc_minute"
+    ) == [(ident, ident, ident, turn)]
+    assert await sink.query("SELECT service, route, method FROM http_minute") == [
+        (ident, ident, "M" * 16)
+    ]
+    assert await sink.query("SELECT id, rule, meeting, participant FROM alerts") == [
+        (alert.id, rule, ident, ident)
+    ]
+    assert await sink.query("SELECT meeting FROM meetings") == [(ident,)]
+    assert await sink.retain(MINUTE + 7200) == {"rtc_minute": 1, "http_minute": 1}
 
 
 def test_the_turn_server_object_is_bounded_and_keeps_the_total() -> None:
