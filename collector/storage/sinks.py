@@ -193,7 +193,7 @@ class SqliteSink:
         except sqlite3.ProgrammingError as exc:
             if str(exc).startswith("Error binding parameter"):  # a value of no SQLite type
                 raise RowsRefused(f"sqlite {self.path}: {exc}") from exc
-            raise
+            raise StorageError(f"sqlite {self.path}: {exc}") from exc
         except sqlite3.DatabaseError as exc:  # not a database, or a damaged one
             raise StorageError(f"sqlite {self.path}: {exc}") from exc
 
@@ -389,7 +389,7 @@ class MysqlSink:
             if self._probe is None:
                 self._probe = await self.bridge.run(partial(_connect, **self.params))
             await self.bridge.run(_ping, self._probe)
-        except (OSError, asyncmy.errors.Error) as exc:
+        except Exception as exc:  # whatever it is, the database did not answer
             await self._drop_probe()
             raise StorageUnavailable(f"mysql: {exc}") from exc
         except BaseException:  # cancelled by the caller's deadline: the answer may still come

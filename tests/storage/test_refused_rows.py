@@ -144,6 +144,21 @@ async def test_shutdown_spools_no_refused_row(tmp_path: Path) -> None:
     await sqlite.close()
 
 
+async def test_a_value_sqlite_cannot_bind_or_hold_is_refused(tmp_path: Path) -> None:
+    sqlite = SqliteSink(tmp_path / "bwmon.db")
+    await sqlite.migrate()
+    flusher = Flusher(sqlite, refused_path=tmp_path / "refused.jsonl")
+    batch = Batch()
+    good, unbindable, too_big = (rtc_row(rtc(MINUTE + 60 * i)) for i in range(3))
+    batch.add(RTC_MINUTE, [good, (*unbindable[:5], {"no": "type"}, *unbindable[6:])])
+    batch.add(RTC_MINUTE, [(*too_big[:5], 2**70, *too_big[6:])])  # past SQLite's 64 bits
+    flusher.pending = batch
+    assert await flusher.flush()
+    assert await stored_minutes(sqlite) == [MINUTE]
+    assert flusher.counters["rows_refused"] == 2
+    await sqlite.close()
+
+
 class DyingSink(SqliteSink):
     """Refuses what SQLite refuses, and goes away after ``writes_left`` writes."""
 
