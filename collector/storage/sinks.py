@@ -78,7 +78,8 @@ ER_NET_PACKET_TOO_LARGE = 1153
 # and IntegrityError, and SQLSTATE classes 22 and 23): a value too long (1406), out of range
 # (1264), not valid for its column (1366, 1292), NULL in a NOT NULL column (1048), a duplicate or
 # a foreign key (1062, 1451, 1452), a CHECK constraint (MariaDB 4025, MySQL 3819), a trigger's
-# SIGNAL (1644), division by zero (1365).
+# SIGNAL (1644), division by zero (1365); and the driver's refusal of a value before sending it
+# (NaN or infinity, a ProgrammingError with no error number).
 MYSQL_REFUSED_ROWS = frozenset(
     (1048, 1062, 1264, 1292, 1365, 1366, 1406, 1451, 1452, 1644, 3819, 4025)
 )
@@ -430,6 +431,8 @@ def _refuses_rows(exc: asyncmy.errors.Error) -> bool:
     if isinstance(exc, asyncmy.errors.DataError | asyncmy.errors.IntegrityError):
         return True
     code = exc.args[0] if exc.args else None
+    if isinstance(exc, asyncmy.errors.ProgrammingError) and isinstance(code, str):
+        return True  # the driver's own, before sending: a value it cannot write (NaN, inf)
     sqlstate = getattr(exc, "sqlstate", None) or ""
     return code in MYSQL_REFUSED_ROWS or sqlstate[:2] in ("22", "23")
 

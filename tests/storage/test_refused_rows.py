@@ -7,6 +7,7 @@ answer makes the flusher's ``problem`` say so within seconds."""
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections.abc import AsyncIterator
 from functools import partial
@@ -142,6 +143,20 @@ async def test_shutdown_spools_no_refused_row(tmp_path: Path) -> None:
     assert len(await stored_minutes(sqlite)) == 39
     spool.close()
     await sqlite.close()
+
+
+async def test_a_value_that_is_not_a_number_is_refused(sink: Any, tmp_path: Path) -> None:
+    """NaN, which the MySQL driver will not send and SQLite stores as NULL, in a NOT NULL
+    column: refused alone on both dialects."""
+    await sink.migrate()
+    flusher = Flusher(sink, refused_path=tmp_path / "refused.jsonl")
+    nan = msgspec.structs.replace(
+        rtc(MINUTE + 60), counters={**rtc(0).counters, "freeze_count": math.nan}
+    )
+    flusher.offer(Output(rtc_rows=[rtc(MINUTE), nan, rtc(MINUTE + 120)]))
+    assert await flusher.flush()
+    assert await stored_minutes(sink) == [MINUTE, MINUTE + 120]
+    assert flusher.counters["rows_refused"] == 1
 
 
 async def test_a_value_sqlite_cannot_bind_or_hold_is_refused(tmp_path: Path) -> None:
