@@ -98,8 +98,8 @@ class MeteredMysqlSink(MysqlSink):
     def count_statements(self, on: bool) -> None:
         self.meter.counting = on
 
-    async def _call(self, fn: Any, *args: Any) -> Any:
-        result = await super()._call(fn, *args)
+    async def _call(self, fn: Any, *args: Any, writes_rows: bool = False) -> Any:
+        result = await super()._call(fn, *args, writes_rows=writes_rows)
         # A write passes its statements as one list of (sql, params), all executed in order in
         # one transaction that has committed once the call returns.
         for arg in args if self.meter.counting else ():

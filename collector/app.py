@@ -52,7 +52,7 @@ from collector.runtime.loops import LoopLag
 from collector.runtime.notify import Notifier, serve_watchdog
 from collector.runtime.steps import finish_between_tasks
 from collector.storage import checkpoint
-from collector.storage.flusher import Flusher, decode_batch, encode_batch
+from collector.storage.flusher import REFUSED_FILE, Flusher, decode_batch, encode_batch
 from collector.storage.retention import run_retention
 from collector.storage.sinks import MysqlSink, Sink, SqliteSink
 from collector.storage.spool import Spool
@@ -111,6 +111,7 @@ class Daemon:
                 migrate=storage.auto_migrate,
                 spool=self.spool,
                 after_flush=self.checkpoint,
+                refused_path=Path(storage.state_dir) / REFUSED_FILE,
             )
             if self.sink is not None
             else None
@@ -382,17 +383,19 @@ class Daemon:
         503 ``draining`` once shutdown has started (SIGTERM): plain HTTP stays up while the
         daemon writes what it holds, WebSocket sessions are closed (1001) and new ones refused.
         503 ``not ready`` with ``reasons`` while the storage flusher's last attempt failed
-        (``consecutive_failures > 0``: rows queue and spool instead of being written), or the
+        (``consecutive_failures > 0``: rows queue and spool instead of being written) or the
+        database does not answer the flusher's probe within 2 s (``probe_error``), or the
         fan-out channel (Redis) refused the publisher's last call or serves from its local
         fallback (this daemon's meetings only); ready again once Redis takes the publishes.
-        With ``backend = "none"`` storage never blocks readiness, and the in-process channel
-        never fails. Otherwise 200 ``ready``.
+        A row the database refuses is set aside and does not make storage unready. With
+        ``backend = "none"`` storage never blocks readiness, and the in-process channel never
+        fails. Otherwise 200 ``ready``.
         """
         if self.draining:
             return Response.json(503, {"status": "draining"})
         reasons: list[str] = []
-        if self.flusher is not None and self.flusher.failures > 0:
-            reasons.append(f"storage: last flush failed: {self.flusher.last_error or 'unknown'}")
+        if self.flusher is not None and (problem := self.flusher.problem()) is not None:
+            reasons.append(f"storage: {problem}")
         if self.publisher.channel_error is not None:
             reasons.append(f"channel: {self.publisher.channel_error}")
         if self.channel.problem is not None:

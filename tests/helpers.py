@@ -242,6 +242,37 @@ class CuttableProxy:
         self.listener.close()
 
 
+class HangingProxy(CuttableProxy):
+    """A ``CuttableProxy`` that can also ``hang()``: connections stay open and new ones are
+    accepted, but nothing is forwarded either way (a stopped server, a hung proxy) until
+    ``flow()``, which delivers what was held."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.flowing = threading.Event()
+        self.flowing.set()
+        super().__init__(target)
+
+    def hang(self) -> None:
+        self.flowing.clear()
+
+    def flow(self) -> None:
+        self.flowing.set()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                while not self.flowing.wait(0.1):
+                    if self.closed:
+                        return
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+
 def assert_build(compiled: list[str]) -> None:
     """``compiled`` (``protocol.build.compiled_modules``, ``/healthz``) is the build this run
     expects: ``BWMON_EXPECT_COMPILED=1`` (CI's compiled run) every module of

@@ -309,6 +309,20 @@ def _storage(out: _Exposition, health: Mapping[str, Any]) -> None:
     out.counter(
         "storage_dropped_rows", "Rows dropped (queue and spool full).", storage.get("rows_dropped")
     )
+    out.counter(
+        "storage_refused_rows",
+        "Rows the database refused (set aside in the refused file).",
+        storage.get("rows_refused"),
+    )
+    out.gauge(
+        "storage_refused_file_bytes", "Bytes of the refused file.", storage.get("refused_bytes")
+    )
+    if "probe_error" in storage:
+        out.gauge(
+            "storage_responding",
+            "1 while the database answers the probe, 0 while it does not.",
+            int(storage["probe_error"] is None),
+        )
     out.counter("storage_statements", "SQL statements executed.", storage.get("statements"))
     out.gauge("storage_spool_bytes", "Bytes of the spool file.", storage.get("spool_bytes"))
     out.counter(

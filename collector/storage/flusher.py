@@ -8,14 +8,28 @@ the pending rows exceed ``queue_max_rows`` the batch is spooled to disk (if a sp
 configured) and written from there, in order, when the database returns; without a spool, or
 with a full one, rows are dropped — counted and logged, never silently.
 
+A batch the database refuses for its content (``RowsRefused``: a value too long, a constraint)
+is not retried whole: it is split in halves, each written on its own, until every row the
+database takes is written and each row it refuses stands alone. A refused row is counted
+(``rows_refused``), logged with its table and key, and set aside as one JSON line in the
+``refused`` file (``REFUSED_FILE`` in the state directory) for an operator to read or replay;
+it never blocks the rows around it, never makes the flush fail, and is never spooled.
+
+While ``run`` runs, a probe asks the database every ``probe_interval_s`` whether it answers
+(``Sink.ping``), waiting at most ``probe_timeout_s``: a database that stopped answering (a
+stopped process, a hung proxy) makes ``problem`` say so within seconds, even while no flush is
+due or a flush is still waiting for its statement timeout.
+
 Never called from the ingest path with anything that waits: ``offer`` only appends.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, Final
 
 import msgspec
 import trio
@@ -29,20 +43,28 @@ from collector.storage.schema import (
     RTC_MINUTE,
     TABLES_BY_NAME,
     Batch,
+    Row,
     alert_row,
     http_row,
     meeting_row,
     pad_row,
     rtc_row,
 )
-from collector.storage.sinks import Sink, StorageUnavailable
+from collector.storage.sinks import RowsRefused, Sink, StorageUnavailable
 from collector.storage.spool import Spool
 
 log = get_logger("storage")
 
+REFUSED_FILE: Final = "refused.jsonl"
+# The refused file stops growing here: rows refused beyond it are counted and logged only.
+REFUSED_MAX_BYTES: Final = 64 << 20
+PROBE_INTERVAL_S: Final = 1.0
+PROBE_TIMEOUT_S: Final = 2.0
+
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(dict[str, list[list[Any]]])
+_refused_encoder = msgspec.json.Encoder()
 
 
 def encode_batch(batch: Batch) -> bytes:
@@ -80,6 +102,9 @@ class Flusher:
         spool: Spool | None = None,
         migrate: bool = True,
         after_flush: Callable[[], Awaitable[None]] | None = None,
+        refused_path: Path | None = None,
+        probe_interval_s: float = PROBE_INTERVAL_S,
+        probe_timeout_s: float = PROBE_TIMEOUT_S,
     ) -> None:
         self.after_flush = after_flush  # the checkpoint: after every attempt, and at close
         self.sink = sink
@@ -88,6 +113,11 @@ class Flusher:
         self.queue_max_rows = queue_max_rows
         self.retry_max_s = retry_max_s
         self.spool = spool
+        self.refused_path = refused_path  # None: refused rows are counted and logged only
+        self.refused_bytes = _file_size(refused_path)
+        self.probe_interval_s = probe_interval_s
+        self.probe_timeout_s = probe_timeout_s
+        self.probe_error: str | None = None  # the last probe's failure; None once one answers
         self.pending = Batch()
         self.failures = 0  # consecutive failed attempts
         self.counters = {
@@ -96,6 +126,7 @@ class Flusher:
             "failed_flushes": 0,
             "rows_spooled": 0,
             "rows_dropped": 0,
+            "rows_refused": 0,
         }
         self.flush_seconds = 0.0  # every attempt, failed ones included
         self.last_flush_s: float | None = None
@@ -120,8 +151,44 @@ class Flusher:
         log.error("storage_rows_dropped", rows=rows, reason="queue and spool full")
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Write pending rows every interval until cancelled (``close`` does the last flush)."""
-        task_status.started()
+        """Write pending rows every interval until cancelled (``close`` does the last flush),
+        and probe the database meanwhile."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.probe)
+            task_status.started()
+            await self._flush_every_interval()
+
+    async def probe(self) -> None:
+        """Ask the database whether it answers, every ``probe_interval_s``, until cancelled."""
+        while True:
+            with trio.move_on_after(self.probe_timeout_s) as deadline:
+                try:
+                    await self.sink.ping()
+                except StorageUnavailable as exc:
+                    self._probed(str(exc)[:300])
+                else:
+                    self._probed(None)
+            if deadline.cancelled_caught:
+                self._probed(f"the database did not answer within {self.probe_timeout_s:g} s")
+            await trio.sleep(self.probe_interval_s)
+
+    def _probed(self, error: str | None) -> None:
+        if error is not None and self.probe_error is None:
+            log.warning("storage_not_responding", error=error)
+        elif error is None and self.probe_error is not None:
+            log.info("storage_responding")
+        self.probe_error = error
+
+    def problem(self) -> str | None:
+        """Why storage is not keeping up now (for ``/readyz``), or None: the last flush
+        attempt failed, or the database does not answer the probe."""
+        if self.failures:
+            return f"last flush failed: {self.last_error or 'unknown'}"
+        if self.probe_error is not None:
+            return f"not responding: {self.probe_error}"
+        return None
+
+    async def _flush_every_interval(self) -> None:
         while True:
             delay = self.flush_interval_s
             if self.failures:
@@ -151,20 +218,17 @@ class Flusher:
             if self.spool is not None:
                 while entries := self.spool.peek(10):
                     for position, payload in entries:
-                        batch = decode_batch(payload)
-                        await self.sink.write(batch)
-                        self.counters["rows_written"] += len(batch)
+                        await self._write(decode_batch(payload))
                         self.spool.ack(position)
             if len(self.pending):
                 batch = self.pending
                 self.pending = Batch()
                 try:
-                    await self.sink.write(batch)
+                    await self._write(batch)
                 except BaseException:
-                    batch.merge(self.pending)  # keep order: the failed rows, then newer ones
+                    batch.merge(self.pending)  # keep order: the unwritten rows, then newer ones
                     self.pending = batch
                     raise
-                self.counters["rows_written"] += len(batch)
             self.counters["flushes"] += 1
         except StorageUnavailable as exc:
             self.failures += 1
@@ -179,6 +243,74 @@ class Flusher:
         self.failures = 0
         self.last_error = None
         return True
+
+    async def _write(self, batch: Batch) -> None:
+        """Write ``batch`` in one transaction; if the database refuses its rows, write it in
+        parts (``_isolate``)."""
+        try:
+            await self.sink.write(batch)
+        except RowsRefused as exc:
+            log.warning("storage_rows_refused", rows=len(batch), error=str(exc)[:300])
+            await self._isolate(batch)
+            return
+        self.counters["rows_written"] += len(batch)
+
+    async def _isolate(self, batch: Batch) -> None:
+        """Write each table's rows of ``batch`` in halves, and halves of the halves that the
+        database refuses, down to single rows, which are set aside: with k refused rows among
+        n, about 2k·log2(n) writes. Order within a table is kept. If the database becomes
+        unavailable (or the flush is cancelled) on the way, ``batch`` is left holding only the
+        rows not written or set aside yet, in order, and the error propagates."""
+        parts: deque[tuple[str, list[Row]]] = deque(
+            (name, rows) for name, rows in batch.rows.items() if rows
+        )
+        if len(parts) == 1:  # the one table's rows were refused whole already: halve them
+            name, rows = parts.pop()
+            parts += [(name, rows[: len(rows) // 2]), (name, rows[len(rows) // 2 :])]
+        try:
+            while parts:
+                name, rows = parts[0]
+                try:
+                    await self.sink.write(Batch({name: rows}))
+                except RowsRefused as exc:
+                    parts.popleft()
+                    if len(rows) == 1:
+                        self._set_aside(name, rows[0], str(exc))
+                    else:
+                        half = len(rows) // 2
+                        parts.appendleft((name, rows[half:]))
+                        parts.appendleft((name, rows[:half]))
+                    continue
+                parts.popleft()
+                self.counters["rows_written"] += len(rows)
+        finally:
+            batch.rows = {}
+            for name, rows in parts:
+                batch.rows.setdefault(name, []).extend(rows)
+
+    def _set_aside(self, name: str, row: Row, error: str) -> None:
+        """Count, log (table and key, not the row) and keep a refused row in the refused file."""
+        table = TABLES_BY_NAME[name]
+        values = dict(zip(table.columns, row, strict=False))
+        key = {column: values.get(column) for column in table.key}
+        self.counters["rows_refused"] += 1
+        log.error("storage_row_refused", table=name, row_key=key, error=error[:300])
+        if self.refused_path is None:
+            return
+        line = _refused_encoder.encode(
+            {"at": round(time.time(), 3), "table": name, "error": error[:300], "row": values}
+        )
+        if self.refused_bytes + len(line) + 1 > REFUSED_MAX_BYTES:
+            log.error("storage_refused_file_full", path=str(self.refused_path), table=name)
+            return
+        try:
+            self.refused_path.parent.mkdir(parents=True, exist_ok=True)
+            with self.refused_path.open("ab") as file:
+                file.write(line + b"\n")
+        except OSError as exc:
+            log.error("storage_refused_file_failed", path=str(self.refused_path), error=str(exc))
+            return
+        self.refused_bytes += len(line) + 1
 
     def hurry(self) -> None:
         """End ``close``'s attempts now (a second SIGTERM): what is unwritten is spooled."""
@@ -210,4 +342,13 @@ class Flusher:
             "statements": self.sink.statements,
             "last_error": self.last_error,
             "consecutive_failures": self.failures,
+            "refused_bytes": self.refused_bytes,
+            "probe_error": self.probe_error,
         }
+
+
+def _file_size(path: Path | None) -> int:
+    try:
+        return path.stat().st_size if path is not None else 0
+    except OSError:
+        return 0

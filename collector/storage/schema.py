@@ -26,6 +26,16 @@ from collector.aggregate.rtc import COUNTERS
 Dialect = Literal["mysql", "sqlite"]
 Row = tuple[Any, ...]
 
+# Every column holds what the protocol allows (PROTOCOL.md §5.1): ids of 128 code points in
+# VARCHAR(128) (utf8mb4 counts characters, not bytes), TURN servers of 512 in VARCHAR(512), and
+# the meetings' JSON object of TURN servers in MEDIUMTEXT (migration 0004). That object has one
+# entry per server, 12 characters per code point at worst (``\ud83d\ude00``); past this many
+# characters the servers with the fewest bytes are summed under OTHER_TURN_SERVERS, a key no
+# server has (an identifier has no space), so the row stays well inside MEDIUMTEXT and the
+# server's max_allowed_packet.
+TURN_SERVERS_JSON_MAX_CHARS: Final = 1_000_000
+OTHER_TURN_SERVERS: Final = "(other servers)"
+
 
 @dataclass(frozen=True)
 class Table:
@@ -216,11 +226,32 @@ def meeting_row(summary: MeetingSummary) -> Row:
         summary.bytes_down,
         summary.relayed_bytes,
         summary.relay_cost,
-        json.dumps(summary.relayed_bytes_by_turn_server, sort_keys=True),
+        turn_servers_json(summary.relayed_bytes_by_turn_server),
         summary.quality_avg,
         summary.quality_worst,
         json.dumps(summary.seconds_by_level, sort_keys=True),
     )
+
+
+def turn_servers_json(by_server: dict[str, float]) -> str:
+    """The relayed bytes per TURN server as a JSON object of at most
+    ``TURN_SERVERS_JSON_MAX_CHARS`` characters: the servers with the most bytes, the rest (if
+    any) summed under ``OTHER_TURN_SERVERS``; the values add up to the meeting's total."""
+    text = json.dumps(by_server, sort_keys=True)
+    if len(text) <= TURN_SERVERS_JSON_MAX_CHARS:
+        return text
+    kept: dict[str, float] = {}
+    other = 0.0
+    room = TURN_SERVERS_JSON_MAX_CHARS - len(json.dumps({OTHER_TURN_SERVERS: float(2**63)}))
+    for server, relayed in sorted(by_server.items(), key=lambda item: (-item[1], item[0])):
+        entry = len(json.dumps({server: relayed})) + 1  # with ", " instead of the braces
+        if entry <= room:
+            kept[server] = relayed
+            room -= entry
+        else:
+            other += relayed
+    kept[OTHER_TURN_SERVERS] = kept.get(OTHER_TURN_SERVERS, 0.0) + other
+    return json.dumps(kept, sort_keys=True)
 
 
 def alert_row(event: AlertEvent) -> Row:

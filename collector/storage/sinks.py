@@ -18,13 +18,23 @@ Errors, translated here and nowhere else::
 
     StorageError            base
      ├── StorageUnavailable the database cannot be reached or did not answer in time: retry later
+     ├── RowsRefused        the database refused the rows themselves (a value too long or out of
+     │                      range, a constraint): the same rows would fail the same way again
      └── DatabaseMissing    a reader found no SQLite file where the configuration points
+
+``RowsRefused`` is raised only for errors about the data (MySQL's data and integrity errors,
+SQLSTATE classes 22 and 23, a trigger's ``SIGNAL``; SQLite's integrity errors and values it
+cannot bind); a missing table or column, a lost connection, a timeout or a deadlock is
+``StorageUnavailable``, whatever the rows.
+
+``ping`` answers whether the database answers: the flusher's readiness probe.
 
 Never called from the ingest path: only the flusher awaits a sink.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sqlite3
@@ -64,6 +74,15 @@ MYSQL_MAX_ROWS_PER_STATEMENT = 50_000
 MYSQL_MIN_ROWS_PER_STATEMENT = 500
 MYSQL_BYTES_PER_ROW = 500
 ER_NET_PACKET_TOO_LARGE = 1153
+# Errors about the rows, which the server repeats for the same rows (besides asyncmy's DataError
+# and IntegrityError, and SQLSTATE classes 22 and 23): a value too long (1406), out of range
+# (1264), not valid for its column (1366, 1292), NULL in a NOT NULL column (1048), a duplicate or
+# a foreign key (1062, 1451, 1452), a CHECK constraint (MariaDB 4025, MySQL 3819), a trigger's
+# SIGNAL (1644), division by zero (1365); and the driver's refusal of a value before sending it
+# (NaN or infinity, a ProgrammingError with no error number).
+MYSQL_REFUSED_ROWS = frozenset(
+    (1048, 1062, 1264, 1292, 1365, 1366, 1406, 1451, 1452, 1644, 3819, 4025)
+)
 SQLITE_MAX_VARIABLES = 32_766
 
 
@@ -73,6 +92,11 @@ class StorageError(Exception):
 
 class StorageUnavailable(StorageError):
     """The database cannot be reached or did not answer in time; the batch is kept."""
+
+
+class RowsRefused(StorageError):
+    """The database refused the rows written (their values, not its state): retrying the same
+    rows fails the same way. The write was rolled back whole."""
 
 
 class DatabaseMissing(StorageError):
@@ -86,6 +110,8 @@ class Sink(Protocol):
     async def migrate(self, dry_run: bool = False) -> list[str]: ...
 
     async def write(self, batch: Batch) -> None: ...
+
+    async def ping(self) -> None: ...
 
     async def retain(self, cutoff: int, batch_rows: int = 5_000) -> dict[str, int]: ...
 
@@ -163,6 +189,12 @@ class SqliteSink:
             return await trio.to_thread.run_sync(partial(fn, *args), limiter=self._limiter)
         except sqlite3.OperationalError as exc:
             raise StorageUnavailable(f"sqlite {self.path}: {exc}") from exc
+        except (sqlite3.IntegrityError, sqlite3.DataError, OverflowError) as exc:
+            raise RowsRefused(f"sqlite {self.path}: {exc}") from exc
+        except sqlite3.ProgrammingError as exc:
+            if str(exc).startswith("Error binding parameter"):  # a value of no SQLite type
+                raise RowsRefused(f"sqlite {self.path}: {exc}") from exc
+            raise StorageError(f"sqlite {self.path}: {exc}") from exc
         except sqlite3.DatabaseError as exc:  # not a database, or a damaged one
             raise StorageError(f"sqlite {self.path}: {exc}") from exc
 
@@ -197,6 +229,10 @@ class SqliteSink:
 
     async def write(self, batch: Batch) -> None:
         await self._run(self._write, batch)
+
+    async def ping(self) -> None:
+        """Nothing to ask: the file is local and a write in progress would only queue the
+        question behind it."""
 
     def _write(self, batch: Batch) -> None:
         conn = self._connect()
@@ -283,8 +319,12 @@ class MysqlSink:
         self.statements = 0
         self.rows_per_statement = MYSQL_ROWS_PER_STATEMENT
         self._pool: Any = None
+        self._probe: Any = None  # the probe's own connection, apart from the writers' pool
+        self._probing = trio.Lock()  # one probe at a time on that connection
 
-    async def _call(self, fn: Any, *args: Any) -> Any:
+    async def _call(self, fn: Any, *args: Any, writes_rows: bool = False) -> Any:
+        """``fn(pool, *args)`` on the asyncio side, its errors translated; ``RowsRefused`` only
+        where ``writes_rows`` (elsewhere a data error is the schema's or ours, not a row's)."""
         try:
             with trio.fail_after(self.statement_timeout_s + 5):
                 if self._pool is None:
@@ -297,12 +337,20 @@ class MysqlSink:
                 return await self.bridge.run(fn, self._pool, *args)
         except trio.TooSlowError as exc:
             raise StorageUnavailable("mysql: no answer in time") from exc
-        except (OSError, asyncmy.errors.Error) as exc:
+        except asyncmy.errors.Error as exc:
+            if writes_rows and _refuses_rows(exc):  # rolled back; the connection is fine
+                raise RowsRefused(f"mysql: {exc}") from exc
             await self._drop_pool()
             if exc.args and exc.args[0] == ER_NET_PACKET_TOO_LARGE:
+                smallest = self.rows_per_statement <= MYSQL_MIN_ROWS_PER_STATEMENT
                 self.rows_per_statement = max(
                     MYSQL_MIN_ROWS_PER_STATEMENT, self.rows_per_statement // 2
                 )
+                if writes_rows and smallest:  # rows too large for any statement: split the batch
+                    raise RowsRefused(f"mysql: {exc}") from exc
+            raise StorageUnavailable(f"mysql: {exc}") from exc
+        except OSError as exc:
+            await self._drop_pool()
             raise StorageUnavailable(f"mysql: {exc}") from exc
 
     async def _drop_pool(self) -> None:
@@ -323,12 +371,37 @@ class MysqlSink:
             for name, rows in batch.rows.items()
             for chunk in _chunks(rows, self.rows_per_statement)
         ]
-        await self._call(_mysql_execute_all, statements)
+        await self._call(_mysql_execute_all, statements, writes_rows=True)
         self.statements += len(statements)
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         rows: list[tuple[Any, ...]] = await self._call(_mysql_query, sql, list(params))
         return rows
+
+    async def ping(self) -> None:
+        """``SELECT 1`` on a connection of its own (a write in progress holds the pool's), made
+        again after any failure. The caller bounds the wait: a server that accepts and never
+        answers (stopped, or behind a hung proxy) makes this wait, not fail."""
+        async with self._probing:
+            await self._ping()
+
+    async def _ping(self) -> None:
+        try:
+            if self._probe is None:
+                self._probe = await self.bridge.run(partial(_connect, **self.params))
+            await self.bridge.run(_ping, self._probe)
+        except Exception as exc:  # whatever it is, the database did not answer
+            await self._drop_probe()
+            raise StorageUnavailable(f"mysql: {exc}") from exc
+        except BaseException:  # cancelled by the caller's deadline: the answer may still come
+            await self._drop_probe()
+            raise
+
+    async def _drop_probe(self) -> None:
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                await self.bridge.run(_close_connection, probe)
 
     async def retain(self, cutoff: int, batch_rows: int = 5_000) -> dict[str, int]:
         """See ``SqliteSink.retain``; each delete batch is its own short transaction."""
@@ -348,7 +421,20 @@ class MysqlSink:
         return deleted
 
     async def close(self) -> None:
+        await self._drop_probe()
         await self._drop_pool()
+
+
+def _refuses_rows(exc: asyncmy.errors.Error) -> bool:
+    """Whether the server refused the rows themselves (the same rows fail again), rather than
+    being unreachable, busy or missing a table."""
+    if isinstance(exc, asyncmy.errors.DataError | asyncmy.errors.IntegrityError):
+        return True
+    code = exc.args[0] if exc.args else None
+    if isinstance(exc, asyncmy.errors.ProgrammingError) and isinstance(code, str):
+        return True  # the driver's own, before sending: a value it cannot write (NaN, inf)
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    return code in MYSQL_REFUSED_ROWS or sqlstate[:2] in ("22", "23")
 
 
 # asyncio side: these run on the asyncio loop through the bridge.
@@ -357,6 +443,22 @@ class MysqlSink:
 async def _create_pool(**params: Any) -> Any:
 
     return await asyncmy.create_pool(minsize=1, maxsize=2, **params)
+
+
+async def _connect(**params: Any) -> Any:
+    return await asyncmy.connect(**params)
+
+
+async def _close_connection(conn: Any) -> None:
+    conn.close()  # the socket only: a server that does not answer gets no QUIT to wait on
+    await asyncio.sleep(0)  # the transport closes its socket on the loop's next turn
+
+
+async def _ping(conn: Any) -> None:
+    async with conn.cursor() as cursor:
+        await cursor.execute("SELECT 1")
+        await cursor.fetchall()
+    await conn.commit()  # ends the snapshot: a later probe reads nothing stale
 
 
 async def _max_allowed_packet(pool: Any) -> int:

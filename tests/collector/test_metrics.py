@@ -101,6 +101,9 @@ def health() -> dict[str, Any]:
             "last_flush_s": 0.05,
             "last_error": None,
             "consecutive_failures": 0,
+            "rows_refused": 1,
+            "refused_bytes": 900,
+            "probe_error": None,
             "checkpoint_bytes": 4_096,
             "checkpoint_errors": 0,
         },
@@ -219,6 +222,9 @@ def test_values_and_labels_come_from_the_health_dict() -> None:
     assert value("bwmon_storage_failed_flushes") == 1
     assert value("bwmon_storage_checkpoint_bytes") == 4_096
     assert value("bwmon_storage_spool_bytes") == 1_234
+    assert value("bwmon_storage_refused_rows") == 1
+    assert value("bwmon_storage_refused_file_bytes") == 900
+    assert value("bwmon_storage_responding") == 1
     assert metrics["bwmon_storage_flush_seconds"][0] == "counter"
     assert value("bwmon_storage_flush_seconds") == 0.75
     assert value("bwmon_storage_last_flush_seconds") == 0.05
@@ -386,4 +392,21 @@ def test_readyz_is_not_ready_while_storage_fails(tmp_path: Path) -> None:
     assert body["status"] == "not ready"
     assert body["reasons"] == ["storage: last flush failed: database is locked"]
     d.flusher.failures, d.flusher.last_error = 0, None  # a successful flush resets both
+    assert d.readyz(REQUEST).status == 200
+
+
+def test_readyz_is_not_ready_while_the_database_does_not_answer_but_a_refused_row_is_fine(
+    tmp_path: Path,
+) -> None:
+    d = daemon(tmp_path, "sqlite")
+    assert d.flusher is not None
+    d.flusher.counters["rows_refused"] = 1  # set aside: storage goes on
+    assert d.readyz(REQUEST).status == 200
+    d.flusher.probe_error = "the database did not answer within 2 s"
+    response = d.readyz(REQUEST)
+    assert response.status == 503
+    assert json.loads(response.body)["reasons"] == [
+        "storage: not responding: the database did not answer within 2 s"
+    ]
+    d.flusher.probe_error = None  # the next probe answered
     assert d.readyz(REQUEST).status == 200

@@ -1,0 +1,3 @@
+-- bwmon schema version 4 (sqlite): nothing to change. MySQL's version 4 widens
+-- meetings.relayed_bytes_by_turn_server to MEDIUMTEXT; SQLite's TEXT has no length limit. The
+-- version is recorded so both dialects count the same versions.
