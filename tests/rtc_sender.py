@@ -1,0 +1,110 @@
+"""A UDP sender of ``rtc`` streams with known totals, for tests that kill the daemon under load.
+
+Each stream starts at ``q`` 0 with every counter from 0 (PROTOCOL.md §8.5: counted in full) and
+sends its cumulative totals in every round; a round lost while no daemon listens loses nothing,
+the next one carries the totals. ``expected`` is what the database must hold per stream once the
+last round has been applied: the totals of its last sample.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import secrets
+import socket
+import threading
+from dataclasses import dataclass
+
+from protocol import Frame, RtcSample, encode_msgpack
+
+
+@dataclass
+class Stream:
+    meeting: str
+    participant: str
+    boot: str
+    seq: int = -1
+    audio: int = 0
+    video: int = 0
+
+
+class RtcSender:
+    """Streams to one UDP port, a round every ``interval_s`` in a thread, until ``stop``."""
+
+    def __init__(self, port: int, seed: int, interval_s: float = 0.2) -> None:
+        self.port = port
+        self.interval_s = interval_s
+        self.random = random.Random(seed)
+        self.streams: list[Stream] = []
+        self.rounds = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._thread: threading.Thread | None = None
+
+    def join(self, count: int, meeting: str) -> list[Stream]:
+        """``count`` new streams in ``meeting``; their ``q`` 0 goes out with ``send_round``."""
+        with self._lock:
+            first = len(self.streams)
+            new = [Stream(meeting, f"p{first + i}", secrets.token_hex(8)) for i in range(count)]
+            self.streams += new
+        return new
+
+    def send_round(self) -> None:
+        """One sample of every stream, its counters grown by a random amount, one datagram
+        per meeting."""
+        with self._lock:
+            by_meeting: dict[str, list[Frame]] = {}
+            for s in self.streams:
+                s.seq += 1
+                s.audio += self.random.randrange(1_000, 5_000)
+                s.video += self.random.randrange(10_000, 200_000)
+                by_meeting.setdefault(s.meeting, []).append(self._sample(s))
+            self.rounds += 1
+        for frames in by_meeting.values():
+            self._send(frames)
+
+    def resend_last(self) -> None:
+        """Every stream's last sample again: a duplicate where it arrived (not applied), the
+        totals where it was lost."""
+        with self._lock:
+            frames: list[Frame] = [self._sample(s) for s in self.streams if s.seq >= 0]
+        for i in range(0, len(frames), 20):
+            self._send(frames[i : i + 20])
+
+    def _sample(self, s: Stream) -> RtcSample:
+        return RtcSample(
+            meeting=s.meeting,
+            participant=s.participant,
+            connection="pc1",
+            seq=s.seq,
+            client_ts=1_764_000_000_000.0 + 200 * s.seq,
+            boot=s.boot,
+            audio_bytes_sent=s.audio,
+            video_bytes_sent=s.video,
+            rtt_ms=40.0,
+        )
+
+    def _send(self, frames: list[Frame]) -> None:
+        # No daemon listening (ICMP port unreachable): the next round carries the totals.
+        with contextlib.suppress(OSError):
+            self._sock.sendto(encode_msgpack(frames), ("127.0.0.1", self.port))
+
+    def expected(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(meeting, participant) → (audio bytes sent, video bytes sent) of the last sample."""
+        with self._lock:
+            return {(s.meeting, s.participant): (s.audio, s.video) for s in self.streams}
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.send_round()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._sock.close()
