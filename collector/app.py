@@ -239,9 +239,10 @@ class Daemon:
             log.error("checkpoint_failed", error=str(exc))
         else:
             self.journal.prune(journal_from)
-        # On disk with the state taken after they closed (or, the checkpoint failing, no
-        # better to be had): storage may write them now.
-        self.flusher.offer_batch(covered)
+        finally:
+            # On disk with the state taken after they closed (or, the checkpoint failing, no
+            # better to be had): storage may write them now.
+            self.flusher.offer_batch(covered)
 
     def journal_openings(self) -> None:
         """Journal the streams the batch just applied opened (``FrameConsumer.after_apply``)."""
