@@ -48,7 +48,7 @@ def _files(directory: Path) -> list[tuple[int, Path]]:
     found = []
     try:
         entries = list(directory.iterdir())
-    except FileNotFoundError:
+    except OSError:  # none yet; or unusable, which the first append reports
         return []
     for path in entries:
         number = path.name.removeprefix(PREFIX)
