@@ -93,6 +93,7 @@ class Daemon:
         self.config = config
         self.bridge = bridge
         self.started = time.monotonic()
+        self.started_wall = time.time()
         self.udp_counters = TransportCounters()
         self.ws_counters = TransportCounters()
         self.engine = Engine(config.aggregate, config.alerts.effective_rules())
@@ -352,7 +353,11 @@ class Daemon:
 
     def _tick_age(self) -> float | None:
         last = self.engine.last_tick
-        return None if last is None else round(max(0.0, time.time() - last), 3)
+        if last is None:
+            return None
+        # A tick restored from the checkpoint is an earlier run's: a daemon that was down
+        # longer than the stall limit is not stalled before its first tick.
+        return round(max(0.0, time.time() - max(last, self.started_wall)), 3)
 
     def health(self) -> dict[str, Any]:
         queue = self._frames_in.statistics() if self._frames_in is not None else None

@@ -29,7 +29,8 @@ class Stream:
 
 
 class RtcSender:
-    """Streams to one UDP port, a round every ``interval_s`` in a thread, until ``stop``."""
+    """Streams to one UDP port: a round every ``interval_s`` in a thread from ``start`` until
+    ``stop``, or one at a time with ``send_round``."""
 
     def __init__(self, port: int, seed: int, interval_s: float = 0.2) -> None:
         self.port = port
@@ -104,7 +105,11 @@ class RtcSender:
             self.send_round()
 
     def stop(self) -> None:
+        """No more rounds (``send_round`` and ``resend_last`` still send)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+
+    def close(self) -> None:
+        self.stop()
         self._sock.close()

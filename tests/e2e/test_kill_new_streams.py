@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+import urllib.error
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,11 @@ def wait_for_streams(daemon: DaemonProcess, count: int, timeout_s: float = 20.0)
     """Until the daemon's engine holds ``count`` streams: their first samples are applied."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if daemon.health()["aggregate"]["rtc_streams"] >= count:
+        try:
+            health = daemon.health()
+        except urllib.error.HTTPError as exc:
+            raise AssertionError(f"/healthz {exc.code}: {exc.read()[:500]!r}") from None
+        if health["aggregate"]["rtc_streams"] >= count:
             return
         time.sleep(0.02)
     raise AssertionError(f"the daemon never held {count} streams")
@@ -67,7 +72,7 @@ def test_kill_9_within_a_second_of_new_streams_first_samples(tmp_path: Path) -> 
         assert daemon.stop() == 0
     finally:
         daemon.stop()
-        sender.stop()
+        sender.close()
     expected = sender.expected()
     assert len(expected) == 30
     assert stored_totals(tmp_path / "bwmon.db") == expected
