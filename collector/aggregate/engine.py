@@ -22,6 +22,12 @@ Accounting: every sample that is not applied is counted by kind and reason
 of a stream taken as a baseline (``baseline_samples``: its stream began before the daemon saw
 it). PROTOCOL.md §8 is the rule.
 
+Openings: with ``openings`` a list (the daemon's journal is on), every stream that opens
+leaves a record there — an ``rtc`` stream's state right after its first sample, an HTTP
+instance as it was before it counted anything — for the daemon to journal before the next
+batch; ``restore_openings`` adds the streams of such records to a restored engine
+(collector/storage/journal.py).
+
 Cardinality guard: a frame that would open a meeting, participant, connection or HTTP route
 over its cap is refused and counted by reason; nothing live is ever evicted to make room.
 

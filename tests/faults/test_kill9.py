@@ -76,3 +76,5 @@ def test_kill_9_at_random_instants_loses_and_doubles_nothing(
     }
     assert not wrong, f"{len(wrong)} of {len(expected)} streams stored != sent: {wrong}"
     assert set(stored) == set(expected)
+    total = sum(a + v for a, v in expected.values())
+    print(f"{backend}: {KILLS} kills, {len(expected)} streams, {total} bytes, all exact")
