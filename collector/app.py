@@ -223,15 +223,15 @@ class Daemon:
         # them now, with no await before the rows are read.
         self.consumer.take(self.engine.drain())
         covered, self.held = self.held, Batch()
-        unwritten = Batch()
-        unwritten.merge(self.flusher.pending)
-        unwritten.merge(covered)
-        state = {
-            "engine": engine_state,
-            "pending": encode_batch(unwritten),
-            "journal_from": journal_from,
-        }
         try:
+            unwritten = Batch()
+            unwritten.merge(self.flusher.pending)
+            unwritten.merge(covered)
+            state = {
+                "engine": engine_state,
+                "pending": encode_batch(unwritten),
+                "journal_from": journal_from,
+            }
             self.checkpoint_bytes = await trio.to_thread.run_sync(
                 checkpoint.save, self.state_dir, state
             )

@@ -164,3 +164,21 @@ def test_rows_reach_storage_only_once_a_checkpoint_holds_them(tmp_path: Path) ->
     saved = checkpoint.load(tmp_path)
     assert saved is not None
     assert decode_batch(saved["pending"]).rows == daemon.flusher.pending.rows
+
+
+def test_rows_go_to_storage_even_when_the_checkpoint_cannot_be_written(tmp_path: Path) -> None:
+    blocked = tmp_path / "state"
+    blocked.write_text("a file where the state directory should be")
+    daemon = Daemon(
+        from_dict(
+            {"storage": {"backend": "sqlite", "state_dir": str(blocked), "spool_max_bytes": 0}}
+        )
+    )
+    for seq in range(3):
+        daemon.engine.add([_video(seq)], T0 + seq)
+    daemon.engine.add([_video(3)], T0 + 61)
+    daemon.consumer.take(daemon.engine.drain())
+    trio.run(daemon.checkpoint)
+    assert daemon.checkpoint_errors == 1
+    assert daemon.flusher is not None
+    assert len(daemon.flusher.pending) == 1  # not held for ever
