@@ -6,6 +6,7 @@ holds them."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
@@ -182,3 +183,36 @@ def test_rows_go_to_storage_even_when_the_checkpoint_cannot_be_written(tmp_path:
     assert daemon.checkpoint_errors == 1
     assert daemon.flusher is not None
     assert len(daemon.flusher.pending) == 1  # not held for ever
+
+
+def test_no_row_newer_than_the_last_checkpoint_reaches_the_database(tmp_path: Path) -> None:
+    """Restored from a checkpoint at minute M, the daemon counts the next samples in later
+    minutes; a flush then, before any checkpoint, must not write those minutes: killed right
+    after, the daemon comes back to the same checkpoint, and the next sample's delta from it
+    would count their bytes again."""
+    first = Daemon(_config(tmp_path))
+    for seq in range(3):
+        first.engine.add([_video(seq)], T0 + seq)
+    trio.run(first.checkpoint)
+    _killed(first)
+
+    second = Daemon(_config(tmp_path))
+    second.restore()
+    second.engine.add([_video(3)], T0 + 120)  # closes the restored minute
+    second.engine.add([_video(4)], T0 + 185)  # closes the one the restart counted in
+    second.consumer.take(second.engine.drain())
+    assert second.flusher is not None
+    trio.run(second.flusher.flush)  # a flush, then a kill before the next checkpoint
+    _killed(second)
+
+    third = Daemon(_config(tmp_path))
+    third.restore()
+    third.engine.add([_video(5)], T0 + 250)
+    third.engine.close_minutes(T0 + 300)
+    third.consumer.take(third.engine.drain())
+    assert third.flusher is not None
+    trio.run(third.checkpoint)
+    trio.run(third.flusher.flush)
+    with sqlite3.connect(tmp_path / "bwmon.db") as db:
+        (stored,) = db.execute("SELECT SUM(video_bytes_sent) FROM rtc_minute").fetchone()
+    assert stored == _video(5).video_bytes_sent
