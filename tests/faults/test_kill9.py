@@ -1,7 +1,7 @@
 """kill -9 at random instants under steady load, with streams joining all along: the real daemon
-on SQLite and on MariaDB, killed eight times (a seeded draw of when, and of how many streams
-joined just before), restarted each time on the same state directory and ports; the stored
-totals equal, stream by stream, what every stream sent."""
+on SQLite and on MariaDB, killed ten times over a minute (a seeded draw of the instants, and of
+how many streams joined how long before each), restarted each time on the same state directory
+and ports; the stored totals equal, stream by stream, what every stream sent."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from tests.rtc_sender import RtcSender
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
 SEED = 23
-KILLS = 8
+KILLS = 10
+SPAN_S = 62.0  # kills spread over a minute and more: a minute's rows close under load
 STEADY_STREAMS = 100
 
 
@@ -30,6 +31,10 @@ def mysql_totals(database: str) -> dict[tuple[str, str], tuple[int, int]]:
         database,
     )
     return {(str(m), str(p)): (int(a), int(v)) for m, p, a, v in rows}  # type: ignore[call-overload]
+
+
+def sleep_until(deadline: float) -> None:
+    time.sleep(max(0.0, deadline - time.monotonic()))
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "mysql"])
@@ -50,12 +55,15 @@ def test_kill_9_at_random_instants_loses_and_doubles_nothing(
     for meeting in range(STEADY_STREAMS // 10):
         sender.join(10, f"steady-{meeting}")
     sender.start()
+    started = time.monotonic()
+    instants = sorted(draw.uniform(2.0, SPAN_S) for _ in range(KILLS))
     try:
         wait_for_streams(daemon, STEADY_STREAMS)
-        for k in range(KILLS):
+        for k, at in enumerate(instants):
+            sleep_until(started + at - draw.uniform(0.0, 1.5))
             sender.join(draw.randint(2, 10), f"joined-{k}")
             wait_for_streams(daemon, len(sender.streams))  # their first samples applied
-            time.sleep(draw.uniform(0.0, 1.5))  # just joined, or a little later
+            sleep_until(started + at)  # or at once, if the restart took longer
             kill(daemon)
             time.sleep(draw.uniform(0.0, 0.5))  # rounds go to nobody
             daemon = start_daemon(
@@ -69,6 +77,7 @@ def test_kill_9_at_random_instants_loses_and_doubles_nothing(
     finally:
         daemon.stop()
         sender.close()
+    span = time.monotonic() - started
     expected = sender.expected()
     stored = stored_totals(tmp_path / "bwmon.db") if backend == "sqlite" else mysql_totals(database)
     wrong = {
@@ -77,4 +86,6 @@ def test_kill_9_at_random_instants_loses_and_doubles_nothing(
     assert not wrong, f"{len(wrong)} of {len(expected)} streams stored != sent: {wrong}"
     assert set(stored) == set(expected)
     total = sum(a + v for a, v in expected.values())
-    print(f"{backend}: {KILLS} kills, {len(expected)} streams, {total} bytes, all exact")
+    print(
+        f"{backend}: {KILLS} kills in {span:.0f} s, {len(expected)} streams, {total} bytes, exact"
+    )
