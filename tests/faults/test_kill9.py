@@ -69,7 +69,7 @@ def test_kill_9_at_random_instants_loses_and_doubles_nothing(
             daemon = start_daemon(
                 tmp_path / f"daemon-{k + 1}.log", ["--config", str(config), *ports]
             )
-        time.sleep(1.0)
+        sleep_until(started + SPAN_S + 1.0)
         sender.stop()
         sender.resend_last()  # the last totals, in case a datagram of the last round was lost
         daemon.settled_health()
