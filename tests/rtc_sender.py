@@ -3,7 +3,8 @@
 Each stream starts at ``q`` 0 with every counter from 0 (PROTOCOL.md §8.5: counted in full) and
 sends its cumulative totals in every round; a round lost while no daemon listens loses nothing,
 the next one carries the totals. ``expected`` is what the database must hold per stream once the
-last round has been applied: the totals of its last sample.
+last round has been applied: the totals of its last sample. With the helpers of tests that kill
+the daemon: wait until it holds streams, kill it, read what SQLite stored.
 """
 
 from __future__ import annotations
@@ -12,9 +13,14 @@ import contextlib
 import random
 import secrets
 import socket
+import sqlite3
 import threading
+import time
+import urllib.error
 from dataclasses import dataclass
+from pathlib import Path
 
+from cli.daemon_process import DaemonProcess
 from protocol import Frame, RtcSample, encode_msgpack
 
 
@@ -113,3 +119,31 @@ class RtcSender:
     def close(self) -> None:
         self.stop()
         self._sock.close()
+
+
+def wait_for_streams(daemon: DaemonProcess, count: int, timeout_s: float = 20.0) -> None:
+    """Until the daemon's engine holds ``count`` streams: their first samples are applied."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            health = daemon.health()
+        except urllib.error.HTTPError as exc:
+            raise AssertionError(f"/healthz {exc.code}: {exc.read()[:500]!r}") from None
+        if health["aggregate"]["rtc_streams"] >= count:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the daemon never held {count} streams")
+
+
+def kill(daemon: DaemonProcess) -> None:
+    daemon.process.kill()
+    daemon.process.wait()
+
+
+def stored_totals(db_file: Path) -> dict[tuple[str, str], tuple[int, int]]:
+    with sqlite3.connect(db_file) as db:
+        rows = db.execute(
+            "SELECT meeting, participant, SUM(audio_bytes_sent), SUM(video_bytes_sent) "
+            "FROM rtc_minute GROUP BY meeting, participant"
+        ).fetchall()
+    return {(m, p): (int(a), int(v)) for m, p, a, v in rows}

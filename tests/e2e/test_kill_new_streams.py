@@ -4,45 +4,15 @@ within a second of 10 more joining after the restart, keeps every byte they sent
 
 from __future__ import annotations
 
-import sqlite3
 import time
-import urllib.error
 from pathlib import Path
 
 import pytest
 
-from cli.daemon_process import DaemonProcess, start_daemon
-from tests.rtc_sender import RtcSender
+from cli.daemon_process import start_daemon
+from tests.rtc_sender import RtcSender, kill, stored_totals, wait_for_streams
 
 pytestmark = pytest.mark.e2e
-
-
-def wait_for_streams(daemon: DaemonProcess, count: int, timeout_s: float = 20.0) -> None:
-    """Until the daemon's engine holds ``count`` streams: their first samples are applied."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            health = daemon.health()
-        except urllib.error.HTTPError as exc:
-            raise AssertionError(f"/healthz {exc.code}: {exc.read()[:500]!r}") from None
-        if health["aggregate"]["rtc_streams"] >= count:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"the daemon never held {count} streams")
-
-
-def kill(daemon: DaemonProcess) -> None:
-    daemon.process.kill()
-    daemon.process.wait()
-
-
-def stored_totals(db_file: Path) -> dict[tuple[str, str], tuple[int, int]]:
-    with sqlite3.connect(db_file) as db:
-        rows = db.execute(
-            "SELECT meeting, participant, SUM(audio_bytes_sent), SUM(video_bytes_sent) "
-            "FROM rtc_minute GROUP BY meeting, participant"
-        ).fetchall()
-    return {(m, p): (int(a), int(v)) for m, p, a, v in rows}
 
 
 def test_kill_9_within_a_second_of_new_streams_first_samples(tmp_path: Path) -> None:

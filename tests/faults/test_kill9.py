@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 from cli.daemon_process import DaemonProcess, start_daemon
-from tests.e2e.test_kill_new_streams import kill, stored_totals, wait_for_streams
 from tests.helpers import admin
-from tests.rtc_sender import RtcSender
+from tests.rtc_sender import RtcSender, kill, stored_totals, wait_for_streams
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
