@@ -384,7 +384,9 @@ class Daemon:
                     "backend": self.config.storage.backend,
                     **self.flusher.health(),
                     "checkpoint_bytes": self.checkpoint_bytes,
-                    "checkpoint_errors": self.checkpoint_errors,
+                    # The journal is part of the checkpoint: its failed writes count here.
+                    "checkpoint_errors": self.checkpoint_errors
+                    + (self.journal.errors if self.journal is not None else 0),
                 }
                 if self.flusher is not None
                 else {"backend": "none"}

@@ -216,3 +216,11 @@ def test_no_row_newer_than_the_last_checkpoint_reaches_the_database(tmp_path: Pa
     with sqlite3.connect(tmp_path / "bwmon.db") as db:
         (stored,) = db.execute("SELECT SUM(video_bytes_sent) FROM rtc_minute").fetchone()
     assert stored == _video(5).video_bytes_sent
+
+
+def test_a_journal_that_cannot_be_written_counts_as_a_checkpoint_error(tmp_path: Path) -> None:
+    daemon = Daemon(_config(tmp_path))
+    (tmp_path / f"journal-{daemon.journal.seq if daemon.journal else 0}").mkdir()  # in the way
+    daemon.consumer.apply([_video(0)])
+    assert daemon.health()["storage"]["checkpoint_errors"] == 1
+    assert daemon.engine.streams  # ingest goes on
