@@ -133,11 +133,17 @@ class Daemon:
             lambda: self.auth,
             prepare=self.publisher.prepare,
         )
+        # Streams opened since the last checkpoint, on disk as they open; and the rows the
+        # engine produced since the last checkpoint, which storage gets once one holds them.
+        self.journal = Journal(self.state_dir) if self.flusher is not None else None
+        if self.journal is not None:
+            self.engine.openings = []
+        self.held = Batch()
         self.consumer = FrameConsumer(
             self.engine,
             on_output=self.on_output,
             after_tick=self.publisher.on_tick,
-            after_apply=self.journal_openings,
+            on_openings=self.journal.append if self.journal is not None else None,
         )
         # Admission and rate limits: shared, mutable objects that configure_admission() (start
         # and reload) updates in place; UDP and WebSocket ingest read them as they go.
@@ -186,12 +192,6 @@ class Daemon:
         )
         self.checkpoint_bytes = 0
         self.checkpoint_errors = 0
-        # Streams opened since the last checkpoint, on disk as they open; and the rows the
-        # engine produced since the last checkpoint, which storage gets once one holds them.
-        self.journal = Journal(self.state_dir) if self.flusher is not None else None
-        if self.journal is not None:
-            self.engine.openings = []
-        self.held = Batch()
         self.loop_lag = LoopLag()
         self._stop = trio.Event()
         self.stopped = trio.Event()
@@ -244,11 +244,6 @@ class Daemon:
             # On disk with the state taken after they closed (or, the checkpoint failing, no
             # better to be had): storage may write them now.
             self.flusher.offer_batch(covered)
-
-    def journal_openings(self) -> None:
-        """Journal the streams the batch just applied opened (``FrameConsumer.after_apply``)."""
-        if self.journal is not None and self.engine.openings:
-            self.journal.append(self.engine.take_openings())
 
     def restore(self) -> None:
         """Load the last checkpoint, if any, before the first frame."""
