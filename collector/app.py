@@ -52,8 +52,10 @@ from collector.runtime.loops import LoopLag
 from collector.runtime.notify import Notifier, serve_watchdog
 from collector.runtime.steps import finish_between_tasks
 from collector.storage import checkpoint
-from collector.storage.flusher import REFUSED_FILE, Flusher, decode_batch, encode_batch
+from collector.storage.flusher import REFUSED_FILE, Flusher, batch_of, decode_batch, encode_batch
+from collector.storage.journal import Journal
 from collector.storage.retention import run_retention
+from collector.storage.schema import Batch
 from collector.storage.sinks import MysqlSink, Sink, SqliteSink
 from collector.storage.spool import Spool
 from protocol import Limits
@@ -91,6 +93,7 @@ class Daemon:
         self.config = config
         self.bridge = bridge
         self.started = time.monotonic()
+        self.started_wall = time.time()
         self.udp_counters = TransportCounters()
         self.ws_counters = TransportCounters()
         self.engine = Engine(config.aggregate, config.alerts.effective_rules())
@@ -110,7 +113,7 @@ class Daemon:
                 retry_max_s=storage.retry_max_s,
                 migrate=storage.auto_migrate,
                 spool=self.spool,
-                after_flush=self.checkpoint,
+                before_flush=self.checkpoint,
                 refused_path=Path(storage.state_dir) / REFUSED_FILE,
             )
             if self.sink is not None
@@ -131,8 +134,17 @@ class Daemon:
             lambda: self.auth,
             prepare=self.publisher.prepare,
         )
+        # Streams opened since the last checkpoint, on disk as they open; and the rows the
+        # engine produced since the last checkpoint, which storage gets once one holds them.
+        self.journal = Journal(self.state_dir) if self.flusher is not None else None
+        if self.journal is not None:
+            self.engine.openings = []
+        self.held = Batch()
         self.consumer = FrameConsumer(
-            self.engine, on_output=self.on_output, after_tick=self.publisher.on_tick
+            self.engine,
+            on_output=self.on_output,
+            after_tick=self.publisher.on_tick,
+            on_openings=self.journal.append if self.journal is not None else None,
         )
         # Admission and rate limits: shared, mutable objects that configure_admission() (start
         # and reload) updates in place; UDP and WebSocket ingest read them as they go.
@@ -194,39 +206,61 @@ class Daemon:
         return Path(self.config.storage.state_dir)
 
     async def checkpoint(self) -> None:
-        """Save the engine's open state and the unwritten rows (after each flush attempt)."""
+        """Save the engine's open state and the unwritten rows: at start (after the restore),
+        before each flush attempt and at shutdown; then hand storage the rows it holds.
+
+        Never two at once: the flusher's task calls it, or ``serve`` while that task is not
+        running. The order is what makes a ``kill -9`` at any instant lose no counted byte
+        (collector/storage/checkpoint.py, docs/RELIABILITY.md)."""
         assert self.flusher is not None
+        assert self.journal is not None
+        journal_from = self.journal.rotate()  # streams opened from here on: the new file
         gc.disable()  # millions of small objects: a collection mid-way would double the time
         try:  # in steps, letting ingest drain between them
             engine_state = await finish_between_tasks(self.engine.snapshot_steps())
         finally:
             gc.enable()
         # Rows the engine closed since its last tick (a stream's first sample of a new minute
-        # closes the last one's row) are in neither the snapshot nor the flusher yet: hand them
-        # over now, with no await before the pending rows are read, or a kill -9 before the
-        # next checkpoint loses that minute's last bytes.
+        # closes the last one's row) are in neither the snapshot nor the held rows yet: take
+        # them now, with no await before the rows are read.
         self.consumer.take(self.engine.drain())
-        state = {"engine": engine_state, "pending": encode_batch(self.flusher.pending)}
+        covered, self.held = self.held, Batch()
         try:
+            unwritten = Batch()
+            unwritten.merge(self.flusher.pending)
+            unwritten.merge(covered)
+            state = {
+                "engine": engine_state,
+                "pending": encode_batch(unwritten),
+                "journal_from": journal_from,
+            }
             self.checkpoint_bytes = await trio.to_thread.run_sync(
                 checkpoint.save, self.state_dir, state
             )
         except checkpoint.CheckpointError as exc:
             self.checkpoint_errors += 1
             log.error("checkpoint_failed", error=str(exc))
+        else:
+            self.journal.prune(journal_from)
+        finally:
+            # On disk with the state taken after they closed (or, the checkpoint failing, no
+            # better to be had): storage may write them now.
+            self.flusher.offer_batch(covered)
 
     def restore(self) -> None:
         """Load the last checkpoint, if any, before the first frame."""
-        if self.flusher is None:
+        if self.flusher is None or self.journal is None:
             return
+        journal_from = 0
         try:
             state = checkpoint.load(self.state_dir)
-            if state is None:
-                return
-            # The unwritten rows first: they are kept even when the engine's open state is
-            # not (a checkpoint of another version, say), which costs only the open minute.
-            self.flusher.pending.merge(decode_batch(state["pending"]))
-            self.engine.restore(state["engine"], time.time())
+            if state is not None:
+                # The unwritten rows first: they are kept even when the engine's open state
+                # is not (a checkpoint of another version, say), which costs only the open
+                # minute.
+                self.flusher.pending.merge(decode_batch(state["pending"]))
+                self.engine.restore(state["engine"], time.time())
+                journal_from = state.get("journal_from", 0)
         except (checkpoint.CheckpointError, ValueError, KeyError, TypeError) as exc:
             self.checkpoint_errors += 1
             log.error(
@@ -235,13 +269,23 @@ class Daemon:
                 pending_rows=len(self.flusher.pending),
             )
             self.engine = Engine(self.config.aggregate, self.config.alerts.effective_rules())
+            self.engine.openings = []
             self.consumer.engine = self.engine
+            state = None
+        try:
+            opened = self.engine.restore_openings(self.journal.read(journal_from), time.time())
+        except (ValueError, KeyError, TypeError) as exc:
+            self.checkpoint_errors += 1
+            log.error("journal_not_restored", error=str(exc)[:300])
+            opened = 0
+        if state is None and not opened:
             return
         log.info(
             "checkpoint_restored",
             streams=len(self.engine.streams),
             routes=len(self.engine.routes),
             pending_rows=len(self.flusher.pending),
+            journaled=opened,
         )
 
     def reload(self, new: Config) -> list[str]:
@@ -275,9 +319,10 @@ class Daemon:
         ]
 
     def on_output(self, output: Output) -> None:
-        """What the engine produced: rows to storage, alert transitions to fan-out."""
+        """What the engine produced: rows to storage (held until the next checkpoint holds
+        them too), alert transitions to fan-out."""
         if self.flusher is not None:
-            self.flusher.offer(output)
+            self.held.merge(batch_of(output))
         if output.alerts:
             self.publisher.offer_alerts(output.alerts)
 
@@ -309,7 +354,11 @@ class Daemon:
 
     def _tick_age(self) -> float | None:
         last = self.engine.last_tick
-        return None if last is None else round(max(0.0, time.time() - last), 3)
+        if last is None:
+            return None
+        # A tick restored from the checkpoint is an earlier run's: a daemon that was down
+        # longer than the stall limit is not stalled before its first tick.
+        return round(max(0.0, time.time() - max(last, self.started_wall)), 3)
 
     def health(self) -> dict[str, Any]:
         queue = self._frames_in.statistics() if self._frames_in is not None else None
@@ -336,7 +385,9 @@ class Daemon:
                     "backend": self.config.storage.backend,
                     **self.flusher.health(),
                     "checkpoint_bytes": self.checkpoint_bytes,
-                    "checkpoint_errors": self.checkpoint_errors,
+                    # The journal is part of the checkpoint: its failed writes count here.
+                    "checkpoint_errors": self.checkpoint_errors
+                    + (self.journal.errors if self.journal is not None else 0),
                 }
                 if self.flusher is not None
                 else {"backend": "none"}
@@ -496,6 +547,9 @@ class Daemon:
         await nursery.start(self.channel.serve, self.fanout.deliver, self.fanout.on_epoch)
         await nursery.start(self.publisher.run)
         if self.flusher is not None and self.sink is not None:
+            # The restored state, on disk before the first frame: what this run counts is
+            # a delta from it (and the journal's old files go).
+            await self.checkpoint()
             await self.flusher.flush()  # migrates now: a schema problem shows at start
             await nursery.start(self.flusher.run)
             if storage.minute_retention_days > 0:
@@ -530,7 +584,11 @@ class Daemon:
         self.engine.close_minutes(now)
         self.consumer.take(self.engine.drain())
         if self.flusher is not None and self.sink is not None:
+            await self.checkpoint()  # the closed minutes' rows, held until one holds them
             await self.flusher.close(self.config.storage.shutdown_deadline_s)
+            await self.checkpoint()
+            if self.journal is not None:
+                self.journal.close()
             with trio.move_on_after(2):
                 await self.sink.close()
             if self.spool is not None:

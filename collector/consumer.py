@@ -7,8 +7,10 @@ batches directly; each hands its batch to ``Engine.add`` with the daemon's time 
 clock read per batch, never per frame);
 ``FrameConsumer.tick`` calls ``Engine.tick`` once per bucket and drains what the engine
 produced: rows go to storage and alerts to fan-out (``on_output``), and ``after_tick`` tells the
-publisher that fresh values are there. The most recent events, alerts and summaries are also
-kept in small bounded buffers for inspection.
+publisher that fresh values are there. ``on_openings`` gets the records of the streams a batch
+opened (``Engine.openings``) right after it, with no await in between: the daemon journals
+them. The most recent events, alerts and summaries are also kept in small bounded buffers for
+inspection.
 
 Never awaits anything but the channel and the timer: no database, no Redis, no subscriber.
 """
@@ -41,8 +43,10 @@ class FrameConsumer:
         clock: Callable[[], float] = time.time,
         on_output: Callable[[Output], None] | None = None,
         after_tick: Callable[[float], None] | None = None,
+        on_openings: Callable[[list[list[Any]]], None] | None = None,
     ) -> None:
         self.engine = engine
+        self.on_openings = on_openings  # the streams a batch opened, before the next batch
         self.on_output = on_output
         self.after_tick = after_tick
         self.clock = clock
@@ -78,6 +82,8 @@ class FrameConsumer:
             self.engine.add(batch, self.clock(), boot)
         except Exception:
             self._failed("add")
+        if self.engine.openings and self.on_openings is not None:
+            self.on_openings(self.engine.take_openings())
 
     async def tick(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Tick the engine at every bucket boundary of the daemon's clock."""

@@ -22,6 +22,12 @@ Accounting: every sample that is not applied is counted by kind and reason
 of a stream taken as a baseline (``baseline_samples``: its stream began before the daemon saw
 it). PROTOCOL.md §8 is the rule.
 
+Openings: with ``openings`` a list (the daemon's journal is on), every stream that opens
+leaves a record there — an ``rtc`` stream's state right after its first sample, an HTTP
+instance as it was before it counted anything — for the daemon to journal before the next
+batch; ``restore_openings`` adds the streams of such records to a restored engine
+(collector/storage/journal.py).
+
 Cardinality guard: a frame that would open a meeting, participant, connection, HTTP route or
 HTTP instance over its cap is refused and counted by reason; nothing live is ever evicted to
 make room. What goes quiet leaves instead: a participant after ``participant_timeout_s``, a
@@ -52,6 +58,7 @@ from collector.aggregate.http import (
     NEW_INSTANCE,
     REQUESTS,
     STATUS,
+    HttpInstance,
     HttpMinuteRow,
 )
 from collector.aggregate.http import HttpRoute as HttpRouteState
@@ -177,6 +184,9 @@ class Engine:
         self.http_instances = 0  # of all routes
         self.http_instances_expired = self.http_routes_expired = 0
         self.last_tick: float | None = None
+        # Streams opened since the daemon last took them (``openings``), as records for its
+        # journal; None: not recorded (no journal).
+        self.openings: list[list[Any]] | None = None
 
     def set_rules(self, rules: Iterable[AlertRule], now: float) -> None:
         """Put new alert rules in force (a reload); clears of dropped rules go out as output."""
@@ -221,7 +231,9 @@ class Engine:
             )
             if stream is None:
                 return
+            opened = True
         else:
+            opened = False
             if boot is not None and boot != stream.boot and not self._boot(stream, boot, now):
                 return
             if stream.minute_no != minute_no and stream.minute_samples:
@@ -230,6 +242,8 @@ class Engine:
         outcome = stream.add_fields(fields, minute_no)
         if outcome:
             self._rtc_outcome(stream, outcome, now)
+        if opened and self.openings is not None:
+            self._record_rtc_opening(stream)
 
     def _boot(self, stream: RtcStream, boot: str, now: float) -> bool:
         """A sample of ``stream`` says another ``boot`` than the stream's: the stream takes it
@@ -301,6 +315,8 @@ class Engine:
             self.http_instances += 1
         if outcome & ~NEW_INSTANCE:
             self._count("http", outcome)
+        if outcome & NEW_INSTANCE and self.openings is not None:
+            self._record_http_opening(route, sample.instance, outcome)
 
     def _event(self, event: Event, now: float) -> None:
         if event.kind == "leave":
@@ -383,6 +399,89 @@ class Engine:
         participant.streams[connection] = stream
         self.streams[(meeting_id, participant_id, connection)] = stream
         return stream
+
+    # -- openings: what a journal keeps between two checkpoints ------------------------------
+
+    def _record_rtc_opening(self, stream: RtcStream) -> None:
+        """A new stream's whole state right after its first sample: the counters it has
+        reached and what of them it counted, a consistent pair (the next sample is a delta
+        from it), with when its meeting and participant began."""
+        assert self.openings is not None
+        meeting = self.meetings[stream.meeting]
+        participant = meeting.participants[stream.participant]
+        self.openings.append(["rtc", meeting.started_at, participant.joined_at, stream.state()])
+
+    def _record_http_opening(self, route: HttpRouteState, name: str, outcome: int) -> None:
+        """A new HTTP instance as it was before it counted anything: from 0 when its first
+        sample counted in full, at its baseline otherwise (the route's minute holds what it
+        counted, which a restored route does not)."""
+        assert self.openings is not None
+        instance = route.instances[name]
+        baseline = bool(outcome & BASELINE)
+        self.openings.append(
+            [
+                "http",
+                route.service,
+                route.route,
+                route.method,
+                route.opened,
+                name,
+                instance.boot,
+                instance.last if baseline else None,
+                instance.last_seq if baseline else -1,
+            ]
+        )
+
+    def take_openings(self) -> list[list[Any]]:
+        """The streams and HTTP instances opened since the last call (see ``openings``)."""
+        taken = self.openings or []
+        if self.openings is not None:
+            self.openings = []
+        return taken
+
+    def restore_openings(self, records: Iterable[list[Any]], now: float) -> int:
+        """Add the streams and HTTP instances of journal ``records`` (``openings``) that a
+        restored snapshot lacks, or holds in an older incarnation (an rtc stream opened
+        earlier); returns how many were added. Their next sample is a delta from what the
+        record holds, so a restart loses none of what they sent."""
+        window = self.settings.window_buckets
+        added = 0
+        for record in records:
+            if record[0] == "rtc":
+                _, started_at, joined_at, state = record
+                stream = RtcStream.from_state(state, window)
+                key = (stream.meeting, stream.participant, stream.connection)
+                known = self.streams.get(key)
+                if known is not None and known.opened >= stream.opened:
+                    continue
+                meeting = self.meetings.get(stream.meeting)
+                if meeting is None:
+                    meeting = self.meetings[stream.meeting] = Meeting(stream.meeting, started_at)
+                participant = meeting.participants.get(stream.participant)
+                if participant is None:
+                    participant = Participant(stream.meeting, stream.participant, joined_at)
+                    meeting.participants[stream.participant] = participant
+                    meeting.peak_participants = max(
+                        meeting.peak_participants, len(meeting.participants)
+                    )
+                    meeting.empty_since = None
+                stream.last_seen = now
+                participant.streams[stream.connection] = stream
+                self.streams[key] = stream
+                added += 1
+            elif record[0] == "http":
+                _, service, path, method, opened, name, boot, last, last_seq = record
+                route = self.routes.get((service, path, method))
+                if route is None:
+                    route = HttpRouteState(service, path, method, window, opened)
+                    self.routes[(service, path, method)] = route
+                if name in route.instances:
+                    continue
+                instance = route.instances[name] = HttpInstance(last_seen=now)
+                instance.boot, instance.last, instance.last_seq = boot, last, last_seq
+                self.http_instances += 1
+                added += 1
+        return added
 
     # -- the tick ---------------------------------------------------------------------------
 

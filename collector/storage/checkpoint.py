@@ -1,11 +1,31 @@
 """The checkpoint: the engine's open state and the unwritten rows, on disk, replaced atomically.
 
-Written after every flush attempt (and at shutdown) as one MessagePack file: temp file, fsync,
-``os.replace``, fsync of the directory — a crash at any moment leaves the old checkpoint or the
-new one, never a torn file. Loaded at start, so a restart (even ``kill -9``) loses no counted
-byte: every stream's last cumulative counters come back, and the first sample after the restart
-is a delta from them, not a new baseline. Rows already written may be written again from the
-restored accumulators; they are complete-aggregate upserts, so nothing is counted twice.
+One MessagePack file: temp file, fsync, ``os.replace``, fsync of the directory — a crash at any
+moment leaves the old checkpoint or the new one, never a torn file. Loaded at start, so a
+restart (even ``kill -9``) loses no counted byte: every stream's last cumulative counters come
+back, and the first sample after the restart is a delta from them, not a new baseline.
+
+What makes that hold at any instant of a kill (the daemon's ``checkpoint``, collector/app.py):
+
+- When: right after the restore at start (before the first frame), before every flush attempt
+  and at shutdown.
+- Streams opened since the last checkpoint are not in it; the journal (``journal.py``) holds
+  them from the moment they open, and the checkpoint names the journal file its snapshot
+  started with (``journal_from``): at start, the journal's records from there on are replayed
+  over the restored state.
+- Rows reach storage only once a checkpoint holds them (its ``pending``) together with a state
+  taken after they closed. A row written to the database is then never newer than the state a
+  restart comes back to, so the next sample's delta cannot count its bytes a second time; rows
+  already written may be written again from the restored state: they are complete-aggregate
+  upserts, and a restored open minute replaces its row with what the restored state held, the
+  rest coming back in the next sample's delta.
+
+What no checkpoint can bring back: the samples of a stream that ended (sent its last sample)
+between the last checkpoint and a kill, as no later sample carries them (a flush interval at
+most while the database answers), and what a kill finds in the socket's receive buffer (lost
+as a datagram on the way would be: PROTOCOL.md §8.5). If a checkpoint cannot be written
+(counted, logged), its rows are written all the same, and a kill before the next good one may
+count part of a minute twice or lose it.
 
 Never called from the ingest path.
 """

@@ -105,8 +105,10 @@ class Flusher:
         refused_path: Path | None = None,
         probe_interval_s: float = PROBE_INTERVAL_S,
         probe_timeout_s: float = PROBE_TIMEOUT_S,
+        before_flush: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        self.after_flush = after_flush  # the checkpoint: after every attempt, and at close
+        self.after_flush = after_flush  # after every attempt, and at close
+        self.before_flush = before_flush  # before every attempt of ``run`` (the checkpoint)
         self.sink = sink
         self.needs_migrate = migrate
         self.flush_interval_s = flush_interval_s
@@ -136,7 +138,11 @@ class Flusher:
 
     def offer(self, output: Output) -> None:
         """Queue what the engine produced; spool or drop (counted) beyond the queue's cap."""
-        self.pending.merge(batch_of(output))
+        self.offer_batch(batch_of(output))
+
+    def offer_batch(self, batch: Batch) -> None:
+        """``offer`` of rows already made (``batch_of``)."""
+        self.pending.merge(batch)
         if len(self.pending) > self.queue_max_rows:
             self._overflow()
 
@@ -194,6 +200,8 @@ class Flusher:
             if self.failures:
                 delay = min(self.retry_max_s, self.flush_interval_s * 2 ** min(self.failures, 10))
             await trio.sleep(delay)
+            if self.before_flush is not None:
+                await self.before_flush()
             await self.flush()
             if self.after_flush is not None:
                 await self.after_flush()

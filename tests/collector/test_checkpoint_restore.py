@@ -1,20 +1,26 @@
 """Restoring the checkpoint at start: the unwritten rows survive even an engine state this
 version cannot read (another checkpoint version), which costs only the open minute; a row the
 engine closed between two ticks is in the checkpoint too; HTTP state that expired is not in it,
-and new HTTP instances beyond the cap do not grow it."""
+and new HTTP instances beyond the cap do not grow it; streams and HTTP instances opened after
+the last checkpoint come back from the journal; rows reach storage only once a checkpoint
+holds them."""
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 
 import msgspec
 import trio
 
 from collector.aggregate.engine import Engine
+from collector.aggregate.rtc import RtcStream
 from collector.app import Daemon
-from collector.config import from_dict
+from collector.config import Config, from_dict
 from collector.storage import checkpoint
-from collector.storage.flusher import batch_of, encode_batch
+from collector.storage.flusher import batch_of, decode_batch, encode_batch
+from protocol import RtcSample
 from tests.helpers import http_sample, rtc
 
 T0 = 1_800_000_000.0
@@ -100,3 +106,160 @@ def test_http_state_stays_bounded_and_what_expired_is_not_restored(tmp_path: Pat
     assert second.engine.stats()["http_instances"] == 0
     assert second.flusher is not None
     assert second.flusher.pending.rows == closed.rows  # 256 instances' 10 requests each
+
+
+def _config(tmp_path: Path) -> Config:
+    return from_dict({"storage": {"backend": "sqlite", "state_dir": str(tmp_path)}})
+
+
+def _killed(daemon: Daemon) -> None:
+    """What a kill -9 leaves: the files as they are (the spool's lock goes with the process)."""
+    assert daemon.flusher is not None
+    assert daemon.flusher.spool is not None
+    daemon.flusher.spool.close()
+
+
+def _video(seq: int, meeting: str = "m1") -> RtcSample:
+    """A sample of a stream whose ``q`` 0 already carries bytes (counted in full)."""
+    return msgspec.structs.replace(
+        rtc(seq, meeting=meeting), video_bytes_sent=100_000 * (seq + 1), audio_bytes_sent=0
+    )
+
+
+def _stored_video(daemon: Daemon) -> float:
+    daemon.engine.close_minutes(time.time())
+    return sum(row.counters["video_bytes_sent"] for row in daemon.engine.drain().rtc_rows)
+
+
+def test_a_stream_opened_after_the_last_checkpoint_comes_back_from_the_journal(
+    tmp_path: Path,
+) -> None:
+    """Its first samples applied, the daemon killed before any checkpoint: the stream comes
+    back from the journal, and its next sample is a delta from it, not a baseline."""
+    first = Daemon(_config(tmp_path))
+    first.restore()
+    trio.run(first.checkpoint)  # at start: before the stream opened
+    first.consumer.apply([_video(0)])
+    first.consumer.apply([_video(1)])
+    _killed(first)
+
+    second = Daemon(_config(tmp_path))
+    second.restore()
+    assert ("m1", "p1", "pc1") in second.engine.streams
+    second.consumer.apply([_video(5)])  # q 2 … 4 went to nobody
+    assert second.engine.baseline_samples["rtc"] == 0
+    assert _stored_video(second) == _video(5).video_bytes_sent
+
+
+def test_a_new_http_instance_comes_back_from_the_journal_from_zero(tmp_path: Path) -> None:
+    """A new route and instance, killed before any checkpoint: the instance's next sample
+    counts in full (from 0), as what it counted before the kill was never stored."""
+    first = Daemon(_config(tmp_path))
+    first.restore()
+    trio.run(first.checkpoint)
+    first.consumer.apply([msgspec.structs.replace(http_sample(1), seq=0)])
+    first.consumer.apply([msgspec.structs.replace(http_sample(2), seq=1)])
+    _killed(first)
+
+    second = Daemon(_config(tmp_path))
+    second.restore()
+    second.consumer.apply([msgspec.structs.replace(http_sample(6), seq=5)])
+    assert second.engine.baseline_samples["http"] == 0
+    second.engine.close_minutes(time.time())
+    rows = second.engine.drain().http_rows
+    assert sum(row.requests for row in rows) == http_sample(6).requests
+
+
+def test_a_checkpoint_replaces_the_journal(tmp_path: Path) -> None:
+    """Once a checkpoint holds a stream, its journal record goes; a stream opened after that
+    checkpoint is journaled anew."""
+    first = Daemon(_config(tmp_path))
+    first.restore()
+    trio.run(first.checkpoint)
+    first.consumer.apply([_video(0)])
+    trio.run(first.checkpoint)
+    first.consumer.apply([_video(0, meeting="m2")])
+    assert first.journal is not None
+    journaled = [RtcStream.from_state(record[3]).meeting for record in first.journal.read(0)]
+    assert journaled == ["m2"]
+    _killed(first)
+
+    second = Daemon(_config(tmp_path))
+    second.restore()
+    assert {key[0] for key in second.engine.streams} == {"m1", "m2"}
+
+
+def test_rows_reach_storage_only_once_a_checkpoint_holds_them(tmp_path: Path) -> None:
+    """A row written before a checkpoint held it and the state after it could be counted
+    again (or lost) after a kill -9; so the flusher gets rows from the checkpoint."""
+    daemon = Daemon(_config(tmp_path))
+    for seq in range(3):
+        daemon.engine.add([_video(seq)], T0 + seq)
+    daemon.engine.add([_video(3)], T0 + 61)  # closes the first minute's row
+    daemon.consumer.take(daemon.engine.drain())
+    assert daemon.flusher is not None
+    assert len(daemon.flusher.pending) == 0
+    trio.run(daemon.checkpoint)
+    assert len(daemon.flusher.pending) == 1
+    saved = checkpoint.load(tmp_path)
+    assert saved is not None
+    assert decode_batch(saved["pending"]).rows == daemon.flusher.pending.rows
+
+
+def test_rows_go_to_storage_even_when_the_checkpoint_cannot_be_written(tmp_path: Path) -> None:
+    blocked = tmp_path / "state"
+    blocked.write_text("a file where the state directory should be")
+    daemon = Daemon(
+        from_dict(
+            {"storage": {"backend": "sqlite", "state_dir": str(blocked), "spool_max_bytes": 0}}
+        )
+    )
+    for seq in range(3):
+        daemon.engine.add([_video(seq)], T0 + seq)
+    daemon.engine.add([_video(3)], T0 + 61)
+    daemon.consumer.take(daemon.engine.drain())
+    trio.run(daemon.checkpoint)
+    assert daemon.checkpoint_errors == 1
+    assert daemon.flusher is not None
+    assert len(daemon.flusher.pending) == 1  # not held for ever
+
+
+def test_no_row_newer_than_the_last_checkpoint_reaches_the_database(tmp_path: Path) -> None:
+    """Restored from a checkpoint at minute M, the daemon counts the next samples in later
+    minutes; a flush then, before any checkpoint, must not write those minutes: killed right
+    after, the daemon comes back to the same checkpoint, and the next sample's delta from it
+    would count their bytes again."""
+    first = Daemon(_config(tmp_path))
+    for seq in range(3):
+        first.engine.add([_video(seq)], T0 + seq)
+    trio.run(first.checkpoint)
+    _killed(first)
+
+    second = Daemon(_config(tmp_path))
+    second.restore()
+    second.engine.add([_video(3)], T0 + 120)  # closes the restored minute
+    second.engine.add([_video(4)], T0 + 185)  # closes the one the restart counted in
+    second.consumer.take(second.engine.drain())
+    assert second.flusher is not None
+    trio.run(second.flusher.flush)  # a flush, then a kill before the next checkpoint
+    _killed(second)
+
+    third = Daemon(_config(tmp_path))
+    third.restore()
+    third.engine.add([_video(5)], T0 + 250)
+    third.engine.close_minutes(T0 + 300)
+    third.consumer.take(third.engine.drain())
+    assert third.flusher is not None
+    trio.run(third.checkpoint)
+    trio.run(third.flusher.flush)
+    with sqlite3.connect(tmp_path / "bwmon.db") as db:
+        (stored,) = db.execute("SELECT SUM(video_bytes_sent) FROM rtc_minute").fetchone()
+    assert stored == _video(5).video_bytes_sent
+
+
+def test_a_journal_that_cannot_be_written_counts_as_a_checkpoint_error(tmp_path: Path) -> None:
+    daemon = Daemon(_config(tmp_path))
+    (tmp_path / f"journal-{daemon.journal.seq if daemon.journal else 0}").mkdir()  # in the way
+    daemon.consumer.apply([_video(0)])
+    assert daemon.health()["storage"]["checkpoint_errors"] == 1
+    assert daemon.engine.streams  # ingest goes on
