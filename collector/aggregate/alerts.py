@@ -212,6 +212,10 @@ class AlertEngine:
             scope: tuple(rule for rule in self.rules if rule.scope == scope) for scope in SCOPES
         }
 
+    def has_rules(self, scope: Scope) -> bool:
+        """Whether any rule in force watches keys of ``scope``."""
+        return bool(self._by_scope[scope])
+
     def set_rules(self, rules: Sequence[AlertRule], now: float) -> list[AlertEvent]:
         """Put ``rules`` in force (a reload); the clears of alerts whose rule went away.
 

@@ -41,7 +41,7 @@ Pure: no I/O and no clock reads; every method takes the daemon's time. Never awa
 from __future__ import annotations
 
 import math
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -502,14 +502,24 @@ class Engine:
         bucket_no = int(now // settings.bucket_s)
         open_minute = int((now - settings.minute_grace_s) // 60)
         done = 0
+        meeting_rules = self.alerts.has_rules("meeting")
         for meeting in list(self.meetings.values()):
+            meeting_worst: dict[str, float] = {}
             for participant in list(meeting.participants.values()):
                 if meeting.participants.get(participant.participant) is not participant:
                     continue  # left between two steps
-                self._tick_participant(meeting, participant, now, dt, bucket_no, open_minute)
+                metrics = self._tick_participant(
+                    meeting, participant, now, dt, bucket_no, open_minute
+                )
+                if meeting_rules and metrics is not None:
+                    _fold_worst(meeting_worst, metrics)
                 done += 1
                 if done % participants_per_step == 0:
                     yield
+            if meeting_worst and self.meetings.get(meeting.meeting) is meeting:
+                self.output.alerts += self.alerts.observe(
+                    (meeting.meeting,), "meeting", meeting_worst, now
+                )
             if meeting.participants or self.meetings.get(meeting.meeting) is not meeting:
                 continue
             if meeting.empty_since is None:
@@ -537,13 +547,15 @@ class Engine:
         dt: float,
         bucket_no: int,
         open_minute: int,
-    ) -> None:
+    ) -> dict[str, float | None] | None:
+        """The participant's interval; the values its alert rules saw (None: no new sample, or
+        it left)."""
         last_seen = max(
             (s.last_seen for s in participant.streams.values()), default=participant.joined_at
         )
         if now - last_seen > self.settings.participant_timeout_s:
             self._leave(meeting, participant, now, "silence")
-            return
+            return None
         worst: tuple[float, Interval, RtcStream] | None = None
         reasons: set[str] = set()
         for stream in participant.streams.values():
@@ -557,7 +569,7 @@ class Engine:
             if 0 <= stream.minute_no < open_minute and stream.minute_samples:
                 self._close_stream_minute(stream)
         if worst is None:
-            return
+            return None
         participant.quality = worst[2].quality
         participant.level = (
             q.level(participant.quality) if participant.quality is not None else None
@@ -571,12 +583,11 @@ class Engine:
         if participant.level is not None:
             levels = meeting.seconds_by_level
             levels[participant.level] = levels.get(participant.level, 0.0) + dt
+        metrics = _alert_metrics(worst[1], worst[2])
         self.output.alerts += self.alerts.observe(
-            (meeting.meeting, participant.participant),
-            "participant",
-            _alert_metrics(worst[1], worst[2]),
-            now,
+            (meeting.meeting, participant.participant), "participant", metrics, now
         )
+        return metrics
 
     def _derive(self, stream: RtcStream, dt: float) -> Interval:
         p, _samples = stream.take_pending()
@@ -895,6 +906,21 @@ def _alert_metrics(interval: Interval, stream: RtcStream) -> dict[str, float | N
         "mos": interval.mos,
         "relay_tcp": 1.0 if stream.relay in ("turn-tcp", "turn-tls") else 0.0,
     }
+
+
+def _fold_worst(worst: dict[str, float], metrics: Mapping[str, float | None]) -> None:
+    """Fold one participant's alert metrics into its meeting's: per metric the worst value,
+    the lowest MOS and the highest of the others."""
+    for metric, value in metrics.items():
+        if value is None or math.isnan(value):
+            continue
+        known = worst.get(metric)
+        if known is None:
+            worst[metric] = value
+        elif metric == "mos":
+            worst[metric] = min(known, value)
+        else:
+            worst[metric] = max(known, value)
 
 
 def _nan(value: float | None) -> float:

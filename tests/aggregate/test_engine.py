@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from collector.aggregate.alerts import AlertRule
 from collector.aggregate.engine import Engine, relay_cost
 from collector.aggregate.settings import AggregateSettings
 from protocol import Event, HttpSample, RtcSample
@@ -219,6 +220,32 @@ def test_high_rtt_raises_and_clears_an_alert() -> None:
         engine.tick(T0 + second + 0.5)
     alerts = [(a.rule, a.state) for a in engine.drain().alerts if a.rule == "high_rtt"]
     assert alerts == [("high_rtt", "raised"), ("high_rtt", "cleared")]
+
+
+def test_a_meeting_rule_watches_the_worst_participant_of_its_meeting() -> None:
+    """``scope = "meeting"``: one key per meeting, fed each tick the worst value among the
+    participants that sent samples (highest RTT, lowest MOS); a rule that could never fire
+    before."""
+    rule = AlertRule(
+        name="meeting_rtt",
+        metric="rtt_ms",
+        raise_threshold=400.0,
+        clear_threshold=300.0,
+        scope="meeting",
+    )
+    engine = Engine(rules=[rule])
+    for second in range(1, 12):
+        slow = 500.0 if second <= 4 else 100.0
+        engine.add(
+            [
+                rtc(second, "fast", audio_bytes_received=4_000 * second, rtt_ms=50.0),
+                rtc(second, "slow", audio_bytes_received=4_000 * second, rtt_ms=slow),
+            ],
+            T0 + second,
+        )
+        engine.tick(T0 + second + 0.5)
+    alerts = [(a.rule, a.key, a.state) for a in engine.drain().alerts]
+    assert alerts == [("meeting_rtt", ("m1",), "raised"), ("meeting_rtt", ("m1",), "cleared")]
 
 
 def test_an_alert_raised_before_a_restart_clears_after_it_under_its_id() -> None:
