@@ -6,17 +6,30 @@ flood; draining reaches the speed of a blocking loop). Each pass hands its frame
 ``deliver`` — in the daemon, the consumer's ``apply``, which aggregates them there and then: a
 direct call, so nothing is queued and nothing awaited. Passes are short (32 datagrams by
 default) so that a batch is aggregated while its frames are still in the CPU's caches; a turn
-of the loop is several passes (``TURN_DATAGRAMS`` datagrams at most, until the socket is empty)
-so that the loop's share of the CPU does not shrink with the pass when other tasks are busy
-too. Measured on one core (docs/BENCHMARKS.md, 2026-12-05 evening): passes of 512 datagrams
-decoded some 1,500 frames, megabytes of objects, before a separate consumer task aggregated
-any, and the daemon kept about 0.6 of the frames it keeps with passes of 32; with passes of 32
-and one pass a turn, 1,000 connected subscribers took that gain back.
+of the loop is several passes so that the loop's share of the CPU does not shrink with the
+pass when other tasks are busy too. Flooded on one core (docs/BENCHMARKS.md), passes of 512
+datagrams decoded some 1,500 frames, megabytes of objects, before any was aggregated, and the
+daemon kept about 0.6 of the frames it keeps with passes of 32; with passes of 32 and one pass
+a turn, 1,000 connected subscribers took that gain back.
+
+A turn ends at whichever bound comes first (``TurnBounds``): the socket is empty; it read
+``TURN_DATAGRAMS`` datagrams; it decoded ``TURN_FRAMES`` frames, valid or not (a datagram
+weighs the frames it held, so a batch of 1,000 frames that all fail validation weighs 1,000,
+and a datagram rejected whole weighs 1); or ``TURN_S`` seconds have passed since it began. The
+frames and the time are checked after each datagram, so a turn lasts at most its time bound
+plus one datagram's decode and one pass's aggregation: a datagram cannot be split (PROTOCOL.md
+§6: each bad frame is rejected alone, every other frame accepted), and the costliest one, 64
+KB holding 1,000 frames that each fail validation, takes some 3 to 6 ms to decode. Then the
+loop yields, and every other task gets its step before the next turn: no input holds the loop
+longer than a few milliseconds. A flood of valid batches meets the datagram bound first (512
+datagrams of 3 frames take 3 to 4 ms compiled).
 
 After a wait for its turn longer than ``CATCH_UP_AFTER_S`` (other tasks held the loop: a burst
 of new WebSocket connections, a long tick step, a collection) the kernel's buffer may hold more
-than a turn reads: the loop reads on, up to ``CATCH_UP_DATAGRAMS`` datagrams, until the socket
-is empty, so that the buffer does not overflow.
+than a turn reads: the turn reads on, up to ``CATCH_UP_DATAGRAMS`` datagrams, ``CATCH_UP_FRAMES``
+frames and ``CATCH_UP_S`` seconds, until the socket is empty, so that the buffer does not
+overflow. ``UdpTurns`` keeps the turns' count, how many a frame or time bound ended, and the
+longest, for ``/healthz`` (``ingest.udp``).
 
 Admission (``UdpAdmission``, PROTOCOL.md §2.3): with an allowlist, datagrams from other sources
 are refused (``forbidden``); with signing keys, datagrams that are not validly signed and fresh
@@ -39,6 +52,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -53,13 +67,19 @@ log = get_logger("ingest.udp")
 # recv errors that concern one datagram or the peer, not the socket: skip and go on.
 _TRANSIENT_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EINTR, errno.ENOMEM, errno.ENOBUFS})
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
-# Datagrams one turn of the loop reads at most (in passes of drain_per_pass, or one pass if it
-# is larger), and after a wait for its turn longer than CATCH_UP_AFTER_S. A turn aggregates
-# what it reads while every other task waits: 3 to 4 ms under a flood, 26 to 34 ms for a catch-up
-# (compiled, timed by hand: docs/BENCHMARKS.md, "Ingest: the pauses").
+# What one turn of the loop reads at most: datagrams (in passes of drain_per_pass, or one pass
+# if it is larger), frames decoded (valid or not) and seconds; after a wait for its turn
+# longer than CATCH_UP_AFTER_S, the CATCH_UP_ bounds. A turn aggregates what it reads while
+# every other task waits: 512 datagrams of 3 frames take 3 to 4 ms compiled, under the time
+# bound (docs/BENCHMARKS.md, "Ingest: the pauses"); the frame and time bounds are for
+# datagrams that hold many frames, valid or not, and for a slower machine or build.
 TURN_DATAGRAMS = 512
+TURN_FRAMES = 2048
+TURN_S = 0.005
 CATCH_UP_AFTER_S = 0.02
 CATCH_UP_DATAGRAMS = 4096
+CATCH_UP_FRAMES = 8192
+CATCH_UP_S = 0.010
 
 
 def open_udp_socket(host: str, port: int, receive_buffer_bytes: int) -> socket.socket:
@@ -138,6 +158,62 @@ class UdpAdmission:
     limiter: SourceLimiter | None = None  # per source address, shared with WebSocket ingest
 
 
+class TurnBounds:
+    """What is left of one turn: frames to decode and the ``time.perf_counter`` deadline;
+    ``emptied`` once the socket is empty, ``bounded`` once the frames or the time are spent."""
+
+    __slots__ = ("bounded", "deadline", "emptied", "frames_left")
+
+    def __init__(self, frames: int, deadline: float) -> None:
+        self.frames_left = frames
+        self.deadline = deadline
+        self.emptied = False
+        self.bounded = False
+
+
+class UdpTurns:
+    """The turns of the UDP loop: how many, how many a frame or time bound ended, and the
+    longest in seconds (of the last one to two minutes: ``WINDOW_S`` windows, the current and
+    the one before)."""
+
+    __slots__ = ("_current_max_s", "_previous_max_s", "_window_end", "bounded", "turns")
+
+    WINDOW_S = 60.0
+
+    def __init__(self) -> None:
+        self.turns = 0
+        self.bounded = 0
+        self._current_max_s = 0.0
+        self._previous_max_s = 0.0
+        self._window_end = 0.0
+
+    def record(self, began: float, ended: float, bounded: bool) -> None:
+        """One turn, timed with ``time.perf_counter``."""
+        self.turns += 1
+        if bounded:
+            self.bounded += 1
+        if ended >= self._window_end:
+            self._previous_max_s = (
+                self._current_max_s if ended < self._window_end + self.WINDOW_S else 0.0
+            )
+            self._current_max_s = 0.0
+            self._window_end = ended + self.WINDOW_S
+        took = ended - began
+        if took > self._current_max_s:
+            self._current_max_s = took
+
+    @property
+    def max_s(self) -> float:
+        return max(self._current_max_s, self._previous_max_s)
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "turns": self.turns,
+            "turns_bounded": self.bounded,
+            "turn_max_s": round(self.max_s, 6),
+        }
+
+
 async def serve_udp(
     sock: socket.socket,
     deliver: Callable[[list[Frame]], object],
@@ -146,8 +222,13 @@ async def serve_udp(
     drain_per_pass: int = 32,
     admission: UdpAdmission | None = None,
     *,
+    turns: UdpTurns | None = None,
     turn_datagrams: int = TURN_DATAGRAMS,
+    turn_frames: int = TURN_FRAMES,
+    turn_s: float = TURN_S,
     catch_up_datagrams: int = CATCH_UP_DATAGRAMS,
+    catch_up_frames: int = CATCH_UP_FRAMES,
+    catch_up_s: float = CATCH_UP_S,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Read datagrams from ``sock`` until cancelled; ``deliver`` each pass's frames."""
@@ -156,35 +237,45 @@ async def serve_udp(
     bufsize = limits.max_message_bytes + 1
     recv = sock.recv
     admit = admission or UdpAdmission()
+    stats = turns or UdpTurns()
+    clock = time.perf_counter
     turn_passes = max(1, turn_datagrams // drain_per_pass)
     catch_up_passes = max(turn_passes, catch_up_datagrams // drain_per_pass)
     task_status.started()
     last_turn = trio.current_time()
     while True:
         await trio.lowlevel.wait_readable(sock)
-        held_up = trio.current_time() - last_turn > CATCH_UP_AFTER_S
-        for _ in range(catch_up_passes if held_up else turn_passes):
+        began = clock()
+        if trio.current_time() - last_turn > CATCH_UP_AFTER_S:
+            passes = catch_up_passes
+            turn = TurnBounds(catch_up_frames, began + catch_up_s)
+        else:
+            passes = turn_passes
+            turn = TurnBounds(turn_frames, began + turn_s)
+        for _ in range(passes):
             allowlist = (
                 admit.allowlist if admit.allowlist is not None and admit.allowlist.active else None
             )
             limiter = admit.limiter if admit.limiter is not None and admit.limiter.enabled else None
             if admit.keys or allowlist is not None or limiter is not None:
-                batch, emptied = _drain_admitted(
+                batch = _drain_admitted(
                     sock,
                     counters,
                     limits,
                     drain_per_pass,
+                    turn,
                     admit.keys,
                     admit.max_age_s,
                     allowlist,
                     limiter,
                 )
             else:
-                batch, emptied = _drain(recv, bufsize, counters, limits, drain_per_pass)
+                batch = _drain(recv, bufsize, counters, limits, drain_per_pass, turn)
             if batch:
                 deliver(batch)
-            if emptied:
+            if turn.emptied or turn.bounded:
                 break
+        stats.record(began, clock(), turn.bounded)
         last_turn = trio.current_time()
 
 
@@ -194,27 +285,40 @@ def _drain(
     counters: TransportCounters,
     limits: Limits,
     drain_per_pass: int,
-) -> tuple[list[Frame], bool]:
+    turn: TurnBounds,
+) -> list[Frame]:
     """One pass of the loop with no admission check: the frames of at most ``drain_per_pass``
-    datagrams, and whether the socket was emptied."""
+    datagrams, fewer if the socket empties (``turn.emptied``) or the turn meets a bound
+    (``turn.bounded``)."""
     batch: list[Frame] = []
+    frames_left = turn.frames_left
+    deadline = turn.deadline
+    clock = time.perf_counter
     for _ in range(drain_per_pass):
         try:
             data = recv(bufsize)
         except BlockingIOError:
-            return batch, True
+            turn.emptied = True
+            break
         except OSError as exc:
             if exc.errno not in _TRANSIENT_ERRNOS:
                 raise
             continue
         decoded = decode_message(data, limits)
-        if decoded.errors and is_signed(data) and len(data) < bufsize:
+        frames = decoded.frames
+        errors = decoded.errors
+        frames_left -= len(frames) + len(errors)
+        if errors and is_signed(data) and len(data) < bufsize:
             counters.refuse(BAD_SIGNATURE, len(data))  # "this daemon has no udp key"
-            continue
-        counters.count(decoded, len(data))
-        if decoded.frames:
-            batch += decoded.frames
-    return batch, False
+        else:
+            counters.count(decoded, len(data))
+            if frames:
+                batch += frames
+        if frames_left <= 0 or clock() >= deadline:
+            turn.bounded = True
+            break
+    turn.frames_left = frames_left
+    return batch
 
 
 def _drain_admitted(
@@ -222,54 +326,90 @@ def _drain_admitted(
     counters: TransportCounters,
     limits: Limits,
     drain_per_pass: int,
+    turn: TurnBounds,
     keys: tuple[bytes, ...],
     max_age_s: float,
     allowlist: Allowlist | None,
     limiter: SourceLimiter | None,
-) -> tuple[list[Frame], bool]:
+) -> list[Frame]:
     """One pass of the loop when some admission check is configured: ``recvfrom`` (the source
-    address), allowlist, signature, decode, source rate — each only when set. The frames, and
-    whether the socket was emptied."""
+    address), allowlist, signature, decode, source rate — each only when set. The frames, as
+    ``_drain``; a datagram refused before decoding weighs one frame."""
     bufsize = limits.max_message_bytes + 1
-    max_bytes = limits.max_message_bytes
     recvfrom = sock.recvfrom
     wall_now = time.time()  # signatures carry wall-clock send times
     now = trio.current_time()  # rate buckets run on the monotonic clock
     batch: list[Frame] = []
+    frames_left = turn.frames_left
+    deadline = turn.deadline
+    clock = time.perf_counter
     for _ in range(drain_per_pass):
         try:
             data, address = recvfrom(bufsize)
         except BlockingIOError:
-            return batch, True
+            turn.emptied = True
+            break
         except OSError as exc:
             if exc.errno not in _TRANSIENT_ERRNOS:
                 raise
             continue
-        source: str = address[0]
-        if allowlist is not None and not allowlist.permits(source):
-            counters.refuse(FORBIDDEN, len(data))
-            continue
-        payload = data
-        if keys and len(data) <= max_bytes:  # longer: decoded below as too_large
-            verified = verify_datagram(keys, data, wall_now, max_age_s)
-            if isinstance(verified, ProtocolError):
-                counters.refuse(BAD_SIGNATURE, len(data))
-                continue
-            payload = verified
-        decoded = decode_message(payload, limits)
-        if not keys and decoded.errors and is_signed(data) and len(data) <= max_bytes:
+        frames_left -= _admit(
+            data,
+            address[0],
+            batch,
+            counters,
+            limits,
+            keys,
+            max_age_s,
+            allowlist,
+            limiter,
+            wall_now,
+            now,
+        )
+        if frames_left <= 0 or clock() >= deadline:
+            turn.bounded = True
+            break
+    turn.frames_left = frames_left
+    return batch
+
+
+def _admit(
+    data: bytes,
+    source: str,
+    batch: list[Frame],
+    counters: TransportCounters,
+    limits: Limits,
+    keys: tuple[bytes, ...],
+    max_age_s: float,
+    allowlist: Allowlist | None,
+    limiter: SourceLimiter | None,
+    wall_now: float,
+    now: float,
+) -> int:
+    """One datagram through the admission checks that are set: its admitted frames appended to
+    ``batch``; returns its weight (frames decoded, valid or not; 1 if refused undecoded)."""
+    max_bytes = limits.max_message_bytes
+    if allowlist is not None and not allowlist.permits(source):
+        counters.refuse(FORBIDDEN, len(data))
+        return 1
+    payload = data
+    if keys and len(data) <= max_bytes:  # longer: decoded below as too_large
+        verified = verify_datagram(keys, data, wall_now, max_age_s)
+        if isinstance(verified, ProtocolError):
             counters.refuse(BAD_SIGNATURE, len(data))
-            continue
-        counters.count(decoded, len(data))
-        frames = decoded.frames
-        if not frames:
-            continue
-        if limiter is not None:
-            granted = limiter.take(source, len(frames), now)
-            if granted < len(frames):
-                counters.withdraw(RATE_LIMITED, len(frames) - granted)
-                if not granted:
-                    continue
-                frames = frames[:granted]
-        batch += frames
-    return batch, False
+            return 1
+        payload = verified
+    decoded = decode_message(payload, limits)
+    frames = decoded.frames
+    weight = len(frames) + len(decoded.errors)
+    if not keys and decoded.errors and is_signed(data) and len(data) <= max_bytes:
+        counters.refuse(BAD_SIGNATURE, len(data))
+        return weight
+    counters.count(decoded, len(data))
+    if frames and limiter is not None:
+        granted = limiter.take(source, len(frames), now)
+        if granted < len(frames):
+            counters.withdraw(RATE_LIMITED, len(frames) - granted)
+            frames = frames[:granted]
+    batch += frames
+    return weight
