@@ -234,6 +234,7 @@ async def test_a_turn_ends_at_its_time_bound(
     assert turns.turns == 10
     assert turns.bounded == 10
     assert turns.health()["turn_max_s"] > 0
+    assert turns.health()["turn_cpu_max_s"] > 0
 
 
 async def test_admitted_datagrams_weigh_what_they_held(
