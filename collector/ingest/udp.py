@@ -18,10 +18,11 @@ weighs the frames it held, so a batch of 1,000 frames that all fail validation w
 and a datagram rejected whole weighs 1); or ``TURN_S`` seconds have passed since it began. The
 frames and the time are checked after each datagram, so a turn lasts at most its time bound
 plus one datagram's decode and one pass's aggregation: a datagram cannot be split (PROTOCOL.md
-§6: each bad frame is rejected alone, every other frame accepted), and the costliest one, 64
-KB holding 1,000 frames that each fail validation, takes some 3 to 6 ms to decode. Then the
-loop yields, and every other task gets its step before the next turn: no input holds the loop
-longer than a few milliseconds. A flood of valid batches meets the datagram bound first (512
+§6: each bad frame is rejected alone, every other frame accepted), and the costliest known, some
+50 KB holding 1,000 frames that each fail validation, takes 4 to 5 ms of CPU to decode (pure
+build). Then the loop yields, and every other task gets its step before the next turn: no input
+holds the loop longer than a few milliseconds of the daemon's work (docs/RELIABILITY.md,
+"Hostile datagrams"). A flood of valid batches meets the datagram bound first (512
 datagrams of 3 frames take 3 to 4 ms compiled).
 
 After a wait for its turn longer than ``CATCH_UP_AFTER_S`` (other tasks held the loop: a burst
@@ -237,7 +238,7 @@ async def serve_udp(
     bufsize = limits.max_message_bytes + 1
     recv = sock.recv
     admit = admission or UdpAdmission()
-    stats = turns or UdpTurns()
+    stats = turns if turns is not None else UdpTurns()
     clock = time.perf_counter
     cpu_clock = time.thread_time
     turn_passes = max(1, turn_datagrams // drain_per_pass)
