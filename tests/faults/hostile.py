@@ -5,12 +5,15 @@ Every datagram is at most 65,507 bytes (what IPv4 carries). The kinds:
 - ``random``: random bytes, 1 to 2,000 of them;
 - ``max_junk``: 65,507 random bytes (the largest datagram a daemon reads);
 - ``truncated``: a valid MessagePack batch cut short;
-- ``deep``: MessagePack arrays or JSON arrays nested tens of thousands deep;
+- ``deep``: MessagePack arrays or JSON arrays nested up to 256 levels, or 2,000 to 30,000;
 - ``huge_headers``: array, map and string headers that claim 2³² - 1 elements or bytes;
 - ``over_batch``: more frames than ``max_frames_per_message`` allows;
 - ``wrong_types``, ``unknown_fields``, ``hostile_strings``: frames that fail validation;
 - ``thousand_invalid``: the worst case of issue 23, some 50 KB holding 1,000 frames that each
-  fail validation, in rotating ways, so that each costs its own error.
+  fail validation, in rotating ways, so that each costs its own error;
+- ``many_elements``: 64 KB arrays of up to 65,535 empty elements (nil, 0, empty maps), rejected
+  whole (one error) after some 6 ms of decoding: as costly as ``thousand_invalid`` with one
+  frame's weight.
 
 Frames that could pass validation (``unknown_fields`` mixes in a few valid ones, unknown keys
 being ignored by the protocol; one of the hostile strings is a valid identifier) belong to the
@@ -78,9 +81,9 @@ FUZZ_MEETINGS = frozenset({"fuzz-m"} | {s for s in _HOSTILE_STRINGS if is_identi
 
 class HostileDatagrams:
     """Seeded generator. ``light()`` yields ``(kind, datagram)`` in a rotating mix of the kinds
-    that are cheap to decode; the two heavy kinds, ``thousand_invalid`` (some 4 ms to decode)
-    and ``max_junk`` (65,507 bytes), are asked for one by one, so that a test sends them at the
-    rate and in the bursts it chooses."""
+    that are cheap to decode; the heavy kinds, ``thousand_invalid`` and ``many_elements``
+    (some 4 to 6 ms each to decode) and ``max_junk`` (65,507 bytes), are asked for one by one,
+    so that a test sends them at the rate and in the bursts it chooses."""
 
     def __init__(self, seed: int = 23, max_frames_per_message: int = 1_000) -> None:
         self.rng = random.Random(seed)
@@ -113,10 +116,14 @@ class HostileDatagrams:
         return whole[: self.rng.randint(1, len(whole) - 1)]
 
     def deep(self) -> bytes:
-        depth = self.rng.randint(1_000, 60_000)
+        # Up to 256 levels every daemon decodes; from 2,000 on the reference daemon rejects
+        # (PROTOCOL.md §5.1). Between them, where its stack's depth decides, none.
+        depth = (
+            self.rng.randint(2, 256) if self.rng.random() < 0.3 else self.rng.randint(2_000, 30_000)
+        )
         if self.rng.random() < 0.5:
             return b"\x91" * depth + b"\xc0"  # fixarray of one, nested
-        return b"[" * (depth // 2) + b"]" * (depth // 2)
+        return b"[" * depth + b"]" * depth
 
     def huge_headers(self) -> bytes:
         return self.rng.choice(
@@ -162,6 +169,16 @@ class HostileDatagrams:
         data = _mp.encode(frames)
         assert len(data) <= MAX_DATAGRAM
         return data
+
+    def many_elements(self) -> bytes:
+        return self.rng.choice(
+            (
+                b"\xdc\xff\xff" + b"\x00" * (MAX_DATAGRAM - 3),  # array16 of 0s, cut short
+                b"\xdc\xff\xff" + b"\x80" * (MAX_DATAGRAM - 3),  # of empty maps
+                b"\xdc\xff\xff" + b"\xc0" * (MAX_DATAGRAM - 3),  # of nils
+                b"[" + b",".join([b"0"] * 32_000) + b"]",  # 32,000 elements: batch_too_large
+            )
+        )
 
     def over_batch(self) -> bytes:
         return _mp.encode([{"t": "x"}] * (self.max_frames + 1))

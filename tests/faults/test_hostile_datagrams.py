@@ -5,8 +5,9 @@ totals are exact.
 
 The fuzz runs in rounds of at least ``ROUND_S``: a burst of ``BURST`` datagrams of 1,000
 frames that each fail validation (the worst case of issue 23, some 4 ms each to decode; they
-pile up in the socket's buffer at once) and ``HEAVY_JUNK`` datagrams of 65,507 random bytes,
-then ``LIGHT_PER_ROUND`` datagrams of the light kinds. A round starts once the daemon has
+pile up in the socket's buffer at once), ``MANY`` arrays of up to 65,535 empty elements (as
+costly, rejected whole) and ``HEAVY_JUNK`` datagrams of 65,507 random bytes, then
+``LIGHT_PER_ROUND`` datagrams of the light kinds. A round starts once the daemon has
 counted the last one's rejections, so the socket's buffer never holds more than a round (some
 4 MB) and every hostile datagram is read and counted (the test asserts no kernel drop). The
 test decodes every datagram it sends with the daemon's decoder to know the rejections to
@@ -43,6 +44,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 ROUNDS = 100
 ROUND_S = 0.3
 BURST = 20
+MANY = 5
 HEAVY_JUNK = 5
 LIGHT_PER_ROUND = 1_000
 # The longest turn of the loop and the largest loop lag the daemon may show (issue 23).
@@ -131,11 +133,12 @@ def test_a_hostile_flood_never_holds_the_loop_and_valid_totals_stay_exact(
             began = time.monotonic()
             for round_ in range(ROUNDS):
                 heavy = [("thousand_invalid", generator.thousand_invalid())] * BURST
+                heavy += [("many_elements", generator.many_elements()) for _ in range(MANY)]
                 heavy += [("max_junk", generator.max_junk()) for _ in range(HEAVY_JUNK)]
                 batch = heavy + [next(light) for _ in range(LIGHT_PER_ROUND)]
                 for i, (kind, data) in enumerate(batch):
                     fuzz.send(data)
-                    expected.add(data, repeats=kind == "thousand_invalid")
+                    expected.add(data, repeats=kind in ("thousand_invalid", "many_elements"))
                     kinds[kind] += 1
                     if i % 100 == 99:  # the light ones, spread over the round
                         time.sleep(0.001)
