@@ -18,12 +18,13 @@ weighs the frames it held, so a batch of 1,000 frames that all fail validation w
 and a datagram rejected whole weighs 1); or ``TURN_S`` seconds have passed since it began. The
 frames and the time are checked after each datagram, so a turn lasts at most its time bound
 plus one datagram's decode and one pass's aggregation: a datagram cannot be split (PROTOCOL.md
-§6: each bad frame is rejected alone, every other frame accepted), and the costliest known, some
-50 KB holding 1,000 frames that each fail validation, takes 4 to 5 ms of CPU to decode (pure
-build). Then the loop yields, and every other task gets its step before the next turn: no input
-holds the loop longer than a few milliseconds of the daemon's work (docs/RELIABILITY.md,
-"Hostile datagrams"). A flood of valid batches meets the datagram bound first (512
-datagrams of 3 frames take 3 to 4 ms compiled).
+§6: each bad frame is rejected alone, every other frame accepted), and the costliest known take
+4 to 6 ms of CPU to decode (pure build): some 50 KB holding 1,000 frames that each fail
+validation, and 64 KB of an array of 65,535 empty elements, rejected whole (it weighs 1: the
+time bound, not the frame bound, covers it). Then the loop yields, and every other task gets
+its step before the next turn: no input holds the loop longer than a few milliseconds of the
+daemon's work (docs/RELIABILITY.md, "Hostile datagrams"). A flood of valid batches meets the
+datagram bound first (512 datagrams of 3 frames take 3 to 4 ms compiled).
 
 After a wait for its turn longer than ``CATCH_UP_AFTER_S`` (other tasks held the loop: a burst
 of new WebSocket connections, a long tick step, a collection) the kernel's buffer may hold more
