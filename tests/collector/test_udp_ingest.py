@@ -388,3 +388,21 @@ async def test_admission_can_change_while_running(
         nursery.cancel_scope.cancel()
     assert [getattr(f, "seq", None) for f in frames] == [3]
     assert counters.rejected_by_reason == {"bad_signature": 1}
+
+
+def test_the_longest_turn_is_that_of_the_last_one_to_two_minutes() -> None:
+    turns = UdpTurns()
+    turns.record(0.020, 0.010, 1_000.0, bounded=True)
+    turns.record(0.004, 0.030, 1_030.0, bounded=False)
+    assert turns.health() == {
+        "turns": 2,
+        "turns_bounded": 1,
+        "turn_max_s": 0.02,
+        "turn_cpu_max_s": 0.03,
+    }
+    turns.record(0.001, 0.001, 1_070.0, bounded=False)  # a new window: the last one still counts
+    assert (turns.health()["turn_max_s"], turns.health()["turn_cpu_max_s"]) == (0.02, 0.03)
+    turns.record(0.002, 0.001, 1_140.0, bounded=False)  # the window of the long turns is gone
+    assert (turns.health()["turn_max_s"], turns.health()["turn_cpu_max_s"]) == (0.002, 0.001)
+    turns.record(0.003, 0.002, 1_500.0, bounded=False)  # after an idle spell: nothing older
+    assert (turns.health()["turn_max_s"], turns.health()["turn_cpu_max_s"]) == (0.003, 0.002)
