@@ -3,6 +3,7 @@ admission (allowlist, signed datagrams) and per-source rate limits."""
 
 from __future__ import annotations
 
+import gc
 import math
 import socket
 import time
@@ -406,3 +407,30 @@ def test_the_longest_turn_is_that_of_the_last_one_to_two_minutes() -> None:
     assert (turns.health()["turn_max_s"], turns.health()["turn_cpu_max_s"]) == (0.002, 0.001)
     turns.record(0.003, 0.002, 1_500.0, bounded=False)  # after an idle spell: nothing older
     assert (turns.health()["turn_max_s"], turns.health()["turn_cpu_max_s"]) == (0.003, 0.002)
+
+
+async def test_the_collector_is_off_within_a_turn_and_left_as_found(
+    udp_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """Decoding 1,000 bad frames allocates thousands of objects; a collection within the turn
+    would promote them and make full collections frequent. The turn (decoding, and ``deliver``
+    aggregating) runs with the collector off; after it the collector is as it was (a
+    checkpoint may have disabled it)."""
+    server, client = udp_pair
+    counters = TransportCounters()
+    collector_on: list[bool] = []
+    deliver = lambda batch: collector_on.append(gc.isenabled())  # noqa: E731
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_udp, server, deliver, counters, LIMITS)
+        client.send(encode_msgpack(rtc(1)))
+        await wait_for(lambda: counters.messages == 1)
+        assert gc.isenabled()
+        gc.disable()
+        try:
+            client.send(encode_msgpack(rtc(2)))
+            await wait_for(lambda: counters.messages == 2)
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
+        nursery.cancel_scope.cancel()
+    assert collector_on == [False, False]
