@@ -18,6 +18,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from collector.ingest.counters import TransportCounters
 from collector.ingest.limits import Rate, SourceLimiter, parse_allowlist
 from collector.ingest.udp import (
     UdpAdmission,
+    UdpTurns,
     kernel_drops,
     open_udp_socket,
     receive_buffer_size,
@@ -95,6 +97,7 @@ class Daemon:
         self.started = time.monotonic()
         self.started_wall = time.time()
         self.udp_counters = TransportCounters()
+        self.udp_turns = UdpTurns()
         self.ws_counters = TransportCounters()
         self.engine = Engine(config.aggregate, config.alerts.effective_rules())
         self.auth = Auth(config.auth.secrets())
@@ -362,7 +365,7 @@ class Daemon:
 
     def health(self) -> dict[str, Any]:
         queue = self._frames_in.statistics() if self._frames_in is not None else None
-        udp = self.udp_counters.as_dict()
+        udp = self.udp_counters.as_dict() | self.udp_turns.health()
         if self._udp_sock is not None:
             udp["kernel_drops"] = kernel_drops(self._udp_sock)
             udp["receive_buffer_bytes"] = receive_buffer_size(self._udp_sock)
@@ -560,7 +563,7 @@ class Daemon:
                     storage.retention_interval_s,
                 )
         await nursery.start(
-            serve_udp,
+            partial(serve_udp, turns=self.udp_turns),
             self._udp_sock,
             self.consumer.apply,
             self.udp_counters,

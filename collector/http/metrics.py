@@ -202,6 +202,22 @@ def _ingest(out: _Exposition, health: Mapping[str, Any]) -> None:
         "Effective receive buffer size of the UDP socket.",
         udp.get("receive_buffer_bytes"),
     )
+    out.counter("udp_turns", "Turns of the UDP loop.", udp.get("turns"))
+    out.counter(
+        "udp_turns_bounded",
+        "Turns of the UDP loop that its frame or time bound ended.",
+        udp.get("turns_bounded"),
+    )
+    out.gauge(
+        "udp_turn_max_seconds",
+        "The longest turn of the UDP loop of the last one to two minutes.",
+        udp.get("turn_max_s"),
+    )
+    out.gauge(
+        "udp_turn_cpu_max_seconds",
+        "The most CPU time one turn of the UDP loop took, of the last one to two minutes.",
+        udp.get("turn_cpu_max_s"),
+    )
     consumer = _section(health, "consumer")
     out.counter("consumer_batches", "Frame batches taken off the queue.", consumer.get("batches"))
     for kind, count in _by_key(consumer.get("frames_by_kind")).items():

@@ -42,6 +42,10 @@ def health() -> dict[str, Any]:
                 "rejected_by_reason": {"malformed": 2, "too_large": 1},
                 "kernel_drops": 4,
                 "receive_buffer_bytes": 8_388_608,
+                "turns": 90,
+                "turns_bounded": 7,
+                "turn_max_s": 0.0061,
+                "turn_cpu_max_s": 0.0052,
             },
             "websocket": {
                 "messages": 10,
@@ -193,6 +197,11 @@ def test_values_and_labels_come_from_the_health_dict() -> None:
     assert value("bwmon_udp_kernel_drops") == 4
     assert metrics["bwmon_udp_receive_buffer_bytes"][0] == "gauge"
     assert value("bwmon_udp_receive_buffer_bytes") == 8_388_608
+    assert value("bwmon_udp_turns") == 90
+    assert value("bwmon_udp_turns_bounded") == 7
+    assert metrics["bwmon_udp_turn_max_seconds"][0] == "gauge"
+    assert value("bwmon_udp_turn_max_seconds") == 0.0061
+    assert value("bwmon_udp_turn_cpu_max_seconds") == 0.0052
     assert value("bwmon_consumer_frames", kind="rtc") == 500
     assert value("bwmon_engine_outputs", kind="alerts") == 1
     assert value("bwmon_live_meetings") == 2
