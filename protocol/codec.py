@@ -266,7 +266,9 @@ def decode_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Decoded:
     try:
         message = (_js_message if is_json else _mp_message).decode(data)
     except _DecodeErrors as exc:
-        first_error = exc
+        # Without its traceback: kept in this frame, it would make a reference cycle (exception,
+        # traceback, frame) that only the garbage collector frees, for every bad message.
+        first_error = exc.with_traceback(None)
     else:
         return _whole(message, limits)
     # The fast path failed: find out which frames are bad, keeping the good ones.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -778,3 +779,20 @@ def test_decode_frame_raises_our_error_only() -> None:
     assert batch.value.reason == codec.NOT_A_FRAME
     assert isinstance(decode_frame(encode_json(HTTP)), HttpSample)
     assert isinstance(decode_frame(encode_json(EVENT_JOIN)), Event)
+
+
+def test_bad_messages_leave_no_garbage_for_the_collector() -> None:
+    """A flood of bad datagrams must not feed the cyclic garbage collector, whose full
+    collections would pause the UDP loop (docs/RELIABILITY.md, "Hostile datagrams")."""
+    bad = [b"\x81\xa1x\x01", b"{", b"\x93\x01\x02\x03", b"not a frame"]
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(250):
+            for data in bad:
+                assert decode_message(data).errors
+        assert gc.collect() == 0
+    finally:
+        if was_enabled:
+            gc.enable()
