@@ -178,7 +178,9 @@ def admin(sql: str, database: str | None = None) -> list[tuple[object, ...]]:
 
 class CuttableProxy:
     """Forwards 127.0.0.1:<port> to MariaDB; ``cut()`` resets every connection and refuses new
-    ones (they are accepted and closed at once) until ``restore()``."""
+    ones (they are accepted and closed at once) until ``restore()``; ``hang()`` keeps
+    connections open and accepts new ones but forwards nothing either way (a stopped server, a
+    hung proxy) until ``flow()``, which delivers what was held."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
@@ -188,6 +190,8 @@ class CuttableProxy:
         self.sockets: list[socket.socket] = []
         self.lock = threading.Lock()
         self.closed = False
+        self.flowing = threading.Event()
+        self.flowing.set()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -212,6 +216,9 @@ class CuttableProxy:
     def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
+                while not self.flowing.wait(0.1):
+                    if self.closed:
+                        return
                 sink.sendall(data)
         except OSError:
             pass
@@ -236,41 +243,16 @@ class CuttableProxy:
     def restore(self) -> None:
         self.cut_off = False
 
-    def close(self) -> None:
-        self.closed = True
-        self.cut()
-        self.listener.close()
-
-
-class HangingProxy(CuttableProxy):
-    """A ``CuttableProxy`` that can also ``hang()``: connections stay open and new ones are
-    accepted, but nothing is forwarded either way (a stopped server, a hung proxy) until
-    ``flow()``, which delivers what was held."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.flowing = threading.Event()
-        self.flowing.set()
-        super().__init__(target)
-
     def hang(self) -> None:
         self.flowing.clear()
 
     def flow(self) -> None:
         self.flowing.set()
 
-    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                while not self.flowing.wait(0.1):
-                    if self.closed:
-                        return
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (source, sink):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
+    def close(self) -> None:
+        self.closed = True
+        self.cut()
+        self.listener.close()
 
 
 def assert_build(compiled: list[str]) -> None:

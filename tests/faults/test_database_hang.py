@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from cli.daemon_process import start_daemon
-from tests.helpers import HangingProxy
+from tests.helpers import CuttableProxy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
@@ -31,7 +31,7 @@ def readyz(port: int) -> tuple[int, dict[str, Any]]:
 def test_readyz_says_not_ready_within_seconds_of_a_database_hang(
     tmp_path: Path, database: str
 ) -> None:
-    proxy = HangingProxy(("127.0.0.1", 3306))
+    proxy = CuttableProxy(("127.0.0.1", 3306))
     config = tmp_path / "collector.toml"
     config.write_text(  # the default statement timeout: a flush gives up after 15 s
         "[storage]\nbackend = 'mysql'\nmysql_user = 'root'\n"

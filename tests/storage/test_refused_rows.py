@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import uuid
-from collections.abc import AsyncIterator
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,29 +35,13 @@ from collector.storage.schema import (
 )
 from collector.storage.sinks import MysqlSink, RowsRefused, SqliteSink, StorageUnavailable
 from collector.storage.spool import Spool
-from tests.helpers import HangingProxy, wait_for
-from tests.storage.test_sinks import MYSQL, RAISED, SUMMARY, _admin, http, rtc
+from tests.helpers import CuttableProxy, wait_for
+from tests.storage.test_sinks import MYSQL, RAISED, SUMMARY, http, rtc, sink
+
+__all__ = ["sink"]  # the two-backend fixture of the sink contract tests
 
 MINUTE = 1_800_000_000
 POISON = 17  # the index of the refused row among the minutes written
-
-
-@pytest.fixture(params=["sqlite", "mysql"])
-async def sink(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
-    if request.param == "sqlite":
-        sqlite = SqliteSink(tmp_path / "bwmon.db")
-        yield sqlite
-        await sqlite.close()
-        return
-    database = f"bwmon_test_{uuid.uuid4().hex[:12]}"
-    async with open_thread_bridge() as bridge:
-        await bridge.run(partial(_admin, f"CREATE DATABASE {database}"))
-        mysql = MysqlSink(bridge, database=database, **MYSQL)
-        try:
-            yield mysql
-        finally:
-            await mysql.close()
-            await bridge.run(partial(_admin, f"DROP DATABASE {database}"))
 
 
 def poisoned(sink: Any, minute: int) -> RtcMinuteRow:
@@ -290,7 +271,7 @@ async def test_a_hung_database_is_not_responding_within_seconds(
 ) -> None:
     """A server that accepts and never answers (a stopped process, a hung proxy): the probe
     says so within its 2 s timeout and one interval, not after the statement timeout."""
-    proxy = HangingProxy(("127.0.0.1", 3306))
+    proxy = CuttableProxy(("127.0.0.1", 3306))
     try:
         async with open_thread_bridge() as bridge:
             mysql = MysqlSink(
