@@ -101,13 +101,11 @@ class Flusher:
         retry_max_s: float = 30.0,
         spool: Spool | None = None,
         migrate: bool = True,
-        after_flush: Callable[[], Awaitable[None]] | None = None,
         refused_path: Path | None = None,
         probe_interval_s: float = PROBE_INTERVAL_S,
         probe_timeout_s: float = PROBE_TIMEOUT_S,
         before_flush: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        self.after_flush = after_flush  # after every attempt, and at close
         self.before_flush = before_flush  # before every attempt of ``run`` (the checkpoint)
         self.sink = sink
         self.needs_migrate = migrate
@@ -203,8 +201,6 @@ class Flusher:
             if self.before_flush is not None:
                 await self.before_flush()
             await self.flush()
-            if self.after_flush is not None:
-                await self.after_flush()
 
     async def flush(self) -> bool:
         """Write the spool's batches (oldest first), then the pending one. False if the
@@ -336,8 +332,6 @@ class Flusher:
                 await trio.sleep(min(1.0, deadline_s / 4))
         if len(self.pending):
             self._overflow()
-        if self.after_flush is not None:
-            await self.after_flush()
 
     def health(self) -> dict[str, Any]:
         return {
