@@ -333,6 +333,11 @@ def _storage(out: _Exposition, health: Mapping[str, Any]) -> None:
     out.gauge(
         "storage_refused_file_bytes", "Bytes of the refused file.", storage.get("refused_bytes")
     )
+    out.counter(
+        "storage_spool_errors",
+        "Spool reads or appends that failed (the rows stay queued).",
+        storage.get("spool_errors"),
+    )
     if "probe_error" in storage:
         out.gauge(
             "storage_responding",

@@ -51,7 +51,7 @@ from collector.storage.schema import (
     rtc_row,
 )
 from collector.storage.sinks import RowsRefused, Sink, StorageUnavailable
-from collector.storage.spool import Spool
+from collector.storage.spool import Spool, SpoolError
 
 log = get_logger("storage")
 
@@ -127,6 +127,7 @@ class Flusher:
             "rows_spooled": 0,
             "rows_dropped": 0,
             "rows_refused": 0,
+            "spool_errors": 0,
         }
         self.flush_seconds = 0.0  # every attempt, failed ones included
         self.last_flush_s: float | None = None
@@ -147,10 +148,18 @@ class Flusher:
     def _overflow(self) -> None:
         batch, self.pending = self.pending, Batch()
         rows = len(batch)
-        if self.spool is not None and self.spool.append(encode_batch(batch)):
-            self.counters["rows_spooled"] += rows
-            log.warning("storage_spooled", rows=rows, spooled_batches=len(self.spool))
-            return
+        if self.spool is not None:
+            try:
+                spooled = self.spool.append(encode_batch(batch))
+            except SpoolError as exc:  # the disk failed: the rows stay queued, nothing lost
+                batch.merge(self.pending)
+                self.pending = batch
+                self._spool_failed("append", exc)
+                return
+            if spooled:
+                self.counters["rows_spooled"] += rows
+                log.warning("storage_spooled", rows=rows, spooled_batches=len(self.spool))
+                return
         self.counters["rows_dropped"] += rows
         log.error("storage_rows_dropped", rows=rows, reason="queue and spool full")
 
@@ -220,10 +229,7 @@ class Flusher:
                 if applied:
                     log.info("storage_migrated", statements=len(applied))
             if self.spool is not None:
-                while entries := self.spool.peek(10):
-                    for position, payload in entries:
-                        await self._write(decode_batch(payload))
-                        self.spool.ack(position)
+                await self._flush_spool(self.spool)
             if len(self.pending):
                 batch = self.pending
                 self.pending = Batch()
@@ -247,6 +253,22 @@ class Flusher:
         self.failures = 0
         self.last_error = None
         return True
+
+    async def _flush_spool(self, spool: Spool) -> None:
+        """Write the spool's batches, oldest first, its reads and fsyncs in a worker thread
+        (a slow disk must not stall ingest). A spool that fails to read is counted and logged
+        and left for the next flush: the pending rows are still written."""
+        try:
+            while entries := await trio.to_thread.run_sync(spool.peek, 10):
+                for position, payload in entries:
+                    await self._write(decode_batch(payload))
+                    await trio.to_thread.run_sync(spool.ack, position)
+        except SpoolError as exc:
+            self._spool_failed("read", exc)
+
+    def _spool_failed(self, operation: str, exc: SpoolError) -> None:
+        self.counters["spool_errors"] += 1
+        log.error("storage_spool_failed", operation=operation, error=str(exc)[:300])
 
     async def _write(self, batch: Batch) -> None:
         """Write ``batch`` in one transaction; if the database refuses its rows, write it in

@@ -13,7 +13,7 @@ from collector.aggregate.engine import Output
 from collector.storage.flusher import Flusher, decode_batch, encode_batch
 from collector.storage.schema import RTC_MINUTE, Batch, rtc_row
 from collector.storage.sinks import SqliteSink, StorageUnavailable
-from collector.storage.spool import Spool
+from collector.storage.spool import PEEK_MAX_PAYLOAD_BYTES, Spool, SpoolError
 from tests.storage.test_sinks import RAISED, rtc
 
 
@@ -168,4 +168,45 @@ async def test_close_spools_what_the_dead_database_did_not_take(
     assert flusher.counters["rows_spooled"] == 2
     assert flusher.counters["rows_dropped"] == 0
     assert len(spool) == 1
+    spool.close()
+
+
+class FailingSpool(Spool):
+    """A spool on a disk that fails: ``peek`` and ``append`` raise while ``broken``."""
+
+    broken = True
+
+    def peek(
+        self, limit: int = 100, *, max_payload_bytes: int = PEEK_MAX_PAYLOAD_BYTES
+    ) -> list[tuple[int, bytes]]:
+        if self.broken:
+            raise SpoolError("cannot read the spool: Input/output error (the test's)")
+        return super().peek(limit, max_payload_bytes=max_payload_bytes)
+
+    def append(self, payload: bytes) -> bool:
+        if self.broken:
+            raise SpoolError("cannot append to the spool: Input/output error (the test's)")
+        return super().append(payload)
+
+
+async def test_a_failing_spool_is_counted_and_survived_and_loses_nothing(
+    sink: FlakySink, tmp_path: Path
+) -> None:
+    spool = FailingSpool(tmp_path / "spool", fsync=False)
+    flusher = Flusher(sink, queue_max_rows=2, spool=spool)
+    flusher.offer(output(60, 120))  # 3 rows, over the cap: the append fails, they stay queued
+    assert flusher.counters["spool_errors"] == 1
+    assert flusher.counters["rows_dropped"] == 0
+    assert len(flusher.pending) == 3
+    assert await flusher.flush()  # the spool cannot be read: the pending rows are written
+    assert flusher.counters["spool_errors"] == 2
+    assert await count(sink) == 2
+    spool.broken = False
+    sink.down = True
+    flusher.offer(output(180, 240))  # the disk is back: spooled
+    assert flusher.counters["rows_spooled"] == 3
+    sink.down = False
+    assert await flusher.flush()
+    assert await count(sink) == 4
+    assert flusher.health()["spool_errors"] == 2
     spool.close()
