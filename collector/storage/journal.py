@@ -121,7 +121,7 @@ class Journal:
 
     def rotate(self) -> int:
         """Start a new file (a checkpoint is about to take its snapshot); its number."""
-        self._close()
+        self.close()
         self.seq += 1
         return self.seq
 
@@ -134,11 +134,9 @@ class Journal:
                 except OSError as exc:
                     log.warning("journal_not_pruned", path=str(path), error=str(exc))
 
-    def _close(self) -> None:
+    def close(self) -> None:
+        """Close the current file; the next ``append`` opens it again."""
         if self._fd is not None:
             fd, self._fd = self._fd, None
             with contextlib.suppress(OSError):
                 os.close(fd)
-
-    def close(self) -> None:
-        self._close()
