@@ -36,7 +36,7 @@ from collector.fanout.subscribers import Fanout, FanoutSettings
 from collector.http.api import Api
 from collector.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from collector.http.metrics import render_metrics
-from collector.http.server import HttpServer, HttpSettings, Request, Response, current_request
+from collector.http.server import HttpServer, HttpSettings, Request, Response
 from collector.ingest.counters import TransportCounters
 from collector.ingest.limits import Rate, SourceLimiter, parse_allowlist
 from collector.ingest.udp import (
@@ -60,6 +60,7 @@ from collector.storage.retention import run_retention
 from collector.storage.schema import Batch
 from collector.storage.sinks import MysqlSink, Sink, SqliteSink
 from collector.storage.spool import Spool
+from collector.wire import Wire
 from protocol import Limits
 from protocol.build import compiled_modules
 
@@ -186,7 +187,7 @@ class Daemon:
                 "/metrics": self.metrics,
                 **self.api.routes(),
             },
-            ws_routes={"/ingest": self.ingest_session, "/subscribe": self.fanout.serve_session},
+            ws_routes={"/ingest": self.ingest_session, "/subscribe": self.subscribe_session},
             settings=HttpSettings(
                 max_connections=config.server.max_connections,
                 max_connections_per_source=config.limits.max_connections_per_source,
@@ -345,15 +346,16 @@ class Daemon:
             limits.connection_frames_per_s, limits.connection_burst_frames
         )
 
-    async def ingest_session(self, ws: WebSocketConnection) -> None:
+    async def ingest_session(self, ws: WebSocketConnection, request: Request, _wire: Wire) -> None:
         assert self._frames_in is not None
-        try:
-            peer = current_request().peer
-        except LookupError:
-            peer = ""
         await serve_ingest_session(
-            ws, self._frames_in, self.ws_counters, self.session_settings, self.auth, peer
+            ws, self._frames_in, self.ws_counters, self.session_settings, self.auth, request.peer
         )
+
+    async def subscribe_session(
+        self, ws: WebSocketConnection, _request: Request, wire: Wire
+    ) -> None:
+        await self.fanout.serve_session(ws, wire)
 
     def _tick_age(self) -> float | None:
         last = self.engine.last_tick

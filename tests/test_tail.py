@@ -363,7 +363,7 @@ async def serve_hub(
     fanout = Fanout(channel, FanoutSettings(), lambda: Auth([]))
     http = HttpServer(
         http_routes={},
-        ws_routes={"/subscribe": fanout.serve_session},
+        ws_routes={"/subscribe": lambda ws, _request, wire: fanout.serve_session(ws, wire)},
         settings=HttpSettings(request_timeout_s=2),
     )
     async with trio.open_nursery() as nursery:

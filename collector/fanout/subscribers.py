@@ -39,8 +39,8 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from collector.auth import Auth, Denied
 from collector.fanout.channel import Channel, ChannelUnavailable
 from collector.fanout.hub import merge
-from collector.http.server import Wire, current_wire, websocket_frame
 from collector.logs import get_logger
+from collector.wire import Wire, websocket_frame
 from protocol.subscribe import (
     BAD_MESSAGE,
     MAX_CLIENT_MESSAGE_BYTES,
@@ -299,8 +299,10 @@ class Fanout:
                 self._snapshots.pop(topic, None)
         self.channel.watch(self.topics())
 
-    async def serve_session(self, ws: WebSocketConnection) -> None:
-        """Run one accepted ``/subscribe`` connection until it closes."""
+    async def serve_session(self, ws: WebSocketConnection, wire: Wire | None = None) -> None:
+        """Run one accepted ``/subscribe`` connection until it closes. ``wire``: the byte
+        stream under ``ws``, which deltas may be written to without waiting; None: every
+        delta goes through ``ws``."""
         if len(self.subscribers) >= self.settings.max_subscribers:
             self.counters["refused"] += 1
             await ws.aclose(CLOSE_TRY_AGAIN, "too many subscribers")
@@ -311,7 +313,7 @@ class Fanout:
         try:
             first = await ws.get_message()
             subscriber = Subscriber(
-                conn, isinstance(first, str), self.settings.queue_messages, ws, current_wire()
+                conn, isinstance(first, str), self.settings.queue_messages, ws, wire
             )
             self.subscribers.add(subscriber)
             self.counters["sessions"] += 1

@@ -55,7 +55,6 @@ from __future__ import annotations
 import inspect
 import ipaddress
 import itertools
-import os
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
@@ -66,7 +65,6 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from typing import Any, TypeAlias
@@ -79,12 +77,12 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
 
 from collector.logs import get_logger
+from collector.wire import Wire
 
 log = get_logger("http")
 
 MAX_REQUEST_HEAD_BYTES = 16_384
 MAX_QUERY_FIELDS = 64
-CLOSE_TOO_BIG = 1009
 BUSY_FRACTION = 0.75
 OPERATOR_SLOTS = 8
 OPERATOR_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -183,15 +181,6 @@ class Request:
     path_id: str | None = None
 
 
-_current_request: ContextVar[Request] = ContextVar("bwmon_http_request")
-
-
-def current_request() -> Request:
-    """The request of the connection this task serves (for WebSocket routes: the upgrade
-    request). Tasks a route starts inherit it. ``LookupError`` outside a connection."""
-    return _current_request.get()
-
-
 @dataclass(frozen=True, slots=True)
 class Response:
     status: int
@@ -221,7 +210,7 @@ class StreamedResponse:
 
 RouteResult: TypeAlias = Response | StreamedResponse
 HttpRoute: TypeAlias = Callable[[Request], RouteResult | Awaitable[RouteResult]]
-WebSocketRoute: TypeAlias = Callable[[WebSocketConnection], Awaitable[None]]
+WebSocketRoute: TypeAlias = Callable[[WebSocketConnection, Request, Wire], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -262,187 +251,14 @@ class HttpSettings:
     ws_message_queue: int = 16
 
 
-class Wire(trio.abc.Stream):
-    """A WebSocket connection's byte stream: it first returns the request head already read
-    from it, and lets a broadcaster write a whole frame without waiting (``send_now``).
-
-    Every write goes through here, trio-websocket's and ``send_now``'s, so frames never
-    interleave: ``send_now`` writes only when no other write is under way, and when the socket
-    takes part of its frame, the rest goes out before any other byte (``flush``, or the next
-    ``send_all``).
-    """
-
-    def __init__(
-        self,
-        stream: trio.abc.Stream,
-        head: bytes,
-        head_bytes: int | None = None,
-        max_frame_bytes: int | None = None,
-    ) -> None:
-        """``head``: the bytes already read, of which the first ``head_bytes`` (default: all)
-        are the HTTP request and the rest the first WebSocket bytes: held back until the
-        handshake's answer is out (wsproto drops bytes that come with the request).
-        ``max_frame_bytes``: the payload a client frame may declare at most (see ``_guard``);
-        None: any."""
-        self._stream = stream
-        split = len(head) if head_bytes is None else head_bytes
-        self._head = head[:split]
-        self._early = head[split:]
-        self._answered = trio.Event()  # the handshake's answer (our first write) is out
-        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
-        self._lock = trio.Lock()
-        self._rest: memoryview | None = None
-        self._max_frame = max_frame_bytes
-        self._frame_header = bytearray()  # a client frame header not complete yet, held back
-        self._payload_left = 0  # bytes of the current frame's payload still to come
-        self.too_large = False  # a frame was refused for its declared size
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        if self._head:
-            head, self._head = self._head, b""
-            await trio.lowlevel.checkpoint()
-            return head
-        while not self.too_large:
-            if self._early:
-                await self._answered.wait()
-                data: bytes | bytearray = self._early
-                self._early = b""
-            else:
-                data = await self._stream.receive_some(max_bytes)
-                if not data:
-                    return data
-            if self._max_frame is None:
-                return data
-            passed = self._guard(data)
-            if passed:  # empty when all of it was the start of a frame header: read on
-                return passed
-        return b""
-
-    def _guard(self, data: bytes | bytearray) -> bytes | bytearray:
-        """``data`` as it may go on to trio-websocket: up to the header of a frame that declares
-        a payload over the limit, which is replaced by a close frame 1009 *from the client*.
-        trio-websocket answers that close frame with the same close (the client reads 1009 and
-        the reason), ends the connection, and its reader sees ``ConnectionClosed`` with code
-        1009 as for a message it found too large itself: at once, not after reading that many
-        bytes (trio-websocket only counts payload bytes as they arrive). A frame header split
-        across reads is held back until it is whole, so nothing of a refused frame passes."""
-        if self.too_large:
-            return b""
-        if self._frame_header:
-            data = bytes(self._frame_header) + data
-            self._frame_header.clear()
-        limit = self._max_frame
-        assert limit is not None
-        position, size = 0, len(data)
-        while position < size:
-            if self._payload_left:
-                step = min(self._payload_left, size - position)
-                self._payload_left -= step
-                position += step
-                continue
-            if size - position < 2:
-                break
-            second = data[position + 1]
-            length_code = second & 0x7F
-            extended = 2 if length_code == 126 else 8 if length_code == 127 else 0
-            header_size = 2 + extended + (4 if second & 0x80 else 0)
-            if size - position < header_size:
-                break
-            declared = (
-                int.from_bytes(data[position + 2 : position + 2 + extended])
-                if extended
-                else length_code
-            )
-            if declared > limit:
-                self.too_large = True
-                return data[:position] + _too_big_close(limit)
-            self._payload_left = declared
-            position += header_size
-        else:
-            return data
-        self._frame_header += data[position:]
-        return data[:position]
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        async with self._lock:
-            await self._flush()
-            await self._stream.send_all(data)
-        self._answered.set()
-
-    def send_now(self, data: bytes) -> bool:
-        """Write ``data`` without waiting. True: written, or written in part with the rest
-        going first (``pending``: someone must ``flush``). False: nothing written — another
-        write is under way, the socket is full, closed or broken; send it the waiting way."""
-        if self._socket is None or self._rest is not None or self._lock.locked():
-            return False
-        fd = self._socket.fileno()  # -1 once closed: a stale number may be another socket's
-        if fd < 0:
-            return False
-        try:
-            written = os.write(fd, data)  # the socket is non-blocking, as all trio sockets
-        except OSError:
-            return False
-        if written < len(data):
-            self._rest = memoryview(data)[written:]
-        return True
-
-    @property
-    def pending(self) -> bool:
-        """Part of a frame ``send_now`` wrote is still to go."""
-        return self._rest is not None
-
-    async def flush(self) -> None:
-        """Send what ``send_now`` left, if anything."""
-        async with self._lock:
-            await self._flush()
-
-    async def _flush(self) -> None:
-        if self._rest is not None:
-            await self._stream.send_all(self._rest)
-            self._rest = None
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-
-def _too_big_close(limit: int) -> bytes:
-    """A masked close frame 1009 as a client would send it (RFC 6455 §5.5.1), all zero mask."""
-    payload = CLOSE_TOO_BIG.to_bytes(2, "big") + f"message larger than {limit} bytes".encode()
-    return bytes((0x88, 0x80 | len(payload))) + b"\0\0\0\0" + payload
-
-
-def websocket_frame(payload: bytes, text: bool) -> bytes:
-    """One whole unmasked WebSocket message as a server sends it (RFC 6455 §5.2): what
-    trio-websocket would write for it, made once for every subscriber."""
-    opcode = 0x81 if text else 0x82  # FIN + text or binary
-    size = len(payload)
-    if size < 126:
-        header = bytes((opcode, size))
-    elif size < 1 << 16:
-        header = bytes((opcode, 126)) + size.to_bytes(2, "big")
-    else:
-        header = bytes((opcode, 127)) + size.to_bytes(8, "big")
-    return header + payload
-
-
-_current_wire: ContextVar[Wire] = ContextVar("bwmon_websocket_wire")
-
-
-def current_wire() -> Wire | None:
-    """The byte stream under the WebSocket connection this task serves (see ``Wire``); None
-    outside a WebSocket route of this server."""
-    return _current_wire.get(None)
-
-
-async def _read_head(stream: trio.abc.Stream) -> tuple[h11.Request | None, bytes, int]:
-    """The request head (None if the client closed first), the bytes read, and how many of
-    them are the head (the rest came after it: a WebSocket client's first frames).
-    ``HeadTooLarge`` for a head over ``MAX_REQUEST_HEAD_BYTES``; h11's own bound is not exact
-    (it looks only while the head is incomplete, so a read could complete a larger one)."""
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES)
+async def _read_head(
+    stream: trio.abc.Stream, conn: h11.Connection
+) -> tuple[h11.Request | None, bytes, int]:
+    """The request head read by ``conn`` (None if the client closed first), the bytes read,
+    and how many of them are the head (the rest came after it: a WebSocket client's first
+    frames). ``HeadTooLarge`` for a head over ``MAX_REQUEST_HEAD_BYTES``; h11's own bound is
+    not exact (it looks only while the head is incomplete, so a read could complete a larger
+    one)."""
     raw = bytearray()
     while True:
         try:
@@ -513,24 +329,41 @@ def _request(event: h11.Request, peer: str) -> Request:
     )
 
 
-def _check_header(name: str, value: str) -> None:
-    if any(c in name or c in value for c in "\r\n\0"):
-        raise ValueError(f"header {name!r} holds a line break")
-
-
 def _head(
     status: int,
     content_type: str,
     headers: Sequence[tuple[str, str]],
     length: int | None,
-) -> bytes:
-    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", f"content-type: {content_type}"]
-    lines.append("transfer-encoding: chunked" if length is None else f"content-length: {length}")
-    lines += ["cache-control: no-store", "connection: close"]
-    for name, value in headers:
-        _check_header(name, value)
-        lines.append(f"{name}: {value}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+) -> h11.Response:
+    """A response head for h11 to write (and validate: a header holding a line break is
+    refused with ``h11.LocalProtocolError``). ``length`` None: a body of unknown length, which
+    h11 frames as chunks (or, to an HTTP/1.0 client, ends by closing the connection)."""
+    fields = [("content-type", content_type)]
+    if length is not None:
+        fields.append(("content-length", str(length)))
+    fields += [("cache-control", "no-store"), ("connection", "close"), *headers]
+    return h11.Response(
+        status_code=status,
+        reason=HTTPStatus(status).phrase.encode("ascii"),
+        headers=[(name.encode("latin-1"), value.encode("latin-1")) for name, value in fields],
+    )
+
+
+def _whole(conn: h11.Connection, response: Response, head_only: bool = False) -> bytes:
+    """``response`` as h11 writes it on ``conn`` (its body left out for a HEAD request: h11
+    knows the request's method and refuses body bytes then)."""
+    head = _head(response.status, response.content_type, response.headers, len(response.body))
+    data = conn.send(head) or b""
+    if not head_only and response.body:
+        data += conn.send(h11.Data(data=response.body)) or b""
+    return data + (conn.send(h11.EndOfMessage()) or b"")
+
+
+def _early(response: Response) -> bytes:
+    """``response`` as the answer to a request that was not read (refused at once, unreadable,
+    too large, or never sent): written by an h11 connection of its own, which has seen no
+    request and so makes no assumption about it."""
+    return _whole(h11.Connection(h11.SERVER), response)
 
 
 async def _close_iterator(chunks: AsyncIterator[bytes]) -> None:
@@ -688,8 +521,7 @@ class HttpServer:
 
     async def _refuse(self, stream: trio.abc.Stream, reason: str) -> None:
         """Answer 503 to a connection over a limit, and close it (``_linger``)."""
-        body = _json.encode({"error": reason}) + b"\n"
-        await self._linger(stream, _head(503, "application/json", (), len(body)) + body)
+        await self._linger(stream, _early(Response.error(503, reason)))
         await trio.aclose_forcefully(stream)
 
     async def _linger(self, stream: trio.abc.Stream, answer: bytes) -> None:
@@ -721,10 +553,11 @@ class HttpServer:
         error: Response | None = None
         event: h11.Request | None = None
         raw, head_bytes = b"", 0
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES)
         try:
             with scope:
                 try:
-                    event, raw, head_bytes = await _read_head(stream)
+                    event, raw, head_bytes = await _read_head(stream, conn)
                 except h11.RemoteProtocolError as exc:
                     error = Response.error(400, _bad_head_message(exc))
                 except HeadTooLarge:
@@ -743,39 +576,37 @@ class HttpServer:
             self.counters.head_timeouts += 1
         if error is not None:  # the rest of the request is unread: do not reset the client
             self._count(error.status)
-            head = _head(error.status, error.content_type, error.headers, len(error.body))
-            await self._linger(stream, head + error.body)
+            await self._linger(stream, _early(error))
             return
         if event is None:
             return
         try:
             request = _request(event, peer)
         except BadRequest as exc:
-            await self._respond(stream, Response.error(400, str(exc)))
+            await self._respond(stream, conn, Response.error(400, str(exc)))
             return
-        _current_request.set(request)  # this task's own context: seen by its route only
         ws_route = self.ws_routes.get(request.path)
         upgrade = _is_upgrade(request.headers)
         if refusal is not None:
             if upgrade or request.path not in OPERATOR_PATHS:
                 self._count_refusal(refusal)
-                await self._respond(stream, Response.error(503, refusal))
+                await self._respond(stream, conn, Response.error(503, refusal))
                 return
             self.counters.connections_operator += 1
         if upgrade:
             if ws_route is None:
-                await self._respond(stream, Response.error(404, "no such path"))
+                await self._respond(stream, conn, Response.error(404, "no such path"))
                 return
             if self.draining:
-                await self._respond(stream, Response.error(503, "shutting down"))
+                await self._respond(stream, conn, Response.error(503, "shutting down"))
                 return
-            await self._serve_websocket(stream, raw, head_bytes, ws_route)
+            await self._serve_websocket(stream, raw, head_bytes, ws_route, request)
             return
         head_only = request.method == "HEAD"
         try:
             route, request = self._route(request)
         except BadRequest as exc:
-            await self._respond(stream, Response.error(400, str(exc)))
+            await self._respond(stream, conn, Response.error(400, str(exc)))
             return
         if route is None:
             response: RouteResult = (
@@ -786,12 +617,11 @@ class HttpServer:
         elif request.method not in ("GET", "HEAD"):
             response = Response.error(405, "method not allowed", [("allow", "GET, HEAD")])
         else:
-            _current_request.set(request)
             response = await self._call(route, request)
         if isinstance(response, StreamedResponse):
-            await self._stream(stream, response, head_only)
+            await self._stream(stream, conn, response, head_only)
         else:
-            await self._respond(stream, response, head_only)
+            await self._respond(stream, conn, response, head_only)
 
     def _route(self, request: Request) -> tuple[HttpRoute | None, Request]:
         """The route for the request's path, and the request with its ``path_id`` set."""
@@ -823,11 +653,18 @@ class HttpServer:
         return result
 
     async def _serve_websocket(
-        self, stream: trio.abc.Stream, raw: bytes, head_bytes: int, route: WebSocketRoute
+        self,
+        stream: trio.abc.Stream,
+        raw: bytes,
+        head_bytes: int,
+        route: WebSocketRoute,
+        request: Request,
     ) -> None:
+        """Hand the connection to trio-websocket: its handshake reads the upgrade request again
+        from the ``Wire`` (which replays the bytes h11 read) and writes the 101 answer with
+        wsproto, whose handshake is h11's too."""
         async with trio.open_nursery() as nursery:
             wire = Wire(stream, raw, head_bytes, self.settings.max_ws_message_bytes)
-            _current_wire.set(wire)
             ws_request = await wrap_server_stream(
                 nursery,
                 wire,
@@ -845,7 +682,7 @@ class HttpServer:
                     if self.draining:  # accepted while shutdown began
                         scope.cancel()
                     try:
-                        await route(ws)
+                        await route(ws, request, wire)
                     finally:
                         self._ws_scopes.discard(scope)
             finally:
@@ -858,19 +695,27 @@ class HttpServer:
         counts[status] = counts.get(status, 0) + 1
 
     async def _respond(
-        self, stream: trio.abc.Stream, response: Response, head_only: bool = False
+        self,
+        stream: trio.abc.Stream,
+        conn: h11.Connection,
+        response: Response,
+        head_only: bool = False,
     ) -> None:
         self._count(response.status)
-        head = _head(response.status, response.content_type, response.headers, len(response.body))
+        data = _whole(conn, response, head_only)
         with trio.move_on_after(self.settings.request_timeout_s):
-            await stream.send_all(head if head_only else head + response.body)
+            await stream.send_all(data)
 
     async def _stream(
-        self, stream: trio.abc.Stream, response: StreamedResponse, head_only: bool
+        self,
+        stream: trio.abc.Stream,
+        conn: h11.Connection,
+        response: StreamedResponse,
+        head_only: bool,
     ) -> None:
-        """Send a chunked body; each send is bounded by the request timeout (a client that
-        stops reading is dropped). The first chunk is read before the head goes out, so a
-        body that fails at once still gets a proper 500."""
+        """Send a body of unknown length, which h11 writes in chunks; each send is bounded by
+        the request timeout (a client that stops reading is dropped). The first chunk is read
+        before the head goes out, so a body that fails at once still gets a proper 500."""
         chunks = aiter(response.chunks)
         try:
             first: bytes | None = b""
@@ -880,13 +725,20 @@ class HttpServer:
                 except Exception as exc:
                     self.counters.response_errors += 1
                     log.error("stream_failed", sent_bytes=0, error=repr(exc)[:500])
-                    await self._respond(stream, Response.error(500, "internal error"))
+                    await self._respond(stream, conn, Response.error(500, "internal error"))
                     return
             self._count(response.status)
-            head = _head(response.status, response.content_type, response.headers, None)
+            data = (
+                conn.send(_head(response.status, response.content_type, response.headers, None))
+                or b""
+            )
+            if first:
+                data += conn.send(h11.Data(data=first)) or b""
+            if head_only:
+                data += conn.send(h11.EndOfMessage()) or b""
             timeout = self.settings.request_timeout_s
             with trio.fail_after(timeout):
-                await stream.send_all(head + (_chunk(first) if first else b""))
+                await stream.send_all(data)
             if head_only:
                 return
             sent = 0
@@ -900,10 +752,12 @@ class HttpServer:
                     log.error("stream_failed", sent_bytes=sent, error=repr(exc)[:500])
                     return
                 if first is not None:
+                    data = conn.send(h11.Data(data=first)) or b""
                     with trio.fail_after(timeout):
-                        await stream.send_all(_chunk(first))
+                        await stream.send_all(data)
+            data = conn.send(h11.EndOfMessage()) or b""
             with trio.fail_after(timeout):
-                await stream.send_all(b"0\r\n\r\n")
+                await stream.send_all(data)
         finally:
             await _close_iterator(chunks)
 
@@ -917,7 +771,3 @@ async def _next_chunk(chunks: AsyncIterator[bytes]) -> bytes | None:
             return None
         if data:
             return data
-
-
-def _chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)

@@ -27,9 +27,9 @@ from collector.http.server import (
     Response,
     StreamedResponse,
     _is_loopback,
-    current_request,
     parse_query,
 )
+from collector.wire import Wire, websocket_frame
 from tests.helpers import wait_for
 
 
@@ -158,8 +158,9 @@ async def start(nursery: trio.Nursery, settings: HttpSettings | None = None) -> 
         await release.wait()
         return echo(request)
 
-    async def ws_peer(ws: WebSocketConnection) -> None:
-        request = current_request()
+    async def ws_peer(ws: WebSocketConnection, request: Request, wire: Wire) -> None:
+        # The wire is the stream under this very connection: a frame written to it arrives.
+        await wire.send_all(websocket_frame(b"through the wire", text=True))
         await ws.send_message(msgspec.json.encode([request.peer, dict(request.query)]).decode())
 
     http = HttpServer(
@@ -512,16 +513,13 @@ async def test_a_malformed_request_is_answered_without_echoing_it(server: Server
     assert msgspec.json.decode(body) == {"error": "malformed HTTP request: illegal header line"}
 
 
-async def test_a_websocket_route_reads_its_upgrade_request(server: Server) -> None:
+async def test_a_websocket_route_is_given_its_upgrade_request_and_wire(server: Server) -> None:
     async with open_websocket_url(
         f"ws://127.0.0.1:{server.port}/peer?room=r1", disconnect_timeout=2
     ) as ws:
         with trio.fail_after(5):
+            written = await ws.get_message()
             message = await ws.get_message()
         await ws._stream.aclose()
+    assert written == "through the wire"
     assert msgspec.json.decode(message) == ["127.0.0.1", {"room": "r1"}]
-
-
-def test_current_request_outside_a_connection_is_a_lookup_error() -> None:
-    with pytest.raises(LookupError):
-        current_request()

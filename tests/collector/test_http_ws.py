@@ -24,9 +24,10 @@ from trio_websocket import (
 
 from collector.auth import Auth
 from collector.consumer import SessionBatch
-from collector.http.server import HttpServer, HttpSettings, Response, Wire
+from collector.http.server import HttpServer, HttpSettings, Request, Response
 from collector.ingest.counters import TransportCounters
 from collector.ingest.websocket import SessionSettings, serve_ingest_session
+from collector.wire import Wire
 from protocol import Limits, encode_json, encode_msgpack
 from protocol.session import Ack, ErrorReply, SessionMessage, Welcome
 from tests.helpers import hello, rtc, wait_for
@@ -46,7 +47,7 @@ class Server:
         return f"ws://127.0.0.1:{self.port}{path}"
 
 
-async def _boom(_ws: WebSocketConnection) -> None:
+async def _boom(_ws: WebSocketConnection, _request: Request, _wire: Wire) -> None:
     raise RuntimeError("injected failure")
 
 
@@ -63,7 +64,7 @@ async def start_server(
         limits=Limits(max_message_bytes=4096), ack_interval_s=0.05
     )
 
-    async def ingest(ws: WebSocketConnection) -> None:
+    async def ingest(ws: WebSocketConnection, _request: Request, _wire: Wire) -> None:
         await serve_ingest_session(ws, send, counters, settings, ingest_auth)
 
     http = HttpServer(

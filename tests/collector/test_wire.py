@@ -12,7 +12,7 @@ import trio.testing
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, TextMessage
 
-from collector.http.server import Wire, websocket_frame
+from collector.wire import Wire, websocket_frame
 
 BIG = bytes(range(256)) * 4096  # 1 MiB: more than a small socket buffer takes at once
 

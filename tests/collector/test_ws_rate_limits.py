@@ -11,10 +11,11 @@ from trio_websocket import WebSocketConnection
 
 from collector.auth import Auth
 from collector.consumer import SessionBatch
-from collector.http.server import HttpServer, HttpSettings, current_request
+from collector.http.server import HttpServer, HttpSettings, Request
 from collector.ingest.counters import TransportCounters
 from collector.ingest.limits import Rate, SourceLimiter
 from collector.ingest.websocket import SessionSettings, serve_ingest_session
+from collector.wire import Wire
 from protocol import Frame, Limits, encode_msgpack
 from protocol.session import Ack, ErrorReply, SessionMessage, Welcome
 from tests.collector.test_http_ws import next_reply, open_ws
@@ -38,9 +39,8 @@ async def start_server(nursery: trio.Nursery, settings: SessionSettings) -> Serv
     counters = TransportCounters()
     send, receive = trio.open_memory_channel[SessionBatch](100)
 
-    async def ingest(ws: WebSocketConnection) -> None:
-        peer = current_request().peer
-        await serve_ingest_session(ws, send, counters, settings, Auth([]), peer)
+    async def ingest(ws: WebSocketConnection, request: Request, _wire: Wire) -> None:
+        await serve_ingest_session(ws, send, counters, settings, Auth([]), request.peer)
 
     http = HttpServer(
         http_routes={},

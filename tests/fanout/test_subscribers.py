@@ -87,7 +87,7 @@ async def start_hub(
     await nursery.start(channel.serve, fanout.deliver, fanout.on_epoch)
     http = HttpServer(
         http_routes={},
-        ws_routes={"/subscribe": fanout.serve_session},
+        ws_routes={"/subscribe": lambda ws, _request, wire: fanout.serve_session(ws, wire)},
         settings=HttpSettings(request_timeout_s=2),
     )
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
