@@ -27,6 +27,7 @@ import trio
 from trio_websocket import WebSocketConnection
 
 from collector.aggregate.engine import Engine, Output
+from collector.allowlist import parse_allowlist
 from collector.auth import Auth, Denied, UnsafeBind, bearer, bind_warning, check_bind
 from collector.config import Config, ConfigError, FanoutConfig, StorageConfig
 from collector.consumer import FrameConsumer, SessionBatch
@@ -38,7 +39,7 @@ from collector.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from collector.http.metrics import render_metrics
 from collector.http.server import HttpServer, HttpSettings, Request, Response
 from collector.ingest.counters import TransportCounters
-from collector.ingest.limits import Rate, SourceLimiter, parse_allowlist
+from collector.ingest.limits import Rate, SourceLimiter
 from collector.ingest.udp import (
     UdpAdmission,
     UdpTurns,

@@ -24,7 +24,7 @@ from msgspec import Meta
 
 from collector.aggregate.alerts import DEFAULT_RULES, AlertRule
 from collector.aggregate.settings import AggregateSettings
-from collector.ingest.limits import parse_allowlist
+from collector.allowlist import parse_allowlist
 
 Port = Annotated[int, Meta(ge=0, le=65535)]
 PositiveSeconds = Annotated[float, Meta(gt=0, le=86_400)]

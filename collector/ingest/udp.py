@@ -62,8 +62,9 @@ from typing import Any
 
 import trio
 
+from collector.allowlist import Allowlist
 from collector.ingest.counters import TransportCounters
-from collector.ingest.limits import FORBIDDEN, RATE_LIMITED, Allowlist, SourceLimiter
+from collector.ingest.limits import FORBIDDEN, RATE_LIMITED, SourceLimiter
 from collector.logs import get_logger
 from protocol import Frame, Limits, ProtocolError, decode_message
 from protocol.signing import BAD_SIGNATURE, is_signed, verify_datagram

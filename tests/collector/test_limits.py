@@ -6,15 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from collector.allowlist import parse_allowlist
 from collector.app import Daemon
 from collector.config import ConfigError, from_dict
-from collector.ingest.limits import (
-    Rate,
-    SourceLimiter,
-    TokenBucket,
-    parse_allowlist,
-    take_all,
-)
+from collector.ingest.limits import Rate, SourceLimiter, TokenBucket, take_all
 
 
 def test_allowlist_takes_addresses_and_networks_of_both_families() -> None:

@@ -13,8 +13,9 @@ from functools import partial
 import pytest
 import trio
 
+from collector.allowlist import parse_allowlist
 from collector.ingest.counters import TransportCounters
-from collector.ingest.limits import SourceLimiter, parse_allowlist
+from collector.ingest.limits import SourceLimiter
 from collector.ingest.udp import (
     CATCH_UP_AFTER_S,
     CATCH_UP_FRAMES,
