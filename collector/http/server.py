@@ -249,6 +249,10 @@ class HttpSettings:
     busy_head_timeout_s: float = 2.0
     max_ws_message_bytes: int = 1 << 20
     ws_message_queue: int = 16
+    # A client that asks for keep-alive waits at most this long for its next request between
+    # two, and gets at most this many answers on one connection.
+    keep_alive_s: float = 5.0
+    max_requests_per_connection: int = 100
 
 
 async def _read_head(
@@ -259,7 +263,7 @@ async def _read_head(
     frames). ``HeadTooLarge`` for a head over ``MAX_REQUEST_HEAD_BYTES``; h11's own bound is
     not exact (it looks only while the head is incomplete, so a read could complete a larger
     one)."""
-    raw = bytearray()
+    raw = bytearray(conn.trailing_data[0])  # a kept-alive client may send its next request early
     while True:
         try:
             event = conn.next_event()
@@ -294,6 +298,23 @@ def _is_loopback(host: str) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped.is_loopback
     return address.is_loopback
+
+
+def _asks_keep_alive(headers: Headers) -> bool:
+    """Whether the client asked to keep the connection open (``connection: keep-alive``, as
+    browsers and HTTP client libraries send). Others get one answer and a closed connection:
+    a script that reads the answer until the connection closes must not wait for it."""
+    tokens = headers.get("connection", "").lower().split(",")
+    return "keep-alive" in (token.strip() for token in tokens)
+
+
+def _request_ended(conn: h11.Connection) -> bool:
+    """Whether the request read by ``conn`` came without a body (its end is already in):
+    a body is never read, so a request with one ends its connection."""
+    try:
+        return isinstance(conn.next_event(), h11.EndOfMessage)
+    except h11.RemoteProtocolError:
+        return False
 
 
 def _is_upgrade(headers: Headers) -> bool:
@@ -334,14 +355,20 @@ def _head(
     content_type: str,
     headers: Sequence[tuple[str, str]],
     length: int | None,
+    close: bool = True,
 ) -> h11.Response:
     """A response head for h11 to write (and validate: a header holding a line break is
     refused with ``h11.LocalProtocolError``). ``length`` None: a body of unknown length, which
-    h11 frames as chunks (or, to an HTTP/1.0 client, ends by closing the connection)."""
+    h11 frames as chunks (or, to an HTTP/1.0 client, ends by closing the connection).
+    ``close``: the connection ends after this answer (``connection: close``); else h11 says
+    whether it may go on (not with an HTTP/1.0 client, nor one that said ``close``)."""
     fields = [("content-type", content_type)]
     if length is not None:
         fields.append(("content-length", str(length)))
-    fields += [("cache-control", "no-store"), ("connection", "close"), *headers]
+    fields.append(("cache-control", "no-store"))
+    if close:
+        fields.append(("connection", "close"))
+    fields += headers
     return h11.Response(
         status_code=status,
         reason=HTTPStatus(status).phrase.encode("ascii"),
@@ -349,10 +376,13 @@ def _head(
     )
 
 
-def _whole(conn: h11.Connection, response: Response, head_only: bool = False) -> bytes:
+def _whole(
+    conn: h11.Connection, response: Response, keep_alive: bool = False, head_only: bool = False
+) -> bytes:
     """``response`` as h11 writes it on ``conn`` (its body left out for a HEAD request: h11
     knows the request's method and refuses body bytes then)."""
-    head = _head(response.status, response.content_type, response.headers, len(response.body))
+    status, content_type, headers = response.status, response.content_type, response.headers
+    head = _head(status, content_type, headers, len(response.body), not keep_alive)
     data = conn.send(head) or b""
     if not head_only and response.body:
         data += conn.send(h11.Data(data=response.body)) or b""
@@ -492,12 +522,13 @@ class HttpServer:
         """At least ``BUSY_FRACTION`` of ``max_connections`` open: heads get less time."""
         return self.counters.connections_open >= BUSY_FRACTION * self.settings.max_connections
 
-    def _head_scope(self, conn_id: int, operator: bool) -> trio.CancelScope:
-        """The time a connection has for its request head, registered for eviction; when the
-        server is busy, every waiting connection's time is cut to the busy head timeout."""
+    def _head_scope(self, conn_id: int, operator: bool, timeout: float) -> trio.CancelScope:
+        """The time a connection has for its request head (``timeout``), registered for
+        eviction; when the server is busy, every waiting connection's time is cut to the busy
+        head timeout."""
         settings = self.settings
         now = trio.current_time()
-        busy_timeout = min(settings.busy_head_timeout_s, settings.request_timeout_s)
+        busy_timeout = min(settings.busy_head_timeout_s, timeout)
         if operator:
             scope = trio.CancelScope(deadline=now + busy_timeout)
             self._operator_waiting[conn_id] = scope
@@ -508,7 +539,7 @@ class HttpServer:
             self._relaxed.clear()
             scope = trio.CancelScope(deadline=now + busy_timeout)
         else:
-            scope = trio.CancelScope(deadline=now + settings.request_timeout_s)
+            scope = trio.CancelScope(deadline=now + timeout)
             self._relaxed[conn_id] = (scope, now)
         self._waiting[conn_id] = scope
         return scope
@@ -547,13 +578,43 @@ class HttpServer:
     async def _serve_connection(
         self, stream: trio.abc.Stream, peer: str, conn_id: int, refusal: str | None
     ) -> None:
-        """Serve one connection; ``refusal`` set: an operator connection over that limit."""
-        scope = self._head_scope(conn_id, refusal is not None)
+        """Serve one connection: one request, or (keep-alive) several one after the other;
+        ``refusal`` set: an operator connection over that limit, one request only."""
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES)
+        settings = self.settings
+        for served in range(max(1, settings.max_requests_per_connection)):
+            # Between two requests a connection waits as a new one does (evicted first at
+            # max_connections, the busy timeout when busy), for at most keep_alive_s.
+            head_timeout_s = settings.request_timeout_s
+            if served:
+                head_timeout_s = min(head_timeout_s, settings.keep_alive_s)
+            last = served + 1 == settings.max_requests_per_connection
+            again = await self._serve_request(
+                stream, conn, peer, conn_id, refusal, head_timeout_s, first=not served, last=last
+            )
+            if not again:
+                return
+            conn.start_next_cycle()
+
+    async def _serve_request(
+        self,
+        stream: trio.abc.Stream,
+        conn: h11.Connection,
+        peer: str,
+        conn_id: int,
+        refusal: str | None,
+        head_timeout_s: float,
+        *,
+        first: bool,
+        last: bool,
+    ) -> bool:
+        """Read one request on ``conn`` and answer it; True if the connection stays open for
+        the next one (keep-alive, the whole answer sent)."""
+        scope = self._head_scope(conn_id, refusal is not None, head_timeout_s)
         waiting = self._waiting if refusal is None else self._operator_waiting
         error: Response | None = None
         event: h11.Request | None = None
         raw, head_bytes = b"", 0
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES)
         try:
             with scope:
                 try:
@@ -572,42 +633,49 @@ class HttpServer:
             # as it would have been without the slot.
             self._count_refusal(refusal)
             error = Response.error(503, refusal)
-        elif timed_out:
+        elif timed_out and (first or conn.trailing_data[0]):
+            # (A kept-alive connection with no next request is done, not late.)
             self.counters.head_timeouts += 1
         if error is not None:  # the rest of the request is unread: do not reset the client
             self._count(error.status)
             await self._linger(stream, _early(error))
-            return
+            return False
         if event is None:
-            return
+            return False
         try:
             request = _request(event, peer)
         except BadRequest as exc:
             await self._respond(stream, conn, Response.error(400, str(exc)))
-            return
+            return False
         ws_route = self.ws_routes.get(request.path)
         upgrade = _is_upgrade(request.headers)
         if refusal is not None:
             if upgrade or request.path not in OPERATOR_PATHS:
                 self._count_refusal(refusal)
                 await self._respond(stream, conn, Response.error(503, refusal))
-                return
+                return False
             self.counters.connections_operator += 1
         if upgrade:
             if ws_route is None:
                 await self._respond(stream, conn, Response.error(404, "no such path"))
-                return
+                return False
             if self.draining:
                 await self._respond(stream, conn, Response.error(503, "shutting down"))
-                return
+                return False
             await self._serve_websocket(stream, raw, head_bytes, ws_route, request)
-            return
+            return False
+        keep_alive = (
+            refusal is None
+            and not last
+            and not self.draining
+            and _asks_keep_alive(request.headers)
+            and _request_ended(conn)
+        )
         head_only = request.method == "HEAD"
         try:
             route, request = self._route(request)
         except BadRequest as exc:
-            await self._respond(stream, conn, Response.error(400, str(exc)))
-            return
+            return await self._respond(stream, conn, Response.error(400, str(exc)), keep_alive)
         if route is None:
             response: RouteResult = (
                 Response.error(426, "WebSocket upgrade required")
@@ -619,9 +687,10 @@ class HttpServer:
         else:
             response = await self._call(route, request)
         if isinstance(response, StreamedResponse):
-            await self._stream(stream, conn, response, head_only)
+            sent = await self._stream(stream, conn, response, head_only, keep_alive)
         else:
-            await self._respond(stream, conn, response, head_only)
+            sent = await self._respond(stream, conn, response, keep_alive, head_only)
+        return sent and conn.our_state is h11.DONE and conn.their_state is h11.DONE
 
     def _route(self, request: Request) -> tuple[HttpRoute | None, Request]:
         """The route for the request's path, and the request with its ``path_id`` set."""
@@ -699,12 +768,17 @@ class HttpServer:
         stream: trio.abc.Stream,
         conn: h11.Connection,
         response: Response,
+        keep_alive: bool = False,
         head_only: bool = False,
-    ) -> None:
+    ) -> bool:
+        """Send a whole answer; False if the client did not take it within the request
+        timeout."""
         self._count(response.status)
-        data = _whole(conn, response, head_only)
+        data = _whole(conn, response, keep_alive, head_only)
         with trio.move_on_after(self.settings.request_timeout_s):
             await stream.send_all(data)
+            return True
+        return False
 
     async def _stream(
         self,
@@ -712,7 +786,8 @@ class HttpServer:
         conn: h11.Connection,
         response: StreamedResponse,
         head_only: bool,
-    ) -> None:
+        keep_alive: bool,
+    ) -> bool:
         """Send a body of unknown length, which h11 writes in chunks; each send is bounded by
         the request timeout (a client that stops reading is dropped). The first chunk is read
         before the head goes out, so a body that fails at once still gets a proper 500."""
@@ -725,13 +800,13 @@ class HttpServer:
                 except Exception as exc:
                     self.counters.response_errors += 1
                     log.error("stream_failed", sent_bytes=0, error=repr(exc)[:500])
-                    await self._respond(stream, conn, Response.error(500, "internal error"))
-                    return
+                    error = Response.error(500, "internal error")
+                    return await self._respond(stream, conn, error, keep_alive)
             self._count(response.status)
-            data = (
-                conn.send(_head(response.status, response.content_type, response.headers, None))
-                or b""
+            head = _head(
+                response.status, response.content_type, response.headers, None, not keep_alive
             )
+            data = conn.send(head) or b""
             if first:
                 data += conn.send(h11.Data(data=first)) or b""
             if head_only:
@@ -740,7 +815,7 @@ class HttpServer:
             with trio.fail_after(timeout):
                 await stream.send_all(data)
             if head_only:
-                return
+                return True
             sent = 0
             while first is not None:
                 sent += len(first)
@@ -750,7 +825,7 @@ class HttpServer:
                     # No terminating chunk: the client sees a truncated body, not a short one.
                     self.counters.response_errors += 1
                     log.error("stream_failed", sent_bytes=sent, error=repr(exc)[:500])
-                    return
+                    return False
                 if first is not None:
                     data = conn.send(h11.Data(data=first)) or b""
                     with trio.fail_after(timeout):
@@ -758,6 +833,7 @@ class HttpServer:
             data = conn.send(h11.EndOfMessage()) or b""
             with trio.fail_after(timeout):
                 await stream.send_all(data)
+            return True
         finally:
             await _close_iterator(chunks)
 

@@ -523,3 +523,107 @@ async def test_a_websocket_route_is_given_its_upgrade_request_and_wire(server: S
         await ws._stream.aclose()
     assert written == "through the wire"
     assert msgspec.json.decode(message) == ["127.0.0.1", {"room": "r1"}]
+
+
+class KeptAlive:
+    """An h11 client on one connection, for several requests one after the other."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.client = h11.Connection(h11.CLIENT)
+
+    async def get(self, target: str, *, keep_alive: bool = True) -> Fetched:
+        if self.client.our_state is h11.DONE and self.client.their_state is h11.DONE:
+            self.client.start_next_cycle()
+        headers = [("host", "x")] + ([("connection", "keep-alive")] if keep_alive else [])
+        request = h11.Request(method="GET", target=target, headers=headers)
+        await self.stream.send_all(
+            (self.client.send(request) or b"") + (self.client.send(h11.EndOfMessage()) or b"")
+        )
+        status, got, body = 0, {}, b""
+        with trio.fail_after(5):
+            while True:
+                event = self.client.next_event()
+                if event is h11.NEED_DATA:
+                    self.client.receive_data(bytes(await self.stream.receive_some()))
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                    got = {k.decode(): v.decode() for k, v in event.headers}
+                elif isinstance(event, h11.Data):
+                    body += bytes(event.data)
+                else:
+                    assert isinstance(event, h11.EndOfMessage)
+                    return Fetched(status, got, body, True)
+
+
+async def test_a_client_that_asks_for_keep_alive_sends_request_after_request(
+    server: Server,
+) -> None:
+    counters = server.http.counters
+    async with await trio.open_tcp_stream("127.0.0.1", server.port) as stream:
+        client = KeptAlive(stream)
+        first = await client.get("/echo?n=1")
+        second = await client.get("/stream/ok")
+        third = await client.get("/echo?n=3", keep_alive=False)
+        assert await closed_by_server(stream)
+    assert [first.status, second.status, third.status] == [200, 200, 200]
+    assert first.json()["query"] == {"n": "1"}
+    assert second.body == b"hello world"
+    assert "connection" not in first.headers
+    assert second.headers["transfer-encoding"] == "chunked"
+    assert third.headers["connection"] == "close"
+    assert counters.connections_total == 1
+    assert counters.requests_by_status == {200: 3}
+
+
+async def test_pipelined_requests_are_answered_in_order_up_to_the_bound(
+    nursery: trio.Nursery,
+) -> None:
+    server = await start(nursery, HttpSettings(request_timeout_s=5, max_requests_per_connection=3))
+    head = "GET /echo?n={} HTTP/1.1\r\nhost: x\r\nconnection: keep-alive\r\n\r\n"
+    async with await trio.open_tcp_stream("127.0.0.1", server.port) as stream:
+        await stream.send_all("".join(head.format(n) for n in range(4)).encode())
+        data = b""
+        with trio.fail_after(5):
+            while chunk := await stream.receive_some():
+                data += chunk
+    answers = data.split(b"HTTP/1.1 ")[1:]
+    assert [answer.split(b" ", 1)[0] for answer in answers] == [b"200"] * 3  # not the fourth
+    assert [
+        msgspec.json.decode(answer.partition(b"\r\n\r\n")[2])["query"] for answer in answers
+    ] == [
+        {"n": "0"},
+        {"n": "1"},
+        {"n": "2"},
+    ]
+    assert [b"connection: close" in answer for answer in answers] == [False, False, True]
+
+
+async def test_a_kept_alive_connection_is_closed_when_idle_for_keep_alive_s(
+    nursery: trio.Nursery,
+) -> None:
+    server = await start(nursery, HttpSettings(request_timeout_s=30, keep_alive_s=0.3))
+    async with await trio.open_tcp_stream("127.0.0.1", server.port) as stream:
+        assert (await KeptAlive(stream).get("/echo")).status == 200
+        started = trio.current_time()
+        assert await closed_by_server(stream)
+        waited = trio.current_time() - started
+    assert 0.25 <= waited < 5  # keep_alive_s, not request_timeout_s
+    assert server.http.counters.head_timeouts == 0  # done, not late
+    await wait_for(lambda: server.http.counters.connections_open == 0)
+
+
+async def test_an_idle_kept_alive_connection_is_evicted_like_an_idle_new_one(
+    nursery: trio.Nursery,
+) -> None:
+    server = await start(nursery, HttpSettings(max_connections=2, request_timeout_s=30))
+    counters = server.http.counters
+    async with await trio.open_tcp_stream("127.0.0.1", server.port) as kept:
+        assert (await KeptAlive(kept).get("/echo")).status == 200
+        async with await trio.open_tcp_stream("127.0.0.1", server.port) as idle:
+            await wait_for(lambda: counters.connections_open == 2)
+            answer = await fetch(server.port, "/echo", local_address="127.0.0.2")
+            assert answer.status == 200
+            assert await closed_by_server(kept)  # it has waited longest for a request
+            assert counters.connections_evicted == 1
+            assert (await KeptAlive(idle).get("/echo", keep_alive=False)).status == 200

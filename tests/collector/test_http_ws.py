@@ -440,6 +440,22 @@ async def test_frames_sent_with_the_upgrade_request_are_read(server: Server) -> 
     assert data.startswith(b"HTTP/1.1 101 ")
 
 
+async def test_a_kept_alive_connection_may_upgrade_on_its_next_request(server: Server) -> None:
+    # The upgrade request and the first frame come pipelined behind a plain request: the
+    # WebSocket handshake gets this request's bytes only, and the frame after them.
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    async with stream:
+        plain = b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: keep-alive\r\n\r\n"
+        await stream.send_all(plain + UPGRADE + client_frame(encode_msgpack(hello())))
+        data = b""
+        with trio.fail_after(3):
+            while b"welcome" not in data:
+                data += await stream.receive_some()
+    assert data.startswith(b"HTTP/1.1 200 ")
+    assert b"\r\n\r\nHTTP/1.1 101 " in data.replace(b'{"status":"ok"}\n', b"")
+    assert server.http.counters.connections_total == 1
+
+
 @pytest.mark.parametrize("declared", [5000, 1 << 62])
 async def test_an_oversize_frame_sent_with_the_upgrade_request_is_counted(
     server: Server, declared: int
