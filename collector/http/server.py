@@ -1,13 +1,25 @@
 """The daemon's TCP port: plain HTTP requests and WebSocket upgrades on one listener.
 
-Each connection gets its request head parsed by h11 (bounded size, bounded time) into a
-``Request``. A WebSocket upgrade to a known path is handed to trio-websocket, replaying the bytes
-already read; any other request is answered by a route and the connection closed (one request
-per connection, ``connection: close``).
+h11 reads and writes HTTP here: each connection's ``h11.Connection`` parses the request head
+(bounded size, bounded time) into a ``Request`` and writes the answer (status line, headers,
+body, chunks), validating what it writes; no byte of HTTP is put together by hand. An answer
+given before a request could be read (a refusal at accept, an unreadable or too large head)
+is written by an h11 connection of its own. A WebSocket upgrade to a known path is handed to
+trio-websocket, replaying the bytes already read; its handshake (the 101) is wsproto's, which
+is h11 too. Any other request is answered by a route.
+
+One request per connection (``connection: close``), unless the client asks for more with
+``connection: keep-alive`` (browsers and HTTP libraries do): then h11 takes the next request
+on the same connection, up to ``max_requests_per_connection`` (the last answer says
+``connection: close``). Between two requests the connection waits as a new one does for its
+head, at most ``keep_alive_s``: it is the first evicted at ``max_connections`` and gets the busy
+head timeout when the server is busy; closing it then is not counted as a head timeout. A
+request with a body, an HTTP/1.0 client and a draining server end the connection after the
+answer.
 
 Routes take a ``Request`` and return (or, when async, return as a coroutine) a ``Response``,
-whole in memory, or a ``StreamedResponse``: an async iterator of byte chunks sent with
-``transfer-encoding: chunked``, so a large export never sits in memory. A streamed body that
+whole in memory, or a ``StreamedResponse``: an async iterator of byte chunks that h11 sends
+with ``transfer-encoding: chunked``, so a large export never sits in memory. A streamed body that
 fails before its first chunk is answered 500; one that fails midway has its connection closed
 without the terminating zero-length chunk, which a client sees as a truncated chunked body
 (never as a complete, short one). Both are logged and counted (``response_errors``).
@@ -41,11 +53,11 @@ otherwise tear down the whole server nursery — DESIGN §4.) The accept loop is
 ``trio.serve_listeners``, which backs off on EMFILE and friends. Every 4xx and 5xx answer of
 the server has a JSON body ``{"error": "..."}``.
 
-A WebSocket route reads its upgrade request (peer address, headers, query) with
-``current_request()``: ``ws.remote`` of trio-websocket is only a ``repr`` here, since the
-connection it sees is the replaying stream (``Wire``), not a ``trio.SocketStream``.
-``current_wire()`` gives that stream: the fan-out writes a frame it made once for all
-subscribers straight to each one's socket with ``Wire.send_now``.
+A WebSocket route is called with the connection, its upgrade request (peer address, headers,
+query: ``ws.remote`` of trio-websocket is only a ``repr`` here, since the connection it sees is
+the replaying stream, not a ``trio.SocketStream``) and that stream, a ``collector.wire.Wire``:
+the fan-out writes a frame it made once for all subscribers straight to each one's socket with
+``Wire.send_now``.
 
 Knows nothing about ingest, aggregation or storage: routes are passed in by ``collector.app``.
 """
