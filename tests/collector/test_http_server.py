@@ -168,6 +168,7 @@ async def start(nursery: trio.Nursery, settings: HttpSettings | None = None) -> 
             "/echo": echo,
             "/slow": slow_echo,
             "/broken": broken,
+            "/crlf": lambda _r: Response.json(200, {}, [("x-note", "a\r\nset-cookie: injected=1")]),
             "/hold": hold,
             "/healthz": echo,
             "/items/{id}": echo,
@@ -267,6 +268,26 @@ async def test_a_failing_route_is_counted_and_the_server_goes_on(server: Server)
     assert server.http.counters.response_errors == 1
     assert server.http.counters.connection_errors == 0
     assert (await fetch(server.port, "/echo")).status == 200
+
+
+async def test_h11_refuses_a_header_that_would_inject_another(server: Server) -> None:
+    # h11 writes the answer and validates it: a route's header holding a line break is a bug
+    # of that route, which ends its connection (counted) without one byte of the answer.
+    status, body = await raw_answer(server.port, b"GET /crlf HTTP/1.1\r\nhost: x\r\n\r\n")
+    assert (status, body) == (b"", b"")
+    await wait_for(lambda: server.http.counters.connection_errors == 1)
+
+
+async def raw_answer(port: int, data: bytes) -> tuple[bytes, bytes]:
+    """The head and body of the answer to ``data``, as sent, up to the connection's end."""
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(data)
+        answer = b""
+        with trio.fail_after(5):
+            while chunk := await stream.receive_some():
+                answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head, body
 
 
 async def test_prefix_route_gets_the_decoded_id(server: Server) -> None:
