@@ -6,9 +6,10 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 
-from cli.bench import MAX_LOSS, UdpStep, lossless_search
-from cli.bench_all import figure, interleaved_searches
-from cli.bench_statsd import COUNTER_FIELDS, pack_lines, sample_lines
+from cli.bench.all import figure
+from cli.bench.compare import interleaved_searches
+from cli.bench.harness import MAX_LOSS, UdpStep, lossless_search
+from cli.bench.statsd import COUNTER_FIELDS, pack_lines, sample_lines
 from cli.emit import EmitOptions, replay_frames
 from cli.synthetic import Profile
 from protocol import RtcSample

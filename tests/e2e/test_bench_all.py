@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from cli.bench_statsd import installed_stats_js
+from cli.bench.statsd import installed_stats_js
 
 pytestmark = pytest.mark.e2e
 

@@ -41,11 +41,11 @@ from pathlib import Path
 
 import msgspec
 
+from cli.bench.harness import DATAGRAM_BUDGET, terminate
 from protocol import RtcSample
 
 STATSD_VERSION = "0.9.0"
 FLUSH_INTERVAL_MS = 10_000
-DATAGRAM_BUDGET = 1200
 NPM_TIMEOUT_S = 300
 READY_TIMEOUT_S = 20.0
 MGMT_TIMEOUT_S = 10.0
@@ -258,13 +258,7 @@ class StatsdProcess:
         return ""
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
 
 
 def pin_threads(pid: int, cpu: int) -> None:

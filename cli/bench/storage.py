@@ -22,31 +22,17 @@ It never writes to any database but the one it created, and prints one JSON obje
 from __future__ import annotations
 
 import re
-import secrets
 import tempfile
 import time
 from collections import Counter
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-import asyncmy
-import asyncmy.errors
 import msgspec
 import trio
 import typer
 
-from cli.bench import (
-    JsonFlag,
-    MysqlHost,
-    MysqlPassword,
-    MysqlPort,
-    MysqlUser,
-    QuickFlag,
-    app,
-    mysql_server,
-    print_json,
-)
+from cli.bench.harness import DROP_DEADLINE_S, meets, throwaway_database
 from collector.aggregate.engine import Output
 from collector.aggregate.http import HttpMinuteRow
 from collector.aggregate.percentiles import latency_summary
@@ -67,7 +53,6 @@ PARTICIPANTS_PER_MEETING = 5
 HTTP_ROUTES = 8
 FLUSHES_PER_MINUTE = 12  # a 5 s flush interval
 FIRST_MINUTE = 1_800_000_000 // 60 * 60
-DROP_DEADLINE_S = 10.0
 
 _INSERT_INTO = re.compile(r"INSERT INTO [`\"](\w+)[`\"]")
 
@@ -311,22 +296,10 @@ async def run_sink(sink: MeteredSink, minutes: int, batches: int) -> SinkResult:
     return SinkResult(sizes, await throughput(sink, max(PARTICIPANTS), batches, first))
 
 
-async def _admin(server: dict[str, Any], sql: str) -> None:
-    conn = await asyncmy.connect(**server)
-    try:
-        async with conn.cursor() as cursor:
-            await cursor.execute(sql)
-    finally:
-        conn.close()
-
-
-async def run_mysql(server: dict[str, Any], minutes: int, batches: int) -> SinkResult:
-    database = f"bwmon_bench_{secrets.token_hex(6)}"
+async def run_mysql(
+    server: dict[str, Any], database: str, minutes: int, batches: int
+) -> SinkResult:
     async with open_thread_bridge() as bridge:
-        try:
-            await bridge.run(partial(_admin, server, f"CREATE DATABASE {database}"))
-        except (OSError, asyncmy.errors.Error) as exc:
-            raise StorageError(f"mysql: cannot create {database}: {exc}") from exc
         sink = MeteredMysqlSink(bridge, database=database, **server)
         try:
             result = await run_sink(sink, minutes, batches)
@@ -335,7 +308,6 @@ async def run_mysql(server: dict[str, Any], minutes: int, batches: int) -> SinkR
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(DROP_DEADLINE_S):
                 await sink.close()
-                await bridge.run(partial(_admin, server, f"DROP DATABASE IF EXISTS {database}"))
 
 
 async def run_sqlite(minutes: int, batches: int) -> SinkResult:
@@ -360,7 +332,8 @@ def _per_min(result: SinkResult) -> dict[str, dict[str, float]]:
 
 def run_storage(server: dict[str, Any], quick: bool) -> StorageResult:
     minutes, batches = (2, 3) if quick else (3, 10)
-    mysql = trio.run(run_mysql, server, minutes, batches)
+    with throwaway_database(server, StorageError) as database:
+        mysql = trio.run(run_mysql, server, database, minutes, batches)
     sqlite = trio.run(run_sqlite, minutes, batches)
     return StorageResult(
         target_statements_per_table_per_min=TARGET_STATEMENTS_PER_TABLE_PER_MIN,
@@ -377,27 +350,9 @@ def run_storage(server: dict[str, Any], quick: bool) -> StorageResult:
     )
 
 
-@app.command("storage")
-def storage(
-    as_json: JsonFlag = False,
-    quick: QuickFlag = False,
-    mysql_host: MysqlHost = "127.0.0.1",
-    mysql_port: MysqlPort = 3306,
-    mysql_user: MysqlUser = "root",
-    mysql_password: MysqlPassword = "",
-) -> None:
-    """Statements per table per minute and rows/s of the MySQL and SQLite sinks."""
-    server = mysql_server(mysql_host, mysql_port, mysql_user, mysql_password)
-    try:
-        result = run_storage(server, quick)
-    except StorageError as exc:
-        typer.echo(f"bwmon bench storage: {exc}", err=True)
-        raise typer.Exit(1) from None
-    if as_json:
-        print_json(result)
-        return
+def print_summary(result: StorageResult) -> None:
     target = result.target_statements_per_table_per_min
-    for name, sink, meets in (
+    for name, sink, met in (
         ("MySQL", result.mysql, result.meets_target),
         ("SQLite", result.sqlite, result.sqlite_meets_target),
     ):
@@ -406,9 +361,8 @@ def storage(
             + ", ".join(f"{t} {n:g}" for t, n in s.statements_per_min.items())
             for s in sink.sizes
         )
-        verdict = "meets" if meets else "MISSES"
         typer.echo(
             f"{name}: statements per minute {per_size} (target <= {target} per table: "
-            f"{verdict}); {sink.throughput.rows_per_s:,.0f} rows/s in batches of "
+            f"{meets(met)}); {sink.throughput.rows_per_s:,.0f} rows/s in batches of "
             f"{sink.throughput.rows_per_batch:,}"
         )

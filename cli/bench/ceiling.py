@@ -7,7 +7,7 @@ datagram waiting (non-blocking ``recv`` until the socket is empty) and decodes e
 frames. Whatever rate it keeps without loss is what any Python receiver on this core can
 reach; ``ratio_to_ceiling`` is the daemon's lossless rate over it.
 
-Run as ``python -m cli.bench_ceiling``: it answers ``port`` (its port and receive buffer) and
+Run as ``python -m cli.bench.ceiling``: it answers ``port`` (its port and receive buffer) and
 ``count`` (its counts) with one JSON line each; ``quit`` or the end of stdin ends it, and so
 does its ``--deadline``. It never sends anything.
 """
@@ -21,9 +21,10 @@ import time
 
 import msgspec
 
+from cli.bench.harness import answer, daemon_udp_limits
 from collector.config import IngestConfig
 from collector.ingest.udp import open_udp_socket, receive_buffer_size
-from protocol import Limits, decode_message
+from protocol import decode_message
 
 
 class Counts(msgspec.Struct):
@@ -32,22 +33,13 @@ class Counts(msgspec.Struct):
     bad_frames: int = 0
 
 
-def _answer(value: object) -> None:
-    sys.stdout.write(msgspec.json.encode(value).decode() + "\n")
-    sys.stdout.flush()
-
-
 def serve(host: str, receive_buffer_bytes: int, deadline_s: float) -> None:
-    ingest = IngestConfig()
-    limits = Limits(
-        max_message_bytes=ingest.max_datagram_bytes,
-        max_frames_per_message=ingest.max_frames_per_message,
-    )
+    limits = daemon_udp_limits()
     sock = open_udp_socket(host, 0, receive_buffer_bytes)
     sock.setblocking(False)
     address = {"port": sock.getsockname()[1], "receive_buffer_bytes": receive_buffer_size(sock)}
     counts = Counts()
-    recv, bufsize = sock.recv, ingest.max_datagram_bytes
+    recv, bufsize = sock.recv, limits.max_message_bytes
     stdin = sys.stdin.fileno()
     ends = time.monotonic() + deadline_s
     try:
@@ -66,13 +58,13 @@ def serve(host: str, receive_buffer_bytes: int, deadline_s: float) -> None:
             if stdin in readable:
                 line = sys.stdin.readline().strip()
                 if line == "count":
-                    _answer(counts)
+                    answer(counts)
                 elif line == "port":
-                    _answer(address)
+                    answer(address)
                 elif not line or line == "quit":
                     return
                 else:
-                    _answer({"error": f"unknown command {line!r}"})
+                    answer({"error": f"unknown command {line!r}"})
     finally:
         sock.close()
 

@@ -1,0 +1,126 @@
+"""The ``bwmon bench`` commands: each parses its options, runs one benchmark of this package
+and prints its result, as one JSON object with ``--json``, else as lines with the targets and
+their verdicts (docs/BENCHMARKS.md).
+
+``cli.main`` mounts ``app``; every command is declared here, in the order ``--help`` lists
+them. The benchmark modules know nothing of typer's options.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cli.bench import aggregate as aggregate_bench
+from cli.bench import all as all_bench
+from cli.bench import fanout as fanout_bench
+from cli.bench import ingest as ingest_bench
+from cli.bench import storage as storage_bench
+from cli.bench.harness import ClientFailed, print_json
+from cli.daemon_process import DaemonFailed
+from collector.storage.sinks import StorageError
+
+app = typer.Typer(help="Benchmarks; each prints JSON with --json.", no_args_is_help=True)
+
+# The options every benchmark has; ``--quick`` makes a smoke run (CI), not a measurement.
+JsonFlag = Annotated[bool, typer.Option("--json", help="print one JSON object")]
+QuickFlag = Annotated[bool, typer.Option(help="a short smoke run, not a measurement")]
+
+# The MariaDB/MySQL server of the benchmarks that need one (a throwaway database on it).
+MysqlHost = Annotated[str, typer.Option(help="MariaDB/MySQL server")]
+MysqlPort = Annotated[int, typer.Option()]
+MysqlUser = Annotated[str, typer.Option(help="needs CREATE and DROP DATABASE")]
+MysqlPassword = Annotated[str, typer.Option(envvar="BWMON_BENCH_MYSQL_PASSWORD")]
+
+
+def mysql_server(host: str, port: int, user: str, password: str) -> dict[str, Any]:
+    return {"host": host, "port": port, "user": user, "password": password}
+
+
+@app.command("ingest")
+def ingest(
+    as_json: JsonFlag = False,
+    quick: QuickFlag = False,
+) -> None:
+    """Frames/s over UDP and WebSocket into a real daemon, against the decoder's ceiling."""
+    with tempfile.TemporaryDirectory(prefix="bwmon-bench-") as tmp:
+        result = ingest_bench.run_ingest(quick, Path(tmp))
+    if as_json:
+        print_json(result)
+    else:
+        ingest_bench.print_summary(result)
+
+
+@app.command("aggregate")
+def aggregate(
+    as_json: JsonFlag = False,
+    quick: QuickFlag = False,
+) -> None:
+    """Frames/s through decode + aggregation on one core, and memory per live RTC stream."""
+    result = aggregate_bench.run_aggregate(quick)
+    if as_json:
+        print_json(result)
+    else:
+        aggregate_bench.print_summary(result)
+
+
+@app.command("fanout")
+def fanout(
+    as_json: JsonFlag = False,
+    quick: QuickFlag = False,
+) -> None:
+    """Delta latency and size for 1,000 subscribers of 500 live meetings, and ingest with them."""
+    try:
+        result = fanout_bench.run_fanout(quick)
+    except (ClientFailed, DaemonFailed) as exc:
+        typer.echo(f"bwmon bench fanout: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        print_json(result)
+    else:
+        fanout_bench.print_summary(result)
+
+
+@app.command("all")
+def all_benchmarks(
+    as_json: JsonFlag = False,
+    quick: QuickFlag = False,
+    mysql_host: MysqlHost = "127.0.0.1",
+    mysql_port: MysqlPort = 3306,
+    mysql_user: MysqlUser = "root",
+    mysql_password: MysqlPassword = "",
+) -> None:
+    """Every benchmark in one run: ingest against StatsD and the bare receiver, end to end."""
+    server = mysql_server(mysql_host, mysql_port, mysql_user, mysql_password)
+    # --quick never installs StatsD (npm takes longer than a smoke run should); it uses an
+    # installed one and says why it skipped it otherwise.
+    result = all_bench.run_all(quick, server, install_statsd=not quick)
+    if as_json:
+        print_json(result)
+    else:
+        all_bench.print_table(result)
+
+
+@app.command("storage")
+def storage(
+    as_json: JsonFlag = False,
+    quick: QuickFlag = False,
+    mysql_host: MysqlHost = "127.0.0.1",
+    mysql_port: MysqlPort = 3306,
+    mysql_user: MysqlUser = "root",
+    mysql_password: MysqlPassword = "",
+) -> None:
+    """Statements per table per minute and rows/s of the MySQL and SQLite sinks."""
+    server = mysql_server(mysql_host, mysql_port, mysql_user, mysql_password)
+    try:
+        result = storage_bench.run_storage(server, quick)
+    except StorageError as exc:
+        typer.echo(f"bwmon bench storage: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        print_json(result)
+    else:
+        storage_bench.print_summary(result)
