@@ -23,6 +23,8 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Final
 
+from collector.ingest.health import LimitsHealth
+
 RATE_LIMITED: Final = "rate_limited"
 FORBIDDEN: Final = "forbidden"
 
@@ -227,5 +229,5 @@ class SourceLimiter:
         bucket.tokens = tokens - granted
         return granted
 
-    def health(self) -> dict[str, int]:
-        return {"tracked_sources": len(self._buckets), "forgotten_sources": self.forgotten}
+    def health(self) -> LimitsHealth:
+        return LimitsHealth(tracked_sources=len(self._buckets), forgotten_sources=self.forgotten)
