@@ -224,8 +224,9 @@ def udp_health(
     counters: TransportCounters, turns: UdpTurns, sock: socket.socket | None
 ) -> UdpHealth:
     """``ingest.udp`` of ``/healthz``: the counters, the loop's turns, and the kernel's drops
-    and the receive buffer of ``sock`` (absent while it is not open)."""
-    if sock is None:
+    and the receive buffer of ``sock`` (absent while it is not open: before start, and during
+    shutdown, when ingest has stopped and HTTP still answers)."""
+    if sock is None or sock.fileno() == -1:
         return UdpHealth.of(counters, turns.health())
     return UdpHealth.of(counters, turns.health(), kernel_drops(sock), receive_buffer_size(sock))
 

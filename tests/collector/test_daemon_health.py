@@ -6,6 +6,7 @@ Struct under the keys docs/API.md names."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 from pathlib import Path
 
@@ -130,3 +131,16 @@ async def test_healthz_has_the_redis_channels_counters_and_mode() -> None:
         "entities_reaped": 0,
         "fallbacks": 0,
     }
+
+
+def test_healthz_answers_while_draining_after_ingest_stopped() -> None:
+    """Shutdown closes the UDP socket before it writes what the daemon holds, while HTTP still
+    answers: ``/healthz`` and ``/metrics`` then leave the socket's figures out."""
+    daemon = Daemon(from_dict({"storage": {"backend": "none"}}))
+    daemon._udp_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    daemon._udp_sock.close()
+    daemon.draining = True
+    response = daemon.health_routes.healthz(REQUEST)
+    assert response.status == 200
+    assert "receive_buffer_bytes" not in json.loads(response.body)["ingest"]["udp"]
+    assert daemon.health_routes.metrics(REQUEST).status == 200

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from functools import partial
 
+import msgspec
 import pytest
 import trio
 
@@ -26,6 +27,7 @@ from collector.ingest.udp import (
     open_udp_socket,
     receive_buffer_size,
     serve_udp,
+    udp_health,
 )
 from protocol import DEFAULT_LIMITS, Frame, Limits, RtcSample, encode_json, encode_msgpack
 from protocol.signing import sign_datagram
@@ -432,3 +434,21 @@ async def test_the_collector_is_off_within_a_turn_and_left_as_found(
             gc.enable()
         nursery.cancel_scope.cancel()
     assert collector_on == [False, False]
+
+
+def test_udp_health_has_the_sockets_figures_only_while_it_is_open() -> None:
+    """Before start and after ingest stopped (HTTP still answers while the daemon drains),
+    ``/healthz`` leaves them out instead of failing on a closed socket."""
+    counters, turns = TransportCounters(), UdpTurns()
+    assert "kernel_drops" not in msgspec.to_builtins(udp_health(counters, turns, None))
+    sock = open_udp_socket("127.0.0.1", 0, 1 << 20)
+    try:
+        open_ = msgspec.to_builtins(udp_health(counters, turns, sock))
+        assert open_["receive_buffer_bytes"] > 0
+        assert "kernel_drops" in open_
+    finally:
+        sock.close()
+    closed = msgspec.to_builtins(udp_health(counters, turns, sock))
+    assert "kernel_drops" not in closed
+    assert "receive_buffer_bytes" not in closed
+    assert closed["turns"] == 0
