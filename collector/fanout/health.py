@@ -93,6 +93,8 @@ class FanoutHealth(msgspec.Struct, kw_only=True, gc=False):
         subscribers: SubscribersHealth | dict[str, Any],
         redis: RedisHealth | None,
     ) -> FanoutHealth:
+        """``subscribers``: the Struct, or the sessions' counters as ``Fanout.health`` keeps
+        them (a dict with the Struct's keys; another key fails here, not in a dashboard)."""
         if isinstance(subscribers, dict):
             subscribers = SubscribersHealth(**subscribers)
         return cls(

@@ -62,7 +62,7 @@ class DaemonHealth(msgspec.Struct, kw_only=True, gc=False):
 
     status: str  # "ok"; "stalled" (with ``reasons``) once the aggregation ticker stops
     version: str
-    # The build the daemon runs: the modules running as C extensions (empty: pure Python).
+    # The build that runs: the modules running as C extensions (empty: pure Python).
     compiled: list[str]
     uptime_s: float
     ingest: IngestHealth
