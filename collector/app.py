@@ -1,4 +1,12 @@
-"""The root of the daemon: binds the sockets, starts every service in one nursery, stops them.
+"""The root of the daemon: builds the pieces from the configuration, restores what the last run
+left, wires them, starts every service in one nursery and stops them in order.
+
+``Daemon.__init__`` builds and wires: storage's sink, spool and journal first, then ``restore``
+reads the last checkpoint and the journal after it, and the engine and the flusher are built
+from what it restored (never restored into objects already wired); then the consumer, fan-out,
+ingest settings and the TCP port's routes. Each service reports its own health as a Struct;
+``Daemon.health`` puts them together and ``collector.http.health`` serves them as ``/healthz``,
+``/readyz`` and ``/metrics``.
 
 Startup order, visible here and nowhere else: the frame consumer and its ticker (the aggregation
 engine), the fan-out channel and publisher, storage, then UDP ingest, then the TCP port (HTTP and
@@ -20,33 +28,34 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import trio
 from trio_websocket import WebSocketConnection
 
 from collector.aggregate.engine import Engine, Output
+from collector.aggregate.health import engine_health
 from collector.allowlist import parse_allowlist
 from collector.auth import Auth, Denied, UnsafeBind, bearer, bind_warning, check_bind
 from collector.config import Config, ConfigError, FanoutConfig, StorageConfig
 from collector.consumer import FrameConsumer, SessionBatch
 from collector.fanout.channel import Channel, LocalChannel
+from collector.fanout.health import FanoutHealth
 from collector.fanout.publisher import Publisher
 from collector.fanout.subscribers import Fanout, FanoutSettings
 from collector.http.api import Api
-from collector.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from collector.http.metrics import render_metrics
+from collector.http.health import DaemonHealth, HealthRoutes, HttpHealth, Readiness
 from collector.http.server import HttpServer, HttpSettings, Request, Response
 from collector.ingest.counters import TransportCounters
+from collector.ingest.health import IngestHealth, TransportHealth
 from collector.ingest.limits import Rate, SourceLimiter
 from collector.ingest.udp import (
     UdpAdmission,
     UdpTurns,
-    kernel_drops,
     open_udp_socket,
     receive_buffer_size,
     serve_udp,
+    udp_health,
 )
 from collector.ingest.websocket import SessionSettings, serve_ingest_session
 from collector.logs import configure, get_logger
@@ -56,6 +65,7 @@ from collector.runtime.notify import Notifier, serve_watchdog
 from collector.runtime.steps import finish_between_tasks
 from collector.storage import checkpoint
 from collector.storage.flusher import REFUSED_FILE, Flusher, batch_of, decode_batch, encode_batch
+from collector.storage.health import NoStorageHealth, StorageHealth
 from collector.storage.journal import Journal
 from collector.storage.retention import run_retention
 from collector.storage.schema import Batch
@@ -101,7 +111,6 @@ class Daemon:
         self.udp_counters = TransportCounters()
         self.udp_turns = UdpTurns()
         self.ws_counters = TransportCounters()
-        self.engine = Engine(config.aggregate, config.alerts.effective_rules())
         self.auth = Auth(config.auth.secrets())
         self.sink = open_sink(config.storage, bridge)
         storage = config.storage
@@ -110,6 +119,13 @@ class Daemon:
             if self.sink is not None and storage.spool_max_bytes > 0
             else None
         )
+        # Streams opened since the last checkpoint, on disk as they open.
+        self.journal = Journal(self.state_dir) if self.sink is not None else None
+        # What the last run left, restored before anything is built on it: the engine's open
+        # state and the rows it had not written.
+        restored = restore(config, self.journal)
+        self.engine = restored.engine
+        self.checkpoint_errors = restored.errors
         self.flusher = (
             Flusher(
                 self.sink,
@@ -120,6 +136,7 @@ class Daemon:
                 spool=self.spool,
                 before_flush=self.checkpoint,
                 refused_path=Path(storage.state_dir) / REFUSED_FILE,
+                pending=restored.pending,
             )
             if self.sink is not None
             else None
@@ -139,11 +156,8 @@ class Daemon:
             lambda: self.auth,
             prepare=self.publisher.prepare,
         )
-        # Streams opened since the last checkpoint, on disk as they open; and the rows the
-        # engine produced since the last checkpoint, which storage gets once one holds them.
-        self.journal = Journal(self.state_dir) if self.flusher is not None else None
-        if self.journal is not None:
-            self.engine.openings = []
+        # The rows the engine produced since the last checkpoint: storage gets them once one
+        # holds them.
         self.held = Batch()
         self.consumer = FrameConsumer(
             self.engine,
@@ -181,13 +195,14 @@ class Daemon:
             prepare=self.publisher.prepare,
             authorize=self.authorize_api,
         )
+        self.health_routes = HealthRoutes(
+            self.health,
+            self.readiness,
+            # Ten ticks (at least 10 s) without one: the aggregation ticker has stalled.
+            stall_after_s=max(10.0, 10 * self.engine.settings.bucket_s),
+        )
         self.http = HttpServer(
-            http_routes={
-                "/healthz": self.healthz,
-                "/readyz": self.readyz,
-                "/metrics": self.metrics,
-                **self.api.routes(),
-            },
+            http_routes={**self.health_routes.routes(), **self.api.routes()},
             ws_routes={"/ingest": self.ingest_session, "/subscribe": self.subscribe_session},
             settings=HttpSettings(
                 max_connections=config.server.max_connections,
@@ -198,7 +213,6 @@ class Daemon:
             ),
         )
         self.checkpoint_bytes = 0
-        self.checkpoint_errors = 0
         self.loop_lag = LoopLag()
         self._stop = trio.Event()
         self.stopped = trio.Event()
@@ -251,47 +265,6 @@ class Daemon:
             # On disk with the state taken after they closed (or, the checkpoint failing, no
             # better to be had): storage may write them now.
             self.flusher.offer_batch(covered)
-
-    def restore(self) -> None:
-        """Load the last checkpoint, if any, before the first frame."""
-        if self.flusher is None or self.journal is None:
-            return
-        journal_from = 0
-        try:
-            state = checkpoint.load(self.state_dir)
-            if state is not None:
-                # The unwritten rows first: they are kept even when the engine's open state
-                # is not (a checkpoint of another version, say), which costs only the open
-                # minute.
-                self.flusher.pending.merge(decode_batch(state["pending"]))
-                self.engine.restore(state["engine"], time.time())
-                journal_from = state.get("journal_from", 0)
-        except (checkpoint.CheckpointError, ValueError, KeyError, TypeError) as exc:
-            self.checkpoint_errors += 1
-            log.error(
-                "checkpoint_not_restored",
-                error=str(exc)[:300],
-                pending_rows=len(self.flusher.pending),
-            )
-            self.engine = Engine(self.config.aggregate, self.config.alerts.effective_rules())
-            self.engine.openings = []
-            self.consumer.engine = self.engine
-            state = None
-        try:
-            opened = self.engine.restore_openings(self.journal.read(journal_from), time.time())
-        except (ValueError, KeyError, TypeError) as exc:
-            self.checkpoint_errors += 1
-            log.error("journal_not_restored", error=str(exc)[:300])
-            opened = 0
-        if state is None and not opened:
-            return
-        log.info(
-            "checkpoint_restored",
-            streams=len(self.engine.streams),
-            routes=len(self.engine.routes),
-            pending_rows=len(self.flusher.pending),
-            journaled=opened,
-        )
 
     def reload(self, new: Config) -> list[str]:
         """Put a re-read configuration in force without dropping a connection or a buffered
@@ -358,56 +331,72 @@ class Daemon:
     ) -> None:
         await self.fanout.serve_session(ws, wire)
 
-    def _tick_age(self) -> float | None:
-        last = self.engine.last_tick
-        if last is None:
-            return None
-        # A tick restored from the checkpoint is an earlier run's: a daemon that was down
-        # longer than the stall limit is not stalled before its first tick.
-        return round(max(0.0, time.time() - max(last, self.started_wall)), 3)
-
-    def health(self) -> dict[str, Any]:
+    def health(self) -> DaemonHealth:
+        """Every service's report (``/healthz``, ``/metrics``)."""
         queue = self._frames_in.statistics() if self._frames_in is not None else None
-        udp = self.udp_counters.as_dict() | self.udp_turns.health()
-        if self._udp_sock is not None:
-            udp["kernel_drops"] = kernel_drops(self._udp_sock)
-            udp["receive_buffer_bytes"] = receive_buffer_size(self._udp_sock)
-        return {
-            "status": "ok",
-            "version": VERSION,
-            "compiled": compiled_modules(),  # setup.py: BWMON_COMPILE=1, make compiled
-            "uptime_s": round(time.monotonic() - self.started, 3),
-            "ingest": {
-                "udp": udp,
-                "websocket": self.ws_counters.as_dict(),
-                "queue_batches": queue.current_buffer_used if queue else 0,
-                "queue_capacity_batches": self.config.ingest.queue_batches,
-            },
-            "loop": self.loop_lag.health(),
-            "consumer": {**self.consumer.health(), "last_tick_age_s": self._tick_age()},
-            "aggregate": self.engine.stats(),
-            "storage": (
-                {
-                    "backend": self.config.storage.backend,
-                    **self.flusher.health(),
-                    "checkpoint_bytes": self.checkpoint_bytes,
-                    # The journal is part of the checkpoint: its failed writes count here.
-                    "checkpoint_errors": self.checkpoint_errors
-                    + (self.journal.errors if self.journal is not None else 0),
-                }
-                if self.flusher is not None
-                else {"backend": "none"}
+        storage: StorageHealth | NoStorageHealth = NoStorageHealth()
+        if self.flusher is not None:
+            storage = StorageHealth.of(
+                self.config.storage.backend,
+                self.flusher.health(),
+                self.checkpoint_bytes,
+                # The journal is part of the checkpoint: its failed writes count here.
+                self.checkpoint_errors + (self.journal.errors if self.journal is not None else 0),
+            )
+        return DaemonHealth(
+            status="ok",
+            version=VERSION,
+            compiled=compiled_modules(),  # setup.py: BWMON_COMPILE=1, make compiled
+            uptime_s=round(time.monotonic() - self.started, 3),
+            ingest=IngestHealth(
+                udp=udp_health(self.udp_counters, self.udp_turns, self._udp_sock),
+                websocket=TransportHealth.of(self.ws_counters),
+                queue_batches=queue.current_buffer_used if queue else 0,
+                queue_capacity_batches=self.config.ingest.queue_batches,
             ),
-            "fanout": {
-                "channel": "redis" if self.config.fanout.redis() else "local",
-                "epoch": self.channel.epoch,
-                **self.publisher.counters,
-                **self.fanout.health(),
-                **self.channel.health(),
-            },
-            "http": self.http.counters.as_dict(),
-            "limits": self.source_limiter.health(),
-        }
+            loop=self.loop_lag.health(),
+            consumer=self.consumer.health(self.started_wall),
+            aggregate=engine_health(self.engine),
+            storage=storage,
+            fanout=FanoutHealth.of(
+                "redis" if self.config.fanout.redis() else "local",
+                self.channel.epoch,
+                self.publisher.health(),
+                self.fanout.health(),
+                self.channel.health(),
+            ),
+            http=HttpHealth.of(self.http.counters),
+            limits=self.source_limiter.health(),
+        )
+
+    def readiness(self) -> Readiness:
+        """Should traffic come here (``/readyz``, for a load balancer or an orchestrator)?
+
+        ``draining`` once shutdown has started (SIGTERM): plain HTTP stays up while the
+        daemon writes what it holds, WebSocket sessions are closed (1001) and new ones refused.
+        ``not ready`` with ``reasons`` while the storage flusher's last attempt failed
+        (``consecutive_failures > 0``: rows queue and spool instead of being written) or the
+        database does not answer the flusher's probe within 2 s (``probe_error``), or the
+        fan-out channel (Redis) refused the publisher's last call or serves from its local
+        fallback (this daemon's meetings only); ready again once Redis takes the publishes.
+        A row the database refuses is set aside and does not make storage unready. With
+        ``backend = "none"`` storage never blocks readiness, and the in-process channel never
+        fails. Otherwise ``ready``.
+        """
+        if self.draining:
+            return Readiness(status="draining")
+        reasons: list[str] = []
+        if self.flusher is not None and (problem := self.flusher.problem()) is not None:
+            reasons.append(f"storage: {problem}")
+        if self.publisher.channel_error is not None:
+            reasons.append(f"channel: {self.publisher.channel_error}")
+        if self.channel.problem is not None:
+            reasons.append(f"channel: {self.channel.problem}")
+        if reasons:
+            return Readiness(status="not ready", reasons=reasons)
+        return Readiness(
+            status="ready", version=VERSION, uptime_s=round(time.monotonic() - self.started, 3)
+        )
 
     def authorize_api(self, request: Request, meeting: str | None) -> Response | None:
         """``/api``: a bearer token with the ``read`` right on ``meeting`` (None: every
@@ -421,56 +410,6 @@ class Daemon:
             return None
         challenge = [("www-authenticate", 'Bearer realm="bwmon"')] if denied.status == 401 else []
         return Response.error(denied.status, f"{denied.code}: {denied.detail}", challenge)
-
-    def healthz(self, _request: Request) -> Response:
-        """Liveness: 200 with every counter while the event loop answers (a stalled loop does
-        not answer at all) and the aggregation ticker runs; 503 ``stalled`` when the last tick
-        is older than 10 ticks (at least 10 s): a supervisor should restart the daemon."""
-        health = self.health()
-        age = health["consumer"]["last_tick_age_s"]
-        if age is not None and age > max(10.0, 10 * self.engine.settings.bucket_s):
-            health["status"] = "stalled"
-            health["reasons"] = [f"aggregation: no tick for {age:g} s"]
-            return Response.json(503, health)
-        return Response.json(200, health)
-
-    def readyz(self, _request: Request) -> Response:
-        """Readiness, for a load balancer or an orchestrator: should traffic come here?
-
-        503 ``draining`` once shutdown has started (SIGTERM): plain HTTP stays up while the
-        daemon writes what it holds, WebSocket sessions are closed (1001) and new ones refused.
-        503 ``not ready`` with ``reasons`` while the storage flusher's last attempt failed
-        (``consecutive_failures > 0``: rows queue and spool instead of being written) or the
-        database does not answer the flusher's probe within 2 s (``probe_error``), or the
-        fan-out channel (Redis) refused the publisher's last call or serves from its local
-        fallback (this daemon's meetings only); ready again once Redis takes the publishes.
-        A row the database refuses is set aside and does not make storage unready. With
-        ``backend = "none"`` storage never blocks readiness, and the in-process channel never
-        fails. Otherwise 200 ``ready``.
-        """
-        if self.draining:
-            return Response.json(503, {"status": "draining"})
-        reasons: list[str] = []
-        if self.flusher is not None and (problem := self.flusher.problem()) is not None:
-            reasons.append(f"storage: {problem}")
-        if self.publisher.channel_error is not None:
-            reasons.append(f"channel: {self.publisher.channel_error}")
-        if self.channel.problem is not None:
-            reasons.append(f"channel: {self.channel.problem}")
-        if reasons:
-            return Response.json(503, {"status": "not ready", "reasons": reasons})
-        return Response.json(
-            200,
-            {
-                "status": "ready",
-                "version": VERSION,
-                "uptime_s": round(time.monotonic() - self.started, 3),
-            },
-        )
-
-    def metrics(self, _request: Request) -> Response:
-        """Every counter of ``health()`` in the Prometheus text format."""
-        return Response(200, render_metrics(self.health()).encode(), METRICS_CONTENT_TYPE)
 
     async def serve(
         self, *, task_status: trio.TaskStatus[Addresses] = trio.TASK_STATUS_IGNORED
@@ -494,7 +433,6 @@ class Daemon:
             self._udp_sock.close()
             raise _bind_error("TCP", server.host, server.http_port, exc) from None
         try:
-            self.restore()
             # HTTP outlives the rest: while shutdown writes what the daemon holds, /readyz
             # answers "draining" and /healthz and /metrics answer too.
             async with trio.open_nursery() as http_nursery:
@@ -599,9 +537,62 @@ class Daemon:
                 await self.sink.close()
             if self.spool is not None:
                 self.spool.close()
-            log.info("storage_closed", **self.flusher.health())
+            log.info("storage_closed", **msgspec.structs.asdict(self.flusher.health()))
         with trio.move_on_after(2):
             await self.channel.aclose()
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """What the last run left in the state directory, read before the daemon is built on it."""
+
+    engine: Engine
+    pending: Batch  # the rows it had not written
+    errors: int  # a checkpoint or a journal that could not be read (``checkpoint_errors``)
+
+
+def restore(config: Config, journal: Journal | None) -> Restored:
+    """The engine of the last checkpoint, with the streams ``journal`` recorded as opened
+    after it, and the checkpoint's unwritten rows. A fresh engine and no rows without storage
+    (``journal`` None) or without a checkpoint.
+
+    The unwritten rows come first: they are kept even when the engine's open state is not (a
+    checkpoint of another version, say), which costs only the open minute. What cannot be read
+    is logged and counted, never fatal."""
+    engine = Engine(config.aggregate, config.alerts.effective_rules())
+    pending = Batch()
+    if journal is None:
+        return Restored(engine, pending, errors=0)
+    engine.openings = []  # journaled as they open (``FrameConsumer.on_openings``)
+    errors = 0
+    journal_from = 0
+    try:
+        state = checkpoint.load(Path(config.storage.state_dir))
+        if state is not None:
+            pending.merge(decode_batch(state["pending"]))
+            engine.restore(state["engine"], time.time())
+            journal_from = state.get("journal_from", 0)
+    except (checkpoint.CheckpointError, ValueError, KeyError, TypeError) as exc:
+        errors += 1
+        log.error("checkpoint_not_restored", error=str(exc)[:300], pending_rows=len(pending))
+        engine = Engine(config.aggregate, config.alerts.effective_rules())
+        engine.openings = []
+        state = None
+    try:
+        opened = engine.restore_openings(journal.read(journal_from), time.time())
+    except (ValueError, KeyError, TypeError) as exc:
+        errors += 1
+        log.error("journal_not_restored", error=str(exc)[:300])
+        opened = 0
+    if state is not None or opened:
+        log.info(
+            "checkpoint_restored",
+            streams=len(engine.streams),
+            routes=len(engine.routes),
+            pending_rows=len(pending),
+            journaled=opened,
+        )
+    return Restored(engine, pending, errors)
 
 
 def check_startup(config: Config) -> None:

@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
+import msgspec
 import trio
 
 from collector.aggregate.engine import Engine, Output
@@ -34,6 +35,16 @@ RECENT = 100
 
 # What a WebSocket session queues: its decoded frames and the ``boot`` of its hello.
 SessionBatch: TypeAlias = tuple[list[Frame], str]
+
+
+class ConsumerHealth(msgspec.Struct, kw_only=True, gc=False):
+    """``consumer`` of ``/healthz``."""
+
+    batches: int
+    frames_by_kind: dict[str, int]
+    produced: dict[str, int]  # what the engine produced, by kind
+    engine_errors: int
+    last_tick_age_s: float | None  # None: no tick yet (starting up)
 
 
 class FrameConsumer:
@@ -121,10 +132,16 @@ class FrameConsumer:
         if self.on_output is not None:
             self.on_output(output)
 
-    def health(self) -> dict[str, Any]:
-        return {
-            "batches": self.batches,
-            "frames_by_kind": dict(sorted(self.engine.frames_by_kind.items())),
-            "produced": dict(self.produced),
-            "engine_errors": self.engine_errors,
-        }
+    def health(self, started_wall: float = 0.0) -> ConsumerHealth:
+        """``started_wall``: when this run started (``time.time()``); a tick before it, an
+        earlier run's restored from the checkpoint, counts as one at that instant, so a daemon
+        that was down longer than the stall limit is not stalled before its first tick."""
+        last = self.engine.last_tick
+        age = None if last is None else round(max(0.0, time.time() - max(last, started_wall)), 3)
+        return ConsumerHealth(
+            batches=self.batches,
+            frames_by_kind=dict(sorted(self.engine.frames_by_kind.items())),
+            produced=dict(self.produced),
+            engine_errors=self.engine_errors,
+            last_tick_age_s=age,
+        )

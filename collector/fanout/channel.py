@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Collection, Iterable
-from typing import Any, Protocol
+from typing import Protocol
 
 import trio
 
+from collector.fanout.health import RedisHealth
 from collector.fanout.hub import Change, DeltaLog
 from collector.fanout.parts import shown
 from protocol.subscribe import Delta, Snapshot
@@ -65,8 +66,8 @@ class Channel(Protocol):
         readiness reports it."""
         ...
 
-    def health(self) -> dict[str, Any]:
-        """The channel's own part of the daemon's ``fanout`` health (empty: nothing to add)."""
+    def health(self) -> RedisHealth | None:
+        """The channel's own part of the daemon's ``fanout`` health (None: nothing to add)."""
         ...
 
     async def serve(
@@ -160,8 +161,8 @@ class LocalChannel:
     def problem(self) -> str | None:
         return None
 
-    def health(self) -> dict[str, Any]:
-        return {}
+    def health(self) -> RedisHealth | None:
+        return None
 
     async def serve(
         self,

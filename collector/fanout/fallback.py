@@ -27,7 +27,7 @@ the open alerts do, with the state sent on return.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
-from typing import Any, Final, NoReturn
+from typing import Final, NoReturn
 
 import trio
 
@@ -39,6 +39,7 @@ from collector.fanout.channel import (
     Requests,
     new_epoch,
 )
+from collector.fanout.health import RedisHealth
 from collector.fanout.hub import Change, DeltaLog
 from collector.fanout.parts import shown
 from collector.fanout.redis_channel import RedisChannel
@@ -78,8 +79,8 @@ class FallbackChannel:
         """The Redis channel's counters and the fallbacks."""
         return {**self.redis.counters, "fallbacks": self.fallbacks}
 
-    def health(self) -> dict[str, Any]:
-        return {"redis": {"mode": self.mode, **self.counters}}
+    def health(self) -> RedisHealth | None:
+        return RedisHealth(mode=self.mode, **self.counters)
 
     @property
     def problem(self) -> str | None:

@@ -29,12 +29,14 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import trio
 
 from collector.aggregate.alerts import AlertEvent
 from collector.aggregate.engine import Engine
 from collector.fanout import topics
 from collector.fanout.channel import Channel, ChannelUnavailable, EpochChanged
+from collector.fanout.health import PublisherHealth
 from collector.fanout.hub import change
 from collector.logs import get_logger
 from collector.runtime.steps import finish_between_tasks
@@ -77,6 +79,9 @@ class Publisher:
             "prepared": 0,
             "parts_timeouts": 0,  # prepares that served without some daemon's part
         }
+
+    def health(self) -> PublisherHealth:
+        return msgspec.convert(self.counters, PublisherHealth)
 
     def offer_alerts(self, alerts: list[AlertEvent]) -> None:
         """Alert transitions the engine produced; they go out with the next ``alerts`` delta."""

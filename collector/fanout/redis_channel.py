@@ -116,6 +116,7 @@ from collector.fanout.channel import (
     OnEpoch,
     new_epoch,
 )
+from collector.fanout.health import RedisHealth
 from collector.fanout.hub import Change
 from collector.fanout.parts import Mirror, catch_up, part_id, split_part
 from collector.logs import get_logger
@@ -446,8 +447,8 @@ class RedisChannel:
     def problem(self) -> str | None:
         return None  # an unreachable Redis shows as the publisher's error
 
-    def health(self) -> dict[str, Any]:
-        return {"redis": dict(self.counters)}
+    def health(self) -> RedisHealth | None:
+        return msgspec.convert(self.counters, RedisHealth)
 
     async def serve(
         self,

@@ -1,8 +1,9 @@
-"""``/metrics``: the daemon's ``health()`` counters in the Prometheus text format (0.0.4).
+"""``/metrics``: the daemon's health counters in the Prometheus text format (0.0.4).
 
-A pure function of the health dict: no I/O, no clock, no registry; the route in
-``collector.app`` only encodes what ``render_metrics`` returns. Names start with ``bwmon_``,
-values are in base units (``_seconds``, ``_bytes``) and counters end in ``_total``.
+A pure function of the ``DaemonHealth`` that ``/healthz`` encodes (``collector.http.health``),
+read in its JSON form, so that both routes say the same and any part of it renders: no I/O, no
+clock, no registry; the route only encodes what ``render_metrics`` returns. Names start with
+``bwmon_``, values are in base units (``_seconds``, ``_bytes``) and counters end in ``_total``.
 
 Labels come only from fixed sets, never from what a client sends: ``transport`` (``udp``,
 ``websocket``), ``reason`` (the protocol's reason codes, the engine's cap reasons and its
@@ -17,9 +18,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+import msgspec
 
 from protocol.codec import REASONS
+
+if TYPE_CHECKING:
+    from collector.http.health import DaemonHealth
 
 MetricType = Literal["counter", "gauge"]
 Labels = tuple[tuple[str, str], ...]
@@ -121,18 +127,22 @@ def _by_key(values: Any, fixed: Iterable[str] = ()) -> dict[str, Any]:
     return dict(sorted(out.items()))
 
 
-def render_metrics(health: Mapping[str, Any]) -> str:
-    """The Prometheus text exposition of a ``Daemon.health()`` dict."""
+def render_metrics(health: DaemonHealth | Mapping[str, Any]) -> str:
+    """The Prometheus text exposition of a ``DaemonHealth`` or of its JSON form (a part of it
+    renders the series of that part)."""
+    doc: Mapping[str, Any] = (  # as /healthz has it: absent fields left out
+        msgspec.to_builtins(health) if isinstance(health, msgspec.Struct) else health
+    )
     out = _Exposition()
-    version = health.get("version")
+    version = doc.get("version")
     if isinstance(version, str):
         out.gauge("build_info", "Always 1; the version is in the label.", 1, version=version)
-    out.gauge("uptime_seconds", "Seconds since the daemon started.", health.get("uptime_s"))
-    _ingest(out, health)
-    _aggregate(out, health)
-    _storage(out, health)
-    _fanout(out, health)
-    _http(out, health)
+    out.gauge("uptime_seconds", "Seconds since the daemon started.", doc.get("uptime_s"))
+    _ingest(out, doc)
+    _aggregate(out, doc)
+    _storage(out, doc)
+    _fanout(out, doc)
+    _http(out, doc)
     return out.render()
 
 

@@ -21,6 +21,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Final
 
+from collector.ingest.health import LimitsHealth
+
 RATE_LIMITED: Final = "rate_limited"
 FORBIDDEN: Final = "forbidden"
 
@@ -160,5 +162,5 @@ class SourceLimiter:
         bucket.tokens = tokens - granted
         return granted
 
-    def health(self) -> dict[str, int]:
-        return {"tracked_sources": len(self._buckets), "forgotten_sources": self.forgotten}
+    def health(self) -> LimitsHealth:
+        return LimitsHealth(tracked_sources=len(self._buckets), forgotten_sources=self.forgotten)

@@ -58,12 +58,12 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import trio
 
 from collector.allowlist import Allowlist
 from collector.ingest.counters import TransportCounters
+from collector.ingest.health import TurnsHealth, UdpHealth
 from collector.ingest.limits import FORBIDDEN, RATE_LIMITED, SourceLimiter
 from collector.logs import get_logger
 from protocol import Frame, Limits, ProtocolError, decode_message
@@ -212,13 +212,24 @@ class UdpTurns:
         if cpu_s > current[1]:
             current[1] = cpu_s
 
-    def health(self) -> dict[str, Any]:
-        return {
-            "turns": self.turns,
-            "turns_bounded": self.bounded,
-            "turn_max_s": round(max(self._current[0], self._previous[0]), 6),
-            "turn_cpu_max_s": round(max(self._current[1], self._previous[1]), 6),
-        }
+    def health(self) -> TurnsHealth:
+        return TurnsHealth(
+            turns=self.turns,
+            turns_bounded=self.bounded,
+            turn_max_s=round(max(self._current[0], self._previous[0]), 6),
+            turn_cpu_max_s=round(max(self._current[1], self._previous[1]), 6),
+        )
+
+
+def udp_health(
+    counters: TransportCounters, turns: UdpTurns, sock: socket.socket | None
+) -> UdpHealth:
+    """``ingest.udp`` of ``/healthz``: the counters, the loop's turns, and the kernel's drops
+    and the receive buffer of ``sock`` (absent while it is not open: before start, and during
+    shutdown, when ingest has stopped and HTTP still answers)."""
+    if sock is None or sock.fileno() == -1:
+        return UdpHealth.of(counters, turns.health())
+    return UdpHealth.of(counters, turns.health(), kernel_drops(sock), receive_buffer_size(sock))
 
 
 async def serve_udp(

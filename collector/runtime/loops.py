@@ -9,9 +9,16 @@ daemon's other loop, asyncio's, runs trio as a guest on the same thread, so this
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
 
+import msgspec
 import trio
+
+
+class LoopHealth(msgspec.Struct, kw_only=True, gc=False):
+    """``loop`` of ``/healthz``: the last lag and the largest of the window, in seconds."""
+
+    lag_s: float
+    lag_max_s: float
 
 
 class LoopLag:
@@ -28,8 +35,7 @@ class LoopLag:
             self.last_s = max(0.0, trio.current_time() - asked)
             self.recent.append(self.last_s)
 
-    def health(self) -> dict[str, Any]:
-        return {
-            "lag_s": round(self.last_s, 6),
-            "lag_max_s": round(max(self.recent, default=0.0), 6),
-        }
+    def health(self) -> LoopHealth:
+        return LoopHealth(
+            lag_s=round(self.last_s, 6), lag_max_s=round(max(self.recent, default=0.0), 6)
+        )

@@ -36,6 +36,7 @@ import trio
 
 from collector.aggregate.engine import Output
 from collector.logs import get_logger
+from collector.storage.health import FlusherHealth
 from collector.storage.schema import (
     ALERTS,
     HTTP_MINUTE,
@@ -105,7 +106,9 @@ class Flusher:
         probe_interval_s: float = PROBE_INTERVAL_S,
         probe_timeout_s: float = PROBE_TIMEOUT_S,
         before_flush: Callable[[], Awaitable[None]] | None = None,
+        pending: Batch | None = None,
     ) -> None:
+        """``pending``: rows to write first (the unwritten rows of the last checkpoint)."""
         self.before_flush = before_flush  # before every attempt of ``run`` (the checkpoint)
         self.sink = sink
         self.needs_migrate = migrate
@@ -118,7 +121,7 @@ class Flusher:
         self.probe_interval_s = probe_interval_s
         self.probe_timeout_s = probe_timeout_s
         self.probe_error: str | None = None  # the last probe's failure; None once one answers
-        self.pending = Batch()
+        self.pending = pending if pending is not None else Batch()
         self.failures = 0  # consecutive failed attempts
         self.counters = {
             "rows_written": 0,
@@ -355,20 +358,20 @@ class Flusher:
         if len(self.pending):
             self._overflow()
 
-    def health(self) -> dict[str, Any]:
-        return {
+    def health(self) -> FlusherHealth:
+        return FlusherHealth(
             **self.counters,
-            "pending_rows": len(self.pending),
-            "spooled_batches": len(self.spool) if self.spool is not None else 0,
-            "spool_bytes": self.spool.size_bytes if self.spool is not None else 0,
-            "flush_seconds": round(self.flush_seconds, 6),
-            "last_flush_s": None if self.last_flush_s is None else round(self.last_flush_s, 6),
-            "statements": self.sink.statements,
-            "last_error": self.last_error,
-            "consecutive_failures": self.failures,
-            "refused_bytes": self.refused_bytes,
-            "probe_error": self.probe_error,
-        }
+            pending_rows=len(self.pending),
+            spooled_batches=len(self.spool) if self.spool is not None else 0,
+            spool_bytes=self.spool.size_bytes if self.spool is not None else 0,
+            flush_seconds=round(self.flush_seconds, 6),
+            last_flush_s=None if self.last_flush_s is None else round(self.last_flush_s, 6),
+            statements=self.sink.statements,
+            last_error=self.last_error,
+            consecutive_failures=self.failures,
+            refused_bytes=self.refused_bytes,
+            probe_error=self.probe_error,
+        )
 
 
 def _file_size(path: Path | None) -> int:

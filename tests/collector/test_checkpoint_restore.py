@@ -20,6 +20,7 @@ from collector.app import Daemon
 from collector.config import Config, from_dict
 from collector.storage import checkpoint
 from collector.storage.flusher import batch_of, decode_batch, encode_batch
+from collector.storage.health import StorageHealth
 from protocol import RtcSample
 from tests.helpers import http_sample, rtc
 
@@ -38,7 +39,6 @@ def test_unwritten_rows_survive_an_engine_state_of_another_version(tmp_path: Pat
     checkpoint.save(tmp_path, {"engine": state, "pending": encode_batch(rows)})
 
     daemon = Daemon(from_dict({"storage": {"backend": "sqlite", "state_dir": str(tmp_path)}}))
-    daemon.restore()
     assert daemon.flusher is not None
     assert daemon.flusher.pending.rows == rows.rows
     assert daemon.checkpoint_errors == 1
@@ -65,7 +65,6 @@ def test_a_row_closed_between_ticks_is_in_the_checkpoint(tmp_path: Path) -> None
     first.flusher.spool.close()  # as the killed process's lock went with it
 
     second = Daemon(config)
-    second.restore()
     assert second.flusher is not None
     assert second.flusher.pending.rows == closed.rows
 
@@ -101,7 +100,6 @@ def test_http_state_stays_bounded_and_what_expired_is_not_restored(tmp_path: Pat
     first.flusher.spool.close()
 
     second = Daemon(config)
-    second.restore()
     assert second.engine.routes == {}
     assert second.engine.stats()["http_instances"] == 0
     assert second.flusher is not None
@@ -137,14 +135,12 @@ def test_a_stream_opened_after_the_last_checkpoint_comes_back_from_the_journal(
     """Its first samples applied, the daemon killed before any checkpoint: the stream comes
     back from the journal, and its next sample is a delta from it, not a baseline."""
     first = Daemon(_config(tmp_path))
-    first.restore()
     trio.run(first.checkpoint)  # at start: before the stream opened
     first.consumer.apply([_video(0)])
     first.consumer.apply([_video(1)])
     _killed(first)
 
     second = Daemon(_config(tmp_path))
-    second.restore()
     assert ("m1", "p1", "pc1") in second.engine.streams
     second.consumer.apply([_video(5)])  # q 2 … 4 went to nobody
     assert second.engine.baseline_samples["rtc"] == 0
@@ -155,14 +151,12 @@ def test_a_new_http_instance_comes_back_from_the_journal_from_zero(tmp_path: Pat
     """A new route and instance, killed before any checkpoint: the instance's next sample
     counts in full (from 0), as what it counted before the kill was never stored."""
     first = Daemon(_config(tmp_path))
-    first.restore()
     trio.run(first.checkpoint)
     first.consumer.apply([msgspec.structs.replace(http_sample(1), seq=0)])
     first.consumer.apply([msgspec.structs.replace(http_sample(2), seq=1)])
     _killed(first)
 
     second = Daemon(_config(tmp_path))
-    second.restore()
     second.consumer.apply([msgspec.structs.replace(http_sample(6), seq=5)])
     assert second.engine.baseline_samples["http"] == 0
     second.engine.close_minutes(time.time())
@@ -174,7 +168,6 @@ def test_a_checkpoint_replaces_the_journal(tmp_path: Path) -> None:
     """Once a checkpoint holds a stream, its journal record goes; a stream opened after that
     checkpoint is journaled anew."""
     first = Daemon(_config(tmp_path))
-    first.restore()
     trio.run(first.checkpoint)
     first.consumer.apply([_video(0)])
     trio.run(first.checkpoint)
@@ -185,7 +178,6 @@ def test_a_checkpoint_replaces_the_journal(tmp_path: Path) -> None:
     _killed(first)
 
     second = Daemon(_config(tmp_path))
-    second.restore()
     assert {key[0] for key in second.engine.streams} == {"m1", "m2"}
 
 
@@ -218,8 +210,9 @@ def test_rows_go_to_storage_even_when_the_checkpoint_cannot_be_written(tmp_path:
         daemon.engine.add([_video(seq)], T0 + seq)
     daemon.engine.add([_video(3)], T0 + 61)
     daemon.consumer.take(daemon.engine.drain())
+    assert daemon.checkpoint_errors == 1  # the restore could not read the state directory
     trio.run(daemon.checkpoint)
-    assert daemon.checkpoint_errors == 1
+    assert daemon.checkpoint_errors == 2  # nor the checkpoint write to it
     assert daemon.flusher is not None
     assert len(daemon.flusher.pending) == 1  # not held for ever
 
@@ -236,7 +229,6 @@ def test_no_row_newer_than_the_last_checkpoint_reaches_the_database(tmp_path: Pa
     _killed(first)
 
     second = Daemon(_config(tmp_path))
-    second.restore()
     second.engine.add([_video(3)], T0 + 120)  # closes the restored minute
     second.engine.add([_video(4)], T0 + 185)  # closes the one the restart counted in
     second.consumer.take(second.engine.drain())
@@ -245,7 +237,6 @@ def test_no_row_newer_than_the_last_checkpoint_reaches_the_database(tmp_path: Pa
     _killed(second)
 
     third = Daemon(_config(tmp_path))
-    third.restore()
     third.engine.add([_video(5)], T0 + 250)
     third.engine.close_minutes(T0 + 300)
     third.consumer.take(third.engine.drain())
@@ -261,5 +252,7 @@ def test_a_journal_that_cannot_be_written_counts_as_a_checkpoint_error(tmp_path:
     daemon = Daemon(_config(tmp_path))
     (tmp_path / f"journal-{daemon.journal.seq if daemon.journal else 0}").mkdir()  # in the way
     daemon.consumer.apply([_video(0)])
-    assert daemon.health()["storage"]["checkpoint_errors"] == 1
+    storage = daemon.health().storage
+    assert isinstance(storage, StorageHealth)
+    assert storage.checkpoint_errors == 1
     assert daemon.engine.streams  # ingest goes on

@@ -30,10 +30,10 @@ async def test_frames_reach_the_engine_and_ticks_run_the_lifecycle(
         nursery.cancel_scope.cancel()
     assert engine.stats()["meetings"] == 0
     health = consumer.health()
-    assert health["frames_by_kind"] == {"event": 1, "rtc": 2}
-    assert health["produced"]["summaries"] == 1
-    assert health["produced"]["rtc_rows"] == 1
-    assert health["engine_errors"] == 0
+    assert health.frames_by_kind == {"event": 1, "rtc": 2}
+    assert health.produced["summaries"] == 1
+    assert health.produced["rtc_rows"] == 1
+    assert health.engine_errors == 0
     kinds = [e.kind for e in consumer.recent_events]
     assert kinds == ["meeting_started", "joined", "left", "meeting_ended"]
 

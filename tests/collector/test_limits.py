@@ -9,6 +9,7 @@ import pytest
 from collector.allowlist import parse_allowlist
 from collector.app import Daemon
 from collector.config import ConfigError, from_dict
+from collector.ingest.health import LimitsHealth
 from collector.ingest.limits import Rate, SourceLimiter, TokenBucket, take_all
 
 
@@ -104,7 +105,7 @@ def test_tracked_sources_are_bounded_least_recently_seen_first() -> None:
     assert limiter.take("a", 1, 0.0) == 0  # "a" is now the most recent
     assert limiter.take("c", 1, 0.0) == 1  # forgets "b"
     assert limiter.tracked == 2
-    assert limiter.health() == {"tracked_sources": 2, "forgotten_sources": 1}
+    assert limiter.health() == LimitsHealth(tracked_sources=2, forgotten_sources=1)
     assert limiter.take("a", 1, 0.0) == 0  # still tracked: still empty
     assert limiter.take("b", 1, 0.0) == 1  # forgotten: starts full again
 
@@ -166,4 +167,4 @@ def test_the_daemon_puts_auth_and_limits_in_force(tmp_path: Path) -> None:
     assert daemon.source_limiter.rate.per_s == 9.0
     assert daemon.udp_admission.allowlist is None
     assert not daemon.udp_admission.keys
-    assert daemon.health()["limits"] == {"tracked_sources": 0, "forgotten_sources": 0}
+    assert daemon.health().limits == LimitsHealth(tracked_sources=0, forgotten_sources=0)

@@ -329,7 +329,7 @@ def daemon(tmp_path: Path, backend: str) -> Daemon:
 
 
 def test_metrics_route_renders_the_daemons_health(tmp_path: Path) -> None:
-    response = daemon(tmp_path, "none").metrics(REQUEST)
+    response = daemon(tmp_path, "none").health_routes.metrics(REQUEST)
     assert response.status == 200
     assert response.content_type == "text/plain; version=0.0.4; charset=utf-8"
     metrics = parse(response.body.decode())
@@ -351,7 +351,7 @@ def test_healthz_and_metrics_show_the_http_caps_live_counts_and_expiries(tmp_pat
     d.engine.add([msgspec.structs.replace(http_sample(), instance=f"w-{i}") for i in range(3)], t0)
     d.engine.add([http_sample(2)], t0 + 60)
     d.engine.tick(t0 + 95)  # w-0, silent for 95 s, expires; web-1 stays
-    aggregate = json.loads(d.healthz(REQUEST).body)["aggregate"]
+    aggregate = json.loads(d.health_routes.healthz(REQUEST).body)["aggregate"]
     assert {k: v for k, v in aggregate.items() if "http" in k} == {
         "http_routes": 1,
         "http_instances": 1,
@@ -364,7 +364,7 @@ def test_healthz_and_metrics_show_the_http_caps_live_counts_and_expiries(tmp_pat
     }
     assert aggregate["samples_not_applied"]["http"]["http_instance_cap"] == 2
     d.engine.tick(t0 + 150)  # web-1 expires too, and with it the route
-    metrics = parse(d.metrics(REQUEST).body.decode())
+    metrics = parse(d.health_routes.metrics(REQUEST).body.decode())
 
     def value(name: str, **labels: str) -> float:
         return metrics[name][1][tuple(sorted(labels.items()))]
@@ -382,26 +382,26 @@ def test_healthz_and_metrics_show_the_http_caps_live_counts_and_expiries(tmp_pat
 
 def test_readyz_is_ready_then_draining(tmp_path: Path) -> None:
     d = daemon(tmp_path, "none")
-    ready = d.readyz(REQUEST)
+    ready = d.health_routes.readyz(REQUEST)
     assert ready.status == 200
     assert json.loads(ready.body)["status"] == "ready"
     d.draining = True
-    draining = d.readyz(REQUEST)
+    draining = d.health_routes.readyz(REQUEST)
     assert (draining.status, json.loads(draining.body)) == (503, {"status": "draining"})
 
 
 def test_readyz_is_not_ready_while_storage_fails(tmp_path: Path) -> None:
     d = daemon(tmp_path, "sqlite")
     assert d.flusher is not None
-    assert d.readyz(REQUEST).status == 200
+    assert d.health_routes.readyz(REQUEST).status == 200
     d.flusher.failures, d.flusher.last_error = 2, "database is locked"
-    response = d.readyz(REQUEST)
+    response = d.health_routes.readyz(REQUEST)
     body = json.loads(response.body)
     assert response.status == 503
     assert body["status"] == "not ready"
     assert body["reasons"] == ["storage: last flush failed: database is locked"]
     d.flusher.failures, d.flusher.last_error = 0, None  # a successful flush resets both
-    assert d.readyz(REQUEST).status == 200
+    assert d.health_routes.readyz(REQUEST).status == 200
 
 
 def test_readyz_is_not_ready_while_the_database_does_not_answer_but_a_refused_row_is_fine(
@@ -410,12 +410,12 @@ def test_readyz_is_not_ready_while_the_database_does_not_answer_but_a_refused_ro
     d = daemon(tmp_path, "sqlite")
     assert d.flusher is not None
     d.flusher.counters["rows_refused"] = 1  # set aside: storage goes on
-    assert d.readyz(REQUEST).status == 200
+    assert d.health_routes.readyz(REQUEST).status == 200
     d.flusher.probe_error = "the database did not answer within 2 s"
-    response = d.readyz(REQUEST)
+    response = d.health_routes.readyz(REQUEST)
     assert response.status == 503
     assert json.loads(response.body)["reasons"] == [
         "storage: not responding: the database did not answer within 2 s"
     ]
     d.flusher.probe_error = None  # the next probe answered
-    assert d.readyz(REQUEST).status == 200
+    assert d.health_routes.readyz(REQUEST).status == 200

@@ -10,11 +10,13 @@ import time
 from collections.abc import Iterator
 from functools import partial
 
+import msgspec
 import pytest
 import trio
 
 from collector.allowlist import parse_allowlist
 from collector.ingest.counters import TransportCounters
+from collector.ingest.health import TurnsHealth
 from collector.ingest.limits import SourceLimiter
 from collector.ingest.udp import (
     CATCH_UP_AFTER_S,
@@ -26,6 +28,7 @@ from collector.ingest.udp import (
     open_udp_socket,
     receive_buffer_size,
     serve_udp,
+    udp_health,
 )
 from protocol import DEFAULT_LIMITS, Frame, Limits, RtcSample, encode_json, encode_msgpack
 from protocol.signing import sign_datagram
@@ -235,8 +238,8 @@ async def test_a_turn_ends_at_its_time_bound(
     assert [len(b) for b in delivered] == [1] * 10
     assert turns.turns == 10
     assert turns.bounded == 10
-    assert turns.health()["turn_max_s"] > 0
-    assert turns.health()["turn_cpu_max_s"] > 0
+    assert turns.health().turn_max_s > 0
+    assert turns.health().turn_cpu_max_s > 0
 
 
 async def test_admitted_datagrams_weigh_what_they_held(
@@ -396,18 +399,15 @@ def test_the_longest_turn_is_that_of_the_last_one_to_two_minutes() -> None:
     turns = UdpTurns()
     turns.record(0.020, 0.010, 1_000.0, bounded=True)
     turns.record(0.004, 0.030, 1_030.0, bounded=False)
-    assert turns.health() == {
-        "turns": 2,
-        "turns_bounded": 1,
-        "turn_max_s": 0.02,
-        "turn_cpu_max_s": 0.03,
-    }
+    assert turns.health() == TurnsHealth(
+        turns=2, turns_bounded=1, turn_max_s=0.02, turn_cpu_max_s=0.03
+    )
     turns.record(0.001, 0.001, 1_070.0, bounded=False)  # a new window: the last one still counts
-    assert (turns.health()["turn_max_s"], turns.health()["turn_cpu_max_s"]) == (0.02, 0.03)
+    assert (turns.health().turn_max_s, turns.health().turn_cpu_max_s) == (0.02, 0.03)
     turns.record(0.002, 0.001, 1_140.0, bounded=False)  # the window of the long turns is gone
-    assert (turns.health()["turn_max_s"], turns.health()["turn_cpu_max_s"]) == (0.002, 0.001)
+    assert (turns.health().turn_max_s, turns.health().turn_cpu_max_s) == (0.002, 0.001)
     turns.record(0.003, 0.002, 1_500.0, bounded=False)  # after an idle spell: nothing older
-    assert (turns.health()["turn_max_s"], turns.health()["turn_cpu_max_s"]) == (0.003, 0.002)
+    assert (turns.health().turn_max_s, turns.health().turn_cpu_max_s) == (0.003, 0.002)
 
 
 async def test_the_collector_is_off_within_a_turn_and_left_as_found(
@@ -435,3 +435,21 @@ async def test_the_collector_is_off_within_a_turn_and_left_as_found(
             gc.enable()
         nursery.cancel_scope.cancel()
     assert collector_on == [False, False]
+
+
+def test_udp_health_has_the_sockets_figures_only_while_it_is_open() -> None:
+    """Before start and after ingest stopped (HTTP still answers while the daemon drains),
+    ``/healthz`` leaves them out instead of failing on a closed socket."""
+    counters, turns = TransportCounters(), UdpTurns()
+    assert "kernel_drops" not in msgspec.to_builtins(udp_health(counters, turns, None))
+    sock = open_udp_socket("127.0.0.1", 0, 1 << 20)
+    try:
+        open_ = msgspec.to_builtins(udp_health(counters, turns, sock))
+        assert open_["receive_buffer_bytes"] > 0
+        assert "kernel_drops" in open_
+    finally:
+        sock.close()
+    closed = msgspec.to_builtins(udp_health(counters, turns, sock))
+    assert "kernel_drops" not in closed
+    assert "receive_buffer_bytes" not in closed
+    assert closed["turns"] == 0

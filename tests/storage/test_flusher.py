@@ -208,5 +208,5 @@ async def test_a_failing_spool_is_counted_and_survived_and_loses_nothing(
     sink.down = False
     assert await flusher.flush()
     assert await count(sink) == 4
-    assert flusher.health()["spool_errors"] == 2
+    assert flusher.health().spool_errors == 2
     spool.close()

@@ -86,7 +86,7 @@ async def test_a_refused_row_is_set_aside_and_every_other_row_written(
     assert line["row"]["participant"] == "poison"
     assert line["row"]["minute"] == MINUTE + 60 * POISON
     assert "mysql" in line["error"] or "sqlite" in line["error"]
-    assert flusher.health()["refused_bytes"] == refused.stat().st_size
+    assert flusher.health().refused_bytes == refused.stat().st_size
 
     flusher.offer(Output(rtc_rows=[rtc(MINUTE + 3600)]))  # nothing is retried: later rows go
     assert await flusher.flush()
