@@ -83,8 +83,9 @@ class Received:
 class SubscriberState(Generic[M]):
     """One session's topics, positions, outgoing queue and resynchronisations.
 
-    ``counters`` is the fan-out's shared counters (``Fanout.counters``): the session adds to
-    ``deltas_sent``, ``snapshots_sent``, ``resumed``, ``queues_replaced`` … as it decides."""
+    ``counters`` is the fan-out's shared counters (``Fanout.counters``): the state adds to
+    ``deltas_sent``, ``snapshots_sent``, ``resumed``, ``bad_messages``, ``refused_*``,
+    ``heartbeat_timeouts`` and ``tokens_expired`` as it decides."""
 
     def __init__(
         self,
@@ -102,7 +103,7 @@ class SubscriberState(Generic[M]):
         self.queue: deque[M] = deque()
         self.resync: set[str] = set()
         self.unavailable: set[str] = set()  # topics told "unavailable" in this outage
-        self.sending = False  # the loop is writing: what it writes must go first
+        self.sending = False  # the sender's turn is under way: what it writes must go first
         self.sent = 0
         self.replaced = 0
         self.claims: Claims | None = None  # from the session's last good ``auth`` message

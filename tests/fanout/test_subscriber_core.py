@@ -299,6 +299,16 @@ class SubscriberMachine(RuleBasedStateMachine):
         assert set(self.state.held) == set(self.mirrors)
         assert len(self.state.queue) <= self.state.queue_messages
 
+    @invariant()
+    def positions_agree_with_the_client(self) -> None:
+        """The state's position of a topic is the client's, but while the topic is to be
+        resynchronised (or being fetched, or waiting to be tried again)."""
+        fetching = self.fetch[0] if self.turn == "fetching" and self.fetch else None
+        for topic, mirror in self.mirrors.items():
+            if topic in self.state.resync or topic in self.failed or topic == fetching:
+                continue
+            assert self.state.held[topic] == (mirror.epoch, mirror.seq), topic
+
     def teardown(self) -> None:
         """Once the channel is back, a last delta of every topic has been delivered and the
         sender has caught up, the client holds every subscribed topic as the channel does: the
