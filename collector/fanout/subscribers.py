@@ -11,12 +11,14 @@ subscriber whose queue is full has it replaced by a resynchronisation: its sende
 was queued and sends each of its topics afresh (the missed deltas merged into one if the
 channel still holds them, else a snapshot).
 
-Each session runs three tasks: the receiver (``auth``/``subscribe``/``unsubscribe`` from the
-client; it also keeps the WebSocket's pongs flowing), the sender (the queue, in order, per topic
-only deltas that follow what the client holds) and the heartbeat (a ``heartbeat`` message and a
-WebSocket ping every interval; a missing pong ends the session); when the daemon requires
-tokens, a fourth ends the session as its token expires. Errors of one session end that session
-only.
+What a session holds and decides (positions, the queue, which topics to resynchronise, what
+to merge, what a client message asks) is its ``SubscriberState`` (``collector.fanout.session``:
+no I/O, no clock). This module does the I/O around it. Each session runs three tasks: the
+receiver (hands the client's messages to the state; it also keeps the WebSocket's pongs
+flowing), the sender (fetches what the state asks for, writes what it says, in order) and the
+heartbeat (a ``heartbeat`` message and a WebSocket ping every interval; a missing pong ends the
+session); when the daemon requires tokens, a fourth ends the session as its token expires.
+Errors of one session end that session only.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import itertools
 import math
 import random
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -36,40 +37,16 @@ import msgspec
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from collector.auth import Auth, Denied
+from collector.auth import Auth
 from collector.fanout.channel import Channel, ChannelUnavailable
-from collector.fanout.hub import merge
+from collector.fanout.session import CLOSE_INTERNAL, SubscriberState
 from collector.logs import get_logger
 from collector.wire import Wire, websocket_frame
-from protocol.subscribe import (
-    BAD_MESSAGE,
-    MAX_CLIENT_MESSAGE_BYTES,
-    MAX_TOPICS_PER_SESSION,
-    TOO_MANY_TOPICS,
-    UNAUTHORIZED,
-    UNAVAILABLE,
-    UNKNOWN_TOPIC,
-    Alert,
-    Authenticate,
-    Delta,
-    Heartbeat,
-    ServerMessage,
-    Snapshot,
-    Subscribe,
-    SubscribeError,
-    Unsubscribe,
-    Unsubscribed,
-    client_json_decoder,
-    client_msgpack_decoder,
-    is_topic,
-)
-from protocol.tokens import Claims
+from protocol.subscribe import Alert, Delta, ServerMessage, Snapshot
 
 log = get_logger("fanout.subscribers")
 
 CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY = 1008
-CLOSE_INTERNAL = 1011
 CLOSE_TRY_AGAIN = 1013
 RETRY_S = 1.0  # between two attempts to serve a topic while the channel is unavailable
 _json = msgspec.json.Encoder()
@@ -118,40 +95,31 @@ class Encoded:
 
 
 class Subscriber:
-    """One session's topics, positions and outgoing queue."""
+    """One session's I/O: its socket, its wire and the event that wakes its sender; what the
+    session holds and decides is its ``state``."""
+
+    __slots__ = ("conn", "state", "wake", "wire", "ws")
 
     def __init__(
         self,
         conn: int,
-        text: bool,
-        queue_messages: int,
+        state: SubscriberState[Encoded],
         ws: WebSocketConnection,
         wire: Wire | None,
     ) -> None:
         self.conn = conn
-        self.text = text
-        self.queue_messages = queue_messages
+        self.state = state
         self.ws = ws
         self.wire = wire  # None: every message goes through the queue
-        self.busy = False  # the sender task is at work: what it sends must go first
-        # topic -> (epoch, seq) the client holds; None until it has a snapshot or a resume
-        self.held: dict[str, tuple[str | None, int | None]] = {}
-        self.queue: deque[Encoded] = deque()
-        self.resync: set[str] = set()
-        self.unavailable: set[str] = set()  # topics told "unavailable" in this outage
         self.wake = trio.Event()
-        self.sent = 0
-        self.replaced = 0
-        self.claims: Claims | None = None  # from the session's last good ``auth`` message
-        self.close = (1000, "")
 
     def send_now(self, messages: list[Encoded]) -> bool:
         """Write messages straight to the socket, when nothing queued or being sent must go
         before them; False: nothing was written, queue them."""
         wire = self.wire
-        if wire is None or self.busy or self.queue or self.resync or self.ws.closed is not None:
+        if wire is None or not self.state.idle or self.ws.closed is not None:
             return False
-        text = self.text
+        text = self.state.text
         data = (
             messages[0].frame(text)
             if len(messages) == 1
@@ -159,42 +127,32 @@ class Subscriber:
         )
         if not wire.send_now(data):
             return False
-        self.sent += len(messages)
+        self.state.wrote(len(messages))
         if wire.pending:
             self.wake.set()  # the sender flushes the rest
         return True
 
     def deliver_now(self, delta: Delta, encoded: Encoded, alerts: list[Encoded]) -> bool:
         """``send_now`` for a delta (after its alerts) that follows what the client holds."""
-        topic = delta.topic
-        if self.held.get(topic) != (delta.epoch, delta.prev) or not self.send_now(
+        if not self.state.follows(delta) or not self.send_now(
             [*alerts, encoded] if alerts else [encoded]
         ):
             return False
-        self.held[topic] = (delta.epoch, delta.seq)
+        self.state.delivered(delta)
         return True
 
     def offer(self, encoded: Encoded) -> bool:
         """Queue a message without waiting; False when the queue was full and was replaced by
         a resynchronisation of every topic."""
-        if len(self.queue) >= self.queue_messages:
-            self.queue.clear()
-            self.resync.update(self.held)
-            self.replaced += 1
-            self.wake.set()
-            return False
-        self.queue.append(encoded)
+        queued = self.state.offer(encoded)
         self.wake.set()
-        return True
+        return queued
 
     def reply(self, message: ServerMessage) -> None:
         """Send or queue a reply or heartbeat; dropped (not worth a resync) when the queue is
         full."""
         encoded = Encoded(message)
-        if self.send_now([encoded]):
-            return
-        if len(self.queue) < self.queue_messages:
-            self.queue.append(encoded)
+        if not self.send_now([encoded]) and self.state.offer_reply(encoded):
             self.wake.set()
 
 
@@ -273,9 +231,7 @@ class Fanout:
     def on_epoch(self, _epoch: str) -> None:
         """The channel's epoch changed: every subscriber needs snapshots."""
         for subscriber in self.subscribers:
-            subscriber.queue.clear()
-            subscriber.held = dict.fromkeys(subscriber.held, (None, None))
-            subscriber.resync.update(subscriber.held)
+            subscriber.state.epoch_changed()
             subscriber.wake.set()
 
     def topics(self) -> set[str]:
@@ -312,12 +268,13 @@ class Fanout:
         close = (1000, "")
         try:
             first = await ws.get_message()
-            subscriber = Subscriber(
-                conn, isinstance(first, str), self.settings.queue_messages, ws, wire
+            state = SubscriberState(
+                isinstance(first, str), self.settings.queue_messages, Encoded, self.counters
             )
+            subscriber = Subscriber(conn, state, ws, wire)
             self.subscribers.add(subscriber)
             self.counters["sessions"] += 1
-            log.info("subscriber_open", conn=conn, text=subscriber.text)
+            log.info("subscriber_open", conn=conn, text=state.text)
             self._handle(subscriber, first)
             async with trio.open_nursery() as nursery:
 
@@ -335,7 +292,7 @@ class Fanout:
                 if self.auth().required:
                     nursery.start_soon(self._expire, subscriber, nursery.cancel_scope)
                 await until_closed(partial(self._receive, subscriber, ws))
-            close = subscriber.close
+            close = state.close
         except ConnectionClosed:
             pass  # before the first message
         except BaseException:
@@ -349,13 +306,13 @@ class Fanout:
         finally:
             if subscriber is not None:
                 self.subscribers.discard(subscriber)
-                for topic in list(subscriber.held):
+                for topic in list(subscriber.state.held):
                     self._leave(subscriber, topic)
                 log.info(
                     "subscriber_closed",
                     conn=conn,
-                    sent=subscriber.sent,
-                    queues_replaced=subscriber.replaced,
+                    sent=subscriber.state.sent,
+                    queues_replaced=subscriber.state.replaced,
                 )
             # Shutting down, the connection's reader is gone: the client's close reply would
             # never be read, so do not wait for it.
@@ -370,211 +327,90 @@ class Fanout:
             self._handle(subscriber, await ws.get_message())
 
     def _handle(self, subscriber: Subscriber, data: str | bytes) -> None:
-        """One client message: subscribe or unsubscribe; anything else gets an error."""
-        if len(data) > MAX_CLIENT_MESSAGE_BYTES:
-            self._bad(subscriber, f"message over {MAX_CLIENT_MESSAGE_BYTES} bytes")
-            return
-        try:
-            if isinstance(data, str):
-                message = client_json_decoder.decode(data)
-            else:
-                message = client_msgpack_decoder.decode(data)
-        except msgspec.DecodeError as exc:
-            self._bad(subscriber, str(exc)[:200])
-            return
-        if isinstance(message, Authenticate):
-            claims = self.auth().admit(message.token, "read")
-            if isinstance(claims, Denied):
-                self._refuse(subscriber, claims, None)
-            else:
-                subscriber.claims = claims
-            return
-        topic = message.topic
-        if not is_topic(topic):
-            subscriber.reply(
-                SubscribeError(
-                    code=UNKNOWN_TOPIC,
-                    detail="topics are meetings, http, alerts and meeting:<meeting id>",
-                    topic=topic[:140],
-                )
+        """One client message, as the session's state takes it."""
+        received = subscriber.state.receive(data, self.auth())
+        if received.refused is not None:
+            log.debug(
+                "subscriber_refused",
+                conn=subscriber.conn,
+                code=received.refused.code,
+                detail=received.refused.detail,
             )
-            return
-        if isinstance(message, Unsubscribe):
-            if topic in subscriber.held:
-                del subscriber.held[topic]
-                subscriber.resync.discard(topic)
-                self._leave(subscriber, topic)
-            subscriber.reply(Unsubscribed(topic=topic))
-            return
-        assert isinstance(message, Subscribe)
-        if topic not in subscriber.held and len(subscriber.held) >= MAX_TOPICS_PER_SESSION:
-            subscriber.reply(
-                SubscribeError(
-                    code=TOO_MANY_TOPICS,
-                    detail=f"at most {MAX_TOPICS_PER_SESSION} topics per session",
-                    topic=topic,
-                )
-            )
-            return
-        denied = self._authorize(subscriber, topic)
-        if denied is not None:
-            self._refuse(subscriber, denied, topic)
-            return
-        subscriber.held[topic] = (message.epoch, message.seq)
-        subscriber.resync.add(topic)
-        subscriber.wake.set()
-        self._join(subscriber, topic)
-
-    def _authorize(self, subscriber: Subscriber, topic: str) -> Denied | None:
-        """None when the session's token may read ``topic``: a meeting-scoped token reads its
-        own ``meeting:<id>`` topic only (the others show every meeting)."""
-        auth = self.auth()
-        if not auth.required:
-            return None
-        if subscriber.claims is None:
-            return Denied(UNAUTHORIZED, "send an auth message with a token first")
-        meeting = topic.removeprefix("meeting:") if topic.startswith("meeting:") else None
-        return auth.check(subscriber.claims, "read", meeting)
-
-    def _refuse(self, subscriber: Subscriber, denied: Denied, topic: str | None) -> None:
-        self.counters[f"refused_{denied.code}"] += 1
-        log.debug(
-            "subscriber_refused", conn=subscriber.conn, code=denied.code, detail=denied.detail
-        )
-        subscriber.reply(SubscribeError(code=denied.code, detail=denied.detail, topic=topic))
+        if received.left is not None:
+            self._leave(subscriber, received.left)
+        for reply in received.replies:
+            subscriber.reply(reply)
+        if received.joined is not None:
+            subscriber.wake.set()
+            self._join(subscriber, received.joined)
 
     async def _expire(self, subscriber: Subscriber, scope: trio.CancelScope) -> None:
         """End the session when the token it was admitted with expires (a later ``auth``
         message with a fresh token moves the end)."""
         while True:
-            claims = subscriber.claims
-            remaining = claims.exp - time.time() if claims is not None else math.inf
-            if remaining <= 0:
-                self.counters["tokens_expired"] += 1
-                subscriber.close = (CLOSE_POLICY, "token expired")
+            remaining = subscriber.state.expires_in(time.time())
+            if remaining is None:
                 scope.cancel()
                 return
             await trio.sleep(min(remaining, 10.0))
 
-    def _bad(self, subscriber: Subscriber, detail: str) -> None:
-        self.counters["bad_messages"] += 1
-        subscriber.reply(SubscribeError(code=BAD_MESSAGE, detail=detail))
-
     async def _send(self, subscriber: Subscriber, ws: WebSocketConnection) -> None:
+        state = subscriber.state
         while True:
             # Topics the channel could not serve are retried every second; meanwhile the
             # other topics and the heartbeats go on.
-            with trio.move_on_after(RETRY_S if subscriber.resync else math.inf):
+            with trio.move_on_after(RETRY_S if state.resync else math.inf):
                 await subscriber.wake.wait()
             subscriber.wake = trio.Event()
-            subscriber.busy = True
+            state.sending = True
             try:
                 if subscriber.wire is not None:
                     await subscriber.wire.flush()
                 failed: set[str] = set()
-                while subscriber.resync:
-                    topic = subscriber.resync.pop()
-                    if topic in subscriber.held and not await self._resync(subscriber, ws, topic):
+                while (resync := state.next_resync()) is not None:
+                    topic, (epoch, seq) = resync
+                    if not await self._resync(subscriber, ws, topic, epoch, seq):
                         failed.add(topic)
-                pending = list(subscriber.queue)
-                subscriber.queue.clear()
-                for message in self._in_order(subscriber, pending):
+                for message in state.take_queued():
                     await self._write(subscriber, ws, message)
-                subscriber.resync |= failed
+                if state.resync:
+                    subscriber.wake.set()  # a delta went missing: resynchronise now
+                state.retry(failed)
             finally:
-                subscriber.busy = False
+                state.sending = False
 
     async def _write(
         self, subscriber: Subscriber, ws: WebSocketConnection, message: Encoded
     ) -> None:
-        await ws.send_message(message.for_client(subscriber.text))
-        subscriber.sent += 1
+        await ws.send_message(message.for_client(subscriber.state.text))
+        subscriber.state.wrote(1)
 
-    def _in_order(self, subscriber: Subscriber, pending: list[Encoded]) -> list[Encoded]:
-        """The queued messages to send: per topic, the deltas that follow what the client
-        holds, several merged into one in the place of the first; a gap makes the topic
-        resynchronise instead."""
-        out: list[Encoded | str] = []  # a str holds the place of that topic's deltas
-        runs: dict[str, list[Delta]] = {}
-        first: dict[str, Encoded] = {}
-        for encoded in pending:
-            message = encoded.message
-            if isinstance(message, Alert):
-                epoch, seq = subscriber.held.get(message.topic, (None, None))
-                if (
-                    seq is not None
-                    and message.topic not in subscriber.resync
-                    and message.epoch == epoch
-                    and message.seq > seq
-                ):
-                    out.append(encoded)  # else: covered by the snapshot or resume sent
-                continue
-            if not isinstance(message, Delta):
-                out.append(encoded)
-                continue
-            topic = message.topic
-            epoch, seq = subscriber.held.get(topic, (None, None))
-            if seq is None or topic in subscriber.resync:
-                continue  # unsubscribed, or a snapshot is on its way
-            run = runs.setdefault(topic, [])
-            last = run[-1].seq if run else seq
-            if message.epoch != epoch or message.seq <= last:
-                continue  # already covered by the snapshot or resume the client got
-            if message.prev != last:
-                subscriber.resync.add(topic)  # a delta went missing: start afresh
-                subscriber.wake.set()
-                run.clear()
-                continue
-            if not run:
-                first[topic] = encoded
-                out.append(topic)
-            run.append(message)
-        result: list[Encoded] = []
-        for item in out:
-            if not isinstance(item, str):
-                result.append(item)
-                continue
-            run = runs[item]
-            if not run:
-                continue
-            subscriber.held[item] = (run[-1].epoch, run[-1].seq)
-            self.counters["deltas_sent"] += 1
-            result.append(first[item] if len(run) == 1 else Encoded(merge(run)))
-        return result
-
-    async def _resync(self, subscriber: Subscriber, ws: WebSocketConnection, topic: str) -> bool:
+    async def _resync(
+        self,
+        subscriber: Subscriber,
+        ws: WebSocketConnection,
+        topic: str,
+        epoch: str | None,
+        seq: int | None,
+    ) -> bool:
         """Bring one topic up to date: the missed deltas (with their ``alert`` messages) if the
         channel holds them, else a snapshot. False when the channel is unavailable: the client
         gets one ``unavailable`` error per outage, and the topic is tried again later."""
-        epoch, seq = subscriber.held[topic]
+        state = subscriber.state
         try:
             missed = await self.channel.since(topic, epoch, seq) if seq is not None else None
             shared = await self._snapshot(topic) if missed is None else None
         except ChannelUnavailable as exc:
-            if topic not in subscriber.unavailable:
-                subscriber.unavailable.add(topic)
-                error = SubscribeError(code=UNAVAILABLE, detail=str(exc)[:200], topic=topic)
-                await self._write(subscriber, ws, Encoded(error))
+            for message in state.unavailable_now(topic, str(exc)):
+                await self._write(subscriber, ws, message)
             return False
-        subscriber.unavailable.discard(topic)
-        if topic not in subscriber.held:
-            return True  # unsubscribed meanwhile
         if shared is not None:
-            snapshot, encoded = shared
-            subscriber.held[topic] = (snapshot.epoch, snapshot.seq)
-            self.counters["snapshots_sent"] += 1
-            await self._write(subscriber, ws, encoded)
-            return True
-        self.counters["resumed"] += 1
-        if not missed:
-            return True  # nothing was missed
-        update = merge(missed)
-        for alert in update.alerts:
-            message = Alert(topic=topic, epoch=update.epoch, seq=update.seq, alert=alert)
-            await self._write(subscriber, ws, Encoded(message))
-        subscriber.held[topic] = (update.epoch, update.seq)
-        self.counters["deltas_sent"] += 1
-        await self._write(subscriber, ws, Encoded(update))
+            out = state.snapshot_fetched(*shared)
+        else:
+            assert missed is not None
+            out = state.missed_fetched(topic, (epoch, seq), missed)
+        for message in out:
+            await self._write(subscriber, ws, message)
         return True
 
     async def _snapshot(self, topic: str) -> tuple[Snapshot, Encoded]:
@@ -622,14 +458,13 @@ class Fanout:
         # A random phase: subscribers that connected together do not all get pinged together.
         await trio.sleep(random.uniform(0, settings.heartbeat_interval_s))
         while True:
-            subscriber.reply(Heartbeat(at=time.time(), epoch=self.channel.epoch))
+            subscriber.reply(subscriber.state.heartbeat(time.time(), self.channel.epoch))
             with trio.move_on_after(settings.heartbeat_timeout_s) as ping_scope:
                 with contextlib.suppress(ConnectionClosed):
                     await ws.ping()
             if ping_scope.cancelled_caught:
-                self.counters["heartbeat_timeouts"] += 1
+                subscriber.state.heartbeat_missed()
                 log.info("subscriber_heartbeat_timeout", conn=subscriber.conn)
-                subscriber.close = (CLOSE_INTERNAL, "heartbeat timeout")
                 scope.cancel()
                 return
             await trio.sleep(settings.heartbeat_interval_s)

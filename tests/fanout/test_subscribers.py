@@ -452,17 +452,33 @@ async def test_an_unavailable_channel_gets_one_error_and_the_session_goes_on(
 
 
 class SlowChannel(LocalChannel):
-    """Snapshots take a while, as from Redis, and fail while ``down``; counts them."""
+    """Snapshots take a while, as from Redis: each waits until the test opens the ``gate``;
+    they fail while ``down``; counts them."""
 
     down = False
     fetches = 0
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = trio.Event()
+
     async def snapshot(self, topic: str) -> Snapshot:
         self.fetches += 1
-        await trio.sleep(0.3)
+        await self.gate.wait()
         if self.down:
             raise ChannelUnavailable("injected outage")
         return await super().snapshot(topic)
+
+
+def all_waiting_for(hub: Hub, topic: str, sessions: int) -> Callable[[], bool]:
+    """``sessions`` sessions hold ``topic`` and each has begun to fetch its snapshot (its
+    sender took the topic off its list to resynchronise): they share the fetch under way."""
+    return lambda: (
+        len(hub.fanout.subscribers) == sessions
+        and all(
+            topic in s.state.held and topic not in s.state.resync for s in hub.fanout.subscribers
+        )
+    )
 
 
 async def test_subscribers_that_connect_together_share_one_snapshot_fetch(
@@ -481,6 +497,8 @@ async def test_subscribers_that_connect_together_share_one_snapshot_fetch(
     async with trio.open_nursery() as clients:
         for _ in range(20):
             clients.start_soon(one)
+        await wait_for(all_waiting_for(hub, "meetings", 20))
+        channel.gate.set()
     assert channel.fetches == 1
     assert all(
         isinstance(m, Snapshot) and (m.seq, m.entities) == (1, hub.states["meetings"]) for m in got
@@ -489,21 +507,30 @@ async def test_subscribers_that_connect_together_share_one_snapshot_fetch(
 
     # A failed fetch fails every session that waited on it: each is told once, and each gets
     # the snapshot when the channel is back.
-    channel.down, channel.fetches = True, 0
+    await wait_for(lambda: not hub.fanout.subscribers)
+    channel.down, channel.fetches, channel.gate = True, 0, trio.Event()
     got.clear()
+    told: list[ServerMessage] = []
 
     async def after_outage() -> None:
         async with subscriber(hub.url) as ws:
             await send(ws, t="subscribe", topic="meetings")
-            first, second = await receive(ws), await receive(ws, timeout_s=10)
+            first = await receive(ws)
+            told.append(first)
+            second = await receive(ws, timeout_s=10)
             got.extend([first, second])
 
     async with trio.open_nursery() as clients:
         for _ in range(5):
             clients.start_soon(after_outage)
-        await wait_for(lambda: channel.fetches >= 1)
-        await trio.sleep(0.5)
-        channel.down = False
+        await wait_for(all_waiting_for(hub, "meetings", 5))
+        channel.gate.set()  # the fetch they share fails
+        await wait_for(lambda: len(told) == 5)
+        # Back up, and as slow: the sessions retry and share one fetch again.
+        channel.down, channel.gate = False, trio.Event()
+        await wait_for(lambda: all("meetings" in s.state.resync for s in hub.fanout.subscribers))
+        await wait_for(all_waiting_for(hub, "meetings", 5))
+        channel.gate.set()
     errors = [m for m in got if isinstance(m, SubscribeError)]
     snapshots = [m for m in got if isinstance(m, Snapshot)]
     assert [e.code for e in errors] == ["unavailable"] * 5
