@@ -211,7 +211,8 @@ class SubscriberState(Generic[M]):
 
     def take_queued(self) -> list[M]:
         """Empty the queue into what to write, in order: per topic the deltas that follow
-        what the client holds, several merged into one in the place of the first; a gap
+        what the client holds, several merged into one in the place of the last (so every
+        ``alert`` they carry comes before it, PROTOCOL.md §12.4); a gap
         makes the topic resynchronise instead (``resync`` is then not empty: the loop takes
         another turn). Alerts of a topic being resynchronised, or older than what the client
         holds, are left out: the snapshot or resume covers them."""
@@ -221,6 +222,7 @@ class SubscriberState(Generic[M]):
         out: list[M | str] = []  # a str holds the place of that topic's deltas
         runs: dict[str, list[Delta]] = {}
         first: dict[str, M] = {}
+        place: dict[str, int] = {}  # where a topic's run of deltas goes: after its last one
         for encoded in pending:
             message = encoded.message
             if isinstance(message, Alert):
@@ -250,15 +252,16 @@ class SubscriberState(Generic[M]):
                 continue
             if not run:
                 first[topic] = encoded
-                out.append(topic)
+            place[topic] = len(out)
+            out.append(topic)
             run.append(message)
         result: list[M] = []
-        for item in out:
+        for index, item in enumerate(out):
             if not isinstance(item, str):
                 result.append(item)
                 continue
             run = runs[item]
-            if not run:
+            if not run or place[item] != index:
                 continue
             held[item] = (run[-1].epoch, run[-1].seq)
             self.counters["deltas_sent"] += 1
