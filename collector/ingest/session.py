@@ -7,11 +7,13 @@ touches the socket. ``collector.ingest.websocket`` drives it with a short trio l
 reads messages, hands frames on, sends replies and closes. Its life, one call per event::
 
     hello(first message, now)  -> Welcome, or Close      (or no_hello() -> Close)
-    receive(message, now)      -> frames to hand on       (the message is now pending)
-    message_processed()        -> error replies           (the message is numbered and counted)
+    receive(message, now)      -> frames to hand on      (the message is now pending)
+    message_processed()        -> error replies          (the message is numbered and counted)
     tick(now)                  -> Tick: an ack if anything changed, whether a ping is due
-    pong(now) / heartbeat_timeout() -> Close
-    peer_closed(code)                                      (counts a message too large: 1009)
+    pong(now)                                            (the next ping is an interval on)
+    heartbeat_timeout()        -> Close                  (no pong in time)
+    peer_closed(code)                                    (counts a message too large: 1009)
+    abort(shutting_down)       -> Close                  (the loop ended on an exception)
 
 - The first message must be one ``hello`` frame; else close 1008 with the counted reason code
   as the close reason, or ``hello expected`` (``no_hello``). The hello's token goes to
