@@ -32,7 +32,7 @@ Labels = tuple[tuple[str, str], ...]
 TRANSPORTS = ("udp", "websocket")
 # Reason codes of PROTOCOL.md §6 that ingest gives outside the decoder (admission, rate
 # limits and the WebSocket hello: protocol.signing, collector.auth, collector.ingest.limits,
-# collector.ingest.websocket); with REASONS, a series from the start.
+# collector.ingest.session); with REASONS, a series from the start.
 ADMISSION_REASONS = ("bad_signature", "forbidden", "no_hello", "rate_limited", "unauthorized")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

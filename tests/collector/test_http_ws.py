@@ -415,7 +415,7 @@ async def test_a_frame_declaring_2_62_bytes_is_refused_at_its_header(
         header = client_frame(b"", declared=1 << 62)
         if split:  # the header in two reads, the first not enough to know the length
             await stream.send_all(header[:5])
-            await trio.sleep(0.05)
+            await trio.testing.wait_all_tasks_blocked()  # the server read it and waits for more
             await stream.send_all(header[5:])
         else:
             await stream.send_all(header + b"x" * 1000)
