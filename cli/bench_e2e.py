@@ -62,6 +62,7 @@ from cli.daemon_process import DaemonProcess, running_daemon
 from cli.emit import emit
 from collector.config import FanoutConfig
 from protocol import RtcSample, encode_msgpack
+from protocol.errors import BwmonError
 from protocol.subscribe import (
     Delta,
     Snapshot,
@@ -336,7 +337,7 @@ def sql(server: dict[str, Any], statement: str, database: str | None = None) -> 
     return asyncio.run(asyncio.wait_for(_sql(server, statement, database), DROP_DEADLINE_S))
 
 
-class E2eUnavailable(RuntimeError):
+class E2eUnavailable(BwmonError):
     """The database could not be created: the end-to-end benchmark cannot run."""
 
 

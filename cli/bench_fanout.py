@@ -65,6 +65,7 @@ from trio_websocket import (
 from cli.bench import emit_options
 from cli.daemon_process import DaemonProcess, running_daemon
 from cli.emit import EmitOptions, EmitReport, emit
+from protocol.errors import BwmonError
 from protocol.subscribe import (
     Delta,
     Entities,
@@ -647,7 +648,7 @@ def client_main(argv: list[str] | None = None) -> None:
 # -- the benchmark process -------------------------------------------------------------------
 
 
-class ClientFailed(RuntimeError):
+class ClientFailed(BwmonError):
     """The client process exited, answered nonsense, or did not answer in time."""
 
 

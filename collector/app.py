@@ -62,6 +62,7 @@ from collector.storage.sinks import MysqlSink, Sink, SqliteSink
 from collector.storage.spool import Spool
 from protocol import Limits
 from protocol.build import compiled_modules
+from protocol.errors import BwmonError
 
 log = get_logger("app")
 
@@ -72,7 +73,7 @@ VERSION = "0.1.0"
 RELOADABLE = ("alerts", "auth", "limits", "log")
 
 
-class ListenError(Exception):
+class ListenError(BwmonError):
     """A port could not be bound at start; the message names the transport and address."""
 
 
@@ -230,7 +231,7 @@ class Daemon:
         covered, self.held = self.held, Batch()
         try:
             unwritten = Batch()
-            unwritten.merge(self.flusher.pending)
+            unwritten.merge(self.flusher.queued())  # in the spool's thread too
             unwritten.merge(covered)
             state = {
                 "engine": engine_state,

@@ -29,10 +29,11 @@ import trio
 
 from collector.fanout.hub import Change, DeltaLog
 from collector.fanout.parts import shown
+from protocol.errors import BwmonError
 from protocol.subscribe import Delta, Snapshot
 
 
-class ChannelError(Exception):
+class ChannelError(BwmonError):
     pass
 
 

@@ -79,6 +79,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
 
 from collector.logs import get_logger
+from protocol.errors import BwmonError
 
 log = get_logger("http")
 
@@ -95,11 +96,11 @@ _connection_ids = itertools.count(1)
 _json = msgspec.json.Encoder()
 
 
-class BadRequest(ValueError):
+class BadRequest(BwmonError):
     """The request is well-formed HTTP but cannot be served as it is: answered 400."""
 
 
-class HeadTooLarge(ValueError):
+class HeadTooLarge(BwmonError):
     """The request head is larger than ``MAX_REQUEST_HEAD_BYTES``: answered 431."""
 
 

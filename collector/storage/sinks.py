@@ -14,7 +14,9 @@ not grow with the number of streams, and a retried or replayed batch leaves the 
 A dry run of ``migrate`` writes nothing: SQLite reads through a read-only connection, MySQL
 inside a ``READ ONLY`` transaction, and neither creates the migrations table.
 
-Errors, translated here and nowhere else::
+Errors (the storage branch of the tree, drawn in ``collector/storage/errors.py``), translated
+here and nowhere else: SQLite's in ``SqliteSink._run`` (``_SQLITE_ERRORS``), MySQL's in
+``MysqlSink._call`` and its probe::
 
     StorageError            base
      ├── StorageUnavailable the database cannot be reached or did not answer in time: retry later
@@ -49,6 +51,10 @@ import asyncmy.errors
 import trio
 
 from collector.runtime import AsyncioBridge
+from collector.storage.errors import DatabaseMissing as DatabaseMissing
+from collector.storage.errors import RowsRefused as RowsRefused
+from collector.storage.errors import StorageError as StorageError
+from collector.storage.errors import StorageUnavailable as StorageUnavailable
 from collector.storage.schema import (
     ROLLUPS,
     TABLES_BY_NAME,
@@ -60,6 +66,7 @@ from collector.storage.schema import (
     migrations,
     rollup_sql,
 )
+from protocol.errors import ExceptionMapping, map_exceptions
 
 MIGRATIONS_TABLE = "bwmon_migrations"
 # What the MySQL user needs on its database, and all it needs (deploy/README.md grants exactly
@@ -86,21 +93,20 @@ MYSQL_REFUSED_ROWS = frozenset(
 SQLITE_MAX_VARIABLES = 32_766
 
 
-class StorageError(Exception):
-    """Base of the storage errors."""
+def _sqlite_programming_error(message: str) -> StorageError:
+    if ": Error binding parameter" in message:  # a value of no SQLite type
+        return RowsRefused(message)
+    return StorageError(message)
 
 
-class StorageUnavailable(StorageError):
-    """The database cannot be reached or did not answer in time; the batch is kept."""
-
-
-class RowsRefused(StorageError):
-    """The database refused the rows written (their values, not its state): retrying the same
-    rows fails the same way. The write was rolled back whole."""
-
-
-class DatabaseMissing(StorageError):
-    """A read-only sink found no database file; the message names the absolute path."""
+# sqlite3's errors as ours; the first match wins (sqlite3.DatabaseError is the others' base).
+_SQLITE_ERRORS: ExceptionMapping = {
+    sqlite3.OperationalError: StorageUnavailable,  # locked, busy, disk I/O
+    (sqlite3.IntegrityError, sqlite3.DataError, OverflowError): RowsRefused,
+    sqlite3.ProgrammingError: _sqlite_programming_error,
+    sqlite3.DatabaseError: StorageError,  # not a database, or a damaged one
+    OSError: StorageUnavailable,  # the database's directory cannot be made or opened
+}
 
 
 class Sink(Protocol):
@@ -185,18 +191,9 @@ class SqliteSink:
         return conn
 
     async def _run(self, fn: Any, *args: Any) -> Any:
-        try:
+        """``fn(*args)`` in the sink's worker thread, its errors translated (``_SQLITE_ERRORS``)."""
+        with map_exceptions(_SQLITE_ERRORS, f"sqlite {self.path}"):
             return await trio.to_thread.run_sync(partial(fn, *args), limiter=self._limiter)
-        except sqlite3.OperationalError as exc:
-            raise StorageUnavailable(f"sqlite {self.path}: {exc}") from exc
-        except (sqlite3.IntegrityError, sqlite3.DataError, OverflowError) as exc:
-            raise RowsRefused(f"sqlite {self.path}: {exc}") from exc
-        except sqlite3.ProgrammingError as exc:
-            if str(exc).startswith("Error binding parameter"):  # a value of no SQLite type
-                raise RowsRefused(f"sqlite {self.path}: {exc}") from exc
-            raise StorageError(f"sqlite {self.path}: {exc}") from exc
-        except sqlite3.DatabaseError as exc:  # not a database, or a damaged one
-            raise StorageError(f"sqlite {self.path}: {exc}") from exc
 
     async def migrate(self, dry_run: bool = False) -> list[str]:
         return list(await self._run(self._migrate, dry_run))
