@@ -195,15 +195,16 @@ class Flusher:
     async def spool_overflow(self) -> None:
         """Spool the pending rows if they exceed the queue's cap (and a spool is configured)."""
         if self.spool is not None and len(self.pending) > self.queue_max_rows:
-            await self._spool_pending(self.spool)
+            await self._spool_pending(self.spool, more_than=self.queue_max_rows)
 
-    async def _spool_pending(self, spool: Spool) -> None:
-        """Move the pending rows to the spool, encoded and appended in a worker thread that a
-        cancellation waits for (``abandon_on_cancel=False``): once taken from the queue, the
-        rows are on disk before this returns. A full spool drops them (counted); a failing one
-        puts them back at the head of the queue (counted): nothing lost."""
+    async def _spool_pending(self, spool: Spool, *, more_than: int = 0) -> None:
+        """Move the pending rows to the spool if there are ``more_than`` (still, once a flush
+        in progress is done), encoded and appended in a worker thread that a cancellation
+        waits for (``abandon_on_cancel=False``): once taken from the queue, the rows are on
+        disk before this returns. A full spool drops them (counted); a failing one puts them
+        back at the head of the queue (counted): nothing lost."""
         async with self._spool_lock:
-            if not len(self.pending):
+            if len(self.pending) <= more_than:
                 return
             batch, self.pending = self.pending, Batch()
             self.spooling = batch

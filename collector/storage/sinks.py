@@ -93,6 +93,13 @@ MYSQL_REFUSED_ROWS = frozenset(
 SQLITE_MAX_VARIABLES = 32_766
 
 
+# asyncmy's errors and the socket's as ours (``MysqlSink._call`` then tells a refusal of the
+# rows apart, where it knows whether rows were written).
+_MYSQL_ERRORS: ExceptionMapping = {(asyncmy.errors.Error, OSError): StorageUnavailable}
+# Whatever fails the probe, the database did not answer it.
+_MYSQL_PROBE_ERRORS: ExceptionMapping = {Exception: StorageUnavailable}
+
+
 def _sqlite_programming_error(message: str) -> StorageError:
     if ": Error binding parameter" in message:  # a value of no SQLite type
         return RowsRefused(message)
@@ -323,7 +330,10 @@ class MysqlSink:
         """``fn(pool, *args)`` on the asyncio side, its errors translated; ``RowsRefused`` only
         where ``writes_rows`` (elsewhere a data error is the schema's or ours, not a row's)."""
         try:
-            with trio.fail_after(self.statement_timeout_s + 5):
+            with (
+                map_exceptions(_MYSQL_ERRORS, "mysql"),
+                trio.fail_after(self.statement_timeout_s + 5),
+            ):
                 if self._pool is None:
                     self._pool = await self.bridge.run(partial(_create_pool, **self.params))
                     max_packet: int = await self.bridge.run(_max_allowed_packet, self._pool)
@@ -334,21 +344,19 @@ class MysqlSink:
                 return await self.bridge.run(fn, self._pool, *args)
         except trio.TooSlowError as exc:
             raise StorageUnavailable("mysql: no answer in time") from exc
-        except asyncmy.errors.Error as exc:
-            if writes_rows and _refuses_rows(exc):  # rolled back; the connection is fine
-                raise RowsRefused(f"mysql: {exc}") from exc
+        except StorageUnavailable as exc:  # translated: what the driver said is its cause
+            said = exc.__cause__ if isinstance(exc.__cause__, asyncmy.errors.Error) else None
+            if writes_rows and said is not None and _refuses_rows(said):
+                raise RowsRefused(str(exc)) from said  # rolled back; the connection is fine
             await self._drop_pool()
-            if exc.args and exc.args[0] == ER_NET_PACKET_TOO_LARGE:
+            if said is not None and said.args and said.args[0] == ER_NET_PACKET_TOO_LARGE:
                 smallest = self.rows_per_statement <= MYSQL_MIN_ROWS_PER_STATEMENT
                 self.rows_per_statement = max(
                     MYSQL_MIN_ROWS_PER_STATEMENT, self.rows_per_statement // 2
                 )
                 if writes_rows and smallest:  # rows too large for any statement: split the batch
-                    raise RowsRefused(f"mysql: {exc}") from exc
-            raise StorageUnavailable(f"mysql: {exc}") from exc
-        except OSError as exc:
-            await self._drop_pool()
-            raise StorageUnavailable(f"mysql: {exc}") from exc
+                    raise RowsRefused(str(exc)) from said
+            raise
 
     async def _drop_pool(self) -> None:
         pool, self._pool = self._pool, None
@@ -384,14 +392,12 @@ class MysqlSink:
 
     async def _ping(self) -> None:
         try:
-            if self._probe is None:
-                self._probe = await self.bridge.run(partial(_connect, **self.params))
-            await self.bridge.run(_ping, self._probe)
-        except Exception as exc:  # whatever it is, the database did not answer
-            await self._drop_probe()
-            raise StorageUnavailable(f"mysql: {exc}") from exc
-        except BaseException:  # cancelled by the caller's deadline: the answer may still come
-            await self._drop_probe()
+            with map_exceptions(_MYSQL_PROBE_ERRORS, "mysql"):
+                if self._probe is None:
+                    self._probe = await self.bridge.run(partial(_connect, **self.params))
+                await self.bridge.run(_ping, self._probe)
+        except BaseException:  # failed, or cancelled by the caller's deadline (the answer may
+            await self._drop_probe()  # still come): the next probe connects anew
             raise
 
     async def _drop_probe(self) -> None:
