@@ -10,9 +10,10 @@ with a full one, rows are dropped — counted and logged, never silently.
 
 Every spool call (``append`` with its fsync, ``peek``, ``ack``) runs in a worker thread, one at a
 time: a slow disk stalls the spool, never the trio loop and so never ingest. ``offer`` only
-wakes the task that spools (``run`` starts it); while a batch is in that thread, new rows keep
-queueing in ``pending``. The thread is never abandoned: a batch handed to it is on disk (or
-back in the queue) before the flusher returns, shutdown included.
+wakes the task that spools (``run`` starts it); while a batch is in that thread, or a flush is
+writing (it holds the spool, to write its records before the queue), new rows keep queueing in
+``pending``. The thread is never abandoned: a batch handed to it is on disk (or back in the
+queue) before the flusher returns, shutdown included.
 
 A storage failure while the daemon runs is counted and survived, never the end of the daemon:
 a database that fails (any ``StorageError``) fails the flush (``failed_flushes``), which is
