@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from protocol.errors import BwmonError
 
-class DaemonFailed(RuntimeError):
+
+class DaemonFailed(BwmonError):
     """The daemon exited or never became ready; the message holds the end of its log."""
 
 

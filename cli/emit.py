@@ -41,6 +41,7 @@ from cli.synthetic import Profile, make_participants, make_routes
 from collector.aggregate.rtc import COUNTERS
 from protocol import Frame, Hello, RtcSample, encode_json, encode_msgpack
 from protocol.emitter import pack, pack_json
+from protocol.errors import BwmonError
 from protocol.frames import MAX_SECONDS
 from protocol.session import Ack, ErrorReply, SessionMessage, Welcome
 from protocol.signing import ENVELOPE_BYTES, sign_datagram
@@ -555,7 +556,7 @@ async def _emit_ws(
             nursery.cancel_scope.cancel()
 
 
-class EmitError(Exception):
+class EmitError(BwmonError):
     """The daemon could not be reached or ended the session; the message says which."""
 
 

@@ -1,7 +1,9 @@
 """The ``bwmon`` command: serve, tail, check-config, migrate, export, emit, bench.
 
 Thin: each command parses its options, calls into ``collector`` (public functions) or talks to
-a daemon over the network, and turns our errors into an exit code and one clear line.
+a daemon over the network, and turns our errors into an exit code and one clear line, in one
+place: ``errors_exit`` turns any ``BwmonError`` (protocol/errors.py draws the tree) that ends a
+command into ``<command>: <message>`` on stderr and the exit status ``exit_status`` gives it.
 
 Exit status: 0 done; 1 failed (a port in use, a database that cannot be reached or read: trying
 again may work); 2 (``EXIT_CONFIG``) the configuration or the command line is wrong, in every
@@ -18,17 +20,18 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import msgspec
 import trio
 import typer
 
 from cli.bench.commands import app as bench_app
-from cli.emit import EmitError, EmitOptions, emit
+from cli.emit import EmitOptions, emit
 from cli.synthetic import Profile
-from cli.tail import TailError, TailOptions, TopicRefused, run_tail
+from cli.tail import TailOptions, TopicRefused, run_tail
 from collector import app as daemon_app
 from collector.auth import bind_warning
 from collector.config import SECRET_KEYS, Config, ConfigError, StorageConfig, load
@@ -42,8 +45,8 @@ from collector.storage.export import (
     parse_time,
     row_writer,
 )
-from collector.storage.sinks import DatabaseMissing, MysqlSink, SqliteSink, StorageError
-from collector.storage.spool import SpoolError
+from collector.storage.sinks import DatabaseMissing, MysqlSink, SqliteSink
+from protocol.errors import BwmonError
 from protocol.subscribe import is_topic
 from protocol.tokens import MAX_TTL_S, RIGHTS, Claims, mint
 
@@ -65,21 +68,44 @@ ConfigPath = Annotated[
 ]
 
 
-def _load_or_exit(path: Path | None) -> Config:
+def exit_status(exc: BwmonError) -> int:
+    """``EXIT_CONFIG`` for what trying again will not fix (the configuration, a topic the token
+    does not allow), 1 for the rest (a port in use, a database or a daemon out of reach)."""
+    return EXIT_CONFIG if isinstance(exc, ConfigError | TopicRefused) else 1
+
+
+def fail(command: str, exc: BwmonError) -> NoReturn:
+    typer.echo(f"{command}: {exc}", err=True)
+    raise typer.Exit(exit_status(exc)) from None
+
+
+@contextlib.contextmanager
+def errors_exit(command: str = "bwmon") -> Iterator[None]:
+    """A ``BwmonError`` that ends the block, alone or in the exception group of a trio
+    nursery (its first), ends the command: one line, and its exit status. Other exceptions
+    pass: a bug shows its traceback."""
     try:
+        yield
+    except BaseExceptionGroup as group:
+        matched, _rest = group.split(BwmonError)
+        if matched is None:
+            raise
+        leaf = _first_leaf(matched)
+        assert isinstance(leaf, BwmonError)
+        fail(command, leaf)
+    except BwmonError as exc:
+        fail(command, exc)
+
+
+def _load_or_exit(path: Path | None) -> Config:
+    with errors_exit():
         return load(path)
-    except ConfigError as exc:
-        typer.echo(f"bwmon: {exc}", err=True)
-        raise typer.Exit(EXIT_CONFIG) from None
 
 
 def _check_or_exit(settings: Config) -> None:
     """What ``serve`` checks before it binds a port (``check_startup``); check-config too."""
-    try:
+    with errors_exit():
         daemon_app.check_startup(settings)
-    except ConfigError as exc:
-        typer.echo(f"bwmon: {exc}", err=True)
-        raise typer.Exit(EXIT_CONFIG) from None
 
 
 @app.command()
@@ -116,21 +142,8 @@ def serve(
     gc.collect()
     gc.freeze()
     try:
-        run_guest(main)
-    except BaseExceptionGroup as group:
-        # trio nurseries wrap errors in groups; a port that cannot be bound is one clear line.
-        matched, _rest = group.split((daemon_app.ListenError, SpoolError, ConfigError))
-        if matched is None:
-            raise
-        leaf = _first_leaf(matched)
-        typer.echo(f"bwmon: {leaf}", err=True)
-        raise typer.Exit(EXIT_CONFIG if isinstance(leaf, ConfigError) else 1) from None
-    except (daemon_app.ListenError, SpoolError) as exc:
-        typer.echo(f"bwmon: {exc}", err=True)
-        raise typer.Exit(1) from None
-    except ConfigError as exc:
-        typer.echo(f"bwmon: {exc}", err=True)
-        raise typer.Exit(EXIT_CONFIG) from None
+        with errors_exit():  # a port that cannot be bound, a spool that cannot be opened…
+            run_guest(main)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 
@@ -186,11 +199,8 @@ def migrate(
         raise typer.Exit(EXIT_CONFIG)
     database = settings.storage.sqlite_file()
     missing = settings.storage.backend == "sqlite" and not database.exists()
-    try:
+    with errors_exit("bwmon migrate"):
         statements = trio.run(main)
-    except StorageError as exc:
-        typer.echo(f"bwmon migrate: {exc}", err=True)
-        raise typer.Exit(1) from None
     for statement in statements:
         typer.echo(statement + ";\n")
     verb = "would apply" if dry_run else "applied"
@@ -280,7 +290,9 @@ def export_command(
     except DatabaseMissing as exc:
         source = f"configured in {config}" if config else "the default: no --config"
         code, failure = 1, f"bwmon export: {exc} ({source}; nothing has been stored there)"
-    except (StorageError, OSError) as exc:
+    except BwmonError as exc:
+        code, failure = exit_status(exc), f"bwmon export: {exc}"
+    except OSError as exc:
         code, failure = 1, f"bwmon export: {exc}"
     except KeyboardInterrupt:
         code = 130
@@ -409,8 +421,9 @@ def emit_command(
         ),
     )
     try:
-        report = trio.run(emit, options)
-    except (OSError, EmitError) as exc:
+        with errors_exit("bwmon emit"):
+            report = trio.run(emit, options)
+    except OSError as exc:
         typer.echo(f"bwmon emit: {exc}", err=True)
         raise typer.Exit(1) from None
     if as_json:
@@ -445,11 +458,8 @@ def token_mint(
 ) -> None:
     """Print a signed token (PROTOCOL.md §13) made with the first of auth.token_secrets (or
     BWMON_TOKEN_SECRETS). Give it to one client; it expires after --ttl seconds."""
-    try:
+    with errors_exit():  # a key of BWMON_TOKEN_SECRETS breaks the length rule
         keys = _load_or_exit(config).auth.secrets()
-    except ConfigError as exc:  # a key of BWMON_TOKEN_SECRETS breaks the length rule
-        typer.echo(f"bwmon: {exc}", err=True)
-        raise typer.Exit(EXIT_CONFIG) from None
     if not keys:
         typer.echo(
             "bwmon token mint: no key: set auth.token_secrets in the config or BWMON_TOKEN_SECRETS",
@@ -508,13 +518,8 @@ def tail_command(
         token=token,
     )
     try:
-        trio.run(run_tail, options)
-    except TopicRefused as exc:
-        typer.echo(f"bwmon tail: {exc}", err=True)
-        raise typer.Exit(EXIT_CONFIG) from None
-    except TailError as exc:
-        typer.echo(f"bwmon tail: {exc}", err=True)
-        raise typer.Exit(1) from None
+        with errors_exit("bwmon tail"):
+            trio.run(run_tail, options)
     except KeyboardInterrupt:  # before or after the signal handler was in place
         raise typer.Exit(0) from None
 

@@ -41,6 +41,7 @@ from trio_websocket import (
     open_websocket_url,
 )
 
+from protocol.errors import BwmonError
 from protocol.subscribe import (
     FORBIDDEN,
     TOO_MANY_TOPICS,
@@ -74,7 +75,7 @@ _msgpack_encoder: Final = msgspec.msgpack.Encoder()
 UpdateKind = Literal["snapshot", "delta", "alert"]
 
 
-class TailError(Exception):
+class TailError(BwmonError):
     """Ends ``bwmon tail`` with exit status 1."""
 
 

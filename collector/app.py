@@ -74,6 +74,7 @@ from collector.storage.spool import Spool
 from collector.wire import Wire
 from protocol import Limits
 from protocol.build import compiled_modules
+from protocol.errors import BwmonError
 
 log = get_logger("app")
 
@@ -84,7 +85,7 @@ VERSION = "0.1.0"
 RELOADABLE = ("alerts", "auth", "limits", "log")
 
 
-class ListenError(Exception):
+class ListenError(BwmonError):
     """A port could not be bound at start; the message names the transport and address."""
 
 
@@ -246,7 +247,7 @@ class Daemon:
         covered, self.held = self.held, Batch()
         try:
             unwritten = Batch()
-            unwritten.merge(self.flusher.pending)
+            unwritten.merge(self.flusher.queued())  # in the spool's thread too
             unwritten.merge(covered)
             state = {
                 "engine": engine_state,

@@ -25,12 +25,13 @@ from msgspec import Meta
 from collector.aggregate.alerts import DEFAULT_RULES, AlertRule
 from collector.aggregate.settings import AggregateSettings
 from collector.allowlist import parse_allowlist
+from protocol.errors import BwmonError
 
 Port = Annotated[int, Meta(ge=0, le=65535)]
 PositiveSeconds = Annotated[float, Meta(gt=0, le=86_400)]
 
 
-class ConfigError(Exception):
+class ConfigError(BwmonError):
     """The configuration cannot be used; the message is meant for the operator."""
 
 

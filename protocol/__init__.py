@@ -13,6 +13,7 @@ from protocol.codec import (
     encode_json_lines,
     encode_msgpack,
 )
+from protocol.errors import BwmonError
 from protocol.frames import (
     FRAME_TYPES,
     HTTP_LATENCY_BOUNDS_MS,
@@ -33,6 +34,7 @@ __all__ = [
     "HTTP_LATENCY_BUCKETS",
     "PROTOCOL_VERSION",
     "REASONS",
+    "BwmonError",
     "Decoded",
     "Event",
     "Frame",

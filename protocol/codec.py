@@ -26,6 +26,7 @@ from typing import Final
 
 import msgspec
 
+from protocol.errors import BwmonError
 from protocol.frames import Event, Frame, HttpSample, RtcSample
 from protocol.limits import Limits
 
@@ -63,7 +64,7 @@ REASONS: Final = (
 MAX_DETAIL_CHARS: Final = 200
 
 
-class ProtocolError(Exception):
+class ProtocolError(BwmonError):
     """A rejected message or frame: ``reason`` is a code from ``REASONS``.
 
     ``index`` is the frame's position in its batch (or its line, for JSON lines), ``None`` when

@@ -26,6 +26,7 @@ from typing import Annotated, Final, Literal, TypeAlias
 import msgspec
 from msgspec import Meta
 
+from protocol.errors import BwmonError
 from protocol.frames import MAX_ID_CHARS
 
 PREFIX: Final = "bwm1"
@@ -49,7 +50,7 @@ class Claims(
         return right in self.rights and (self.meeting is None or self.meeting == meeting)
 
 
-class TokenError(Exception):
+class TokenError(BwmonError):
     """The token cannot be used. ``reason``: ``malformed``, ``bad_signature`` or ``expired``.
 
     The message never repeats the token."""

@@ -51,6 +51,7 @@ from cli.bench.harness import (
 from cli.daemon_process import DaemonProcess, running_daemon
 from cli.emit import emit
 from collector.config import FanoutConfig
+from protocol.errors import BwmonError
 
 TARGET_E2E_FRAMES_PER_S = 100_000
 LATENCY_MARGIN_MS = 250.0  # the latency target is the publish interval plus this
@@ -138,7 +139,7 @@ def peak_rss_bytes(pid: int) -> int | None:
     return None
 
 
-class E2eUnavailable(RuntimeError):
+class E2eUnavailable(BwmonError):
     """The database could not be created: the end-to-end benchmark cannot run."""
 
 

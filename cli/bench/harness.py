@@ -40,6 +40,7 @@ from cli.emit import EmitOptions
 from cli.synthetic import Profile
 from collector.config import IngestConfig
 from protocol import Limits, decode_message
+from protocol.errors import BwmonError
 
 MAX_LOSS = 0.001  # a step is lossless below this fraction of the frames sent
 DAEMON_CPU = 0
@@ -239,7 +240,7 @@ def pinned_to_sender_cpu() -> Iterator[bool]:
 # -- helper children -------------------------------------------------------------------------
 
 
-class ClientFailed(RuntimeError):
+class ClientFailed(BwmonError):
     """The client process exited, answered nonsense, or did not answer in time."""
 
 

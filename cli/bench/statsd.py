@@ -43,6 +43,7 @@ import msgspec
 
 from cli.bench.harness import DATAGRAM_BUDGET, terminate
 from protocol import RtcSample
+from protocol.errors import BwmonError
 
 STATSD_VERSION = "0.9.0"
 FLUSH_INTERVAL_MS = 10_000
@@ -96,7 +97,7 @@ exports.start = function (config, callback) {
 """
 
 
-class StatsdUnavailable(RuntimeError):
+class StatsdUnavailable(BwmonError):
     """StatsD cannot run here (no Node.js or npm, install failed, did not start): why."""
 
 

@@ -10,7 +10,8 @@ entity; what it gives out are the entities merged from every daemon's parts
 * ``RedisChannel`` (``collector.fanout.redis_channel``): Redis Streams and hashes, shared by
   every daemon, so that a subscriber on any daemon sees the meetings of all of them.
 
-Exceptions (translated at the edge, callers see only these)::
+Exceptions (the channel branch of ``BwmonError``'s tree, protocol/errors.py; translated at the
+edge, callers see only these)::
 
     ChannelError
     ├── ChannelUnavailable   the channel cannot be reached now; try again later
@@ -30,10 +31,11 @@ import trio
 from collector.fanout.health import RedisHealth
 from collector.fanout.hub import Change, DeltaLog
 from collector.fanout.parts import shown
+from protocol.errors import BwmonError
 from protocol.subscribe import Delta, Snapshot
 
 
-class ChannelError(Exception):
+class ChannelError(BwmonError):
     pass
 
 

@@ -81,8 +81,9 @@ Limits, on purpose or not yet handled:
 While Redis cannot be reached, ``collector.fanout.fallback.FallbackChannel`` (which the daemon
 wraps around this channel) serves this daemon's own subscribers from its own state.
 
-Errors: every redis-py error, timeout and closed bridge becomes ``ChannelUnavailable``; a
-changed epoch on ``publish`` is ``EpochChanged`` (see the tree in ``collector.fanout.channel``).
+Errors: every redis-py error, ``OSError``, timeout and closed bridge becomes
+``ChannelUnavailable``, in ``_call`` alone (``map_exceptions``, ``_UNREACHABLE``); a changed
+epoch on ``publish`` is ``EpochChanged`` (see the tree in ``collector.fanout.channel``).
 ``serve`` never raises them: it backs off (``0.5 s`` doubling to ``retry_max_s``), logs once per
 outage and reconnects.
 
@@ -121,6 +122,7 @@ from collector.fanout.hub import Change
 from collector.fanout.parts import Mirror, catch_up, part_id, split_part
 from collector.logs import get_logger
 from collector.runtime import AsyncioBridge, BridgeCancelled, BridgeClosed
+from protocol.errors import ExceptionMapping, map_exceptions
 from protocol.subscribe import Delta, Entities, Snapshot
 
 log = get_logger("fanout.redis")
@@ -136,6 +138,10 @@ RETRY_START_S: Final = 0.5
 FORGOTTEN_TTL_S: Final = 24 * 3600
 MAX_WANTED_TOPICS: Final = 10_000
 PARTS_POLL_S: Final = 0.05  # how often ``await_parts`` looks again
+
+# What failing to reach Redis raises on the way: redis-py's errors, the socket's, the bridge's.
+_UNREACHABLE: Final = (redis.exceptions.RedisError, OSError, BridgeClosed, BridgeCancelled)
+_ERRORS: ExceptionMapping = {_UNREACHABLE: ChannelUnavailable}
 
 _encoder: Final = msgspec.msgpack.Encoder()
 _fields_decoder: Final = msgspec.msgpack.Decoder(dict[str, Any])
@@ -614,9 +620,7 @@ class RedisChannel:
         with (
             trio.CancelScope(shield=True),
             trio.move_on_after(self.command_timeout_s),
-            contextlib.suppress(
-                redis.exceptions.RedisError, OSError, BridgeClosed, BridgeCancelled
-            ),
+            contextlib.suppress(*_UNREACHABLE),
         ):
             await self.bridge.run(client.aclose)
 
@@ -676,7 +680,10 @@ class RedisChannel:
         closed (a restart, its idle timeout) fails its next command, and the pool then opens a
         fresh one."""
         try:
-            with trio.fail_after((1 + retry) * (timeout_s or self.command_timeout_s + 1)):
+            with (
+                map_exceptions(_ERRORS, "redis"),
+                trio.fail_after((1 + retry) * (timeout_s or self.command_timeout_s + 1)),
+            ):
                 client = await self._get_client()
                 try:
                     return await self.bridge.run(fn, client, *args)
@@ -686,8 +693,6 @@ class RedisChannel:
                 return await self.bridge.run(fn, client, *args)
         except trio.TooSlowError as exc:
             raise ChannelUnavailable("redis: no answer in time") from exc
-        except (redis.exceptions.RedisError, OSError, BridgeClosed, BridgeCancelled) as exc:
-            raise ChannelUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
 
     # -- the epoch -------------------------------------------------------------------------
 

@@ -90,6 +90,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_st
 
 from collector.logs import get_logger
 from collector.wire import Wire
+from protocol.errors import BwmonError
 
 log = get_logger("http")
 
@@ -105,11 +106,11 @@ _connection_ids = itertools.count(1)
 _json = msgspec.json.Encoder()
 
 
-class BadRequest(ValueError):
+class BadRequest(BwmonError):
     """The request is well-formed HTTP but cannot be served as it is: answered 400."""
 
 
-class HeadTooLarge(ValueError):
+class HeadTooLarge(BwmonError):
     """The request head is larger than ``MAX_REQUEST_HEAD_BYTES``: answered 431."""
 
 

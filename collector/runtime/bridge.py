@@ -41,6 +41,8 @@ import outcome
 import structlog
 import trio
 
+from protocol.errors import BwmonError
+
 __all__ = [
     "AsyncioBridge",
     "BridgeCancelled",
@@ -55,7 +57,7 @@ Ts = TypeVarTuple("Ts")
 _log = structlog.get_logger()
 
 
-class RuntimeFault(Exception):
+class RuntimeFault(BwmonError):
     """Base of the errors raised by ``collector.runtime`` itself."""
 
 

@@ -38,13 +38,13 @@ from typing import Any
 
 import msgspec
 
-from collector.storage.sinks import StorageError
+from collector.storage.errors import CheckpointError as CheckpointError
+from protocol.errors import ExceptionMapping, map_exceptions
 
 NAME = "checkpoint.msgpack"
 
-
-class CheckpointError(StorageError):
-    """The checkpoint cannot be written or read back."""
+# The checkpoint's foreign errors as ours: the disk's, and a file msgpack cannot read.
+_ERRORS: ExceptionMapping = {(OSError, msgspec.DecodeError): CheckpointError}
 
 
 def save(directory: Path, state: dict[str, Any]) -> int:
@@ -52,7 +52,7 @@ def save(directory: Path, state: dict[str, Any]) -> int:
     data = msgspec.msgpack.encode(state)
     path = directory / NAME
     temp = directory / (NAME + ".tmp")
-    try:
+    with map_exceptions(_ERRORS, f"cannot write the checkpoint in {directory}"):
         directory.mkdir(parents=True, exist_ok=True)
         with open(temp, "wb") as file:
             file.write(data)
@@ -64,22 +64,17 @@ def save(directory: Path, state: dict[str, Any]) -> int:
             os.fsync(fd)
         finally:
             os.close(fd)
-    except OSError as exc:
-        raise CheckpointError(f"cannot write the checkpoint in {directory}: {exc}") from exc
     return len(data)
 
 
 def load(directory: Path) -> dict[str, Any] | None:
     """The last checkpoint, or None when there is none."""
     path = directory / NAME
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise CheckpointError(f"cannot read {path}: {exc}") from exc
-    try:
+    with map_exceptions(_ERRORS, f"cannot read {path}"):
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+    with map_exceptions(_ERRORS, f"{path} is damaged"):
         state: dict[str, Any] = msgspec.msgpack.decode(data)
-    except msgspec.DecodeError as exc:
-        raise CheckpointError(f"{path} is damaged: {exc}") from exc
     return state

@@ -8,6 +8,18 @@ the pending rows exceed ``queue_max_rows`` the batch is spooled to disk (if a sp
 configured) and written from there, in order, when the database returns; without a spool, or
 with a full one, rows are dropped — counted and logged, never silently.
 
+Every spool call (``append`` with its fsync, ``peek``, ``ack``) runs in a worker thread, one at a
+time: a slow disk stalls the spool, never the trio loop and so never ingest. ``offer`` only
+wakes the task that spools (``run`` starts it); while a batch is in that thread, or a flush is
+writing (it holds the spool, to write its records before the queue), new rows keep queueing in
+``pending``. The thread is never abandoned: a batch handed to it is on disk (or back in the
+queue) before the flusher returns, shutdown included.
+
+A storage failure while the daemon runs is counted and survived, never the end of the daemon:
+a database that fails (any ``StorageError``) fails the flush (``failed_flushes``), which is
+retried; a spool that fails (``SpoolError``) is counted in ``spool_errors`` and its rows stay
+queued (an append) or spooled (a read or an ack) for the next attempt.
+
 A batch the database refuses for its content (``RowsRefused``: a value too long, a constraint)
 is not retried whole: it is split in halves, each written on its own, until every row the
 database takes is written and each row it refuses stands alone. A refused row is counted
@@ -51,7 +63,7 @@ from collector.storage.schema import (
     pad_row,
     rtc_row,
 )
-from collector.storage.sinks import RowsRefused, Sink, StorageUnavailable
+from collector.storage.sinks import RowsRefused, Sink, StorageError, StorageUnavailable
 from collector.storage.spool import Spool, SpoolError
 
 log = get_logger("storage")
@@ -64,6 +76,7 @@ PROBE_TIMEOUT_S: Final = 2.0
 
 
 _encoder = msgspec.msgpack.Encoder()
+_spool_encoder = msgspec.msgpack.Encoder()  # the spool's thread has its own
 _decoder = msgspec.msgpack.Decoder(dict[str, list[list[Any]]])
 _refused_encoder = msgspec.json.Encoder()
 
@@ -81,6 +94,11 @@ def decode_batch(payload: bytes) -> Batch:
             for name, rows in _decoder.decode(payload).items()
         }
     )
+
+
+def _append(spool: Spool, batch: Batch) -> bool:
+    """In the spool's worker thread: encode ``batch`` and append it, fsync included."""
+    return spool.append(_spool_encoder.encode(batch.rows))
 
 
 def batch_of(output: Output) -> Batch:
@@ -122,6 +140,11 @@ class Flusher:
         self.probe_timeout_s = probe_timeout_s
         self.probe_error: str | None = None  # the last probe's failure; None once one answers
         self.pending = pending if pending is not None else Batch()
+        # Rows in the spool's worker thread, not yet on disk: written after the spool's records
+        # and before ``pending``, and part of what a checkpoint holds (``queued``).
+        self.spooling = Batch()
+        self._spool_lock = trio.Lock()  # one spool call at a time; a flush holds it throughout
+        self._overflowed = trio.Event()  # set: pending rows exceed the cap, spool them
         self.failures = 0  # consecutive failed attempts
         self.counters = {
             "rows_written": 0,
@@ -143,34 +166,78 @@ class Flusher:
         self.offer_batch(batch_of(output))
 
     def offer_batch(self, batch: Batch) -> None:
-        """``offer`` of rows already made (``batch_of``)."""
+        """``offer`` of rows already made (``batch_of``). Beyond the queue's cap: wake the
+        task that spools, or, without a spool, drop the rows (counted)."""
         self.pending.merge(batch)
         if len(self.pending) > self.queue_max_rows:
-            self._overflow()
+            if self.spool is not None:
+                self._overflowed.set()
+            else:
+                self._drop(self.pending)
+                self.pending = Batch()
 
-    def _overflow(self) -> None:
-        batch, self.pending = self.pending, Batch()
-        rows = len(batch)
-        if self.spool is not None:
+    def queued(self) -> Batch:
+        """The rows neither written nor on disk in the spool, oldest first: those in the
+        spool's thread, then the pending ones (what a checkpoint must hold)."""
+        rows = Batch()
+        rows.merge(self.spooling)
+        rows.merge(self.pending)
+        return rows
+
+    def _drop(self, batch: Batch) -> None:
+        self.counters["rows_dropped"] += len(batch)
+        log.error("storage_rows_dropped", rows=len(batch), reason="queue and spool full")
+
+    async def _spool_when_overflowed(self) -> None:
+        """``spool_overflow`` each time ``offer`` finds the queue over its cap, until
+        cancelled."""
+        while True:
+            await self._overflowed.wait()
+            self._overflowed = trio.Event()
+            await self.spool_overflow()
+
+    async def spool_overflow(self) -> None:
+        """Spool the pending rows if they exceed the queue's cap (and a spool is configured)."""
+        if self.spool is not None and len(self.pending) > self.queue_max_rows:
+            await self._spool_pending(self.spool, more_than=self.queue_max_rows)
+
+    async def _spool_pending(self, spool: Spool, *, more_than: int = 0) -> None:
+        """Move the pending rows to the spool if there are ``more_than`` (still, once a flush
+        in progress is done), encoded and appended in a worker thread that a cancellation
+        waits for (``abandon_on_cancel=False``): once taken from the queue, the rows are on
+        disk before this returns. A full spool drops them (counted); a failing one puts them
+        back at the head of the queue (counted): nothing lost."""
+        async with self._spool_lock:
+            if len(self.pending) <= more_than:
+                return
+            batch, self.pending = self.pending, Batch()
+            self.spooling = batch
             try:
-                spooled = self.spool.append(encode_batch(batch))
-            except SpoolError as exc:  # the disk failed: the rows stay queued, nothing lost
-                batch.merge(self.pending)
+                spooled = await trio.to_thread.run_sync(
+                    _append, spool, batch, abandon_on_cancel=False
+                )
+            except BaseException as exc:  # failed, or cancelled before the thread started
+                batch.merge(self.pending)  # keep order: these rows, then newer ones
                 self.pending = batch
+                if not isinstance(exc, SpoolError):
+                    raise
                 self._spool_failed("append", exc)
                 return
-            if spooled:
-                self.counters["rows_spooled"] += rows
-                log.warning("storage_spooled", rows=rows, spooled_batches=len(self.spool))
-                return
-        self.counters["rows_dropped"] += rows
-        log.error("storage_rows_dropped", rows=rows, reason="queue and spool full")
+            finally:
+                self.spooling = Batch()
+        if spooled:
+            self.counters["rows_spooled"] += len(batch)
+            log.warning("storage_spooled", rows=len(batch), spooled_batches=len(spool))
+        else:
+            self._drop(batch)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Write pending rows every interval until cancelled (``close`` does the last flush),
-        and probe the database meanwhile."""
+        probe the database and spool what overflows the queue meanwhile."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.probe)
+            if self.spool is not None:
+                nursery.start_soon(self._spool_when_overflowed)
             task_status.started()
             await self._flush_every_interval()
 
@@ -216,7 +283,7 @@ class Flusher:
 
     async def flush(self) -> bool:
         """Write the spool's batches (oldest first), then the pending one. False if the
-        database is unavailable (everything stays queued)."""
+        database is unavailable or failed (everything stays queued, ``failed_flushes``)."""
         started = time.monotonic()
         try:
             return await self._flush()
@@ -225,6 +292,10 @@ class Flusher:
             self.flush_seconds += self.last_flush_s
 
     async def _flush(self) -> bool:
+        async with self._spool_lock:  # no batch reaches the spool between these two steps
+            return await self._flush_locked()
+
+    async def _flush_locked(self) -> bool:
         try:
             if self.needs_migrate:
                 applied = await self.sink.migrate()
@@ -243,12 +314,14 @@ class Flusher:
                     self.pending = batch
                     raise
             self.counters["flushes"] += 1
-        except StorageUnavailable as exc:
+        except StorageError as exc:  # whatever the database did, the daemon goes on
             self.failures += 1
             self.counters["failed_flushes"] += 1
             self.last_error = str(exc)[:300]
             log.warning(
-                "storage_unavailable", error=self.last_error, pending_rows=len(self.pending)
+                "storage_unavailable" if isinstance(exc, StorageUnavailable) else "storage_failed",
+                error=self.last_error,
+                pending_rows=len(self.pending),
             )
             return False
         if self.failures:
@@ -259,15 +332,16 @@ class Flusher:
 
     async def _flush_spool(self, spool: Spool) -> None:
         """Write the spool's batches, oldest first, its reads and fsyncs in a worker thread
-        (a slow disk must not stall ingest). A spool that fails to read is counted and logged
-        and left for the next flush: the pending rows are still written."""
+        (a slow disk must not stall ingest). A spool that fails to read or acknowledge is
+        counted and logged and left for the next flush: the pending rows are still written
+        (a record written but not acknowledged is written again then: an idempotent upsert)."""
         try:
             while entries := await trio.to_thread.run_sync(spool.peek, 10):
                 for position, payload in entries:
                     await self._write(decode_batch(payload))
                     await trio.to_thread.run_sync(spool.ack, position)
         except SpoolError as exc:
-            self._spool_failed("read", exc)
+            self._spool_failed("read", exc)  # peek or ack
 
     def _spool_failed(self, operation: str, exc: SpoolError) -> None:
         self.counters["spool_errors"] += 1
@@ -349,19 +423,26 @@ class Flusher:
 
     async def close(self, deadline_s: float) -> None:
         """Last flush within ``deadline_s`` (or until ``hurry``); what cannot be written in
-        time is spooled."""
+        time is spooled (waiting for the disk, whatever cancels the caller), or, without a
+        spool or with a full one, dropped (counted)."""
         with trio.move_on_after(0 if self._hurried else deadline_s) as self._closing:
             while True:
                 if await self.flush():
                     break
                 await trio.sleep(min(1.0, deadline_s / 4))
-        if len(self.pending):
-            self._overflow()
+        if not len(self.pending):
+            return
+        if self.spool is None:
+            self._drop(self.pending)
+            self.pending = Batch()
+            return
+        with trio.CancelScope(shield=True):
+            await self._spool_pending(self.spool)
 
     def health(self) -> FlusherHealth:
         return FlusherHealth(
             **self.counters,
-            pending_rows=len(self.pending),
+            pending_rows=len(self.pending) + len(self.spooling),
             spooled_batches=len(self.spool) if self.spool is not None else 0,
             spool_bytes=self.spool.size_bytes if self.spool is not None else 0,
             flush_seconds=round(self.flush_seconds, 6),

@@ -14,7 +14,9 @@ not grow with the number of streams, and a retried or replayed batch leaves the 
 A dry run of ``migrate`` writes nothing: SQLite reads through a read-only connection, MySQL
 inside a ``READ ONLY`` transaction, and neither creates the migrations table.
 
-Errors, translated here and nowhere else::
+Errors (the storage branch of the tree, drawn in ``collector/storage/errors.py``), translated
+here and nowhere else: SQLite's in ``SqliteSink._run`` (``_SQLITE_ERRORS``), MySQL's in
+``MysqlSink._call`` and its probe::
 
     StorageError            base
      ├── StorageUnavailable the database cannot be reached or did not answer in time: retry later
@@ -49,6 +51,10 @@ import asyncmy.errors
 import trio
 
 from collector.runtime import AsyncioBridge
+from collector.storage.errors import DatabaseMissing as DatabaseMissing
+from collector.storage.errors import RowsRefused as RowsRefused
+from collector.storage.errors import StorageError as StorageError
+from collector.storage.errors import StorageUnavailable as StorageUnavailable
 from collector.storage.schema import (
     ROLLUPS,
     TABLES_BY_NAME,
@@ -60,6 +66,7 @@ from collector.storage.schema import (
     migrations,
     rollup_sql,
 )
+from protocol.errors import ExceptionMapping, map_exceptions
 
 MIGRATIONS_TABLE = "bwmon_migrations"
 # What the MySQL user needs on its database, and all it needs (deploy/README.md grants exactly
@@ -86,21 +93,27 @@ MYSQL_REFUSED_ROWS = frozenset(
 SQLITE_MAX_VARIABLES = 32_766
 
 
-class StorageError(Exception):
-    """Base of the storage errors."""
+# asyncmy's errors and the socket's as ours (``MysqlSink._call`` then tells a refusal of the
+# rows apart, where it knows whether rows were written).
+_MYSQL_ERRORS: ExceptionMapping = {(asyncmy.errors.Error, OSError): StorageUnavailable}
+# Whatever fails the probe, the database did not answer it.
+_MYSQL_PROBE_ERRORS: ExceptionMapping = {Exception: StorageUnavailable}
 
 
-class StorageUnavailable(StorageError):
-    """The database cannot be reached or did not answer in time; the batch is kept."""
+def _sqlite_programming_error(message: str) -> StorageError:
+    if ": Error binding parameter" in message:  # a value of no SQLite type
+        return RowsRefused(message)
+    return StorageError(message)
 
 
-class RowsRefused(StorageError):
-    """The database refused the rows written (their values, not its state): retrying the same
-    rows fails the same way. The write was rolled back whole."""
-
-
-class DatabaseMissing(StorageError):
-    """A read-only sink found no database file; the message names the absolute path."""
+# sqlite3's errors as ours; the first match wins (sqlite3.DatabaseError is the others' base).
+_SQLITE_ERRORS: ExceptionMapping = {
+    sqlite3.OperationalError: StorageUnavailable,  # locked, busy, disk I/O
+    (sqlite3.IntegrityError, sqlite3.DataError, OverflowError): RowsRefused,
+    sqlite3.ProgrammingError: _sqlite_programming_error,
+    sqlite3.DatabaseError: StorageError,  # not a database, or a damaged one
+    OSError: StorageUnavailable,  # the database's directory cannot be made or opened
+}
 
 
 class Sink(Protocol):
@@ -185,18 +198,9 @@ class SqliteSink:
         return conn
 
     async def _run(self, fn: Any, *args: Any) -> Any:
-        try:
+        """``fn(*args)`` in the sink's worker thread, its errors translated (``_SQLITE_ERRORS``)."""
+        with map_exceptions(_SQLITE_ERRORS, f"sqlite {self.path}"):
             return await trio.to_thread.run_sync(partial(fn, *args), limiter=self._limiter)
-        except sqlite3.OperationalError as exc:
-            raise StorageUnavailable(f"sqlite {self.path}: {exc}") from exc
-        except (sqlite3.IntegrityError, sqlite3.DataError, OverflowError) as exc:
-            raise RowsRefused(f"sqlite {self.path}: {exc}") from exc
-        except sqlite3.ProgrammingError as exc:
-            if str(exc).startswith("Error binding parameter"):  # a value of no SQLite type
-                raise RowsRefused(f"sqlite {self.path}: {exc}") from exc
-            raise StorageError(f"sqlite {self.path}: {exc}") from exc
-        except sqlite3.DatabaseError as exc:  # not a database, or a damaged one
-            raise StorageError(f"sqlite {self.path}: {exc}") from exc
 
     async def migrate(self, dry_run: bool = False) -> list[str]:
         return list(await self._run(self._migrate, dry_run))
@@ -326,7 +330,10 @@ class MysqlSink:
         """``fn(pool, *args)`` on the asyncio side, its errors translated; ``RowsRefused`` only
         where ``writes_rows`` (elsewhere a data error is the schema's or ours, not a row's)."""
         try:
-            with trio.fail_after(self.statement_timeout_s + 5):
+            with (
+                map_exceptions(_MYSQL_ERRORS, "mysql"),
+                trio.fail_after(self.statement_timeout_s + 5),
+            ):
                 if self._pool is None:
                     self._pool = await self.bridge.run(partial(_create_pool, **self.params))
                     max_packet: int = await self.bridge.run(_max_allowed_packet, self._pool)
@@ -337,21 +344,19 @@ class MysqlSink:
                 return await self.bridge.run(fn, self._pool, *args)
         except trio.TooSlowError as exc:
             raise StorageUnavailable("mysql: no answer in time") from exc
-        except asyncmy.errors.Error as exc:
-            if writes_rows and _refuses_rows(exc):  # rolled back; the connection is fine
-                raise RowsRefused(f"mysql: {exc}") from exc
+        except StorageUnavailable as exc:  # translated: what the driver said is its cause
+            said = exc.__cause__ if isinstance(exc.__cause__, asyncmy.errors.Error) else None
+            if writes_rows and said is not None and _refuses_rows(said):
+                raise RowsRefused(str(exc)) from said  # rolled back; the connection is fine
             await self._drop_pool()
-            if exc.args and exc.args[0] == ER_NET_PACKET_TOO_LARGE:
+            if said is not None and said.args and said.args[0] == ER_NET_PACKET_TOO_LARGE:
                 smallest = self.rows_per_statement <= MYSQL_MIN_ROWS_PER_STATEMENT
                 self.rows_per_statement = max(
                     MYSQL_MIN_ROWS_PER_STATEMENT, self.rows_per_statement // 2
                 )
                 if writes_rows and smallest:  # rows too large for any statement: split the batch
-                    raise RowsRefused(f"mysql: {exc}") from exc
-            raise StorageUnavailable(f"mysql: {exc}") from exc
-        except OSError as exc:
-            await self._drop_pool()
-            raise StorageUnavailable(f"mysql: {exc}") from exc
+                    raise RowsRefused(str(exc)) from said
+            raise
 
     async def _drop_pool(self) -> None:
         pool, self._pool = self._pool, None
@@ -387,14 +392,12 @@ class MysqlSink:
 
     async def _ping(self) -> None:
         try:
-            if self._probe is None:
-                self._probe = await self.bridge.run(partial(_connect, **self.params))
-            await self.bridge.run(_ping, self._probe)
-        except Exception as exc:  # whatever it is, the database did not answer
-            await self._drop_probe()
-            raise StorageUnavailable(f"mysql: {exc}") from exc
-        except BaseException:  # cancelled by the caller's deadline: the answer may still come
-            await self._drop_probe()
+            with map_exceptions(_MYSQL_PROBE_ERRORS, "mysql"):
+                if self._probe is None:
+                    self._probe = await self.bridge.run(partial(_connect, **self.params))
+                await self.bridge.run(_ping, self._probe)
+        except BaseException:  # failed, or cancelled by the caller's deadline (the answer may
+            await self._drop_probe()  # still come): the next probe connects anew
             raise
 
     async def _drop_probe(self) -> None:

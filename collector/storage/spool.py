@@ -45,13 +45,17 @@ eventually refuses appends.
 
 Errors::
 
-    SpoolError    base: the directory or files cannot be used (permissions, I/O error, another
-                  process holds the spool, damage found after open, a newer format)
+    SpoolError    a StorageError (collector/storage/errors.py): the directory or files cannot be
+                  used (permissions, I/O error, another process holds the spool, damage found
+                  after open, a newer format); every ``OSError`` becomes one, at each public
+                  method (``map_exceptions``)
     ValueError    a caller bug: payload over 64 MiB, unknown position id, closed spool
 
-Standard library only and synchronous: callers run it in a worker thread; each call holds one
-lock and does a bounded amount of I/O. It never touches the database, never imports trio, never
-raises for a full spool, and never returns a record whose CRC does not match.
+Standard library only and synchronous: callers run ``append``, ``peek`` and ``ack`` in a worker
+thread (the flusher does); each call holds one lock and does a bounded amount of I/O. ``len``
+and ``size_bytes`` do not wait for that lock, so a health report never waits on a slow disk.
+It never touches the database, never imports trio, never raises for a full spool, and never
+returns a record whose CRC does not match.
 """
 
 from __future__ import annotations
@@ -64,6 +68,9 @@ import threading
 import zlib
 from pathlib import Path
 from types import TracebackType
+
+from collector.storage.errors import SpoolError as SpoolError
+from protocol.errors import ExceptionMapping, map_exceptions
 
 MAGIC = b"BW"
 VERSION = 1
@@ -87,10 +94,8 @@ _OFFSET_MASK = (1 << _OFFSET_BITS) - 1
 _COPY_CHUNK = 2**20
 _RECORD_START = MAGIC + bytes([VERSION])
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-
-class SpoolError(Exception):
-    """The spool cannot be used; see the tree in the module docstring."""
+# The disk's errors as ours, at each public method.
+_ERRORS: ExceptionMapping = {OSError: SpoolError}
 
 
 def encode_record(payload: bytes) -> bytes:
@@ -150,13 +155,11 @@ class Spool:
         self._count = 0
         self._broken: str | None = None
         self._fd: int | None = None
-        try:
+        with map_exceptions(_ERRORS, f"cannot open the spool in {directory}"):
             directory.mkdir(parents=True, exist_ok=True)
             fd = os.open(
                 directory / LOG_NAME, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
             )
-        except OSError as exc:
-            raise SpoolError(f"cannot open the spool in {directory}: {exc}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -164,10 +167,8 @@ class Spool:
             raise SpoolError(f"the spool in {directory} is in use by another process") from exc
         self._fd = fd
         try:
-            self._recover(fd)
-        except OSError as exc:
-            self._close_fd()
-            raise SpoolError(f"cannot recover the spool in {directory}: {exc}") from exc
+            with map_exceptions(_ERRORS, f"cannot recover the spool in {directory}"):
+                self._recover(fd)
         except BaseException:
             self._close_fd()
             raise
@@ -177,7 +178,7 @@ class Spool:
     def append(self, payload: bytes) -> bool:
         """Add one record at the end; False (counted) when the spool is full."""
         record = encode_record(payload)
-        with self._lock:
+        with self._lock, map_exceptions(_ERRORS, f"cannot append to the spool in {self.directory}"):
             fd = self._require_open()
             if self._end + len(record) > self.max_bytes:
                 self._drop(len(payload))
@@ -191,7 +192,7 @@ class Spool:
                 if exc.errno in _DISK_FULL:
                     self._drop(len(payload))
                     return False
-                raise SpoolError(f"cannot append to the spool in {self.directory}: {exc}") from exc
+                raise
             self._end += len(record)
             self._count += 1
             return True
@@ -206,31 +207,31 @@ class Spool:
         """
         if limit < 0:
             raise ValueError(f"peek limit must not be negative, not {limit}")
-        with self._lock:
+        with self._lock, map_exceptions(_ERRORS, f"cannot read the spool in {self.directory}"):
             fd = self._require_open()
             records: list[tuple[int, bytes]] = []
             total = 0
             pos = self._read_pos
-            try:
-                while len(records) < limit and pos < self._end:
-                    length, crc = self._read_header(fd, pos)
-                    if records and total + length > max_payload_bytes:
-                        break
-                    payload = _pread_exact(fd, length, pos + HEADER_SIZE)
-                    if len(payload) != length or zlib.crc32(payload) != crc:
-                        raise SpoolError(
-                            f"{self.directory / LOG_NAME} was damaged at byte {pos} after open"
-                        )
-                    records.append((self._position_id(pos), payload))
-                    total += length
-                    pos += HEADER_SIZE + length
-            except OSError as exc:
-                raise SpoolError(f"cannot read the spool in {self.directory}: {exc}") from exc
+            while len(records) < limit and pos < self._end:
+                length, crc = self._read_header(fd, pos)
+                if records and total + length > max_payload_bytes:
+                    break
+                payload = _pread_exact(fd, length, pos + HEADER_SIZE)
+                if len(payload) != length or zlib.crc32(payload) != crc:
+                    raise SpoolError(
+                        f"{self.directory / LOG_NAME} was damaged at byte {pos} after open"
+                    )
+                records.append((self._position_id(pos), payload))
+                total += length
+                pos += HEADER_SIZE + length
             return records
 
     def ack(self, upto: int) -> None:
         """The records up to and including position id ``upto`` are in the database."""
-        with self._lock:
+        with (
+            self._lock,
+            map_exceptions(_ERRORS, f"cannot acknowledge in the spool in {self.directory}"),
+        ):
             fd = self._require_open()
             if upto < 0:
                 raise ValueError(f"unknown spool position id {upto}")
@@ -241,36 +242,31 @@ class Spool:
                 return  # acknowledged already (before a compaction, or by an earlier ack)
             if generation > self._generation or offset >= self._end:
                 raise ValueError(f"unknown spool position id {upto}")
-            try:
-                pos, acked = self._read_pos, 0
-                while pos < offset:
-                    pos += HEADER_SIZE + self._read_header(fd, pos)[0]
-                    acked += 1
-                if pos != offset:
-                    raise ValueError(f"spool position id {upto} is not the start of a record")
+            pos, acked = self._read_pos, 0
+            while pos < offset:
                 pos += HEADER_SIZE + self._read_header(fd, pos)[0]
                 acked += 1
-                if pos == self._end:
-                    self._compact(fd)
-                else:
-                    self._store_position(self._generation, pos)
-                    self._read_pos = pos
-                    self._count -= acked
-            except OSError as exc:
-                raise SpoolError(
-                    f"cannot acknowledge in the spool in {self.directory}: {exc}"
-                ) from exc
+            if pos != offset:
+                raise ValueError(f"spool position id {upto} is not the start of a record")
+            pos += HEADER_SIZE + self._read_header(fd, pos)[0]
+            acked += 1
+            if pos == self._end:
+                self._compact(fd)
+            else:
+                self._store_position(self._generation, pos)
+                self._read_pos = pos
+                self._count -= acked
 
     def __len__(self) -> int:
-        """Unacknowledged records."""
-        with self._lock:
-            return self._count
+        """Unacknowledged records, as of the last call that finished (read without the lock:
+        a health report must not wait for an ``append`` stuck in fsync)."""
+        return self._count
 
     @property
     def size_bytes(self) -> int:
-        """Bytes of the log file, acknowledged records included until the next compaction."""
-        with self._lock:
-            return self._end
+        """Bytes of the log file, acknowledged records included until the next compaction (as
+        of the last call that finished, like ``len``)."""
+        return self._end
 
     def close(self) -> None:
         """Release the directory; closing twice is fine."""
