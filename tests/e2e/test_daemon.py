@@ -170,6 +170,7 @@ def test_sigterm_stops_the_daemon_cleanly(daemon: DaemonProcess) -> None:
     assert events[-3:] == ["stopping", "storage_closed", "stopped"]
 
 
+@pytest.mark.slow
 def test_bench_ingest_prints_the_figures_the_issue_names() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "cli.main", "bench", "ingest", "--json", "--quick"],
@@ -292,6 +293,7 @@ def test_kill_9_and_restart_lose_no_counted_byte(tmp_path: Path) -> None:
     assert stored == sent["rtc_bytes_sent"]
 
 
+@pytest.mark.slow
 def test_bench_storage_prints_its_figures() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "cli.main", "bench", "storage", "--json", "--quick"],
