@@ -1,6 +1,7 @@
 # Two commands do everything (see README.md):
 #   make serve   install into .venv and run the daemon on embedded defaults
-#   make test    install into .venv and run lint, types and the test suite
+#   make test    install into .venv and run lint, types and the fast test suite
+#                (make faults and make slow run the long cases; CI runs all three)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
