@@ -38,8 +38,8 @@ faults: $(STAMP)
 	if [ $$rc -eq 5 ]; then echo "make faults: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
 
-# The long end-to-end runs (15 s or more each): the benchmarks' smoke runs (`bench all --quick`
-# among them), two daemons on one Redis and MariaDB, a daemon killed under a subscriber, a
+# The long end-to-end runs: the benchmarks' smoke runs (`bench all --quick` among them) and runs
+# of 15 s or more: two daemons on one Redis and MariaDB, a daemon killed under a subscriber, a
 # reload mid-stream.
 slow: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider -m "slow and not faults"; rc=$$?; \
