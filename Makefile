@@ -1,12 +1,13 @@
 # Two commands do everything (see README.md):
 #   make serve   install into .venv and run the daemon on embedded defaults
-#   make test    install into .venv and run lint, types and the test suite
+#   make test    install into .venv and run lint, types and the fast test suite
+#                (make faults and make slow run the long cases; CI runs all three)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test faults lint lock clean compiled pure
+.PHONY: serve test faults slow lint lock clean compiled pure
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -22,9 +23,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# The fast suite: unit, property and integration tests and the short end-to-end runs; the
+# fault-injection suite and the long end-to-end runs have targets of their own (CI runs all).
 # pytest exit 5 means no tests were collected: that is a broken suite, not a pass.
 test: lint
-	$(BIN)/pytest -q -p no:cacheprovider -m "not faults"; rc=$$?; \
+	$(BIN)/pytest -q -p no:cacheprovider -m "not faults and not slow"; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
 
@@ -33,6 +36,14 @@ test: lint
 faults: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider -m faults; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make faults: pytest collected no tests" >&2; exit 1; fi; \
+	exit $$rc
+
+# The long end-to-end runs: the benchmarks' smoke runs (`bench all --quick` among them) and runs
+# of 15 s or more: two daemons on one Redis and MariaDB, a daemon killed under a subscriber, a
+# reload mid-stream.
+slow: $(STAMP)
+	$(BIN)/pytest -q -p no:cacheprovider -m "slow and not faults"; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make slow: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
 
 lock: $(STAMP)

@@ -652,7 +652,9 @@ def test_it_reconnects_to_a_restarted_daemon_and_takes_its_snapshot(
 ) -> None:
     daemon = start_daemon(tmp_path / "d1.log", ["--config", str(config)])
     restarted: DaemonProcess | None = None
-    reader = tail(daemon, "--json", "--duration", "9")
+    # Two snapshots from each daemon end it (nothing is sent, so no delta comes between); the
+    # duration only bounds a run that would otherwise wait for ever.
+    reader = tail(daemon, "--json", "--count", "4", "--duration", "20")
     try:
         assert reader.stdout is not None
         first = json.loads(reader.stdout.readline())

@@ -16,7 +16,7 @@ import pytest
 
 from cli.bench.statsd import installed_stats_js
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 FIGURES = (
     "ingest_frames_per_s",

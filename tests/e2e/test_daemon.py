@@ -26,7 +26,7 @@ from tests.helpers import assert_build, event, hello, http_sample, rtc
 
 pytestmark = pytest.mark.e2e
 
-EMIT_SECONDS = 10
+EMIT_SECONDS = 5
 MAX_DATAGRAM = 4096
 
 
@@ -61,8 +61,8 @@ def report(process: subprocess.Popen[bytes]) -> dict[str, Any]:
 
 
 def test_every_emitted_frame_is_counted_over_udp_and_websocket(daemon: DaemonProcess) -> None:
-    udp = emit(daemon, "udp", "--rate", "2000", "--meetings", "20")
-    ws = emit(daemon, "ws", "--rate", "2000", "--meetings", "20", "--encoding", "json")
+    udp = emit(daemon, "udp", "--rate", "4000", "--meetings", "20")
+    ws = emit(daemon, "ws", "--rate", "4000", "--meetings", "20", "--encoding", "json")
     udp_report, ws_report = report(udp), report(ws)
     health = daemon.settled_health()
     counted_udp, counted_ws = health["ingest"]["udp"], health["ingest"]["websocket"]
@@ -170,6 +170,7 @@ def test_sigterm_stops_the_daemon_cleanly(daemon: DaemonProcess) -> None:
     assert events[-3:] == ["stopping", "storage_closed", "stopped"]
 
 
+@pytest.mark.slow
 def test_bench_ingest_prints_the_figures_the_issue_names() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "cli.main", "bench", "ingest", "--json", "--quick"],
@@ -219,6 +220,7 @@ def test_healthz_names_the_modules_the_daemon_runs_compiled(daemon: DaemonProces
     assert_build(daemon.health()["compiled"])
 
 
+@pytest.mark.slow
 def test_bench_aggregate_prints_its_figures() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "cli.main", "bench", "aggregate", "--json", "--quick"],
@@ -292,6 +294,7 @@ def test_kill_9_and_restart_lose_no_counted_byte(tmp_path: Path) -> None:
     assert stored == sent["rtc_bytes_sent"]
 
 
+@pytest.mark.slow
 def test_bench_storage_prints_its_figures() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "cli.main", "bench", "storage", "--json", "--quick"],

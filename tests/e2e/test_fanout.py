@@ -98,6 +98,7 @@ async def fresh_snapshot(port: int, topic: str) -> Snapshot:
     return message
 
 
+@pytest.mark.slow
 async def test_a_subscriber_on_b_follows_meetings_on_a_through_a_redis_restart(
     tmp_path: Path,
 ) -> None:
@@ -139,6 +140,7 @@ def live_meetings(daemon: DaemonProcess) -> set[str]:
         return set(json.load(response)["meetings"])
 
 
+@pytest.mark.slow
 async def test_a_killed_daemons_meetings_leave_the_subscribers_view(tmp_path: Path) -> None:
     with (
         on_redis(tmp_path, "a", "b") as (_, (a, b)),

@@ -18,7 +18,7 @@ import pytest
 from cli.daemon_process import DaemonProcess, start_daemon
 from tests.helpers import admin
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 RTT_MS = 300.0
 EMIT_S = 12

@@ -20,7 +20,7 @@ from protocol import Frame, RtcSample, encode_msgpack
 from tests.e2e.test_fanout import fresh_snapshot
 from tests.helpers import admin, free_port, redis_server
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 MEETINGS = ("standup", "review")
 PEOPLE = ("p0", "p1", "p2", "p3")
