@@ -61,7 +61,7 @@ from collector.storage.schema import Batch
 from collector.storage.sinks import MysqlSink, Sink, SqliteSink
 from collector.storage.spool import Spool
 from protocol import Limits
-from protocol.build import compiled_modules
+from protocol.build import running_build
 
 log = get_logger("app")
 
@@ -369,10 +369,13 @@ class Daemon:
         if self._udp_sock is not None:
             udp["kernel_drops"] = kernel_drops(self._udp_sock)
             udp["receive_buffer_bytes"] = receive_buffer_size(self._udp_sock)
+        build = running_build()
         return {
             "status": "ok",
             "version": VERSION,
-            "compiled": compiled_modules(),  # setup.py: BWMON_COMPILE=1, make compiled
+            "build": build.name,  # compiled, or pure and why (protocol/build.py)
+            "build_reason": build.reason,
+            "compiled": build.compiled,
             "uptime_s": round(time.monotonic() - self.started, 3),
             "ingest": {
                 "udp": udp,
@@ -474,6 +477,10 @@ class Daemon:
     ) -> None:
         server, ingest = self.config.server, self.config.ingest
         check_startup(self.config)
+        build = running_build()
+        (log.info if build.name == "compiled" else log.warning)(
+            "build", build=build.name, reason=build.reason, compiled=build.compiled
+        )
         warning = bind_warning(server.host, self.config.auth)
         if warning is not None:
             log.warning("listening_unauthenticated", message=warning)
