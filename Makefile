@@ -2,20 +2,41 @@
 #   make serve   install into .venv and run the daemon on embedded defaults
 #   make test    install into .venv and run lint, types and the fast test suite
 #                (make faults and make slow run the long cases; CI runs all three)
+# Both run the compiled build (setup.py: the hot path compiled in place with mypyc) when a C
+# compiler is here, else pure Python; BWMON_PURE=1 (`BWMON_PURE=1 make test`) asks for pure.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# What the hot path's build depends on: the compiled modules' sources (protocol/build.py).
+COMPILED_SOURCES := setup.py protocol/build.py $(shell $(PYTHON) -c 'import runpy; \
+	print(*(m.replace(".", "/") + ".py" for m in runpy.run_path("protocol/build.py")["COMPILED_MODULES"]))')
+BUILT := $(VENV)/.built-$(if $(filter 1,$(BWMON_PURE)),pure,compiled)
 
 .PHONY: serve test faults slow lint lock clean compiled pure
 
+# Editable, without compiling: $(BUILT) builds the hot path in place.
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock 'setuptools>=77'
+	BWMON_PURE=1 $(BIN)/pip install --quiet --disable-pip-version-check --no-deps \
+		--no-build-isolation -e .
 	touch $(STAMP)
 
-serve: $(STAMP)
+# setup.py says which build it made, and why it is pure when it is (also in /healthz). Its
+# record, protocol/_built.py, newer than a stamp: a build made by hand since (pip install -e .).
+RECORD := $(wildcard protocol/_built.py)
+$(VENV)/.built-compiled: $(STAMP) $(COMPILED_SOURCES) $(RECORD)
+	rm -f $(VENV)/.built-pure
+	$(BIN)/python setup.py --quiet build_ext --inplace
+	touch $@
+
+$(VENV)/.built-pure: $(STAMP) $(RECORD)
+	rm -f $(VENV)/.built-compiled
+	BWMON_PURE=1 $(BIN)/python setup.py --quiet build_ext --inplace
+	touch $@
+
+serve: $(BUILT)
 	$(BIN)/bwmon serve
 
 lint: $(STAMP)
@@ -26,14 +47,14 @@ lint: $(STAMP)
 # The fast suite: unit, property and integration tests and the short end-to-end runs; the
 # fault-injection suite and the long end-to-end runs have targets of their own (CI runs all).
 # pytest exit 5 means no tests were collected: that is a broken suite, not a pass.
-test: lint
+test: lint $(BUILT)
 	$(BIN)/pytest -q -p no:cacheprovider -m "not faults and not slow"; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
 
 # The fault-injection suite (docs/RELIABILITY.md): kill -9, outages, refused rows, Redis
 # restarts, hostile datagrams, slow and idle clients, against real servers on loopback.
-faults: $(STAMP)
+faults: $(BUILT)
 	$(BIN)/pytest -q -p no:cacheprovider -m faults; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make faults: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
@@ -41,24 +62,23 @@ faults: $(STAMP)
 # The long end-to-end runs: the benchmarks' smoke runs (`bench all --quick` among them) and runs
 # of 15 s or more: two daemons on one Redis and MariaDB, a daemon killed under a subscriber, a
 # reload mid-stream.
-slow: $(STAMP)
+slow: $(BUILT)
 	$(BIN)/pytest -q -p no:cacheprovider -m "slow and not faults"; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make slow: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
 
 lock: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[dev]'
+	BWMON_PURE=1 $(BIN)/pip install --quiet --no-build-isolation -e '.[dev]'
+	rm -f $(VENV)/.built-*
 	{ echo "# Exact versions CI and \`make\` install (runtime + dev). Regenerate: make lock"; \
 	  $(BIN)/pip freeze --exclude-editable; } > requirements.lock
 
-# The hot path compiled with mypyc, in place (setup.py, docs/BENCHMARKS.md); `make pure` undoes it.
-compiled: pure $(STAMP)
-	$(BIN)/pip install --quiet --disable-pip-version-check 'setuptools>=77'
-	BWMON_COMPILE=1 $(BIN)/python setup.py --quiet build_ext --inplace
+# The build `make serve` and `make test` run by default, and pure Python (they build the default
+# again unless BWMON_PURE=1): for running .venv/bin/ commands on either.
+compiled pure:
+	rm -f $(VENV)/.built-$@
+	$(MAKE) --no-print-directory $(VENV)/.built-$@
 
-pure:
-	rm -rf build
-	find collector protocol \( -name '*.so' -o -name '*.py.sha256' \) -delete
-
-clean: pure
-	rm -rf $(VENV) .mypy_cache .ruff_cache .hypothesis
+clean:
+	rm -rf build $(VENV) .mypy_cache .ruff_cache .hypothesis protocol/_built.py
+	find collector protocol -name '*.so' -delete

@@ -1,44 +1,128 @@
-"""The build, for setuptools: pure Python unless ``BWMON_COMPILE=1``, which compiles the
-ingest hot path (decode, aggregation) with mypyc into C extensions — the same source, type
-checked by mypy: decode + aggregation 1.5 to 1.8 times as fast, the daemon at its limit 1.2 to 1.4
-times (docs/BENCHMARKS.md, "Compiled with mypyc").
+"""The build, for setuptools: the ingest hot path compiled when it can be, pure Python otherwise.
 
-``make compiled`` builds them in place; ``make pure`` removes them. Beside each extension goes
-the digest of the source it was built from: in a checkout, the packages refuse to import an
-extension built from another source (``protocol/build.py``). The modules below must define no
-msgspec Struct: mypyc does not keep a Struct's class options (``frozen``, ``kw_only``,
-``gc``); tests/test_build.py checks it.
+The modules of ``COMPILED_MODULES`` (protocol/build.py: decoding and aggregation) are compiled
+with mypyc into C extensions, from the same type-checked source, when mypyc (a build
+requirement, pyproject.toml) and a C compiler with Python's headers are there: the daemon takes
+more frames per second (docs/BENCHMARKS.md). Without them, when compiling fails, or with
+``BWMON_PURE=1``, the build is pure Python: the same behaviour, slower. Either way the build
+writes ``protocol/_built.py``, the record of what it made and why, which the daemon logs at
+start and shows in ``/healthz`` (``build``, ``build_reason``). A pure build also removes the
+extensions an earlier build left in its tree.
+
+``pip install .`` builds a wheel this way; ``make`` installs the checkout editable and builds
+the extensions in place (``setup.py build_ext --inplace``). The compiled modules must define no
+msgspec Struct: mypyc does not keep a Struct's class options (``frozen``, ``kw_only``, ``gc``);
+tests/test_build.py checks it.
 """
 
+import contextlib
 import importlib.util
+import io
 import os
+import shlex
+import shutil
+import subprocess
+import sys
+import sysconfig
 from pathlib import Path
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
-if os.environ.get("BWMON_COMPILE") == "1":
+# protocol/build.py by its path (stdlib only): nothing of the project is installed yet.
+_spec = importlib.util.spec_from_file_location("bwmon_build", "protocol/build.py")
+assert _spec is not None
+assert _spec.loader is not None
+build = sys.modules["bwmon_build"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(build)
+SOURCES = Path(".")  # setuptools runs this file from the project's root
+
+
+def why_pure() -> str | None:
+    """Why this build cannot be compiled, before trying: None if it can be tried."""
+    if os.environ.get("BWMON_PURE") == "1":
+        return "BWMON_PURE=1"
+    if importlib.util.find_spec("mypyc") is None:
+        return "mypyc is not installed (it comes with mypy, a build requirement)"
+    compiler = os.environ.get("CC") or sysconfig.get_config_var("CC")
+    if compiler and shutil.which(shlex.split(compiler)[0]) is None:
+        return f"no C compiler ({compiler} not found)"
+    if not Path(sysconfig.get_paths()["include"], "Python.h").is_file():
+        return "no Python headers (Python.h; a python3-dev package has them)"
+    return None
+
+
+def said(made: str, reason: str | None) -> None:
+    print(f"bwmon: the {made} build" + (f" ({reason})" if reason else ""), file=sys.stderr)
+
+
+def pure(root: Path, reason: str | None) -> None:
+    """Make ``root`` a pure build: no extension of the compiled modules, the record saying
+    why."""
+    for module in build.COMPILED_MODULES:
+        for path in build.extension_paths(root, module):
+            path.unlink()
+    build.write_record(root, "pure", reason, SOURCES)
+    said("pure", reason)
+
+
+def failure(exc: Exception) -> str:
+    """What failed, in a line (the compiler printed its own errors)."""
+    detail = exc.args[0] if exc.args else exc
+    if isinstance(detail, subprocess.CalledProcessError):
+        return f"{detail.cmd[0]} exited with status {detail.returncode}"
+    return str(exc)[:200]
+
+
+class BuildExtensions(build_ext):
+    """Compile, or fall back to pure Python when compiling fails; write the record."""
+
+    def run(self) -> None:
+        root = SOURCES if self.inplace or self.editable_mode else Path(self.build_lib)
+        if not self.extensions:  # pure from the start (``make pure`` runs this)
+            pure(root, PURE_REASON)
+            return
+        try:
+            super().run()
+        except Exception as exc:  # the compiler's error, already printed above
+            for output in self.get_outputs():
+                Path(output).unlink(missing_ok=True)
+            pure(root, f"compiling failed: {failure(exc)}")
+            return
+        build.write_record(root, "compiled", None, SOURCES)
+        said("compiled", None)
+
+
+class BuildPackages(build_py):
+    """Write the record of a pure build, where no ``build_ext`` runs."""
+
+    def run(self) -> None:
+        super().run()
+        if not self.distribution.has_ext_modules():
+            pure(SOURCES if self.editable_mode else Path(self.build_lib), PURE_REASON)
+
+
+PURE_REASON = why_pure()
+extensions = []
+if PURE_REASON is None:
     from mypyc.build import mypycify
 
-    # protocol/build.py by its path (stdlib only): the modules, and the digests' names.
-    spec = importlib.util.spec_from_file_location("bwmon_build", "protocol/build.py")
-    assert spec is not None
-    assert spec.loader is not None
-    build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)
-    COMPILED = [name.replace(".", "/") + ".py" for name in build.COMPILED_MODULES]
+    said_by_mypyc = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(said_by_mypyc), contextlib.redirect_stderr(said_by_mypyc):
+            extensions = mypycify(
+                [str(build.source_path(SOURCES, module)) for module in build.COMPILED_MODULES],
+                opt_level="3",
+                separate=True,
+            )
+    except (Exception, SystemExit) as exc:  # mypyc exits on an error of its own
+        errors = [line for line in said_by_mypyc.getvalue().splitlines() if ": error:" in line]
+        PURE_REASON = f"mypyc failed: {(errors[0] if errors else str(exc))[:200]}"
+    finally:
+        print(said_by_mypyc.getvalue(), end="", file=sys.stderr)
 
-    class BuildExtensions(build_ext):
-        def run(self) -> None:
-            super().run()
-            root = Path(".") if self.inplace else Path(self.build_lib)
-            for source in COMPILED:
-                digest = build.digest_path(root / source)
-                digest.write_text(build.source_digest(Path(source)) + "\n")
-
-    setup(
-        ext_modules=mypycify(COMPILED, opt_level="3", separate=True),
-        cmdclass={"build_ext": BuildExtensions},
-    )
-else:
-    setup()
+setup(
+    ext_modules=extensions,
+    cmdclass={"build_ext": BuildExtensions, "build_py": BuildPackages},
+)

@@ -46,6 +46,7 @@ from collector.storage.export import (
     row_writer,
 )
 from collector.storage.sinks import DatabaseMissing, MysqlSink, SqliteSink
+from protocol.build import stale_message, stale_sources
 from protocol.errors import BwmonError
 from protocol.subscribe import is_topic
 from protocol.tokens import MAX_TTL_S, RIGHTS, Claims, mint
@@ -108,6 +109,14 @@ def _check_or_exit(settings: Config) -> None:
         daemon_app.check_startup(settings)
 
 
+def _build_or_exit() -> None:
+    """In a checkout, compiled modules built from the sources beside them, or no start: Python
+    would run the extension of an earlier source (protocol/build.py)."""
+    if stale := stale_sources():
+        typer.echo(f"bwmon: {stale_message(stale)}", err=True)
+        raise typer.Exit(1)
+
+
 @app.command()
 def serve(
     config: ConfigPath = None,
@@ -126,6 +135,7 @@ def serve(
         )
         return msgspec.structs.replace(settings, server=server)
 
+    _build_or_exit()
     settings = with_overrides(_load_or_exit(config))
     _check_or_exit(settings)
     _state_dir_or_exit(settings.storage)

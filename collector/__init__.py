@@ -1,2 +1,1 @@
-# protocol first: it refuses a compiled build older than its source (protocol/build.py).
-import protocol  # noqa: F401
+"""The bwmon daemon: config, ingest, aggregation, storage, fan-out, HTTP, runtime."""

@@ -73,7 +73,7 @@ from collector.storage.sinks import MysqlSink, Sink, SqliteSink
 from collector.storage.spool import Spool
 from collector.wire import Wire
 from protocol import Limits
-from protocol.build import compiled_modules
+from protocol.build import running_build
 from protocol.errors import BwmonError
 
 log = get_logger("app")
@@ -344,10 +344,13 @@ class Daemon:
                 # The journal is part of the checkpoint: its failed writes count here.
                 self.checkpoint_errors + (self.journal.errors if self.journal is not None else 0),
             )
+        build = running_build()
         return DaemonHealth(
             status="ok",
             version=VERSION,
-            compiled=compiled_modules(),  # setup.py: BWMON_COMPILE=1, make compiled
+            build=build.name,  # compiled, or pure and why (protocol/build.py)
+            build_reason=build.reason,
+            compiled=build.compiled,
             uptime_s=round(time.monotonic() - self.started, 3),
             ingest=IngestHealth(
                 udp=udp_health(self.udp_counters, self.udp_turns, self._udp_sock),
@@ -417,6 +420,10 @@ class Daemon:
     ) -> None:
         server, ingest = self.config.server, self.config.ingest
         check_startup(self.config)
+        build = running_build()
+        (log.info if build.name == "compiled" else log.warning)(
+            "build", build=build.name, reason=build.reason, compiled=build.compiled
+        )
         warning = bind_warning(server.host, self.config.auth)
         if warning is not None:
             log.warning("listening_unauthenticated", message=warning)

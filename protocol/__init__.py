@@ -1,7 +1,5 @@
 """bwmon's wire contract: frames, codec and limits. Imports only msgspec and the stdlib."""
 
-# First: it refuses a compiled build older than its source (protocol/build.py).
-import protocol.build  # noqa: F401
 from protocol.codec import (
     DEFAULT_LIMITS,
     REASONS,

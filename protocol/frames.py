@@ -98,6 +98,8 @@ class RtcSample(
     Counters are cumulative since the connection started; gauges are current values.
     """
 
+    # collector/aggregate/rtc.py reads a sample by position: the stream's key first, then the
+    # counters in one run in its COUNTERS order (tests/aggregate/test_rtc_fields.py).
     meeting: Id = field(name="m")
     participant: Id = field(name="p")
     connection: Id = field(name="c")

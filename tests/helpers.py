@@ -257,10 +257,14 @@ class CuttableProxy:
 
 def assert_build(compiled: list[str]) -> None:
     """``compiled`` (``protocol.build.compiled_modules``, ``/healthz``) is the build this run
-    expects: ``BWMON_EXPECT_COMPILED=1`` (CI's compiled run) every module of
-    ``COMPILED_MODULES``; else all or none, never a build of some."""
+    expects: with ``BWMON_EXPECT_BUILD=compiled`` (.ci/run's compiled run) every module of
+    ``COMPILED_MODULES``, with ``pure`` (its pure run) none; else all or none, never a build
+    of some."""
     every = list(COMPILED_MODULES)
-    if os.environ.get("BWMON_EXPECT_COMPILED") == "1":
+    expected = os.environ.get("BWMON_EXPECT_BUILD")
+    if expected == "compiled":
         assert compiled == every
+    elif expected == "pure":
+        assert compiled == []
     else:
         assert compiled in ([], every)

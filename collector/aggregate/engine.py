@@ -4,7 +4,7 @@
 ``HttpRoute``); ``tick(now)``, once per bucket (1 s), derives the interval's rates, MOS, video
 score and quality for the streams that received samples, writes the live rings, runs the
 lifecycle (silence, meeting end), closes minutes and evaluates alerts. What it produces waits in
-``output`` until the daemon drains it (storage and fan-out, later issues).
+``output`` until the daemon drains it for storage and fan-out.
 
 Lifecycle: a participant joins on its first frame or a ``join`` event and leaves on ``leave``
 or after ``participant_timeout_s`` without a sample; a meeting ends once it has had no
@@ -46,7 +46,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from mypy_extensions import mypyc_attr
 
 from collector.aggregate import quality as q
 from collector.aggregate.alerts import DEFAULT_RULES, AlertEngine, AlertEvent, AlertRule
@@ -162,7 +161,6 @@ class Interval:
     video: float | None
 
 
-@mypyc_attr(allow_interpreted_subclasses=True)  # tests subclass it, compiled or not
 class Engine:
     """All live meetings, participants, streams and HTTP routes of one daemon."""
 
@@ -492,9 +490,9 @@ class Engine:
 
     def tick_steps(self, now: float, participants_per_step: int = 50) -> Iterator[None]:
         """``tick`` in steps: yields after every ``participants_per_step`` participants, so that
-        the daemon can let ingest run between steps. ``bench aggregate`` prints the longest
-        step (``tick_step_ms``): 3.7 ms at 50 participants, 13.4 ms at 500, which is over a
-        third of the time in which a 4 MB receive buffer fills at 160,000 frames/s. Frames
+        the daemon can let ingest run between steps: a whole tick over thousands of
+        participants would hold the loop longer than the UDP receive buffer takes to fill
+        under a flood (``bench aggregate`` prints the longest step, ``tick_step_ms``). Frames
         added between two steps are safe: they count in the next interval of their stream."""
         settings = self.settings
         dt = max(now - self.last_tick, settings.bucket_s) if self.last_tick else settings.bucket_s

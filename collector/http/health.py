@@ -62,7 +62,10 @@ class DaemonHealth(msgspec.Struct, kw_only=True, gc=False):
 
     status: str  # "ok"; "stalled" (with ``reasons``) once the aggregation ticker stops
     version: str
-    # The build that runs: the modules running as C extensions (empty: pure Python).
+    # The build that runs: "compiled", "pure" (``build_reason`` says why) or "partial", and
+    # the modules running as C extensions (empty: pure Python).
+    build: str
+    build_reason: str | None
     compiled: list[str]
     uptime_s: float
     ingest: IngestHealth

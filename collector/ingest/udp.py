@@ -5,12 +5,10 @@ most ``drain_per_pass`` datagrams (DESIGN §4: ``await sock.recv()`` per datagra
 flood; draining reaches the speed of a blocking loop). Each pass hands its frames, one list, to
 ``deliver`` — in the daemon, the consumer's ``apply``, which aggregates them there and then: a
 direct call, so nothing is queued and nothing awaited. Passes are short (32 datagrams by
-default) so that a batch is aggregated while its frames are still in the CPU's caches; a turn
-of the loop is several passes so that the loop's share of the CPU does not shrink with the
-pass when other tasks are busy too. Flooded on one core (docs/BENCHMARKS.md), passes of 512
-datagrams decoded some 1,500 frames, megabytes of objects, before any was aggregated, and the
-daemon kept about 0.6 of the frames it keeps with passes of 32; with passes of 32 and one pass
-a turn, 1,000 connected subscribers took that gain back.
+default) so that a batch is aggregated while its frames are still in the CPU's caches (a long
+pass decodes megabytes of objects before it aggregates any); a turn of the loop is several
+passes so that the loop's share of the CPU does not shrink with the pass when other tasks, such
+as many subscribers, are busy too (docs/BENCHMARKS.md has the figures).
 
 A turn ends at whichever bound comes first (``TurnBounds``): the socket is empty; it read
 ``TURN_DATAGRAMS`` datagrams; it decoded ``TURN_FRAMES`` frames, valid or not (a datagram
@@ -19,15 +17,15 @@ and a datagram rejected whole weighs 1); or ``TURN_S`` seconds have passed since
 frames and the time are checked after each datagram, so a turn lasts at most its time bound
 plus one datagram's decode and one pass's aggregation: a datagram cannot be split (PROTOCOL.md
 §6: each bad frame is rejected alone, every other frame accepted), and the costliest known take
-4 to 6 ms of CPU to decode (pure build): some 50 KB holding 1,000 frames that each fail
-validation, and 64 KB of an array of 65,535 empty elements, rejected whole (it weighs 1: the
-time bound, not the frame bound, covers it). Then the loop yields, and every other task gets
-its step before the next turn: no input holds the loop longer than a few milliseconds of the
-daemon's work (docs/RELIABILITY.md, "Hostile datagrams"). A flood of valid batches meets the
-datagram bound first (512 datagrams of 3 frames take 3 to 4 ms compiled). A turn runs with the
-garbage collector off, so that what decoding allocates dies by reference counting before a
-collection can promote it to an older generation: under the fuzz of docs/RELIABILITY.md that
-made full collections, 10 to 40 ms each, eight times as rare.
+milliseconds to decode: some 50 KB holding 1,000 frames that each fail validation, and 64 KB of
+an array of 65,535 empty elements, rejected whole (it weighs 1: the time bound, not the frame
+bound, covers it). Then the loop yields, and every other task gets its step before the next
+turn: no input holds the loop longer than a few milliseconds of the daemon's work
+(docs/RELIABILITY.md, "Hostile datagrams"). A flood of valid batches meets the datagram bound
+first: a turn of small batches ends within the time bound. A turn runs with the garbage
+collector off, so that what decoding allocates dies by reference counting before a collection
+can promote it to an older generation, where a flood of bad frames would make full collections,
+which hold the loop for tens of milliseconds, come often (docs/RELIABILITY.md).
 
 After a wait for its turn longer than ``CATCH_UP_AFTER_S`` (other tasks held the loop: a burst
 of new WebSocket connections, a long tick step, a collection) the kernel's buffer may hold more
@@ -77,7 +75,7 @@ _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 # What one turn of the loop reads at most: datagrams (in passes of drain_per_pass, or one pass
 # if it is larger), frames decoded (valid or not) and seconds; after a wait for its turn
 # longer than CATCH_UP_AFTER_S, the CATCH_UP_ bounds. A turn aggregates what it reads while
-# every other task waits: 512 datagrams of 3 frames take 3 to 4 ms compiled, under the time
+# every other task waits: the datagram bound ends a turn of small valid batches within the time
 # bound (docs/BENCHMARKS.md, "Ingest: the pauses"); the frame and time bounds are for
 # datagrams that hold many frames, valid or not, and for a slower machine or build.
 TURN_DATAGRAMS = 512
@@ -274,9 +272,10 @@ async def serve_udp(
             turn = TurnBounds(turn_frames, began + turn_s)
         # No collection within a turn: what decoding allocates dies young, by reference
         # counting, before a collection could promote it (1,000 bad frames are 1,000 error
-        # objects alive at once, and promoted ones make full collections, 10 to 35 ms, come
-        # often); the next allocation after the turn collects as usual. Left as it was found:
-        # a checkpoint disables collections across its steps, between which turns run.
+        # objects alive at once, and promoted ones make full collections, which hold the loop
+        # for tens of milliseconds, come often); the next allocation after the turn collects as
+        # usual. Left as it was found: a checkpoint disables collections across its steps,
+        # between which turns run.
         collecting = gc.isenabled()
         if collecting:
             gc.disable()

@@ -216,8 +216,18 @@ def test_healthz_shows_live_meetings_and_participants_while_emit_runs(
     assert live["refused_by_reason"] == {}
 
 
-def test_healthz_names_the_modules_the_daemon_runs_compiled(daemon: DaemonProcess) -> None:
-    assert_build(daemon.health()["compiled"])
+def test_the_start_log_and_healthz_say_which_build_runs(daemon: DaemonProcess) -> None:
+    health = daemon.health()
+    assert_build(health["compiled"])
+    if health["compiled"]:
+        assert (health["build"], health["build_reason"]) == ("compiled", None)
+    else:
+        assert health["build"] == "pure"
+        assert health["build_reason"]  # why: BWMON_PURE=1, no C compiler, a failed build
+    logged = [e for e in daemon.log_events() if e["event"] == "build"]
+    assert [(e["build"], e["reason"], e["compiled"]) for e in logged] == [
+        (health["build"], health["build_reason"], health["compiled"])
+    ]
 
 
 @pytest.mark.slow
