@@ -56,8 +56,8 @@ def test_readyz_names_a_refusing_channel_and_draining() -> None:
 # The keys of /healthz, in order, as docs/API.md and dashboards read them: each service's
 # health Struct encoded. The UDP socket's figures join once it is open (tests/e2e).
 HEALTHZ_KEYS = [
-    "status", "version", "build", "build_reason", "compiled", "uptime_s", "ingest", "loop", "consumer", "aggregate",
-    "storage", "fanout", "http", "limits",
+    "status", "version", "build", "build_reason", "compiled", "uptime_s", "ingest", "loop",
+    "consumer", "aggregate", "storage", "fanout", "http", "limits",
 ]  # fmt: skip
 SECTION_KEYS = {
     "ingest": ["udp", "websocket", "queue_batches", "queue_capacity_batches"],
