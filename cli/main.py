@@ -33,7 +33,7 @@ from cli.emit import EmitOptions, emit
 from cli.synthetic import Profile
 from cli.tail import TailOptions, TopicRefused, run_tail
 from collector import app as daemon_app
-from collector.auth import bind_warning
+from collector.auth import bind_warning, check_startup
 from collector.config import SECRET_KEYS, Config, ConfigError, StorageConfig, load
 from collector.logs import configure
 from collector.runtime import AsyncioBridge, open_thread_bridge, run_guest
@@ -45,7 +45,7 @@ from collector.storage.export import (
     parse_time,
     row_writer,
 )
-from collector.storage.sinks import DatabaseMissing, MysqlSink, SqliteSink
+from collector.storage.sinks import DatabaseMissing, MysqlSink, SqliteSink, open_sink
 from protocol.build import stale_message, stale_sources
 from protocol.errors import BwmonError
 from protocol.subscribe import is_topic
@@ -106,7 +106,7 @@ def _load_or_exit(path: Path | None) -> Config:
 def _check_or_exit(settings: Config) -> None:
     """What ``serve`` checks before it binds a port (``check_startup``); check-config too."""
     with errors_exit():
-        daemon_app.check_startup(settings)
+        check_startup(settings)
 
 
 def _build_or_exit() -> None:
@@ -196,7 +196,7 @@ def migrate(
 
     async def main() -> list[str]:
         async with open_thread_bridge() as bridge:
-            sink = daemon_app.open_sink(settings.storage, bridge, read_only=dry_run)
+            sink = open_sink(settings.storage, bridge, read_only=dry_run)
             if sink is None:
                 return []
             try:
@@ -267,7 +267,7 @@ def export_command(
     async def main(out: io.TextIOWrapper) -> int:
         async with open_thread_bridge() as bridge:
             # Read-only: an export never creates a database (nor its directory) or changes one.
-            sink = daemon_app.open_sink(settings.storage, bridge, read_only=True)
+            sink = open_sink(settings.storage, bridge, read_only=True)
             assert isinstance(sink, SqliteSink | MysqlSink)  # both can be read
             try:
                 writer = row_writer(output_format, out)

@@ -2,9 +2,11 @@
 left, wires them, starts every service in one nursery and stops them in order.
 
 ``Daemon.__init__`` builds and wires: storage's sink, spool and journal first, then ``restore``
-reads the last checkpoint and the journal after it, and the engine and the flusher are built
-from what it restored (never restored into objects already wired); then the consumer, fan-out,
-ingest settings and the TCP port's routes. Each service reports its own health as a Struct;
+(``collector.storage.state``) reads the last checkpoint and the journal after it, and the
+engine and the flusher are built from what it restored (never restored into objects already
+wired); then fan-out, the consumer and the checkpoints that feed the flusher, ingest settings
+and the TCP port's routes. What each piece computes lives with it; this module only connects
+them. Each service reports its own health as a Struct;
 ``Daemon.health`` puts them together and ``collector.http.health`` serves them as ``/healthz``,
 ``/readyz`` and ``/metrics``.
 
@@ -18,9 +20,6 @@ SIGTERM and SIGINT stop the daemon.
 from __future__ import annotations
 
 import dataclasses
-import gc
-import os
-import secrets
 import signal
 import socket
 import time
@@ -33,19 +32,19 @@ import msgspec
 import trio
 from trio_websocket import WebSocketConnection
 
-from collector.aggregate.engine import Engine, Output
+from collector.aggregate.engine import Output
 from collector.aggregate.health import engine_health
 from collector.allowlist import parse_allowlist
-from collector.auth import Auth, Denied, UnsafeBind, bearer, bind_warning, check_bind
-from collector.config import Config, ConfigError, FanoutConfig, StorageConfig
+from collector.auth import Auth, UnsafeBind, bind_warning, check_bind, check_startup
+from collector.config import RELOADABLE, Config, ConfigError, reloaded
 from collector.consumer import FrameConsumer, SessionBatch
-from collector.fanout.channel import Channel, LocalChannel
+from collector.fanout.channel import open_channel
 from collector.fanout.health import FanoutHealth
 from collector.fanout.publisher import Publisher
 from collector.fanout.subscribers import Fanout, FanoutSettings
-from collector.http.api import Api
+from collector.http.api import Api, token_authorization
 from collector.http.health import DaemonHealth, HealthRoutes, HttpHealth, Readiness
-from collector.http.server import HttpServer, HttpSettings, Request, Response
+from collector.http.server import HttpServer, HttpSettings, Request
 from collector.ingest.counters import TransportCounters
 from collector.ingest.health import IngestHealth, TransportHealth
 from collector.ingest.limits import Rate, SourceLimiter
@@ -62,15 +61,13 @@ from collector.logs import configure, get_logger
 from collector.runtime import AsyncioBridge
 from collector.runtime.loops import LoopLag
 from collector.runtime.notify import Notifier, serve_watchdog
-from collector.runtime.steps import finish_between_tasks
-from collector.storage import checkpoint
-from collector.storage.flusher import REFUSED_FILE, Flusher, batch_of, decode_batch, encode_batch
+from collector.storage.flusher import REFUSED_FILE, Flusher
 from collector.storage.health import NoStorageHealth, StorageHealth
 from collector.storage.journal import Journal
 from collector.storage.retention import run_retention
-from collector.storage.schema import Batch
-from collector.storage.sinks import MysqlSink, Sink, SqliteSink
+from collector.storage.sinks import MysqlSink, SqliteSink, open_sink
 from collector.storage.spool import Spool
+from collector.storage.state import Checkpointer, daemon_id, restore
 from collector.wire import Wire
 from protocol import Limits
 from protocol.build import running_build
@@ -79,10 +76,6 @@ from protocol.errors import BwmonError
 log = get_logger("app")
 
 VERSION = "0.1.0"
-
-
-# Configuration sections a SIGHUP puts in force; the others need a restart.
-RELOADABLE = ("alerts", "auth", "limits", "log")
 
 
 class ListenError(BwmonError):
@@ -124,9 +117,10 @@ class Daemon:
         self.journal = Journal(self.state_dir) if self.sink is not None else None
         # What the last run left, restored before anything is built on it: the engine's open
         # state and the rows it had not written.
-        restored = restore(config, self.journal)
+        restored = restore(
+            self.state_dir, self.journal, config.aggregate, config.alerts.effective_rules()
+        )
         self.engine = restored.engine
-        self.checkpoint_errors = restored.errors
         self.flusher = (
             Flusher(
                 self.sink,
@@ -135,14 +129,13 @@ class Daemon:
                 retry_max_s=storage.retry_max_s,
                 migrate=storage.auto_migrate,
                 spool=self.spool,
-                before_flush=self.checkpoint,
                 refused_path=Path(storage.state_dir) / REFUSED_FILE,
                 pending=restored.pending,
             )
             if self.sink is not None
             else None
         )
-        self.channel = open_channel(config.fanout, bridge, config.storage)
+        self.channel = open_channel(config.fanout, bridge, daemon_id(config.storage))
         self.publisher = Publisher(
             lambda: self.engine, self.channel, config.fanout.publish_interval_s
         )
@@ -157,15 +150,23 @@ class Daemon:
             lambda: self.auth,
             prepare=self.publisher.prepare,
         )
-        # The rows the engine produced since the last checkpoint: storage gets them once one
-        # holds them.
-        self.held = Batch()
         self.consumer = FrameConsumer(
             self.engine,
             on_output=self.on_output,
             after_tick=self.publisher.on_tick,
             on_openings=self.journal.append if self.journal is not None else None,
         )
+        self.checkpointer: Checkpointer | None = None
+        if self.flusher is not None and self.journal is not None:
+            self.checkpointer = Checkpointer(
+                self.state_dir,
+                self.engine,
+                self.journal,
+                self.flusher,
+                self.consumer.take,
+                errors=restored.errors,
+            )
+            self.flusher.before_flush = self.checkpointer.save  # before every flush attempt
         # Admission and rate limits: shared, mutable objects that configure_admission() (start
         # and reload) updates in place; UDP and WebSocket ingest read them as they go.
         self.source_limiter = SourceLimiter(max_sources=config.limits.max_tracked_sources)
@@ -194,7 +195,7 @@ class Daemon:
             self.channel,
             self.sink if isinstance(self.sink, SqliteSink | MysqlSink) else None,
             prepare=self.publisher.prepare,
-            authorize=self.authorize_api,
+            authorize=token_authorization(lambda: self.auth),
         )
         self.health_routes = HealthRoutes(
             self.health,
@@ -213,7 +214,6 @@ class Daemon:
                 max_ws_message_bytes=ingest.max_ws_message_bytes,
             ),
         )
-        self.checkpoint_bytes = 0
         self.loop_lag = LoopLag()
         self._stop = trio.Event()
         self.stopped = trio.Event()
@@ -224,48 +224,6 @@ class Daemon:
     @property
     def state_dir(self) -> Path:
         return Path(self.config.storage.state_dir)
-
-    async def checkpoint(self) -> None:
-        """Save the engine's open state and the unwritten rows: at start (after the restore),
-        before each flush attempt and at shutdown; then hand storage the rows it holds.
-
-        Never two at once: the flusher's task calls it, or ``serve`` while that task is not
-        running. The order is what makes a ``kill -9`` at any instant lose no counted byte
-        (collector/storage/checkpoint.py, docs/RELIABILITY.md)."""
-        assert self.flusher is not None
-        assert self.journal is not None
-        journal_from = self.journal.rotate()  # streams opened from here on: the new file
-        gc.disable()  # millions of small objects: a collection mid-way would double the time
-        try:  # in steps, letting ingest drain between them
-            engine_state = await finish_between_tasks(self.engine.snapshot_steps())
-        finally:
-            gc.enable()
-        # Rows the engine closed since its last tick (a stream's first sample of a new minute
-        # closes the last one's row) are in neither the snapshot nor the held rows yet: take
-        # them now, with no await before the rows are read.
-        self.consumer.take(self.engine.drain())
-        covered, self.held = self.held, Batch()
-        try:
-            unwritten = Batch()
-            unwritten.merge(self.flusher.queued())  # in the spool's thread too
-            unwritten.merge(covered)
-            state = {
-                "engine": engine_state,
-                "pending": encode_batch(unwritten),
-                "journal_from": journal_from,
-            }
-            self.checkpoint_bytes = await trio.to_thread.run_sync(
-                checkpoint.save, self.state_dir, state
-            )
-        except checkpoint.CheckpointError as exc:
-            self.checkpoint_errors += 1
-            log.error("checkpoint_failed", error=str(exc))
-        else:
-            self.journal.prune(journal_from)
-        finally:
-            # On disk with the state taken after they closed (or, the checkpoint failing, no
-            # better to be had): storage may write them now.
-            self.flusher.offer_batch(covered)
 
     def reload(self, new: Config) -> list[str]:
         """Put a re-read configuration in force without dropping a connection or a buffered
@@ -288,20 +246,14 @@ class Daemon:
         self.engine.set_rules(rules, time.time())
         self.auth = Auth(new.auth.secrets())
         configure(new.log.level, new.log.format)
-        self.config = msgspec.structs.replace(
-            self.config, alerts=new.alerts, auth=new.auth, limits=new.limits, log=new.log
-        )
-        return [
-            name
-            for name in self.config.__struct_fields__
-            if name not in RELOADABLE and getattr(new, name) != getattr(self.config, name)
-        ]
+        self.config, restart = reloaded(self.config, new)
+        return restart
 
     def on_output(self, output: Output) -> None:
         """What the engine produced: rows to storage (held until the next checkpoint holds
         them too), alert transitions to fan-out."""
-        if self.flusher is not None:
-            self.held.merge(batch_of(output))
+        if self.checkpointer is not None:
+            self.checkpointer.hold(output)
         if output.alerts:
             self.publisher.offer_alerts(output.alerts)
 
@@ -336,13 +288,12 @@ class Daemon:
         """Every service's report (``/healthz``, ``/metrics``)."""
         queue = self._frames_in.statistics() if self._frames_in is not None else None
         storage: StorageHealth | NoStorageHealth = NoStorageHealth()
-        if self.flusher is not None:
+        if (checkpointer := self.checkpointer) is not None:
             storage = StorageHealth.of(
                 self.config.storage.backend,
-                self.flusher.health(),
-                self.checkpoint_bytes,
-                # The journal is part of the checkpoint: its failed writes count here.
-                self.checkpoint_errors + (self.journal.errors if self.journal is not None else 0),
+                checkpointer.flusher.health(),
+                checkpointer.size_bytes,
+                checkpointer.failures,
             )
         build = running_build()
         return DaemonHealth(
@@ -401,19 +352,6 @@ class Daemon:
         return Readiness(
             status="ready", version=VERSION, uptime_s=round(time.monotonic() - self.started, 3)
         )
-
-    def authorize_api(self, request: Request, meeting: str | None) -> Response | None:
-        """``/api``: a bearer token with the ``read`` right on ``meeting`` (None: every
-        meeting); 401 (with ``www-authenticate``) or 403 as a JSON error, else None."""
-        auth = self.auth
-        if not auth.required:
-            return None
-        claims = auth.admit(bearer(request.headers.get("authorization")), "read")
-        denied = claims if isinstance(claims, Denied) else auth.check(claims, "read", meeting)
-        if denied is None:
-            return None
-        challenge = [("www-authenticate", 'Bearer realm="bwmon"')] if denied.status == 401 else []
-        return Response.error(denied.status, f"{denied.code}: {denied.detail}", challenge)
 
     async def serve(
         self, *, task_status: trio.TaskStatus[Addresses] = trio.TASK_STATUS_IGNORED
@@ -498,16 +436,17 @@ class Daemon:
         await nursery.start(self.loop_lag.run)
         await nursery.start(self.channel.serve, self.fanout.deliver, self.fanout.on_epoch)
         await nursery.start(self.publisher.run)
-        if self.flusher is not None and self.sink is not None:
+        if (checkpointer := self.checkpointer) is not None:
+            flusher = checkpointer.flusher
             # The restored state, on disk before the first frame: what this run counts is
             # a delta from it (and the journal's old files go).
-            await self.checkpoint()
-            await self.flusher.flush()  # migrates now: a schema problem shows at start
-            await nursery.start(self.flusher.run)
+            await checkpointer.save()
+            await flusher.flush()  # migrates now: a schema problem shows at start
+            await nursery.start(flusher.run)
             if storage.minute_retention_days > 0:
                 await nursery.start(
                     run_retention,
-                    self.sink,
+                    flusher.sink,
                     storage.minute_retention_days,
                     storage.retention_interval_s,
                 )
@@ -535,175 +474,19 @@ class Daemon:
             self.engine.add(batch, now, boot)
         self.engine.close_minutes(now)
         self.consumer.take(self.engine.drain())
-        if self.flusher is not None and self.sink is not None:
-            await self.checkpoint()  # the closed minutes' rows, held until one holds them
-            await self.flusher.close(self.config.storage.shutdown_deadline_s)
-            await self.checkpoint()
-            if self.journal is not None:
-                self.journal.close()
+        if (checkpointer := self.checkpointer) is not None:
+            flusher = checkpointer.flusher
+            await checkpointer.save()  # the closed minutes' rows, held until one holds them
+            await flusher.close(self.config.storage.shutdown_deadline_s)
+            await checkpointer.save()
+            checkpointer.journal.close()
             with trio.move_on_after(2):
-                await self.sink.close()
+                await flusher.sink.close()
             if self.spool is not None:
                 self.spool.close()
-            log.info("storage_closed", **msgspec.structs.asdict(self.flusher.health()))
+            log.info("storage_closed", **msgspec.structs.asdict(flusher.health()))
         with trio.move_on_after(2):
             await self.channel.aclose()
-
-
-@dataclass(frozen=True, slots=True)
-class Restored:
-    """What the last run left in the state directory, read before the daemon is built on it."""
-
-    engine: Engine
-    pending: Batch  # the rows it had not written
-    errors: int  # a checkpoint or a journal that could not be read (``checkpoint_errors``)
-
-
-def restore(config: Config, journal: Journal | None) -> Restored:
-    """The engine of the last checkpoint, with the streams ``journal`` recorded as opened
-    after it, and the checkpoint's unwritten rows. A fresh engine and no rows without storage
-    (``journal`` None) or without a checkpoint.
-
-    The unwritten rows come first: they are kept even when the engine's open state is not (a
-    checkpoint of another version, say), which costs only the open minute. What cannot be read
-    is logged and counted, never fatal."""
-    engine = Engine(config.aggregate, config.alerts.effective_rules())
-    pending = Batch()
-    if journal is None:
-        return Restored(engine, pending, errors=0)
-    engine.openings = []  # journaled as they open (``FrameConsumer.on_openings``)
-    errors = 0
-    journal_from = 0
-    try:
-        state = checkpoint.load(Path(config.storage.state_dir))
-        if state is not None:
-            pending.merge(decode_batch(state["pending"]))
-            engine.restore(state["engine"], time.time())
-            journal_from = state.get("journal_from", 0)
-    except (checkpoint.CheckpointError, ValueError, KeyError, TypeError) as exc:
-        errors += 1
-        log.error("checkpoint_not_restored", error=str(exc)[:300], pending_rows=len(pending))
-        engine = Engine(config.aggregate, config.alerts.effective_rules())
-        engine.openings = []
-        state = None
-    try:
-        opened = engine.restore_openings(journal.read(journal_from), time.time())
-    except (ValueError, KeyError, TypeError) as exc:
-        errors += 1
-        log.error("journal_not_restored", error=str(exc)[:300])
-        opened = 0
-    if state is not None or opened:
-        log.info(
-            "checkpoint_restored",
-            streams=len(engine.streams),
-            routes=len(engine.routes),
-            pending_rows=len(pending),
-            journaled=opened,
-        )
-    return Restored(engine, pending, errors)
-
-
-def check_startup(config: Config) -> None:
-    """The rules a configuration must meet to run a daemon, beyond what loading the file checked:
-    they depend on the environment (``BWMON_*`` secrets) and on command-line overrides. ``serve``
-    runs them before it binds a port and ``bwmon check-config`` runs them too, so a
-    configuration check-config accepts is one the daemon starts on. Raises ``ConfigError``
-    (``UnsafeBind`` is one; a ``BWMON_TOKEN_SECRETS`` or ``BWMON_UDP_KEYS`` key that breaks the
-    file's length rule is another); never does I/O. What it allows but an operator must know,
-    ``auth.allow_unauthenticated`` beyond loopback, is ``bind_warning``: ``serve`` logs it
-    (``listening_unauthenticated``) and check-config prints it."""
-    check_bind(config.server.host, config.auth)
-    url = config.fanout.redis()
-    if url:
-        from redis.asyncio.connection import parse_url
-
-        try:
-            parse_url(url)
-        except ValueError as exc:  # the message never holds the URL, which may hold a password
-            raise ConfigError(f"fanout.redis_url (or BWMON_REDIS_URL): {exc}") from None
-
-
-DAEMON_ID_FILE = "daemon-id"
-
-
-def daemon_id(storage: StorageConfig) -> str | None:
-    """The id under which this daemon's parts go to Redis, kept in ``<state_dir>/daemon-id``:
-    after a restart the daemon takes over what its earlier run published (its first publish
-    replaces it) instead of adding to it until that run is presumed dead. None (a new id each
-    run) with ``backend = "none"``, which keeps nothing on disk, or when the file cannot be
-    kept."""
-    if storage.backend == "none":
-        return None
-    path = Path(storage.state_dir) / DAEMON_ID_FILE
-    try:
-        known = path.read_text(encoding="ascii").strip()
-        if known:
-            return known
-    except FileNotFoundError:
-        pass
-    except (OSError, ValueError) as exc:
-        log.warning("daemon_id_unreadable", path=str(path), error=str(exc))
-        return None
-    new = secrets.token_hex(8)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_suffix(".tmp")
-        temp.write_text(new + "\n", encoding="ascii")
-        os.replace(temp, path)
-    except OSError as exc:
-        log.warning("daemon_id_not_kept", path=str(path), error=str(exc))
-        return None
-    return new
-
-
-def open_channel(
-    fanout: FanoutConfig, bridge: AsyncioBridge | None, storage: StorageConfig | None = None
-) -> Channel:
-    """The configured channel: Redis when a URL is set (this daemon's parts under the id kept
-    in ``storage``'s state directory), else in process."""
-    url = fanout.redis()
-    interest_ttl_s = max(10.0, 5 * fanout.publish_interval_s)
-    if not url:
-        return LocalChannel(history=fanout.history_deltas, interest_ttl_s=interest_ttl_s)
-    if bridge is None:
-        raise ValueError("the Redis channel needs the asyncio bridge")
-    from collector.fanout.fallback import FallbackChannel
-    from collector.fanout.redis_channel import RedisChannel
-
-    redis = RedisChannel(
-        bridge,
-        url,
-        prefix=fanout.redis_key_prefix,
-        history=fanout.history_deltas,
-        interest_ttl_s=interest_ttl_s,
-        daemon_ttl_s=max(10.0, 5 * fanout.publish_interval_s),
-        parts_ttl_s=max(3.0, 3 * fanout.publish_interval_s),
-        daemon_id=daemon_id(storage) if storage is not None else None,
-        retry_max_s=fanout.redis_retry_max_s,
-    )
-    return FallbackChannel(redis, history=fanout.history_deltas)
-
-
-def open_sink(
-    storage: StorageConfig, bridge: AsyncioBridge | None, *, read_only: bool = False
-) -> Sink | None:
-    """The configured sink (not connected yet), or None for ``backend = "none"``. A read-only
-    SQLite sink never creates or changes the database file (``bwmon export``)."""
-    if storage.backend == "none":
-        return None
-    if storage.backend == "sqlite":
-        return SqliteSink(storage.sqlite_file(), storage.statement_timeout_s, read_only=read_only)
-    if bridge is None:
-        raise ValueError("the MySQL sink needs the asyncio bridge")
-    return MysqlSink(
-        bridge,
-        host=storage.mysql_host,
-        port=storage.mysql_port,
-        user=storage.mysql_user,
-        password=storage.password(),
-        database=storage.mysql_database,
-        statement_timeout_s=storage.statement_timeout_s,
-    )
 
 
 async def run(

@@ -1,6 +1,7 @@
 """Who may do what: access tokens on ``/ingest``, ``/subscribe`` and ``/api``, the start-up
 rule that keeps an unauthenticated daemon on loopback, and the warning when the operator lifts
-it (``auth.allow_unauthenticated``).
+it (``auth.allow_unauthenticated``). ``check_startup`` runs that rule with the others a
+configuration must meet to start a daemon beyond what loading the file checked.
 
 ``Auth`` holds the verification keys of one configuration; a reload builds a new one and the
 daemon swaps it in, so every check reads the current keys (sessions keep the claims they were
@@ -14,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
-from collector.config import AuthConfig, ConfigError
+from collector.config import AuthConfig, Config, ConfigError
 from protocol.tokens import Claims, Right, TokenError, verify
 
 UNAUTHORIZED: Final = "unauthorized"
@@ -147,3 +148,16 @@ def bind_warning(host: str, auth: AuthConfig) -> str | None:
         + ". Unless only trusted hosts can reach the port, set "
         + " and ".join(missing)
     )
+
+
+def check_startup(config: Config) -> None:
+    """The rules a configuration must meet to run a daemon, beyond what loading the file checked:
+    they depend on the environment (``BWMON_*`` secrets) and on command-line overrides. ``serve``
+    runs them before it binds a port and ``bwmon check-config`` runs them too, so a
+    configuration check-config accepts is one the daemon starts on. Raises ``ConfigError``
+    (``UnsafeBind`` is one; a ``BWMON_TOKEN_SECRETS`` or ``BWMON_UDP_KEYS`` key that breaks the
+    file's length rule is another); never does I/O. What it allows but an operator must know,
+    ``auth.allow_unauthenticated`` beyond loopback, is ``bind_warning``: ``serve`` logs it
+    (``listening_unauthenticated``) and check-config prints it."""
+    check_bind(config.server.host, config.auth)
+    config.fanout.check_redis_url()

@@ -8,6 +8,7 @@ holds a secret (``SECRET_KEYS``), nor a whole table: those say what is wrong (a 
 a type) instead. Keys from ``BWMON_TOKEN_SECRETS`` and ``BWMON_UDP_KEYS`` meet the same rules
 as the file's, checked when they are read. ``load`` makes the file's relative paths
 (``storage.state_dir``, ``storage.sqlite_path``) absolute, relative to the file's directory.
+``reloaded`` says what a reload (SIGHUP) puts in force and what waits for a restart.
 """
 
 from __future__ import annotations
@@ -105,6 +106,18 @@ class FanoutConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         """``BWMON_REDIS_URL`` from the environment wins: keeps a password out of files.
         Empty: no Redis, the in-process channel."""
         return os.environ.get("BWMON_REDIS_URL", self.redis_url)
+
+    def check_redis_url(self) -> None:
+        """``ConfigError`` if ``redis()`` is set but not a URL the Redis client takes."""
+        url = self.redis()
+        if not url:
+            return
+        from redis.asyncio.connection import parse_url  # the client, only when configured
+
+        try:
+            parse_url(url)
+        except ValueError as exc:  # the message never holds the URL, which may hold a password
+            raise ConfigError(f"fanout.redis_url (or BWMON_REDIS_URL): {exc}") from None
 
 
 SECRET_MIN_CHARS: Final = 32
@@ -215,6 +228,23 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+
+
+# The sections a reload (SIGHUP) puts in force; the others need a restart.
+RELOADABLE: Final = ("alerts", "auth", "limits", "log")
+
+
+def reloaded(running: Config, new: Config) -> tuple[Config, list[str]]:
+    """What reloading ``new`` puts in force: ``running`` with the sections of ``new`` that a
+    reload applies (``RELOADABLE``), and the names of the other sections that differ in
+    ``new``, which keep their running values until a restart."""
+    config = msgspec.structs.replace(running, **{name: getattr(new, name) for name in RELOADABLE})
+    restart = [
+        name
+        for name in config.__struct_fields__
+        if name not in RELOADABLE and getattr(new, name) != getattr(config, name)
+    ]
+    return config, restart
 
 
 _PATH = re.compile(r" - at `\$((?:\.[A-Za-z0-9_]+|\[\d+\])*)`$")

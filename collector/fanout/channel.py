@@ -10,6 +10,9 @@ entity; what it gives out are the entities merged from every daemon's parts
 * ``RedisChannel`` (``collector.fanout.redis_channel``): Redis Streams and hashes, shared by
   every daemon, so that a subscriber on any daemon sees the meetings of all of them.
 
+``open_channel`` builds the one the configuration names (Redis behind its local fallback,
+``collector.fanout.fallback``, when a URL is set).
+
 Exceptions (the channel branch of ``BwmonError``'s tree, protocol/errors.py; translated at the
 edge, callers see only these)::
 
@@ -28,9 +31,11 @@ from typing import Protocol
 
 import trio
 
+from collector.config import FanoutConfig
 from collector.fanout.health import RedisHealth
 from collector.fanout.hub import Change, DeltaLog
 from collector.fanout.parts import shown
+from collector.runtime import AsyncioBridge
 from protocol.errors import BwmonError
 from protocol.subscribe import Delta, Snapshot
 
@@ -211,3 +216,32 @@ class LocalChannel:
 
     async def aclose(self) -> None:
         pass
+
+
+def open_channel(
+    fanout: FanoutConfig, bridge: AsyncioBridge | None, daemon_id: str | None = None
+) -> Channel:
+    """The configured channel: Redis when a URL is set (this daemon's parts under
+    ``daemon_id``; None: a new id), else in process."""
+    url = fanout.redis()
+    interest_ttl_s = max(10.0, 5 * fanout.publish_interval_s)
+    if not url:
+        return LocalChannel(history=fanout.history_deltas, interest_ttl_s=interest_ttl_s)
+    if bridge is None:
+        raise ValueError("the Redis channel needs the asyncio bridge")
+    # Imported here: Redis's client loads only when a URL is configured.
+    from collector.fanout.fallback import FallbackChannel
+    from collector.fanout.redis_channel import RedisChannel
+
+    redis = RedisChannel(
+        bridge,
+        url,
+        prefix=fanout.redis_key_prefix,
+        history=fanout.history_deltas,
+        interest_ttl_s=interest_ttl_s,
+        daemon_ttl_s=max(10.0, 5 * fanout.publish_interval_s),
+        parts_ttl_s=max(3.0, 3 * fanout.publish_interval_s),
+        daemon_id=daemon_id,
+        retry_max_s=fanout.redis_retry_max_s,
+    )
+    return FallbackChannel(redis, history=fanout.history_deltas)

@@ -16,7 +16,8 @@ It never writes to the engine or to the database.
 
 Every route first asks ``authorize(request, meeting)`` — ``meeting`` is the one meeting the
 request reads, ``None`` for all of them (the list, an export without a ``meeting`` filter) —
-and sends the Response it returns (401/403) instead of reading anything.
+and sends the Response it returns (401/403) instead of reading anything. The daemon's is
+``token_authorization``: a bearer token with the ``read`` right.
 
 Errors are JSON ``{"error": "..."}``: 400 for a bad or unknown parameter, 404 for a meeting
 not live or ``storage.backend = "none"``, 503 when the channel (Redis) cannot be reached or the
@@ -31,6 +32,7 @@ import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Final, TypeAlias, cast
 
+from collector.auth import Auth, Denied, bearer
 from collector.fanout.channel import Channel, ChannelUnavailable
 from collector.http.server import HttpRoute, Request, Response, StreamedResponse
 from collector.storage.export import (
@@ -65,6 +67,25 @@ _OPTION = re.compile(r"--(?=[a-z])")  # Selection's messages name the CLI's opti
 def allow_everything(_request: Request, _meeting: str | None) -> Response | None:
     """The authorization of a daemon without tokens: every request may read everything."""
     return None
+
+
+def token_authorization(auth: Callable[[], Auth]) -> Authorize:
+    """The authorization of a daemon with the token keys ``auth()`` returns (those in force: a
+    reload swaps them): a bearer token with the ``read`` right on ``meeting`` (None: every
+    meeting); 401 (with ``www-authenticate``) or 403 as a JSON error, else None."""
+
+    def authorize(request: Request, meeting: str | None) -> Response | None:
+        keys = auth()
+        if not keys.required:
+            return None
+        claims = keys.admit(bearer(request.headers.get("authorization")), "read")
+        denied = claims if isinstance(claims, Denied) else keys.check(claims, "read", meeting)
+        if denied is None:
+            return None
+        challenge = [("www-authenticate", 'Bearer realm="bwmon"')] if denied.status == 401 else []
+        return Response.error(denied.status, f"{denied.code}: {denied.detail}", challenge)
+
+    return authorize
 
 
 async def nothing_to_prepare(_topic: str) -> None:

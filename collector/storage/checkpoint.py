@@ -5,7 +5,7 @@ moment leaves the old checkpoint or the new one, never a torn file. Loaded at st
 restart (even ``kill -9``) loses no counted byte: every stream's last cumulative counters come
 back, and the first sample after the restart is a delta from them, not a new baseline.
 
-What makes that hold at any instant of a kill (the daemon's ``checkpoint``, collector/app.py):
+What makes that hold at any instant of a kill (``Checkpointer.save``, ``state.py``):
 
 - When: right after the restore at start (before the first frame), before every flush attempt
   and at shutdown.

@@ -29,7 +29,8 @@ SQLSTATE classes 22 and 23, a trigger's ``SIGNAL``; SQLite's integrity errors an
 cannot bind); a missing table or column, a lost connection, a timeout or a deadlock is
 ``StorageUnavailable``, whatever the rows.
 
-``ping`` answers whether the database answers: the flusher's readiness probe.
+``ping`` answers whether the database answers: the flusher's readiness probe. ``open_sink``
+builds the configured sink.
 
 Never called from the ingest path: only the flusher awaits a sink.
 """
@@ -50,6 +51,7 @@ import asyncmy
 import asyncmy.errors
 import trio
 
+from collector.config import StorageConfig
 from collector.runtime import AsyncioBridge
 from collector.storage.errors import DatabaseMissing as DatabaseMissing
 from collector.storage.errors import RowsRefused as RowsRefused
@@ -438,6 +440,28 @@ def _refuses_rows(exc: asyncmy.errors.Error) -> bool:
         return True  # the driver's own, before sending: a value it cannot write (NaN, inf)
     sqlstate = getattr(exc, "sqlstate", None) or ""
     return code in MYSQL_REFUSED_ROWS or sqlstate[:2] in ("22", "23")
+
+
+def open_sink(
+    storage: StorageConfig, bridge: AsyncioBridge | None, *, read_only: bool = False
+) -> Sink | None:
+    """The configured sink (not connected yet), or None for ``backend = "none"``. A read-only
+    SQLite sink never creates or changes the database file (``bwmon export``)."""
+    if storage.backend == "none":
+        return None
+    if storage.backend == "sqlite":
+        return SqliteSink(storage.sqlite_file(), storage.statement_timeout_s, read_only=read_only)
+    if bridge is None:
+        raise ValueError("the MySQL sink needs the asyncio bridge")
+    return MysqlSink(
+        bridge,
+        host=storage.mysql_host,
+        port=storage.mysql_port,
+        user=storage.mysql_user,
+        password=storage.password(),
+        database=storage.mysql_database,
+        statement_timeout_s=storage.statement_timeout_s,
+    )
 
 
 # asyncio side: these run on the asyncio loop through the bridge.

@@ -21,10 +21,20 @@ from collector.config import Config, from_dict
 from collector.storage import checkpoint
 from collector.storage.flusher import batch_of, decode_batch, encode_batch
 from collector.storage.health import StorageHealth
+from collector.storage.state import Checkpointer
 from protocol import RtcSample
 from tests.helpers import http_sample, rtc
 
 T0 = 1_800_000_000.0
+
+
+def checkpointer(daemon: Daemon) -> Checkpointer:
+    assert daemon.checkpointer is not None
+    return daemon.checkpointer
+
+
+def save_checkpoint(daemon: Daemon) -> None:
+    trio.run(checkpointer(daemon).save)
 
 
 def test_unwritten_rows_survive_an_engine_state_of_another_version(tmp_path: Path) -> None:
@@ -41,7 +51,7 @@ def test_unwritten_rows_survive_an_engine_state_of_another_version(tmp_path: Pat
     daemon = Daemon(from_dict({"storage": {"backend": "sqlite", "state_dir": str(tmp_path)}}))
     assert daemon.flusher is not None
     assert daemon.flusher.pending.rows == rows.rows
-    assert daemon.checkpoint_errors == 1
+    assert checkpointer(daemon).errors == 1
     assert not daemon.engine.streams  # a fresh engine, the open minute lost
     assert daemon.consumer.engine is daemon.engine
 
@@ -59,7 +69,7 @@ def test_a_row_closed_between_ticks_is_in_the_checkpoint(tmp_path: Path) -> None
         engine.add([rtc(4)], T0 + 61)  # the next minute: the first one's row is closed
     closed = batch_of(reference.drain())
     assert len(closed) == 1
-    trio.run(first.checkpoint)
+    save_checkpoint(first)
     assert first.flusher is not None
     assert first.flusher.spool is not None
     first.flusher.spool.close()  # as the killed process's lock went with it
@@ -84,8 +94,8 @@ def test_http_state_stays_bounded_and_what_expired_is_not_restored(tmp_path: Pat
         ]
         for engine in (first.engine, reference):
             engine.add(frames, T0 + start / 1_000)
-        trio.run(first.checkpoint)
-        sizes.append(first.checkpoint_bytes)
+        save_checkpoint(first)
+        sizes.append(checkpointer(first).size_bytes)
     assert len(set(sizes)) == 1, sizes  # 256 instances from the first 1,000 frames on
     assert first.engine.stats()["http_instances"] == 256
     for engine in (first.engine, reference):
@@ -93,8 +103,8 @@ def test_http_state_stays_bounded_and_what_expired_is_not_restored(tmp_path: Pat
     assert not first.engine.routes
     closed = batch_of(reference.drain())
     assert len(closed) == 1
-    trio.run(first.checkpoint)
-    assert first.checkpoint_bytes < sizes[0] / 4
+    save_checkpoint(first)
+    assert checkpointer(first).size_bytes < sizes[0] / 4
     assert first.flusher is not None
     assert first.flusher.spool is not None
     first.flusher.spool.close()
@@ -135,7 +145,7 @@ def test_a_stream_opened_after_the_last_checkpoint_comes_back_from_the_journal(
     """Its first samples applied, the daemon killed before any checkpoint: the stream comes
     back from the journal, and its next sample is a delta from it, not a baseline."""
     first = Daemon(_config(tmp_path))
-    trio.run(first.checkpoint)  # at start: before the stream opened
+    save_checkpoint(first)  # at start: before the stream opened
     first.consumer.apply([_video(0)])
     first.consumer.apply([_video(1)])
     _killed(first)
@@ -151,7 +161,7 @@ def test_a_new_http_instance_comes_back_from_the_journal_from_zero(tmp_path: Pat
     """A new route and instance, killed before any checkpoint: the instance's next sample
     counts in full (from 0), as what it counted before the kill was never stored."""
     first = Daemon(_config(tmp_path))
-    trio.run(first.checkpoint)
+    save_checkpoint(first)
     first.consumer.apply([msgspec.structs.replace(http_sample(1), seq=0)])
     first.consumer.apply([msgspec.structs.replace(http_sample(2), seq=1)])
     _killed(first)
@@ -168,9 +178,9 @@ def test_a_checkpoint_replaces_the_journal(tmp_path: Path) -> None:
     """Once a checkpoint holds a stream, its journal record goes; a stream opened after that
     checkpoint is journaled anew."""
     first = Daemon(_config(tmp_path))
-    trio.run(first.checkpoint)
+    save_checkpoint(first)
     first.consumer.apply([_video(0)])
-    trio.run(first.checkpoint)
+    save_checkpoint(first)
     first.consumer.apply([_video(0, meeting="m2")])
     assert first.journal is not None
     journaled = [RtcStream.from_state(record[3]).meeting for record in first.journal.read(0)]
@@ -191,7 +201,7 @@ def test_rows_reach_storage_only_once_a_checkpoint_holds_them(tmp_path: Path) ->
     daemon.consumer.take(daemon.engine.drain())
     assert daemon.flusher is not None
     assert len(daemon.flusher.pending) == 0
-    trio.run(daemon.checkpoint)
+    save_checkpoint(daemon)
     assert len(daemon.flusher.pending) == 1
     saved = checkpoint.load(tmp_path)
     assert saved is not None
@@ -210,9 +220,9 @@ def test_rows_go_to_storage_even_when_the_checkpoint_cannot_be_written(tmp_path:
         daemon.engine.add([_video(seq)], T0 + seq)
     daemon.engine.add([_video(3)], T0 + 61)
     daemon.consumer.take(daemon.engine.drain())
-    assert daemon.checkpoint_errors == 1  # the restore could not read the state directory
-    trio.run(daemon.checkpoint)
-    assert daemon.checkpoint_errors == 2  # nor the checkpoint write to it
+    assert checkpointer(daemon).errors == 1  # the restore could not read the state directory
+    save_checkpoint(daemon)
+    assert checkpointer(daemon).errors == 2  # nor the checkpoint write to it
     assert daemon.flusher is not None
     assert len(daemon.flusher.pending) == 1  # not held for ever
 
@@ -225,7 +235,7 @@ def test_no_row_newer_than_the_last_checkpoint_reaches_the_database(tmp_path: Pa
     first = Daemon(_config(tmp_path))
     for seq in range(3):
         first.engine.add([_video(seq)], T0 + seq)
-    trio.run(first.checkpoint)
+    save_checkpoint(first)
     _killed(first)
 
     second = Daemon(_config(tmp_path))
@@ -241,7 +251,7 @@ def test_no_row_newer_than_the_last_checkpoint_reaches_the_database(tmp_path: Pa
     third.engine.close_minutes(T0 + 300)
     third.consumer.take(third.engine.drain())
     assert third.flusher is not None
-    trio.run(third.checkpoint)
+    save_checkpoint(third)
     trio.run(third.flusher.flush)
     with sqlite3.connect(tmp_path / "bwmon.db") as db:
         (stored,) = db.execute("SELECT SUM(video_bytes_sent) FROM rtc_minute").fetchone()

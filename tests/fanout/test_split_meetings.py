@@ -13,13 +13,13 @@ import pytest
 import trio
 
 from collector.aggregate.engine import Engine
-from collector.app import daemon_id
 from collector.config import from_dict
 from collector.fanout.publisher import Publisher
 from collector.fanout.redis_channel import RedisChannel
 from collector.http.api import Api
 from collector.http.server import Headers, Request, Response
 from collector.runtime import AsyncioBridge
+from collector.storage.state import daemon_id
 from protocol import RtcSample
 from tests.fanout.test_redis_channel import REDIS_URL, bridge, prefix
 
