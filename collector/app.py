@@ -34,7 +34,6 @@ from trio_websocket import WebSocketConnection
 
 from collector.aggregate.engine import Output
 from collector.aggregate.health import engine_health
-from collector.allowlist import parse_allowlist
 from collector.auth import Auth, UnsafeBind, bind_warning, check_bind, check_startup
 from collector.config import RELOADABLE, Config, ConfigError, reloaded
 from collector.consumer import FrameConsumer, SessionBatch
@@ -45,11 +44,10 @@ from collector.fanout.subscribers import Fanout, FanoutSettings
 from collector.http.api import Api, token_authorization
 from collector.http.health import DaemonHealth, HealthRoutes, HttpHealth, Readiness
 from collector.http.server import HttpServer, HttpSettings, Request
+from collector.ingest.admission import Admission
 from collector.ingest.counters import TransportCounters
 from collector.ingest.health import IngestHealth, TransportHealth
-from collector.ingest.limits import Rate, SourceLimiter
 from collector.ingest.udp import (
-    UdpAdmission,
     UdpTurns,
     open_udp_socket,
     receive_buffer_size,
@@ -167,12 +165,8 @@ class Daemon:
                 errors=restored.errors,
             )
             self.flusher.before_flush = self.checkpointer.save  # before every flush attempt
-        # Admission and rate limits: shared, mutable objects that configure_admission() (start
-        # and reload) updates in place; UDP and WebSocket ingest read them as they go.
-        self.source_limiter = SourceLimiter(max_sources=config.limits.max_tracked_sources)
-        self.connection_rate = Rate()
-        self.udp_admission = UdpAdmission(limiter=self.source_limiter)
-        self.configure_admission(config)
+        # Shared and mutable: a reload reconfigures them in place; ingest reads them as it goes.
+        self.admission = Admission(config.auth, config.limits)
         ingest = config.ingest
         self.udp_limits = Limits(
             max_message_bytes=ingest.max_datagram_bytes,
@@ -188,8 +182,8 @@ class Daemon:
             heartbeat_timeout_s=ingest.heartbeat_timeout_s,
             ack_interval_s=ingest.ack_interval_s,
             max_error_replies_per_interval=ingest.max_error_replies_per_interval,
-            connection_rate=self.connection_rate,
-            source_limiter=self.source_limiter,
+            connection_rate=self.admission.connection_rate,
+            source_limiter=self.admission.source_limiter,
         )
         self.api = Api(
             self.channel,
@@ -239,7 +233,8 @@ class Daemon:
         warning = bind_warning(self.config.server.host, new.auth)
         if warning is not None:
             log.warning("listening_unauthenticated", message=warning)
-        self.configure_admission(new)  # its only failure, a bad allowlist, fails loading
+        # Its only failure, a bad allowlist, fails loading.
+        self.admission.configure(new.auth, new.limits)
         self.http.settings = dataclasses.replace(
             self.http.settings, max_connections_per_source=new.limits.max_connections_per_source
         )
@@ -256,22 +251,6 @@ class Daemon:
             self.checkpointer.hold(output)
         if output.alerts:
             self.publisher.offer_alerts(output.alerts)
-
-    def configure_admission(self, config: Config) -> None:
-        """Put ``auth.udp_*`` and ``[limits]`` of ``config`` in force (at start and on reload).
-        Tracked sources keep what they have spent."""
-        allowlist = parse_allowlist(config.auth.udp_allow)  # valid: loading checked it
-        keys = tuple(key.encode() for key in config.auth.datagram_keys())
-        limits = config.limits
-        self.udp_admission.allowlist = allowlist if allowlist.active else None
-        self.udp_admission.keys = keys
-        self.udp_admission.max_age_s = config.auth.udp_signature_max_age_s
-        self.source_limiter.configure(
-            limits.source_frames_per_s, limits.source_burst_frames, limits.max_tracked_sources
-        )
-        self.connection_rate.configure(
-            limits.connection_frames_per_s, limits.connection_burst_frames
-        )
 
     async def ingest_session(self, ws: WebSocketConnection, request: Request, _wire: Wire) -> None:
         assert self._frames_in is not None
@@ -321,7 +300,7 @@ class Daemon:
                 self.channel.health(),
             ),
             http=HttpHealth.of(self.http.counters),
-            limits=self.source_limiter.health(),
+            limits=self.admission.source_limiter.health(),
         )
 
     def readiness(self) -> Readiness:
@@ -457,7 +436,7 @@ class Daemon:
             self.udp_counters,
             self.udp_limits,
             ingest.udp_drain_per_pass,
-            self.udp_admission,
+            self.admission.udp,
         )
 
     async def _shutdown(self, frames_out: trio.MemoryReceiveChannel[SessionBatch]) -> None:

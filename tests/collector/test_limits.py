@@ -153,18 +153,19 @@ def test_the_daemon_puts_auth_and_limits_in_force(tmp_path: Path) -> None:
         }
     )
     daemon = Daemon(config)
-    assert list(daemon.udp_admission.keys) == [key.encode()]
-    allowlist = daemon.udp_admission.allowlist
+    assert list(daemon.admission.udp.keys) == [key.encode()]
+    allowlist = daemon.admission.udp.allowlist
     assert allowlist is not None
     assert allowlist.permits("10.1.2.3")
-    assert daemon.udp_admission.limiter is daemon.source_limiter
-    assert daemon.session_settings.source_limiter is daemon.source_limiter
-    assert daemon.session_settings.connection_rate is daemon.connection_rate
-    assert daemon.source_limiter.rate.per_s == 5.0
-    assert daemon.connection_rate.per_s == 7.0
+    assert daemon.admission.udp.limiter is daemon.admission.source_limiter
+    assert daemon.session_settings.source_limiter is daemon.admission.source_limiter
+    assert daemon.session_settings.connection_rate is daemon.admission.connection_rate
+    assert daemon.admission.source_limiter.rate.per_s == 5.0
+    assert daemon.admission.connection_rate.per_s == 7.0
     # a reload reconfigures the same objects in place
-    daemon.configure_admission(from_dict({"limits": {"source_frames_per_s": 9.0}}))
-    assert daemon.source_limiter.rate.per_s == 9.0
-    assert daemon.udp_admission.allowlist is None
-    assert not daemon.udp_admission.keys
+    reloaded = from_dict({"limits": {"source_frames_per_s": 9.0}})
+    daemon.admission.configure(reloaded.auth, reloaded.limits)
+    assert daemon.admission.source_limiter.rate.per_s == 9.0
+    assert daemon.admission.udp.allowlist is None
+    assert not daemon.admission.udp.keys
     assert daemon.health().limits == LimitsHealth(tracked_sources=0, forgotten_sources=0)

@@ -46,11 +46,11 @@ def test_reload_swaps_keys_limits_rules_and_log_level() -> None:
         assert daemon.reload(new) == []
         assert not isinstance(daemon.auth.admit(read_token(OLD_KEY), "read"), Claims)
         assert isinstance(daemon.auth.admit(read_token(NEW_KEY), "read"), Claims)
-        assert daemon.source_limiter.enabled
-        assert daemon.connection_rate.enabled
+        assert daemon.admission.source_limiter.enabled
+        assert daemon.admission.connection_rate.enabled
         assert daemon.http.settings.max_connections_per_source == 3
-        assert daemon.udp_admission.allowlist is not None
-        assert not daemon.udp_admission.allowlist.permits("127.0.0.1")
+        assert daemon.admission.udp.allowlist is not None
+        assert not daemon.admission.udp.allowlist.permits("127.0.0.1")
         assert daemon.engine.alerts.rules == ()
         assert daemon.config.log.level == "error"
         assert not structlog.get_logger().is_enabled_for(30)  # warning is filtered now
@@ -76,7 +76,7 @@ def test_an_invalid_reload_changes_nothing() -> None:
     assert daemon.config is before
     assert daemon.engine.alerts.rules == rules
     assert not daemon.auth.required
-    assert not daemon.source_limiter.enabled
+    assert not daemon.admission.source_limiter.enabled
 
 
 def test_duplicate_rule_names_are_a_configuration_error() -> None:
