@@ -770,7 +770,11 @@ class HttpServer:
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
                     await ws.aclose()
-            nursery.cancel_scope.cancel()
+            # A close the client sent (or the wire's 1009 in its name) is answered by
+            # trio-websocket's reader, which sets the close reason before it writes the answer:
+            # aclose() then returns at once. The reader ends once it has closed the stream;
+            # give it a second to finish rather than cutting the answer off.
+            nursery.cancel_scope.deadline = trio.current_time() + 1
 
     def _count(self, status: int) -> None:
         counts = self.counters.requests_by_status
