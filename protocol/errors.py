@@ -14,12 +14,12 @@ the tree)::
      ├── ConfigError              collector.config: the configuration cannot be used (exit 2)
      │    └── UnsafeBind          collector.auth: beyond loopback without authentication
      ├── ListenError              collector.app: a port cannot be bound at start
-     ├── StorageError             collector.storage.sinks
+     ├── StorageError             collector.storage.errors (each re-exported where it is raised)
      │    ├── StorageUnavailable  the database cannot be reached or did not answer in time
      │    ├── RowsRefused         the database refused the rows themselves
      │    ├── DatabaseMissing     a reader found no SQLite file
-     │    ├── CheckpointError     collector.storage.checkpoint: cannot be written or read
-     │    └── SpoolError          collector.storage.spool: the spool's disk cannot be used
+     │    ├── CheckpointError     the checkpoint cannot be written or read
+     │    └── SpoolError          the spool's disk cannot be used
      ├── ChannelError             collector.fanout.channel
      │    ├── ChannelUnavailable  the channel (Redis) cannot be reached now
      │    └── EpochChanged        the channel lost its state: publish everything again
