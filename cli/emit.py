@@ -418,6 +418,16 @@ async def _send_datagram(
     socket buffer; False if it was refused."""
     if key:
         datagram = sign_datagram(key, datagram, time.time())
+    if not await send_when_room(sock, datagram):
+        report.send_errors += 1
+        return False
+    report.messages_sent += 1
+    return True
+
+
+async def send_when_room(sock: socket.socket, datagram: bytes) -> bool:
+    """Send one datagram on a connected non-blocking UDP socket, waiting for room in its
+    buffer; False if the kernel reported the port closed (ICMP port unreachable)."""
     while True:
         try:
             sock.send(datagram)
@@ -425,9 +435,7 @@ async def _send_datagram(
             await trio.lowlevel.wait_writable(sock)
             continue
         except ConnectionRefusedError:
-            report.send_errors += 1
             return False
-        report.messages_sent += 1
         return True
 
 

@@ -53,7 +53,14 @@ from cli.bench.statsd import (
     sample_lines,
 )
 from cli.daemon_process import DaemonProcess, running_daemon
-from cli.emit import SLICE_S, ReplayPool, replay_datagrams, replay_frames, replay_grows
+from cli.emit import (
+    SLICE_S,
+    ReplayPool,
+    replay_datagrams,
+    replay_frames,
+    replay_grows,
+    send_when_room,
+)
 from collector.config import IngestConfig
 from protocol import RtcSample
 
@@ -114,17 +121,9 @@ async def send_paced(port: int, pool: ReplayPool, rate: float, seconds: float) -
         deadline, tick = start + seconds, start
         while (now := trio.current_time()) < deadline:
             for data, count in pool.due(now - start):
-                while True:
-                    try:
-                        sock.send(data)
-                    except BlockingIOError:
-                        await trio.lowlevel.wait_writable(sock)
-                        continue
-                    except ConnectionRefusedError:
-                        break
+                if await send_when_room(sock, data):
                     sent.units += count
                     sent.datagrams += 1
-                    break
             tick = max(tick + SLICE_S, now)
             await trio.sleep_until(tick)
         sent.elapsed_s = round(trio.current_time() - start, 3)
