@@ -18,7 +18,7 @@ import os
 
 import trio
 
-CLOSE_TOO_BIG = 1009
+from protocol.close_codes import CLOSE_TOO_BIG
 
 
 class Wire(trio.abc.Stream):

@@ -29,6 +29,7 @@ import msgspec
 
 from collector.auth import Auth, Denied
 from collector.fanout.hub import merge
+from protocol.close_codes import CLOSE_INTERNAL, CLOSE_POLICY
 from protocol.subscribe import (
     BAD_MESSAGE,
     MAX_CLIENT_MESSAGE_BYTES,
@@ -52,9 +53,6 @@ from protocol.subscribe import (
     is_topic,
 )
 from protocol.tokens import Claims
-
-CLOSE_POLICY = 1008
-CLOSE_INTERNAL = 1011
 
 Position = tuple[str | None, int | None]  # (epoch, seq); (None, None): needs a snapshot
 

@@ -39,15 +39,14 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from collector.auth import Auth
 from collector.fanout.channel import Channel, ChannelUnavailable
-from collector.fanout.session import CLOSE_INTERNAL, SubscriberState
+from collector.fanout.session import SubscriberState
 from collector.logs import get_logger
 from collector.wire import Wire, websocket_frame
+from protocol.close_codes import CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_TRY_AGAIN
 from protocol.subscribe import Alert, Delta, ServerMessage, Snapshot
 
 log = get_logger("fanout.subscribers")
 
-CLOSE_GOING_AWAY = 1001
-CLOSE_TRY_AGAIN = 1013
 RETRY_S = 1.0  # between two attempts to serve a topic while the channel is unavailable
 _json = msgspec.json.Encoder()
 _msgpack = msgspec.msgpack.Encoder()

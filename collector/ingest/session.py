@@ -62,15 +62,17 @@ from protocol import (
     RtcSample,
     decode_message,
 )
+from protocol.close_codes import (
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL,
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    CLOSE_TOO_BIG,
+)
 from protocol.codec import TOO_LARGE
 from protocol.session import Ack, ErrorReply, SessionMessage, Welcome
 from protocol.tokens import Claims
 
-CLOSE_NORMAL: Final = 1000
-CLOSE_GOING_AWAY: Final = 1001
-CLOSE_POLICY: Final = 1008
-CLOSE_TOO_BIG: Final = 1009
-CLOSE_INTERNAL: Final = 1011
 # The reason code counted for a session whose hello never came: no first message within the
 # hello timeout, or one that decoded but is not one hello frame (PROTOCOL.md §6, §7.1).
 NO_HELLO: Final = "no_hello"
