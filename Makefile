@@ -13,7 +13,7 @@ COMPILED_SOURCES := setup.py protocol/build.py $(shell $(PYTHON) -c 'import runp
 	print(*(m.replace(".", "/") + ".py" for m in runpy.run_path("protocol/build.py")["COMPILED_MODULES"]))')
 BUILT := $(VENV)/.built-$(if $(filter 1,$(BWMON_PURE)),pure,compiled)
 
-.PHONY: serve test faults slow lint lock clean compiled pure
+.PHONY: serve test faults slow browser lint lock clean compiled pure
 
 # Editable, without compiling: $(BUILT) builds the hot path in place.
 $(STAMP): pyproject.toml requirements.lock
@@ -48,7 +48,7 @@ lint: $(STAMP)
 # fault-injection suite and the long end-to-end runs have targets of their own (CI runs all).
 # pytest exit 5 means no tests were collected: that is a broken suite, not a pass.
 test: lint $(BUILT)
-	$(BIN)/pytest -q -p no:cacheprovider -m "not faults and not slow"; rc=$$?; \
+	$(BIN)/pytest -q -p no:cacheprovider -m "not faults and not slow and not browser"; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
 
@@ -63,8 +63,19 @@ faults: $(BUILT)
 # of 15 s or more: two daemons on one Redis and MariaDB, a daemon killed under a subscriber, a
 # reload mid-stream.
 slow: $(BUILT)
-	$(BIN)/pytest -q -p no:cacheprovider -m "slow and not faults"; rc=$$?; \
+	$(BIN)/pytest -q -p no:cacheprovider -m "slow and not faults and not browser"; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make slow: pytest collected no tests" >&2; exit 1; fi; \
+	exit $$rc
+
+# The browser client (clients/browser/): its unit tests under Node's own runner, then the tests
+# that drive the system Chromium (and coturn for TURN relay) against it and a real daemon.
+browser: $(BUILT)
+	node --test --test-reporter=tap clients/browser/test/ > $(VENV)/node-test.tap; rc=$$?; \
+	cat $(VENV)/node-test.tap; \
+	if grep -q '^# tests 0$$' $(VENV)/node-test.tap; then echo "make browser: node ran no tests" >&2; exit 1; fi; \
+	exit $$rc
+	$(BIN)/pytest -q -p no:cacheprovider -m browser; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make browser: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
 
 lock: $(STAMP)

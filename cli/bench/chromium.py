@@ -1,0 +1,70 @@
+"""Headless Chromium for the browser client's benchmark and tests: Debian's system browser
+driven by Playwright (a dev dependency), never a browser Playwright downloads.
+
+``launch_chromium`` yields a Playwright ``Browser`` started with the flags a closed loopback
+machine needs: no sandbox (root in CI), no background networking (its connections are refused
+here), loopback peer connections allowed (WebRTC calls between two pages of one machine), and
+fake media devices so that ``getUserMedia`` gives audio and video without a camera.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from protocol.errors import BwmonError
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
+CHROMIUM_ARGS = (
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--allow-loopback-in-peer-connection",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+)
+
+
+class ChromiumMissing(BwmonError):
+    """No system Chromium, or no Playwright to drive it."""
+
+
+def chromium_path() -> str:
+    """The system Chromium: $BWMON_CHROMIUM, else `chromium` on PATH."""
+    path = os.environ.get("BWMON_CHROMIUM") or shutil.which("chromium")
+    if not path:
+        raise ChromiumMissing(
+            "no Chromium found: install Debian's package (apt-get install chromium) "
+            "or set BWMON_CHROMIUM to the browser's path"
+        )
+    return path
+
+
+@contextlib.contextmanager
+def launch_chromium(*extra_args: str) -> Iterator[Browser]:
+    """A headless system Chromium, closed on exit."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        raise ChromiumMissing(
+            "Playwright is not installed: pip install -e '.[dev]' (it drives the system "
+            "Chromium; no browser is downloaded)"
+        ) from None
+    path = chromium_path()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=path, headless=True, args=[*CHROMIUM_ARGS, *extra_args]
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
