@@ -1,0 +1,41 @@
+"""Fixtures of the browser tests: one coturn, one page server and one headless Chromium for the
+whole session; a fresh browser context (a call page) per test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+from cli.bench.chromium import launch_chromium
+from tests.browser.call import Call, open_call, serving_pages
+from tests.browser.turn import TurnServer, running_turn
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
+
+@pytest.fixture(scope="session")
+def turn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TurnServer]:
+    with running_turn(tmp_path_factory.mktemp("turn")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def pages_url() -> Iterator[str]:
+    with serving_pages() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    with launch_chromium() as chromium:
+        yield chromium
+
+
+@pytest.fixture
+def call(browser: Browser, pages_url: str) -> Iterator[Call]:
+    with open_call(browser, pages_url) as opened:
+        yield opened
+    assert opened.errors == []

@@ -1,0 +1,126 @@
+// The call of the browser tests: two RTCPeerConnections in one page, "a" and "b", each sending
+// the fake camera and microphone Chromium gives with --use-fake-device-for-media-stream, each
+// with its own RTCConfiguration (direct, relayed through TURN, or relayed on one side only).
+// Offers and answers carry every candidate (no trickle): the signalling is two function calls,
+// and an ICE restart is one more negotiation.
+
+const pcs = {};
+
+/** Resolves once `condition()` (sync or async) holds; rejects after 15 s: no test waits forever. */
+async function until(condition, what) {
+  const deadline = Date.now() + 15000;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+/** A check that holds once `pc` has gathered its candidates (the end-of-candidates event). */
+function gathering(pc) {
+  let done = false;
+  const end = (event) => {
+    if (event.candidate === null) {
+      done = true;
+      pc.removeEventListener("icecandidate", end);
+    }
+  };
+  pc.addEventListener("icecandidate", end);
+  return () => done;
+}
+
+async function negotiate(offerer, answerer, options) {
+  let gathered = gathering(offerer);
+  await offerer.setLocalDescription(await offerer.createOffer(options));
+  await until(gathered, "the offerer's candidates");
+  await answerer.setRemoteDescription(offerer.localDescription);
+  gathered = gathering(answerer);
+  await answerer.setLocalDescription(await answerer.createAnswer());
+  await until(gathered, "the answerer's candidates");
+  await offerer.setRemoteDescription(answerer.localDescription);
+}
+
+const connected = () => Object.values(pcs).every((pc) => pc.connectionState === "connected");
+
+/** The selected candidate pair's local and remote candidate types, as getStats reports them. */
+export async function path(side) {
+  const report = await pcs[side].getStats();
+  for (const stat of report.values()) {
+    if (stat.type === "transport" && stat.selectedCandidatePairId) {
+      const pair = report.get(stat.selectedCandidatePairId);
+      const local = report.get(pair.localCandidateId);
+      return {
+        pair: pair.id,
+        local: local.candidateType,
+        remote: report.get(pair.remoteCandidateId).candidateType,
+        relayProtocol: local.relayProtocol ?? null,
+      };
+    }
+  }
+  return null;
+}
+
+/** Media flows both ways: every inbound stream of both sides has received bytes. */
+async function flowing() {
+  for (const pc of Object.values(pcs)) {
+    const inbound = [...(await pc.getStats()).values()].filter((s) => s.type === "inbound-rtp");
+    if (inbound.length < 2 || inbound.some((s) => !(s.bytesReceived > 0))) return false;
+  }
+  return true;
+}
+
+/**
+ * Starts the call and resolves once media flows both ways. `config` is
+ * {a: RTCConfiguration, b: RTCConfiguration}.
+ */
+export async function start(config) {
+  for (const side of ["a", "b"]) {
+    const pc = new RTCPeerConnection(config[side]);
+    const media = await navigator.mediaDevices.getUserMedia({
+      audio: true,
+      video: { width: 320, height: 240, frameRate: 15 },
+    });
+    pcs[side] = pc;
+    // A test instruments the connection here, before it negotiates (a monitor sees it all).
+    await globalThis.onCallPeer?.(side, pc);
+    for (const track of media.getTracks()) pc.addTrack(track, media);
+  }
+  await negotiate(pcs.a, pcs.b);
+  await until(connected, "both sides connected");
+  await until(flowing, "media both ways");
+}
+
+/** Every stats object of one side's getStats() report, as the browser gives them. */
+export async function stats(side) {
+  return [...(await pcs[side].getStats()).values()];
+}
+
+/**
+ * An ICE restart after side a took `configA` (setConfiguration); resolves once both selected
+ * pairs changed. A restart keeps the ports it had: a relay-only side given "all" gains host
+ * candidates and moves to the direct pair, but a direct side given "relay" keeps its host
+ * pair (on loopback its host address is the TURN relay's, which TURN permissions admit).
+ */
+export async function restartIce(configA) {
+  const before = [(await path("a")).pair, (await path("b")).pair];
+  const moved = async () =>
+    connected() &&
+    (await path("a"))?.pair !== before[0] &&
+    (await path("b"))?.pair !== before[1];
+  if (configA) pcs.a.setConfiguration(configA);
+  await negotiate(pcs.a, pcs.b, { iceRestart: true });
+  await until(moved, "new pairs on both sides");
+}
+
+/** Stops sending: the senders' tracks end, so that the RTP counters stop moving. */
+export async function stopSending() {
+  for (const pc of Object.values(pcs)) {
+    for (const sender of pc.getSenders()) sender.track?.stop();
+  }
+}
+
+/** Ends the call. */
+export function hangUp() {
+  for (const pc of Object.values(pcs)) pc.close();
+}
+
+export { pcs };
