@@ -40,6 +40,11 @@ class TurnServer:
     port: int
     log_path: Path
 
+    @property
+    def server(self) -> str:
+        """The TURN server as the daemon names it: the URL without its query."""
+        return f"turn:127.0.0.1:{self.port}"
+
     def url(self, transport: str) -> str:
         """The ICE server URL, as a page passes it and getStats reports it back (``url``)."""
         return f"turn:127.0.0.1:{self.port}?transport={transport}"

@@ -5,6 +5,9 @@
 // and an ICE restart is one more negotiation.
 
 const pcs = {};
+// The page's own reads go around a getStats a test may have wrapped on the instance (to see
+// the reports a monitor reads).
+const report = (pc) => RTCPeerConnection.prototype.getStats.call(pc);
 
 /** Resolves once `condition()` (sync or async) holds; rejects after 15 s: no test waits forever. */
 async function until(condition, what) {
@@ -43,15 +46,15 @@ const connected = () => Object.values(pcs).every((pc) => pc.connectionState === 
 
 /** The selected candidate pair's local and remote candidate types, as getStats reports them. */
 export async function path(side) {
-  const report = await pcs[side].getStats();
-  for (const stat of report.values()) {
+  const all = await report(pcs[side]);
+  for (const stat of all.values()) {
     if (stat.type === "transport" && stat.selectedCandidatePairId) {
-      const pair = report.get(stat.selectedCandidatePairId);
-      const local = report.get(pair.localCandidateId);
+      const pair = all.get(stat.selectedCandidatePairId);
+      const local = all.get(pair.localCandidateId);
       return {
         pair: pair.id,
         local: local.candidateType,
-        remote: report.get(pair.remoteCandidateId).candidateType,
+        remote: all.get(pair.remoteCandidateId).candidateType,
         relayProtocol: local.relayProtocol ?? null,
       };
     }
@@ -62,7 +65,7 @@ export async function path(side) {
 /** Media flows both ways: every inbound stream of both sides has received bytes. */
 async function flowing() {
   for (const pc of Object.values(pcs)) {
-    const inbound = [...(await pc.getStats()).values()].filter((s) => s.type === "inbound-rtp");
+    const inbound = [...(await report(pc)).values()].filter((s) => s.type === "inbound-rtp");
     if (inbound.length < 2 || inbound.some((s) => !(s.bytesReceived > 0))) return false;
   }
   return true;
@@ -91,7 +94,7 @@ export async function start(config) {
 
 /** Every stats object of one side's getStats() report, as the browser gives them. */
 export async function stats(side) {
-  return [...(await pcs[side].getStats()).values()];
+  return [...(await report(pcs[side])).values()];
 }
 
 /**
