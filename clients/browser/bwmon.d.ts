@@ -60,7 +60,9 @@ export interface CombinedView extends LocalView {
 /**
  * The view of the interval from `prev` to `cur`, two consecutive samples of one connection as
  * `rtcFields` returns them; null for a first sample (`prev` null) or no time between them.
- * `prevScore`: the previous view's `score` (null at first), for the smoothing.
+ * `prevScore`: the previous view's `score` (null at first), for the smoothing. A gauge absent
+ * from `cur` keeps `prev`'s: pass as `prev` the samples so far merged (`{...last, ...cur}`) to
+ * keep what several samples omit, as the daemon does.
  */
 export function localView(
   prev: { ts: number; [key: string]: unknown } | null,

@@ -41,7 +41,8 @@ function rFactor(loss, rtt, jb, bps, fec) {
  * null for a first sample. Checked against test/fixtures/quality-vectors.json, which the
  * daemon's own code computes. A counter lower than before is a reset: no rate from it; a
  * counter absent from `prev` counts from 0, one absent from `cur` counts nothing; a gauge or
- * the path absent from `cur` keeps `prev`'s.
+ * the path absent from `cur` keeps `prev`'s. Passing as `prev` the samples so far merged
+ * (`last = {...last, ...cur}`) keeps what several samples omit, as the daemon does.
  * @param {object | null} prev  the previous sample's fields (rtcFields), null for the first
  * @param {object} cur          this sample's fields
  * @param {number | null} prevScore the previous smoothed quality score

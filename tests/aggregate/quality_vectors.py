@@ -249,6 +249,13 @@ CASES: Final[tuple[tuple[str, str, Fields | None, Fields, float | None], ...]] =
         None,
     ),
     (
+        "counter_absent",
+        "received video counters absent from the sample: they count nothing",
+        PREV,
+        without(after(PREV), "vib", "vip"),
+        None,
+    ),
+    (
         "nothing_received",
         "nothing received: no score, the previous one stands",
         PREV,

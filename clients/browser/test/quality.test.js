@@ -39,6 +39,14 @@ test("no interval without time between the samples", () => {
   assert.equal(localView({ ...cur, ts: cur.ts + 1 }, cur, 50), null);
 });
 
+test("a merged prev keeps a gauge that several samples omit", () => {
+  const { prev, cur } = vectors.cases.find((c) => c.name == "rtt");
+  const { rtt, ...bare } = cur;
+  const next = { ...bare, ts: cur.ts + 2000 };
+  assert.equal(localView(bare, next, null).rtt, null);
+  assert.equal(localView({ ...prev, ...cur }, next, null).rtt, 450);
+});
+
 const view = (name) => {
   const c = vectors.cases.find((c) => c.name == name);
   return localView(c.prev, c.cur, c.prevScore);
