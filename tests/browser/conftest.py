@@ -10,6 +10,7 @@ import pytest
 
 from cli.bench.chromium import launch_chromium
 from tests.browser.call import Call, open_call, serving_pages
+from tests.browser.database import scratch_database
 from tests.browser.turn import TurnServer, running_turn
 
 if TYPE_CHECKING:
@@ -39,3 +40,10 @@ def call(browser: Browser, pages_url: str) -> Iterator[Call]:
     with open_call(browser, pages_url) as opened:
         yield opened
     assert opened.errors == []
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    """tests/conftest.py's scratch database, made from another thread (database.py)."""
+    with scratch_database() as name:
+        yield name

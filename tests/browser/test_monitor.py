@@ -32,8 +32,8 @@ from cli.daemon_process import DaemonProcess, start_daemon
 from collector.aggregate.rtc import COUNTERS
 from protocol import Event, RtcSample, decode_message
 from tests.browser.call import CASES, RESTART, SIDES, Call, Case, open_call
+from tests.browser.database import query
 from tests.browser.turn import TurnServer
-from tests.helpers import admin
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page, Request, WebSocket
@@ -208,7 +208,7 @@ def assert_live_paths(daemon: DaemonProcess, meeting: str, case: Case, turn: Tur
 def stored_totals(database: str, meeting: str) -> dict[str, dict[str, float]]:
     """Each stream's counters summed over its minute rows (every minute, every segment)."""
     sums = ", ".join(f"SUM({name})" for name in COUNTERS)
-    rows = admin(
+    rows = query(
         f"SELECT connection, {sums} FROM rtc_minute WHERE meeting = '{meeting}' "
         "GROUP BY connection",
         database,
@@ -222,21 +222,26 @@ def stored_totals(database: str, meeting: str) -> dict[str, dict[str, float]]:
 
 
 def pair_totals(sent: Sent, stream: str) -> dict[str, int]:
-    """The pair counters a stream counted: each selected pair's last values, summed."""
+    """The pair counters a stream counted, by PROTOCOL.md §8.3: the first pair's last values in
+    full (the stream started at q 0), and of each later pair its increase since its first
+    sample, which is that pair's baseline."""
+    first: dict[str | None, RtcSample] = {}
     last: dict[str | None, RtcSample] = {}
     for frame in sorted((f for f in sent.rtc if f.connection == stream), key=lambda f: f.seq):
+        first.setdefault(frame.pair_id, frame)
         last[frame.pair_id] = frame
-    return {
-        name: sum(getattr(frame, name) or 0 for frame in last.values())
-        for name in ("pair_bytes_sent", "pair_bytes_received")
-    }
+    totals = {}
+    for name in ("pair_bytes_sent", "pair_bytes_received"):
+        pairs = [getattr(last[pair], name) - getattr(first[pair], name) for pair in last]
+        totals[name] = sum(pairs) + getattr(next(iter(first.values())), name)
+    return totals
 
 
 def assert_no_byte_lost(
     database: str, meeting: str, sent: Sent, reads: dict[str, list[dict[str, Any]]]
 ) -> None:
     """The stored totals are the last sample's counters, which are the browser's. The selected
-    pair's counters start again with each pair: theirs are the last values of every pair."""
+    pair's counters start again with each pair (``pair_totals``)."""
     stored = stored_totals(database, meeting)
     assert sorted(stored) == sorted(connection(meeting, side) for side in SIDES)
     for side in SIDES:
