@@ -31,6 +31,8 @@ def pages_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Browser]:
+    """The session's one Chromium: Playwright's sync API runs one at a time per thread, so a
+    test that needs a browser takes this one rather than launching its own."""
     with launch_chromium() as chromium:
         yield chromium
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from cli.bench.chromium import launch_chromium
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 pytestmark = pytest.mark.browser
 
@@ -45,23 +46,22 @@ def vector(name: str) -> dict[str, Any]:
     return case
 
 
-def test_indicator_shows_a_view_and_clears() -> None:
+def test_indicator_shows_a_view_and_clears(browser: Browser) -> None:
     module = (CLIENT / "bwmon.js").read_text()
-    with launch_chromium() as browser:
-        page = browser.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
 
-        def serve(route: Any) -> None:
-            if route.request.url.split("?")[0].endswith("/bwmon.js"):
-                route.fulfill(body=module, content_type="text/javascript")
-            else:
-                route.fulfill(body="<!doctype html><body></body>", content_type="text/html")
+    def serve(route: Any) -> None:
+        if route.request.url.split("?")[0].endswith("/bwmon.js"):
+            route.fulfill(body=module, content_type="text/javascript")
+        else:
+            route.fulfill(body="<!doctype html><body></body>", content_type="text/html")
 
-        page.route(f"{ORIGIN}/**", serve)
-        page.goto(f"{ORIGIN}/")
-        result = page.evaluate(PAGE_SCRIPT, vector("relay_tcp"))
-        page.close()
+    page.route(f"{ORIGIN}/**", serve)
+    page.goto(f"{ORIGIN}/")
+    result = page.evaluate(PAGE_SCRIPT, vector("relay_tcp"))
+    page.close()
     assert errors == []
     assert result["tag"]
     shown = result["withView"]

@@ -194,15 +194,16 @@ def assert_live_paths(daemon: DaemonProcess, meeting: str, case: Case, turn: Tur
         lambda live: (
             live["paths"] == expected
             and live["relayed"] == relayed
-            and bool(live["relay_cost"]) == any(relayed.values())
+            and live["relay_cost"] is not None
+            and (live["relay_cost"] > 0) == any(relayed.values())
         ),
     )
-    assert shown["paths"] == expected
-    assert shown["relayed"] == relayed
+    assert shown["paths"] == expected, shown
+    assert shown["relayed"] == relayed, shown
     if any(relayed.values()):
-        assert shown["relay_cost"] > 0
+        assert shown["relay_cost"] > 0, shown
     else:
-        assert shown["relay_cost"] == 0
+        assert shown["relay_cost"] == 0, shown
 
 
 def stored_totals(database: str, meeting: str) -> dict[str, dict[str, float]]:
