@@ -14,7 +14,10 @@ const rtcSchema = JSON.parse(readFileSync(new URL("protocol/schema/frames.schema
 
 // §4.3's counter rows whose source is one RTP stats type and kind: key -> [type, kind, member].
 const protocol = readFileSync(new URL("protocol/PROTOCOL.md", repo), "utf8");
-const counters = protocol.slice(protocol.indexOf("Cumulative counters"), protocol.indexOf("Gauges (the"));
+const counters = protocol.slice(
+  protocol.indexOf("Cumulative counters"),
+  protocol.indexOf("Gauges (the"),
+);
 const SOURCES = {};
 for (const line of counters.split("\n")) {
   const cells = line.split("|").map((c) => c.trim());
@@ -27,7 +30,8 @@ const kindOf = (s) => s.kind ?? s.mediaType;
 const byId = (stats, id) => stats.find((s) => s.id === id);
 
 function loadFixtures() {
-  const names = readdirSync(fixtureDir).filter((n) => /^(chromium|firefox|safari)-.+\.json$/.test(n));
+  const names = readdirSync(fixtureDir)
+    .filter((n) => /^(chromium|firefox|safari)-.+\.json$/.test(n));
   return names.map((name) => ({ name, ...JSON.parse(readFileSync(new URL(name, fixtureDir))) }));
 }
 
@@ -102,11 +106,13 @@ function assertRecordedPath(fx, stats, f, i, where) {
   assert.ok(relays, `${where}: no expected path for the case ${fx.case}`);
   const own = relays[fx.side];
   const peer = relays[PEER[fx.side]];
-  assert.equal(f.pair, stats.find((s) => s.type === "transport").selectedCandidatePairId, `${where}: pair`);
+  const transport = stats.find((s) => s.type === "transport");
+  assert.equal(f.pair, transport.selectedCandidatePairId, `${where}: pair`);
   assert.equal(f.lct === "relay", Boolean(own), `${where}: lct ${f.lct}`);
   assert.equal(f.rct === "relay", Boolean(peer), `${where}: rct ${f.rct}`);
   assert.equal(f.rp, own, `${where}: rp`);
-  if (own) assert.match(f.turn, new RegExp(`^turn:127\\.0\\.0\\.1:\\d+\\?transport=${own}$`), where);
+  const turn = new RegExp(`^turn:127\\.0\\.0\\.1:\\d+\\?transport=${own}$`);
+  if (own) assert.match(f.turn, turn, where);
   else assert.equal(f.turn, undefined, `${where}: turn`);
 }
 
@@ -213,12 +219,20 @@ test("relay: one side relays (remote relay, local host) is not this client's rel
     delete byId(s, "Id3Xn+Ad1").relayProtocol;
     byId(s, "IhQ/K2P9c").candidateType = "relay";
   });
-  assert.deepEqual(path(rtcFields(report(stats))), ["CPd3Xn+Ad1_hQ/K2P9c", "host", "relay", undefined, undefined]);
+  const f = rtcFields(report(stats));
+  assert.deepEqual(path(f), ["CPd3Xn+Ad1_hQ/K2P9c", "host", "relay", undefined, undefined]);
+  // a STUN-derived local candidate has a url too: it is no TURN server
+  const stun = relayed((s) => {
+    Object.assign(byId(s, "Id3Xn+Ad1"), { candidateType: "srflx", url: "stun:127.0.0.1:3478" });
+  });
+  const g = rtcFields(report(stun));
+  assert.deepEqual(path(g), ["CPd3Xn+Ad1_hQ/K2P9c", "srflx", "host", undefined, undefined]);
 });
 
 test("relay: rp is the relayProtocol of the local candidate, never its protocol", () => {
   const stats = relayed((s) => {
-    Object.assign(byId(s, "Id3Xn+Ad1"), { relayProtocol: "tcp", url: "turn:127.0.0.1:3478?transport=tcp" });
+    const url = "turn:127.0.0.1:3478?transport=tcp";
+    Object.assign(byId(s, "Id3Xn+Ad1"), { relayProtocol: "tcp", url });
   });
   const f = rtcFields(report(stats));
   assert.equal(byId(stats, "Id3Xn+Ad1").protocol, "udp");
@@ -240,7 +254,7 @@ test("relay: the pair follows the transport after an ICE restart, its counters r
   assert.deepEqual([f.pbs, f.pbr, f.rtt], [1200, 800, 8.1]);
 });
 
-test("selected pair: transport first, then `selected`, then nominated and succeeded, most bytes", () => {
+test("selected pair: transport, then `selected`, then nominated and succeeded; most bytes", () => {
   // without the transport's pointer nor `selected`: both pairs are nominated and succeeded
   const noTransport = relayed((s) => s.splice(s.indexOf(byId(s, "T01")), 1));
   assert.equal(rtcFields(report(noTransport)).pair, "CPfq0y7Tt2_hQ/K2P9c", "the most bytes");
@@ -260,7 +274,9 @@ test("selected pair: transport first, then `selected`, then nominated and succee
     for (const p of s.filter((x) => x.type === "candidate-pair")) p.state = "in-progress";
   });
   const f = rtcFields(report(checking));
-  for (const key of ["pair", "pbs", "pbr", "bwe", "lct", "rct", "rp", "turn"]) assert.equal(f[key], undefined, key);
+  for (const key of ["pair", "pbs", "pbr", "bwe", "lct", "rct", "rp", "turn"]) {
+    assert.equal(f[key], undefined, key);
+  }
   assert.ok(Math.abs(f.rtt - 8.1) < 1e-9, "rtt still from remote-inbound-rtp");
 });
 
@@ -289,11 +305,13 @@ test("missing ids: candidates or codec not in the report leave their fields abse
 
 test("fec: in-band FEC or RED in the audio sender's codec, false otherwise", () => {
   const codec = "COT01_111_minptime=10;useinbandfec=1";
-  const plain = relayed((s) => Object.assign(byId(s, codec), { sdpFmtpLine: "minptime=10;useinbandfec=0" }));
+  const off = { sdpFmtpLine: "minptime=10;useinbandfec=0" };
+  const plain = relayed((s) => Object.assign(byId(s, codec), off));
   assert.equal(rtcFields(report(plain)).fec, false);
   const noFmtp = relayed((s) => delete byId(s, codec).sdpFmtpLine);
   assert.equal(rtcFields(report(noFmtp)).fec, false);
-  const red = relayed((s) => Object.assign(byId(s, codec), { mimeType: "audio/red", sdpFmtpLine: "111/111" }));
+  const redundant = { mimeType: "audio/red", sdpFmtpLine: "111/111" };
+  const red = relayed((s) => Object.assign(byId(s, codec), redundant));
   assert.equal(rtcFields(report(red)).fec, true);
 });
 
@@ -318,18 +336,31 @@ test("absent, not guessed: nothing from an empty report, a stat without kind, no
 test("absent, not guessed: values outside the wire type spoil their field", () => {
   const T = 1765000000000;
   const stats = [
-    { id: "A", type: "outbound-rtp", kind: "audio", timestamp: T, bytesSent: 10.5, packetsSent: -1 },
+    { id: "A", type: "outbound-rtp", kind: "audio", timestamp: T, bytesSent: 10.5,
+      packetsSent: -1 },
     { id: "B", type: "outbound-rtp", kind: "audio", timestamp: T, bytesSent: 100, packetsSent: 2 },
     { id: "V", type: "outbound-rtp", kind: "video", timestamp: T, bytesSent: "9", packetsSent: NaN,
-      frameWidth: 70000, frameHeight: 480.5, framesPerSecond: 1001, qualityLimitationReason: "gpu" },
-    { id: "I", type: "inbound-rtp", kind: "audio", timestamp: T, jitter: 4000, bytesReceived: 2 ** 53,
-      jitterBufferDelay: Infinity, packetsLost: -3, packetsReceived: null },
-    { id: "J", type: "inbound-rtp", kind: "video", timestamp: T, jitter: NaN, totalFreezesDuration: 1.5,
-      frameWidth: 640, frameHeight: 360, framesPerSecond: -1 },
+      frameWidth: 70000, frameHeight: 480.5, framesPerSecond: 1001,
+      qualityLimitationReason: "gpu" },
+    { id: "I", type: "inbound-rtp", kind: "audio", timestamp: T, jitter: 4000,
+      bytesReceived: 2 ** 53, jitterBufferDelay: Infinity, packetsLost: -3, packetsReceived: null },
+    { id: "J", type: "inbound-rtp", kind: "video", timestamp: T, jitter: NaN,
+      totalFreezesDuration: 1.5, frameWidth: 640, frameHeight: 360, framesPerSecond: -1 },
   ];
   const f = rtcFields(report(stats));
   assertWire(f, "spoilt");
   assert.deepEqual(f, { ts: T, ail: 0, vzd: 1.5, vwi: 640, vhi: 360 });
+});
+
+test("qlr: the most severe limitation of several video senders, in any order", () => {
+  const cases = [["bandwidth", "cpu", "none"], ["cpu", "other", "bandwidth"], ["none", "other"]];
+  for (const reasons of cases) {
+    const stats = reasons.map((r, n) => ({
+      id: `V${n}`, type: "outbound-rtp", kind: "video", qualityLimitationReason: r,
+    }));
+    const worst = ["cpu", "bandwidth", "other", "none"].find((r) => reasons.includes(r));
+    assert.equal(rtcFields(report(stats)).qlr, worst, reasons.join());
+  }
 });
 
 test("ts: the time of this sample's local stats, not of a remote RTCP report", () => {
