@@ -82,7 +82,7 @@ export function rtcFields(report) {
   report.forEach((s) => {
     const { type } = s;
     const kind = BROWSERS.kind(s);
-    // Remote stats carry the time of the RTCP report, by the peer's clock in some browsers.
+    // Remote stats are stamped with the time of the RTCP report they come from, not this sample's.
     if (!type.startsWith("remote-") && s.timestamp > ts) ts = s.timestamp;
     const members = RTC_SUMS[`${type} ${kind}`];
     for (const key in members) {
