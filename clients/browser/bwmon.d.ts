@@ -1,5 +1,52 @@
 // Types of bwmon.js (the browser client). One section per section of bwmon.js.
 
+// ---- adapter ----
+
+type CandidateType = "host" | "srflx" | "prflx" | "relay";
+
+/**
+ * The wire fields of one `rtc` frame (protocol/PROTOCOL.md §4.3) read from one getStats()
+ * report: each present only when the report has its source and the value fits its wire type
+ * (integer counters as integers, every value in its §5.1 range). Counters are summed over all
+ * RTP streams of their kind and direction. Never `t`, `m`, `p`, `c`, `q` or `boot`.
+ */
+export interface RtcFields {
+  /** The latest `timestamp` of the report's local stats, ms since the Unix epoch. */
+  ts?: number;
+  aob?: number; aop?: number; aib?: number; aip?: number; ail?: number; arl?: number;
+  vob?: number; vop?: number; vib?: number; vip?: number; vil?: number; vrl?: number;
+  /** Seconds (a float), summed like the counters. */
+  ajd?: number;
+  aje?: number; acs?: number; ass?: number; ats?: number;
+  vfd?: number; vfx?: number; vzc?: number;
+  /** Seconds (a float), summed like the counters. */
+  vzd?: number;
+  /** The selected candidate pair's bytes; they restart with `pair`. */
+  pbs?: number; pbr?: number;
+  /** ms: the largest `remote-inbound-rtp` RTT, else the selected pair's. */
+  rtt?: number;
+  /** ms: the largest jitter of the streams of the kind. */
+  aj?: number; vj?: number;
+  /** fps and pixels of the stream with the largest frame, in and out. */
+  vfi?: number; vfo?: number; vwi?: number; vhi?: number; vwo?: number; vho?: number;
+  /** bits/s, the selected pair's `availableOutgoingBitrate`. */
+  bwe?: number;
+  /** The most severe limitation of the video senders. */
+  qlr?: "none" | "cpu" | "bandwidth" | "other";
+  /** An audio sender uses Opus in-band FEC or RED. */
+  fec?: boolean;
+  /** The selected pair's candidate types, present together. */
+  lct?: CandidateType; rct?: CandidateType;
+  /** Only while `lct` is `relay`: the transport to the TURN server and its URL as reported. */
+  rp?: "udp" | "tcp" | "tls";
+  turn?: string;
+  /** The selected candidate pair's id. */
+  pair?: string;
+}
+
+/** `rtcFields(await pc.getStats())`: pure, no state, no clock. */
+export function rtcFields(report: RTCStatsReport | ReadonlyMap<string, any>): RtcFields;
+
 // ---- quality ----
 
 /** The quality level of a score (collector/aggregate/quality.py `level`), best first. */
