@@ -89,6 +89,10 @@ def connection(meeting: str, side: str) -> str:
     return f"{meeting}-{side}"  # as page/monitored.js names them
 
 
+def streams(meeting: str) -> list[str]:
+    return [connection(meeting, side) for side in SIDES]
+
+
 @contextmanager
 def monitored_call(
     browser: Browser, pages_url: str, daemon: DaemonProcess, meeting: str
@@ -105,6 +109,17 @@ def monitored_call(
             [f"http://127.0.0.1:{daemon.http_port}", meeting, INTERVAL_MS],
         )
         yield call, sent
+
+
+def wait_for_samples(call: Call, sent: Sent, connections: list[str], count: int) -> None:
+    """Until each connection has sent ``count`` more samples (a few seconds of call)."""
+    start = {c: sum(f.connection == c for f in sent.rtc) for c in connections}
+    done = wait_for(
+        lambda: {c: sum(f.connection == c for f in sent.rtc) - start[c] for c in connections},
+        lambda more: min(more.values()) >= count,
+        pause=lambda: call.page.wait_for_timeout(100),
+    )
+    assert min(done.values()) >= count, done
 
 
 def close_monitors(call: Call, daemon: DaemonProcess) -> dict[str, list[dict[str, Any]]]:
@@ -260,6 +275,8 @@ def daemon_config(tmp_path: Path, database: str) -> Path:
     config.write_text(
         "[storage]\nbackend = 'mysql'\nmysql_user = 'root'\n"
         f"mysql_database = '{database}'\nstate_dir = '{tmp_path}'\nflush_interval_s = 0.5\n"
+        # relay_cost is shown to 4 decimals: at this price a short call's first kB show
+        "[aggregate]\nrelay_price_per_gb = 1000.0\n"
     )
     return config
 
@@ -285,6 +302,7 @@ def test_each_path_is_shown_live_and_every_byte_stored(
         with monitored_call(browser, pages_url, daemon, meeting) as (call, sent):
             call.start(case, turn)
             assert_live_paths(daemon, meeting, case, turn)
+            wait_for_samples(call, sent, streams(meeting), 3)
             reads = close_monitors(call, daemon)
         assert daemon.stop() == 0  # writes every open minute
     finally:
@@ -312,7 +330,6 @@ def test_a_daemon_killed_mid_call_loses_no_byte(
             assert_live_paths(first, meeting, case, turn)
             first.process.kill()  # the WebSocket sessions end without a close
             first.process.wait()
-            before = len(sent.rtc)
             second = start_daemon(tmp_path / "second.log", ["--config", str(config), *ports])
             reconnected = wait_for(
                 lambda: call.page.evaluate("window.monitored.stats()"),
@@ -320,12 +337,7 @@ def test_a_daemon_killed_mid_call_loses_no_byte(
             )
             assert all(reconnected[side]["reconnects"] >= 1 for side in SIDES), reconnected
             assert_live_paths(second, meeting, case, turn)
-            # a few samples after the restart, on the new sessions
-            wait_for(
-                lambda: len(sent.rtc),
-                lambda n: n >= before + 4,
-                pause=lambda: call.page.wait_for_timeout(100),
-            )
+            wait_for_samples(call, sent, streams(meeting), 3)  # on the new sessions
             reads = close_monitors(call, second)
         assert second.stop() == 0
     finally:

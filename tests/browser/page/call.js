@@ -98,17 +98,19 @@ export async function stats(side) {
 }
 
 /**
- * An ICE restart after side a took `configA` (setConfiguration); resolves once both selected
- * pairs changed. A restart keeps the ports it had: a relay-only side given "all" gains host
- * candidates and moves to the direct pair, but a direct side given "relay" keeps its host
- * pair (on loopback its host address is the TURN relay's, which TURN permissions admit).
+ * An ICE restart after side a took `configA` (setConfiguration); resolves once both sides use
+ * new pairs, b's remote candidate of the type of a's local one. A restart keeps the ports it
+ * had: a relay-only side given "all" gains host candidates and moves to the direct pair, but a
+ * direct side given "relay" keeps its host pair (on loopback its host address is the TURN
+ * relay's, which TURN permissions admit).
  */
 export async function restartIce(configA) {
   const before = [(await path("a")).pair, (await path("b")).pair];
-  const moved = async () =>
-    connected() &&
-    (await path("a"))?.pair !== before[0] &&
-    (await path("b"))?.pair !== before[1];
+  // b may first select a pair with a's new relay candidate before a settles on a direct pair.
+  const moved = async () => {
+    const [a, b] = [await path("a"), await path("b")];
+    return connected() && a.pair !== before[0] && b.pair !== before[1] && b.remote === a.local;
+  };
   if (configA) pcs.a.setConfiguration(configA);
   await negotiate(pcs.a, pcs.b, { iceRestart: true });
   await until(moved, "new pairs on both sides");
