@@ -1,0 +1,34 @@
+"""``GET``/``HEAD`` of the files of ``collector.http.assets``, held in memory.
+
+Each answer names its bytes with a strong ``ETag`` and says ``cache-control: no-cache``: the
+URL is stable (``/client/bwmon.js``, not a hashed name), so a browser keeps its copy but asks
+each time whether it is still current, and an unchanged file costs a ``304`` without a body.
+``access-control-allow-origin: *`` lets a page of any origin ``import`` the module (module
+scripts are fetched with CORS). The files are read once, when the routes are built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from collector.http.assets import LoadedAsset, etag_matches, read_assets
+from collector.http.server import HttpRoute, Request, Response
+
+
+class StaticRoutes:
+    def __init__(self, assets: Mapping[str, LoadedAsset] | None = None) -> None:
+        self.assets = dict(assets) if assets is not None else read_assets()
+
+    def routes(self) -> dict[str, HttpRoute]:
+        return {path: self.serve for path in self.assets}
+
+    def serve(self, request: Request) -> Response:
+        asset = self.assets[request.path]
+        headers = [
+            ("etag", asset.etag),
+            ("cache-control", "no-cache"),
+            ("access-control-allow-origin", "*"),
+        ]
+        if etag_matches(request.headers.get("if-none-match", ""), asset.etag):
+            return Response(304, b"", asset.content_type, headers)
+        return Response(200, asset.body, asset.content_type, headers)
