@@ -513,7 +513,7 @@ def _posted_response(posted: Posted) -> Response:
     if posted.retry_after_s is not None:
         headers.append(("retry-after", str(posted.retry_after_s)))
     if posted.status == 401:
-        headers.append(("www-authenticate", "Bearer"))
+        headers.append(("www-authenticate", 'Bearer realm="bwmon"'))
     return Response.json(posted.status, posted.answer, headers)
 
 
