@@ -284,7 +284,7 @@ class Daemon:
         queue = self._frames_in
         if queue is None or self.draining:
             posted = self.ingest_post.busy(len(request.body), "the daemon is shutting down")
-        elif queue.statistics().current_buffer_used >= self.config.ingest.queue_batches:
+        elif (room := queue.statistics()).current_buffer_used >= room.max_buffer_size:
             posted = self.ingest_post.busy(len(request.body), "the ingest queue is full")
         else:
             posted = self.ingest_post.receive(

@@ -11,10 +11,15 @@ import time
 from pathlib import Path
 
 import msgspec
+import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from collector.app import Daemon
 from collector.auth import Auth
+from collector.config import from_dict
+from collector.consumer import SessionBatch
+from collector.http.server import Request
 from collector.ingest.counters import TransportCounters
 from collector.ingest.limits import SourceLimiter
 from collector.ingest.post import BUSY, MAX_ANSWER_ERRORS, IngestPost, Posted
@@ -254,3 +259,26 @@ def test_any_body_gets_a_clean_answer_whose_counts_add_up(
     indexes = [error.index for error in answer.errors if error.index is not None]
     assert indexes == sorted(indexes)
     msgspec.json.decode(msgspec.json.encode(answer), type=IngestAnswer)
+
+
+async def test_the_daemon_answers_503_busy_when_its_queue_is_full_or_it_drains(
+    tmp_path: Path,
+) -> None:
+    daemon = Daemon(from_dict({"storage": {"backend": "none", "state_dir": str(tmp_path)}}))
+    queue_in, queue_out = trio.open_memory_channel[SessionBatch](1)
+    daemon._frames_in = queue_in
+    body = encode_json([hello(), rtc(0)])
+    request = Request(method="POST", path="/ingest", body=body, peer="127.0.0.1")
+    taken = daemon.post_ingest(request)
+    assert taken.status == 200
+    assert queue_out.receive_nowait() == ([hello(), rtc(0)], "b-post")
+    queue_in.send_nowait(([], ""))  # full
+    full = daemon.post_ingest(request)
+    queue_out.receive_nowait()  # room again, but the queue's last emptying has begun:
+    daemon.draining = True
+    draining = daemon.post_ingest(request)
+    for busy in (full, draining):
+        assert (busy.status, dict(busy.headers)["retry-after"]) == (503, "1")
+        assert msgspec.json.decode(busy.body)["errors"][0]["reason"] == BUSY
+    assert daemon.http_counters.rejected_by_reason == {BUSY: 2}
+    assert daemon.http_counters.frames_accepted == 2

@@ -28,7 +28,7 @@ import msgspec
 import pytest
 
 from cli.daemon_process import DaemonProcess, running_daemon, start_daemon
-from protocol import Event, Hello, encode_json, encode_json_lines, encode_msgpack
+from protocol import Event, Frame, Hello, encode_json, encode_json_lines, encode_msgpack
 from protocol.tokens import Claims, mint
 from tests.helpers import rtc
 
@@ -119,7 +119,7 @@ def test_posted_frames_are_applied_stored_and_counted(tmp_path: Path) -> None:
     daemon = start_daemon(tmp_path / "first.log", ["--config", str(config)])
     try:
         # JSON: a hello first, whose boot the rtc frames take; each stream starts at q 0.
-        batch = [hello(), rtc(0, "room", "json"), rtc(1, "room", "json")]
+        batch: list[Frame] = [hello(), rtc(0, "room", "json"), rtc(1, "room", "json")]
         assert post(daemon, encode_json(batch)) == (
             200,
             {"accepted": 3, "rejected": 0, "errors": []},
@@ -202,7 +202,7 @@ def test_a_browser_may_post_from_any_origin(daemon: DaemonProcess) -> None:
 
 def test_tokens_are_required_and_scoped_as_on_websocket(tmp_path: Path) -> None:
     config = _config(tmp_path, f"[auth]\ntoken_secrets = ['{KEY}']\n")
-    frames = [rtc(0, "m1", "a"), rtc(0, "m2", "b")]
+    frames: list[Frame] = [rtc(0, "m1", "a"), rtc(0, "m2", "b")]
     with running_daemon(tmp_path / "daemon.log", ["--config", str(config)]) as daemon:
         status, headers, body = call(daemon, "/ingest", encode_json(frames))
         assert status == 401
