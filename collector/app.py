@@ -11,8 +11,9 @@ them. Each service reports its own health as a Struct;
 ``/readyz`` and ``/metrics``.
 
 Startup order, visible here and nowhere else: the frame consumer and its ticker (the aggregation
-engine), the fan-out channel and publisher, storage, then UDP ingest, then the TCP port (HTTP and
-the WebSocket paths ``/ingest`` and ``/subscribe``). ``serve`` reports readiness
+engine), the fan-out channel and publisher, storage, then UDP ingest, then the TCP port (HTTP:
+health, ``/api``, the browser client's module and ``POST /ingest``; the WebSocket paths
+``/ingest`` and ``/subscribe``). ``serve`` reports readiness
 through ``task_status`` with the bound addresses once all of them accept traffic. Signals:
 SIGTERM and SIGINT stop the daemon.
 """

@@ -14,15 +14,25 @@ on the same connection, up to ``max_requests_per_connection`` (the last answer s
 ``connection: close``). Between two requests the connection waits as a new one does for its
 head, at most ``keep_alive_s``: it is the first evicted at ``max_connections`` and gets the busy
 head timeout when the server is busy; closing it then is not counted as a head timeout. A
-request with a body, an HTTP/1.0 client and a draining server end the connection after the
-answer.
+request with a body (but to a ``PostRoute``, which reads it), an HTTP/1.0 client and a draining
+server end the connection after the answer.
 
-Routes take a ``Request`` and return (or, when async, return as a coroutine) a ``Response``,
-whole in memory, or a ``StreamedResponse``: an async iterator of byte chunks that h11 sends
-with ``transfer-encoding: chunked``, so a large export never sits in memory. A streamed body that
-fails before its first chunk is answered 500; one that fails midway has its connection closed
-without the terminating zero-length chunk, which a client sees as a truncated chunked body
-(never as a complete, short one). Both are logged and counted (``response_errors``).
+GET and HEAD routes take a ``Request`` and return (or, when async, return as a coroutine) a
+``Response``, whole in memory, or a ``StreamedResponse``: an async iterator of byte chunks that
+h11 sends with ``transfer-encoding: chunked``, so a large export never sits in memory. Answers
+say ``cache-control: no-store`` unless the route says how to cache them (the static files). A
+streamed body that fails before its first chunk is answered 500; one that fails midway has its
+connection closed without the terminating zero-length chunk, which a client sees as a truncated
+chunked body (never as a complete, short one). Both are logged and counted (``response_errors``).
+
+A ``PostRoute`` takes ``POST`` with a body (``POST /ingest``): the server reads the body whole,
+within the request timeout (408 past it) and up to the route's ``max_body_bytes`` (past it, the
+route's own answer, given without reading further: a ``content-length`` over the limit is
+refused before a byte of the body, and a client that sent ``expect: 100-continue`` never gets
+its 100), and hands it to the route in ``Request.body``. Such a route is open to pages of any
+origin: its answers carry ``access-control-allow-origin: *`` and ``OPTIONS`` (the browser's
+preflight) is answered 204 with what a cross-origin ``POST`` may carry. Once its body is read,
+a POST may keep its connection alive like any request.
 
 A route's path is exact (``/healthz``) or ends with one ``{name}`` placeholder
 (``/api/meetings/{id}``): it matches the prefix plus one non-empty path segment, which is
