@@ -9,6 +9,10 @@ writes ``protocol/_built.py``, the record of what it made and why, which the dae
 start and shows in ``/healthz`` (``build``, ``build_reason``). A pure build also removes the
 extensions an earlier build left in its tree.
 
+The files the daemon serves that live outside the package (``collector/http/assets.py``: the
+browser client, ``clients/browser/bwmon.js``) are copied into it, so a wheel holds them; an
+editable install reads them from the checkout.
+
 ``pip install .`` builds a wheel this way; ``make`` installs the checkout editable and builds
 the extensions in place (``setup.py build_ext --inplace``). The compiled modules must define no
 msgspec Struct: mypyc does not keep a Struct's class options (``frozen``, ``kw_only``, ``gc``);
@@ -43,7 +47,6 @@ def by_path(name: str, path: str) -> ModuleType:
 
 
 build = by_path("bwmon_build", "protocol/build.py")
-assets = by_path("bwmon_assets", "collector/http/assets.py")
 SOURCES = Path(".")  # setuptools runs this file from the project's root
 
 
@@ -110,6 +113,7 @@ class BuildPackages(build_py):
     def run(self) -> None:
         super().run()
         if not self.editable_mode:
+            assets = by_path("bwmon_assets", "collector/http/assets.py")
             for asset in assets.ASSETS.values():
                 if asset.source is not None:
                     target = Path(self.build_lib, "collector", asset.packaged)
