@@ -2,7 +2,9 @@
 status and answer for good, mixed, malformed and refused messages, tokens from the header or
 the first-frame hello, the meeting scope, the per-source rate limit, the hello's boot, the
 counters; and, for any body at all, an answer whose counts add up and agree with the
-transport's counters."""
+transport's counters. Then the daemon's route around it: 503 ``busy`` when its queue is full or
+it drains, and any body posted through the daemon's own HTTP server (an in-memory stream)
+answered with a status of §2.4, never a 500, its accepted frames queued."""
 
 from __future__ import annotations
 
@@ -10,8 +12,11 @@ import re
 import time
 from pathlib import Path
 
+import h11
 import msgspec
+import pytest
 import trio
+import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -282,3 +287,82 @@ async def test_the_daemon_answers_503_busy_when_its_queue_is_full_or_it_drains(
         assert msgspec.json.decode(busy.body)["errors"][0]["reason"] == BUSY
     assert daemon.http_counters.rejected_by_reason == {BUSY: 2}
     assert daemon.http_counters.frames_accepted == 2
+
+
+async def _post_through_the_server(
+    daemon: Daemon, body: bytes, headers: list[tuple[str, str]]
+) -> tuple[int, dict[str, str], bytes]:
+    """``POST /ingest`` through the daemon's own HTTP server over an in-memory stream."""
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    client = h11.Connection(h11.CLIENT)
+    fields = [("host", "x"), ("content-length", str(len(body))), *headers]
+    request = client.send(h11.Request(method="POST", target="/ingest", headers=fields)) or b""
+    request += (client.send(h11.Data(data=body)) if body else b"") or b""
+    request += client.send(h11.EndOfMessage()) or b""
+    status, got, answer = 0, {}, b""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(daemon.http._handle, server_stream)
+        await client_stream.send_all(request)
+        with trio.fail_after(5):
+            while True:
+                event = client.next_event()
+                if event is h11.NEED_DATA:
+                    client.receive_data(bytes(await client_stream.receive_some()))
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                    got = {k.decode(): v.decode() for k, v in event.headers}
+                elif isinstance(event, h11.Data):
+                    answer += bytes(event.data)
+                else:
+                    break
+        await client_stream.aclose()
+    return status, got, answer
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    body=bodies,
+    keyed=st.booleans(),
+    authorization=st.sampled_from([None, "Bearer junk", "Basic x", SCOPED]),
+)
+def test_any_post_through_the_daemons_server_gets_a_clean_answer(
+    tmp_path_factory: pytest.TempPathFactory, body: bytes, keyed: bool, authorization: str | None
+) -> None:
+    state = tmp_path_factory.mktemp("state")
+    daemon = Daemon(
+        from_dict(
+            {
+                "storage": {"backend": "none", "state_dir": str(state)},
+                "auth": {"token_secrets": [KEY] if keyed else []},
+                "ingest": {"max_ws_message_bytes": 2048, "max_frames_per_message": 50},
+            }
+        )
+    )
+
+    async def main() -> None:
+        queue_in, queue_out = trio.open_memory_channel[SessionBatch](4)
+        daemon._frames_in = queue_in
+        headers = [] if authorization is None else [("authorization", authorization)]
+        status, got, answer = await _post_through_the_server(daemon, body, headers)
+        assert status in ANSWER_STATUSES
+        assert got["access-control-allow-origin"] == "*"
+        decoded = msgspec.json.decode(answer, type=IngestAnswer)
+        counters = daemon.http_counters
+        assert (counters.frames_accepted, counters.frames_rejected) == (
+            decoded.accepted,
+            decoded.rejected,
+        )
+        queued = [frame for frames, _ in _drain(queue_out) for frame in frames]
+        assert len(queued) == decoded.accepted
+        assert daemon.http.counters.response_errors == 0
+
+    trio.run(main)
+
+
+def _drain(queue: trio.MemoryReceiveChannel[SessionBatch]) -> list[SessionBatch]:
+    batches = []
+    while True:
+        try:
+            batches.append(queue.receive_nowait())
+        except trio.WouldBlock:
+            return batches
