@@ -6,7 +6,8 @@ package, its content type, and, for a file kept elsewhere in the repository, tha
 The build copies such sources into the package (setup.py reads ``ASSETS`` for it), so an
 installed daemon (a wheel, ``pip install``) has them; a checkout run in place (``make``, an
 editable install) has no copy and reads the source itself, so it serves what the checkout
-holds. ``read_assets`` reads every file once, at start: no request reads the disk.
+holds. ``read_assets`` reads every file once, at start (or says which it could not find): no
+request reads the disk.
 
 Standard library only: setup.py loads this module by its path, before anything is installed.
 """
@@ -54,22 +55,28 @@ def read_assets(
     assets: dict[str, Asset] = ASSETS,
     package_dir: Path = PACKAGE_DIR,
     checkout_dir: Path = CHECKOUT_DIR,
-) -> dict[str, LoadedAsset]:
-    """Every asset, read now: the packaged copy if there is one, else its source in the
-    checkout. ``AssetMissing`` names the paths tried."""
-    loaded = {}
+) -> dict[str, LoadedAsset | AssetMissing]:
+    """Every asset, read now (``read_asset``), or why it could not be."""
+    loaded: dict[str, LoadedAsset | AssetMissing] = {}
     for path, asset in assets.items():
-        tried = [package_dir / asset.packaged]
-        if asset.source is not None:
-            tried.append(checkout_dir / asset.source)
-        for file in tried:
-            if file.is_file():
-                body = file.read_bytes()
-                break
-        else:
-            raise AssetMissing(f"{path}: none of {', '.join(map(str, tried))} exists")
-        loaded[path] = LoadedAsset(body, asset.content_type, etag_of(body))
+        try:
+            loaded[path] = read_asset(path, asset, package_dir, checkout_dir)
+        except AssetMissing as exc:
+            loaded[path] = exc
     return loaded
+
+
+def read_asset(path: str, asset: Asset, package_dir: Path, checkout_dir: Path) -> LoadedAsset:
+    """The packaged copy if there is one, else the source in the checkout; ``AssetMissing``
+    names the paths tried."""
+    tried = [package_dir / asset.packaged]
+    if asset.source is not None:
+        tried.append(checkout_dir / asset.source)
+    for file in tried:
+        if file.is_file():
+            body = file.read_bytes()
+            return LoadedAsset(body, asset.content_type, etag_of(body))
+    raise AssetMissing(f"{path}: none of {', '.join(map(str, tried))} exists")
 
 
 def etag_of(body: bytes) -> str:

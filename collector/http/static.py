@@ -11,13 +11,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from collector.http.assets import LoadedAsset, etag_matches, read_assets
+from collector.http.assets import AssetMissing, LoadedAsset, etag_matches, read_assets
 from collector.http.server import HttpRoute, Request, Response
+from collector.logs import get_logger
+
+log = get_logger("http.static")
 
 
 class StaticRoutes:
-    def __init__(self, assets: Mapping[str, LoadedAsset] | None = None) -> None:
-        self.assets = dict(assets) if assets is not None else read_assets()
+    """The routes of the assets that could be read; one that could not (a broken
+    installation) is logged and answered 404, and the daemon runs on without it: ingest does
+    not depend on a file it serves."""
+
+    def __init__(self, assets: Mapping[str, LoadedAsset | AssetMissing] | None = None) -> None:
+        self.assets: dict[str, LoadedAsset] = {}
+        for path, asset in (assets if assets is not None else read_assets()).items():
+            if isinstance(asset, AssetMissing):
+                log.error("asset_missing", path=path, error=str(asset))
+            else:
+                self.assets[path] = asset
 
     def routes(self) -> dict[str, HttpRoute]:
         return {path: self.serve for path in self.assets}

@@ -20,8 +20,10 @@ from collector.http.assets import (
     ASSETS,
     Asset,
     AssetMissing,
+    LoadedAsset,
     etag_matches,
     etag_of,
+    read_asset,
     read_assets,
 )
 from collector.http.server import HttpServer, HttpSettings, PostRoute, Request, Response
@@ -271,18 +273,33 @@ def test_etag_matching_follows_rfc_9110() -> None:
 
 
 def test_assets_are_read_from_the_package_first_then_the_checkout(tmp_path: Path) -> None:
-    assets = {"/x.js": Asset("http/files/x.js", "text/javascript", "clients/x.js")}
+    asset = Asset("http/files/x.js", "text/javascript", "clients/x.js")
     package, checkout = tmp_path / "collector", tmp_path / "repo"
-    with pytest.raises(AssetMissing, match=r"/x\.js"):
-        read_assets(assets, package, checkout)
+    with pytest.raises(AssetMissing, match=r"/x\.js: none of .*files/x\.js, .*clients/x\.js"):
+        read_asset("/x.js", asset, package, checkout)
     (checkout / "clients").mkdir(parents=True)
     (checkout / "clients" / "x.js").write_bytes(b"checkout")
-    assert read_assets(assets, package, checkout)["/x.js"].body == b"checkout"
+    assert read_asset("/x.js", asset, package, checkout).body == b"checkout"
     (package / "http" / "files").mkdir(parents=True)
     (package / "http" / "files" / "x.js").write_bytes(b"packaged")
-    loaded = read_assets(assets, package, checkout)["/x.js"]
+    loaded = read_asset("/x.js", asset, package, checkout)
     assert (loaded.body, loaded.etag) == (b"packaged", etag_of(b"packaged"))
 
 
+async def test_a_missing_asset_is_a_404_and_the_rest_is_served(nursery: trio.Nursery) -> None:
+    assets: dict[str, LoadedAsset | AssetMissing] = {
+        "/client/bwmon.js": AssetMissing("gone"),
+        "/x.js": LoadedAsset(b"x", "a/b", '"1"'),
+    }
+    http = HttpServer(StaticRoutes(assets).routes(), {}, HttpSettings())
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    await nursery.start(http.serve, listeners)
+    port = listeners[0].socket.getsockname()[1]
+    assert (await request(port, "GET", "/client/bwmon.js")).status == 404
+    assert (await request(port, "GET", "/x.js")).body == b"x"
+
+
 def test_every_asset_of_a_checkout_is_there() -> None:
-    assert set(read_assets()) == set(ASSETS) == {"/client/bwmon.js"}
+    loaded = read_assets()
+    assert set(loaded) == set(ASSETS) == {"/client/bwmon.js"}
+    assert all(isinstance(asset, LoadedAsset) for asset in loaded.values())
