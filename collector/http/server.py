@@ -469,7 +469,7 @@ async def _read_body(
     if length and int(length) > limit:
         return None
     if conn.they_are_waiting_for_100_continue:
-        go_on = h11.InformationalResponse(status_code=100, headers=[])
+        go_on = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
         await stream.send_all(conn.send(go_on) or b"")
     body = bytearray()
     while True:
