@@ -62,7 +62,7 @@ export interface Monitor {
   event(kind: EventKind, detail?: string | { value?: string; connection?: RTCPeerConnection }): void;
   /** Each tick's local view of all connections (quality section), for an in-call indicator;
    * returns a function that unsubscribes. */
-  onSample(callback: (view: LocalView) => void): () => void;
+  onSample(callback: (view: CombinedView) => void): () => void;
   /** Add every RTCPeerConnection made from now on (wraps window.RTCPeerConnection once per
    * page, whatever the number of monitors or copies of this module); false if not possible. */
   wrap(): boolean;
