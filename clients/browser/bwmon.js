@@ -228,8 +228,7 @@ export function connect({ url, token, boot, maxQueue, stats, note }) {
       stats.sent += parts.length;
       const body = "[" + [session.hello, ...parts].join(",") + "]";
       // A string body goes as text/plain: a simple request, no preflight, allowed in unload.
-      Promise.resolve()
-        .then(() => fetch(post, { method: "POST", keepalive: true, body }))
+      fetch(post, { method: "POST", keepalive: true, body })
         .then((r) => (r.ok ? r.json() : Promise.reject(new Error(`POST ${post}: ${r.status}`))))
         .then((r) => void (stats.rejected += r.rejected | 0), note);
     }
@@ -280,6 +279,8 @@ const EVENT_KINDS = ["join", "leave", "ice", "reconnect", "mute", "unmute"];
 // One symbol per page, whatever the number of copies of this module: the wrapper's guard.
 const WRAPPED = Symbol.for("bwmon.wrap");
 const CLOSE_MS = 2000;
+// A getStats() that takes longer is taken as hung: the loop goes on without its connection.
+const HUNG_MS = 10000;
 const clock = () => performance.now();
 
 /**
@@ -308,8 +309,8 @@ export function createMonitor(options) {
     ({ t: "event", m, p, ev, ts: Date.now(), c, val: val == null ? undefined : String(val).slice(0, 128) });
   const leave = () => (joined && !left ? ((left = true), [event("leave")]) : []);
 
-  // At most one getStats() per connection in flight: a call that outlives its tick's time box
-  // keeps its connection out of the next ticks until it settles.
+  // At most one getStats() per connection in flight: a call that outlives its time box keeps
+  // its connection out of the next ticks until it settles.
   function sample(e) {
     if (!e.busy) {
       let r;
@@ -359,7 +360,7 @@ export function createMonitor(options) {
     timer = null;
     const t0 = clock();
     for (const e of conns.values()) if (e.pc.signalingState === "closed") forget(e);
-    running = measure([...conns.values()], intervalMs, true)
+    running = measure([...conns.values()], HUNG_MS, true)
       .catch(note)
       .then(() => {
         running = null;
@@ -441,12 +442,13 @@ export function createMonitor(options) {
       if (!Native[WRAPPED]) {
         const hook = { monitor: null };
         g.RTCPeerConnection = class RTCPeerConnection extends Native {
+          #monitor = hook.monitor;
           constructor(...args) {
             super(...args);
-            hook.monitor?.add(this);
+            this.#monitor?.add(this);
           }
           close() {
-            hook.monitor?.remove(this);
+            this.#monitor?.remove(this);
             return super.close();
           }
         };
