@@ -10,8 +10,9 @@
 export interface MonitorOptions {
   /** The daemon; leave it out to only compute the local view (onSample), sending nothing. */
   url?: string;
-  /** An access token with the `ingest` right (PROTOCOL.md §13), sent in the hello only. */
-  token?: string;
+  /** An access token with the `ingest` right (PROTOCOL.md §13), sent in the hello only; a
+   * function is asked for the current one at each (re)connection. */
+  token?: string | (() => string);
   /** The application's meeting (room) id: 1–128 printable characters, no whitespace. */
   meeting: string;
   /** The application's participant id, as opaque as the meeting's. */

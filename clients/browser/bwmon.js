@@ -69,7 +69,10 @@ const bytesOf = (s) => (/[^\0-\x7f]/.test(s) ? 3 * s.length : s.length);
  * totals still go out at once (counters are cumulative, §8.1).
  */
 export function createSession({ boot, token, maxQueue = 1000, stats }) {
-  const hello = JSON.stringify({ t: "hello", boot, kind: "browser", agent: "bwmon-js/" + VERSION, token });
+  // A function gives the current token at each hello: a short-lived token outlives its session
+  // (§7.8), not the next one.
+  const hello = () =>
+    JSON.stringify({ t: "hello", boot, kind: "browser", agent: "bwmon-js/" + VERSION, token: typeof token === "function" ? token() : token });
   const unsent = [];
   const inflight = []; // [message number, frames]
   const latest = new Map(); // connection id -> its newest rtc frame
@@ -106,7 +109,7 @@ export function createSession({ boot, token, maxQueue = 1000, stats }) {
     /** A new connection is open: the hello to send first. */
     open() {
       n = rejected = 0;
-      return hello;
+      return hello();
     },
     /** One reply of the daemon (a JSON text message): the messages to send now. */
     receive(text) {
@@ -217,7 +220,8 @@ export function connect({ url, token, boot, maxQueue, stats, note }) {
     const [maxFrames] = session.limits();
     // The newest frames first within the keepalive budget: they carry the totals and the leave.
     const parts = [];
-    let size = session.hello.length + 2, i = all.length;
+    const hello = session.hello();
+    let size = hello.length + 2, i = all.length;
     for (; i > 0 && parts.length < maxFrames - 1; i--) {
       const s = JSON.stringify(all[i - 1]);
       if ((size += bytesOf(s) + 1) > KEEPALIVE_BYTES) break;
@@ -226,7 +230,7 @@ export function connect({ url, token, boot, maxQueue, stats, note }) {
     stats.dropped += i;
     if (parts.length) {
       stats.sent += parts.length;
-      const body = "[" + [session.hello, ...parts].join(",") + "]";
+      const body = "[" + [hello, ...parts].join(",") + "]";
       // A string body goes as text/plain: a simple request, no preflight, allowed in unload.
       fetch(post, { method: "POST", keepalive: true, body })
         .then((r) => (r.ok ? r.json() : Promise.reject(new Error(`POST ${post}: ${r.status}`))))

@@ -46,6 +46,10 @@ test("session: hello, nothing before the welcome, then batches within the welcom
   // max_message_bytes: each frame of about 60 bytes alone
   const t = createSession({ boot: "b1", stats: newStats() });
   assert.equal(JSON.parse(t.open()).token, undefined);
+  let minted = 0;
+  const u = createSession({ boot: "b1", token: () => "tok-" + ++minted, stats: newStats() });
+  assert.equal(JSON.parse(u.open()).token, "tok-1");
+  assert.equal(JSON.parse(u.open()).token, "tok-2");
   t.receive(welcome({ max_message_bytes: 80 }));
   assert.equal(t.push([rtc("a", 0), rtc("a", 1), rtc("a", 2)]).length, 3);
 });
