@@ -329,8 +329,8 @@ export function createMonitor(options) {
   }
 
   // One sample of each of `list` within `limitMs`, sent; a tick also times itself and hands the
-  // local view to the onSample callbacks (a removal's last sample does neither).
-  async function measure(list, limitMs, tick) {
+  // local view to the onSample callbacks (the last samples of remove and close do neither).
+  async function measure(list, limitMs, ticking) {
     let box;
     const t0 = clock();
     const late = new Promise((r) => (box = setTimeout(r, limitMs, null)));
@@ -343,7 +343,7 @@ export function createMonitor(options) {
       try {
         const fields = rtcFields(reports[i]);
         frames.push(Object.assign({ t: "rtc", m, p, c: e.c, q: e.q++ }, fields));
-        if (tick && callbacks.size) {
+        if (ticking && callbacks.size) {
           const view = localView(e.prev, fields, e.score);
           if (view) views.push(view), (e.score = view.score);
         }
@@ -353,7 +353,7 @@ export function createMonitor(options) {
       }
     });
     send(frames);
-    if (!tick) return;
+    if (!ticking) return;
     const view = views.length ? combineViews(views) : null;
     stats.getStatsMs = t1 - t0;
     stats.workMs = clock() - t1;
@@ -468,10 +468,14 @@ export function createMonitor(options) {
       (closing ??= (async () => {
         closed = true;
         clearTimeout(timer);
-        await running;
         const list = [...conns.values()];
         list.forEach(forget);
-        await measure(list, CLOSE_MS / 2, false);
+        // The samples of a tick in flight, and the others' last ones, go before the leave: a
+        // sample after it would bring the participant back.
+        let box;
+        const late = new Promise((r) => (box = setTimeout(r, CLOSE_MS / 2)));
+        await Promise.race([Promise.all([running, measure(list, CLOSE_MS / 2, false)]), late]);
+        clearTimeout(box);
         await link?.end(leave(), CLOSE_MS / 2);
         unhook();
       })().catch(note)),
