@@ -501,9 +501,10 @@ export function connect({ url, token, boot, maxQueue, stats, note }) {
     try { ws?.close(1000); } catch {}
   }
 
+  // A socket already closing takes nothing (its close requeues what the session gave it).
   const write = (messages) => {
     try {
-      messages.forEach((m) => ws.send(m));
+      if (ws?.readyState === 1) messages.forEach((m) => ws.send(m));
     } catch (err) {
       note(err);
     }
@@ -730,6 +731,7 @@ export function createMonitor(options) {
       (closing ??= (async () => {
         closed = true;
         clearTimeout(timer);
+        const deadline = Date.now() + CLOSE_MS;
         const list = [...conns.values()];
         list.forEach(forget);
         // The samples of a tick in flight, and the others' last ones, go before the leave: a
@@ -738,7 +740,7 @@ export function createMonitor(options) {
         const late = new Promise((r) => (box = setTimeout(r, CLOSE_MS / 2)));
         await Promise.race([Promise.all([running, measure(list, CLOSE_MS / 2, false)]), late]);
         clearTimeout(box);
-        await link?.end(leave(), CLOSE_MS / 2);
+        await link?.end(leave(), deadline - Date.now());
         unhook();
       })().catch(note)),
   };

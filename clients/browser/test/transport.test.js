@@ -136,11 +136,13 @@ test("link: hello on open, frames after the welcome, reconnect with backoff rese
   link.send([rtc("a", 1)]);
   assert.deepEqual(ws.frames(), [rtc("a", 0), rtc("a", 1)]);
   ws.reply({ t: "ack", msg: 1, accepted: 1, rejected: 0 });
+  ws.readyState = 2; // closing: it takes nothing more
+  link.send([rtc("a", 2)]);
+  assert.equal(ws.sent.length, 3);
   ws.drop(1011);
   assert.equal(stats.reconnects, 1);
   assert.equal(stats.connected, false);
   assert.match(stats.lastError, /closed 1011/);
-  link.send([rtc("a", 2)]);
   await until(() => FakeWebSocket.all.length === 2);
   const ws2 = FakeWebSocket.all[1];
   ws2.open();
