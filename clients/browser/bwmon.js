@@ -494,9 +494,15 @@ export function connect({ url, token, boot, maxQueue, stats, note }) {
       stats.sent += parts.length;
       const body = "[" + [hello, ...parts].join(",") + "]";
       // A string body goes as text/plain: a simple request, no preflight, allowed in unload.
+      // The answer comes only if the page outlives the request (a close() that timed out).
       fetch(post, { method: "POST", keepalive: true, body })
-        .then((r) => (r.ok ? r.json() : Promise.reject(new Error(`POST ${post}: ${r.status}`))))
-        .then((r) => void (stats.rejected += r.rejected | 0), note);
+        .then((r) =>
+          r.json().then((a) => {
+            stats.rejected += a.rejected | 0;
+            if (a.errors?.length) stats.lastError = `POST /ingest ${r.status}: ${a.errors[0].reason}`;
+          }),
+        )
+        .catch(note);
     }
     try { ws?.close(1000); } catch {}
   }

@@ -86,14 +86,14 @@ export class FakePeerConnection extends EventTarget {
 
 /** Install fakes of WebSocket, fetch and the page's event target on globalThis; returns the
  * fetch calls, the pagehide trigger and a restore function. */
-export function fakePage() {
+export function fakePage(answer = { accepted: 1, rejected: 0, errors: [] }) {
   const saved = { WebSocket: globalThis.WebSocket, fetch: globalThis.fetch, add: globalThis.addEventListener, remove: globalThis.removeEventListener };
   const page = new EventTarget();
   const posts = [];
   globalThis.WebSocket = FakeWebSocket;
   globalThis.fetch = async (url, init) => {
     posts.push({ url, init });
-    return { ok: true, json: async () => ({ accepted: 1, rejected: 0 }) };
+    return { ok: true, status: 200, json: async () => answer };
   };
   globalThis.addEventListener = page.addEventListener.bind(page);
   globalThis.removeEventListener = page.removeEventListener.bind(page);

@@ -201,6 +201,17 @@ test("last flush: one keepalive POST, text body, the hello first, everything una
   assert.equal(FakeWebSocket.all.length, 1);
 });
 
+test("last flush: the answer's rejections are counted", async (t) => {
+  const page = fakePage({ accepted: 1, rejected: 1, errors: [{ index: 1, reason: "bad_value", detail: "x" }] });
+  t.after(page.restore);
+  FakeWebSocket.all = [];
+  const stats = newStats();
+  const link = connect({ url: "http://127.0.0.1:9", boot: "b1", maxQueue: 10, stats, note: () => {} });
+  link.flush([ev(1)]);
+  await until(() => stats.rejected === 1);
+  assert.equal(stats.lastError, "POST /ingest 200: bad_value");
+});
+
 test("last flush: within the keepalive budget, the newest frames kept, the rest counted as dropped", async (t) => {
   const page = fakePage();
   t.after(page.restore);
