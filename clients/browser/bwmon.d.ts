@@ -196,6 +196,9 @@ export interface Monitor {
 
 export function createMonitor(options: MonitorOptions): Monitor;
 
+/** This client's version, as its hello's `agent` says: `bwmon-js/<VERSION>`. */
+export const VERSION: string;
+
 
 // ---- indicator ----
 

@@ -632,7 +632,8 @@ export function createMonitor(options) {
   function tick() {
     timer = null;
     const t0 = clock();
-    for (const e of conns.values()) if (e.pc.signalingState === "closed") forget(e);
+    // New tracks (addTrack, replaceTrack) are watched from the tick after they appear.
+    for (const e of conns.values()) e.pc.signalingState === "closed" ? forget(e) : watchTracks(e);
     running = measure([...conns.values()], HUNG_MS, true)
       .catch(note)
       .then(() => {
@@ -675,8 +676,7 @@ export function createMonitor(options) {
       };
       on("iceconnectionstatechange", () => send([event("ice", pc.iceConnectionState, e.c)]));
       on("connectionstatechange", () => send([event("ice", "connection:" + pc.connectionState, e.c)]));
-      on("signalingstatechange", () => pc.signalingState === "stable" && (checkRestart(e), watchTracks(e)));
-      on("negotiationneeded", () => watchTracks(e));
+      on("signalingstatechange", () => pc.signalingState === "stable" && checkRestart(e));
       conns.set(pc, e);
       if (!joined) joined = true, send([event("join")]);
       checkRestart(e);

@@ -3,7 +3,7 @@
 // RTCPeerConnection wrapper, remove, close and the pagehide flush.
 import { mock, test } from "node:test";
 import assert from "node:assert/strict";
-import { createMonitor } from "../bwmon.js";
+import { createMonitor, VERSION } from "../bwmon.js";
 import { FakePeerConnection, FakeWebSocket, fakePage, until } from "./fakes.js";
 
 // One turn of the event loop: the promise chains in flight run to their next wait.
@@ -78,6 +78,9 @@ test("a connection without a given id gets a random one; connections are sampled
   b.answer();
   await until(() => ws.frames().filter((f) => f.t === "rtc").length === 2);
   const [x, y] = ws.frames().filter((f) => f.t === "rtc");
+  const hello = JSON.parse(ws.sent[0]);
+  assert.deepEqual({ ...hello, boot: typeof hello.boot }, { t: "hello", boot: "string", kind: "browser", agent: "bwmon-js/" + VERSION, token: "tok" });
+  assert.match(hello.boot, /^[0-9a-f]{16}$/); // 64 random bits
   assert.match(x.c, /^[0-9a-f]{8}$/);
   assert.notEqual(x.c, y.c);
   assert.equal(monitor.stats().connections, 2);
@@ -147,6 +150,18 @@ test("events: ICE and connection states, an ICE restart, track mute and unmute, 
   track.dispatchEvent(new Event("mute"));
   await until(() => pc.pending.length === 1);
   assert.equal(ws.frames().length, before);
+});
+
+test("a track added later is watched from the next tick", async (t) => {
+  const { monitor, ws } = setup(t);
+  const pc = new FakePeerConnection();
+  monitor.add(pc, { connection: "pc-1" });
+  const track = Object.assign(new EventTarget(), { kind: "video" });
+  pc.senders = [{ track }];
+  await until(() => pc.pending.length === 1);
+  pc.answer();
+  track.dispatchEvent(new Event("mute"));
+  assert.deepEqual(ws.frames().filter((f) => f.ev === "mute").map((f) => f.val), ["video"]);
 });
 
 test("remove: the last sample is asked for at once (before the app closes the pc), then no more", async (t) => {
