@@ -51,8 +51,10 @@ export class FakeWebSocket {
 
 /** A peer connection: each getStats() waits for the test's `resolve` (or `reject`). */
 export class FakePeerConnection extends EventTarget {
+  static all = [];
   constructor() {
     super();
+    FakePeerConnection.all.push(this);
     this.signalingState = "stable";
     this.iceConnectionState = "new";
     this.connectionState = "new";

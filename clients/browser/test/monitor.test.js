@@ -14,15 +14,20 @@ const OPTIONS = { url: "http://127.0.0.1:9", token: "tok", meeting: "m1", partic
 /** A monitor on a fake page with its session open; closed and restored after the test. */
 function setup(t, options = {}) {
   const page = fakePage();
-  FakeWebSocket.all = [];
+  const sockets = FakeWebSocket.all.length;
   const monitor = createMonitor({ ...OPTIONS, ...options });
-  const ws = FakeWebSocket.all[0];
+  const ws = FakeWebSocket.all[sockets];
   ws?.open();
   ws?.welcome();
   t.after(async () => {
-    const closing = monitor.close();
-    FakeWebSocket.all.forEach((w) => w.drop(1000));
-    await closing;
+    let closed = false;
+    monitor.close().then(() => (closed = true));
+    FakeWebSocket.all.slice(sockets).forEach((w) => w.drop(1000));
+    // getStats() calls still waiting get an empty report, so that close() need not wait them out
+    while (!closed) {
+      for (const pc of FakePeerConnection.all) pc.pending.splice(0).forEach((call) => call.resolve(new Map()));
+      await settle();
+    }
     page.restore();
   });
   return { page, monitor, ws };
@@ -202,10 +207,10 @@ test("wrap: every new RTCPeerConnection is added, wrapped once per page, close()
   assert.ok(pc instanceof FakePeerConnection);
   assert.equal(monitor.stats().connections, 1);
   // a second monitor (or a second copy of the module) takes over without wrapping again
-  const other = setup(t, { intervalMs: 60000 }).monitor;
+  const { monitor: other, ws: otherWs } = setup(t, { intervalMs: 60000 });
   assert.equal(other.wrap(), true);
   assert.equal(globalThis.RTCPeerConnection, Wrapped);
-  new RTCPeerConnection();
+  const second = new RTCPeerConnection();
   assert.equal(other.stats().connections, 1);
   assert.equal(monitor.stats().connections, 1);
   // close(): the last getStats() is called before the native close
@@ -215,7 +220,11 @@ test("wrap: every new RTCPeerConnection is added, wrapped once per page, close()
   pc.answer();
   await until(() => monitor.stats().connections === 0);
   // a closed monitor no longer receives connections
-  await other.close();
+  const closing = other.close();
+  await until(() => second.pending.length === 1);
+  second.answer();
+  otherWs.drop();
+  await closing;
   new RTCPeerConnection();
   assert.equal(other.stats().connections, 0);
 });
