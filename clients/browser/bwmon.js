@@ -427,7 +427,7 @@ export function createSession({ boot, token, maxQueue = 1000, stats }) {
       latest.clear();
       return unsent.splice(0);
     },
-    limits: () => [maxFrames, maxBytes],
+    maxFrames: () => maxFrames,
   };
 }
 
@@ -479,12 +479,11 @@ export function connect({ url, token, boot, maxQueue, stats, note }) {
     done = true;
     clearTimeout(retry);
     const all = session.drain().concat(frames);
-    const [maxFrames] = session.limits();
     // The newest frames first within the keepalive budget: they carry the totals and the leave.
     const parts = [];
     const hello = session.hello();
     let size = hello.length + 2, i = all.length;
-    for (; i > 0 && parts.length < maxFrames - 1; i--) {
+    for (; i > 0 && parts.length < session.maxFrames() - 1; i--) {
       const s = JSON.stringify(all[i - 1]);
       if ((size += bytesOf(s) + 1) > KEEPALIVE_BYTES) break;
       parts.unshift(s);
@@ -556,6 +555,12 @@ const CLOSE_MS = 2000;
 const HUNG_MS = 10000;
 const clock = () => performance.now();
 
+// What `promise` resolves to, or undefined once `ms` have passed.
+function within(promise, ms) {
+  let box;
+  return Promise.race([promise, new Promise((r) => (box = setTimeout(r, ms)))]).finally(() => clearTimeout(box));
+}
+
 /**
  * A monitor of one participant's peer connections: one serialized loop takes one getStats() per
  * connection per tick and sends an `rtc` frame of each (§4.3); events go out as they happen
@@ -600,11 +605,8 @@ export function createMonitor(options) {
   // One sample of each of `list` within `limitMs`, sent; a tick also times itself and hands the
   // local view to the onSample callbacks (the last samples of remove and close do neither).
   async function measure(list, limitMs, ticking) {
-    let box;
     const t0 = clock();
-    const late = new Promise((r) => (box = setTimeout(r, limitMs, null)));
-    const reports = await Promise.all(list.map((e) => (e.busy ? null : Promise.race([sample(e), late]))));
-    clearTimeout(box);
+    const reports = await Promise.all(list.map((e) => (e.busy ? null : within(sample(e), limitMs))));
     const t1 = clock();
     const frames = [], views = [];
     list.forEach((e, i) => {
@@ -742,10 +744,7 @@ export function createMonitor(options) {
         list.forEach(forget);
         // The samples of a tick in flight, and the others' last ones, go before the leave: a
         // sample after it would bring the participant back.
-        let box;
-        const late = new Promise((r) => (box = setTimeout(r, CLOSE_MS / 2)));
-        await Promise.race([Promise.all([running, measure(list, CLOSE_MS / 2, false)]), late]);
-        clearTimeout(box);
+        await within(Promise.all([running, measure(list, CLOSE_MS / 2, false)]), CLOSE_MS / 2);
         await link?.end(leave(), deadline - Date.now());
         unhook();
       })().catch(note)),
