@@ -5,14 +5,155 @@
 
 // ---- adapter: one getStats() report -> the wire fields of one rtc frame (PROTOCOL.md §4.3) ----
 
+// Counters summed over every RTP stream of one type and kind (all simulcast layers, all remote
+// senders), per "type kind": wire key -> W3C member.
+const RTC_SUMS = {
+  "outbound-rtp audio": { aob: "bytesSent", aop: "packetsSent" },
+  "outbound-rtp video": { vob: "bytesSent", vop: "packetsSent" },
+  "inbound-rtp audio": {
+    aib: "bytesReceived", aip: "packetsReceived", ail: "packetsLost",
+    ajd: "jitterBufferDelay", aje: "jitterBufferEmittedCount", acs: "concealedSamples",
+    ass: "silentConcealedSamples", ats: "totalSamplesReceived",
+  },
+  "inbound-rtp video": {
+    vib: "bytesReceived", vip: "packetsReceived", vil: "packetsLost", vfd: "framesDecoded",
+    vfx: "framesDropped", vzc: "freezeCount", vzd: "totalFreezesDuration",
+  },
+  "remote-inbound-rtp audio": { arl: "packetsLost" },
+  "remote-inbound-rtp video": { vrl: "packetsLost" },
+};
+// The two sums counted in seconds (floats up to 1e9); every other sum is an integer counter.
+const RTC_SECONDS = { ajd: 1, vzd: 1 };
+// The video gauges of each direction, read from its stream with the largest frame.
+const PICTURE_KEYS = [["inbound-rtp", "vfi", "vwi", "vhi"], ["outbound-rtp", "vfo", "vwo", "vho"]];
+const CANDIDATE_TYPES = ["host", "srflx", "prflx", "relay"];
+const RELAY_PROTOCOLS = ["udp", "tcp", "tls"];
+// Encoder limitations, mildest first: several video senders report the most severe.
+const LIMITATIONS = ["none", "other", "bandwidth", "cpu"];
+
+// Where the browsers part from each other and from the W3C names (clients/browser/README.md,
+// "What each browser reports"). Everything else any browser leaves out is simply absent.
+const BROWSERS = {
+  // The media kind: `kind` everywhere now; `mediaType` in the 2018 draft and the browsers that
+  // followed it.
+  kind: (s) => s.kind || s.mediaType,
+  // The selected candidate pair, first rule that finds one: the transport's pointer (Chromium,
+  // Safari, Firefox with transport stats), the pair's own `selected` (Firefox without them),
+  // a nominated pair that succeeded (a browser that names neither). Several: the most bytes.
+  pair: [
+    (p, selected) => selected.has(p.id),
+    (p) => p.selected === true,
+    (p) => p.nominated === true && p.state === "succeeded",
+  ],
+};
+
+// Sets f[key] only to a number of the wire type in 0..max (PROTOCOL.md §3.2, §5.1 ranges).
+function putWire(f, key, v, max, int) {
+  if (typeof v === "number" && v >= 0 && v <= max && (!int || Number.isInteger(v))) f[key] = v;
+}
+
+// Identifiers (§4.1): 1..max code points, no whitespace, control, format or separator.
+const WIRE_ID = /^[^\s\p{C}\p{Z}]+$/u;
+function putWireId(f, key, v, max) {
+  if (typeof v === "string" && WIRE_ID.test(v) && [...v].length <= max) f[key] = v;
+}
+
+const pairBytes = (p) => (p.bytesSent || 0) + (p.bytesReceived || 0);
+const frameArea = (s) => s.frameWidth * s.frameHeight || 0;
+
 /**
- * The wire fields of one `rtc` sample read from one RTCStatsReport, absent values left out.
- * Pure: no state, no clock; the report's own timestamps give `ts`.
+ * The wire fields of one `rtc` sample read from one RTCStatsReport: counters, gauges, the path
+ * of the selected candidate pair and `ts`, each only when the report has its source and its
+ * value fits the wire type; never t, m, p, c, q or boot. Pure: no state, no clock.
  * @param {RTCStatsReport | Map<string, any>} report
- * @returns {{ts: number, [key: string]: any}}
+ * @returns {{ts?: number, [key: string]: any}}
  */
 export function rtcFields(report) {
-  return { ts: 0 };
+  const f = {};
+  const sums = {};
+  const pairs = [];
+  const selected = new Set();
+  const codecs = [];
+  const picture = {}; // direction -> the video stream with the largest frame
+  const jitter = { audio: -1, video: -1 };
+  let ts = -1;
+  let rtt = -1;
+  let limit = -1;
+  report.forEach((s) => {
+    const { type } = s;
+    const kind = BROWSERS.kind(s);
+    // Remote stats are stamped with the time of the RTCP report they come from, not this sample's.
+    if (!type.startsWith("remote-") && s.timestamp > ts) ts = s.timestamp;
+    const members = RTC_SUMS[`${type} ${kind}`];
+    for (const key in members) {
+      let v = s[members[key]];
+      if (v === undefined) continue;
+      // packetsLost goes negative when duplicates outnumber losses: count no loss, not less.
+      if (v < 0 && members[key] === "packetsLost") v = 0;
+      const ok = typeof v === "number" && v >= 0 && (key in RTC_SECONDS || Number.isInteger(v));
+      // One unreadable stream spoils its sum: a partial sum would look like a counter reset.
+      sums[key] = ok ? (sums[key] ?? 0) + v : NaN;
+    }
+    if (type === "inbound-rtp" && s.jitter > jitter[kind]) jitter[kind] = s.jitter;
+    if (type === "remote-inbound-rtp" && s.roundTripTime > rtt) rtt = s.roundTripTime;
+    if (type === "transport") selected.add(s.selectedCandidatePairId);
+    if (type === "candidate-pair") pairs.push(s);
+    if (type === "outbound-rtp" && kind === "audio") codecs.push(s.codecId);
+    if ((type === "outbound-rtp" || type === "inbound-rtp") && kind === "video") {
+      const best = picture[type];
+      if (!best || frameArea(s) > frameArea(best)) picture[type] = s;
+      const reason = LIMITATIONS.indexOf(s.qualityLimitationReason);
+      if (type === "outbound-rtp" && reason > limit) limit = reason;
+    }
+  });
+  putWire(f, "ts", ts, 1e13);
+  for (const key in sums) {
+    const int = !(key in RTC_SECONDS);
+    putWire(f, key, sums[key], int ? Number.MAX_SAFE_INTEGER : 1e9, int);
+  }
+  putWire(f, "aj", jitter.audio * 1000, 36e5);
+  putWire(f, "vj", jitter.video * 1000, 36e5);
+  putWire(f, "rtt", rtt * 1000, 36e5);
+  for (const [type, fps, w, h] of PICTURE_KEYS) {
+    const s = picture[type];
+    if (!s) continue;
+    putWire(f, fps, s.framesPerSecond, 1000);
+    putWire(f, w, s.frameWidth, 65535, true);
+    putWire(f, h, s.frameHeight, 65535, true);
+  }
+  if (limit >= 0) f.qlr = LIMITATIONS[limit];
+  for (const id of codecs) {
+    const c = report.get(id);
+    if (!c) continue;
+    const red = String(c.mimeType).toLowerCase() === "audio/red";
+    f.fec = f.fec || red || /useinbandfec=1\b/.test(c.sdpFmtpLine);
+  }
+  let pair;
+  for (const rule of BROWSERS.pair) {
+    for (const p of pairs) {
+      if (rule(p, selected) && (!pair || pairBytes(p) > pairBytes(pair))) pair = p;
+    }
+    if (pair) break;
+  }
+  if (!pair) return f;
+  putWireId(f, "pair", pair.id, 128);
+  putWire(f, "pbs", pair.bytesSent, Number.MAX_SAFE_INTEGER, true);
+  putWire(f, "pbr", pair.bytesReceived, Number.MAX_SAFE_INTEGER, true);
+  putWire(f, "bwe", pair.availableOutgoingBitrate, 1e12);
+  if (!("rtt" in f)) putWire(f, "rtt", pair.currentRoundTripTime * 1000, 36e5);
+  const local = report.get(pair.localCandidateId);
+  const remote = report.get(pair.remoteCandidateId);
+  // The daemon reads rct only beside lct (a relayed peer is not a relayed self): both or none.
+  const lct = local?.candidateType;
+  const rct = remote?.candidateType;
+  if (!CANDIDATE_TYPES.includes(lct) || !CANDIDATE_TYPES.includes(rct)) return f;
+  f.lct = lct;
+  f.rct = rct;
+  if (f.lct !== "relay") return f;
+  // The leg to the TURN server; `protocol` is the leg to the peer, udp even over TURN/TCP.
+  if (RELAY_PROTOCOLS.includes(local.relayProtocol)) f.rp = local.relayProtocol;
+  putWireId(f, "turn", local.url, 512);
+  return f;
 }
 
 // ---- quality: the page's own view of a tick, with the daemon's formulas ----
@@ -152,11 +293,479 @@ export function combineViews(views) {
 
 // ---- transport: the WebSocket session (§7), the ring of unsent frames, backoff, last flush ----
 
+export const VERSION = "0.1.0";
+// Browsers refuse keepalive requests once their bodies in flight pass 64 KiB per page.
+const KEEPALIVE_BYTES = 60000;
+
+/** `bytes` random bytes in hex, from the platform's CSPRNG (boot nonces, connection ids). */
+export function randomId(bytes) {
+  return Array.from(crypto.getRandomValues(new Uint8Array(bytes)), (b) => (b | 256).toString(16).slice(1)).join("");
+}
+
+/** The WebSocket and POST URLs of the daemon's `/ingest`, from its base http(s) URL (a path
+ * prefix kept, for a daemon behind a proxy) or from its ws(s) ingest URL. */
+export function endpoints(url) {
+  const u = new URL(url, globalThis.location?.href);
+  const at = u.host + u.pathname.replace(/(\/ingest)?\/?$/, "/ingest");
+  const tls = u.protocol === "https:" || u.protocol === "wss:";
+  return { ws: (tls ? "wss://" : "ws://") + at, post: (tls ? "https://" : "http://") + at };
+}
+
+/** Milliseconds before reconnection attempt `attempt` (0, 1, …): full jitter, a uniform random
+ * time below an exponential bound capped at 30 s, so that the clients a daemon restart cut off
+ * together come back spread out. */
+export function backoffMs(attempt, random = Math.random) {
+  return random() * Math.min(30000, 500 * 2 ** attempt);
+}
+
+// An upper bound of the UTF-8 size of a string, exact for ASCII (identifiers usually are).
+const bytesOf = (s) => (/[^\0-\x7f]/.test(s) ? 3 * s.length : s.length);
+
+/**
+ * One WebSocket session's protocol (PROTOCOL.md §7) without I/O: fed the frames to send and the
+ * daemon's replies, it returns the text messages to write. It holds every frame until an ack
+ * covers it: unsent frames in order, then the messages sent and not yet acknowledged, which a new
+ * session resends first (the daemon does not apply a sample twice, §8.6). At most `maxQueue`
+ * frames: past that, the oldest sent messages are forgotten, then the oldest unsent frame that is
+ * not its stream's latest sample is dropped and counted, so that after a reconnect every stream's
+ * totals still go out at once (counters are cumulative, §8.1).
+ */
+export function createSession({ boot, token, maxQueue = 1000, stats }) {
+  // A function gives the current token at each hello: a short-lived token outlives its session
+  // (§7.8), not the next one.
+  const hello = () =>
+    JSON.stringify({ t: "hello", boot, kind: "browser", agent: "bwmon-js/" + VERSION, token: typeof token === "function" ? token() : token });
+  const unsent = [];
+  const inflight = []; // [message number, frames]
+  const latest = new Map(); // connection id -> its newest rtc frame
+  let ready = false, n = 0, held = 0, rejected = 0, maxFrames = 1000, maxBytes = 1 << 20;
+  const isLatest = (f) => f.t === "rtc" && latest.get(f.c) === f;
+
+  function take() {
+    const out = [];
+    let batch = [], size = 2;
+    const seal = () => {
+      if (!batch.length) return;
+      inflight.push([++n, batch.map((b) => b[0])]);
+      out.push("[" + batch.map((b) => b[1]).join(",") + "]");
+      stats.sent += batch.length;
+      batch = [];
+      size = 2;
+    };
+    held += unsent.length;
+    for (const f of unsent.splice(0)) {
+      const s = JSON.stringify(f), b = bytesOf(s) + 1;
+      if (batch.length >= maxFrames || (batch.length && size + b > maxBytes)) seal();
+      batch.push([f, s]);
+      size += b;
+    }
+    seal();
+    return out;
+  }
+
+  return {
+    hello,
+    get ready() { return ready; },
+    /** Frames unsent or not yet acknowledged. */
+    pending: () => unsent.length + held,
+    /** A new connection is open: the hello to send first. */
+    open() {
+      n = rejected = 0;
+      return hello();
+    },
+    /** One reply of the daemon (a JSON text message): the messages to send now. */
+    receive(text) {
+      const r = JSON.parse(text);
+      if (r.t === "welcome") {
+        ready = stats.connected = true;
+        maxFrames = r.max_frames > 0 ? r.max_frames : maxFrames;
+        maxBytes = r.max_message_bytes > 0 ? r.max_message_bytes : maxBytes;
+        return take();
+      }
+      if (r.t === "ack") {
+        while (inflight.length && inflight[0][0] <= r.msg) {
+          const frames = inflight.shift()[1];
+          held -= frames.length;
+          stats.acked += frames.length;
+          for (const f of frames) if (isLatest(f)) latest.delete(f.c);
+        }
+        // error replies are capped per interval (§7.4); the ack's total is always right
+        if (r.rejected > rejected) stats.rejected += r.rejected - rejected, (rejected = r.rejected);
+      } else if (r.t === "error") {
+        rejected++;
+        stats.rejected++;
+        stats.lastError = `rejected ${r.reason} (message ${r.msg}, frame ${r.index}): ${r.detail}`;
+      }
+      return [];
+    },
+    /** Frames to send: the messages to write now (none before the welcome). */
+    push(frames) {
+      for (const f of frames) {
+        if (f.t === "rtc") latest.set(f.c, f);
+        unsent.push(f);
+        while (unsent.length + held > maxQueue) {
+          if (inflight.length) {
+            held -= inflight.shift()[1].length;
+            continue;
+          }
+          const i = unsent.findIndex((g) => !isLatest(g));
+          unsent.splice(Math.max(i, 0), 1);
+          stats.dropped++;
+        }
+      }
+      return ready ? take() : [];
+    },
+    /** The connection ended: what it left unacknowledged waits for the next one, first. */
+    lost() {
+      ready = stats.connected = false;
+      unsent.unshift(...inflight.flatMap((m) => m[1]));
+      inflight.length = held = 0;
+    },
+    /** Everything unacknowledged, in order, handed over for good (the last flush). */
+    drain() {
+      this.lost();
+      latest.clear();
+      return unsent.splice(0);
+    },
+    maxFrames: () => maxFrames,
+  };
+}
+
+/**
+ * The link to the daemon: a WebSocket kept open (a new session after each loss, with backoff),
+ * and the last flush through a keepalive `POST /ingest`, whose body is one ingest message that
+ * starts with the hello (the token in it: no header, hence no CORS preflight). Never throws.
+ */
+export function connect({ url, token, boot, maxQueue, stats, note }) {
+  const { ws: wsUrl, post } = endpoints(url);
+  const session = createSession({ boot, token, maxQueue, stats });
+  let ws = null, attempt = 0, retry = null, done = false, wake = null;
+
+  function open() {
+    retry = null;
+    let sock, giveUp;
+    const lost = (why) => {
+      clearTimeout(giveUp);
+      if (ws !== sock) return;
+      ws = null;
+      session.lost();
+      if (why) stats.lastError = why;
+      wake?.();
+      if (!done) stats.reconnects++, (retry = setTimeout(open, backoffMs(attempt++)));
+    };
+    try {
+      ws = sock = new WebSocket(wsUrl);
+    } catch (err) {
+      note(err);
+      ws = sock = {};
+      return lost();
+    }
+    // A connection that hangs before its welcome is given up and tried again.
+    giveUp = setTimeout(() => sock.close(), 10000);
+    sock.onopen = () => {
+      try { sock.send(session.open()); } catch (err) { note(err); }
+    };
+    sock.onmessage = (e) => {
+      try {
+        write(session.receive(e.data));
+        if (session.ready) clearTimeout(giveUp), (attempt = 0);
+      } catch (err) { note(err); }
+      wake?.();
+    };
+    sock.onclose = (e) => lost(e.code === 1000 ? null : `closed ${e.code} ${e.reason || ""}`.trim());
+  }
+
+  function flush(frames) {
+    done = true;
+    clearTimeout(retry);
+    const all = session.drain().concat(frames);
+    // The newest frames first within the keepalive budget: they carry the totals and the leave.
+    const parts = [];
+    const hello = session.hello();
+    let size = hello.length + 2, i = all.length;
+    for (; i > 0 && parts.length < session.maxFrames() - 1; i--) {
+      const s = JSON.stringify(all[i - 1]);
+      if ((size += bytesOf(s) + 1) > KEEPALIVE_BYTES) break;
+      parts.unshift(s);
+    }
+    stats.dropped += i;
+    if (parts.length) {
+      stats.sent += parts.length;
+      const body = "[" + [hello, ...parts].join(",") + "]";
+      // A string body goes as text/plain: a simple request, no preflight, allowed in unload.
+      // The answer comes only if the page outlives the request (a close() that timed out).
+      fetch(post, { method: "POST", keepalive: true, body })
+        .then((r) =>
+          r.json().then((a) => {
+            stats.rejected += a.rejected | 0;
+            if (a.errors?.length) stats.lastError = `POST /ingest ${r.status}: ${a.errors[0].reason}`;
+          }),
+        )
+        .catch(note);
+    }
+    try { ws?.close(1000); } catch {}
+  }
+
+  // A socket already closing takes nothing (its close requeues what the session gave it).
+  const write = (messages) => {
+    try {
+      if (ws?.readyState === 1) messages.forEach((m) => ws.send(m));
+    } catch (err) {
+      note(err);
+    }
+  };
+
+  open();
+  return {
+    pending: session.pending,
+    send: (frames) => write(session.push(frames)),
+    /** The last flush, at once (pagehide): everything unacknowledged, and `frames`, by POST. */
+    flush(frames) {
+      try {
+        flush(frames);
+      } catch (err) {
+        note(err);
+      }
+    },
+    /** Send the last frames on the session and wait at most `ms` for their ack; what is still
+     * unacknowledged then goes by POST. Resolves, never rejects. */
+    async end(frames, ms) {
+      done = true;
+      clearTimeout(retry);
+      write(session.push(frames));
+      const deadline = Date.now() + ms;
+      while (session.pending() && ws && Date.now() < deadline) {
+        await new Promise((r) => {
+          const t = setTimeout(r, deadline - Date.now());
+          wake = () => (clearTimeout(t), r());
+        });
+      }
+      this.flush([]);
+    },
+  };
+}
+
 // ---- monitor: createMonitor, the sampling loop, events, the RTCPeerConnection wrapper ----
 
-/** @param {object} options */
+const EVENT_KINDS = ["join", "leave", "ice", "reconnect", "mute", "unmute"];
+// One symbol per page, whatever the number of copies of this module: the wrapper's guard.
+const WRAPPED = Symbol.for("bwmon.wrap");
+const CLOSE_MS = 2000;
+// A getStats() that takes longer is taken as hung: the loop goes on without its connection.
+const HUNG_MS = 10000;
+const clock = () => performance.now();
+
+// What `promise` resolves to, or undefined once `ms` have passed.
+function within(promise, ms) {
+  let box;
+  return Promise.race([promise, new Promise((r) => (box = setTimeout(r, ms)))]).finally(() => clearTimeout(box));
+}
+
+/**
+ * A monitor of one participant's peer connections: one serialized loop takes one getStats() per
+ * connection per tick and sends an `rtc` frame of each (§4.3); events go out as they happen
+ * (§4.5). Nothing it does throws into the page: errors are kept in `stats().lastError`.
+ */
 export function createMonitor(options) {
-  throw new Error("not built yet");
+  const { url, token, meeting: m, participant: p, intervalMs = 2000, maxQueue = 1000 } = options || {};
+  const stats = { sent: 0, acked: 0, dropped: 0, rejected: 0, reconnects: 0, connected: false, lastError: null, getStatsMs: 0, workMs: 0 };
+  const note = (err) => void (stats.lastError = String(err?.message ?? err));
+  const safe = (fn) => (...args) => {
+    try {
+      return fn(...args);
+    } catch (err) {
+      note(err);
+    }
+  };
+  const conns = new Map(); // pc -> its state
+  const callbacks = new Set();
+  const boot = randomId(8);
+  let link = null, joined = false, left = false, closed = false, timer = null, running = null, closing = null;
+  if (url) link = safe(connect)({ url, token, boot, maxQueue, stats, note }) ?? null;
+  const send = (frames) => link?.send(frames);
+  const event = (ev, val, c) =>
+    ({ t: "event", m, p, ev, ts: Date.now(), c, val: val == null ? undefined : String(val).slice(0, 128) });
+  const leave = () => (joined && !left ? ((left = true), [event("leave")]) : []);
+
+  // At most one getStats() per connection in flight: a call that outlives its time box keeps
+  // its connection out of the next ticks until it settles.
+  function sample(e) {
+    if (!e.busy) {
+      let r;
+      try {
+        r = Promise.resolve(e.pc.getStats());
+      } catch (err) {
+        r = Promise.reject(err);
+      }
+      e.busy = r.then((report) => report, note).finally(() => (e.busy = null));
+    }
+    return e.busy;
+  }
+
+  // One sample of each of `list` within `limitMs`, sent; a tick also times itself and hands the
+  // local view to the onSample callbacks (the last samples of remove and close do neither).
+  async function measure(list, limitMs, ticking) {
+    const t0 = clock();
+    const reports = await Promise.all(list.map((e) => (e.busy ? null : within(sample(e), limitMs))));
+    const t1 = clock();
+    const frames = [], views = [];
+    list.forEach((e, i) => {
+      if (!reports[i]) return;
+      try {
+        const fields = rtcFields(reports[i]);
+        frames.push(Object.assign({ t: "rtc", m, p, c: e.c, q: e.q++ }, fields));
+        if (ticking && callbacks.size) {
+          const view = localView(e.prev, fields, e.score);
+          if (view) views.push(view), (e.score = view.score);
+        }
+        e.prev = fields;
+      } catch (err) {
+        note(err);
+      }
+    });
+    send(frames);
+    if (!ticking) return;
+    const view = views.length ? combineViews(views) : null;
+    stats.getStatsMs = t1 - t0;
+    stats.workMs = clock() - t1;
+    if (view) for (const cb of callbacks) safe(cb)(view);
+  }
+
+  function tick() {
+    timer = null;
+    const t0 = clock();
+    // New tracks (addTrack, replaceTrack) are watched from the tick after they appear.
+    for (const e of conns.values()) e.pc.signalingState === "closed" ? forget(e) : watchTracks(e);
+    running = measure([...conns.values()], HUNG_MS, true)
+      .catch(note)
+      .then(() => {
+        running = null;
+        if (!closed && conns.size) timer = setTimeout(tick, Math.max(0, intervalMs - (clock() - t0)));
+      });
+  }
+
+  function forget(e) {
+    conns.delete(e.pc);
+    e.off.forEach((off) => off());
+  }
+
+  function watchTracks(e) {
+    for (const s of e.pc.getSenders?.() ?? []) {
+      const track = s.track;
+      if (!track || e.tracks.has(track)) continue;
+      e.tracks.add(track);
+      for (const ev of ["mute", "unmute"]) {
+        track.addEventListener(ev, safe(() => conns.get(e.pc) === e && send([event(ev, track.kind, e.c)])));
+      }
+    }
+  }
+
+  // An ICE restart gives the local description new ICE credentials (RFC 8839).
+  function checkRestart(e) {
+    const ufrag = /a=ice-ufrag:(\S+)/.exec(e.pc.localDescription?.sdp)?.[1];
+    if (ufrag && e.ufrag && ufrag !== e.ufrag) send([event("reconnect", "ice-restart", e.c)]);
+    e.ufrag = ufrag || e.ufrag;
+  }
+
+  const api = {
+    add: safe((pc, opts) => {
+      if (closed || conns.has(pc)) return;
+      const e = { pc, c: opts?.connection || randomId(4), q: 0, prev: null, score: null, busy: null, ufrag: null, tracks: new WeakSet(), off: [] };
+      const on = (type, fn) => {
+        const h = safe(fn);
+        pc.addEventListener(type, h);
+        e.off.push(() => pc.removeEventListener(type, h));
+      };
+      on("iceconnectionstatechange", () => send([event("ice", pc.iceConnectionState, e.c)]));
+      on("connectionstatechange", () => send([event("ice", "connection:" + pc.connectionState, e.c)]));
+      on("signalingstatechange", () => pc.signalingState === "stable" && checkRestart(e));
+      conns.set(pc, e);
+      if (!joined) joined = true, send([event("join")]);
+      checkRestart(e);
+      watchTracks(e);
+      if (!timer && !running) timer = setTimeout(tick, intervalMs);
+    }),
+
+    // Synchronous up to getStats(), so that the wrapper's close() samples before closing.
+    remove(pc) {
+      try {
+        const e = conns.get(pc);
+        if (!e) return Promise.resolve();
+        forget(e);
+        // A sample in flight is the connection's last (its tick sends it); else take one.
+        return (e.busy ? e.busy.then(() => {}) : measure([e], CLOSE_MS)).catch(note);
+      } catch (err) {
+        note(err);
+        return Promise.resolve();
+      }
+    },
+
+    event: safe((kind, detail) => {
+      if (!EVENT_KINDS.includes(kind)) throw new TypeError(`bwmon: unknown event kind ${kind}`);
+      const d = detail !== null && typeof detail === "object" ? detail : { value: detail };
+      if (!closed) send([event(kind, d.value, conns.get(d.connection)?.c)]);
+    }),
+
+    onSample(callback) {
+      callbacks.add(callback);
+      return () => void callbacks.delete(callback);
+    },
+
+    wrap: safe(() => {
+      const g = globalThis, Native = g.RTCPeerConnection;
+      if (typeof Native !== "function") return false;
+      if (!Native[WRAPPED]) {
+        const hook = { monitor: null };
+        g.RTCPeerConnection = class RTCPeerConnection extends Native {
+          #monitor = hook.monitor;
+          constructor(...args) {
+            super(...args);
+            this.#monitor?.add(this);
+          }
+          close() {
+            this.#monitor?.remove(this);
+            return super.close();
+          }
+        };
+        g.RTCPeerConnection[WRAPPED] = hook;
+      }
+      g.RTCPeerConnection[WRAPPED].monitor = api;
+      return true;
+    }),
+
+    stats: () => ({ ...stats, queued: link?.pending() ?? 0, connections: conns.size }),
+
+    close: () =>
+      (closing ??= (async () => {
+        closed = true;
+        clearTimeout(timer);
+        const deadline = Date.now() + CLOSE_MS;
+        const list = [...conns.values()];
+        list.forEach(forget);
+        // The samples of a tick in flight, and the others' last ones, go before the leave: a
+        // sample after it would bring the participant back.
+        await within(Promise.all([running, measure(list, CLOSE_MS / 2, false)]), CLOSE_MS / 2);
+        await link?.end(leave(), deadline - Date.now());
+        unhook();
+      })().catch(note)),
+  };
+
+  // pagehide leaves no time to wait for anything: the last flush goes out at once (also in the
+  // middle of a close()).
+  const onPageHide = safe(() => {
+    closed = true;
+    clearTimeout(timer);
+    conns.forEach(forget);
+    link?.flush(leave());
+    unhook();
+  });
+  const unhook = () => {
+    globalThis.removeEventListener?.("pagehide", onPageHide);
+    const hook = globalThis.RTCPeerConnection?.[WRAPPED];
+    if (hook?.monitor === api) hook.monitor = null;
+  };
+  globalThis.addEventListener?.("pagehide", onPageHide);
+  return api;
 }
 
 // ---- indicator: <bwmon-indicator>, an optional custom element showing the local view ----
