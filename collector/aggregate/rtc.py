@@ -50,7 +50,6 @@ Pure: no I/O, no clock reads; the daemon passes its time in.
 
 from __future__ import annotations
 
-import math
 from array import array
 from collections.abc import Iterator, Sequence
 from typing import Any, Final
@@ -262,14 +261,15 @@ class RtcStream:
         self.known_start = False  # the first sample counts in full whatever its ``q``
         self.last_seq = -1
         self.last_seen = 0.0  # daemon time of the last sample, set by the engine
-        self.ts = math.nan  # the client's ``ts`` of the newest sample applied or held (ms)
+        self.ts = 0.0  # the client's ``ts`` of the newest sample applied or held (ms)
         # Where the pending deltas count from (``take_interval``): the ``q`` and ``ts`` of that
-        # sample (-1: from the stream's start, at a time the daemon was never told) and the
-        # daemon's time then (the tick that took the interval before; set by the engine when
-        # the stream opens).
+        # sample (``interval_seq`` -1: from the stream's start, at a time the daemon was never
+        # told; ``interval_ts`` is then not read) and the daemon's time then (the tick that took
+        # the interval before; set by the engine when the stream opens). Numbers, never NaN:
+        # compiled, a NaN read back is a new object, unequal to itself in a state's list.
         self.interval_seq = -1
-        self.interval_ts = math.nan
-        self.interval_at = math.nan
+        self.interval_ts = 0.0
+        self.interval_at = 0.0
         self.quality: float | None = None  # smoothed quality score, set by the engine
         # The last value of every counter: 0 until it comes (a counter counts from 0), -1: the
         # next value is a baseline (a new selected pair).
@@ -711,8 +711,7 @@ def interval_seconds(client_s: float, daemon_s: float, bucket_s: float) -> float
     twice the daemon's ``daemon_s`` and a bucket (it jumped forward; delivery alone moves the
     two apart by less) — then ``daemon_s``, the daemon's time since the interval before, at
     least a bucket."""
-    if not daemon_s > bucket_s:  # NaN too: the time of the interval before is not known
-        daemon_s = bucket_s
+    daemon_s = max(daemon_s, bucket_s)
     return client_s if 0 < client_s <= 2 * daemon_s + bucket_s else daemon_s
 
 
