@@ -1,5 +1,5 @@
-"""Fixtures of the browser tests: one coturn, one page server and one headless Chromium for the
-whole session; a fresh browser context (a call page) per test."""
+"""Fixtures of the browser tests: one coturn and one page server for the whole session, one
+headless Chromium per module, a fresh browser context (a call page) per test."""
 
 from __future__ import annotations
 
@@ -29,10 +29,11 @@ def pages_url() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """The session's one Chromium: Playwright's sync API runs one at a time per thread, so a
-    test that needs a browser takes this one rather than launching its own."""
+    """One Chromium per module. Playwright's sync API runs one at a time per thread: a test of
+    this folder takes this one rather than launching its own, and it is closed before the
+    modules elsewhere that launch theirs (``make browser`` runs them in the same session)."""
     with launch_chromium() as chromium:
         yield chromium
 
