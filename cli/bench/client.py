@@ -1,0 +1,425 @@
+"""``bwmon bench client``: the browser client's cost per tick per peer connection, measured in
+the system Chromium, and the size of its module minified and gzipped (docs/BENCHMARKS.md).
+
+- **The page.** Served to Chromium by Playwright's ``page.route`` from memory (this module's
+  page and the repository's ``clients/browser/bwmon.js``) on ``http://localhost``, with the
+  headers that make it cross-origin isolated: ``performance.now()`` then ticks in 5 µs, not
+  the 100 µs of an ordinary page, finer than the figures it measures.
+- **The calls.** ``connections`` loopback calls in that page, each a pair of peer connections
+  sending each other the fake camera and microphone (320 x 240 at 15 frames/s); one end of each
+  is the monitored connection.
+- **Two ways of measuring, in the same run.** ``functions``: a serialized loop calls, per
+  connection and per tick, ``getStats()`` and then the module's exported ``rtcFields`` and
+  ``localView`` and the frame's JSON, and times the two parts. ``monitor``: ``createMonitor``
+  with a real daemon on loopback, every connection added, the cost of each tick read from
+  ``monitor.stats()``; when the module cannot do that (yet), ``monitor_skipped`` says why.
+- **The figures.** Per tick per peer connection (a tick's cost over ``connections``), after
+  warm-up ticks: the median and p99 of the client's own work (``own``: getStats excluded) and
+  of the whole tick (``with_getstats``: the wait for getStats included). The target is the
+  own work's median with 4 connections, of the monitor when it ran, else of the functions.
+- **The size.** terser (npm, a pinned version installed once into the user's cache, never
+  into the repository) minifies the module as an ES module; gzip at level 9 packs that. Without
+  Node.js or npm, or when the install fails, ``minify_skipped`` says why and no minified figure
+  is printed.
+
+What it must never do: report a figure it did not measure; a stage that could not run is
+printed as skipped with its reason.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import typer
+
+from cli.bench.chromium import launch_chromium
+from cli.bench.harness import median, meets, percentile
+from protocol.errors import BwmonError
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page, Route
+
+TARGET_OWN_MEDIAN_MS = 1.0  # per tick per peer connection, getStats excluded, 4 connections
+TARGET_MINIFIED_BYTES = 15_000
+TARGET_GZIPPED_BYTES = 6_000
+CONNECTIONS = 4
+TERSER_VERSION = "5.51.4"
+NPM_TIMEOUT_S = 180.0
+
+MODULE = Path(__file__).resolve().parents[2] / "clients" / "browser" / "bwmon.js"
+ORIGIN = "http://localhost"
+ISOLATED = {  # cross-origin isolation: performance.now() in 5 µs steps
+    "cross-origin-opener-policy": "same-origin",
+    "cross-origin-embedder-policy": "require-corp",
+}
+
+PAGE_HTML = """<!doctype html>
+<meta charset="utf-8">
+<title>bwmon bench client</title>
+<script type="module">
+import * as bench from "./bench.js";
+window.bench = bench;
+</script>
+"""
+
+# The page's measuring code. Both loops are serialized as the monitor's own loop is (one
+# getStats() at a time) and stop at a deadline, so that a stuck browser ends the run.
+PAGE_JS = """
+import * as bwmon from "./bwmon.js";
+
+const calls = [];
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+function connected(pc) {
+  return new Promise((resolve, reject) => {
+    const check = () => {
+      if (pc.connectionState === "connected") resolve();
+      if (pc.connectionState === "failed") reject(new Error("a loopback call failed"));
+    };
+    pc.addEventListener("connectionstatechange", check);
+    check();
+  });
+}
+
+// One call: `pc` (monitored) offers, `peer` answers; both send the same fake tracks.
+async function call(stream) {
+  const pc = new RTCPeerConnection();
+  const peer = new RTCPeerConnection();
+  pc.onicecandidate = (e) => e.candidate && peer.addIceCandidate(e.candidate);
+  peer.onicecandidate = (e) => e.candidate && pc.addIceCandidate(e.candidate);
+  for (const track of stream.getTracks()) pc.addTrack(track, stream);
+  await pc.setLocalDescription();
+  await peer.setRemoteDescription(pc.localDescription);
+  for (const track of stream.getTracks()) peer.addTrack(track, stream);
+  await peer.setLocalDescription();
+  await pc.setRemoteDescription(peer.localDescription);
+  await Promise.all([connected(pc), connected(peer)]);
+  return { pc, peer };
+}
+
+// Resolves once every monitored connection receives both audio and video, so that the reports
+// measured are those of a call in progress.
+async function flowing(pc) {
+  for (;;) {
+    const kinds = new Set();
+    for (const s of (await pc.getStats()).values()) {
+      if (s.type === "inbound-rtp" && s.bytesReceived > 0) kinds.add(s.kind);
+    }
+    if (kinds.size === 2) return;
+    await sleep(100);
+  }
+}
+
+function within(ms, what, promise) {
+  let timer;
+  const late = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} not within ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
+}
+
+// Errors come back as values: Python turns them into a message, not a traceback.
+async function answer(work) {
+  try {
+    return await work();
+  } catch (error) {
+    return { error: String(error?.message ?? error) };
+  }
+}
+
+export function setup(connections) {
+  return answer(async () => {
+    const stream = await navigator.mediaDevices.getUserMedia({
+      audio: true,
+      video: { width: 320, height: 240, frameRate: 15 },
+    });
+    for (let i = 0; i < connections; i++) {
+      calls.push(await within(20_000, "a loopback call connected", call(stream)));
+    }
+    await within(20_000, "media flowing both ways", Promise.all(calls.map((c) => flowing(c.pc))));
+    const report = await calls[0].pc.getStats();
+    return { isolated: self.crossOriginIsolated, statsPerReport: report.size };
+  });
+}
+
+// The exported functions, as the monitor calls them: per tick, per connection, getStats()
+// then rtcFields, localView and the frame's JSON. Costs per tick per connection, in ms.
+export const measureFunctions = (ticks, warmup, intervalMs, deadlineMs) => answer(async () => {
+  const deadline = performance.now() + deadlineMs;
+  const state = new Map(calls.map(({ pc }, i) => [pc, { c: `c${i}`, fields: null, score: null }]));
+  const own = [], whole = [];
+  for (let tick = 0; tick < warmup + ticks && performance.now() < deadline; tick++) {
+    let waited = 0, worked = 0;
+    for (const [pc, s] of state) {
+      const began = performance.now();
+      const report = await pc.getStats();
+      const got = performance.now();
+      const fields = bwmon.rtcFields(report);
+      const view = bwmon.localView(s.fields, fields, s.score);
+      JSON.stringify({ t: "rtc", m: "bench", p: "page", c: s.c, q: tick, ...fields });
+      s.fields = fields;
+      s.score = view?.score ?? null;
+      waited += got - began;
+      worked += performance.now() - got;
+    }
+    if (tick >= warmup) {
+      own.push(worked / state.size);
+      whole.push((waited + worked) / state.size);
+    }
+    await sleep(intervalMs);
+  }
+  return { own, whole };
+});
+"""
+
+
+# -- the results -----------------------------------------------------------------------------
+
+
+class TickCost(msgspec.Struct):
+    """One way of measuring: costs per tick per peer connection, in ms."""
+
+    ticks: int
+    own_median_ms: float  # the client's own work: getStats excluded
+    own_p99_ms: float
+    with_getstats_median_ms: float  # the whole tick: the wait for getStats included
+    with_getstats_p99_ms: float
+
+
+class ModuleSize(msgspec.Struct):
+    target_minified_bytes: int
+    target_gzipped_bytes: int
+    meets_target: bool | None  # None: not minified, no verdict
+    source_bytes: int
+    source_gzipped_bytes: int
+    minified_bytes: int | None
+    gzipped_bytes: int | None  # the minified module, gzip -9
+    minifier: str | None
+    minify_skipped: str | None
+
+
+class ClientResult(msgspec.Struct):
+    target_own_median_ms: float
+    target_connections: int
+    meets_target: bool
+    measured_through: str  # "monitor" or "functions": the figures the verdict is on
+    own_median_ms: float
+    own_p99_ms: float
+    with_getstats_median_ms: float
+    with_getstats_p99_ms: float
+    connections: int
+    stats_per_report: int  # objects in one monitored connection's getStats() report
+    interval_ms: int
+    warmup_ticks: int
+    cross_origin_isolated: bool  # performance.now() in 5 µs steps, not 100 µs
+    browser: str
+    functions: TickCost
+    monitor: TickCost | None
+    monitor_skipped: str | None
+    size: ModuleSize
+
+
+# -- the module's size -----------------------------------------------------------------------
+
+
+class PageFailed(BwmonError):
+    """The benchmark's page could not set up its calls or measure: the page's own message."""
+
+
+class TerserUnavailable(BwmonError):
+    """terser cannot run here: why."""
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "bwmon-bench" / "terser"
+
+
+def installed_terser() -> Path | None:
+    package = cache_dir() / "node_modules" / "terser"
+    try:
+        version = json.loads((package / "package.json").read_text())["version"]
+    except (OSError, ValueError, KeyError):
+        return None
+    cli = package / "bin" / "terser"
+    return cli if version == TERSER_VERSION and cli.exists() else None
+
+
+def prepare_terser() -> Path:
+    """terser's command-line script, installed into the cache the first time."""
+    if shutil.which("node") is None:
+        raise TerserUnavailable("Node.js (`node`) not found: the module is not minified")
+    found = installed_terser()
+    if found is not None:
+        return found
+    npm = shutil.which("npm")
+    if npm is None:
+        raise TerserUnavailable("npm not found: cannot install terser; the module is not minified")
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    command = [npm, "install", "--prefix", str(cache_dir()), f"terser@{TERSER_VERSION}"]
+    command += ["--no-audit", "--no-fund", "--ignore-scripts"]
+    try:
+        subprocess.run(
+            command,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=NPM_TIMEOUT_S,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise TerserUnavailable(f"npm install terser@{TERSER_VERSION} failed: {exc}") from None
+    found = installed_terser()
+    if found is None:
+        raise TerserUnavailable(f"npm install did not leave terser {TERSER_VERSION} in place")
+    return found
+
+
+def minify(source: Path) -> bytes:
+    """The module minified by terser as an ES module (compressed, names mangled)."""
+    terser = prepare_terser()
+    command = ["node", str(terser), str(source), "--module", "--compress", "--mangle"]
+    try:
+        done = subprocess.run(
+            command, stdin=subprocess.DEVNULL, capture_output=True, timeout=60, check=True
+        )
+    except subprocess.CalledProcessError as exc:
+        raise TerserUnavailable(f"terser failed: {exc.stderr.decode(errors='replace')}") from None
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise TerserUnavailable(f"terser failed: {exc}") from None
+    return done.stdout
+
+
+def gzipped_size(data: bytes) -> int:
+    return len(gzip.compress(data, compresslevel=9, mtime=0))
+
+
+def module_size(source: Path = MODULE) -> ModuleSize:
+    text = source.read_bytes()
+    minified: bytes | None = None
+    skipped = None
+    try:
+        minified = minify(source)
+    except TerserUnavailable as exc:
+        skipped = str(exc)
+    gzipped = gzipped_size(minified) if minified is not None else None
+    return ModuleSize(
+        target_minified_bytes=TARGET_MINIFIED_BYTES,
+        target_gzipped_bytes=TARGET_GZIPPED_BYTES,
+        meets_target=None
+        if minified is None or gzipped is None
+        else len(minified) <= TARGET_MINIFIED_BYTES and gzipped <= TARGET_GZIPPED_BYTES,
+        source_bytes=len(text),
+        source_gzipped_bytes=gzipped_size(text),
+        minified_bytes=None if minified is None else len(minified),
+        gzipped_bytes=gzipped,
+        minifier=None if minified is None else f"terser {TERSER_VERSION}",
+        minify_skipped=skipped,
+    )
+
+
+# -- the cost per tick -----------------------------------------------------------------------
+
+
+def tick_cost(own: list[float], whole: list[float]) -> TickCost:
+    own_sorted, whole_sorted = sorted(own), sorted(whole)
+    return TickCost(
+        ticks=len(own),
+        own_median_ms=round(median(own), 4),
+        own_p99_ms=round(percentile(own_sorted, 0.99), 4),
+        with_getstats_median_ms=round(median(whole), 4),
+        with_getstats_p99_ms=round(percentile(whole_sorted, 0.99), 4),
+    )
+
+
+def serve_page(route: Route) -> None:
+    """The page, its script and the module, from memory and the repository; nothing else."""
+    path = route.request.url.removeprefix(ORIGIN)
+    bodies = {
+        "/bench.html": ("text/html", PAGE_HTML.encode()),
+        "/bench.js": ("text/javascript", PAGE_JS.encode()),
+        "/bwmon.js": ("text/javascript", MODULE.read_bytes()),
+    }
+    if path not in bodies:
+        route.fulfill(status=404, headers=ISOLATED)
+        return
+    content_type, body = bodies[path]
+    route.fulfill(status=200, headers=ISOLATED | {"content-type": content_type}, body=body)
+
+
+def in_page(page: Page, function: str, *args: Any) -> Any:
+    """``bench.<function>(*args)`` in the page; its error, if it answers one, raised."""
+    answer = page.evaluate(f"args => bench.{function}(...args)", list(args))
+    if isinstance(answer, dict) and "error" in answer:
+        raise PageFailed(f"{function}: {answer['error']}")
+    return answer
+
+
+def run_client(quick: bool, connections: int = CONNECTIONS) -> ClientResult:
+    ticks, warmup, interval_ms = (20, 5, 50) if quick else (200, 20, 50)
+    deadline_ms = 60_000 if quick else 180_000
+    size = module_size()
+    with launch_chromium() as browser:
+        page = browser.new_page()
+        page.route(f"{ORIGIN}/**", serve_page)
+        page.goto(f"{ORIGIN}/bench.html")
+        page.wait_for_function("window.bench !== undefined", timeout=10_000)
+        calls = in_page(page, "setup", connections)
+        measured = in_page(page, "measureFunctions", ticks, warmup, interval_ms, deadline_ms)
+        functions = tick_cost(measured["own"], measured["whole"])
+        monitor: TickCost | None = None
+        monitor_skipped: str | None = "createMonitor is not measured yet"
+        headline = monitor or functions
+        return ClientResult(
+            target_own_median_ms=TARGET_OWN_MEDIAN_MS,
+            target_connections=CONNECTIONS,
+            meets_target=connections == CONNECTIONS
+            and headline.own_median_ms <= TARGET_OWN_MEDIAN_MS,
+            measured_through="monitor" if monitor else "functions",
+            own_median_ms=headline.own_median_ms,
+            own_p99_ms=headline.own_p99_ms,
+            with_getstats_median_ms=headline.with_getstats_median_ms,
+            with_getstats_p99_ms=headline.with_getstats_p99_ms,
+            connections=connections,
+            stats_per_report=calls["statsPerReport"],
+            interval_ms=interval_ms,
+            warmup_ticks=warmup,
+            cross_origin_isolated=bool(calls["isolated"]),
+            browser=browser.version,
+            functions=functions,
+            monitor=monitor,
+            monitor_skipped=monitor_skipped,
+            size=size,
+        )
+
+
+def print_size(size: ModuleSize) -> None:
+    if size.minified_bytes is None:
+        typer.echo(f"module: {size.source_bytes:,} B, not minified: {size.minify_skipped}")
+        return
+    typer.echo(
+        f"module: {size.minified_bytes:,} B minified, {size.gzipped_bytes:,} B gzipped "
+        f"({size.minifier}; source {size.source_bytes:,} B); targets "
+        f"{size.target_minified_bytes:,} and {size.target_gzipped_bytes:,} B: "
+        f"{meets(bool(size.meets_target))}"
+    )
+
+
+def print_summary(result: ClientResult) -> None:
+    typer.echo(
+        f"client cost per tick per peer connection ({result.connections} connections, "
+        f"through {result.measured_through}): own work median {result.own_median_ms} ms, "
+        f"p99 {result.own_p99_ms} ms; with getStats median {result.with_getstats_median_ms} ms, "
+        f"p99 {result.with_getstats_p99_ms} ms"
+    )
+    typer.echo(
+        f"target own work median <= {result.target_own_median_ms} ms with "
+        f"{result.target_connections} connections: {meets(result.meets_target)}"
+    )
+    print_size(result.size)
