@@ -33,6 +33,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,7 @@ import typer
 
 from cli.bench.chromium import launch_chromium
 from cli.bench.harness import median, meets, percentile
+from cli.daemon_process import running_daemon
 from protocol.errors import BwmonError
 
 if TYPE_CHECKING:
@@ -177,6 +179,40 @@ export const measureFunctions = (ticks, warmup, intervalMs, deadlineMs) => answe
   }
   return { own, whole };
 });
+
+// createMonitor on the same calls, sending to the daemon at `url`. A tick calls onSample once,
+// before it ends, so the costs that monitor.stats() gives there are the tick before's. Any
+// failure is a reason to skip this measurement, not the run.
+export async function measureMonitor(url, ticks, warmup, intervalMs, deadlineMs) {
+  let monitor;
+  try {
+    monitor = bwmon.createMonitor({ url, meeting: "bench", participant: "page", intervalMs });
+    calls.forEach(({ pc }, i) => monitor.add(pc, { connection: `c${i}` }));
+    const own = [], whole = [];
+    let samples = 0;
+    const measured = new Promise((resolve, reject) => {
+      const unsubscribe = monitor.onSample(() => {
+        const { getStatsMs, workMs, connections } = monitor.stats();
+        if (typeof workMs !== "number" || typeof getStatsMs !== "number") {
+          reject(new Error("monitor.stats() gives no getStatsMs and workMs"));
+        } else if (++samples > warmup + 1) {
+          own.push(workMs / connections);
+          whole.push((getStatsMs + workMs) / connections);
+        }
+        if (own.length === ticks) {
+          unsubscribe();
+          resolve();
+        }
+      });
+    });
+    await within(deadlineMs, `${warmup + ticks} ticks of the monitor`, measured);
+    return { own, whole, stats: monitor.stats() };
+  } catch (error) {
+    return { skipped: `createMonitor: ${error?.message ?? error}` };
+  } finally {
+    await monitor?.close();
+  }
+}
 """
 
 
@@ -223,6 +259,7 @@ class ClientResult(msgspec.Struct):
     functions: TickCost
     monitor: TickCost | None
     monitor_skipped: str | None
+    monitor_stats: dict[str, Any] | None  # monitor.stats() at the end: frames sent, acked...
     size: ModuleSize
 
 
@@ -361,11 +398,24 @@ def in_page(page: Page, function: str, *args: Any) -> Any:
     return answer
 
 
+def daemon_config(tmp: Path) -> str:
+    """The daemon the monitor sends to: loopback, no storage (the page's cost is measured)."""
+    config = tmp / "collector.toml"
+    config.write_text(f"[storage]\nbackend = 'none'\nstate_dir = '{tmp}'\n")
+    return str(config)
+
+
 def run_client(quick: bool, connections: int = CONNECTIONS) -> ClientResult:
     ticks, warmup, interval_ms = (20, 5, 50) if quick else (200, 20, 50)
     deadline_ms = 60_000 if quick else 180_000
     size = module_size()
-    with launch_chromium() as browser:
+    with (
+        tempfile.TemporaryDirectory(prefix="bwmon-bench-") as tmp,
+        running_daemon(
+            Path(tmp) / "bench-daemon.log", ["--config", daemon_config(Path(tmp))]
+        ) as daemon,
+        launch_chromium() as browser,
+    ):
         page = browser.new_page()
         page.route(f"{ORIGIN}/**", serve_page)
         page.goto(f"{ORIGIN}/bench.html")
@@ -373,8 +423,9 @@ def run_client(quick: bool, connections: int = CONNECTIONS) -> ClientResult:
         calls = in_page(page, "setup", connections)
         measured = in_page(page, "measureFunctions", ticks, warmup, interval_ms, deadline_ms)
         functions = tick_cost(measured["own"], measured["whole"])
-        monitor: TickCost | None = None
-        monitor_skipped: str | None = "createMonitor is not measured yet"
+        url = f"http://127.0.0.1:{daemon.http_port}"
+        measured = in_page(page, "measureMonitor", url, ticks, warmup, interval_ms, deadline_ms)
+        monitor = None if "skipped" in measured else tick_cost(measured["own"], measured["whole"])
         headline = monitor or functions
         return ClientResult(
             target_own_median_ms=TARGET_OWN_MEDIAN_MS,
@@ -394,7 +445,8 @@ def run_client(quick: bool, connections: int = CONNECTIONS) -> ClientResult:
             browser=browser.version,
             functions=functions,
             monitor=monitor,
-            monitor_skipped=monitor_skipped,
+            monitor_skipped=measured.get("skipped"),
+            monitor_stats=measured.get("stats"),
             size=size,
         )
 
@@ -418,6 +470,8 @@ def print_summary(result: ClientResult) -> None:
         f"p99 {result.own_p99_ms} ms; with getStats median {result.with_getstats_median_ms} ms, "
         f"p99 {result.with_getstats_p99_ms} ms"
     )
+    if result.monitor_skipped:
+        typer.echo(f"monitor not measured: {result.monitor_skipped}")
     typer.echo(
         f"target own work median <= {result.target_own_median_ms} ms with "
         f"{result.target_connections} connections: {meets(result.meets_target)}"
