@@ -41,7 +41,7 @@ Pure: no I/O and no clock reads; every method takes the daemon's time. Never awa
 from __future__ import annotations
 
 import math
-from collections.abc import Generator, Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,6 +159,9 @@ class Interval:
     mos: float | None
     audio_r: float | None
     video: float | None
+    audio_send_bps: float = 0.0
+    video_send_bps: float = 0.0
+    score: float | None = None  # the raw indicator, min(audio R, video score); None: neither
 
 
 class Engine:
@@ -558,9 +561,9 @@ class Engine:
         reasons: set[str] = set()
         for stream in participant.streams.values():
             if stream.pending_samples:
-                interval = self._derive(stream, dt)
+                interval = derive_interval(stream.take_pending()[0], stream, dt, self.settings)
                 self._record(meeting, participant, stream, interval, bucket_no)
-                reasons.update(self._reasons(stream, interval))
+                reasons.update(interval_reasons(stream, interval, self.settings))
                 score = stream.quality if stream.quality is not None else 100.0
                 if worst is None or score < worst[0]:
                     worst = (score, interval, stream)
@@ -587,55 +590,6 @@ class Engine:
         )
         return metrics
 
-    def _derive(self, stream: RtcStream, dt: float) -> Interval:
-        p, _samples = stream.take_pending()
-        settings = self.settings
-        audio_recv_bps = 8 * p[AUDIO_BYTES_RECEIVED] / dt
-        video_recv_bps = 8 * p[VIDEO_BYTES_RECEIVED] / dt
-        send_bps = 8 * (p[AUDIO_BYTES_SENT] + p[VIDEO_BYTES_SENT]) / dt
-        lost = p[AUDIO_PACKETS_LOST] + p[VIDEO_PACKETS_LOST]
-        received = p[AUDIO_PACKETS_RECEIVED] + p[VIDEO_PACKETS_RECEIVED]
-        loss_down = lost / (lost + received) if lost + received > 0 else None
-        sent = p[AUDIO_PACKETS_SENT] + p[VIDEO_PACKETS_SENT]
-        lost_up = p[AUDIO_REMOTE_PACKETS_LOST] + p[VIDEO_REMOTE_PACKETS_LOST]
-        loss_up = min(1.0, lost_up / sent) if sent > 0 else None
-        emitted = p[JITTER_BUFFER_EMITTED]
-        jb_ms = 1000 * p[JITTER_BUFFER_DELAY_S] / emitted if emitted > 0 else None
-        freeze = min(1.0, p[FREEZE_DURATION_S] / dt)
-        rtt = stream.rtt_ms or 0.0
-        audio_r = mos = None
-        if audio_recv_bps > 0:
-            audio_r = q.r_factor(
-                loss_down or 0.0, rtt, jb_ms or 0.0, audio_recv_bps, fec=stream.audio_fec
-            )
-            mos = q.mos_from_r(audio_r)
-        video = None
-        if video_recv_bps > 0:
-            v_lost, v_received = p[VIDEO_PACKETS_LOST], p[VIDEO_PACKETS_RECEIVED]
-            video = q.video_score(
-                loss_fraction=v_lost / (v_lost + v_received) if v_lost + v_received else 0.0,
-                rtt_ms=rtt,
-                bitrate_bps=video_recv_bps,
-                expected_bitrate_bps=settings.expected_video_bps,
-                fps=stream.fps_in if stream.fps_in is not None else settings.expected_fps,
-                expected_fps=settings.expected_fps,
-                freeze_fraction=freeze,
-                limited_fraction=1.0 if stream.limitation in ("cpu", "bandwidth") else 0.0,
-            )
-        return Interval(
-            send_bps=send_bps,
-            recv_bps=audio_recv_bps + video_recv_bps,
-            audio_recv_bps=audio_recv_bps,
-            video_recv_bps=video_recv_bps,
-            loss_down=loss_down,
-            loss_up=loss_up,
-            jitter_buffer_ms=jb_ms,
-            freeze_fraction=freeze,
-            mos=mos,
-            audio_r=audio_r,
-            video=video,
-        )
-
     def _record(
         self,
         meeting: Meeting,
@@ -644,10 +598,8 @@ class Engine:
         interval: Interval,
         bucket_no: int,
     ) -> None:
-        score = q.quality_score(interval.audio_r, interval.video)
-        if score is not None:
-            stream.quality = q.smooth(stream.quality, score)
-        stream.record_scores(interval.mos, stream.quality if score is not None else None)
+        stream.quality = smoothed_quality(stream.quality, interval)
+        stream.record_scores(interval.mos, stream.quality if interval.score is not None else None)
         jitter = (
             stream.audio_jitter_ms if stream.audio_jitter_ms is not None else stream.video_jitter_ms
         )
@@ -663,20 +615,6 @@ class Engine:
                 _nan(interval.mos),
                 _nan(stream.quality),
             ),
-        )
-
-    def _reasons(self, stream: RtcStream, interval: Interval) -> tuple[str, ...]:
-        loss = max(interval.loss_down or 0.0, interval.loss_up or 0.0)
-        measured = interval.loss_down is not None or interval.loss_up is not None
-        return q.quality_reasons(
-            loss_fraction=loss if measured else None,
-            rtt_ms=stream.rtt_ms,
-            jitter_ms=stream.audio_jitter_ms,
-            bitrate_bps=interval.video_recv_bps if interval.video_recv_bps > 0 else None,
-            expected_bitrate_bps=self.settings.expected_video_bps,
-            limitation=stream.limitation,
-            relay_protocol=stream.relay_protocol if stream.relay != "direct" else None,
-            freeze_fraction=interval.freeze_fraction,
         )
 
     # -- closing ----------------------------------------------------------------------------
@@ -888,6 +826,94 @@ class Engine:
             "histogram": [int(c) for c in totals[HIST:]],
             "latency": msgspec.to_builtins(latency_summary([int(c) for c in totals[HIST:]])),
         }
+
+
+# -- one stream's interval: pure functions of its deltas and gauges --------------------------
+# The engine's tick calls them for every stream with new samples; the browser client computes
+# the same for the page (clients/browser/bwmon.js ``localView``), checked against golden
+# vectors that tests/aggregate/quality_vectors.py makes with these very functions.
+
+
+def derive_interval(
+    p: Sequence[float], stream: RtcStream, dt: float, settings: AggregateSettings
+) -> Interval:
+    """The interval's rates, loss, jitter buffer, freeze share and scores from its counter
+    deltas ``p`` (``COUNTERS`` order, ``RtcStream.take_pending``) over ``dt`` seconds, with the
+    stream's gauges (RTT, FEC, received fps, limitation) as they stand."""
+    audio_recv_bps = 8 * p[AUDIO_BYTES_RECEIVED] / dt
+    video_recv_bps = 8 * p[VIDEO_BYTES_RECEIVED] / dt
+    audio_send_bps = 8 * p[AUDIO_BYTES_SENT] / dt
+    video_send_bps = 8 * p[VIDEO_BYTES_SENT] / dt
+    lost = p[AUDIO_PACKETS_LOST] + p[VIDEO_PACKETS_LOST]
+    received = p[AUDIO_PACKETS_RECEIVED] + p[VIDEO_PACKETS_RECEIVED]
+    loss_down = lost / (lost + received) if lost + received > 0 else None
+    sent = p[AUDIO_PACKETS_SENT] + p[VIDEO_PACKETS_SENT]
+    lost_up = p[AUDIO_REMOTE_PACKETS_LOST] + p[VIDEO_REMOTE_PACKETS_LOST]
+    loss_up = min(1.0, lost_up / sent) if sent > 0 else None
+    emitted = p[JITTER_BUFFER_EMITTED]
+    jb_ms = 1000 * p[JITTER_BUFFER_DELAY_S] / emitted if emitted > 0 else None
+    freeze = min(1.0, p[FREEZE_DURATION_S] / dt)
+    rtt = stream.rtt_ms or 0.0
+    audio_r = mos = None
+    if audio_recv_bps > 0:
+        audio_r = q.r_factor(
+            loss_down or 0.0, rtt, jb_ms or 0.0, audio_recv_bps, fec=stream.audio_fec
+        )
+        mos = q.mos_from_r(audio_r)
+    video = None
+    if video_recv_bps > 0:
+        v_lost, v_received = p[VIDEO_PACKETS_LOST], p[VIDEO_PACKETS_RECEIVED]
+        video = q.video_score(
+            loss_fraction=v_lost / (v_lost + v_received) if v_lost + v_received else 0.0,
+            rtt_ms=rtt,
+            bitrate_bps=video_recv_bps,
+            expected_bitrate_bps=settings.expected_video_bps,
+            fps=stream.fps_in if stream.fps_in is not None else settings.expected_fps,
+            expected_fps=settings.expected_fps,
+            freeze_fraction=freeze,
+            limited_fraction=1.0 if stream.limitation in ("cpu", "bandwidth") else 0.0,
+        )
+    return Interval(
+        send_bps=8 * (p[AUDIO_BYTES_SENT] + p[VIDEO_BYTES_SENT]) / dt,
+        recv_bps=audio_recv_bps + video_recv_bps,
+        audio_recv_bps=audio_recv_bps,
+        video_recv_bps=video_recv_bps,
+        loss_down=loss_down,
+        loss_up=loss_up,
+        jitter_buffer_ms=jb_ms,
+        freeze_fraction=freeze,
+        mos=mos,
+        audio_r=audio_r,
+        video=video,
+        audio_send_bps=audio_send_bps,
+        video_send_bps=video_send_bps,
+        score=q.quality_score(audio_r, video),
+    )
+
+
+def interval_reasons(
+    stream: RtcStream, interval: Interval, settings: AggregateSettings
+) -> tuple[str, ...]:
+    """The reason codes of the interval (``quality.quality_reasons``): loss the worse of the
+    two directions, the path's relay protocol only while this client relays."""
+    loss = max(interval.loss_down or 0.0, interval.loss_up or 0.0)
+    measured = interval.loss_down is not None or interval.loss_up is not None
+    return q.quality_reasons(
+        loss_fraction=loss if measured else None,
+        rtt_ms=stream.rtt_ms,
+        jitter_ms=stream.audio_jitter_ms,
+        bitrate_bps=interval.video_recv_bps if interval.video_recv_bps > 0 else None,
+        expected_bitrate_bps=settings.expected_video_bps,
+        limitation=stream.limitation,
+        relay_protocol=stream.relay_protocol if stream.relay != "direct" else None,
+        freeze_fraction=interval.freeze_fraction,
+    )
+
+
+def smoothed_quality(previous: float | None, interval: Interval) -> float | None:
+    """The stream's smoothed quality after ``interval``; ``previous`` stands when the interval
+    has no score (nothing received)."""
+    return previous if interval.score is None else q.smooth(previous, interval.score)
 
 
 def relay_cost(relayed_bytes: float, price_per_gb: float) -> float:
