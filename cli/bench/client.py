@@ -1,17 +1,20 @@
 """``bwmon bench client``: the browser client's cost per tick per peer connection, measured in
 the system Chromium, and the size of its module minified and gzipped (docs/BENCHMARKS.md).
 
-- **The page.** Served to Chromium by Playwright's ``page.route`` from memory (this module's
-  page and the repository's ``clients/browser/bwmon.js``) on ``http://localhost``, with the
+- **The page.** Served by a small HTTP server of this process on a free loopback port, from
+  memory (this module's page) and the repository (``clients/browser/bwmon.js``), with the
   headers that make it cross-origin isolated: ``performance.now()`` then ticks in 5 µs, not
-  the 100 µs of an ordinary page, finer than the figures it measures.
+  the 100 µs of an ordinary page, finer than the figures it measures. A page on loopback may
+  open the daemon's WebSocket (Chromium blocks a page of another address space from reaching
+  loopback) and is a secure context (``getUserMedia``).
 - **The calls.** ``connections`` loopback calls in that page, each a pair of peer connections
   sending each other the fake camera and microphone (320 x 240 at 15 frames/s); one end of each
   is the monitored connection.
-- **Two ways of measuring, in the same run.** ``functions``: a serialized loop calls, per
-  connection and per tick, ``getStats()`` and then the module's exported ``rtcFields`` and
-  ``localView`` and the frame's JSON, and times each part; a second report of the tick, only
-  walked (each object's ``type`` read), gives the floor any client pays for reading a report.
+- **Two ways of measuring, in the same run.** ``functions``: a loop of the page asks, per
+  tick, every connection for its ``getStats()`` at once, as the monitor does, then calls the
+  module's exported ``rtcFields`` and ``localView`` and makes the frame's JSON, and times each
+  part; a second report of each connection, only walked (each object's ``type`` read), gives
+  the floor any client pays for reading a report.
   ``monitor``: ``createMonitor`` with a real daemon on loopback, every connection added, the
   cost of each tick read from ``monitor.stats()``; when the module cannot do that (yet),
   ``monitor_skipped`` says why.
@@ -30,12 +33,16 @@ printed as skipped with its reason.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import http.server
 import json
 import os
 import shutil
 import subprocess
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +55,7 @@ from cli.daemon_process import running_daemon
 from protocol.errors import BwmonError
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Page, Route
+    from playwright.sync_api import Page
 
 TARGET_OWN_MEDIAN_MS = 1.0  # per tick per peer connection, getStats excluded, 4 connections
 TARGET_MINIFIED_BYTES = 15_000
@@ -58,7 +65,6 @@ TERSER_VERSION = "5.51.4"
 NPM_TIMEOUT_S = 180.0
 
 MODULE = Path(__file__).resolve().parents[2] / "clients" / "browser" / "bwmon.js"
-ORIGIN = "http://localhost"
 ISOLATED = {  # cross-origin isolation: performance.now() in 5 µs steps
     "cross-origin-opener-policy": "same-origin",
     "cross-origin-embedder-policy": "require-corp",
@@ -73,8 +79,7 @@ window.bench = bench;
 </script>
 """
 
-# The page's measuring code. Both loops are serialized as the monitor's own loop is (one
-# getStats() at a time) and stop at a deadline, so that a stuck browser ends the run.
+# The page's measuring code. Every wait has a deadline, so that a stuck browser ends the run.
 PAGE_JS = """
 import * as bwmon from "./bwmon.js";
 
@@ -153,45 +158,46 @@ export function setup(connections) {
   });
 }
 
-// The exported functions, as the monitor calls them: per tick, per connection, getStats()
-// then rtcFields, localView and the frame's JSON, each timed; then a second report of the same
-// connection only walked. Costs per tick per connection, in ms.
+// The exported functions, as the monitor calls them: per tick, every connection's getStats()
+// at once, then per report rtcFields, localView and the frame's JSON, each timed; then a
+// second report of each connection only walked. Costs per tick per connection, in ms.
 export const measureFunctions = (ticks, warmup, intervalMs, deadlineMs) => answer(async () => {
   const deadline = performance.now() + deadlineMs;
-  const state = new Map(calls.map(({ pc }, i) => [pc, { c: `c${i}`, fields: null, score: null }]));
+  const state = calls.map(({ pc }, i) => ({ pc, c: `c${i}`, fields: null, score: null }));
+  const n = state.length;
   const own = [], whole = [], walks = [], parts = { rtcFields: [], localView: [], json: [] };
   for (let tick = 0; tick < warmup + ticks && performance.now() < deadline; tick++) {
-    let waited = 0, mapped = 0, viewed = 0, encoded = 0, walked = 0;
-    for (const [pc, s] of state) {
-      const began = performance.now();
-      const report = await pc.getStats();
+    let mapped = 0, viewed = 0, encoded = 0, walked = 0;
+    const began = performance.now();
+    const reports = await Promise.all(state.map((s) => s.pc.getStats()));
+    const waited = performance.now() - began;
+    state.forEach((s, i) => {
       const got = performance.now();
-      const fields = bwmon.rtcFields(report);
+      const fields = bwmon.rtcFields(reports[i]);
       const map = performance.now();
       const view = bwmon.localView(s.fields, fields, s.score);
       const viewEnd = performance.now();
       JSON.stringify({ t: "rtc", m: "bench", p: "page", c: s.c, q: tick, ...fields });
-      const end = performance.now();
+      encoded += performance.now() - viewEnd;
+      viewed += viewEnd - map;
+      mapped += map - got;
       s.fields = fields;
       s.score = view?.score ?? null;
-      // The floor any client pays: Chromium makes each stats object as the page reads it.
-      const again = await pc.getStats();
+    });
+    // The floor any client pays: Chromium makes each stats object as the page reads it.
+    for (const again of await Promise.all(state.map((s) => s.pc.getStats()))) {
       const walkBegan = performance.now();
       again.forEach((stats) => stats.type);
       walked += performance.now() - walkBegan;
-      waited += got - began;
-      mapped += map - got;
-      viewed += viewEnd - map;
-      encoded += end - viewEnd;
     }
     if (tick >= warmup) {
       const worked = mapped + viewed + encoded;
-      own.push(worked / state.size);
-      whole.push((waited + worked) / state.size);
-      parts.rtcFields.push(mapped / state.size);
-      parts.localView.push(viewed / state.size);
-      parts.json.push(encoded / state.size);
-      walks.push(walked / state.size);
+      own.push(worked / n);
+      whole.push((waited + worked) / n);
+      parts.rtcFields.push(mapped / n);
+      parts.localView.push(viewed / n);
+      parts.json.push(encoded / n);
+      walks.push(walked / n);
     }
     await sleep(intervalMs);
   }
@@ -199,8 +205,8 @@ export const measureFunctions = (ticks, warmup, intervalMs, deadlineMs) => answe
 });
 
 // createMonitor on the same calls, sending to the daemon at `url`. A tick calls onSample once,
-// before it ends, so the costs that monitor.stats() gives there are the tick before's. Any
-// failure is a reason to skip this measurement, not the run.
+// so each read of monitor.stats() there gives one tick's costs. Any failure is a reason to
+// skip this measurement, not the run.
 export async function measureMonitor(url, ticks, warmup, intervalMs, deadlineMs) {
   let monitor;
   try {
@@ -213,7 +219,7 @@ export async function measureMonitor(url, ticks, warmup, intervalMs, deadlineMs)
         const { getStatsMs, workMs, connections } = monitor.stats();
         if (typeof workMs !== "number" || typeof getStatsMs !== "number") {
           reject(new Error("monitor.stats() gives no getStatsMs and workMs"));
-        } else if (++samples > warmup + 1) {
+        } else if (++samples > warmup) {
           own.push(workMs / connections);
           whole.push((getStatsMs + workMs) / connections);
         }
@@ -395,19 +401,39 @@ def tick_cost(own: list[float], whole: list[float]) -> TickCost:
     )
 
 
-def serve_page(route: Route) -> None:
+class PageHandler(http.server.BaseHTTPRequestHandler):
     """The page, its script and the module, from memory and the repository; nothing else."""
-    path = route.request.url.removeprefix(ORIGIN)
-    bodies = {
-        "/bench.html": ("text/html", PAGE_HTML.encode()),
-        "/bench.js": ("text/javascript", PAGE_JS.encode()),
-        "/bwmon.js": ("text/javascript", MODULE.read_bytes()),
-    }
-    if path not in bodies:
-        route.fulfill(status=404, headers=ISOLATED)
-        return
-    content_type, body = bodies[path]
-    route.fulfill(status=200, headers=ISOLATED | {"content-type": content_type}, body=body)
+
+    def do_GET(self) -> None:
+        bodies = {
+            "/bench.html": ("text/html", PAGE_HTML.encode()),
+            "/bench.js": ("text/javascript", PAGE_JS.encode()),
+            "/bwmon.js": ("text/javascript", MODULE.read_bytes()),
+        }
+        content_type, body = bodies.get(self.path, ("text/plain", b"not found"))
+        self.send_response(200 if self.path in bodies else 404)
+        for name, value in (ISOLATED | {"content-type": content_type}).items():
+            self.send_header(name, value)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # the benchmark prints its figures, not the page's requests
+
+
+@contextlib.contextmanager
+def serving_page() -> Iterator[str]:
+    """The page's server on a free loopback port, stopped on exit; yields the page's URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), PageHandler)
+    thread = threading.Thread(target=server.serve_forever, name="bench-page", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/bench.html"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
 def in_page(page: Page, function: str, *args: Any) -> Any:
@@ -434,11 +460,11 @@ def run_client(quick: bool, connections: int = CONNECTIONS) -> ClientResult:
         running_daemon(
             Path(tmp) / "bench-daemon.log", ["--config", daemon_config(Path(tmp))]
         ) as daemon,
+        serving_page() as page_url,
         launch_chromium() as browser,
     ):
         page = browser.new_page()
-        page.route(f"{ORIGIN}/**", serve_page)
-        page.goto(f"{ORIGIN}/bench.html")
+        page.goto(page_url)
         page.wait_for_function("window.bench !== undefined", timeout=10_000)
         calls = in_page(page, "setup", connections)
         measured = in_page(page, "measureFunctions", ticks, warmup, interval_ms, deadline_ms)

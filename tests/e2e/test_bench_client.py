@@ -63,14 +63,22 @@ def test_bench_client_prints_its_figures() -> None:
     assert figures["stats_per_report"] > 0
     functions = figures["functions"]
     check_cost(functions, 20)
+    assert set(figures["functions_median_ms_by_part"]) == {"rtcFields", "localView", "json"}
+    assert figures["report_walk_median_ms"] >= 0
     monitor = figures["monitor"]
     if figures["measured_through"] == "monitor":
         assert figures["monitor_skipped"] is None
         check_cost(monitor, 20)
+        # The monitor's frames reached the real daemon and none was refused.
+        sent = figures["monitor_stats"]
+        assert sent["connections"] == 4
+        assert sent["sent"] > 0
+        assert sent["rejected"] == sent["dropped"] == 0
     else:
         assert figures["measured_through"] == "functions"
         assert monitor is None
         assert isinstance(figures["monitor_skipped"], str)
+        assert figures["monitor_stats"] is None
         monitor = functions
     assert {key: figures[key] for key in COST_KEYS} == {key: monitor[key] for key in COST_KEYS}
     check_size(figures["size"])
