@@ -9,6 +9,10 @@ writes ``protocol/_built.py``, the record of what it made and why, which the dae
 start and shows in ``/healthz`` (``build``, ``build_reason``). A pure build also removes the
 extensions an earlier build left in its tree.
 
+The files the daemon serves that live outside the package (``collector/http/assets.py``: the
+browser client, ``clients/browser/bwmon.js``) are copied into it, so a wheel holds them; an
+editable install reads them from the checkout.
+
 ``pip install .`` builds a wheel this way; ``make`` installs the checkout editable and builds
 the extensions in place (``setup.py build_ext --inplace``). The compiled modules must define no
 msgspec Struct: mypyc does not keep a Struct's class options (``frozen``, ``kw_only``, ``gc``);
@@ -25,17 +29,24 @@ import subprocess
 import sys
 import sysconfig
 from pathlib import Path
+from types import ModuleType
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
-# protocol/build.py by its path (stdlib only): nothing of the project is installed yet.
-_spec = importlib.util.spec_from_file_location("bwmon_build", "protocol/build.py")
-assert _spec is not None
-assert _spec.loader is not None
-build = sys.modules["bwmon_build"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(build)
+
+def by_path(name: str, path: str) -> ModuleType:
+    """A module of the project by its path (stdlib only): nothing is installed yet."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+build = by_path("bwmon_build", "protocol/build.py")
 SOURCES = Path(".")  # setuptools runs this file from the project's root
 
 
@@ -95,10 +106,19 @@ class BuildExtensions(build_ext):
 
 
 class BuildPackages(build_py):
-    """Write the record of a pure build, where no ``build_ext`` runs."""
+    """Copy the served files kept outside the package (collector/http/assets.py: the browser
+    client) into it; write the record of a pure build, where no ``build_ext`` runs. An
+    editable install copies nothing: the daemon reads those files from the checkout."""
 
     def run(self) -> None:
         super().run()
+        if not self.editable_mode:
+            assets = by_path("bwmon_assets", "collector/http/assets.py")
+            for asset in assets.ASSETS.values():
+                if asset.source is not None:
+                    target = Path(self.build_lib, "collector", asset.packaged)
+                    self.mkpath(str(target.parent))
+                    self.copy_file(asset.source, str(target))
         if not self.distribution.has_ext_modules():
             pure(SOURCES if self.editable_mode else Path(self.build_lib), PURE_REASON)
 

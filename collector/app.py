@@ -11,8 +11,9 @@ them. Each service reports its own health as a Struct;
 ``/readyz`` and ``/metrics``.
 
 Startup order, visible here and nowhere else: the frame consumer and its ticker (the aggregation
-engine), the fan-out channel and publisher, storage, then UDP ingest, then the TCP port (HTTP and
-the WebSocket paths ``/ingest`` and ``/subscribe``). ``serve`` reports readiness
+engine), the fan-out channel and publisher, storage, then UDP ingest, then the TCP port (HTTP:
+health, ``/api``, the browser client's module and ``POST /ingest``; the WebSocket paths
+``/ingest`` and ``/subscribe``). ``serve`` reports readiness
 through ``task_status`` with the bound addresses once all of them accept traffic. Signals:
 SIGTERM and SIGINT stop the daemon.
 """
@@ -43,10 +44,12 @@ from collector.fanout.publisher import Publisher
 from collector.fanout.subscribers import Fanout, FanoutSettings
 from collector.http.api import Api, token_authorization
 from collector.http.health import DaemonHealth, HealthRoutes, HttpHealth, Readiness
-from collector.http.server import HttpServer, HttpSettings, Request
+from collector.http.server import HttpServer, HttpSettings, PostRoute, Request, Response
+from collector.http.static import StaticRoutes
 from collector.ingest.admission import Admission
 from collector.ingest.counters import TransportCounters
 from collector.ingest.health import IngestHealth, TransportHealth
+from collector.ingest.post import IngestPost, Posted
 from collector.ingest.udp import (
     UdpTurns,
     open_udp_socket,
@@ -103,6 +106,7 @@ class Daemon:
         self.udp_counters = TransportCounters()
         self.udp_turns = UdpTurns()
         self.ws_counters = TransportCounters()
+        self.http_counters = TransportCounters()  # POST /ingest
         self.auth = Auth(config.auth.secrets())
         self.sink = open_sink(config.storage, bridge)
         storage = config.storage
@@ -185,6 +189,11 @@ class Daemon:
             connection_rate=self.admission.connection_rate,
             source_limiter=self.admission.source_limiter,
         )
+        self.ingest_post = IngestPost(
+            self.session_settings,
+            self.http_counters,
+            lambda token: self.auth.admit(token, "ingest"),
+        )
         self.api = Api(
             self.channel,
             self.sink if isinstance(self.sink, SqliteSink | MysqlSink) else None,
@@ -198,8 +207,19 @@ class Daemon:
             stall_after_s=max(10.0, 10 * self.engine.settings.bucket_s),
         )
         self.http = HttpServer(
-            http_routes={**self.health_routes.routes(), **self.api.routes()},
+            http_routes={
+                **self.health_routes.routes(),
+                **self.api.routes(),
+                **StaticRoutes().routes(),
+            },
             ws_routes={"/ingest": self.ingest_session, "/subscribe": self.subscribe_session},
+            post_routes={
+                "/ingest": PostRoute(
+                    self.post_ingest,
+                    self.ingest_post.max_body_bytes,
+                    lambda _request: _posted_response(self.ingest_post.too_large()),
+                )
+            },
             settings=HttpSettings(
                 max_connections=config.server.max_connections,
                 max_connections_per_source=config.limits.max_connections_per_source,
@@ -258,6 +278,26 @@ class Daemon:
             ws, self._frames_in, self.ws_counters, self.session_settings, self.auth, request.peer
         )
 
+    def post_ingest(self, request: Request) -> Response:
+        """``POST /ingest``: one message, its frames queued for the engine at once, never
+        waited for. A full queue, or a daemon shutting down (the queue is being emptied for
+        the last time), answers 503 before the message is read."""
+        queue = self._frames_in
+        if queue is None or self.draining:
+            posted = self.ingest_post.busy(len(request.body), "the daemon is shutting down")
+        elif (room := queue.statistics()).current_buffer_used >= room.max_buffer_size:
+            posted = self.ingest_post.busy(len(request.body), "the ingest queue is full")
+        else:
+            posted = self.ingest_post.receive(
+                request.body,
+                request.headers.get("authorization"),
+                request.peer,
+                trio.current_time(),  # the clock of the rate buckets UDP and WebSocket share
+            )
+            if posted.frames:  # room was checked above, with no await since
+                queue.send_nowait((posted.frames, posted.boot))
+        return _posted_response(posted)
+
     async def subscribe_session(
         self, ws: WebSocketConnection, _request: Request, wire: Wire
     ) -> None:
@@ -285,6 +325,7 @@ class Daemon:
             ingest=IngestHealth(
                 udp=udp_health(self.udp_counters, self.udp_turns, self._udp_sock),
                 websocket=TransportHealth.of(self.ws_counters),
+                http=TransportHealth.of(self.http_counters),
                 queue_batches=queue.current_buffer_used if queue else 0,
                 queue_capacity_batches=self.config.ingest.queue_batches,
             ),
@@ -466,6 +507,15 @@ class Daemon:
             log.info("storage_closed", **msgspec.structs.asdict(flusher.health()))
         with trio.move_on_after(2):
             await self.channel.aclose()
+
+
+def _posted_response(posted: Posted) -> Response:
+    headers = []
+    if posted.retry_after_s is not None:
+        headers.append(("retry-after", str(posted.retry_after_s)))
+    if posted.status == 401:
+        headers.append(("www-authenticate", 'Bearer realm="bwmon"'))
+    return Response.json(posted.status, posted.answer, headers)
 
 
 async def run(

@@ -1,4 +1,5 @@
-"""Daemon → client messages of a WebSocket ingest session (PROTOCOL.md §7).
+"""Daemon → client messages of a WebSocket ingest session (PROTOCOL.md §7), and the answer to
+``POST /ingest`` (§2.4).
 
 The daemon answers ``hello`` with ``welcome``, reports every rejected frame with ``error`` and
 acknowledges processed messages with ``ack``. Same encodings as frames: JSON text messages when
@@ -38,3 +39,20 @@ class Ack(msgspec.Struct, tag="ack", tag_field="t", kw_only=True):
 
 
 SessionMessage = Welcome | ErrorReply | Ack
+
+
+class FrameError(msgspec.Struct, kw_only=True, gc=False):
+    """One rejected frame (``index``) or message (``index`` null) of a ``POST /ingest``."""
+
+    index: int | None
+    reason: str
+    detail: str
+
+
+class IngestAnswer(msgspec.Struct, kw_only=True):
+    """The answer to ``POST /ingest`` (PROTOCOL.md §2.4): the message's frames accepted and
+    rejected (a whole-message rejection counts 1), and the first rejections, in index order."""
+
+    accepted: int
+    rejected: int
+    errors: list[FrameError]

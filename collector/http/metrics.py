@@ -6,7 +6,7 @@ clock, no registry; the route only encodes what ``render_metrics`` returns. Name
 ``bwmon_``, values are in base units (``_seconds``, ``_bytes``) and counters end in ``_total``.
 
 Labels come only from fixed sets, never from what a client sends: ``transport`` (``udp``,
-``websocket``), ``reason`` (the protocol's reason codes, the engine's cap reasons and its
+``websocket``, ``http``), ``reason`` (the protocol's reason codes, the engine's cap reasons and its
 reasons for not applying a sample, the keys of the counters), ``kind`` (frame and output kinds),
 ``backend``, ``channel``, ``code`` (HTTP status) and ``version``. Meeting, participant or route
 ids must never become labels: one series per meeting would grow without bound. Absent keys
@@ -29,11 +29,19 @@ if TYPE_CHECKING:
 
 MetricType = Literal["counter", "gauge"]
 Labels = tuple[tuple[str, str], ...]
-TRANSPORTS = ("udp", "websocket")
+TRANSPORTS = ("udp", "websocket", "http")
 # Reason codes of PROTOCOL.md §6 that ingest gives outside the decoder (admission, rate
-# limits and the WebSocket hello: protocol.signing, collector.auth, collector.ingest.limits,
-# collector.ingest.session); with REASONS, a series from the start.
-ADMISSION_REASONS = ("bad_signature", "forbidden", "no_hello", "rate_limited", "unauthorized")
+# limits, the WebSocket hello and POST /ingest: protocol.signing, collector.auth,
+# collector.ingest.limits, collector.ingest.session, collector.ingest.post); with REASONS, a
+# series from the start.
+ADMISSION_REASONS = (
+    "bad_signature",
+    "busy",
+    "forbidden",
+    "no_hello",
+    "rate_limited",
+    "unauthorized",
+)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -153,7 +161,7 @@ def _ingest(out: _Exposition, health: Mapping[str, Any]) -> None:
             continue
         out.counter(
             "ingest_messages",
-            "Messages received (UDP datagrams, WebSocket messages).",
+            "Messages received (UDP datagrams, WebSocket messages, POST /ingest bodies).",
             t.get("messages"),
             transport=transport,
         )

@@ -14,15 +14,25 @@ on the same connection, up to ``max_requests_per_connection`` (the last answer s
 ``connection: close``). Between two requests the connection waits as a new one does for its
 head, at most ``keep_alive_s``: it is the first evicted at ``max_connections`` and gets the busy
 head timeout when the server is busy; closing it then is not counted as a head timeout. A
-request with a body, an HTTP/1.0 client and a draining server end the connection after the
-answer.
+request with a body (but to a ``PostRoute``, which reads it), an HTTP/1.0 client and a draining
+server end the connection after the answer.
 
-Routes take a ``Request`` and return (or, when async, return as a coroutine) a ``Response``,
-whole in memory, or a ``StreamedResponse``: an async iterator of byte chunks that h11 sends
-with ``transfer-encoding: chunked``, so a large export never sits in memory. A streamed body that
-fails before its first chunk is answered 500; one that fails midway has its connection closed
-without the terminating zero-length chunk, which a client sees as a truncated chunked body
-(never as a complete, short one). Both are logged and counted (``response_errors``).
+GET and HEAD routes take a ``Request`` and return (or, when async, return as a coroutine) a
+``Response``, whole in memory, or a ``StreamedResponse``: an async iterator of byte chunks that
+h11 sends with ``transfer-encoding: chunked``, so a large export never sits in memory. Answers
+say ``cache-control: no-store`` unless the route says how to cache them (the static files). A
+streamed body that fails before its first chunk is answered 500; one that fails midway has its
+connection closed without the terminating zero-length chunk, which a client sees as a truncated
+chunked body (never as a complete, short one). Both are logged and counted (``response_errors``).
+
+A ``PostRoute`` takes ``POST`` with a body (``POST /ingest``): the server reads the body whole,
+within the request timeout (408 past it) and up to the route's ``max_body_bytes`` (past it, the
+route's own answer, given without reading further: a ``content-length`` over the limit is
+refused before a byte of the body, and a client that sent ``expect: 100-continue`` never gets
+its 100), and hands it to the route in ``Request.body``. Such a route is open to pages of any
+origin: its answers carry ``access-control-allow-origin: *`` and ``OPTIONS`` (the browser's
+preflight) is answered 204 with what a cross-origin ``POST`` may carry. Once its body is read,
+a POST may keep its connection alive like any request.
 
 A route's path is exact (``/healthz``) or ends with one ``{name}`` placeholder
 (``/api/meetings/{id}``): it matches the prefix plus one non-empty path segment, which is
@@ -183,7 +193,8 @@ class Request:
 
     ``path`` is the target's path as sent (still percent-encoded); ``query`` its parsed query
     string (``parse_query``); ``peer`` the host part of the client's address (``""`` when the
-    stream is not a socket); ``path_id`` the decoded ``{name}`` segment of a prefix route.
+    stream is not a socket); ``path_id`` the decoded ``{name}`` segment of a prefix route;
+    ``body`` the whole body of a request to a ``PostRoute`` (empty for any other).
     """
 
     method: str
@@ -192,6 +203,7 @@ class Request:
     headers: Headers = field(default_factory=Headers)
     peer: str = ""
     path_id: str | None = None
+    body: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +236,36 @@ class StreamedResponse:
 RouteResult: TypeAlias = Response | StreamedResponse
 HttpRoute: TypeAlias = Callable[[Request], RouteResult | Awaitable[RouteResult]]
 WebSocketRoute: TypeAlias = Callable[[WebSocketConnection, Request, Wire], Awaitable[None]]
+
+# Any origin may post to a ``PostRoute`` and read its answer (requests carry no cookies, so
+# ``*`` is allowed); ``retry-after`` is not a header a page may read unless it is exposed.
+CORS_HEADERS: tuple[tuple[str, str], ...] = (
+    ("access-control-allow-origin", "*"),
+    ("access-control-expose-headers", "retry-after"),
+)
+# The preflight's answer: what a cross-origin POST may carry. Browsers cache it for at most
+# ``max-age`` (Chromium caps it at two hours).
+PREFLIGHT_HEADERS: tuple[tuple[str, str], ...] = (
+    ("access-control-allow-origin", "*"),
+    ("access-control-allow-methods", "POST, OPTIONS"),
+    ("access-control-allow-headers", "content-type, authorization"),
+    ("access-control-max-age", "7200"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PostRoute:
+    """A path that takes ``POST`` requests with a body, from any origin (CORS).
+
+    ``handle`` gets the request with its whole ``body``, read within the request timeout, of
+    at most ``max_body_bytes`` (a ``content-length`` over it is refused before a byte of the
+    body is read, a chunked body as soon as it passes it): ``too_large`` answers then, and the
+    connection ends. Every answer carries ``CORS_HEADERS``; ``OPTIONS`` (a browser's
+    preflight) is answered 204 with ``PREFLIGHT_HEADERS``."""
+
+    handle: Callable[[Request], Response | Awaitable[Response]]
+    max_body_bytes: int
+    too_large: Callable[[Request], Response]
 
 
 @dataclass(slots=True)
@@ -375,10 +417,15 @@ def _head(
     h11 frames as chunks (or, to an HTTP/1.0 client, ends by closing the connection).
     ``close``: the connection ends after this answer (``connection: close``); else h11 says
     whether it may go on (not with an HTTP/1.0 client, nor one that said ``close``)."""
-    fields = [("content-type", content_type)]
-    if length is not None:
-        fields.append(("content-length", str(length)))
-    fields.append(("cache-control", "no-store"))
+    # 204 and 304 have no body: no content-length (which would describe the body a 200
+    # would have had) and no content-type. A route that says how to cache keeps its say.
+    fields = []
+    if status not in (204, 304):
+        fields.append(("content-type", content_type))
+        if length is not None:
+            fields.append(("content-length", str(length)))
+    if not any(name.lower() == "cache-control" for name, _ in headers):
+        fields.append(("cache-control", "no-store"))
     if close:
         fields.append(("connection", "close"))
     fields += headers
@@ -409,6 +456,36 @@ def _early(response: Response) -> bytes:
     return _whole(h11.Connection(h11.SERVER), response)
 
 
+async def _read_body(
+    stream: trio.abc.Stream, conn: h11.Connection, headers: Headers, limit: int
+) -> bytes | None:
+    """The body of the request ``conn`` has read the head of (``headers``), or None if it is
+    longer than ``limit`` bytes (then it is not read further). A client that waits for
+    ``100 Continue`` (``expect: 100-continue``, as curl sends for large bodies) gets it only
+    for a body that may be within the limit. ``h11.RemoteProtocolError`` for a body cut
+    short or badly framed."""
+    # h11 checked the header: digits, and the same value if sent more than once.
+    length = headers.get("content-length", "").partition(",")[0].strip()
+    if length and int(length) > limit:
+        return None
+    if conn.they_are_waiting_for_100_continue:
+        go_on = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+        await stream.send_all(conn.send(go_on) or b"")
+    body = bytearray()
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(bytes(await stream.receive_some(65536)))
+        elif isinstance(event, h11.Data):
+            body += event.data
+            if len(body) > limit:
+                return None
+        elif isinstance(event, h11.EndOfMessage):
+            return bytes(body)
+        else:  # the connection closed under the body: h11 raised before this
+            raise h11.RemoteProtocolError("the request body ended early")
+
+
 async def _close_iterator(chunks: AsyncIterator[bytes]) -> None:
     aclose = getattr(chunks, "aclose", None)
     if aclose is not None:
@@ -417,13 +494,15 @@ async def _close_iterator(chunks: AsyncIterator[bytes]) -> None:
 
 
 class HttpServer:
-    """Serve ``http_routes`` (GET/HEAD path → route) and ``ws_routes`` (path → session)."""
+    """Serve ``http_routes`` (GET/HEAD path → route), ``ws_routes`` (path → session) and
+    ``post_routes`` (POST path → route; a path may be both a WebSocket and a POST route)."""
 
     def __init__(
         self,
         http_routes: Mapping[str, HttpRoute],
         ws_routes: Mapping[str, WebSocketRoute],
         settings: HttpSettings,
+        post_routes: Mapping[str, PostRoute] | None = None,
     ) -> None:
         self.http_routes: dict[str, HttpRoute] = {}
         self.prefix_routes: dict[str, HttpRoute] = {}  # "/api/meetings/" → route
@@ -436,6 +515,7 @@ class HttpServer:
             else:
                 self.http_routes[path] = route
         self.ws_routes = ws_routes
+        self.post_routes: Mapping[str, PostRoute] = post_routes or {}
         self.settings = settings
         self.counters = HttpCounters()
         self.open_by_source: dict[str, int] = {}
@@ -677,24 +757,28 @@ class HttpServer:
                 return False
             await self._serve_websocket(stream, raw, head_bytes, ws_route, request)
             return False
-        keep_alive = (
-            refusal is None
-            and not last
-            and not self.draining
-            and _asks_keep_alive(request.headers)
-            and _request_ended(conn)
+        may_keep_alive = (
+            refusal is None and not last and not self.draining and _asks_keep_alive(request.headers)
         )
+        post_route = self.post_routes.get(request.path)
+        if post_route is not None and request.method in ("POST", "OPTIONS"):
+            return await self._serve_post(stream, conn, post_route, request, may_keep_alive)
+        keep_alive = may_keep_alive and _request_ended(conn)
         head_only = request.method == "HEAD"
         try:
             route, request = self._route(request)
         except BadRequest as exc:
             return await self._respond(stream, conn, Response.error(400, str(exc)), keep_alive)
         if route is None:
-            response: RouteResult = (
-                Response.error(426, "WebSocket upgrade required")
-                if ws_route
-                else Response.error(404, "no such path")
-            )
+            if ws_route is not None and request.method in ("GET", "HEAD"):
+                response: RouteResult = Response.error(426, "WebSocket upgrade required")
+            elif post_route is not None:
+                allow = "GET, POST, OPTIONS" if ws_route is not None else "POST, OPTIONS"
+                response = Response.error(405, "method not allowed", [("allow", allow)])
+            elif ws_route is not None:
+                response = Response.error(426, "WebSocket upgrade required")
+            else:
+                response = Response.error(404, "no such path")
         elif request.method not in ("GET", "HEAD"):
             response = Response.error(405, "method not allowed", [("allow", "GET, HEAD")])
         else:
@@ -704,6 +788,49 @@ class HttpServer:
         else:
             sent = await self._respond(stream, conn, response, keep_alive, head_only)
         return sent and conn.our_state is h11.DONE and conn.their_state is h11.DONE
+
+    async def _serve_post(
+        self,
+        stream: trio.abc.Stream,
+        conn: h11.Connection,
+        route: PostRoute,
+        request: Request,
+        may_keep_alive: bool,
+    ) -> bool:
+        """Answer a request to a ``PostRoute``: the preflight, or the POST with its body read
+        whole. True if the connection stays open for the next request."""
+        if request.method == "OPTIONS":
+            keep_alive = may_keep_alive and _request_ended(conn)
+            preflight = Response(204, b"", headers=PREFLIGHT_HEADERS)
+            sent = await self._respond(stream, conn, preflight, keep_alive)
+            return sent and keep_alive and conn.their_state is h11.DONE
+        body: bytes | None = None
+        error: Response | None = None
+        with trio.move_on_after(self.settings.request_timeout_s):
+            try:
+                body = await _read_body(stream, conn, request.headers, route.max_body_bytes)
+            except h11.RemoteProtocolError as exc:
+                error = Response.error(400, f"unreadable request body: {exc}"[:200])
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return False  # the client left: no one to answer
+            if body is None and error is None:
+                error = route.too_large(request)
+        if body is None and error is None:
+            error = Response.error(408, "the request body did not arrive in time")
+        if error is not None:
+            # The rest of the body is unread: answer, then let the client close (``_linger``)
+            # so that it reads the answer rather than a reset.
+            error = replace(error, headers=[*error.headers, *CORS_HEADERS])
+            self._count(error.status)
+            await self._linger(stream, _whole(conn, error))
+            return False
+        assert body is not None
+        answer = await self._call(route.handle, replace(request, body=body))
+        assert isinstance(answer, Response)
+        answer = replace(answer, headers=[*answer.headers, *CORS_HEADERS])
+        keep_alive = may_keep_alive and conn.their_state is h11.DONE
+        sent = await self._respond(stream, conn, answer, keep_alive)
+        return sent and keep_alive
 
     def _route(self, request: Request) -> tuple[HttpRoute | None, Request]:
         """The route for the request's path, and the request with its ``path_id`` set."""

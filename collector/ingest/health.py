@@ -14,7 +14,8 @@ from collector.ingest.counters import TransportCounters
 
 
 class TransportHealth(msgspec.Struct, kw_only=True, gc=False):
-    """One transport's counters (``ingest.websocket``, and the start of ``ingest.udp``)."""
+    """One transport's counters (``ingest.websocket``, ``ingest.http``, and the start of
+    ``ingest.udp``)."""
 
     messages: int
     bytes: int
@@ -77,6 +78,7 @@ class UdpHealth(msgspec.Struct, kw_only=True, gc=False):
 class IngestHealth(msgspec.Struct, kw_only=True, gc=False):
     udp: UdpHealth
     websocket: TransportHealth
+    http: TransportHealth  # POST /ingest
     queue_batches: int  # batches waiting for the engine (WebSocket sessions' queue)
     queue_capacity_batches: int
 

@@ -215,22 +215,9 @@ class IngestSession:
         data = _as_bytes(message)
         decoded = decode_message(data, self.settings.limits)
         self.counters.count(decoded, len(data))
-        rejected = len(decoded.errors)  # frames: a whole-message rejection counts 1
-        scope = self.meeting
-        if scope is not None and decoded.frames:
-            allowed = [_in_scope(frame, scope) for frame in decoded.frames]
-            if not all(allowed):
-                rejected += allowed.count(False)
-                detail = f"the session's token is limited to meeting {scope!r}"
-                decoded = self._drop(decoded, allowed, FORBIDDEN, detail)
-        if decoded.frames:
-            wanted = len(decoded.frames)
-            granted = self._take(wanted, now)
-            if granted < wanted:
-                rejected += wanted - granted
-                detail = "over the daemon's frame rate limit for this connection or address"
-                allowed = [position < granted for position in range(wanted)]
-                decoded = self._drop(decoded, allowed, RATE_LIMITED, detail)
+        decoded, rejected = screen(
+            decoded, self.counters, self.meeting, lambda wanted: self._take(wanted, now)
+        )
         self.state = _PENDING
         self._pending = (len(decoded.frames), decoded.errors, rejected)
         return decoded.frames
@@ -327,12 +314,45 @@ class IngestSession:
             buckets.append(limiter.bucket(self.source, now))
         return take_all(buckets, wanted, now) if buckets else wanted
 
-    def _drop(self, decoded: Decoded, allowed: list[bool], reason: str, detail: str) -> Decoded:
-        """The message without its good frames that are not ``allowed`` (counted as ``reason``
-        instead of accepted), and with an error for them (``_refused``)."""
-        self.counters.withdraw(reason, allowed.count(False))
-        frames = [frame for frame, ok in zip(decoded.frames, allowed, strict=True) if ok]
-        return Decoded(frames, _refused(decoded, allowed, reason, detail))
+
+def screen(
+    decoded: Decoded,
+    counters: TransportCounters,
+    meeting: str | None,
+    take: Callable[[int], int],
+) -> tuple[Decoded, int]:
+    """The decoded message as the sender may send it: its good frames outside ``meeting`` (the
+    token's, None: every meeting) refused as ``forbidden``, then those over the rate limits as
+    ``rate_limited`` (``take(wanted)`` says how many of the first frames may pass; it spends
+    them). Returns the message left and how many frames it rejects in all (a whole-message
+    rejection counts 1). The refused frames move from accepted to rejected in ``counters``,
+    which counted the message as decoded. WebSocket sessions and ``POST /ingest`` share it."""
+    rejected = len(decoded.errors)
+    if meeting is not None and decoded.frames:
+        allowed = [_in_scope(frame, meeting) for frame in decoded.frames]
+        if not all(allowed):
+            rejected += allowed.count(False)
+            detail = f"the token is limited to meeting {meeting!r}"
+            decoded = _drop(decoded, counters, allowed, FORBIDDEN, detail)
+    if decoded.frames:
+        wanted = len(decoded.frames)
+        granted = take(wanted)
+        if granted < wanted:
+            rejected += wanted - granted
+            detail = "over the daemon's frame rate limit for this sender or address"
+            allowed = [position < granted for position in range(wanted)]
+            decoded = _drop(decoded, counters, allowed, RATE_LIMITED, detail)
+    return decoded, rejected
+
+
+def _drop(
+    decoded: Decoded, counters: TransportCounters, allowed: list[bool], reason: str, detail: str
+) -> Decoded:
+    """The message without its good frames that are not ``allowed`` (counted as ``reason``
+    instead of accepted), and with an error for them (``_refused``)."""
+    counters.withdraw(reason, allowed.count(False))
+    frames = [frame for frame, ok in zip(decoded.frames, allowed, strict=True) if ok]
+    return Decoded(frames, _refused(decoded, allowed, reason, detail))
 
 
 def _as_bytes(message: str | bytes) -> bytes:

@@ -60,7 +60,7 @@ HEALTHZ_KEYS = [
     "consumer", "aggregate", "storage", "fanout", "http", "limits",
 ]  # fmt: skip
 SECTION_KEYS = {
-    "ingest": ["udp", "websocket", "queue_batches", "queue_capacity_batches"],
+    "ingest": ["udp", "websocket", "http", "queue_batches", "queue_capacity_batches"],
     "loop": ["lag_s", "lag_max_s"],
     "consumer": ["batches", "frames_by_kind", "produced", "engine_errors", "last_tick_age_s"],
     "aggregate": [
@@ -98,6 +98,7 @@ def test_healthz_is_every_services_report_under_its_keys(tmp_path: Path) -> None
     assert list(body) == HEALTHZ_KEYS
     assert {section: list(body[section]) for section in SECTION_KEYS} == SECTION_KEYS
     assert list(body["ingest"]["websocket"]) == TRANSPORT_KEYS
+    assert list(body["ingest"]["http"]) == TRANSPORT_KEYS
     assert list(body["ingest"]["udp"]) == [
         *TRANSPORT_KEYS, "turns", "turns_bounded", "turn_max_s", "turn_cpu_max_s"
     ]  # fmt: skip

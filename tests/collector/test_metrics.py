@@ -19,6 +19,7 @@ from collector.http.metrics import ADMISSION_REASONS, render_metrics
 from collector.http.server import Request
 from collector.ingest import limits
 from collector.ingest.limits import RATE_LIMITED
+from collector.ingest.post import BUSY
 from collector.ingest.websocket import NO_HELLO
 from protocol.codec import REASONS, TOO_LARGE
 from protocol.signing import BAD_SIGNATURE
@@ -53,6 +54,13 @@ def health() -> dict[str, Any]:
                 "frames_accepted": 40,
                 "frames_rejected": 1,
                 "rejected_by_reason": {"no_hello": 1},
+            },
+            "http": {
+                "messages": 3,
+                "bytes": 900,
+                "frames_accepted": 12,
+                "frames_rejected": 2,
+                "rejected_by_reason": {"busy": 1, "unauthorized": 1},
             },
             "queue_batches": 5,
             "queue_capacity_batches": 4_096,
@@ -190,6 +198,9 @@ def test_values_and_labels_come_from_the_health_dict() -> None:
     assert value("bwmon_ingest_frames_rejected", transport="udp", reason="malformed") == 2
     assert value("bwmon_ingest_frames_rejected", transport="udp", reason="too_large") == 1
     assert value("bwmon_ingest_frames_rejected", transport="websocket", reason="no_hello") == 1
+    assert value("bwmon_ingest_frames_accepted", transport="http") == 12
+    assert value("bwmon_ingest_frames_rejected", transport="http", reason="busy") == 1
+    assert value("bwmon_ingest_frames_rejected", transport="http", reason="rate_limited") == 0
     # every protocol reason code has a series from the start, at zero
     assert value("bwmon_ingest_frames_rejected", transport="udp", reason="unknown_tag") == 0
     assert value("bwmon_ingest_messages", transport="udp") == 100
@@ -278,9 +289,9 @@ def documented_reasons() -> set[str]:
 
 def test_every_reason_ingest_counts_is_in_section_6_and_has_a_series() -> None:
     # What ingest can count: the decoder's reasons and those it gives itself (admission, rate
-    # limits, the WebSocket hello); §6 lists exactly these, and /metrics has a series for each
-    # from the start.
-    own = {BAD_SIGNATURE, auth.FORBIDDEN, auth.UNAUTHORIZED, limits.FORBIDDEN, RATE_LIMITED}
+    # limits, the WebSocket hello, POST /ingest's busy); §6 lists exactly these, and /metrics
+    # has a series for each from the start.
+    own = {BAD_SIGNATURE, auth.FORBIDDEN, auth.UNAUTHORIZED, limits.FORBIDDEN, RATE_LIMITED, BUSY}
     counted = {*REASONS, *own, NO_HELLO, TOO_LARGE}
     assert counted == {*REASONS, *ADMISSION_REASONS}
     assert documented_reasons() == counted
