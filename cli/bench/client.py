@@ -36,8 +36,10 @@ from __future__ import annotations
 import contextlib
 import gzip
 import http.server
+import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -263,6 +265,7 @@ class ModuleSize(msgspec.Struct):
     gzipped_bytes: int | None  # the minified module, gzip -9
     minifier: str | None
     minify_skipped: str | None
+    sections_source_bytes: dict[str, int]  # per `// ---- name: ... ----` section, the header first
 
 
 class ClientResult(msgspec.Struct):
@@ -363,6 +366,17 @@ def gzipped_size(data: bytes) -> int:
     return len(gzip.compress(data, compresslevel=9, mtime=0))
 
 
+SECTION = re.compile(rb"^// ---- (\w+): .* ----$", re.MULTILINE)
+
+
+def sections_bytes(text: bytes) -> dict[str, int]:
+    """The module's bytes per section (its marker comments), what comes before the first as
+    ``header``: where a size over its target comes from."""
+    marks = [(m.start(), m.group(1).decode()) for m in SECTION.finditer(text)]
+    bounds = [(0, "header"), *marks, (len(text), "")]
+    return {name: end - start for (start, name), (end, _) in itertools.pairwise(bounds)}
+
+
 def module_size(source: Path = MODULE) -> ModuleSize:
     text = source.read_bytes()
     minified: bytes | None = None
@@ -384,6 +398,7 @@ def module_size(source: Path = MODULE) -> ModuleSize:
         gzipped_bytes=gzipped,
         minifier=None if minified is None else f"terser {TERSER_VERSION}",
         minify_skipped=skipped,
+        sections_source_bytes=sections_bytes(text),
     )
 
 

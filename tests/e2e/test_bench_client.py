@@ -34,6 +34,9 @@ def check_size(size: dict[str, Any]) -> None:
     assert isinstance(size["source_bytes"], int)
     assert isinstance(size["source_gzipped_bytes"], int)
     assert 0 < size["source_gzipped_bytes"] < size["source_bytes"]
+    sections = size["sections_source_bytes"]
+    assert {"header", "adapter", "quality", "transport", "monitor", "indicator"} <= set(sections)
+    assert sum(sections.values()) == size["source_bytes"]
     if size["minify_skipped"] is None:
         assert isinstance(size["minified_bytes"], int)
         assert isinstance(size["gzipped_bytes"], int)
