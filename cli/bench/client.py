@@ -255,6 +255,12 @@ class TickCost(msgspec.Struct):
     with_getstats_p99_ms: float
 
 
+class SectionSize(msgspec.Struct):
+    source_bytes: int
+    minified_bytes: int | None  # what the minified module loses without the section
+    gzipped_bytes: int | None  # what the gzipped minified module loses without it
+
+
 class ModuleSize(msgspec.Struct):
     target_minified_bytes: int
     target_gzipped_bytes: int
@@ -265,7 +271,7 @@ class ModuleSize(msgspec.Struct):
     gzipped_bytes: int | None  # the minified module, gzip -9
     minifier: str | None
     minify_skipped: str | None
-    sections_source_bytes: dict[str, int]  # per `// ---- name: ... ----` section, the header first
+    sections: dict[str, SectionSize]  # per `// ---- name: ... ----` section, "header" first
 
 
 class ClientResult(msgspec.Struct):
@@ -347,14 +353,12 @@ def prepare_terser() -> Path:
     return found
 
 
-def minify(source: Path) -> bytes:
-    """The module minified by terser as an ES module (compressed, names mangled)."""
+def minify(text: bytes) -> bytes:
+    """A module minified by terser as an ES module (compressed, names mangled)."""
     terser = prepare_terser()
-    command = ["node", str(terser), str(source), "--module", "--compress", "--mangle"]
+    command = ["node", str(terser), "--module", "--compress", "--mangle"]
     try:
-        done = subprocess.run(
-            command, stdin=subprocess.DEVNULL, capture_output=True, timeout=60, check=True
-        )
+        done = subprocess.run(command, input=text, capture_output=True, timeout=60, check=True)
     except subprocess.CalledProcessError as exc:
         raise TerserUnavailable(f"terser failed: {exc.stderr.decode(errors='replace')}") from None
     except (OSError, subprocess.SubprocessError) as exc:
@@ -369,12 +373,26 @@ def gzipped_size(data: bytes) -> int:
 SECTION = re.compile(rb"^// ---- (\w+): .* ----$", re.MULTILINE)
 
 
-def sections_bytes(text: bytes) -> dict[str, int]:
-    """The module's bytes per section (its marker comments), what comes before the first as
-    ``header``: where a size over its target comes from."""
+def sections(text: bytes) -> dict[str, tuple[int, int]]:
+    """Where each section of the module (its marker comments) begins and ends; what comes
+    before the first is ``header``."""
     marks = [(m.start(), m.group(1).decode()) for m in SECTION.finditer(text)]
     bounds = [(0, "header"), *marks, (len(text), "")]
-    return {name: end - start for (start, name), (end, _) in itertools.pairwise(bounds)}
+    return {name: (start, end) for (start, name), (end, _) in itertools.pairwise(bounds)}
+
+
+def section_sizes(text: bytes, minified: bytes | None) -> dict[str, SectionSize]:
+    """Each section's source bytes and, when the module minifies, what the minified and the
+    gzipped module lose without it: where a size over its target comes from."""
+    sizes = {}
+    for name, (start, end) in sections(text).items():
+        size = SectionSize(source_bytes=end - start, minified_bytes=None, gzipped_bytes=None)
+        if minified is not None:
+            without = minify(text[:start] + text[end:])
+            size.minified_bytes = len(minified) - len(without)
+            size.gzipped_bytes = gzipped_size(minified) - gzipped_size(without)
+        sizes[name] = size
+    return sizes
 
 
 def module_size(source: Path = MODULE) -> ModuleSize:
@@ -382,9 +400,11 @@ def module_size(source: Path = MODULE) -> ModuleSize:
     minified: bytes | None = None
     skipped = None
     try:
-        minified = minify(source)
+        minified = minify(text)
+        by_section = section_sizes(text, minified)
     except TerserUnavailable as exc:
-        skipped = str(exc)
+        minified, skipped = None, str(exc)
+        by_section = section_sizes(text, None)
     gzipped = gzipped_size(minified) if minified is not None else None
     return ModuleSize(
         target_minified_bytes=TARGET_MINIFIED_BYTES,
@@ -398,7 +418,7 @@ def module_size(source: Path = MODULE) -> ModuleSize:
         gzipped_bytes=gzipped,
         minifier=None if minified is None else f"terser {TERSER_VERSION}",
         minify_skipped=skipped,
-        sections_source_bytes=sections_bytes(text),
+        sections=by_section,
     )
 
 
@@ -525,6 +545,14 @@ def print_size(size: ModuleSize) -> None:
         f"({size.minifier}; source {size.source_bytes:,} B); targets "
         f"{size.target_minified_bytes:,} and {size.target_gzipped_bytes:,} B: "
         f"{meets(bool(size.meets_target))}"
+    )
+    typer.echo(
+        "what each section adds, minified / gzipped: "
+        + ", ".join(
+            f"{name} {s.minified_bytes:,} / {s.gzipped_bytes:,} B"
+            for name, s in size.sections.items()
+            if s.minified_bytes is not None and s.gzipped_bytes is not None
+        )
     )
 
 

@@ -34,17 +34,21 @@ def check_size(size: dict[str, Any]) -> None:
     assert isinstance(size["source_bytes"], int)
     assert isinstance(size["source_gzipped_bytes"], int)
     assert 0 < size["source_gzipped_bytes"] < size["source_bytes"]
-    sections = size["sections_source_bytes"]
+    sections = size["sections"]
     assert {"header", "adapter", "quality", "transport", "monitor", "indicator"} <= set(sections)
-    assert sum(sections.values()) == size["source_bytes"]
+    assert sum(s["source_bytes"] for s in sections.values()) == size["source_bytes"]
     if size["minify_skipped"] is None:
         assert isinstance(size["minified_bytes"], int)
         assert isinstance(size["gzipped_bytes"], int)
         assert 0 < size["gzipped_bytes"] <= size["minified_bytes"] <= size["source_bytes"]
         assert isinstance(size["meets_target"], bool)
         assert size["minifier"] == "terser 5.51.4"
+        for section in sections.values():
+            assert 0 <= section["minified_bytes"] <= size["minified_bytes"]
+            assert section["gzipped_bytes"] <= size["gzipped_bytes"]
     else:
         assert size["minified_bytes"] is size["gzipped_bytes"] is size["meets_target"] is None
+        assert all(s["minified_bytes"] is s["gzipped_bytes"] is None for s in sections.values())
 
 
 def check_cost(cost: dict[str, Any], ticks: int) -> None:
