@@ -185,7 +185,7 @@ export const measureFunctions = (ticks, warmup, intervalMs, deadlineMs) => answe
       s.fields = fields;
       s.score = view?.score ?? null;
     });
-    // The floor any client pays: Chromium makes each stats object as the page reads it.
+    // The floor any client pays: reading what is in a report at all.
     for (const again of await Promise.all(state.map((s) => s.pc.getStats()))) {
       const walkBegan = performance.now();
       again.forEach((stats) => stats.type);
