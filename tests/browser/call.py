@@ -120,12 +120,6 @@ class Call:
         config = {"iceTransportPolicy": "all", "iceServers": [turn.ice_server(RESTART.a)]}
         self.page.evaluate("config => window.call.restartIce(config)", config)
 
-    def stop_sending(self) -> None:
-        self.page.evaluate("window.call.stopSending()")
-
-    def hang_up(self) -> None:
-        self.page.evaluate("window.call.hangUp()")
-
 
 @contextmanager
 def open_call(browser: Browser, pages_url: str) -> Iterator[Call]:

@@ -115,17 +115,3 @@ export async function restartIce(configA) {
   await negotiate(pcs.a, pcs.b, { iceRestart: true });
   await until(moved, "new pairs on both sides");
 }
-
-/** Stops sending: the senders' tracks end, so that the RTP counters stop moving. */
-export async function stopSending() {
-  for (const pc of Object.values(pcs)) {
-    for (const sender of pc.getSenders()) sender.track?.stop();
-  }
-}
-
-/** Ends the call. */
-export function hangUp() {
-  for (const pc of Object.values(pcs)) pc.close();
-}
-
-export { pcs };
