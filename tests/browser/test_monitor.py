@@ -109,6 +109,7 @@ def monitored_call(
             [f"http://127.0.0.1:{daemon.http_port}", meeting, INTERVAL_MS],
         )
         yield call, sent
+        assert call.errors == []
 
 
 def wait_for_samples(call: Call, sent: Sent, connections: list[str], count: int) -> None:
