@@ -47,6 +47,7 @@ const BROWSERS = {
   ],
 };
 
+const MAX_INT = Number.MAX_SAFE_INTEGER;
 // Sets f[key] only to a number of the wire type in 0..max (PROTOCOL.md §3.2, §5.1 ranges).
 function putWire(f, key, v, max, int) {
   if (typeof v === "number" && v >= 0 && v <= max && (!int || Number.isInteger(v))) f[key] = v;
@@ -106,14 +107,14 @@ export function rtcFields(report) {
       if (type === "outbound-rtp" && reason > limit) limit = reason;
     }
   });
+  // Seconds of the report -> ms on the wire.
+  const putMs = (key, seconds) => putWire(f, key, seconds * 1000, 36e5);
   putWire(f, "ts", ts, 1e13);
-  for (const key in sums) {
-    const int = !(key in RTC_SECONDS);
-    putWire(f, key, sums[key], int ? Number.MAX_SAFE_INTEGER : 1e9, int);
-  }
-  putWire(f, "aj", jitter.audio * 1000, 36e5);
-  putWire(f, "vj", jitter.video * 1000, 36e5);
-  putWire(f, "rtt", rtt * 1000, 36e5);
+  // Each stream was checked above: a sum of integers is one.
+  for (const key in sums) putWire(f, key, sums[key], key in RTC_SECONDS ? 1e9 : MAX_INT);
+  putMs("aj", jitter.audio);
+  putMs("vj", jitter.video);
+  putMs("rtt", rtt);
   for (const [type, fps, w, h] of PICTURE_KEYS) {
     const s = picture[type];
     if (!s) continue;
@@ -125,8 +126,7 @@ export function rtcFields(report) {
   for (const id of codecs) {
     const c = report.get(id);
     if (!c) continue;
-    const red = String(c.mimeType).toLowerCase() === "audio/red";
-    f.fec = f.fec || red || /useinbandfec=1\b/.test(c.sdpFmtpLine);
+    f.fec = f.fec || String(c.mimeType).toLowerCase() === "audio/red" || /useinbandfec=1\b/.test(c.sdpFmtpLine);
   }
   let pair;
   for (const rule of BROWSERS.pair) {
@@ -137,10 +137,10 @@ export function rtcFields(report) {
   }
   if (!pair) return f;
   putWireId(f, "pair", pair.id, 128);
-  putWire(f, "pbs", pair.bytesSent, Number.MAX_SAFE_INTEGER, true);
-  putWire(f, "pbr", pair.bytesReceived, Number.MAX_SAFE_INTEGER, true);
+  putWire(f, "pbs", pair.bytesSent, MAX_INT, true);
+  putWire(f, "pbr", pair.bytesReceived, MAX_INT, true);
   putWire(f, "bwe", pair.availableOutgoingBitrate, 1e12);
-  if (!("rtt" in f)) putWire(f, "rtt", pair.currentRoundTripTime * 1000, 36e5);
+  if (!("rtt" in f)) putMs("rtt", pair.currentRoundTripTime);
   const local = report.get(pair.localCandidateId);
   const remote = report.get(pair.remoteCandidateId);
   // The daemon reads rct only beside lct (a relayed peer is not a relayed self): both or none.
@@ -164,14 +164,15 @@ const EXPECTED_VIDEO_BPS = 1.5e6;
 const EXPECTED_FPS = 30;
 const clamp = (v, lo, hi) => Math.max(lo, Math.min(hi, v));
 const level = (s) =>
-  s > 80 ? "excellent" : s > 60 ? "good" : s > 40 ? "fair" : s > 20 ? "poor" : "bad";
+  s == null ? null : s > 80 ? "excellent" : s > 60 ? "good" : s > 40 ? "fair" : s > 20 ? "poor" : "bad";
 
-// E-model R factor (quality.r_factor); loss a fraction, turned into percent here.
+// E-model R factor (quality.r_factor) of audio received (bps > 0); loss a fraction, turned
+// into percent here.
 function rFactor(loss, rtt, jb, bps, fec) {
   const d = 20 + jb + rtt / 2;
   let id = 0.024 * d;
   if (d > 177.3) id += 0.11 * (d - 177.3);
-  const ie = bps <= 0 ? 30 : clamp(55 - 4.6 * Math.log(bps), 0, 30);
+  const ie = clamp(55 - 4.6 * Math.log(bps), 0, 30);
   const ppl = 100 * loss;
   return clamp(93.2 - id - (ie + ((95 - ie) * ppl) / (ppl + (fec ? 20 : 10))), 0, 100);
 }
@@ -224,7 +225,7 @@ export function localView(prev, cur, prevScore) {
   const relayed = path.lct == "relay";
   const aj = g("aj");
   const found = [
-    lossDown != null || lossUp != null ? Math.max(lossDown || 0, lossUp || 0) > 0.01 : false,
+    Math.max(lossDown || 0, lossUp || 0) > 0.01,
     rttG > 400,
     aj > 30,
     vIn > 0 && vIn < 0.5 * EXPECTED_VIDEO_BPS,
@@ -244,13 +245,16 @@ export function localView(prev, cur, prevScore) {
     mos,
     video,
     score: score ?? null,
-    level: score == null ? null : level(score),
+    level: level(score),
     reasons: REASONS.filter((_, i) => found[i]),
     relayed,
     relayProtocol: relayed ? path.rp || "udp" : null,
     remoteRelayed: path.rct == "relay" && !relayed,
   };
 }
+
+// The worst value of the views' (the latest ts, the longest interval), null where none has one.
+const WORST = { ts: Math.max, seconds: Math.max, lossDown: Math.max, lossUp: Math.max, rtt: Math.max, jitter: Math.max, mos: Math.min, video: Math.min, score: Math.min };
 
 /**
  * One view of a participant's several peer connections: bitrates summed, the worst loss, RTT,
@@ -262,26 +266,19 @@ export function localView(prev, cur, prevScore) {
 export function combineViews(views) {
   const vs = views.filter(Boolean);
   if (!vs.length) return null;
-  const pick = (k, f) => {
-    const xs = vs.map((v) => v[k]).filter((x) => x != null);
-    return xs.length ? f(...xs) : null;
-  };
   const sum = (dir, kind) => vs.reduce((s, v) => s + v[dir][kind], 0);
-  const score = pick("score", Math.min);
-  const protocols = vs.map((v) => v.relayProtocol).filter(Boolean);
-  return {
-    ts: pick("ts", Math.max),
-    seconds: pick("seconds", Math.max),
+  const worst = {
     up: { audio: sum("up", "audio"), video: sum("up", "video") },
     down: { audio: sum("down", "audio"), video: sum("down", "video") },
-    lossDown: pick("lossDown", Math.max),
-    lossUp: pick("lossUp", Math.max),
-    rtt: pick("rtt", Math.max),
-    jitter: pick("jitter", Math.max),
-    mos: pick("mos", Math.min),
-    video: pick("video", Math.min),
-    score,
-    level: score == null ? null : level(score),
+  };
+  for (const k in WORST) {
+    const xs = vs.map((v) => v[k]).filter((x) => x != null);
+    worst[k] = xs.length ? WORST[k](...xs) : null;
+  }
+  const protocols = vs.map((v) => v.relayProtocol).filter(Boolean);
+  return {
+    ...worst,
+    level: level(worst.score),
     reasons: REASONS.filter((r) => vs.some((v) => v.reasons.includes(r))),
     relayed: vs.some((v) => v.relayed),
     // TCP or TLS, where a connection has it, is the one that costs (head-of-line blocking).
@@ -580,27 +577,18 @@ export function createMonitor(options) {
   const conns = new Map(); // pc -> its state
   const callbacks = new Set();
   const boot = randomId(8);
-  let link = null, joined = false, left = false, closed = false, timer = null, running = null, closing = null;
-  if (url) link = safe(connect)({ url, token, boot, maxQueue, stats, note }) ?? null;
+  const link = url ? safe(connect)({ url, token, boot, maxQueue, stats, note }) : null;
+  let joined = false, left = false, closed = false, timer = null, running = null, closing = null;
   const send = (frames) => link?.send(frames);
   const event = (ev, val, c) =>
     ({ t: "event", m, p, ev, ts: Date.now(), c, val: val == null ? undefined : String(val).slice(0, 128) });
   const leave = () => (joined && !left ? ((left = true), [event("leave")]) : []);
 
   // At most one getStats() per connection in flight: a call that outlives its time box keeps
-  // its connection out of the next ticks until it settles.
-  function sample(e) {
-    if (!e.busy) {
-      let r;
-      try {
-        r = Promise.resolve(e.pc.getStats());
-      } catch (err) {
-        r = Promise.reject(err);
-      }
-      e.busy = r.then((report) => report, note).finally(() => (e.busy = null));
-    }
-    return e.busy;
-  }
+  // its connection out of the next ticks until it settles. Called now (the executor runs at
+  // once); a failure is noted and gives no report.
+  const sample = (e) =>
+    (e.busy = new Promise((r) => r(e.pc.getStats())).catch(note).finally(() => (e.busy = null)));
 
   // One sample of each of `list` within `limitMs`, sent; a tick also times itself and hands the
   // local view to the onSample callbacks (the last samples of remove and close do neither).
@@ -625,7 +613,7 @@ export function createMonitor(options) {
     });
     send(frames);
     if (!ticking) return;
-    const view = views.length ? combineViews(views) : null;
+    const view = combineViews(views);
     stats.getStatsMs = t1 - t0;
     stats.workMs = clock() - t1;
     if (view) for (const cb of callbacks) safe(cb)(view);
@@ -687,16 +675,15 @@ export function createMonitor(options) {
     }),
 
     // Synchronous up to getStats(), so that the wrapper's close() samples before closing.
-    remove(pc) {
+    async remove(pc) {
       try {
         const e = conns.get(pc);
-        if (!e) return Promise.resolve();
+        if (!e) return;
         forget(e);
         // A sample in flight is the connection's last (its tick sends it); else take one.
-        return (e.busy ? e.busy.then(() => {}) : measure([e], CLOSE_MS)).catch(note);
+        await (e.busy || measure([e], CLOSE_MS));
       } catch (err) {
         note(err);
-        return Promise.resolve();
       }
     },
 
