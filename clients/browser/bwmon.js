@@ -428,6 +428,21 @@ export function createSession({ boot, token, maxQueue = 1000, stats }) {
   };
 }
 
+// `fn`, never throwing: what it throws goes to `note`.
+const guard = (note, fn) => (...args) => {
+  try {
+    return fn(...args);
+  } catch (err) {
+    note(err);
+  }
+};
+
+// What `promise` resolves to, or undefined once `ms` have passed.
+function within(promise, ms) {
+  let box;
+  return Promise.race([promise, new Promise((r) => (box = setTimeout(r, ms)))]).finally(() => clearTimeout(box));
+}
+
 /**
  * The link to the daemon: a WebSocket kept open (a new session after each loss, with backoff),
  * and the last flush through a keepalive `POST /ingest`, whose body is one ingest message that
@@ -436,10 +451,10 @@ export function createSession({ boot, token, maxQueue = 1000, stats }) {
 export function connect({ url, token, boot, maxQueue, stats, note }) {
   const { ws: wsUrl, post } = endpoints(url);
   const session = createSession({ boot, token, maxQueue, stats });
+  const safe = (fn) => guard(note, fn);
   let ws = null, attempt = 0, retry = null, done = false, wake = null;
 
   function open() {
-    retry = null;
     let sock, giveUp;
     const lost = (why) => {
       clearTimeout(giveUp);
@@ -459,83 +474,65 @@ export function connect({ url, token, boot, maxQueue, stats, note }) {
     }
     // A connection that hangs before its welcome is given up and tried again.
     giveUp = setTimeout(() => sock.close(), 10000);
-    sock.onopen = () => {
-      try { sock.send(session.open()); } catch (err) { note(err); }
-    };
-    sock.onmessage = (e) => {
-      try {
-        write(session.receive(e.data));
-        if (session.ready) clearTimeout(giveUp), (attempt = 0);
-      } catch (err) { note(err); }
+    sock.onopen = safe(() => sock.send(session.open()));
+    sock.onmessage = safe((e) => {
+      write(session.receive(e.data));
+      if (session.ready) clearTimeout(giveUp), (attempt = 0);
       wake?.();
-    };
+    });
     sock.onclose = (e) => lost(e.code === 1000 ? null : `closed ${e.code} ${e.reason || ""}`.trim());
   }
 
-  function flush(frames) {
-    done = true;
-    clearTimeout(retry);
-    const all = session.drain().concat(frames);
-    // The newest frames first within the keepalive budget: they carry the totals and the leave.
-    const parts = [];
-    const hello = session.hello();
-    let size = hello.length + 2, i = all.length;
-    for (; i > 0 && parts.length < session.maxFrames() - 1; i--) {
-      const s = JSON.stringify(all[i - 1]);
-      if ((size += bytesOf(s) + 1) > KEEPALIVE_BYTES) break;
-      parts.unshift(s);
-    }
-    stats.dropped += i;
-    if (parts.length) {
-      stats.sent += parts.length;
-      const body = "[" + [hello, ...parts].join(",") + "]";
-      // A string body goes as text/plain: a simple request, no preflight, allowed in unload.
-      // The answer comes only if the page outlives the request (a close() that timed out).
-      fetch(post, { method: "POST", keepalive: true, body })
-        .then((r) =>
-          r.json().then((a) => {
-            stats.rejected += a.rejected | 0;
-            if (a.errors?.length) stats.lastError = `POST /ingest ${r.status}: ${a.errors[0].reason}`;
-          }),
-        )
-        .catch(note);
-    }
-    try { ws?.close(1000); } catch {}
-  }
-
   // A socket already closing takes nothing (its close requeues what the session gave it).
-  const write = (messages) => {
-    try {
-      if (ws?.readyState === 1) messages.forEach((m) => ws.send(m));
-    } catch (err) {
-      note(err);
-    }
-  };
+  const write = safe((messages) => {
+    if (ws?.readyState === 1) messages.forEach((m) => ws.send(m));
+  });
 
   open();
   return {
     pending: session.pending,
     send: (frames) => write(session.push(frames)),
     /** The last flush, at once (pagehide): everything unacknowledged, and `frames`, by POST. */
-    flush(frames) {
-      try {
-        flush(frames);
-      } catch (err) {
-        note(err);
+    flush: safe((frames) => {
+      done = true;
+      clearTimeout(retry);
+      const all = session.drain().concat(frames);
+      // The newest frames first within the keepalive budget: they carry the totals and the leave.
+      const parts = [];
+      const hello = session.hello();
+      let size = hello.length + 2, i = all.length;
+      for (; i > 0 && parts.length < session.maxFrames() - 1; i--) {
+        const s = JSON.stringify(all[i - 1]);
+        if ((size += bytesOf(s) + 1) > KEEPALIVE_BYTES) break;
+        parts.unshift(s);
       }
-    },
-    /** Send the last frames on the session and wait at most `ms` for their ack; what is still
-     * unacknowledged then goes by POST. Resolves, never rejects. */
+      stats.dropped += i;
+      if (parts.length) {
+        stats.sent += parts.length;
+        const body = "[" + [hello, ...parts].join(",") + "]";
+        // A string body goes as text/plain: a simple request, no preflight, allowed in unload.
+        // The answer comes only if the page outlives the request (a close() that timed out).
+        fetch(post, { method: "POST", keepalive: true, body })
+          .then((r) =>
+            r.json().then((a) => {
+              stats.rejected += a.rejected | 0;
+              if (a.errors?.length) stats.lastError = `POST /ingest ${r.status}: ${a.errors[0].reason}`;
+            }),
+          )
+          .catch(note);
+      }
+      ws?.close(1000);
+    }),
+    /** Send the last frames on the session and wait at most `ms` for their ack (woken by each
+     * reply and by the socket's loss); what is still unacknowledged then goes by POST. Resolves,
+     * never rejects. */
     async end(frames, ms) {
       done = true;
       clearTimeout(retry);
       write(session.push(frames));
       const deadline = Date.now() + ms;
       while (session.pending() && ws && Date.now() < deadline) {
-        await new Promise((r) => {
-          const t = setTimeout(r, deadline - Date.now());
-          wake = () => (clearTimeout(t), r());
-        });
+        await within(new Promise((r) => (wake = r)), deadline - Date.now());
       }
       this.flush([]);
     },
@@ -552,12 +549,6 @@ const CLOSE_MS = 2000;
 const HUNG_MS = 10000;
 const clock = () => performance.now();
 
-// What `promise` resolves to, or undefined once `ms` have passed.
-function within(promise, ms) {
-  let box;
-  return Promise.race([promise, new Promise((r) => (box = setTimeout(r, ms)))]).finally(() => clearTimeout(box));
-}
-
 /**
  * A monitor of one participant's peer connections: one serialized loop takes one getStats() per
  * connection per tick and sends an `rtc` frame of each (§4.3); events go out as they happen
@@ -567,13 +558,7 @@ export function createMonitor(options) {
   const { url, token, meeting: m, participant: p, intervalMs = 2000, maxQueue = 1000 } = options || {};
   const stats = { sent: 0, acked: 0, dropped: 0, rejected: 0, reconnects: 0, connected: false, lastError: null, getStatsMs: 0, workMs: 0 };
   const note = (err) => void (stats.lastError = String(err?.message ?? err));
-  const safe = (fn) => (...args) => {
-    try {
-      return fn(...args);
-    } catch (err) {
-      note(err);
-    }
-  };
+  const safe = (fn) => guard(note, fn);
   const conns = new Map(); // pc -> its state
   const callbacks = new Set();
   const boot = randomId(8);
