@@ -567,6 +567,7 @@ export function createMonitor(options) {
   const send = (frames) => link?.send(frames);
   const event = (ev, val, c) =>
     ({ t: "event", m, p, ev, ts: Date.now(), c, val: val == null ? undefined : String(val).slice(0, 128) });
+  const emit = (ev, val, c) => send([event(ev, val, c)]);
   const leave = () => (joined && !left ? ((left = true), [event("leave")]) : []);
 
   // At most one getStats() per connection in flight: a call that outlives its time box keeps
@@ -586,7 +587,7 @@ export function createMonitor(options) {
       if (!reports[i]) return;
       try {
         const fields = rtcFields(reports[i]);
-        frames.push(Object.assign({ t: "rtc", m, p, c: e.c, q: e.q++ }, fields));
+        frames.push({ t: "rtc", m, p, c: e.c, q: e.q++, ...fields });
         if (ticking && callbacks.size) {
           const view = localView(e.prev, fields, e.score);
           if (view) views.push(view), (e.score = view.score);
@@ -617,6 +618,15 @@ export function createMonitor(options) {
       });
   }
 
+  // No more ticks nor events: the connections it had, forgotten.
+  function stop() {
+    closed = true;
+    clearTimeout(timer);
+    const list = [...conns.values()];
+    list.forEach(forget);
+    return list;
+  }
+
   function forget(e) {
     conns.delete(e.pc);
     e.off.forEach((off) => off());
@@ -628,7 +638,7 @@ export function createMonitor(options) {
       if (!track || e.tracks.has(track)) continue;
       e.tracks.add(track);
       for (const ev of ["mute", "unmute"]) {
-        track.addEventListener(ev, safe(() => conns.get(e.pc) === e && send([event(ev, track.kind, e.c)])));
+        track.addEventListener(ev, safe(() => conns.get(e.pc) === e && emit(ev, track.kind, e.c)));
       }
     }
   }
@@ -636,24 +646,25 @@ export function createMonitor(options) {
   // An ICE restart gives the local description new ICE credentials (RFC 8839).
   function checkRestart(e) {
     const ufrag = /a=ice-ufrag:(\S+)/.exec(e.pc.localDescription?.sdp)?.[1];
-    if (ufrag && e.ufrag && ufrag !== e.ufrag) send([event("reconnect", "ice-restart", e.c)]);
+    if (ufrag && e.ufrag && ufrag !== e.ufrag) emit("reconnect", "ice-restart", e.c);
     e.ufrag = ufrag || e.ufrag;
   }
 
   const api = {
     add: safe((pc, opts) => {
       if (closed || conns.has(pc)) return;
-      const e = { pc, c: opts?.connection || randomId(4), q: 0, prev: null, score: null, busy: null, ufrag: null, tracks: new WeakSet(), off: [] };
+      // Later also: prev (the last sample's fields), score, busy (its getStats() in flight), ufrag.
+      const e = { pc, c: opts?.connection || randomId(4), q: 0, tracks: new WeakSet(), off: [] };
       const on = (type, fn) => {
         const h = safe(fn);
         pc.addEventListener(type, h);
         e.off.push(() => pc.removeEventListener(type, h));
       };
-      on("iceconnectionstatechange", () => send([event("ice", pc.iceConnectionState, e.c)]));
-      on("connectionstatechange", () => send([event("ice", "connection:" + pc.connectionState, e.c)]));
+      on("iceconnectionstatechange", () => emit("ice", pc.iceConnectionState, e.c));
+      on("connectionstatechange", () => emit("ice", "connection:" + pc.connectionState, e.c));
       on("signalingstatechange", () => pc.signalingState === "stable" && checkRestart(e));
       conns.set(pc, e);
-      if (!joined) joined = true, send([event("join")]);
+      if (!joined) joined = true, emit("join");
       checkRestart(e);
       watchTracks(e);
       if (!timer && !running) timer = setTimeout(tick, intervalMs);
@@ -675,7 +686,7 @@ export function createMonitor(options) {
     event: safe((kind, detail) => {
       if (!EVENT_KINDS.includes(kind)) throw new TypeError(`bwmon: unknown event kind ${kind}`);
       const d = detail !== null && typeof detail === "object" ? detail : { value: detail };
-      if (!closed) send([event(kind, d.value, conns.get(d.connection)?.c)]);
+      if (!closed) emit(kind, d.value, conns.get(d.connection)?.c);
     }),
 
     onSample(callback) {
@@ -689,6 +700,7 @@ export function createMonitor(options) {
       if (!Native[WRAPPED]) {
         const hook = { monitor: null };
         g.RTCPeerConnection = class RTCPeerConnection extends Native {
+          static [WRAPPED] = hook;
           #monitor = hook.monitor;
           constructor(...args) {
             super(...args);
@@ -699,7 +711,6 @@ export function createMonitor(options) {
             return super.close();
           }
         };
-        g.RTCPeerConnection[WRAPPED] = hook;
       }
       g.RTCPeerConnection[WRAPPED].monitor = api;
       return true;
@@ -709,11 +720,8 @@ export function createMonitor(options) {
 
     close: () =>
       (closing ??= (async () => {
-        closed = true;
-        clearTimeout(timer);
         const deadline = Date.now() + CLOSE_MS;
-        const list = [...conns.values()];
-        list.forEach(forget);
+        const list = stop();
         // The samples of a tick in flight, and the others' last ones, go before the leave: a
         // sample after it would bring the participant back.
         await within(Promise.all([running, measure(list, CLOSE_MS / 2, false)]), CLOSE_MS / 2);
@@ -725,9 +733,7 @@ export function createMonitor(options) {
   // pagehide leaves no time to wait for anything: the last flush goes out at once (also in the
   // middle of a close()).
   const onPageHide = safe(() => {
-    closed = true;
-    clearTimeout(timer);
-    conns.forEach(forget);
+    stop();
     link?.flush(leave());
     unhook();
   });
