@@ -193,7 +193,8 @@ function rFactor(loss, rtt, jb, bps, fec) {
 export function localView(prev, cur, prevScore) {
   const dt = prev && (cur.ts - prev.ts) / 1000;
   if (!(dt > 0)) return null;
-  const d = (k) => (cur[k] == null || cur[k] < (prev[k] ?? 0) ? 0 : cur[k] - (prev[k] ?? 0));
+  // A counter's increase: none when cur lacks it or it went back (NaN or negative).
+  const d = (k) => Math.max(0, cur[k] - (prev[k] ?? 0)) || 0;
   const bps = (k) => (8 * d(k)) / dt;
   const g = (k) => cur[k] ?? prev[k] ?? null;
   const aIn = bps("aib"), vIn = bps("vib");
@@ -211,7 +212,7 @@ export function localView(prev, cur, prevScore) {
     video = clamp(
       Math.min(
         clamp(100 - 10 * (100 * vLoss) - Math.max(0, (rtt - 150) / 10), 0, 100),
-        vIn >= EXPECTED_VIDEO_BPS ? 100 : clamp(100 - 20 * Math.log(EXPECTED_VIDEO_BPS / vIn), 0, 100),
+        clamp(100 - 20 * Math.log(EXPECTED_VIDEO_BPS / vIn), 0, 100),
         clamp(100 * Math.min(1, (g("vfi") ?? EXPECTED_FPS) / EXPECTED_FPS) - 100 * freeze, 0, 100),
       ) - (qlr == "cpu" || qlr == "bandwidth" ? 10 : 0),
       0,
@@ -304,8 +305,8 @@ export function randomId(bytes) {
 export function endpoints(url) {
   const u = new URL(url, globalThis.location?.href);
   const at = u.host + u.pathname.replace(/(\/ingest)?\/?$/, "/ingest");
-  const tls = u.protocol === "https:" || u.protocol === "wss:";
-  return { ws: (tls ? "wss://" : "ws://") + at, post: (tls ? "https://" : "http://") + at };
+  const s = u.protocol === "https:" || u.protocol === "wss:" ? "s" : "";
+  return { ws: `ws${s}://${at}`, post: `http${s}://${at}` };
 }
 
 /** Milliseconds before reconnection attempt `attempt` (0, 1, …): full jitter, a uniform random
@@ -338,25 +339,21 @@ export function createSession({ boot, token, maxQueue = 1000, stats }) {
   let ready = false, n = 0, held = 0, rejected = 0, maxFrames = 1000, maxBytes = 1 << 20;
   const isLatest = (f) => f.t === "rtc" && latest.get(f.c) === f;
 
+  // Every unsent frame, in messages within the welcome's limits (at least one frame each).
   function take() {
     const out = [];
-    let batch = [], size = 2;
-    const seal = () => {
-      if (!batch.length) return;
-      inflight.push([++n, batch.map((b) => b[0])]);
-      out.push("[" + batch.map((b) => b[1]).join(",") + "]");
-      stats.sent += batch.length;
-      batch = [];
-      size = 2;
-    };
     held += unsent.length;
-    for (const f of unsent.splice(0)) {
-      const s = JSON.stringify(f), b = bytesOf(s) + 1;
-      if (batch.length >= maxFrames || (batch.length && size + b > maxBytes)) seal();
-      batch.push([f, s]);
-      size += b;
+    while (unsent.length) {
+      const texts = [];
+      for (let size = 2; texts.length < Math.min(maxFrames, unsent.length); ) {
+        const s = JSON.stringify(unsent[texts.length]);
+        if ((size += bytesOf(s) + 1) > maxBytes && texts.length) break;
+        texts.push(s);
+      }
+      inflight.push([++n, unsent.splice(0, texts.length)]);
+      out.push("[" + texts.join(",") + "]");
+      stats.sent += texts.length;
     }
-    seal();
     return out;
   }
 
