@@ -580,20 +580,16 @@ export function createMonitor(options) {
     const reports = await Promise.all(list.map((e) => (e.busy ? null : within(sample(e), limitMs))));
     const t1 = clock();
     const frames = [], views = [];
-    list.forEach((e, i) => {
+    list.forEach(safe((e, i) => {
       if (!reports[i]) return;
-      try {
-        const fields = rtcFields(reports[i]);
-        frames.push({ t: "rtc", m, p, c: e.c, q: e.q++, ...fields });
-        if (ticking && callbacks.size) {
-          const view = localView(e.prev, fields, e.score);
-          if (view) views.push(view), (e.score = view.score);
-        }
-        e.prev = fields;
-      } catch (err) {
-        note(err);
+      const fields = rtcFields(reports[i]);
+      frames.push({ t: "rtc", m, p, c: e.c, q: e.q++, ...fields });
+      if (ticking && callbacks.size) {
+        const view = localView(e.prev, fields, e.score);
+        if (view) views.push(view), (e.score = view.score);
       }
-    });
+      e.prev = fields;
+    }));
     send(frames);
     if (!ticking) return;
     const view = combineViews(views);
@@ -611,7 +607,8 @@ export function createMonitor(options) {
       .catch(note)
       .then(() => {
         running = null;
-        if (!closed && conns.size) timer = setTimeout(tick, Math.max(0, intervalMs - (clock() - t0)));
+        // A tick longer than the interval is followed at once (a negative delay is none).
+        if (!closed && conns.size) timer = setTimeout(tick, intervalMs - (clock() - t0));
       });
   }
 
