@@ -333,24 +333,30 @@ export function createSession({ boot, token, maxQueue = 1000, stats }) {
   // (§7.8), not the next one.
   const hello = () =>
     JSON.stringify({ t: "hello", boot, kind: "browser", agent: "bwmon-js/" + VERSION, token: typeof token === "function" ? token() : token });
-  const unsent = [];
-  const inflight = []; // [message number, frames]
+  const queue = []; // every frame unacknowledged: the first `sent` of them sent, then the unsent
+  const messages = []; // [message number, frame count] of each message sent and not acknowledged
   const latest = new Map(); // connection id -> its newest rtc frame
-  let ready = false, n = 0, held = 0, rejected = 0, maxFrames = 1000, maxBytes = 1 << 20;
+  let ready = false, n = 0, sent = 0, rejected = 0, maxFrames = 1000, maxBytes = 1 << 20;
   const isLatest = (f) => f.t === "rtc" && latest.get(f.c) === f;
+  // The oldest message sent, out of the queue: its frames.
+  const forget = () => {
+    const count = messages.shift()[1];
+    sent -= count;
+    return queue.splice(0, count);
+  };
 
   // Every unsent frame, in messages within the welcome's limits (at least one frame each).
   function take() {
     const out = [];
-    held += unsent.length;
-    while (unsent.length) {
+    while (sent < queue.length) {
       const texts = [];
-      for (let size = 2; texts.length < Math.min(maxFrames, unsent.length); ) {
-        const s = JSON.stringify(unsent[texts.length]);
+      for (let size = 2; texts.length < Math.min(maxFrames, queue.length - sent); ) {
+        const s = JSON.stringify(queue[sent + texts.length]);
         if ((size += bytesOf(s) + 1) > maxBytes && texts.length) break;
         texts.push(s);
       }
-      inflight.push([++n, unsent.splice(0, texts.length)]);
+      messages.push([++n, texts.length]);
+      sent += texts.length;
       out.push("[" + texts.join(",") + "]");
       stats.sent += texts.length;
     }
@@ -361,7 +367,7 @@ export function createSession({ boot, token, maxQueue = 1000, stats }) {
     hello,
     get ready() { return ready; },
     /** Frames unsent or not yet acknowledged. */
-    pending: () => unsent.length + held,
+    pending: () => queue.length,
     /** A new connection is open: the hello to send first. */
     open() {
       n = rejected = 0;
@@ -377,11 +383,11 @@ export function createSession({ boot, token, maxQueue = 1000, stats }) {
         return take();
       }
       if (r.t === "ack") {
-        while (inflight.length && inflight[0][0] <= r.msg) {
-          const frames = inflight.shift()[1];
-          held -= frames.length;
-          stats.acked += frames.length;
-          for (const f of frames) if (isLatest(f)) latest.delete(f.c);
+        while (messages.length && messages[0][0] <= r.msg) {
+          for (const f of forget()) {
+            stats.acked++;
+            if (isLatest(f)) latest.delete(f.c);
+          }
         }
         // error replies are capped per interval (§7.4); the ack's total is always right
         if (r.rejected > rejected) stats.rejected += r.rejected - rejected, (rejected = r.rejected);
@@ -396,14 +402,14 @@ export function createSession({ boot, token, maxQueue = 1000, stats }) {
     push(frames) {
       for (const f of frames) {
         if (f.t === "rtc") latest.set(f.c, f);
-        unsent.push(f);
-        while (unsent.length + held > maxQueue) {
-          if (inflight.length) {
-            held -= inflight.shift()[1].length;
+        queue.push(f);
+        while (queue.length > maxQueue) {
+          if (messages.length) {
+            forget();
             continue;
           }
-          const i = unsent.findIndex((g) => !isLatest(g));
-          unsent.splice(Math.max(i, 0), 1);
+          const i = queue.findIndex((g) => !isLatest(g));
+          queue.splice(Math.max(i, 0), 1);
           stats.dropped++;
         }
       }
@@ -412,14 +418,13 @@ export function createSession({ boot, token, maxQueue = 1000, stats }) {
     /** The connection ended: what it left unacknowledged waits for the next one, first. */
     lost() {
       ready = stats.connected = false;
-      unsent.unshift(...inflight.flatMap((m) => m[1]));
-      inflight.length = held = 0;
+      messages.length = sent = 0;
     },
     /** Everything unacknowledged, in order, handed over for good (the last flush). */
     drain() {
       this.lost();
       latest.clear();
-      return unsent.splice(0);
+      return queue.splice(0);
     },
     maxFrames: () => maxFrames,
   };
