@@ -628,17 +628,18 @@ export function createMonitor(options) {
 
   function forget(e) {
     conns.delete(e.pc);
-    e.off.forEach((off) => off());
+    e.listening.abort();
   }
+
+  // A listener of `target` until the connection is forgotten.
+  const listen = (e, target, type, fn) => target.addEventListener(type, safe(fn), { signal: e.listening.signal });
 
   function watchTracks(e) {
     for (const s of e.pc.getSenders?.() ?? []) {
       const track = s.track;
       if (!track || e.tracks.has(track)) continue;
       e.tracks.add(track);
-      for (const ev of ["mute", "unmute"]) {
-        track.addEventListener(ev, safe(() => conns.get(e.pc) === e && emit(ev, track.kind, e.c)));
-      }
+      for (const ev of ["mute", "unmute"]) listen(e, track, ev, () => emit(ev, track.kind, e.c));
     }
   }
 
@@ -653,15 +654,10 @@ export function createMonitor(options) {
     add: safe((pc, opts) => {
       if (closed || conns.has(pc)) return;
       // Later also: prev (the last sample's fields), score, busy (its getStats() in flight), ufrag.
-      const e = { pc, c: opts?.connection || randomId(4), q: 0, tracks: new WeakSet(), off: [] };
-      const on = (type, fn) => {
-        const h = safe(fn);
-        pc.addEventListener(type, h);
-        e.off.push(() => pc.removeEventListener(type, h));
-      };
-      on("iceconnectionstatechange", () => emit("ice", pc.iceConnectionState, e.c));
-      on("connectionstatechange", () => emit("ice", "connection:" + pc.connectionState, e.c));
-      on("signalingstatechange", () => pc.signalingState === "stable" && checkRestart(e));
+      const e = { pc, c: opts?.connection || randomId(4), q: 0, tracks: new WeakSet(), listening: new AbortController() };
+      listen(e, pc, "iceconnectionstatechange", () => emit("ice", pc.iceConnectionState, e.c));
+      listen(e, pc, "connectionstatechange", () => emit("ice", "connection:" + pc.connectionState, e.c));
+      listen(e, pc, "signalingstatechange", () => pc.signalingState === "stable" && checkRestart(e));
       conns.set(pc, e);
       if (!joined) joined = true, emit("join");
       checkRestart(e);
