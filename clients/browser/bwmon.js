@@ -319,6 +319,18 @@ export function backoffMs(attempt, random = Math.random) {
 // An upper bound of the UTF-8 size of a string, exact for ASCII (identifiers usually are).
 const bytesOf = (s) => (/[^\0-\x7f]/.test(s) ? 3 * s.length : s.length);
 
+// The JSON texts of the first of `frames` that fit in one message (a JSON array) of at most
+// `maxFrames` frames and `maxBytes` bytes (the first frame whatever its size).
+function fit(frames, maxFrames, maxBytes) {
+  const texts = [];
+  for (let size = 2; texts.length < Math.min(maxFrames, frames.length); ) {
+    const s = JSON.stringify(frames[texts.length]);
+    if ((size += bytesOf(s) + 1) > maxBytes && texts.length) break;
+    texts.push(s);
+  }
+  return texts;
+}
+
 /**
  * One WebSocket session's protocol (PROTOCOL.md §7) without I/O: fed the frames to send and the
  * daemon's replies, it returns the text messages to write. It holds every frame until an ack
@@ -349,12 +361,7 @@ export function createSession({ boot, token, maxQueue = 1000, stats }) {
   function take() {
     const out = [];
     while (sent < queue.length) {
-      const texts = [];
-      for (let size = 2; texts.length < Math.min(maxFrames, queue.length - sent); ) {
-        const s = JSON.stringify(queue[sent + texts.length]);
-        if ((size += bytesOf(s) + 1) > maxBytes && texts.length) break;
-        texts.push(s);
-      }
+      const texts = fit(queue.slice(sent), maxFrames, maxBytes);
       messages.push([++n, texts.length]);
       sent += texts.length;
       out.push("[" + texts.join(",") + "]");
@@ -498,17 +505,11 @@ export function connect({ url, token, boot, maxQueue, stats, note }) {
     flush: safe((frames) => {
       done = true;
       clearTimeout(retry);
-      const all = session.drain().concat(frames);
-      // The newest frames first within the keepalive budget: they carry the totals and the leave.
-      const parts = [];
       const hello = session.hello();
-      let size = hello.length + 2, i = all.length;
-      for (; i > 0 && parts.length < session.maxFrames() - 1; i--) {
-        const s = JSON.stringify(all[i - 1]);
-        if ((size += bytesOf(s) + 1) > KEEPALIVE_BYTES) break;
-        parts.unshift(s);
-      }
-      stats.dropped += i;
+      // The newest frames first within the keepalive budget: they carry the totals and the leave.
+      const all = session.drain().concat(frames).reverse();
+      const parts = fit(all, session.maxFrames() - 1, KEEPALIVE_BYTES - hello.length).reverse();
+      stats.dropped += all.length - parts.length;
       if (parts.length) {
         stats.sent += parts.length;
         const body = "[" + [hello, ...parts].join(",") + "]";
