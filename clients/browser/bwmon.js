@@ -385,8 +385,8 @@ export function createSession({ boot, token, maxQueue = 1000, stats }) {
       const r = JSON.parse(text);
       if (r.t === "welcome") {
         ready = stats.connected = true;
-        maxFrames = r.max_frames > 0 ? r.max_frames : maxFrames;
-        maxBytes = r.max_message_bytes > 0 ? r.max_message_bytes : maxBytes;
+        if (r.max_frames > 0) maxFrames = r.max_frames;
+        if (r.max_message_bytes > 0) maxBytes = r.max_message_bytes;
         return take();
       }
       if (r.t === "ack") {
@@ -564,8 +564,7 @@ export function createMonitor(options) {
   const safe = (fn) => guard(note, fn);
   const conns = new Map(); // pc -> its state
   const callbacks = new Set();
-  const boot = randomId(8);
-  const link = url ? safe(connect)({ url, token, boot, maxQueue, stats, note }) : null;
+  const link = url ? safe(connect)({ url, token, boot: randomId(8), maxQueue, stats, note }) : null;
   let joined = false, left = false, closed = false, timer = null, running = null, closing = null;
   const send = (frames) => link?.send(frames);
   const event = (ev, val, c) =>
@@ -636,8 +635,7 @@ export function createMonitor(options) {
   const listen = (e, target, type, fn) => target.addEventListener(type, safe(fn), { signal: e.listening.signal });
 
   function watchTracks(e) {
-    for (const s of e.pc.getSenders?.() ?? []) {
-      const track = s.track;
+    for (const { track } of e.pc.getSenders?.() ?? []) {
       if (!track || e.tracks.has(track)) continue;
       e.tracks.add(track);
       for (const ev of ["mute", "unmute"]) listen(e, track, ev, () => emit(ev, track.kind, e.c));
