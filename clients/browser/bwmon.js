@@ -371,7 +371,6 @@ export function createSession({ boot, token, maxQueue = 1000, stats }) {
   }
 
   return {
-    hello,
     get ready() { return ready; },
     /** Frames unsent or not yet acknowledged. */
     pending: () => queue.length,
@@ -427,13 +426,19 @@ export function createSession({ boot, token, maxQueue = 1000, stats }) {
       ready = stats.connected = false;
       messages.length = sent = 0;
     },
-    /** Everything unacknowledged, in order, handed over for good (the last flush). */
-    drain() {
+    /** The last flush's message, or null: the hello, then the newest of everything
+     * unacknowledged and `frames` within the keepalive budget (they carry the totals and the
+     * leave); the session holds nothing after it. */
+    last(frames) {
       this.lost();
       latest.clear();
-      return queue.splice(0);
+      const first = hello();
+      const all = queue.splice(0).concat(frames).reverse();
+      const texts = fit(all, maxFrames - 1, KEEPALIVE_BYTES - first.length).reverse();
+      stats.dropped += all.length - texts.length;
+      stats.sent += texts.length;
+      return texts.length ? "[" + [first, ...texts].join(",") + "]" : null;
     },
-    maxFrames: () => maxFrames,
   };
 }
 
@@ -505,14 +510,8 @@ export function connect({ url, token, boot, maxQueue, stats, note }) {
     flush: safe((frames) => {
       done = true;
       clearTimeout(retry);
-      const hello = session.hello();
-      // The newest frames first within the keepalive budget: they carry the totals and the leave.
-      const all = session.drain().concat(frames).reverse();
-      const parts = fit(all, session.maxFrames() - 1, KEEPALIVE_BYTES - hello.length).reverse();
-      stats.dropped += all.length - parts.length;
-      if (parts.length) {
-        stats.sent += parts.length;
-        const body = "[" + [hello, ...parts].join(",") + "]";
+      const body = session.last(frames);
+      if (body) {
         // A string body goes as text/plain: a simple request, no preflight, allowed in unload.
         // The answer comes only if the page outlives the request (a close() that timed out).
         fetch(post, { method: "POST", keepalive: true, body })
