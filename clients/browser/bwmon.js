@@ -371,7 +371,6 @@ export function createSession({ boot, token, maxQueue = 1000, stats }) {
   }
 
   return {
-    get ready() { return ready; },
     /** Frames unsent or not yet acknowledged. */
     pending: () => queue.length,
     /** A new connection is open: the hello to send first. */
@@ -491,7 +490,8 @@ export function connect({ url, token, boot, maxQueue, stats, note }) {
     sock.onopen = safe(() => sock.send(session.open()));
     sock.onmessage = safe((e) => {
       write(session.receive(e.data));
-      if (session.ready) clearTimeout(giveUp), (attempt = 0);
+      // The welcome came (the session says so in stats.connected).
+      if (stats.connected) clearTimeout(giveUp), (attempt = 0);
       wake?.();
     });
     sock.onclose = (e) => lost(e.code === 1000 ? null : `closed ${e.code} ${e.reason || ""}`.trim());
