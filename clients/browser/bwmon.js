@@ -544,7 +544,8 @@ export function connect({ url, token, boot, maxQueue, stats, note }) {
 // ---- monitor: createMonitor, the sampling loop, events, the RTCPeerConnection wrapper ----
 
 const EVENT_KINDS = ["join", "leave", "ice", "reconnect", "mute", "unmute"];
-// One symbol per page, whatever the number of copies of this module: the wrapper's guard.
+// One symbol per page, whatever the number of copies of this module: on the wrapper, its guard;
+// on globalThis, the monitor that receives the new connections.
 const WRAPPED = Symbol.for("bwmon.wrap");
 const CLOSE_MS = 2000;
 // A getStats() that takes longer is taken as hung: the loop goes on without its connection.
@@ -691,10 +692,9 @@ export function createMonitor(options) {
       const g = globalThis, Native = g.RTCPeerConnection;
       if (typeof Native !== "function") return false;
       if (!Native[WRAPPED]) {
-        const hook = { monitor: null };
         g.RTCPeerConnection = class RTCPeerConnection extends Native {
-          static [WRAPPED] = hook;
-          #monitor = hook.monitor;
+          static [WRAPPED] = true;
+          #monitor = g[WRAPPED];
           constructor(...args) {
             super(...args);
             this.#monitor?.add(this);
@@ -705,7 +705,7 @@ export function createMonitor(options) {
           }
         };
       }
-      g.RTCPeerConnection[WRAPPED].monitor = api;
+      g[WRAPPED] = api;
       return true;
     }),
 
@@ -732,8 +732,7 @@ export function createMonitor(options) {
   });
   const unhook = () => {
     globalThis.removeEventListener?.("pagehide", onPageHide);
-    const hook = globalThis.RTCPeerConnection?.[WRAPPED];
-    if (hook?.monitor === api) hook.monitor = null;
+    if (globalThis[WRAPPED] === api) globalThis[WRAPPED] = null;
   };
   globalThis.addEventListener?.("pagehide", onPageHide);
   return api;
