@@ -25,7 +25,7 @@ const RTC_SUMS = {
 // The two sums counted in seconds (floats up to 1e9); every other sum is an integer counter.
 const RTC_SECONDS = { ajd: 1, vzd: 1 };
 // The video gauges of each direction, read from its stream with the largest frame.
-const PICTURE_KEYS = [["inbound-rtp", "vfi", "vwi", "vhi"], ["outbound-rtp", "vfo", "vwo", "vho"]];
+const PICTURE_KEYS = { "inbound-rtp": ["vfi", "vwi", "vhi"], "outbound-rtp": ["vfo", "vwo", "vho"] };
 const CANDIDATE_TYPES = ["host", "srflx", "prflx", "relay"];
 const RELAY_PROTOCOLS = ["udp", "tcp", "tls"];
 // Encoder limitations, mildest first: several video senders report the most severe.
@@ -100,7 +100,7 @@ export function rtcFields(report) {
     if (type === "transport") selected.add(s.selectedCandidatePairId);
     if (type === "candidate-pair") pairs.push(s);
     if (type === "outbound-rtp" && kind === "audio") codecs.push(s.codecId);
-    if ((type === "outbound-rtp" || type === "inbound-rtp") && kind === "video") {
+    if (kind === "video" && type in PICTURE_KEYS) {
       const best = picture[type];
       if (!best || frameArea(s) > frameArea(best)) picture[type] = s;
       const reason = LIMITATIONS.indexOf(s.qualityLimitationReason);
@@ -115,9 +115,8 @@ export function rtcFields(report) {
   putMs("aj", jitter.audio);
   putMs("vj", jitter.video);
   putMs("rtt", rtt);
-  for (const [type, fps, w, h] of PICTURE_KEYS) {
-    const s = picture[type];
-    if (!s) continue;
+  for (const type in picture) {
+    const s = picture[type], [fps, w, h] = PICTURE_KEYS[type];
     putWire(f, fps, s.framesPerSecond, 1000);
     putWire(f, w, s.frameWidth, 65535, true);
     putWire(f, h, s.frameHeight, 65535, true);
