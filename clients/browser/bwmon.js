@@ -665,19 +665,15 @@ export function createMonitor(options) {
 
     // Synchronous up to getStats(), so that the wrapper's close() samples before closing.
     async remove(pc) {
-      try {
-        const e = conns.get(pc);
-        if (!e) return;
-        forget(e);
-        // A sample in flight is the connection's last (its tick sends it); else take one.
-        await (e.busy || measure([e], CLOSE_MS));
-      } catch (err) {
-        note(err);
-      }
+      const e = conns.get(pc);
+      if (!e) return;
+      forget(e);
+      // A sample in flight is the connection's last (its tick sends it); else take one.
+      await (e.busy || measure([e], CLOSE_MS)).catch(note);
     },
 
     event: safe((kind, detail) => {
-      if (!EVENT_KINDS.includes(kind)) throw new TypeError(`bwmon: unknown event kind ${kind}`);
+      if (!EVENT_KINDS.includes(kind)) return note(`bwmon: unknown event kind ${kind}`);
       const d = detail !== null && typeof detail === "object" ? detail : { value: detail };
       if (!closed) emit(kind, d.value, conns.get(d.connection)?.c);
     }),
