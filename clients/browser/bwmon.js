@@ -387,7 +387,7 @@ export function createSession({ boot, token, maxQueue = 1000, stats }) {
         return take();
       }
       if (r.t === "ack") {
-        while (messages.length && messages[0][0] <= r.msg) {
+        while (messages[0]?.[0] <= r.msg) {
           for (const f of forget()) {
             stats.acked++;
             if (isLatest(f)) latest.delete(f.c);
