@@ -10,6 +10,7 @@ fake media devices so that ``getUserMedia`` gives audio and video without a came
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -52,8 +53,10 @@ def chromium_path() -> str:
 @contextlib.contextmanager
 def launch_chromium(*extra_args: str) -> Iterator[Browser]:
     """A headless system Chromium, closed on exit."""
+    # Imported when a browser is asked for: Playwright is a dev dependency, and every `bwmon`
+    # command imports this module (cli.bench.commands) before it knows which one runs.
     try:
-        from playwright.sync_api import sync_playwright
+        sync_playwright = importlib.import_module("playwright.sync_api").sync_playwright
     except ImportError:
         raise ChromiumMissing(
             "Playwright is not installed: pip install -e '.[dev]' (it drives the system "

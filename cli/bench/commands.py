@@ -16,9 +16,11 @@ import typer
 
 from cli.bench import aggregate as aggregate_bench
 from cli.bench import all as all_bench
+from cli.bench import client as client_bench
 from cli.bench import fanout as fanout_bench
 from cli.bench import ingest as ingest_bench
 from cli.bench import storage as storage_bench
+from cli.bench.chromium import ChromiumMissing
 from cli.bench.harness import ClientFailed, print_json
 from cli.daemon_process import DaemonFailed
 from collector.storage.sinks import StorageError
@@ -124,3 +126,33 @@ def storage(
         print_json(result)
     else:
         storage_bench.print_summary(result)
+
+
+@app.command("client")
+def client(
+    as_json: JsonFlag = False,
+    quick: QuickFlag = False,
+    connections: Annotated[
+        int, typer.Option(min=1, max=16, help="loopback calls in the page (the target is at 4)")
+    ] = client_bench.CONNECTIONS,
+    size_only: Annotated[
+        bool, typer.Option("--size-only", help="only the module's size, no browser")
+    ] = False,
+) -> None:
+    """The browser client's cost per tick per peer connection in Chromium, and its size."""
+    if size_only:
+        size = client_bench.module_size()
+        if as_json:
+            print_json(size)
+        else:
+            client_bench.print_size(size)
+        return
+    try:
+        result = client_bench.run_client(quick, connections)
+    except (ChromiumMissing, DaemonFailed, client_bench.PageFailed) as exc:
+        typer.echo(f"bwmon bench client: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        print_json(result)
+    else:
+        client_bench.print_summary(result)

@@ -2,9 +2,11 @@
 
 ``add(frames, now)`` is the per-frame path and does only counter arithmetic (``RtcStream``,
 ``HttpRoute``); ``tick(now)``, once per bucket (1 s), derives the interval's rates, MOS, video
-score and quality for the streams that received samples, writes the live rings, runs the
-lifecycle (silence, meeting end), closes minutes and evaluates alerts. What it produces waits in
-``output`` until the daemon drains it for storage and fan-out.
+score and quality for the streams that received samples — rates over the time their samples
+cover, by the samples' own timestamps (``RtcStream.take_interval``), not over the time between
+two ticks — writes the live rings, runs the lifecycle (silence, meeting end), closes minutes and
+evaluates alerts. What it produces waits in ``output`` until the daemon drains it for storage
+and fan-out.
 
 Lifecycle: a participant joins on its first frame or a ``join`` event and leaves on ``leave``
 or after ``participant_timeout_s`` without a sample; a meeting ends once it has had no
@@ -111,6 +113,7 @@ class Participant:
     level: str | None = None
     reasons: tuple[str, ...] = ()
     relayed_bytes: float = 0.0
+    interval_at: float | None = None  # the last tick that derived an interval of its streams
 
 
 @dataclass
@@ -397,6 +400,7 @@ class Engine:
             int(now * 1000),
             boot,
         )
+        stream.interval_at = now  # a baseline's deltas count from now
         participant.streams[connection] = stream
         self.streams[(meeting_id, participant_id, connection)] = stream
         return stream
@@ -498,7 +502,6 @@ class Engine:
         under a flood (``bench aggregate`` prints the longest step, ``tick_step_ms``). Frames
         added between two steps are safe: they count in the next interval of their stream."""
         settings = self.settings
-        dt = max(now - self.last_tick, settings.bucket_s) if self.last_tick else settings.bucket_s
         self.last_tick = now
         bucket_no = int(now // settings.bucket_s)
         open_minute = int((now - settings.minute_grace_s) // 60)
@@ -509,9 +512,7 @@ class Engine:
             for participant in list(meeting.participants.values()):
                 if meeting.participants.get(participant.participant) is not participant:
                     continue  # left between two steps
-                metrics = self._tick_participant(
-                    meeting, participant, now, dt, bucket_no, open_minute
-                )
+                metrics = self._tick_participant(meeting, participant, now, bucket_no, open_minute)
                 if meeting_rules and metrics is not None:
                     _fold_worst(meeting_worst, metrics)
                 done += 1
@@ -545,12 +546,16 @@ class Engine:
         meeting: Meeting,
         participant: Participant,
         now: float,
-        dt: float,
         bucket_no: int,
         open_minute: int,
     ) -> dict[str, float | None] | None:
-        """The participant's interval; the values its alert rules saw (None: no new sample, or
-        it left)."""
+        """The participant's interval; the values its alert rules saw (None: no new interval,
+        or it left).
+
+        Its time at its quality level is the time its intervals cover: each tick that derives
+        one adds the longest of them, no more than since its last such tick (streams sampled at
+        different periods cover the same time once). Silence before a timeout, measured by
+        nothing, is not counted."""
         last_seen = max(
             (s.last_seen for s in participant.streams.values()), default=participant.joined_at
         )
@@ -559,9 +564,14 @@ class Engine:
             return None
         worst: tuple[float, Interval, RtcStream] | None = None
         reasons: set[str] = set()
+        covered = 0.0
         for stream in participant.streams.values():
             if stream.pending_samples:
-                interval = derive_interval(stream.take_pending()[0], stream, dt, self.settings)
+                deltas, seconds = stream.take_interval(now, self.settings.bucket_s)
+                if seconds is None:  # no rate from these deltas (they are in the minute row)
+                    continue
+                covered = max(covered, seconds)
+                interval = derive_interval(deltas, stream, seconds, self.settings)
                 self._record(meeting, participant, stream, interval, bucket_no)
                 reasons.update(interval_reasons(stream, interval, self.settings))
                 score = stream.quality if stream.quality is not None else 100.0
@@ -571,6 +581,9 @@ class Engine:
                 self._close_stream_minute(stream)
         if worst is None:
             return None
+        if participant.interval_at is not None:
+            covered = min(covered, now - participant.interval_at)
+        participant.interval_at = now
         participant.quality = worst[2].quality
         participant.level = (
             q.level(participant.quality) if participant.quality is not None else None
@@ -583,7 +596,7 @@ class Engine:
                 meeting.quality_worst = participant.quality
         if participant.level is not None:
             levels = meeting.seconds_by_level
-            levels[participant.level] = levels.get(participant.level, 0.0) + dt
+            levels[participant.level] = levels.get(participant.level, 0.0) + covered
         metrics = _alert_metrics(worst[1], worst[2])
         self.output.alerts += self.alerts.observe(
             (meeting.meeting, participant.participant), "participant", metrics, now
@@ -766,7 +779,8 @@ class Engine:
             meeting = Meeting(**{k: m[k] for k in _MEETING_FIELDS})
             self.meetings[meeting.meeting] = meeting
             for p in m["participants"]:
-                fields = {k: p[k] for k in _PARTICIPANT_FIELDS}
+                # Fields a checkpoint of an earlier build lacks keep their defaults.
+                fields = {k: p[k] for k in _PARTICIPANT_FIELDS if k in p}
                 fields["reasons"] = tuple(fields["reasons"])  # MessagePack gave a list
                 participant = Participant(**fields)
                 meeting.participants[participant.participant] = participant
@@ -838,8 +852,8 @@ def derive_interval(
     p: Sequence[float], stream: RtcStream, dt: float, settings: AggregateSettings
 ) -> Interval:
     """The interval's rates, loss, jitter buffer, freeze share and scores from its counter
-    deltas ``p`` (``COUNTERS`` order, ``RtcStream.take_pending``) over ``dt`` seconds, with the
-    stream's gauges (RTT, FEC, received fps, limitation) as they stand."""
+    deltas ``p`` (``COUNTERS`` order, ``RtcStream.take_interval``) over the ``dt`` seconds they
+    cover, with the stream's gauges (RTT, FEC, received fps, limitation) as they stand."""
     audio_recv_bps = 8 * p[AUDIO_BYTES_RECEIVED] / dt
     video_recv_bps = 8 * p[VIDEO_BYTES_RECEIVED] / dt
     audio_send_bps = 8 * p[AUDIO_BYTES_SENT] / dt
@@ -955,8 +969,10 @@ def _pct(fraction: float | None) -> float:
     return math.nan if fraction is None else 100 * fraction
 
 
-SNAPSHOT_VERSION = 4  # a new one whenever a stream's or an HTTP instance's state changes
+SNAPSHOT_VERSION = 5  # a new one whenever a stream's or an HTTP instance's state changes
 # 3: HTTP instances without the time of their last sample (restored as heard from now).
-READABLE_SNAPSHOT_VERSIONS = (3, SNAPSHOT_VERSION)
+# 4: streams without where their interval counts from, participants without their last
+# interval's tick (their first interval after the restore has no rate).
+READABLE_SNAPSHOT_VERSIONS = (3, 4, SNAPSHOT_VERSION)
 _MEETING_FIELDS = tuple(f for f in Meeting.__dataclass_fields__ if f != "participants")
 _PARTICIPANT_FIELDS = tuple(f for f in Participant.__dataclass_fields__ if f != "streams")

@@ -27,6 +27,13 @@ Deltas go to two fixed-size accumulators of plain floats: ``pending`` (the tick 
 which the engine derives rates and quality) and ``minute`` (one ``MinuteRow`` per minute).
 Memory per stream is fixed: numbers live in ``array`` objects, never in per-bucket objects.
 
+An interval's rates divide its deltas by the time they cover (``take_interval``): from the
+newest sample of the interval before (or the baseline) to the newest of this one, by the
+samples' own ``ts`` — the clock that timed the counters — not by the daemon's time between two
+ticks, which a client sampling every 2 s fills every other tick (``interval_seconds`` guards
+against a client clock that went back or jumped). Deltas that count from the stream's start (its
+first sample in full, a new boot's) cover a time nobody told the daemon: no rate from them.
+
 A client that sends faster than the daemon ticks costs one comparison per sample, not a delta
 per counter: from a stream's third sample in one tick, a sample whose counters all grew since
 the one before (same counters present, same pair) is *held* instead of applied, and the next
@@ -92,6 +99,7 @@ STREAM_KEY: Final = slice(0, 3)
 # The other fields ``add`` reads, by position: an index into the tuple, not an attribute
 # lookup on the frame for each.
 _SEQ: Final = _FIELD_NAMES.index("seq")
+_TS: Final = _FIELD_NAMES.index("client_ts")
 _PAIR_ID: Final = _FIELD_NAMES.index("pair_id")
 _LOCAL_CANDIDATE: Final = _FIELD_NAMES.index("local_candidate")
 _REMOTE_CANDIDATE: Final = _FIELD_NAMES.index("remote_candidate")
@@ -175,6 +183,9 @@ _SLOTS: Final = (
     "height_in",
     "height_out",
     "held",
+    "interval_at",
+    "interval_seq",
+    "interval_ts",
     "known_start",
     "last",
     "last_seen",
@@ -217,6 +228,7 @@ _SLOTS: Final = (
     "rtt_sum",
     "samples",
     "stale",
+    "ts",
     "turn_server",
     "video_jitter_count",
     "video_jitter_ms",
@@ -249,6 +261,15 @@ class RtcStream:
         self.known_start = False  # the first sample counts in full whatever its ``q``
         self.last_seq = -1
         self.last_seen = 0.0  # daemon time of the last sample, set by the engine
+        self.ts = 0.0  # the client's ``ts`` of the newest sample applied or held (ms)
+        # Where the pending deltas count from (``take_interval``): the ``q`` and ``ts`` of that
+        # sample (``interval_seq`` -1: from the stream's start, at a time the daemon was never
+        # told; ``interval_ts`` is then not read) and the daemon's time then (the tick that took
+        # the interval before; set by the engine when the stream opens). Numbers, never NaN:
+        # compiled, a NaN read back is a new object, unequal to itself in a state's list.
+        self.interval_seq = -1
+        self.interval_ts = 0.0
+        self.interval_at = 0.0
         self.quality: float | None = None  # smoothed quality score, set by the engine
         # The last value of every counter: 0 until it comes (a counter counts from 0), -1: the
         # next value is a baseline (a new selected pair).
@@ -313,7 +334,11 @@ class RtcStream:
 
     @classmethod
     def from_state(cls, state: Sequence[Any], window: int = 60) -> RtcStream:
-        values = dict(zip(_STATE_SLOTS, state, strict=True))
+        """The stream that ``state()`` gave ``state``. The state of an older build is shorter:
+        what came since (``_ADDED_STATE``) keeps its defaults."""
+        if not len(_STATE_SLOTS) - len(_ADDED_STATE) <= len(state) <= len(_STATE_SLOTS):
+            raise ValueError(f"an rtc stream state of {len(state)} values")
+        values = dict(zip(_STATE_SLOTS, state, strict=False))
         stream = cls(values["meeting"], values["participant"], values["connection"], window)
         for name, value in values.items():
             current = getattr(stream, name)
@@ -337,6 +362,7 @@ class RtcStream:
         self.opened = opened
         self.known_start = True
         self.last_seq = -1
+        self.interval_seq = -1  # the pending deltas now count from the new boot's start too
         self.last = array("d", _ZEROS)
         self.pair_id = None
         self.recent = None
@@ -438,6 +464,7 @@ class RtcStream:
             self.gaps += gap
             self.minute_gaps += gap
         self.last_seq = seq
+        self.ts = fields[_TS]
         self.samples += 1
         self.minute_samples += 1
         self.pending_samples += 1
@@ -448,6 +475,7 @@ class RtcStream:
         pair_id: str | None = fields[_PAIR_ID]
         if outcome & BASELINE:
             self._baseline(pair_id, counters)
+            self.interval_seq, self.interval_ts = seq, self.ts
         elif not self._hold(pair_id, counters):
             self._fold()
             self._apply(pair_id, counters)
@@ -598,6 +626,20 @@ class RtcStream:
         self.pending_samples = 0
         return pending, samples
 
+    def take_interval(self, now: float, bucket_s: float) -> tuple[array[float], float | None]:
+        """The pending deltas (``take_pending``) and the seconds they cover
+        (``interval_seconds``); None when no rate can be taken from them: there are none (a
+        baseline alone), or they count from the stream's start. The next interval counts from
+        the newest sample, at the daemon's ``now``."""
+        pending, _samples = self.take_pending()
+        seconds: float | None = None
+        if self.interval_seq >= 0 and self.interval_seq != self.last_seq:
+            seconds = interval_seconds(
+                (self.ts - self.interval_ts) / 1000, now - self.interval_at, bucket_s
+            )
+        self.interval_seq, self.interval_ts, self.interval_at = self.last_seq, self.ts, now
+        return pending, seconds
+
     def record_scores(self, mos: float | None, quality: float | None) -> None:
         """Fold one interval's scores into the minute's averages and minimums."""
         if mos is not None:
@@ -663,6 +705,16 @@ class RtcStream:
         return row
 
 
+def interval_seconds(client_s: float, daemon_s: float, bucket_s: float) -> float:
+    """The time an interval's deltas cover: ``client_s``, between the samples that bound them by
+    their own ``ts``, unless it cannot be — not above 0 (the client's clock went back) or over
+    twice the daemon's ``daemon_s`` and a bucket (it jumped forward; delivery alone moves the
+    two apart by less) — then ``daemon_s``, the daemon's time since the interval before, at
+    least a bucket."""
+    daemon_s = max(daemon_s, bucket_s)
+    return client_s if 0 < client_s <= 2 * daemon_s + bucket_s else daemon_s
+
+
 def retire(retired: tuple[str, ...], boot: str) -> tuple[str, ...]:
     """The boots a stream has left, newest first, once it leaves ``boot`` as well: a sample of
     one of them is of an emitter that restarted since (``OLD_BOOT``), never a new stream."""
@@ -689,6 +741,14 @@ def _grew(counters: tuple[Any, ...], reference: tuple[Any, ...]) -> bool:
 
 
 _TRANSIENT: Final = frozenset({"held", "recent"})
-_STATE_SLOTS: Final = tuple(
-    name for name in _SLOTS if not name.startswith("ring") and name not in _TRANSIENT
+# What a stream's state gained after checkpoints and journals without it were written: at the
+# end, so that an older state, shorter, still loads (``from_state``).
+_ADDED_STATE: Final = ("interval_at", "interval_seq", "interval_ts", "ts")
+_STATE_SLOTS: Final = (
+    *(
+        name
+        for name in _SLOTS
+        if not name.startswith("ring") and name not in _TRANSIENT and name not in _ADDED_STATE
+    ),
+    *_ADDED_STATE,
 )

@@ -12,8 +12,9 @@ the two samples go through the protocol's decoder into an ``RtcStream`` (deltas,
 selected pair, gauges, the path), the interval through ``derive_interval``,
 ``interval_reasons`` and ``smoothed_quality`` (collector/aggregate/engine.py), the level
 through ``quality.level``. The first sample is applied as a baseline, as the daemon applies a
-continuation, so the second one's deltas are exactly the difference between the two; ``dt``
-is the time between the samples' ``ts`` (the daemon's is its tick).
+continuation, so the second one's deltas are exactly the difference between the two, and the
+time they cover is the daemon's own (``RtcStream.take_interval``): the time between the
+samples' ``ts``, each received as it was taken.
 
 ``python -m tests.aggregate.quality_vectors`` rewrites the file; ``--check`` only compares
 (exit status 1 when it is stale).
@@ -47,13 +48,15 @@ def view(prev: Fields | None, cur: Fields, prev_score: float | None) -> Fields |
     if prev is None:
         return None
     stream = RtcStream("m", "p", "c")
+    stream.interval_at = prev["ts"] / 1000  # as the engine, at the stream's opening
     for seq, fields in enumerate((prev, cur), start=1):  # q 1 first: a baseline
         message = json.dumps({"t": "rtc", "m": "m", "p": "p", "c": "c", "q": seq, **fields})
         (frame,) = decode_message(message.encode()).frames
         assert isinstance(frame, RtcSample)
         stream.add(frame, 0)
-    dt = (cur["ts"] - prev["ts"]) / 1000
-    interval = derive_interval(stream.take_pending()[0], stream, dt, SETTINGS)
+    deltas, dt = stream.take_interval(cur["ts"] / 1000, SETTINGS.bucket_s)
+    assert dt is not None
+    interval = derive_interval(deltas, stream, dt, SETTINGS)
     score = smoothed_quality(prev_score, interval)
     relayed = stream.relay != "direct"
     jitter = (
@@ -137,6 +140,13 @@ NO_VIDEO_IN: Final = ("vib", "vip", "vil", "vfd", "vfx", "vzc", "vzd", "vfi", "v
 CASES: Final[tuple[tuple[str, str, Fields | None, Fields, float | None], ...]] = (
     ("first_sample", "a connection's first sample has no interval", None, PREV, None),
     ("healthy", "a healthy direct call: excellent, no reason", PREV, after(PREV), None),
+    (
+        "one_second",
+        "the same bytes in a one-second interval: twice the bitrates",
+        PREV,
+        after(PREV, ts=T0 + 1_000.0),
+        None,
+    ),
     (
         "gauges_carried",
         "gauges absent from the sample keep the previous sample's values",

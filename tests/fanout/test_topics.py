@@ -69,7 +69,7 @@ def test_meeting_topic_has_participants_and_one_point_per_tick() -> None:
     assert alice["up_bps"] == pytest.approx(1_000_000)  # both connections
     assert alice["rtt_ms"] == pytest.approx(58)  # the worst connection, mean of 5 ticks
     points = [e for e in entities.values() if e["kind"] == "point"]
-    assert len(points) == 2 * 10
+    assert len(points) == 2 * 9  # the first tick holds a baseline alone: no interval
     latest = entities[f"alice@{now - 1:g}"]
     assert latest["up_bps"] == pytest.approx(1_000_000)
     assert topics.meeting_topic(engine, "gone", now) == {}
