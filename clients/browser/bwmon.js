@@ -25,7 +25,7 @@ const RTC_SUMS = {
 // The two sums counted in seconds (floats up to 1e9); every other sum is an integer counter.
 const RTC_SECONDS = { ajd: 1, vzd: 1 };
 // The video gauges of each direction, read from its stream with the largest frame.
-const PICTURE_KEYS = [["inbound-rtp", "vfi", "vwi", "vhi"], ["outbound-rtp", "vfo", "vwo", "vho"]];
+const PICTURE_KEYS = { "inbound-rtp": ["vfi", "vwi", "vhi"], "outbound-rtp": ["vfo", "vwo", "vho"] };
 const CANDIDATE_TYPES = ["host", "srflx", "prflx", "relay"];
 const RELAY_PROTOCOLS = ["udp", "tcp", "tls"];
 // Encoder limitations, mildest first: several video senders report the most severe.
@@ -47,6 +47,7 @@ const BROWSERS = {
   ],
 };
 
+const MAX_INT = Number.MAX_SAFE_INTEGER;
 // Sets f[key] only to a number of the wire type in 0..max (PROTOCOL.md §3.2, §5.1 ranges).
 function putWire(f, key, v, max, int) {
   if (typeof v === "number" && v >= 0 && v <= max && (!int || Number.isInteger(v))) f[key] = v;
@@ -99,24 +100,23 @@ export function rtcFields(report) {
     if (type === "transport") selected.add(s.selectedCandidatePairId);
     if (type === "candidate-pair") pairs.push(s);
     if (type === "outbound-rtp" && kind === "audio") codecs.push(s.codecId);
-    if ((type === "outbound-rtp" || type === "inbound-rtp") && kind === "video") {
+    if (kind === "video" && type in PICTURE_KEYS) {
       const best = picture[type];
       if (!best || frameArea(s) > frameArea(best)) picture[type] = s;
       const reason = LIMITATIONS.indexOf(s.qualityLimitationReason);
       if (type === "outbound-rtp" && reason > limit) limit = reason;
     }
   });
+  // Seconds of the report -> ms on the wire.
+  const putMs = (key, seconds) => putWire(f, key, seconds * 1000, 36e5);
   putWire(f, "ts", ts, 1e13);
-  for (const key in sums) {
-    const int = !(key in RTC_SECONDS);
-    putWire(f, key, sums[key], int ? Number.MAX_SAFE_INTEGER : 1e9, int);
-  }
-  putWire(f, "aj", jitter.audio * 1000, 36e5);
-  putWire(f, "vj", jitter.video * 1000, 36e5);
-  putWire(f, "rtt", rtt * 1000, 36e5);
-  for (const [type, fps, w, h] of PICTURE_KEYS) {
-    const s = picture[type];
-    if (!s) continue;
+  // Each stream was checked above: a sum of integers is one.
+  for (const key in sums) putWire(f, key, sums[key], key in RTC_SECONDS ? 1e9 : MAX_INT);
+  putMs("aj", jitter.audio);
+  putMs("vj", jitter.video);
+  putMs("rtt", rtt);
+  for (const type in picture) {
+    const s = picture[type], [fps, w, h] = PICTURE_KEYS[type];
     putWire(f, fps, s.framesPerSecond, 1000);
     putWire(f, w, s.frameWidth, 65535, true);
     putWire(f, h, s.frameHeight, 65535, true);
@@ -125,8 +125,7 @@ export function rtcFields(report) {
   for (const id of codecs) {
     const c = report.get(id);
     if (!c) continue;
-    const red = String(c.mimeType).toLowerCase() === "audio/red";
-    f.fec = f.fec || red || /useinbandfec=1\b/.test(c.sdpFmtpLine);
+    f.fec = f.fec || String(c.mimeType).toLowerCase() === "audio/red" || /useinbandfec=1\b/.test(c.sdpFmtpLine);
   }
   let pair;
   for (const rule of BROWSERS.pair) {
@@ -137,10 +136,10 @@ export function rtcFields(report) {
   }
   if (!pair) return f;
   putWireId(f, "pair", pair.id, 128);
-  putWire(f, "pbs", pair.bytesSent, Number.MAX_SAFE_INTEGER, true);
-  putWire(f, "pbr", pair.bytesReceived, Number.MAX_SAFE_INTEGER, true);
+  putWire(f, "pbs", pair.bytesSent, MAX_INT, true);
+  putWire(f, "pbr", pair.bytesReceived, MAX_INT, true);
   putWire(f, "bwe", pair.availableOutgoingBitrate, 1e12);
-  if (!("rtt" in f)) putWire(f, "rtt", pair.currentRoundTripTime * 1000, 36e5);
+  if (!("rtt" in f)) putMs("rtt", pair.currentRoundTripTime);
   const local = report.get(pair.localCandidateId);
   const remote = report.get(pair.remoteCandidateId);
   // The daemon reads rct only beside lct (a relayed peer is not a relayed self): both or none.
@@ -164,14 +163,15 @@ const EXPECTED_VIDEO_BPS = 1.5e6;
 const EXPECTED_FPS = 30;
 const clamp = (v, lo, hi) => Math.max(lo, Math.min(hi, v));
 const level = (s) =>
-  s > 80 ? "excellent" : s > 60 ? "good" : s > 40 ? "fair" : s > 20 ? "poor" : "bad";
+  s == null ? null : s > 80 ? "excellent" : s > 60 ? "good" : s > 40 ? "fair" : s > 20 ? "poor" : "bad";
 
-// E-model R factor (quality.r_factor); loss a fraction, turned into percent here.
+// E-model R factor (quality.r_factor) of audio received (bps > 0); loss a fraction, turned
+// into percent here.
 function rFactor(loss, rtt, jb, bps, fec) {
   const d = 20 + jb + rtt / 2;
   let id = 0.024 * d;
   if (d > 177.3) id += 0.11 * (d - 177.3);
-  const ie = bps <= 0 ? 30 : clamp(55 - 4.6 * Math.log(bps), 0, 30);
+  const ie = clamp(55 - 4.6 * Math.log(bps), 0, 30);
   const ppl = 100 * loss;
   return clamp(93.2 - id - (ie + ((95 - ie) * ppl) / (ppl + (fec ? 20 : 10))), 0, 100);
 }
@@ -192,7 +192,8 @@ function rFactor(loss, rtt, jb, bps, fec) {
 export function localView(prev, cur, prevScore) {
   const dt = prev && (cur.ts - prev.ts) / 1000;
   if (!(dt > 0)) return null;
-  const d = (k) => (cur[k] == null || cur[k] < (prev[k] ?? 0) ? 0 : cur[k] - (prev[k] ?? 0));
+  // A counter's increase: none when cur lacks it or it went back (NaN or negative).
+  const d = (k) => Math.max(0, cur[k] - (prev[k] ?? 0)) || 0;
   const bps = (k) => (8 * d(k)) / dt;
   const g = (k) => cur[k] ?? prev[k] ?? null;
   const aIn = bps("aib"), vIn = bps("vib");
@@ -210,7 +211,7 @@ export function localView(prev, cur, prevScore) {
     video = clamp(
       Math.min(
         clamp(100 - 10 * (100 * vLoss) - Math.max(0, (rtt - 150) / 10), 0, 100),
-        vIn >= EXPECTED_VIDEO_BPS ? 100 : clamp(100 - 20 * Math.log(EXPECTED_VIDEO_BPS / vIn), 0, 100),
+        clamp(100 - 20 * Math.log(EXPECTED_VIDEO_BPS / vIn), 0, 100),
         clamp(100 * Math.min(1, (g("vfi") ?? EXPECTED_FPS) / EXPECTED_FPS) - 100 * freeze, 0, 100),
       ) - (qlr == "cpu" || qlr == "bandwidth" ? 10 : 0),
       0,
@@ -224,7 +225,7 @@ export function localView(prev, cur, prevScore) {
   const relayed = path.lct == "relay";
   const aj = g("aj");
   const found = [
-    lossDown != null || lossUp != null ? Math.max(lossDown || 0, lossUp || 0) > 0.01 : false,
+    Math.max(lossDown || 0, lossUp || 0) > 0.01,
     rttG > 400,
     aj > 30,
     vIn > 0 && vIn < 0.5 * EXPECTED_VIDEO_BPS,
@@ -244,13 +245,16 @@ export function localView(prev, cur, prevScore) {
     mos,
     video,
     score: score ?? null,
-    level: score == null ? null : level(score),
+    level: level(score),
     reasons: REASONS.filter((_, i) => found[i]),
     relayed,
     relayProtocol: relayed ? path.rp || "udp" : null,
     remoteRelayed: path.rct == "relay" && !relayed,
   };
 }
+
+// The worst value of the views' (the latest ts, the longest interval), null where none has one.
+const WORST = { ts: Math.max, seconds: Math.max, lossDown: Math.max, lossUp: Math.max, rtt: Math.max, jitter: Math.max, mos: Math.min, video: Math.min, score: Math.min };
 
 /**
  * One view of a participant's several peer connections: bitrates summed, the worst loss, RTT,
@@ -262,26 +266,19 @@ export function localView(prev, cur, prevScore) {
 export function combineViews(views) {
   const vs = views.filter(Boolean);
   if (!vs.length) return null;
-  const pick = (k, f) => {
-    const xs = vs.map((v) => v[k]).filter((x) => x != null);
-    return xs.length ? f(...xs) : null;
-  };
   const sum = (dir, kind) => vs.reduce((s, v) => s + v[dir][kind], 0);
-  const score = pick("score", Math.min);
-  const protocols = vs.map((v) => v.relayProtocol).filter(Boolean);
-  return {
-    ts: pick("ts", Math.max),
-    seconds: pick("seconds", Math.max),
+  const worst = {
     up: { audio: sum("up", "audio"), video: sum("up", "video") },
     down: { audio: sum("down", "audio"), video: sum("down", "video") },
-    lossDown: pick("lossDown", Math.max),
-    lossUp: pick("lossUp", Math.max),
-    rtt: pick("rtt", Math.max),
-    jitter: pick("jitter", Math.max),
-    mos: pick("mos", Math.min),
-    video: pick("video", Math.min),
-    score,
-    level: score == null ? null : level(score),
+  };
+  for (const k in WORST) {
+    const xs = vs.map((v) => v[k]).filter((x) => x != null);
+    worst[k] = xs.length ? WORST[k](...xs) : null;
+  }
+  const protocols = vs.map((v) => v.relayProtocol).filter(Boolean);
+  return {
+    ...worst,
+    level: level(worst.score),
     reasons: REASONS.filter((r) => vs.some((v) => v.reasons.includes(r))),
     relayed: vs.some((v) => v.relayed),
     // TCP or TLS, where a connection has it, is the one that costs (head-of-line blocking).
@@ -307,8 +304,8 @@ export function randomId(bytes) {
 export function endpoints(url) {
   const u = new URL(url, globalThis.location?.href);
   const at = u.host + u.pathname.replace(/(\/ingest)?\/?$/, "/ingest");
-  const tls = u.protocol === "https:" || u.protocol === "wss:";
-  return { ws: (tls ? "wss://" : "ws://") + at, post: (tls ? "https://" : "http://") + at };
+  const s = u.protocol === "https:" || u.protocol === "wss:" ? "s" : "";
+  return { ws: `ws${s}://${at}`, post: `http${s}://${at}` };
 }
 
 /** Milliseconds before reconnection attempt `attempt` (0, 1, …): full jitter, a uniform random
@@ -320,6 +317,18 @@ export function backoffMs(attempt, random = Math.random) {
 
 // An upper bound of the UTF-8 size of a string, exact for ASCII (identifiers usually are).
 const bytesOf = (s) => (/[^\0-\x7f]/.test(s) ? 3 * s.length : s.length);
+
+// The JSON texts of the first of `frames` that fit in one message (a JSON array) of at most
+// `maxFrames` frames and `maxBytes` bytes (the first frame whatever its size).
+function fit(frames, maxFrames, maxBytes) {
+  const texts = [];
+  for (let size = 2; texts.length < Math.min(maxFrames, frames.length); ) {
+    const s = JSON.stringify(frames[texts.length]);
+    if ((size += bytesOf(s) + 1) > maxBytes && texts.length) break;
+    texts.push(s);
+  }
+  return texts;
+}
 
 /**
  * One WebSocket session's protocol (PROTOCOL.md §7) without I/O: fed the frames to send and the
@@ -335,39 +344,34 @@ export function createSession({ boot, token, maxQueue = 1000, stats }) {
   // (§7.8), not the next one.
   const hello = () =>
     JSON.stringify({ t: "hello", boot, kind: "browser", agent: "bwmon-js/" + VERSION, token: typeof token === "function" ? token() : token });
-  const unsent = [];
-  const inflight = []; // [message number, frames]
+  const queue = []; // every frame unacknowledged: the first `sent` of them sent, then the unsent
+  const messages = []; // [message number, frame count] of each message sent and not acknowledged
   const latest = new Map(); // connection id -> its newest rtc frame
-  let ready = false, n = 0, held = 0, rejected = 0, maxFrames = 1000, maxBytes = 1 << 20;
+  let ready = false, n = 0, sent = 0, rejected = 0, maxFrames = 1000, maxBytes = 1 << 20;
   const isLatest = (f) => f.t === "rtc" && latest.get(f.c) === f;
+  // The oldest message sent, out of the queue: its frames.
+  const forget = () => {
+    const count = messages.shift()[1];
+    sent -= count;
+    return queue.splice(0, count);
+  };
 
+  // Every unsent frame, in messages within the welcome's limits (at least one frame each).
   function take() {
     const out = [];
-    let batch = [], size = 2;
-    const seal = () => {
-      if (!batch.length) return;
-      inflight.push([++n, batch.map((b) => b[0])]);
-      out.push("[" + batch.map((b) => b[1]).join(",") + "]");
-      stats.sent += batch.length;
-      batch = [];
-      size = 2;
-    };
-    held += unsent.length;
-    for (const f of unsent.splice(0)) {
-      const s = JSON.stringify(f), b = bytesOf(s) + 1;
-      if (batch.length >= maxFrames || (batch.length && size + b > maxBytes)) seal();
-      batch.push([f, s]);
-      size += b;
+    while (sent < queue.length) {
+      const texts = fit(queue.slice(sent), maxFrames, maxBytes);
+      messages.push([++n, texts.length]);
+      sent += texts.length;
+      out.push("[" + texts.join(",") + "]");
+      stats.sent += texts.length;
     }
-    seal();
     return out;
   }
 
   return {
-    hello,
-    get ready() { return ready; },
     /** Frames unsent or not yet acknowledged. */
-    pending: () => unsent.length + held,
+    pending: () => queue.length,
     /** A new connection is open: the hello to send first. */
     open() {
       n = rejected = 0;
@@ -378,16 +382,16 @@ export function createSession({ boot, token, maxQueue = 1000, stats }) {
       const r = JSON.parse(text);
       if (r.t === "welcome") {
         ready = stats.connected = true;
-        maxFrames = r.max_frames > 0 ? r.max_frames : maxFrames;
-        maxBytes = r.max_message_bytes > 0 ? r.max_message_bytes : maxBytes;
+        if (r.max_frames > 0) maxFrames = r.max_frames;
+        if (r.max_message_bytes > 0) maxBytes = r.max_message_bytes;
         return take();
       }
       if (r.t === "ack") {
-        while (inflight.length && inflight[0][0] <= r.msg) {
-          const frames = inflight.shift()[1];
-          held -= frames.length;
-          stats.acked += frames.length;
-          for (const f of frames) if (isLatest(f)) latest.delete(f.c);
+        while (messages[0]?.[0] <= r.msg) {
+          for (const f of forget()) {
+            stats.acked++;
+            if (isLatest(f)) latest.delete(f.c);
+          }
         }
         // error replies are capped per interval (§7.4); the ack's total is always right
         if (r.rejected > rejected) stats.rejected += r.rejected - rejected, (rejected = r.rejected);
@@ -402,14 +406,14 @@ export function createSession({ boot, token, maxQueue = 1000, stats }) {
     push(frames) {
       for (const f of frames) {
         if (f.t === "rtc") latest.set(f.c, f);
-        unsent.push(f);
-        while (unsent.length + held > maxQueue) {
-          if (inflight.length) {
-            held -= inflight.shift()[1].length;
+        queue.push(f);
+        while (queue.length > maxQueue) {
+          if (messages.length) {
+            forget();
             continue;
           }
-          const i = unsent.findIndex((g) => !isLatest(g));
-          unsent.splice(Math.max(i, 0), 1);
+          const i = queue.findIndex((g) => !isLatest(g));
+          queue.splice(Math.max(i, 0), 1);
           stats.dropped++;
         }
       }
@@ -418,17 +422,37 @@ export function createSession({ boot, token, maxQueue = 1000, stats }) {
     /** The connection ended: what it left unacknowledged waits for the next one, first. */
     lost() {
       ready = stats.connected = false;
-      unsent.unshift(...inflight.flatMap((m) => m[1]));
-      inflight.length = held = 0;
+      messages.length = sent = 0;
     },
-    /** Everything unacknowledged, in order, handed over for good (the last flush). */
-    drain() {
+    /** The last flush's message, or null: the hello, then the newest of everything
+     * unacknowledged and `frames` within the keepalive budget (they carry the totals and the
+     * leave); the session holds nothing after it. */
+    last(frames) {
       this.lost();
       latest.clear();
-      return unsent.splice(0);
+      const first = hello();
+      const all = queue.splice(0).concat(frames).reverse();
+      const texts = fit(all, maxFrames - 1, KEEPALIVE_BYTES - first.length).reverse();
+      stats.dropped += all.length - texts.length;
+      stats.sent += texts.length;
+      return texts.length ? "[" + [first, ...texts].join(",") + "]" : null;
     },
-    maxFrames: () => maxFrames,
   };
+}
+
+// `fn`, never throwing: what it throws goes to `note`.
+const guard = (note, fn) => (...args) => {
+  try {
+    return fn(...args);
+  } catch (err) {
+    note(err);
+  }
+};
+
+// What `promise` resolves to, or undefined once `ms` have passed.
+function within(promise, ms) {
+  let box;
+  return Promise.race([promise, new Promise((r) => (box = setTimeout(r, ms)))]).finally(() => clearTimeout(box));
 }
 
 /**
@@ -439,10 +463,10 @@ export function createSession({ boot, token, maxQueue = 1000, stats }) {
 export function connect({ url, token, boot, maxQueue, stats, note }) {
   const { ws: wsUrl, post } = endpoints(url);
   const session = createSession({ boot, token, maxQueue, stats });
+  const safe = (fn) => guard(note, fn);
   let ws = null, attempt = 0, retry = null, done = false, wake = null;
 
   function open() {
-    retry = null;
     let sock, giveUp;
     const lost = (why) => {
       clearTimeout(giveUp);
@@ -462,83 +486,54 @@ export function connect({ url, token, boot, maxQueue, stats, note }) {
     }
     // A connection that hangs before its welcome is given up and tried again.
     giveUp = setTimeout(() => sock.close(), 10000);
-    sock.onopen = () => {
-      try { sock.send(session.open()); } catch (err) { note(err); }
-    };
-    sock.onmessage = (e) => {
-      try {
-        write(session.receive(e.data));
-        if (session.ready) clearTimeout(giveUp), (attempt = 0);
-      } catch (err) { note(err); }
+    sock.onopen = safe(() => sock.send(session.open()));
+    sock.onmessage = safe((e) => {
+      write(session.receive(e.data));
+      // The welcome came (the session says so in stats.connected).
+      if (stats.connected) clearTimeout(giveUp), (attempt = 0);
       wake?.();
-    };
+    });
     sock.onclose = (e) => lost(e.code === 1000 ? null : `closed ${e.code} ${e.reason || ""}`.trim());
   }
 
-  function flush(frames) {
-    done = true;
-    clearTimeout(retry);
-    const all = session.drain().concat(frames);
-    // The newest frames first within the keepalive budget: they carry the totals and the leave.
-    const parts = [];
-    const hello = session.hello();
-    let size = hello.length + 2, i = all.length;
-    for (; i > 0 && parts.length < session.maxFrames() - 1; i--) {
-      const s = JSON.stringify(all[i - 1]);
-      if ((size += bytesOf(s) + 1) > KEEPALIVE_BYTES) break;
-      parts.unshift(s);
-    }
-    stats.dropped += i;
-    if (parts.length) {
-      stats.sent += parts.length;
-      const body = "[" + [hello, ...parts].join(",") + "]";
-      // A string body goes as text/plain: a simple request, no preflight, allowed in unload.
-      // The answer comes only if the page outlives the request (a close() that timed out).
-      fetch(post, { method: "POST", keepalive: true, body })
-        .then((r) =>
-          r.json().then((a) => {
-            stats.rejected += a.rejected | 0;
-            if (a.errors?.length) stats.lastError = `POST /ingest ${r.status}: ${a.errors[0].reason}`;
-          }),
-        )
-        .catch(note);
-    }
-    try { ws?.close(1000); } catch {}
-  }
-
   // A socket already closing takes nothing (its close requeues what the session gave it).
-  const write = (messages) => {
-    try {
-      if (ws?.readyState === 1) messages.forEach((m) => ws.send(m));
-    } catch (err) {
-      note(err);
-    }
-  };
+  const write = safe((messages) => {
+    if (ws?.readyState === 1) messages.forEach((m) => ws.send(m));
+  });
 
   open();
   return {
     pending: session.pending,
     send: (frames) => write(session.push(frames)),
     /** The last flush, at once (pagehide): everything unacknowledged, and `frames`, by POST. */
-    flush(frames) {
-      try {
-        flush(frames);
-      } catch (err) {
-        note(err);
+    flush: safe((frames) => {
+      done = true;
+      clearTimeout(retry);
+      const body = session.last(frames);
+      if (body) {
+        // A string body goes as text/plain: a simple request, no preflight, allowed in unload.
+        // The answer comes only if the page outlives the request (a close() that timed out).
+        fetch(post, { method: "POST", keepalive: true, body })
+          .then((r) =>
+            r.json().then((a) => {
+              stats.rejected += a.rejected | 0;
+              if (a.errors?.length) stats.lastError = `POST /ingest ${r.status}: ${a.errors[0].reason}`;
+            }),
+          )
+          .catch(note);
       }
-    },
-    /** Send the last frames on the session and wait at most `ms` for their ack; what is still
-     * unacknowledged then goes by POST. Resolves, never rejects. */
+      ws?.close(1000);
+    }),
+    /** Send the last frames on the session and wait at most `ms` for their ack (woken by each
+     * reply and by the socket's loss); what is still unacknowledged then goes by POST. Resolves,
+     * never rejects. */
     async end(frames, ms) {
       done = true;
       clearTimeout(retry);
       write(session.push(frames));
       const deadline = Date.now() + ms;
       while (session.pending() && ws && Date.now() < deadline) {
-        await new Promise((r) => {
-          const t = setTimeout(r, deadline - Date.now());
-          wake = () => (clearTimeout(t), r());
-        });
+        await within(new Promise((r) => (wake = r)), deadline - Date.now());
       }
       this.flush([]);
     },
@@ -548,18 +543,13 @@ export function connect({ url, token, boot, maxQueue, stats, note }) {
 // ---- monitor: createMonitor, the sampling loop, events, the RTCPeerConnection wrapper ----
 
 const EVENT_KINDS = ["join", "leave", "ice", "reconnect", "mute", "unmute"];
-// One symbol per page, whatever the number of copies of this module: the wrapper's guard.
+// One symbol per page, whatever the number of copies of this module: on the wrapper, its guard;
+// on globalThis, the monitor that receives the new connections.
 const WRAPPED = Symbol.for("bwmon.wrap");
 const CLOSE_MS = 2000;
 // A getStats() that takes longer is taken as hung: the loop goes on without its connection.
 const HUNG_MS = 10000;
 const clock = () => performance.now();
-
-// What `promise` resolves to, or undefined once `ms` have passed.
-function within(promise, ms) {
-  let box;
-  return Promise.race([promise, new Promise((r) => (box = setTimeout(r, ms)))]).finally(() => clearTimeout(box));
-}
 
 /**
  * A monitor of one participant's peer connections: one serialized loop takes one getStats() per
@@ -570,37 +560,22 @@ export function createMonitor(options) {
   const { url, token, meeting: m, participant: p, intervalMs = 2000, maxQueue = 1000 } = options || {};
   const stats = { sent: 0, acked: 0, dropped: 0, rejected: 0, reconnects: 0, connected: false, lastError: null, getStatsMs: 0, workMs: 0 };
   const note = (err) => void (stats.lastError = String(err?.message ?? err));
-  const safe = (fn) => (...args) => {
-    try {
-      return fn(...args);
-    } catch (err) {
-      note(err);
-    }
-  };
+  const safe = (fn) => guard(note, fn);
   const conns = new Map(); // pc -> its state
   const callbacks = new Set();
-  const boot = randomId(8);
-  let link = null, joined = false, left = false, closed = false, timer = null, running = null, closing = null;
-  if (url) link = safe(connect)({ url, token, boot, maxQueue, stats, note }) ?? null;
+  const link = url ? safe(connect)({ url, token, boot: randomId(8), maxQueue, stats, note }) : null;
+  let joined = false, left = false, closed = false, timer = null, running = null, closing = null;
   const send = (frames) => link?.send(frames);
   const event = (ev, val, c) =>
     ({ t: "event", m, p, ev, ts: Date.now(), c, val: val == null ? undefined : String(val).slice(0, 128) });
+  const emit = (ev, val, c) => send([event(ev, val, c)]);
   const leave = () => (joined && !left ? ((left = true), [event("leave")]) : []);
 
   // At most one getStats() per connection in flight: a call that outlives its time box keeps
-  // its connection out of the next ticks until it settles.
-  function sample(e) {
-    if (!e.busy) {
-      let r;
-      try {
-        r = Promise.resolve(e.pc.getStats());
-      } catch (err) {
-        r = Promise.reject(err);
-      }
-      e.busy = r.then((report) => report, note).finally(() => (e.busy = null));
-    }
-    return e.busy;
-  }
+  // its connection out of the next ticks until it settles. Called now (the executor runs at
+  // once); a failure is noted and gives no report.
+  const sample = (e) =>
+    (e.busy = new Promise((r) => r(e.pc.getStats())).catch(note).finally(() => (e.busy = null)));
 
   // One sample of each of `list` within `limitMs`, sent; a tick also times itself and hands the
   // local view to the onSample callbacks (the last samples of remove and close do neither).
@@ -609,23 +584,19 @@ export function createMonitor(options) {
     const reports = await Promise.all(list.map((e) => (e.busy ? null : within(sample(e), limitMs))));
     const t1 = clock();
     const frames = [], views = [];
-    list.forEach((e, i) => {
+    list.forEach(safe((e, i) => {
       if (!reports[i]) return;
-      try {
-        const fields = rtcFields(reports[i]);
-        frames.push(Object.assign({ t: "rtc", m, p, c: e.c, q: e.q++ }, fields));
-        if (ticking && callbacks.size) {
-          const view = localView(e.prev, fields, e.score);
-          if (view) views.push(view), (e.score = view.score);
-        }
-        e.prev = fields;
-      } catch (err) {
-        note(err);
+      const fields = rtcFields(reports[i]);
+      frames.push({ t: "rtc", m, p, c: e.c, q: e.q++, ...fields });
+      if (ticking && callbacks.size) {
+        const view = localView(e.prev, fields, e.score);
+        if (view) views.push(view), (e.score = view.score);
       }
-    });
+      e.prev = fields;
+    }));
     send(frames);
     if (!ticking) return;
-    const view = views.length ? combineViews(views) : null;
+    const view = combineViews(views);
     stats.getStatsMs = t1 - t0;
     stats.workMs = clock() - t1;
     if (view) for (const cb of callbacks) safe(cb)(view);
@@ -640,70 +611,71 @@ export function createMonitor(options) {
       .catch(note)
       .then(() => {
         running = null;
-        if (!closed && conns.size) timer = setTimeout(tick, Math.max(0, intervalMs - (clock() - t0)));
+        // A tick longer than the interval is followed at once (a negative delay is none).
+        if (!closed && conns.size) timer = setTimeout(tick, intervalMs - (clock() - t0));
       });
+  }
+
+  // No more ticks nor events: the connections it had, forgotten.
+  function stop() {
+    closed = true;
+    clearTimeout(timer);
+    const list = [...conns.values()];
+    list.forEach(forget);
+    return list;
   }
 
   function forget(e) {
     conns.delete(e.pc);
-    e.off.forEach((off) => off());
+    e.listening.abort();
   }
 
+  // A listener of `target` until the connection is forgotten.
+  const listen = (e, target, type, fn) => target.addEventListener(type, safe(fn), { signal: e.listening.signal });
+
   function watchTracks(e) {
-    for (const s of e.pc.getSenders?.() ?? []) {
-      const track = s.track;
+    for (const { track } of e.pc.getSenders?.() ?? []) {
       if (!track || e.tracks.has(track)) continue;
       e.tracks.add(track);
-      for (const ev of ["mute", "unmute"]) {
-        track.addEventListener(ev, safe(() => conns.get(e.pc) === e && send([event(ev, track.kind, e.c)])));
-      }
+      for (const ev of ["mute", "unmute"]) listen(e, track, ev, () => emit(ev, track.kind, e.c));
     }
   }
 
   // An ICE restart gives the local description new ICE credentials (RFC 8839).
   function checkRestart(e) {
     const ufrag = /a=ice-ufrag:(\S+)/.exec(e.pc.localDescription?.sdp)?.[1];
-    if (ufrag && e.ufrag && ufrag !== e.ufrag) send([event("reconnect", "ice-restart", e.c)]);
+    if (ufrag && e.ufrag && ufrag !== e.ufrag) emit("reconnect", "ice-restart", e.c);
     e.ufrag = ufrag || e.ufrag;
   }
 
   const api = {
     add: safe((pc, opts) => {
       if (closed || conns.has(pc)) return;
-      const e = { pc, c: opts?.connection || randomId(4), q: 0, prev: null, score: null, busy: null, ufrag: null, tracks: new WeakSet(), off: [] };
-      const on = (type, fn) => {
-        const h = safe(fn);
-        pc.addEventListener(type, h);
-        e.off.push(() => pc.removeEventListener(type, h));
-      };
-      on("iceconnectionstatechange", () => send([event("ice", pc.iceConnectionState, e.c)]));
-      on("connectionstatechange", () => send([event("ice", "connection:" + pc.connectionState, e.c)]));
-      on("signalingstatechange", () => pc.signalingState === "stable" && checkRestart(e));
+      // Later also: prev (the last sample's fields), score, busy (its getStats() in flight), ufrag.
+      const e = { pc, c: opts?.connection || randomId(4), q: 0, tracks: new WeakSet(), listening: new AbortController() };
+      listen(e, pc, "iceconnectionstatechange", () => emit("ice", pc.iceConnectionState, e.c));
+      listen(e, pc, "connectionstatechange", () => emit("ice", "connection:" + pc.connectionState, e.c));
+      listen(e, pc, "signalingstatechange", () => pc.signalingState === "stable" && checkRestart(e));
       conns.set(pc, e);
-      if (!joined) joined = true, send([event("join")]);
+      if (!joined) joined = true, emit("join");
       checkRestart(e);
       watchTracks(e);
       if (!timer && !running) timer = setTimeout(tick, intervalMs);
     }),
 
     // Synchronous up to getStats(), so that the wrapper's close() samples before closing.
-    remove(pc) {
-      try {
-        const e = conns.get(pc);
-        if (!e) return Promise.resolve();
-        forget(e);
-        // A sample in flight is the connection's last (its tick sends it); else take one.
-        return (e.busy ? e.busy.then(() => {}) : measure([e], CLOSE_MS)).catch(note);
-      } catch (err) {
-        note(err);
-        return Promise.resolve();
-      }
+    async remove(pc) {
+      const e = conns.get(pc);
+      if (!e) return;
+      forget(e);
+      // A sample in flight is the connection's last (its tick sends it); else take one.
+      await (e.busy || measure([e], CLOSE_MS)).catch(note);
     },
 
     event: safe((kind, detail) => {
-      if (!EVENT_KINDS.includes(kind)) throw new TypeError(`bwmon: unknown event kind ${kind}`);
+      if (!EVENT_KINDS.includes(kind)) return note(`bwmon: unknown event kind ${kind}`);
       const d = detail !== null && typeof detail === "object" ? detail : { value: detail };
-      if (!closed) send([event(kind, d.value, conns.get(d.connection)?.c)]);
+      if (!closed) emit(kind, d.value, conns.get(d.connection)?.c);
     }),
 
     onSample(callback) {
@@ -715,9 +687,9 @@ export function createMonitor(options) {
       const g = globalThis, Native = g.RTCPeerConnection;
       if (typeof Native !== "function") return false;
       if (!Native[WRAPPED]) {
-        const hook = { monitor: null };
         g.RTCPeerConnection = class RTCPeerConnection extends Native {
-          #monitor = hook.monitor;
+          static [WRAPPED] = true;
+          #monitor = g[WRAPPED];
           constructor(...args) {
             super(...args);
             this.#monitor?.add(this);
@@ -727,9 +699,8 @@ export function createMonitor(options) {
             return super.close();
           }
         };
-        g.RTCPeerConnection[WRAPPED] = hook;
       }
-      g.RTCPeerConnection[WRAPPED].monitor = api;
+      g[WRAPPED] = api;
       return true;
     }),
 
@@ -737,11 +708,8 @@ export function createMonitor(options) {
 
     close: () =>
       (closing ??= (async () => {
-        closed = true;
-        clearTimeout(timer);
         const deadline = Date.now() + CLOSE_MS;
-        const list = [...conns.values()];
-        list.forEach(forget);
+        const list = stop();
         // The samples of a tick in flight, and the others' last ones, go before the leave: a
         // sample after it would bring the participant back.
         await within(Promise.all([running, measure(list, CLOSE_MS / 2, false)]), CLOSE_MS / 2);
@@ -753,16 +721,13 @@ export function createMonitor(options) {
   // pagehide leaves no time to wait for anything: the last flush goes out at once (also in the
   // middle of a close()).
   const onPageHide = safe(() => {
-    closed = true;
-    clearTimeout(timer);
-    conns.forEach(forget);
+    stop();
     link?.flush(leave());
     unhook();
   });
   const unhook = () => {
     globalThis.removeEventListener?.("pagehide", onPageHide);
-    const hook = globalThis.RTCPeerConnection?.[WRAPPED];
-    if (hook?.monitor === api) hook.monitor = null;
+    if (globalThis[WRAPPED] === api) globalThis[WRAPPED] = null;
   };
   globalThis.addEventListener?.("pagehide", onPageHide);
   return api;

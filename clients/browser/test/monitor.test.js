@@ -4,7 +4,7 @@
 import { mock, test } from "node:test";
 import assert from "node:assert/strict";
 import { createMonitor, VERSION } from "../bwmon.js";
-import { FakePeerConnection, FakeWebSocket, fakePage, until } from "./fakes.js";
+import { FakePeerConnection, FakeWebSocket, fakePage, until } from "../testing/fakes.js";
 
 // One turn of the event loop: the promise chains in flight run to their next wait.
 const settle = () => new Promise((r) => setImmediate(r));

@@ -3,7 +3,7 @@
 import { test, mock } from "node:test";
 import assert from "node:assert/strict";
 import { backoffMs, connect, createSession, endpoints, randomId, VERSION } from "../bwmon.js";
-import { FakeWebSocket, fakePage, until } from "./fakes.js";
+import { FakeWebSocket, fakePage, until } from "../testing/fakes.js";
 
 const newStats = () => ({ sent: 0, acked: 0, dropped: 0, rejected: 0, reconnects: 0, connected: false, lastError: null });
 const rtc = (c, q) => ({ t: "rtc", m: "m1", p: "p1", c, q, ts: 1000 + q });

@@ -1,5 +1,6 @@
 // Fakes of the browser APIs the monitor uses, for the Node tests: a WebSocket driven by the test,
-// a peer connection whose getStats() the test resolves, the page's pagehide. No test of its own.
+// a peer connection whose getStats() the test resolves, the page's pagehide. Outside test/, where
+// `node --test` would take it for a test file.
 
 /** Resolves once `cond()` holds, checked after every turn of the event loop (no fixed sleep);
  * throws after `turns` turns. */
