@@ -116,7 +116,7 @@ class Call:
 
     def restart_ice(self, turn: TurnServer) -> None:
         """An ICE restart after which side a may also use host candidates (its TURN server
-        kept); returns once both sides' selected pairs changed: the ``RESTART`` call goes direct."""
+        kept); returns once both sides use a new, direct pair: the ``RESTART`` call's switch."""
         config = {"iceTransportPolicy": "all", "iceServers": [turn.ice_server(RESTART.a)]}
         self.page.evaluate("config => window.call.restartIce(config)", config)
 
