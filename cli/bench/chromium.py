@@ -1,7 +1,9 @@
 """Headless Chromium for the browser client's benchmark and tests: Debian's system browser
 driven by Playwright (a dev dependency), never a browser Playwright downloads.
 
-``launch_chromium`` yields a Playwright ``Browser`` started with the flags a closed loopback
+``serving_http`` serves the pages Chromium opens from a loopback origin (a secure context for
+``getUserMedia``, and one Chromium lets reach the daemon, which a page Playwright routes is
+not). ``launch_chromium`` yields a Playwright ``Browser`` started with the flags a closed loopback
 machine needs: no sandbox (root in CI), no background networking (its connections are refused
 here), loopback peer connections allowed (WebRTC calls between two pages of one machine), and
 fake media devices so that ``getUserMedia`` gives audio and video without a camera.
@@ -10,10 +12,12 @@ fake media devices so that ``getUserMedia`` gives audio and video without a came
 from __future__ import annotations
 
 import contextlib
+import http.server
 import importlib
 import os
 import shutil
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from protocol.errors import BwmonError
@@ -71,3 +75,20 @@ def launch_chromium(*extra_args: str) -> Iterator[Browser]:
             yield browser
         finally:
             browser.close()
+
+
+@contextlib.contextmanager
+def serving_http(
+    handler: Callable[..., http.server.BaseHTTPRequestHandler], name: str
+) -> Iterator[str]:
+    """An HTTP server of ``handler`` on a free loopback port, in a thread, stopped on exit;
+    yields its base URL (``http://127.0.0.1:PORT``)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

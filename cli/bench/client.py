@@ -37,13 +37,9 @@ import contextlib
 import gzip
 import http.server
 import itertools
-import json
-import os
 import re
-import shutil
 import subprocess
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,8 +47,8 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import typer
 
-from cli.bench.chromium import launch_chromium
-from cli.bench.harness import median, meets, percentile
+from cli.bench.chromium import launch_chromium, serving_http
+from cli.bench.harness import NpmUnavailable, median, meets, npm_package, percentile
 from cli.daemon_process import running_daemon
 from protocol.errors import BwmonError
 
@@ -64,7 +60,6 @@ TARGET_MINIFIED_BYTES = 15_000
 TARGET_GZIPPED_BYTES = 6_000
 CONNECTIONS = 4
 TERSER_VERSION = "5.51.4"
-NPM_TIMEOUT_S = 180.0
 
 MODULE = Path(__file__).resolve().parents[2] / "clients" / "browser" / "bwmon.js"
 ISOLATED = {  # cross-origin isolation: performance.now() in 5 µs steps
@@ -309,48 +304,12 @@ class TerserUnavailable(BwmonError):
     """terser cannot run here: why."""
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "bwmon-bench" / "terser"
-
-
-def installed_terser() -> Path | None:
-    package = cache_dir() / "node_modules" / "terser"
-    try:
-        version = json.loads((package / "package.json").read_text())["version"]
-    except (OSError, ValueError, KeyError):
-        return None
-    cli = package / "bin" / "terser"
-    return cli if version == TERSER_VERSION and cli.exists() else None
-
-
 def prepare_terser() -> Path:
     """terser's command-line script, installed into the cache the first time."""
-    if shutil.which("node") is None:
-        raise TerserUnavailable("Node.js (`node`) not found: the module is not minified")
-    found = installed_terser()
-    if found is not None:
-        return found
-    npm = shutil.which("npm")
-    if npm is None:
-        raise TerserUnavailable("npm not found: cannot install terser; the module is not minified")
-    cache_dir().mkdir(parents=True, exist_ok=True)
-    command = [npm, "install", "--prefix", str(cache_dir()), f"terser@{TERSER_VERSION}"]
-    command += ["--no-audit", "--no-fund", "--ignore-scripts"]
     try:
-        subprocess.run(
-            command,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=NPM_TIMEOUT_S,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise TerserUnavailable(f"npm install terser@{TERSER_VERSION} failed: {exc}") from None
-    found = installed_terser()
-    if found is None:
-        raise TerserUnavailable(f"npm install did not leave terser {TERSER_VERSION} in place")
-    return found
+        return npm_package("terser", TERSER_VERSION, "bin/terser")
+    except NpmUnavailable as exc:
+        raise TerserUnavailable(f"{exc}: the module is not minified") from None
 
 
 def minify(text: bytes) -> bytes:
@@ -460,15 +419,8 @@ class PageHandler(http.server.BaseHTTPRequestHandler):
 @contextlib.contextmanager
 def serving_page() -> Iterator[str]:
     """The page's server on a free loopback port, stopped on exit; yields the page's URL."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), PageHandler)
-    thread = threading.Thread(target=server.serve_forever, name="bench-page", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/bench.html"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serving_http(PageHandler, "bench-page") as base:
+        yield f"{base}/bench.html"
 
 
 def in_page(page: Page, function: str, *args: Any) -> Any:

@@ -9,6 +9,8 @@
 - **Helper children** (``ChildProcess``): one command line in on stdin, one JSON line out on
   stdout (``answer``, ``read_command`` on the child's side); stopped whatever happens.
 - **A throwaway MariaDB/MySQL database** (``throwaway_database``), dropped at the end.
+- **npm packages** (``npm_package``): a pinned version of one (StatsD, terser) in the
+  benchmarks' cache, outside the repository, installed the first time.
 - **The figures' arithmetic and printing**: percentiles, medians, loss, verdicts, JSON.
 
 Ratios measured in the same run, not absolute figures, are what compare across machines.
@@ -19,10 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import os
 import secrets
 import select
+import shutil
 import subprocess
 import sys
 import time
@@ -370,3 +374,59 @@ def throwaway_database(
     finally:
         with contextlib.suppress(OSError, TimeoutError, asyncmy.errors.Error):
             mysql_query(server, f"DROP DATABASE IF EXISTS {name}")
+
+
+NPM_TIMEOUT_S = 300.0
+
+
+class NpmUnavailable(BwmonError):
+    """An npm package cannot be had here (no Node.js or npm, the install failed): why."""
+
+
+def npm_cache_dir(package: str) -> Path:
+    """Where the benchmarks keep ``package``: under the user's cache, never the repository."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "bwmon-bench" / package
+
+
+def npm_installed(package: str, version: str, entry: str) -> Path | None:
+    """``entry`` (a path inside the package) of ``package`` at exactly ``version`` in the
+    cache, or None."""
+    root = npm_cache_dir(package) / "node_modules" / package
+    try:
+        found = json.loads((root / "package.json").read_text())["version"]
+    except (OSError, ValueError, KeyError):
+        return None
+    path = root / entry
+    return path if found == version and path.exists() else None
+
+
+def npm_package(package: str, version: str, entry: str) -> Path:
+    """``entry`` of ``package`` at ``version``, installed into the cache the first time;
+    ``NpmUnavailable`` says why it cannot be."""
+    if shutil.which("node") is None:
+        raise NpmUnavailable("Node.js (`node`) not found")
+    found = npm_installed(package, version, entry)
+    if found is not None:
+        return found
+    npm = shutil.which("npm")
+    if npm is None:
+        raise NpmUnavailable(f"npm not found: cannot install {package}")
+    prefix = npm_cache_dir(package)
+    prefix.mkdir(parents=True, exist_ok=True)
+    command = [npm, "install", "--prefix", str(prefix), f"{package}@{version}"]
+    command += ["--no-audit", "--no-fund", "--ignore-scripts"]
+    try:
+        subprocess.run(
+            command,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=NPM_TIMEOUT_S,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise NpmUnavailable(f"npm install {package}@{version} failed: {exc}") from None
+    found = npm_installed(package, version, entry)
+    if found is None:
+        raise NpmUnavailable(f"npm install did not leave {package} {version} in place")
+    return found

@@ -41,13 +41,19 @@ from pathlib import Path
 
 import msgspec
 
-from cli.bench.harness import DATAGRAM_BUDGET, terminate
+from cli.bench.harness import (
+    DATAGRAM_BUDGET,
+    NpmUnavailable,
+    npm_cache_dir,
+    npm_installed,
+    npm_package,
+    terminate,
+)
 from protocol import RtcSample
 from protocol.errors import BwmonError
 
 STATSD_VERSION = "0.9.0"
 FLUSH_INTERVAL_MS = 10_000
-NPM_TIMEOUT_S = 300
 READY_TIMEOUT_S = 20.0
 MGMT_TIMEOUT_S = 10.0
 
@@ -101,54 +107,22 @@ class StatsdUnavailable(BwmonError):
     """StatsD cannot run here (no Node.js or npm, install failed, did not start): why."""
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "bwmon-bench" / "statsd"
-
-
 def installed_stats_js() -> Path | None:
-    stats_js = cache_dir() / "node_modules" / "statsd" / "stats.js"
-    package = stats_js.parent / "package.json"
-    try:
-        version = json.loads(package.read_text())["version"]
-    except (OSError, ValueError, KeyError):
-        return None
-    return stats_js if version == STATSD_VERSION and stats_js.exists() else None
+    return npm_installed("statsd", STATSD_VERSION, "stats.js")
 
 
 def prepare(install: bool) -> Path:
     """The path of StatsD's ``stats.js``, installing it into the cache if ``install``; raises
     ``StatsdUnavailable`` saying why it cannot run."""
-    if shutil.which("node") is None:
-        raise StatsdUnavailable("Node.js (`node`) not found: the StatsD comparison is skipped")
-    found = installed_stats_js()
-    if found is not None:
-        return found
-    if not install:
+    if not install and shutil.which("node") is not None and installed_stats_js() is None:
         raise StatsdUnavailable(
-            f"statsd {STATSD_VERSION} is not installed in {cache_dir()} and --quick does not "
-            "install it: run `bwmon bench all` once (it installs with npm)"
+            f"statsd {STATSD_VERSION} is not installed in {npm_cache_dir('statsd')} and --quick "
+            "does not install it: run `bwmon bench all` once (it installs with npm)"
         )
-    npm = shutil.which("npm")
-    if npm is None:
-        raise StatsdUnavailable("npm not found: cannot install StatsD; the comparison is skipped")
-    cache_dir().mkdir(parents=True, exist_ok=True)
-    command = [npm, "install", "--prefix", str(cache_dir()), f"statsd@{STATSD_VERSION}"]
-    command += ["--no-audit", "--no-fund", "--ignore-scripts"]
     try:
-        subprocess.run(
-            command,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=NPM_TIMEOUT_S,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise StatsdUnavailable(f"npm install statsd@{STATSD_VERSION} failed: {exc}") from None
-    found = installed_stats_js()
-    if found is None:
-        raise StatsdUnavailable(f"npm install did not leave statsd {STATSD_VERSION} in place")
-    return found
+        return npm_package("statsd", STATSD_VERSION, "stats.js")
+    except NpmUnavailable as exc:
+        raise StatsdUnavailable(f"{exc}: the StatsD comparison is skipped") from None
 
 
 # -- the workload ----------------------------------------------------------------------------

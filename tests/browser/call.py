@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import functools
 import http.server
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cli.bench.chromium import serving_http
 from tests.browser.turn import TurnServer
 
 if TYPE_CHECKING:
@@ -80,15 +80,8 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 def serving_pages(directory: Path = PAGE_DIR) -> Iterator[str]:
     """A static HTTP server of ``directory`` on a free loopback port; yields its base URL."""
     handler = functools.partial(_QuietHandler, directory=str(directory))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, name="call-pages", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serving_http(handler, "call-pages") as base:
+        yield base
 
 
 @dataclass
