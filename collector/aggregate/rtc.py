@@ -46,7 +46,8 @@ the held sample is applied (``_fold``) before anything reads the accumulators: t
 minute row, a checkpoint, a relay change, a sample that is not held.
 
 What a stream counted since its boot began, per byte counter (``TOTALS``), is its closed
-minutes' (``counted``) and the open minute's: ``totals``, the live view's per-stream totals.
+minutes' (kept after the counters' last values in ``last``: one array, not two, as memory per
+stream is the budget) and the open minute's: ``totals``, the live view's per-stream totals.
 
 Which stream a sample belongs to (its key and boot) is the engine's business; a stream is told
 when its emitter restarted (``restart``) and remembers the boots it left (``retired``).
@@ -141,7 +142,6 @@ TOTALS: Final = (
     "pair_bytes_received",
 )
 _TOTALS_AT: Final = tuple(C[name] for name in TOTALS)
-_NO_TOTALS: Final = array("d", bytes(8 * len(TOTALS)))
 # The live view: per tick bucket, the values derived for the interval (NaN: not measured).
 RING_FIELDS: Final = (
     "send_bps",
@@ -155,6 +155,8 @@ RING_FIELDS: Final = (
 )
 N_RING: Final = len(RING_FIELDS)
 _ZEROS: Final = array("d", bytes(8 * N_COUNTERS))
+# ``last``: the counters' last values, then the ``TOTALS`` of the closed minutes.
+_LAST_ZEROS: Final = array("d", bytes(8 * (N_COUNTERS + len(TOTALS))))
 
 # The ring stores each value as an unsigned 16-bit step of its field's unit (2 bytes, not 8):
 # bitrates in kbit/s, loss in 0.01 %, RTT in ms, jitter in 0.1 ms, MOS in 0.001, quality in
@@ -191,7 +193,6 @@ _SLOTS: Final = (
     "bwe_count",
     "bwe_sum",
     "connection",
-    "counted",
     "fps_in",
     "fps_in_count",
     "fps_in_sum",
@@ -293,11 +294,11 @@ class RtcStream:
         self.quality: float | None = None  # smoothed quality score, set by the engine
         # The last value of every counter: 0 until it comes (a counter counts from 0); -1, in the
         # state of an older build taken right after a pair change: the next value is a baseline.
-        self.last = array("d", _ZEROS)
+        # After them, from ``N_COUNTERS`` on: the ``TOTALS`` counted in the closed minutes.
+        self.last = array("d", _LAST_ZEROS)
         # The pairs left, newest first, flat: (pair id, its pbs, its pbr) for each, at most
         # ``LEFT_PAIRS``; a switch back to one goes on from its counters.
         self.left_pairs: tuple[Any, ...] = ()
-        self.counted = array("d", _NO_TOTALS)  # ``TOTALS`` of the closed minutes
         self.pending = array("d", _ZEROS)
         self.pending_samples = 0
         self.minute = array("d", _ZEROS)
@@ -369,6 +370,8 @@ class RtcStream:
             if type(current) is array:
                 restored = array(current.typecode)
                 restored.frombytes(value)
+                # An older ``last`` ends with the counters: its stream's totals count from now.
+                restored.extend(current[len(restored) :])
                 value = restored
             elif type(current) is tuple:
                 value = tuple(value)  # MessagePack gave a list
@@ -387,10 +390,9 @@ class RtcStream:
         self.known_start = True
         self.last_seq = -1
         self.interval_seq = -1  # the pending deltas now count from the new boot's start too
-        self.last = array("d", _ZEROS)
+        self.last = array("d", _LAST_ZEROS)  # the new boot's totals too (its minute is closed)
         self.pair_id = None
         self.left_pairs = ()
-        self.counted = array("d", _NO_TOTALS)  # the new boot's totals (its minute is closed)
         self.recent = None
 
     def ring_write(self, bucket_no: int, values: tuple[float, ...]) -> None:
@@ -663,8 +665,8 @@ class RtcStream:
         """The bytes counted since the stream's boot began, ``TOTALS`` in order: its closed
         minutes' and the open one's. What a baseline or a reset left uncounted is not in them."""
         self._fold()
-        counted, minute = self.counted, self.minute
-        return [counted[k] + minute[i] for k, i in enumerate(_TOTALS_AT)]
+        last, minute = self.last, self.minute
+        return [last[N_COUNTERS + k] + minute[i] for k, i in enumerate(_TOTALS_AT)]
 
     def take_pending(self) -> tuple[array[float], int]:
         """The deltas since the last call and how many samples brought them; resets them."""
@@ -737,9 +739,9 @@ class RtcStream:
             bwe_bps_avg=_mean(self.bwe_sum, self.bwe_count),
             remote_relayed=self.minute_remote_relayed,
         )
-        counted, minute = self.counted, self.minute
+        last, minute = self.last, self.minute
         for k, i in enumerate(_TOTALS_AT):
-            counted[k] += minute[i]
+            last[N_COUNTERS + k] += minute[i]
         self.minute = array("d", _ZEROS)
         self.minute_no = -1
         self.minute_samples = self.minute_gaps = self.minute_resets = 0
@@ -795,7 +797,7 @@ def _grew(counters: tuple[Any, ...], reference: tuple[Any, ...]) -> bool:
 _TRANSIENT: Final = frozenset({"held", "recent"})
 # What a stream's state gained after checkpoints and journals without it were written: at the
 # end, so that an older state, shorter, still loads (``from_state``).
-_ADDED_STATE: Final = ("interval_at", "interval_seq", "interval_ts", "ts", "counted", "left_pairs")
+_ADDED_STATE: Final = ("interval_at", "interval_seq", "interval_ts", "ts", "left_pairs")
 _STATE_SLOTS: Final = (
     *(
         name
