@@ -12,9 +12,9 @@ field by field:
   ``relay_cost``) and rates (``up_bps``, ``down_bps``, ``bwe_bps``, ``*_per_s``; rounded again
   to 3 significant digits), lists element by element (``status_per_s``, ``_hist``, a stream's
   ``bytes``: each daemon counted its own samples of it);
-* the earliest: ``started_at``, ``joined_at``; the newest: a stream's ``q``; the worst: the
-  lowest ``quality``, ``mos`` and
-  frame rates, the highest loss, ``rtt_ms`` and ``jitter_ms``, the worst ``level`` and
+* the earliest: ``started_at``, ``joined_at``; the highest: a stream's ``q`` (its newest
+  sample); the worst: the lowest ``quality``, ``mos`` and frame rates, the highest loss,
+  ``rtt_ms`` and ``jitter_ms``, the worst ``level`` and
   ``relay``, the resolution with the fewest pixels (width and height of one part), and
   ``remote_relayed`` if any part's; ``reasons``: every part's, in their fixed order;
 * derived from the merged fields: ``relay_share`` (relayed participants, ``_relayed``, over
