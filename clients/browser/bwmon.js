@@ -125,7 +125,7 @@ export function rtcFields(report) {
   for (const id of codecs) {
     const c = report.get(id);
     if (!c) continue;
-    f.fec = f.fec || String(c.mimeType).toLowerCase() === "audio/red" || /useinbandfec=1\b/.test(c.sdpFmtpLine);
+    f.fec = f.fec || /^audio\/red$/i.test(c.mimeType) || /useinbandfec=1\b/.test(c.sdpFmtpLine);
   }
   let pair;
   for (const rule of BROWSERS.pair) {
@@ -266,11 +266,11 @@ const WORST = { ts: Math.max, seconds: Math.max, lossDown: Math.max, lossUp: Mat
 export function combineViews(views) {
   const vs = views.filter(Boolean);
   if (!vs.length) return null;
-  const sum = (dir, kind) => vs.reduce((s, v) => s + v[dir][kind], 0);
-  const worst = {
-    up: { audio: sum("up", "audio"), video: sum("up", "video") },
-    down: { audio: sum("down", "audio"), video: sum("down", "video") },
-  };
+  const worst = {};
+  for (const dir of ["up", "down"]) {
+    worst[dir] = { audio: 0, video: 0 };
+    for (const v of vs) for (const kind in worst[dir]) worst[dir][kind] += v[dir][kind];
+  }
   for (const k in WORST) {
     const xs = vs.map((v) => v[k]).filter((x) => x != null);
     worst[k] = xs.length ? WORST[k](...xs) : null;
@@ -304,7 +304,7 @@ export function randomId(bytes) {
 export function endpoints(url) {
   const u = new URL(url, globalThis.location?.href);
   const at = u.host + u.pathname.replace(/(\/ingest)?\/?$/, "/ingest");
-  const s = u.protocol === "https:" || u.protocol === "wss:" ? "s" : "";
+  const s = ["https:", "wss:"].includes(u.protocol) ? "s" : "";
   return { ws: `ws${s}://${at}`, post: `http${s}://${at}` };
 }
 
@@ -398,7 +398,7 @@ export function createSession({ boot, token, maxQueue = 1000, stats }) {
       } else if (r.t === "error") {
         rejected++;
         stats.rejected++;
-        stats.lastError = `rejected ${r.reason} (message ${r.msg}, frame ${r.index}): ${r.detail}`;
+        stats.lastError = `${r.reason}: ${r.detail}`;
       }
       return [];
     },
@@ -542,7 +542,6 @@ export function connect({ url, token, boot, maxQueue, stats, note }) {
 
 // ---- monitor: createMonitor, the sampling loop, events, the RTCPeerConnection wrapper ----
 
-const EVENT_KINDS = ["join", "leave", "ice", "reconnect", "mute", "unmute"];
 // One symbol per page, whatever the number of copies of this module: on the wrapper, its guard;
 // on globalThis, the monitor that receives the new connections.
 const WRAPPED = Symbol.for("bwmon.wrap");
@@ -673,7 +672,6 @@ export function createMonitor(options) {
     },
 
     event: safe((kind, detail) => {
-      if (!EVENT_KINDS.includes(kind)) return note(`bwmon: unknown event kind ${kind}`);
       const d = detail !== null && typeof detail === "object" ? detail : { value: detail };
       if (!closed) emit(kind, d.value, conns.get(d.connection)?.c);
     }),
@@ -760,15 +758,15 @@ export function indicatorText(v) {
 // Defined only where custom elements exist (not in Node nor in workers), and once: the module
 // may be imported twice (from the daemon and from a bundle).
 if (globalThis.customElements && !customElements.get("bwmon-indicator")) {
-  const COLORS = { excellent: "#1a7f37", good: "#7cb518", fair: "#e3a008", poor: "#e8590c", bad: "#d0312d" };
+  const COLORS = { excellent: "#183", good: "#7b1", fair: "#ea0", poor: "#e51", bad: "#d33" };
   customElements.define(
     "bwmon-indicator",
     class extends HTMLElement {
       constructor() {
         super();
         this.attachShadow({ mode: "open" }).innerHTML =
-          "<style>:host{display:inline-flex;align-items:center;gap:.4em;font:12px sans-serif}" +
-          "i{width:.8em;height:.8em;border-radius:50%;background:#999}</style>" +
+          "<style>:host{font:12px sans-serif}" +
+          "i{display:inline-block;width:.8em;height:.8em;margin-right:.4em;border-radius:50%;background:#999}</style>" +
           '<i part="dot"></i><span part="text">–</span>';
       }
       get view() {

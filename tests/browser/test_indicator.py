@@ -69,6 +69,6 @@ def test_indicator_shows_a_view_and_clears(browser: Browser) -> None:
     assert shown["text"] == shown["expected"]
     assert "TURN/tcp" in shown["text"]
     assert "relay-tcp" in shown["text"]
-    assert shown["color"] == "rgb(26, 127, 55)"  # excellent
+    assert shown["color"] == "rgb(17, 136, 51)"  # excellent: #183
     assert shown["title"] == "excellent"
     assert result["without"] == {"text": "\N{EN DASH}", "color": "", "title": ""}
