@@ -969,10 +969,12 @@ def _pct(fraction: float | None) -> float:
     return math.nan if fraction is None else 100 * fraction
 
 
-SNAPSHOT_VERSION = 5  # a new one whenever a stream's or an HTTP instance's state changes
+SNAPSHOT_VERSION = 6  # a new one whenever a stream's or an HTTP instance's state changes
 # 3: HTTP instances without the time of their last sample (restored as heard from now).
 # 4: streams without where their interval counts from, participants without their last
 # interval's tick (their first interval after the restore has no rate).
-READABLE_SNAPSHOT_VERSIONS = (3, 4, SNAPSHOT_VERSION)
+# 5: streams without their totals (they count from the restore on) nor the pairs they left (a
+# switch back to one counts it in full).
+READABLE_SNAPSHOT_VERSIONS = (3, 4, 5, SNAPSHOT_VERSION)
 _MEETING_FIELDS = tuple(f for f in Meeting.__dataclass_fields__ if f != "participants")
 _PARTICIPANT_FIELDS = tuple(f for f in Participant.__dataclass_fields__ if f != "streams")

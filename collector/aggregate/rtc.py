@@ -13,8 +13,11 @@ Deltas):
 - a gap in sequence numbers is recorded (``gaps``); the next sample's delta covers the missing
   ones, so nothing is lost and nothing is counted twice;
 - a counter below its last value is a reset: that counter takes a new baseline and yields no
-  delta for the interval (``resets``); so does every selected-pair counter when the pair id
-  changes;
+  delta for the interval (``resets``);
+- the selected pair's counters (``pbs``, ``pbr``) are the pair's own: a pair id the stream has
+  not had counts them in full from 0 (they began with the pair), a pair it had before (browsers
+  switch back) goes on from that pair's last values (``left_pairs``, the last
+  ``LEFT_PAIRS``), and a sample without a pair id keeps the stream's pair;
 - an absent counter keeps its last value; a counter absent from the stream's first sample
   counts from 0 when it appears (its source began after the stream: all of it is new).
 
@@ -41,6 +44,10 @@ one replaces it. Held or applied, the deltas add up the same — the held sample
 the last applied one are the sum of the deltas in between, as none of them was a reset — so
 the held sample is applied (``_fold``) before anything reads the accumulators: the tick, the
 minute row, a checkpoint, a relay change, a sample that is not held.
+
+What a stream counted since its boot began, per byte counter (``TOTALS``), is its closed
+minutes' (kept after the counters' last values in ``last``: one array, not two, as memory per
+stream is the budget) and the open minute's: ``totals``, the live view's per-stream totals.
 
 Which stream a sample belongs to (its key and boot) is the engine's business; a stream is told
 when its emitter restarted (``restart``) and remembers the boots it left (``retired``).
@@ -124,6 +131,17 @@ BASELINE: Final = 2  # the stream's first sample, taken as a baseline (no deltas
 DUPLICATE: Final = 4  # not applied: its ``q`` is not above the stream's last
 OLD_BOOT: Final = 8  # not applied: of a boot its stream has left (the engine's, HTTP's)
 RETIRED_BOOTS: Final = 4  # boots a stream remembers having left
+LEFT_PAIRS: Final = 4  # selected pairs a stream remembers having left, with their counters
+# The byte counters whose totals the live view shows per stream, in this order.
+TOTALS: Final = (
+    "audio_bytes_sent",
+    "audio_bytes_received",
+    "video_bytes_sent",
+    "video_bytes_received",
+    "pair_bytes_sent",
+    "pair_bytes_received",
+)
+_TOTALS_AT: Final = tuple(C[name] for name in TOTALS)
 # The live view: per tick bucket, the values derived for the interval (NaN: not measured).
 RING_FIELDS: Final = (
     "send_bps",
@@ -137,6 +155,8 @@ RING_FIELDS: Final = (
 )
 N_RING: Final = len(RING_FIELDS)
 _ZEROS: Final = array("d", bytes(8 * N_COUNTERS))
+# ``last``: the counters' last values, then the ``TOTALS`` of the closed minutes.
+_LAST_ZEROS: Final = array("d", bytes(8 * (N_COUNTERS + len(TOTALS))))
 
 # The ring stores each value as an unsigned 16-bit step of its field's unit (2 bytes, not 8):
 # bitrates in kbit/s, loss in 0.01 %, RTT in ms, jitter in 0.1 ms, MOS in 0.001, quality in
@@ -190,6 +210,7 @@ _SLOTS: Final = (
     "last",
     "last_seen",
     "last_seq",
+    "left_pairs",
     "limitation",
     "meeting",
     "minute",
@@ -271,9 +292,13 @@ class RtcStream:
         self.interval_ts = 0.0
         self.interval_at = 0.0
         self.quality: float | None = None  # smoothed quality score, set by the engine
-        # The last value of every counter: 0 until it comes (a counter counts from 0), -1: the
-        # next value is a baseline (a new selected pair).
-        self.last = array("d", _ZEROS)
+        # The last value of every counter: 0 until it comes (a counter counts from 0); -1, in the
+        # state of an older build taken right after a pair change: the next value is a baseline.
+        # After them, from ``N_COUNTERS`` on: the ``TOTALS`` counted in the closed minutes.
+        self.last = array("d", _LAST_ZEROS)
+        # The pairs left, newest first, flat: (pair id, its pbs, its pbr) for each, at most
+        # ``LEFT_PAIRS``; a switch back to one goes on from its counters.
+        self.left_pairs: tuple[Any, ...] = ()
         self.pending = array("d", _ZEROS)
         self.pending_samples = 0
         self.minute = array("d", _ZEROS)
@@ -345,6 +370,8 @@ class RtcStream:
             if type(current) is array:
                 restored = array(current.typecode)
                 restored.frombytes(value)
+                # An older ``last`` ends with the counters: its stream's totals count from now.
+                restored.extend(current[len(restored) :])
                 value = restored
             elif type(current) is tuple:
                 value = tuple(value)  # MessagePack gave a list
@@ -354,7 +381,7 @@ class RtcStream:
     def restart(self, boot: str, opened: int) -> None:
         """Begin again for a new ``boot`` of the emitter (the caller has closed the open minute):
         sequence numbers anew, every counter from 0, the first sample in full, rows in the new
-        segment ``opened``. The live view and what the stream counted so far go on."""
+        segment ``opened``. The live view goes on; the totals begin again with the counters."""
         self._fold()
         if self.boot is not None:
             self.retired = retire(self.retired, self.boot)
@@ -363,8 +390,9 @@ class RtcStream:
         self.known_start = True
         self.last_seq = -1
         self.interval_seq = -1  # the pending deltas now count from the new boot's start too
-        self.last = array("d", _ZEROS)
+        self.last = array("d", _LAST_ZEROS)  # the new boot's totals too (its minute is closed)
         self.pair_id = None
+        self.left_pairs = ()
         self.recent = None
 
     def ring_write(self, bucket_no: int, values: tuple[float, ...]) -> None:
@@ -496,10 +524,11 @@ class RtcStream:
 
     def _hold(self, pair_id: str | None, counters: tuple[Any, ...]) -> bool:
         """Hold this sample (``counters``: all of them in ``COUNTERS`` order, None where absent)
-        in place of the one before when that is exact: the same pair, the same counters present
-        and none of them lower. False: it must be applied."""
+        in place of the one before when that is exact: the same pair (or none said), the same
+        counters present and none of them lower. False: it must be applied."""
         recent = self.recent
-        if recent is None or pair_id != self.pair_id or not _grew(counters, recent):
+        other_pair = pair_id is not None and pair_id != self.pair_id
+        if recent is None or other_pair or not _grew(counters, recent):
             return False
         self.recent, self.held = counters, True
         return True
@@ -516,10 +545,10 @@ class RtcStream:
         last, pending, minute = self.last, self.pending, self.minute
         i_sent, i_received = PAIR_COUNTERS
         pair_before = pending[i_sent] + pending[i_received]
-        if pair_id != self.pair_id:
+        if pair_id is not None and pair_id != self.pair_id:
+            # Counters sent before any pair id are taken as the first pair's.
             if self.pair_id is not None:
-                for i in PAIR_COUNTERS:
-                    last[i] = -1.0  # a new selected pair starts its own counters
+                self._switch_pair(pair_id)
             self.pair_id = pair_id
         for i, value in enumerate(counters):
             if value is None:
@@ -538,6 +567,21 @@ class RtcStream:
         if self.relay != "direct":
             # Relayed volume: what the selected pair moved since the last sample, both ways.
             self.relayed_minute += pending[i_sent] + pending[i_received] - pair_before
+
+    def _switch_pair(self, pair_id: str) -> None:
+        """Leave the selected pair for ``pair_id``: its counters go on from the values it had
+        if the stream had it before, else from 0 (they began with it: all of them is new)."""
+        last, left = self.last, self.left_pairs
+        i_sent, i_received = PAIR_COUNTERS
+        sent = received = 0.0
+        kept: list[Any] = [self.pair_id, last[i_sent], last[i_received]]
+        for k in range(0, len(left), 3):
+            if left[k] == pair_id:
+                sent, received = left[k + 1], left[k + 2]
+            else:
+                kept += left[k : k + 3]
+        self.left_pairs = tuple(kept[: 3 * LEFT_PAIRS])
+        last[i_sent], last[i_received] = sent, received
 
     def _path(self, fields: tuple[Any, ...]) -> bool:
         """Take the sample's path; whether the relay state changed."""
@@ -617,6 +661,13 @@ class RtcStream:
         if fields[_LOCAL_CANDIDATE] is not None:  # ``_path`` took remote_relayed from it
             self.minute_remote_relayed = self.remote_relayed
 
+    def totals(self) -> list[float]:
+        """The bytes counted since the stream's boot began, ``TOTALS`` in order: its closed
+        minutes' and the open one's. What a baseline or a reset left uncounted is not in them."""
+        self._fold()
+        last, minute = self.last, self.minute
+        return [last[N_COUNTERS + k] + minute[i] for k, i in enumerate(_TOTALS_AT)]
+
     def take_pending(self) -> tuple[array[float], int]:
         """The deltas since the last call and how many samples brought them; resets them."""
         self._fold()
@@ -688,6 +739,9 @@ class RtcStream:
             bwe_bps_avg=_mean(self.bwe_sum, self.bwe_count),
             remote_relayed=self.minute_remote_relayed,
         )
+        last, minute = self.last, self.minute
+        for k, i in enumerate(_TOTALS_AT):
+            last[N_COUNTERS + k] += minute[i]
         self.minute = array("d", _ZEROS)
         self.minute_no = -1
         self.minute_samples = self.minute_gaps = self.minute_resets = 0
@@ -743,7 +797,7 @@ def _grew(counters: tuple[Any, ...], reference: tuple[Any, ...]) -> bool:
 _TRANSIENT: Final = frozenset({"held", "recent"})
 # What a stream's state gained after checkpoints and journals without it were written: at the
 # end, so that an older state, shorter, still loads (``from_state``).
-_ADDED_STATE: Final = ("interval_at", "interval_seq", "interval_ts", "ts")
+_ADDED_STATE: Final = ("interval_at", "interval_seq", "interval_ts", "ts", "left_pairs")
 _STATE_SLOTS: Final = (
     *(
         name

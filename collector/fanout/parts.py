@@ -10,9 +10,11 @@ field by field:
 
 * summed: counts and volumes (``participants``, ``alerts``, ``connections``, ``relayed_bytes``,
   ``relay_cost``) and rates (``up_bps``, ``down_bps``, ``bwe_bps``, ``*_per_s``; rounded again
-  to 3 significant digits), lists element by element (``status_per_s``, ``_hist``);
-* the earliest: ``started_at``, ``joined_at``; the worst: the lowest ``quality``, ``mos`` and
-  frame rates, the highest loss, ``rtt_ms`` and ``jitter_ms``, the worst ``level`` and
+  to 3 significant digits), lists element by element (``status_per_s``, ``_hist``, a stream's
+  ``bytes``: each daemon counted its own samples of it);
+* the earliest: ``started_at``, ``joined_at``; the highest: a stream's ``q`` (its newest
+  sample); the worst: the lowest ``quality``, ``mos`` and frame rates, the highest loss,
+  ``rtt_ms`` and ``jitter_ms``, the worst ``level`` and
   ``relay``, the resolution with the fewest pixels (width and height of one part), and
   ``remote_relayed`` if any part's; ``reasons``: every part's, in their fixed order;
 * derived from the merged fields: ``relay_share`` (relayed participants, ``_relayed``, over
@@ -52,11 +54,13 @@ _SUMMED: Final = frozenset({"participants", "alerts", "connections", "relayed_by
 _SUMMED_RATES: Final = frozenset(
     {"up_bps", "down_bps", "bwe_bps", "requests_per_s", "bytes_in_per_s", "bytes_out_per_s"}
 )
-_SUMMED_LISTS: Final = frozenset({"_hist"})
+_SUMMED_LISTS: Final = frozenset({"_hist", "bytes"})
 _SUMMED_RATE_LISTS: Final = frozenset({"status_per_s"})
 _LOWEST: Final = frozenset({"started_at", "joined_at", "quality", "mos", "fps_in", "fps_out"})
 _RESOLUTIONS: Final = (("width_in", "height_in"), ("width_out", "height_out"))
-_HIGHEST: Final = frozenset({"loss_down_pct", "loss_up_pct", "loss_pct", "rtt_ms", "jitter_ms"})
+_HIGHEST: Final = frozenset(
+    {"loss_down_pct", "loss_up_pct", "loss_pct", "rtt_ms", "jitter_ms", "q"}
+)
 _LEVEL_RANK: Final = {name: i for i, name in enumerate(q.LEVELS)}  # higher: worse
 RELAY_RANK: Final = {"direct": 0, "turn-udp": 1, "turn-tcp": 2, "turn-tls": 3}
 _PERCENTILES: Final = (("p50_ms", "p50"), ("p95_ms", "p95"), ("p99_ms", "p99"))

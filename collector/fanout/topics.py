@@ -2,8 +2,11 @@
 
 * ``meetings``: one entity per live meeting (participants, bitrate up and down, worst quality
   level, relay share and cost, open alerts);
-* ``meeting:<id>``: one entity per participant with its current values, and one per point of
-  its live window series (``<participant>@<t>``, at most ``MAX_POINTS``);
+* ``meeting:<id>``: one entity per participant with its current values, one per point of its
+  live window series (``<participant>@<t>``, at most ``MAX_POINTS``), and one per stream (a
+  connection: ``<participant> <connection>``) with its boot, last ``q`` and the bytes counted
+  since its boot began (``RtcStream.totals``) — an entity of its own, so that a delta carries
+  only that stream's ``q`` and totals, not every connection of the participant;
 * ``http``: one entity per route (``<service> <method> <route>``) with rates and percentiles;
 * ``alerts``: one entity per open alert.
 
@@ -219,6 +222,15 @@ def meeting_topic(engine: Engine, meeting_id: str, now: float) -> Entities:
             **_video(participant),
         }
         entities.update(_series(participant, now_bucket, window, per_point, settings.bucket_s))
+        for stream in participant.streams.values():
+            entities[stream_id(pid, stream.connection)] = {
+                "kind": "stream",
+                "participant": pid,
+                "connection": stream.connection,
+                "boot": stream.boot,
+                "q": stream.last_seq,
+                "bytes": [round(total) for total in stream.totals()],
+            }
     return entities
 
 
@@ -263,6 +275,11 @@ def point_id(participant: str, t: float) -> str:
     """``<participant>@<t>``: ``t`` in seconds, in decimal to the millisecond, no exponent and
     no trailing zeros (``alice@1796550000``, ``alice@1796550000.5``): exact for epoch times."""
     return f"{participant}@{f'{t:.3f}'.rstrip('0').rstrip('.')}"
+
+
+def stream_id(participant: str, connection: str) -> str:
+    """``<participant> <connection>``: identifiers hold no space (PROTOCOL.md §4.1)."""
+    return f"{participant} {connection}"
 
 
 def http_topic(engine: Engine, now: float) -> Entities:

@@ -3,9 +3,10 @@
 * ``GET /api/meetings``: every live meeting's summary — a snapshot of the ``meetings`` topic of
   ``/subscribe``, from the same channel, so every daemon on one Redis answers alike (each
   meeting merged from every daemon's part);
-* ``GET /api/meetings/{id}``: one live meeting's participants and their live window series —
-  a snapshot of the ``meeting:<id>`` topic (prepared as for a first subscriber: every daemon's
-  part in it), regrouped by participant; 404 when the meeting is live on no daemon;
+* ``GET /api/meetings/{id}``: one live meeting's participants (each with its streams' byte
+  totals) and their live window series — a snapshot of the ``meeting:<id>`` topic (prepared as
+  for a first subscriber: every daemon's part in it), regrouped by participant; 404 when the
+  meeting is live on no daemon;
 * ``GET /api/export``: stored rows as CSV, JSON or NDJSON through
   ``collector.storage.export``, streamed page by page (chunked), so an export of any size
   holds one page in memory.
@@ -127,7 +128,8 @@ class Api:
         return Response.json(200, {"at": snapshot.at, "meetings": snapshot.entities})
 
     async def meeting(self, request: Request) -> Response:
-        """``{"at", "meeting", "participants": {<id>: {...}}, "series": {<id>: [points]}}``."""
+        """``{"at", "meeting", "participants": {<id>: {..., "streams": [...]}}, "series": {<id>:
+        [points]}}``."""
         meeting = request.path_id
         if meeting is None:  # only reached through the "{id}" route
             return Response.error(404, "no such path")
@@ -146,14 +148,19 @@ class Api:
             return Response.error(404, f"meeting {meeting!r} is not live")
         participants: dict[str, dict[str, Any]] = {}
         series: dict[str, list[dict[str, Any]]] = {}
+        streams: dict[str, list[dict[str, Any]]] = {}
         for key, entity in snapshot.entities.items():
             fields = {k: v for k, v in entity.items() if k != "kind"}
             if entity["kind"] == "participant":
                 participants[key] = fields
+            elif entity["kind"] == "stream":
+                streams.setdefault(fields.pop("participant"), []).append(fields)
             else:
                 series.setdefault(fields.pop("participant"), []).append(fields)
         for points in series.values():
             points.sort(key=lambda point: point["t"])
+        for pid, fields in participants.items():
+            fields["streams"] = sorted(streams.get(pid, []), key=lambda s: s["connection"])
         return Response.json(
             200,
             {

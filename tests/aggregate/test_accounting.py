@@ -12,6 +12,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from collector.aggregate.engine import SNAPSHOT_VERSION, Engine
+from collector.aggregate.rtc import _STATE_SLOTS, COUNTERS
 from collector.aggregate.settings import AggregateSettings
 from protocol import HttpSample, RtcSample
 
@@ -222,6 +223,33 @@ def test_the_checkpoint_keeps_every_streams_boots() -> None:
     output = second.drain()
     assert sum(row.counters["video_bytes_sent"] for row in output.rtc_rows) == 70
     assert sum(row.bytes_out for row in output.http_rows) == 25
+
+
+def test_the_checkpoint_keeps_every_streams_totals_and_an_earlier_one_loads() -> None:
+    """A restored stream shows the bytes it had counted and goes on from the pairs it left; a
+    checkpoint of the version before (streams without either) loads, its totals from then on."""
+    first = Engine()
+    first.add([rtc(0, pair_id="a", pair_bytes_sent=500, video_bytes_sent=100)], T0)
+    first.close_minutes(T0 + 120)  # a stored minute: in the totals all the same
+    first.add([rtc(1, pair_id="b", pair_bytes_sent=50, video_bytes_sent=300)], T0 + 121)
+    stream = first.streams[("standup", "alice", "pc-1")]
+    snapshot = msgspec.msgpack.decode(msgspec.msgpack.encode(first.snapshot()))
+    second = Engine()
+    second.restore(snapshot, T0 + 122)
+    restored = second.streams[("standup", "alice", "pc-1")]
+    assert restored.totals() == stream.totals() == [0, 0, 300, 0, 550, 0]
+    second.add([rtc(2, pair_id="a", pair_bytes_sent=520, video_bytes_sent=350)], T0 + 123)
+    assert restored.totals() == [0, 0, 350, 0, 570, 0]
+    snapshot["version"] = 5
+    (participant,) = snapshot["meetings"][0]["participants"]
+    # streams without the pairs they left (the end), nor their totals (the end of ``last``)
+    at = _STATE_SLOTS.index("last")
+    for state in participant["streams"]:
+        del state[-1]
+        state[at] = state[at][: 8 * len(COUNTERS)]
+    older = Engine()
+    older.restore(snapshot, T0 + 122)
+    assert older.streams[("standup", "alice", "pc-1")].totals() == [0, 0, 200, 0, 50, 0]
 
 
 @pytest.mark.parametrize("version", [1, 2])

@@ -17,8 +17,9 @@ from protocol import RtcSample
 T0 = 1_800_000_000.0  # daemon time, a minute boundary
 TS0 = 1_764_338_400_000.0  # client time, ms since the epoch (another clock)
 AUDIO = 4_000  # bytes per second: 32 kbit/s
-# What a stream's checkpoint state gained with the interval's time: the end of the list.
-NEW_STREAM_STATE = ("interval_at", "interval_seq", "interval_ts", "ts")
+# What a stream's checkpoint state gained with the interval's time, and since (its totals, the
+# pairs it left): the end of the list.
+NEW_STREAM_STATE = ("interval_at", "interval_seq", "interval_ts", "ts", "left_pairs")
 
 
 def rtc(seq: int, ts: float, connection: str = "c1", **fields: Any) -> RtcSample:

@@ -13,9 +13,12 @@ from hypothesis import strategies as st
 
 from collector.aggregate.records import RelayState, RtcMinuteRow
 from collector.aggregate.rtc import (
+    _STATE_SLOTS,
     BASELINE,
     COUNTERS,
     DUPLICATE,
+    LEFT_PAIRS,
+    TOTALS,
     RtcStream,
     relay_state,
     turn_server,
@@ -82,15 +85,126 @@ def test_a_counter_that_goes_down_is_a_reset_with_no_negative_delta() -> None:
     assert row.resets == 1
 
 
-def test_a_new_pair_id_rebaselines_the_pair_counters_only() -> None:
+def test_a_new_pair_counts_its_counters_in_full_and_only_those_are_its_own() -> None:
+    """A pair the stream has not had started its counters with it: its first values count in
+    full; the other counters go on."""
     stream = RtcStream("m", "p", "c")
     stream.add(sample(1, pair_id="a", pair_bytes_sent=10_000, audio_bytes_sent=100), 0)
     stream.add(sample(2, pair_id="b", pair_bytes_sent=50, audio_bytes_sent=300), 0)
     stream.add(sample(3, pair_id="b", pair_bytes_sent=80, audio_bytes_sent=400), 0)
     row = rows_of(stream)
-    assert row.counters["pair_bytes_sent"] == 30
+    assert row.counters["pair_bytes_sent"] == 80
     assert row.counters["audio_bytes_sent"] == 300
     assert row.resets == 0
+
+
+def test_a_switch_back_to_a_pair_goes_on_from_its_last_values() -> None:
+    """Browsers may select an earlier pair again, whose counters went on meanwhile."""
+    stream = RtcStream("m", "p", "c")
+    for seq, pair, sent, received in [
+        (0, "a", 1_000, 2_000),
+        (1, "b", 300, 100),
+        (2, "a", 1_500, 2_100),  # a moved 500 and 100 since it was left
+        (3, "b", 350, 150),
+        (4, "c", 40, 0),
+    ]:
+        stream.add(sample(seq, pair_id=pair, pair_bytes_sent=sent, pair_bytes_received=received), 0)
+    row = rows_of(stream)
+    assert row.counters["pair_bytes_sent"] == 1_500 + 350 + 40
+    assert row.counters["pair_bytes_received"] == 2_100 + 150
+    assert (row.resets, stream.left_pairs) == (0, ("b", 350, 150, "a", 1_500, 2_100))
+
+
+def test_a_pair_counter_below_its_own_last_value_is_a_reset() -> None:
+    stream = RtcStream("m", "p", "c")
+    for seq, pair, sent in [(0, "a", 1_000), (1, "b", 300), (2, "a", 200), (3, "a", 260)]:
+        stream.add(sample(seq, pair_id=pair, pair_bytes_sent=sent), 0)
+    row = rows_of(stream)
+    assert row.counters["pair_bytes_sent"] == 1_000 + 300 + 60  # nothing of a's 200
+    assert row.resets == 1
+
+
+def test_a_sample_without_a_pair_keeps_the_streams_pair() -> None:
+    stream = RtcStream("m", "p", "c")
+    stream.add(sample(0, pair_bytes_sent=100), 0)  # counters before any pair id: the first's
+    stream.add(sample(1, pair_id="a", pair_bytes_sent=300), 0)
+    stream.add(sample(2, audio_bytes_sent=10), 0)
+    stream.add(sample(3, pair_id="a", pair_bytes_sent=700), 0)
+    assert rows_of(stream).counters["pair_bytes_sent"] == 700
+    assert (stream.pair_id, stream.left_pairs) == ("a", ())
+
+
+def test_a_stream_remembers_the_last_few_pairs_it_left() -> None:
+    stream = RtcStream("m", "p", "c")
+    for seq, pair in enumerate("abcdefa"):
+        stream.add(sample(seq, pair_id=pair, pair_bytes_sent=100), 0)
+    # a was forgotten: its return counts as a new pair's
+    assert stream.left_pairs[::3] == ("f", "e", "d", "c")
+    assert len(stream.left_pairs) == 3 * LEFT_PAIRS
+    assert rows_of(stream).counters["pair_bytes_sent"] == 700
+
+
+def test_relayed_bytes_count_a_new_relayed_pair_in_full() -> None:
+    """An ICE restart onto TURN, then onto another TURN pair: each new pair's first values are
+    relayed traffic, counted in full."""
+    stream = RtcStream("m", "p", "c")
+    relayed: dict[str, Any] = {"local_candidate": "relay", "turn_url": "turn:t:3478"}
+    stream.add(sample(0, pair_id="d", local_candidate="host", pair_bytes_sent=5_000), 0)
+    stream.add(sample(1, pair_id="r1", pair_bytes_sent=800, pair_bytes_received=200, **relayed), 0)
+    stream.add(sample(2, pair_id="r1", pair_bytes_sent=900, pair_bytes_received=300, **relayed), 0)
+    stream.add(sample(3, pair_id="r2", pair_bytes_sent=70, pair_bytes_received=30, **relayed), 0)
+    row = rows_of(stream)
+    assert row.relayed_bytes == 900 + 300 + 70 + 30
+    assert row.counters["pair_bytes_sent"] == 5_000 + 900 + 70
+
+
+def test_totals_are_the_bytes_counted_since_the_boot_began() -> None:
+    """Closed minutes and the open one, a held sample folded in; not what a baseline or a reset
+    left uncounted; a new boot begins them again."""
+    stream = RtcStream("m", "p", "c", boot="b1")
+    assert TOTALS == (
+        "audio_bytes_sent",
+        "audio_bytes_received",
+        "video_bytes_sent",
+        "video_bytes_received",
+        "pair_bytes_sent",
+        "pair_bytes_received",
+    )
+    stream.add(sample(3, audio_bytes_sent=1_000, pair_id="a", pair_bytes_sent=9_000), 0)  # baseline
+    stream.add(sample(4, audio_bytes_sent=1_500, pair_id="a", pair_bytes_sent=9_700), 0)
+    assert stream.totals() == [500, 0, 0, 0, 700, 0]
+    assert stream.close_minute() is not None
+    for seq, audio, video in [(5, 100, 10), (6, 400, 20), (7, 500, 30), (8, 600, 45)]:
+        stream.add(sample(seq, audio_bytes_sent=audio, video_bytes_received=video), 1)
+    assert stream.held  # the last one
+    assert stream.totals() == [500 + 500, 0, 0, 45, 700, 0]  # nothing of the reset's 100
+    stream.close_minute()
+    stream.restart("b2", opened=1)
+    assert stream.totals() == [0] * len(TOTALS)
+    stream.add(sample(0, audio_bytes_sent=70, pair_id="a", pair_bytes_received=90), 2)
+    assert stream.totals() == [70, 0, 0, 0, 0, 90]
+
+
+def test_totals_and_the_pairs_left_survive_a_checkpoint() -> None:
+    """A stream's state keeps its totals and the pairs it left; the state of the build before,
+    without them, loads with none (its totals count from the restore on)."""
+    stream = RtcStream("m", "p", "c")
+    stream.add(sample(0, pair_id="a", pair_bytes_sent=1_000, video_bytes_sent=400), 0)
+    stream.close_minute()
+    stream.add(sample(1, pair_id="b", pair_bytes_sent=200, video_bytes_sent=900), 1)
+    state = msgspec.msgpack.decode(msgspec.msgpack.encode(stream.state()))
+    restored = RtcStream.from_state(state)
+    assert restored.totals() == stream.totals() == [0, 0, 900, 0, 1_200, 0]
+    assert restored.left_pairs == stream.left_pairs == ("a", 1_000, 0)
+    for again in (stream, restored):
+        again.add(sample(2, pair_id="a", pair_bytes_sent=1_100, video_bytes_sent=1_000), 1)
+    assert restored.totals() == stream.totals() == [0, 0, 1_000, 0, 1_300, 0]
+    # the build before: no pairs left at the end, ``last`` without the totals after the counters
+    older = state[: -len(("left_pairs",))]
+    at = _STATE_SLOTS.index("last")
+    older[at] = older[at][: 8 * len(COUNTERS)]
+    assert RtcStream.from_state(older).totals() == [0, 0, 500, 0, 200, 0]  # its open minute's
+    assert RtcStream.from_state(older).left_pairs == ()
 
 
 def test_relayed_bytes_and_relay_state() -> None:

@@ -4,12 +4,14 @@ to that daemon over its WebSocket session, with MariaDB storing the minute rows.
 
 For each case the daemon's live state (``/api/meetings/{id}``, ``/api/meetings``) shows each
 participant's path as getStats selected it (relayed and over which protocol, or only its peer
-relayed) and a relay cost where relayed. Once the monitors are closed (a last sample, everything
-acknowledged) and the daemon has written its minutes, the stored totals of every stream are
-the counters of the last sample the client sent, and those are the browser's own counters in
-the last getStats() report the monitor read. A daemon killed mid-call (its WebSocket cut,
-started again on the same state) loses none of them, and neither does an ICE restart that moves
-the call from TURN to the direct pair.
+relayed) and a relay cost where relayed. Once the monitors have sent their last samples, the
+live state's totals of every stream are the browser's own counters in the last getStats()
+report the monitor read (the selected pairs' counters as PROTOCOL.md §8.3 counts them: each
+pair's from 0), and each participant's relayed bytes are what its relayed samples moved. Once
+the monitors are closed (a leave, everything acknowledged) and the daemon has written its
+minutes, the stored totals of every stream are the counters of the last sample the client
+sent. A daemon killed mid-call (its WebSocket cut, started again on the same state) loses none
+of them, and neither does an ICE restart that moves the call from TURN to the direct pair.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pytest
 
 from cli.daemon_process import DaemonProcess, start_daemon
-from collector.aggregate.rtc import COUNTERS
+from collector.aggregate.rtc import COUNTERS, TOTALS
 from protocol import Event, RtcSample, decode_message
 from tests.browser.call import CASES, RESTART, SIDES, Call, Case, open_call
 from tests.browser.database import query
@@ -123,16 +125,22 @@ def wait_for_samples(call: Call, sent: Sent, connections: list[str], count: int)
     assert min(done.values()) >= count, done
 
 
-def close_monitors(call: Call, daemon: DaemonProcess) -> dict[str, list[dict[str, Any]]]:
-    """Closes both monitors, waits until the daemon has read everything; returns the last
-    getStats() report each monitor read."""
+def end_streams(call: Call) -> dict[str, list[dict[str, Any]]]:
+    """Removes both connections from their monitors (each sends its last sample; the
+    participants stay until the monitors close); returns the last getStats() report each
+    monitor read."""
+    call.page.evaluate("window.monitored.remove()")
+    reads: dict[str, list[dict[str, Any]]] = call.page.evaluate("window.monitored.lastReads")
+    return reads
+
+
+def close_monitors(call: Call, daemon: DaemonProcess) -> None:
+    """Closes both monitors, waits until the daemon has read everything."""
     call.page.evaluate("window.monitored.close()")
     stats: dict[str, dict[str, Any]] = call.page.evaluate("window.monitored.stats()")
     for side in SIDES:
         assert (stats[side]["rejected"], stats[side]["dropped"]) == (0, 0), stats
     daemon.settled_health()
-    reads: dict[str, list[dict[str, Any]]] = call.page.evaluate("window.monitored.lastReads")
-    return reads
 
 
 def browser_counters(report: list[dict[str, Any]]) -> dict[str, int]:
@@ -238,20 +246,96 @@ def stored_totals(database: str, meeting: str) -> dict[str, dict[str, float]]:
     }
 
 
+PAIR_COUNTERS = ("pair_bytes_sent", "pair_bytes_received")
+
+
+@dataclass
+class PairCount:
+    """What PROTOCOL.md §8.3 makes of a stream's selected-pair counters: each pair's counted
+    from 0 (a new pair's first values in full), a pair selected again going on from its own
+    last values; and of those bytes, the ones moved while this side relayed (``lct`` relay)."""
+
+    totals: dict[str, int]
+    relayed: int
+    pairs: dict[str | None, list[int]]  # each pair's last values
+
+
+def pair_count(sent: Sent, stream: str) -> PairCount:
+    frames = {f.seq: f for f in sent.rtc if f.connection == stream}  # a resent one once
+    pairs: dict[str | None, list[int]] = {}
+    totals = dict.fromkeys(PAIR_COUNTERS, 0)
+    pair, relayed, relayed_bytes = None, False, 0
+    for frame in sorted(frames.values(), key=lambda f: f.seq):
+        if frame.local_candidate is not None:
+            relayed = frame.local_candidate == "relay"
+        if frame.pair_id is not None:
+            if pair is None and None in pairs:  # counters sent before any pair id: its own
+                pairs[frame.pair_id] = pairs.pop(None)
+            pair = frame.pair_id
+        last = pairs.setdefault(pair, [0, 0])
+        for k, name in enumerate(PAIR_COUNTERS):
+            value = getattr(frame, name)
+            if value is None:
+                continue
+            delta = value - last[k] if value >= last[k] else 0  # lower: a reset
+            last[k] = value
+            totals[name] += delta
+            relayed_bytes += delta if relayed else 0
+    return PairCount(totals, relayed_bytes, pairs)
+
+
 def pair_totals(sent: Sent, stream: str) -> dict[str, int]:
-    """The pair counters a stream counted, by PROTOCOL.md §8.3: the first pair's last values in
-    full (the stream started at q 0), and of each later pair its increase since its first
-    sample, which is that pair's baseline."""
-    first: dict[str | None, RtcSample] = {}
-    last: dict[str | None, RtcSample] = {}
-    for frame in sorted((f for f in sent.rtc if f.connection == stream), key=lambda f: f.seq):
-        first.setdefault(frame.pair_id, frame)
-        last[frame.pair_id] = frame
-    totals = {}
-    for name in ("pair_bytes_sent", "pair_bytes_received"):
-        pairs = [getattr(last[pair], name) - getattr(first[pair], name) for pair in last]
-        totals[name] = sum(pairs) + getattr(next(iter(first.values())), name)
-    return totals
+    return pair_count(sent, stream).totals
+
+
+def live_streams(daemon: DaemonProcess, meeting: str) -> dict[str, dict[str, Any]]:
+    """The live state's participants, each with its streams by connection."""
+    quoted = urllib.parse.quote(meeting, safe="")
+    state = get_json(daemon, f"/api/meetings/{quoted}")
+    participants: dict[str, dict[str, Any]] = {} if state is None else state["participants"]
+    for shown in participants.values():
+        shown["streams"] = {s["connection"]: s for s in shown["streams"]}
+    return participants
+
+
+def assert_live_totals(
+    call: Call,
+    daemon: DaemonProcess,
+    meeting: str,
+    sent: Sent,
+    reads: dict[str, list[dict[str, Any]]],
+) -> None:
+    """Once the daemon has the last sample of both streams (the ``q`` it shows is the last
+    one sent), each stream's live totals are the browser's counters of the last getStats()
+    the monitor read, and its pair bytes and the participant's relayed bytes what §8.3 makes
+    of the pair counters of every sample sent (``pair_count``)."""
+
+    def shown() -> dict[str, dict[str, Any]]:
+        call.page.wait_for_timeout(100)  # Playwright hands over the frames sent meanwhile
+        return live_streams(daemon, meeting)
+
+    def caught_up(participants: dict[str, dict[str, Any]]) -> bool:
+        return all(
+            participants.get(side, {}).get("streams", {}).get(c, {}).get("q") == sent.last(c).seq
+            for side, c in ((side, connection(meeting, side)) for side in SIDES)
+        )
+
+    participants = wait_for(shown, caught_up)
+    assert caught_up(participants), participants
+    for side in SIDES:
+        stream = connection(meeting, side)
+        browser = browser_counters(reads[side])
+        count = pair_count(sent, stream)
+        expected = {**browser, **count.totals}
+        live = participants[side]["streams"][stream]
+        assert live["boot"] is not None
+        assert dict(zip(TOTALS, live["bytes"], strict=True)) == {n: expected[n] for n in TOTALS}
+        assert participants[side]["relayed_bytes"] == count.relayed
+        # the last values of the pair selected last are the browser's too
+        stats = {s["id"]: s for s in reads[side]}
+        (transport,) = [s for s in reads[side] if s.get("selectedCandidatePairId")]
+        pair = stats[transport["selectedCandidatePairId"]]
+        assert count.pairs[pair["id"]] == [pair["bytesSent"], pair["bytesReceived"]]
 
 
 def assert_no_byte_lost(
@@ -304,7 +388,9 @@ def test_each_path_is_shown_live_and_every_byte_stored(
             call.start(case, turn)
             assert_live_paths(daemon, meeting, case, turn)
             wait_for_samples(call, sent, streams(meeting), 3)
-            reads = close_monitors(call, daemon)
+            reads = end_streams(call)
+            assert_live_totals(call, daemon, meeting, sent, reads)
+            close_monitors(call, daemon)
         assert daemon.stop() == 0  # writes every open minute
     finally:
         daemon.stop()
@@ -340,7 +426,9 @@ def test_a_daemon_killed_mid_call_loses_no_byte(
             assert all(back[s]["connected"] and back[s]["reconnects"] for s in SIDES), back
             assert_live_paths(second, meeting, case, turn)
             wait_for_samples(call, sent, streams(meeting), 3)  # on the new sessions
-            reads = close_monitors(call, second)
+            reads = end_streams(call)
+            assert_live_totals(call, second, meeting, sent, reads)
+            close_monitors(call, second)
         assert second.stop() == 0
     finally:
         first.stop()
@@ -369,7 +457,9 @@ def test_an_ice_restart_from_turn_to_direct_loses_no_byte(
                 lambda paths: paths == expected_paths(CASES["direct"], turn),
             )
             assert direct == expected_paths(CASES["direct"], turn)
-            reads = close_monitors(call, daemon)
+            reads = end_streams(call)
+            assert_live_totals(call, daemon, meeting, sent, reads)
+            close_monitors(call, daemon)
         assert daemon.stop() == 0
     finally:
         daemon.stop()

@@ -116,7 +116,12 @@ async def test_meeting_has_its_participants_and_series(live: Live) -> None:
     assert sorted(got["participants"]) == ["alice", "bob"]
     entities = {e: visible(f) for e, f in topics.meeting_topic(live.engine, "m", live.now).items()}
     alice = {k: v for k, v in entities["alice"].items() if k != "kind"}
-    assert got["participants"]["alice"] == alice
+    streams = [
+        {k: v for k, v in entities[f"alice {c}"].items() if k not in ("kind", "participant")}
+        for c in ("pc1", "pc2")
+    ]
+    assert got["participants"]["alice"] == alice | {"streams": streams}
+    assert [s["bytes"][2] for s in streams] == [900_000, 225_000]  # video sent, baseline left
     assert got["participants"]["alice"]["up_bps"] == pytest.approx(1_000_000)
     points = got["series"]["alice"]
     assert len(points) == 9  # the first tick holds a baseline alone: no interval

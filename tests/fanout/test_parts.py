@@ -385,6 +385,20 @@ def test_a_participant_whose_connections_reach_two_daemons_is_one_participant() 
     assert (merged["width_in"], merged["height_in"], merged["fps_in"]) == (640, 360, 15.0)
 
 
+def test_a_stream_whose_samples_moved_to_another_daemon_sums_what_each_counted() -> None:
+    """A connection rehashed to a second daemon mid-call: each counted its own samples (the
+    second's first is a baseline), the merged totals are their sum, ``q`` the newest."""
+    t0 = 1_796_550_000.0
+    first, second = Engine(), Engine()
+    for seq in range(0, 10):
+        engine = first if seq < 5 else second
+        engine.add([sample("alice", seq, 10_000, t0)], t0 + seq)
+    parts = [topics.meeting_topic(e, "m", t0 + 10)["alice pc"] for e in (first, second)]
+    assert [p["bytes"][2] for p in parts] == [40_000, 40_000]  # 4 samples of 10 kB each
+    merged = merge(parts)
+    assert (merged["q"], merged["bytes"]) == (9, [0, 0, 80_000, 40_000, 0, 0])
+
+
 def test_a_route_served_through_two_daemons_merges_into_what_one_daemon_shows() -> None:
     t0 = 1_796_550_000.0
     split, whole = (Engine(), Engine()), Engine()

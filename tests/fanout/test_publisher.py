@@ -232,7 +232,7 @@ async def test_meeting_topics_are_built_while_wanted_and_emptied_when_the_meetin
     for delta in rig.of("meeting:m"):
         apply(state, delta)
         kinds |= {f.get("kind") for f in delta.changed.values() if "kind" in f}
-    assert kinds == {"participant", "point"}
+    assert kinds == {"participant", "point", "stream"}
     assert state == {}  # the meeting ended: its last delta removed everything
     assert "meeting:m" not in rig.publisher.published
 

@@ -11,6 +11,7 @@ import pytest
 from collector.aggregate.engine import Engine
 from collector.aggregate.settings import AggregateSettings
 from collector.fanout import topics
+from collector.fanout.hub import diff
 from collector.fanout.parts import rate
 from protocol import RtcSample
 from tests.helpers import http_sample, video_gauges
@@ -73,6 +74,28 @@ def test_meeting_topic_has_participants_and_one_point_per_tick() -> None:
     latest = entities[f"alice@{now - 1:g}"]
     assert latest["up_bps"] == pytest.approx(1_000_000)
     assert topics.meeting_topic(engine, "gone", now) == {}
+
+
+def test_meeting_topic_has_each_streams_totals_as_an_entity_of_its_own() -> None:
+    """One entity per connection: its boot, last ``q`` and the bytes counted (the first sample,
+    ``q`` 1, is a baseline: not in them); a delta carries only what changed of it."""
+    engine = Engine()
+    now = run(engine, 10)
+    entities = topics.meeting_topic(engine, "m", now)
+    streams = {k: e for k, e in entities.items() if e["kind"] == "stream"}
+    assert sorted(streams) == ["alice pc1", "alice pc2", "bob pc1"]
+    assert streams["alice pc2"] == {
+        "kind": "stream",
+        "participant": "alice",
+        "connection": "pc2",
+        "boot": None,
+        "q": 10,
+        "bytes": [0, 0, 25_000 * 9, 12_500 * 9, 0, 0],
+    }
+    engine.add([sample("alice", "pc2", 11, 25_000)], now + 0.5)
+    changed, _ = diff(entities, topics.meeting_topic(engine, "m", now))
+    assert changed["alice pc2"] == {"q": 11, "bytes": [0, 0, 25_000 * 10, 12_500 * 10, 0, 0]}
+    assert "alice pc1" not in changed
 
 
 def test_a_long_window_is_downsampled_to_60_points() -> None:

@@ -5,6 +5,7 @@
 
 export const monitors = {};
 export const lastReads = {};
+const pcs = {};
 
 /** Loads the module from `daemon` (its base URL) and adds each side's connection as it is made. */
 export async function instrument(daemon, meeting, intervalMs) {
@@ -19,11 +20,16 @@ export async function instrument(daemon, meeting, intervalMs) {
       lastReads[side] = [...report.values()];
       return report;
     };
+    pcs[side] = pc;
     monitors[side].add(pc, { connection: `${meeting}-${side}` });
   };
 }
 
-/** Closes both monitors: a last sample, a leave, everything flushed. */
+/** Each side's connection removed from its monitor: its last sample sent, no leave yet. */
+export const remove = () =>
+  Promise.all(Object.entries(pcs).map(([side, pc]) => monitors[side].remove(pc)));
+
+/** Closes both monitors: a last sample of what they still watch, a leave, everything flushed. */
 export const close = () => Promise.all(Object.values(monitors).map((m) => m.close()));
 
 /** Each side's monitor.stats(). */
