@@ -668,6 +668,11 @@ class RtcStream:
         last, minute = self.last, self.minute
         return [last[N_COUNTERS + k] + minute[i] for k, i in enumerate(_TOTALS_AT)]
 
+    def relayed_open(self) -> float:
+        """The bytes relayed in the open minute, a held sample's included (as in ``totals``)."""
+        self._fold()
+        return self.relayed_minute
+
     def take_pending(self) -> tuple[array[float], int]:
         """The deltas since the last call and how many samples brought them; resets them."""
         self._fold()

@@ -123,7 +123,7 @@ def _smallest(
 def _relayed_bytes(meeting: Meeting) -> float:
     """Relayed bytes of closed minutes plus those of the open minutes."""
     open_minutes = sum(
-        s.relayed_minute for p in meeting.participants.values() for s in p.streams.values()
+        s.relayed_open() for p in meeting.participants.values() for s in p.streams.values()
     )
     return meeting.relayed_bytes + open_minutes
 
@@ -217,7 +217,7 @@ def meeting_topic(engine: Engine, meeting_id: str, now: float) -> Entities:
                 (s.turn_server for s in participant.streams.values() if s.turn_server), None
             ),
             "relayed_bytes": participant.relayed_bytes
-            + sum(s.relayed_minute for s in participant.streams.values()),
+            + sum(s.relayed_open() for s in participant.streams.values()),
             "connections": len(participant.streams),
             **_video(participant),
         }

@@ -185,6 +185,18 @@ def test_totals_are_the_bytes_counted_since_the_boot_began() -> None:
     assert stream.totals() == [70, 0, 0, 0, 0, 90]
 
 
+def test_relayed_bytes_of_the_open_minute_count_a_held_sample() -> None:
+    """What the live view reads of the open minute's relayed bytes includes a held sample, as
+    its totals do (a fast client's last sample must not wait for the tick to show)."""
+    stream = RtcStream("m", "p", "c")
+    relayed: dict[str, Any] = {"local_candidate": "relay", "pair_id": "r"}
+    for seq, sent in enumerate([100, 250, 400, 700]):
+        stream.add(sample(seq, pair_bytes_sent=sent, **relayed), 0)
+    assert stream.held
+    assert stream.relayed_open() == 700
+    assert stream.totals()[TOTALS.index("pair_bytes_sent")] == 700
+
+
 def test_totals_and_the_pairs_left_survive_a_checkpoint() -> None:
     """A stream's state keeps its totals and the pairs it left; the state of the build before,
     without them, loads with none (its totals count from the restore on)."""
