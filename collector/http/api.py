@@ -30,11 +30,13 @@ from __future__ import annotations
 
 import io
 import re
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Final, TypeAlias, cast
 
 from collector.auth import Auth, Denied, bearer
 from collector.fanout.channel import Channel, ChannelUnavailable
+from collector.http import alert_query, meeting_query
 from collector.http.server import HttpRoute, Request, Response, StreamedResponse
 from collector.storage.export import (
     Format,
@@ -102,7 +104,9 @@ class Api:
         prepare: Callable[[str], Awaitable[None]] = nothing_to_prepare,
         authorize: Authorize = allow_everything,
         page_rows: int = API_PAGE_ROWS,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self.clock = clock  # the default start of the recent alerts
         self.channel = channel
         self.prepare = prepare  # every daemon's part of a meeting topic in the channel
         self.sink = sink
@@ -113,11 +117,37 @@ class Api:
         return {
             "/api/meetings": self.meetings,
             "/api/meetings/{id}": self.meeting,
+            "/api/quality": self.quality,
+            "/api/alerts": self.alerts,
             "/api/export": self.export,
         }
 
     async def meetings(self, request: Request) -> Response:
-        """``{"at": <unix time>, "meetings": {<id>: <summary>}}``."""
+        """``{"at": <unix time>, "total": <matches>, "ids": [...], "meetings": {<id>:
+        <summary>}}``: the page of matches ``meeting_query`` selects, in its order."""
+        refused = self.authorize(request, None)
+        if refused is not None:
+            return refused
+        try:
+            query = meeting_query.parse_query(request.query)
+            snapshot = await self.channel.snapshot("meetings")
+        except ValueError as exc:
+            return Response.error(400, str(exc))
+        except ChannelUnavailable as exc:
+            return Response.error(503, f"channel: {exc}")
+        total, page = meeting_query.select(snapshot.entities, query)
+        return Response.json(
+            200,
+            {
+                "at": snapshot.at,
+                "total": total,
+                "ids": [meeting for meeting, _ in page],  # the order; JS reorders numeric keys
+                "meetings": dict(page),
+            },
+        )
+
+    async def quality(self, request: Request) -> Response:
+        """``{"at", "meetings": {<level>: n}, "participants": {<level>: n}}``."""
         refused = self.authorize(request, None) or _no_parameters(request)
         if refused is not None:
             return refused
@@ -125,7 +155,38 @@ class Api:
             snapshot = await self.channel.snapshot("meetings")
         except ChannelUnavailable as exc:
             return Response.error(503, f"channel: {exc}")
-        return Response.json(200, {"at": snapshot.at, "meetings": snapshot.entities})
+        return Response.json(
+            200, {"at": snapshot.at, **meeting_query.distribution(snapshot.entities)}
+        )
+
+    async def alerts(self, request: Request) -> Response:
+        """``{"at", "open": [...], "recent": [...]}``: ``alert_query`` shapes them."""
+        query = request.query
+        refused = self.authorize(request, query.get("meeting") or None)
+        if refused is not None:
+            return refused
+        try:
+            wanted = alert_query.parse_query(query, self.clock())
+            snapshot = await self.channel.snapshot("alerts")
+        except ValueError as exc:
+            return Response.error(400, str(exc))
+        except ChannelUnavailable as exc:
+            return Response.error(503, f"channel: {exc}")
+        recent: list[dict[str, Any]] = []
+        if self.sink is not None:
+            try:
+                recent = await alert_query.recent(self.sink, wanted, page_rows=self.page_rows)
+            except StorageError as exc:
+                status = 503 if isinstance(exc, StorageUnavailable) else 500
+                return Response.error(status, f"storage: {exc}")
+        return Response.json(
+            200,
+            {
+                "at": snapshot.at,
+                "open": alert_query.open_alerts(snapshot.entities, wanted),
+                "recent": recent,
+            },
+        )
 
     async def meeting(self, request: Request) -> Response:
         """``{"at", "meeting", "participants": {<id>: {..., "streams": [...]}}, "series": {<id>:

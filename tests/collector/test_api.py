@@ -18,6 +18,7 @@ import msgspec
 import pytest
 import trio
 
+from collector.aggregate.alerts import AlertEvent
 from collector.aggregate.engine import Engine
 from collector.config import from_dict
 from collector.fanout import topics
@@ -34,10 +35,10 @@ from collector.http.server import (
     StreamedResponse,
 )
 from collector.storage.export import Selection
-from collector.storage.schema import RTC_MINUTE
+from collector.storage.schema import ALERTS, RTC_MINUTE, Batch, alert_row
 from collector.storage.sinks import SqliteSink, StorageUnavailable
 from tests.collector.test_http_server import fetch
-from tests.fanout.test_topics import run
+from tests.fanout.test_topics import run, sample
 from tests.storage.test_export import HOSTILE, all_rows, parse, rtc_rows, sink
 
 __all__ = ["sink"]  # the two-backend fixture (SQLite and the real MariaDB)
@@ -93,7 +94,12 @@ async def test_meetings_is_the_meetings_topic(live: Live) -> None:
     assert response.status == 200
     got = body(response)
     expected = topics.meetings_topic(live.engine, live.now)
-    assert got == {"at": live.now, "meetings": {m: visible(e) for m, e in expected.items()}}
+    assert got == {
+        "at": live.now,
+        "total": 1,
+        "ids": ["m"],
+        "meetings": {m: visible(e) for m, e in expected.items()},
+    }
     assert got["meetings"]["m"]["participants"] == 2
     assert got["meetings"]["m"]["up_bps"] == pytest.approx(1_400_000)
     assert live.reads == 0  # the channel's state, not the engine's
@@ -105,7 +111,12 @@ async def test_meetings_is_what_was_published_last(live: Live) -> None:
     assert list(body(await api.meetings(get("/api/meetings")))["meetings"]) == ["m"]
     live.now += 1
     assert await live.publisher.publish(live.now)
-    assert body(await api.meetings(get("/api/meetings"))) == {"at": live.now, "meetings": {}}
+    assert body(await api.meetings(get("/api/meetings"))) == {
+        "at": live.now,
+        "total": 0,
+        "ids": [],
+        "meetings": {},
+    }
 
 
 async def test_meeting_has_its_participants_and_series(live: Live) -> None:
@@ -141,9 +152,140 @@ async def test_a_meeting_not_live_is_404(live: Live) -> None:
     assert body(response) == {"error": "meeting 'gone' is not live"}
 
 
-async def test_live_routes_take_no_parameters(live: Live) -> None:
+async def test_live_routes_refuse_unknown_parameters(live: Live) -> None:
     response = await api_of(live).meetings(get("/api/meetings", since="1"))
     assert (response.status, body(response)) == (400, {"error": "unknown parameter: since"})
+    response = await api_of(live).quality(get("/api/quality", level="good"))
+    assert (response.status, body(response)) == (400, {"error": "unknown parameter: level"})
+    response = await api_of(live).meetings(get("/api/meetings", relay="maybe"))
+    assert (response.status, body(response)) == (400, {"error": "relay 'maybe': true or false"})
+
+
+async def test_meetings_are_searched_filtered_and_paged(live: Live) -> None:
+    run_meeting(live.engine, "other", live.now)
+    live.now += 1
+    assert await live.publisher.publish(live.now)
+    api = api_of(live)
+    got = body(await api.meetings(get("/api/meetings", sort="-id", limit="1")))
+    assert (got["total"], got["ids"], list(got["meetings"])) == (2, ["other"], ["other"])
+    got = body(await api.meetings(get("/api/meetings", q="th", alerts="false", relay="false")))
+    assert (got["total"], got["ids"]) == (1, ["other"])
+    assert body(await api.meetings(get("/api/meetings", level="bad")))["total"] == 0
+
+
+async def test_quality_counts_the_meetings_per_level(live: Live) -> None:
+    got = body(await api_of(live).quality(get("/api/quality")))
+    level = topics.meetings_topic(live.engine, live.now)["m"]["level"]
+    assert got["at"] == live.now
+    assert got["meetings"][level] == 1
+    assert sum(got["meetings"].values()) == 1
+    assert got["participants"][level] == 2
+    assert sum(got["participants"].values()) == 2
+
+
+def run_meeting(engine: Engine, meeting: str, now: float) -> None:
+    """One participant of ``meeting`` with one sample, a tick after it."""
+    engine.add(
+        [msgspec.structs.replace(sample("carol", "pc1", 1, 10_000), meeting=meeting)], now + 0.5
+    )
+    engine.tick(now + 1)
+
+
+def raise_rtt(live: Live, participant: str) -> AlertEvent:
+    """Three samples over the RTT threshold: the default ``high_rtt`` raises."""
+    events: list[AlertEvent] = []
+    for _ in range(3):
+        live.now += 1
+        events += live.engine.alerts.observe(
+            ("m", participant), "participant", {"rtt_ms": 500.0}, live.now
+        )
+    (event,) = events
+    return event
+
+
+async def test_alerts_are_the_open_ones_and_the_stored_ones(sink: Any, live: Live) -> None:
+    await sink.migrate()
+    opened = raise_rtt(live, "alice")
+    assert await live.publisher.publish(live.now)
+    old = AlertEvent(
+        id="packet_loss:m/bob:1@900000",
+        rule="packet_loss",
+        key=("m", "bob"),
+        state="cleared",
+        severity="warning",
+        value=None,
+        threshold=1.0,
+        at=960.0,
+        raised_at=900.0,
+    )
+    other = msgspec.structs.replace(old, id="low_mos:x:1@950000", key=("x",), raised_at=950.0)
+    stored = Batch()
+    stored.add(ALERTS, [alert_row(old), alert_row(other), alert_row(opened)])
+    await sink.write(stored)
+    api = api_of(live, sink, page_rows=1, clock=lambda: live.now)
+
+    got = body(await api.alerts(get("/api/alerts", since="0")))
+    assert got["at"] == live.now
+    assert got["open"] == [
+        {
+            "id": opened.id,
+            "rule": "high_rtt",
+            "severity": "warning",
+            "meeting": "m",
+            "participant": "alice",
+            "raised_at": opened.raised_at,
+            "cleared_at": None,
+            "value": 500.0,
+            "threshold": 400.0,
+        }
+    ]
+    assert [a["id"] for a in got["recent"]] == [opened.id, other.id, old.id]  # newest first
+    assert got["recent"][2] | {"value": 1.0} == {
+        "id": old.id,
+        "raised_at": 900.0,
+        "rule": "packet_loss",
+        "meeting": "m",
+        "participant": "bob",
+        "severity": "warning",
+        "value": 1.0,
+        "threshold": 1.0,
+        "cleared_at": 960.0,
+    }
+    got = body(await api.alerts(get("/api/alerts", since="0", limit="1")))
+    assert [a["id"] for a in got["recent"]] == [opened.id]
+    got = body(await api.alerts(get("/api/alerts", meeting="x", since="0")))
+    assert (got["open"], [a["id"] for a in got["recent"]]) == ([], [other.id])
+    got = body(await api.alerts(get("/api/alerts", since="925")))
+    assert [a["id"] for a in got["recent"]] == [opened.id, other.id]
+    # Without ``since``: the last day before the clock.
+    assert [a["id"] for a in body(await api.alerts(get("/api/alerts")))["recent"]] == [
+        opened.id,
+        other.id,
+        old.id,
+    ]
+    live.now += 86_400 * 2
+    assert body(await api.alerts(get("/api/alerts")))["recent"] == []
+
+
+async def test_alerts_without_storage_are_the_open_ones(live: Live) -> None:
+    raise_rtt(live, "bob")
+    assert await live.publisher.publish(live.now)
+    got = body(await api_of(live).alerts(get("/api/alerts")))
+    assert ([a["participant"] for a in got["open"]], got["recent"]) == (["bob"], [])
+
+
+@pytest.mark.parametrize(
+    ("query", "error"),
+    [
+        ({"limit": "1001"}, "limit '1001': a whole number from 1 to 1000"),
+        ({"limit": "x"}, "limit 'x': a whole number from 1 to 1000"),
+        ({"level": "bad"}, "unknown parameter: level"),
+        ({"since": "soon"}, "'soon' is neither ISO 8601 (2026-11-29T10:00:00Z) nor Unix seconds"),
+    ],
+)
+async def test_bad_alert_parameters_are_400(live: Live, query: dict[str, str], error: str) -> None:
+    response = await api_of(live).alerts(get("/api/alerts", **query))
+    assert (response.status, body(response)) == (400, {"error": error})
 
 
 @pytest.mark.parametrize("fmt", ["csv", "json", "ndjson"])
@@ -351,6 +493,9 @@ async def test_authorize_runs_first_and_nothing_else_is_read(tmp_path: Path, liv
     assert dict(listed.headers) == {"www-authenticate": "Bearer"}
     everything = await api.export(get("/api/export", what="http"))
     assert everything.status == 401
+    assert (await api.alerts(get("/api/alerts", meeting="secret", bad="x"))).status == 403
+    assert (await api.alerts(get("/api/alerts"))).status == 401
+    assert (await api.quality(get("/api/quality"))).status == 401
     assert live.reads == 0  # the engine was never asked
     assert not (tmp_path / "never.db").exists()  # nor the database
 
@@ -362,6 +507,9 @@ async def test_authorize_runs_first_and_nothing_else_is_read(tmp_path: Path, liv
         ("/api/export", "secret"),
         ("/api/meetings", None),
         ("/api/export", None),
+        ("/api/alerts", "secret"),
+        ("/api/alerts", None),
+        ("/api/quality", None),
         ("/api/meetings/m", "m"),
     ]
 
@@ -377,7 +525,9 @@ def test_the_daemon_serves_the_api_routes(tmp_path: Path) -> None:
             }
         )
     )
-    assert {"/api/meetings", "/api/export"} <= set(daemon.http.http_routes)
+    assert {"/api/meetings", "/api/export", "/api/quality", "/api/alerts"} <= set(
+        daemon.http.http_routes
+    )
     assert set(daemon.http.prefix_routes) == {"/api/meetings/"}
     assert daemon.http.settings.max_connections_per_source == 3
     assert id(daemon.api.sink) == id(daemon.sink)
