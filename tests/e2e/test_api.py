@@ -1,5 +1,6 @@
 """``/api`` of the real daemon process: frames sent over UDP show up in ``/api/meetings`` and
-``/api/meetings/{id}`` while the meeting is live; after SIGTERM has written them, a daemon
+``/api/meetings/{id}`` while the meeting is live (searched, filtered and counted per quality
+level; no alert open or stored); after SIGTERM has written them, a daemon
 started on the same state exports them as CSV, streamed with chunked encoding."""
 
 from __future__ import annotations
@@ -88,6 +89,19 @@ def test_live_meetings_then_a_csv_export_of_what_was_stored(tmp_path: Path) -> N
         shown = {k: meeting["participants"]["p1"][k] for k in VIDEO}
         assert shown == dict(zip(VIDEO, (24.0, 30.0, 1280, 720, 640, 360, 2e6, True), strict=True))
         assert set(meeting["series"]) <= set(PEOPLE)
+
+        found = get_json(first, "/api/meetings?q=room&relay=false&alerts=false&sort=-quality")
+        assert (found["total"], found["ids"]) == (1, ["room-é"])
+        assert get_json(first, "/api/meetings?relay=true")["total"] == 0  # the peer relays
+        assert get_json(first, "/api/meetings?q=nobody")["total"] == 0
+        quality = get_json(first, "/api/quality")
+        assert sum(quality["meetings"].values()) == 1
+        assert sum(quality["participants"].values()) == len(PEOPLE)
+        alerts = get_json(first, "/api/alerts?since=0")
+        assert (alerts["open"], alerts["recent"]) == ([], [])  # real storage, nothing raised
+        status, _, body = get(first, "/api/meetings?level=awful")
+        assert status == 400
+        assert json.loads(body)["error"].startswith("level 'awful': each one of excellent")
 
         status, _, body = get(first, "/api/meetings/nobody")
         assert (status, json.loads(body)) == (
