@@ -5,7 +5,7 @@ No second copy of either: the topic is the live engine's open alerts, the table 
 ``bwmon export alerts`` reads. Both come out in one shape, newest raise first:
 ``{"id", "rule", "severity", "meeting", "participant", "raised_at", "cleared_at", "value",
 "threshold"}`` (``participant`` null for a meeting-wide rule; ``value`` the sample that raised
-it, or on an open alert the one that last changed it).
+it, ``threshold`` the rule's raise threshold).
 
 Reading the table keeps at most ``limit`` rows in memory however many were raised since
 ``since`` (a bounded heap over the pages ``export_rows`` streams).

@@ -1,8 +1,12 @@
 """``/api``: the daemon's live state and its stored rows over plain HTTP (docs/API.md).
 
-* ``GET /api/meetings``: every live meeting's summary — a snapshot of the ``meetings`` topic of
+* ``GET /api/meetings``: the live meetings' summaries — a snapshot of the ``meetings`` topic of
   ``/subscribe``, from the same channel, so every daemon on one Redis answers alike (each
-  meeting merged from every daemon's part);
+  meeting merged from every daemon's part) — searched, filtered, sorted and paged by
+  ``meeting_query``;
+* ``GET /api/quality``: the same snapshot counted per quality level (``meeting_query``);
+* ``GET /api/alerts``: the open alerts (the ``alerts`` topic) and the recent ones (the stored
+  ``alerts`` table), shaped by ``alert_query``;
 * ``GET /api/meetings/{id}``: one live meeting's participants (each with its streams' byte
   totals) and their live window series — a snapshot of the ``meeting:<id>`` topic (prepared as
   for a first subscriber: every daemon's part in it), regrouped by participant; 404 when the
