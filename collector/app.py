@@ -226,6 +226,7 @@ class Daemon:
                 request_timeout_s=config.server.http_request_timeout_s,
                 busy_head_timeout_s=config.server.http_busy_head_timeout_s,
                 max_ws_message_bytes=ingest.max_ws_message_bytes,
+                cors_origins=tuple(config.server.cors_origins),
             ),
         )
         self.loop_lag = LoopLag()
@@ -241,7 +242,8 @@ class Daemon:
 
     def reload(self, new: Config) -> list[str]:
         """Put a re-read configuration in force without dropping a connection or a buffered
-        row: alert rules, tokens and keys, limits and the log level (``RELOADABLE``).
+        row: alert rules, tokens and keys, limits, the log level and the CORS origins
+        (``RELOADABLE``, ``RELOADABLE_KEYS``).
 
         Loading the file validated it (``ConfigError``); the checks left, ``UnsafeBind`` (no
         authentication on a non-loopback host) and the keys of ``BWMON_TOKEN_SECRETS`` and
@@ -256,7 +258,9 @@ class Daemon:
         # Its only failure, a bad allowlist, fails loading.
         self.admission.configure(new.auth, new.limits)
         self.http.settings = dataclasses.replace(
-            self.http.settings, max_connections_per_source=new.limits.max_connections_per_source
+            self.http.settings,
+            max_connections_per_source=new.limits.max_connections_per_source,
+            cors_origins=tuple(new.server.cors_origins),
         )
         self.engine.set_rules(rules, time.time())
         self.auth = Auth(new.auth.secrets())

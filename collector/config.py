@@ -36,6 +36,10 @@ class ConfigError(BwmonError):
     """The configuration cannot be used; the message is meant for the operator."""
 
 
+# An origin as browsers send it: scheme, host, an optional port; no path, no trailing slash.
+_ORIGIN = re.compile(r"https?://(?:[a-z0-9-]+(?:\.[a-z0-9-]+)*|\[[0-9a-f:.]+\])(?::\d{1,5})?")
+
+
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     host: str = "127.0.0.1"
     udp_port: Port = 8470
@@ -43,6 +47,20 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_connections: Annotated[int, Meta(ge=1, le=1_000_000)] = 1024
     http_request_timeout_s: PositiveSeconds = 10.0
     http_busy_head_timeout_s: PositiveSeconds = 2.0
+    cors_origins: list[str] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for index, origin in enumerate(self.cors_origins):
+            # Browsers leave a scheme's default port out of Origin: with it, none would match.
+            default_port = origin.startswith(("http://", "https://")) and origin.endswith(
+                ":443" if origin.startswith("https") else ":80"
+            )
+            if origin != "*" and (not _ORIGIN.fullmatch(origin) or default_port):
+                raise ValueError(
+                    f"server.cors_origins[{index}] = {origin!r}: expected an origin such as"
+                    ' "https://ops.example.com" or "http://127.0.0.1:3000" (scheme, lower-case'
+                    ' host, a port unless the default one; no path), or "*"'
+                )
 
 
 class IngestConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -230,15 +248,22 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     log: LogConfig = msgspec.field(default_factory=LogConfig)
 
 
-# The sections a reload (SIGHUP) puts in force; the others need a restart.
+# The sections a reload (SIGHUP) puts in force; the others need a restart, but for the keys
+# of RELOADABLE_KEYS, which a reload puts in force too.
 RELOADABLE: Final = ("alerts", "auth", "limits", "log")
+RELOADABLE_KEYS: Final = (("server", "cors_origins"),)
 
 
 def reloaded(running: Config, new: Config) -> tuple[Config, list[str]]:
-    """What reloading ``new`` puts in force: ``running`` with the sections of ``new`` that a
-    reload applies (``RELOADABLE``), and the names of the other sections that differ in
-    ``new``, which keep their running values until a restart."""
+    """What reloading ``new`` puts in force: ``running`` with the sections and keys of ``new``
+    that a reload applies (``RELOADABLE``, ``RELOADABLE_KEYS``), and the names of the other
+    sections that differ in ``new``, which keep their running values until a restart."""
     config = msgspec.structs.replace(running, **{name: getattr(new, name) for name in RELOADABLE})
+    for section, key in RELOADABLE_KEYS:
+        table = msgspec.structs.replace(
+            getattr(config, section), **{key: getattr(getattr(new, section), key)}
+        )
+        config = msgspec.structs.replace(config, **{section: table})
     restart = [
         name
         for name in config.__struct_fields__

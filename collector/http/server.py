@@ -34,6 +34,10 @@ origin: its answers carry ``access-control-allow-origin: *`` and ``OPTIONS`` (th
 preflight) is answered 204 with what a cross-origin ``POST`` may carry. Once its body is read,
 a POST may keep its connection alive like any request.
 
+Paths under ``/api/`` are open to the pages of the origins in ``HttpSettings.cors_origins``
+only (``collector.http.cors``): their answers carry the CORS headers for the request's
+``Origin``, and an ``OPTIONS`` with an ``Origin`` is answered as the preflight.
+
 A route's path is exact (``/healthz``) or ends with one ``{name}`` placeholder
 (``/api/meetings/{id}``): it matches the prefix plus one non-empty path segment, which is
 percent-decoded into ``Request.path_id``; a decoded segment holding ``/`` is answered 400.
@@ -98,6 +102,7 @@ import structlog
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
 
+from collector.http import cors
 from collector.logs import get_logger
 from collector.wire import Wire
 from protocol.errors import BwmonError
@@ -308,6 +313,8 @@ class HttpSettings:
     # two, and gets at most this many answers on one connection.
     keep_alive_s: float = 5.0
     max_requests_per_connection: int = 100
+    # Origins whose pages may call /api (``collector.http.cors``); empty: none.
+    cors_origins: tuple[str, ...] = ()
 
 
 async def _read_head(
@@ -765,10 +772,23 @@ class HttpServer:
             return await self._serve_post(stream, conn, post_route, request, may_keep_alive)
         keep_alive = may_keep_alive and _request_ended(conn)
         head_only = request.method == "HEAD"
+        origins = self.settings.cors_origins if cors.in_scope(request.path) else ()
+        origin = request.headers.get("origin")
+        cors_headers = cors.response_headers(origins, origin)
         try:
             route, request = self._route(request)
         except BadRequest as exc:
-            return await self._respond(stream, conn, Response.error(400, str(exc)), keep_alive)
+            error = Response.error(400, str(exc), cors_headers)
+            sent = await self._respond(stream, conn, error, keep_alive)
+            return sent and conn.our_state is h11.DONE and conn.their_state is h11.DONE
+        if origins and origin is not None and request.method == "OPTIONS":
+            allowed = cors.preflight_headers(origins, origin)
+            if allowed is None:
+                answer = Response.error(403, "origin not allowed", cors_headers)
+            else:
+                answer = Response(204, b"", headers=allowed)
+            sent = await self._respond(stream, conn, answer, keep_alive)
+            return sent and conn.our_state is h11.DONE and conn.their_state is h11.DONE
         if route is None:
             if ws_route is not None and request.method in ("GET", "HEAD"):
                 response: RouteResult = Response.error(426, "WebSocket upgrade required")
@@ -783,6 +803,8 @@ class HttpServer:
             response = Response.error(405, "method not allowed", [("allow", "GET, HEAD")])
         else:
             response = await self._call(route, request)
+        if cors_headers:
+            response = replace(response, headers=[*response.headers, *cors_headers])
         if isinstance(response, StreamedResponse):
             sent = await self._stream(stream, conn, response, head_only, keep_alive)
         else:

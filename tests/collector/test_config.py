@@ -73,7 +73,7 @@ def test_example_has_a_comment_for_every_key() -> None:
     [
         ({"server": {"udp_port": "x"}}, "server.udp_port = 'x': expected int, got str"),
         ({"server": {"udp_port": 70000}}, "server.udp_port = 70000: expected int <= 65535"),
-        ({"server": {"prot": 1}}, "unknown key 'server.prot'; expected one of: host,"),
+        ({"server": {"prot": 1}}, "unknown key 'server.prot'; expected one of: cors_origins,"),
         (
             {"sever": {}},
             "unknown key 'sever'; expected one of: "
@@ -84,6 +84,15 @@ def test_example_has_a_comment_for_every_key() -> None:
         ({"ingest": {"max_datagram_bytes": 70000}}, "ingest.max_datagram_bytes = 70000"),
         ({"server": [1]}, "server = [1]: expected object, got array"),
         ({"server": {"max_connections": True}}, "server.max_connections = True: expected int"),
+        (
+            {"server": {"cors_origins": ["https://ops.example.com/"]}},
+            "server.cors_origins[0] = 'https://ops.example.com/': expected an origin such as",
+        ),
+        ({"server": {"cors_origins": ["*", "ops.example.com"]}}, "cors_origins[1] = 'ops.exa"),
+        ({"server": {"cors_origins": ["https://Ops.example.com"]}}, "lower-case host"),
+        ({"server": {"cors_origins": ["https://ops.example.com:443"]}}, "unless the default"),
+        ({"server": {"cors_origins": ["ftp://ops.example.com"]}}, "expected an origin"),
+        ({"server": {"cors_origins": "https://ops.example.com"}}, "expected array, got str"),
     ],
 )
 def test_errors_name_key_value_and_expectation(doc: dict[str, Any], message: str) -> None:
@@ -91,6 +100,12 @@ def test_errors_name_key_value_and_expectation(doc: dict[str, Any], message: str
         from_dict(doc, "c.toml")
     assert str(caught.value).startswith("c.toml: ")
     assert message in str(caught.value)
+
+
+def test_cors_origins_take_origins_as_browsers_send_them_and_the_wildcard() -> None:
+    origins = ["https://ops.example.com", "http://127.0.0.1:3000", "http://[::1]:8080", "*"]
+    assert from_dict({"server": {"cors_origins": origins}}).server.cors_origins == origins
+    assert from_dict({}).server.cors_origins == []
 
 
 def test_file_errors(tmp_path: Path) -> None:

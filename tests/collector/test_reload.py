@@ -66,6 +66,18 @@ def test_other_sections_are_reported_not_applied() -> None:
     assert daemon.config.fanout.publish_interval_s == 1.0
 
 
+def test_cors_origins_are_reloaded_though_the_rest_of_server_is_not() -> None:
+    daemon = Daemon(config(server={"cors_origins": ["https://a.example"]}))
+    assert daemon.http.settings.cors_origins == ("https://a.example",)
+    new = config(server={"cors_origins": ["https://b.example"], "max_connections": 7})
+    assert daemon.reload(new) == ["server"]  # max_connections waits for a restart
+    assert daemon.http.settings.cors_origins == ("https://b.example",)
+    assert daemon.config.server.cors_origins == ["https://b.example"]
+    assert daemon.config.server.max_connections == 1024
+    assert daemon.reload(config()) == []
+    assert not daemon.http.settings.cors_origins
+
+
 def test_an_invalid_reload_changes_nothing() -> None:
     daemon = Daemon(config(server={"host": "0.0.0.0"}, auth={"allow_unauthenticated": True}))
     before = daemon.config
