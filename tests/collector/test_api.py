@@ -377,7 +377,7 @@ def test_the_daemon_serves_the_api_routes(tmp_path: Path) -> None:
             }
         )
     )
-    assert {"/api/meetings", "/api/export"} <= set(daemon.http.http_routes)
+    assert {"/api/meetings", "/api/export", "/api/series"} <= set(daemon.http.http_routes)
     assert set(daemon.http.prefix_routes) == {"/api/meetings/"}
     assert daemon.http.settings.max_connections_per_source == 3
     assert id(daemon.api.sink) == id(daemon.sink)
