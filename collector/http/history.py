@@ -46,6 +46,9 @@ DEFAULT_SPAN_S: Final = 3_600.0
 # §4), page by page; a longer span is a job for bwmon export.
 MAX_SPAN_S: Final = 7 * 86_400.0
 PAGE_ROWS: Final = 1_000
+# The rows of the range are held while they are folded into minutes: past this many, the
+# request is refused rather than the daemon's memory spent on one chart.
+MAX_ROWS = 100_000
 MINUTE_S: Final = 60.0
 
 _COLUMN = {name: i for i, name in enumerate(RTC_MINUTE.columns)}
@@ -186,8 +189,15 @@ async def _stored(
     selection = Selection("rtc", start=start, end=end, meeting=meeting, participant=participant)
     minutes: dict[tuple[str, float], list[Row]] = defaultdict(list)
     pages = export_rows(sink, selection, page_rows=PAGE_ROWS)
+    read = 0
     async with contextlib.aclosing(pages):
         async for page in pages:
+            read += len(page)
+            if read > MAX_ROWS:
+                raise BadParameter(
+                    f"more than {MAX_ROWS} stored rows in the range: "
+                    "narrow from/to or ask for one participant"
+                )
             for row in page:
                 key = (row[_COLUMN["participant"]], float(row[_COLUMN["minute"]]))
                 minutes[key].append(row)
@@ -227,6 +237,8 @@ async def series(api: Api, request: Request) -> Response:
     if api.sink is not None:
         try:
             stored = await _stored(api.sink, meeting, participant, start, end)
+        except BadParameter as exc:
+            return Response.error(400, str(exc))
         except StorageError as exc:
             status = 503 if isinstance(exc, StorageUnavailable) else 500
             return Response.error(status, f"storage: {exc}")

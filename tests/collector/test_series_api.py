@@ -13,6 +13,7 @@ import msgspec
 import pytest
 import trio
 
+from collector.http import history
 from collector.http.history import MAX_POINTS, METRICS
 from collector.storage.sinks import SqliteSink
 from tests.collector.test_api import Gate, Live, api_of, body, get, live, serve
@@ -83,6 +84,21 @@ async def test_a_stored_minute_wins_over_the_live_points_in_it(sink: Any, live: 
         )
     )
     assert got["series"]["up_bps"] == {"min": [100_000.0], "mean": [100_000.0], "max": [100_000.0]}
+
+
+async def test_too_many_stored_rows_is_400(
+    sink: Any, live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await sink.migrate()
+    await sink.write(batch(*(stored(minute, pid) for minute in (840, 900) for pid in "ab")))
+    monkeypatch.setattr(history, "MAX_ROWS", 3)
+    response = await api_of(live, sink).series(get("/api/series", meeting="m", to="1020"))
+    refused = "more than 3 stored rows in the range: narrow from/to or ask for one participant"
+    assert (response.status, body(response)) == (400, {"error": refused})
+    monkeypatch.setattr(history, "MAX_ROWS", 4)
+    assert (
+        await api_of(live, sink).series(get("/api/series", meeting="m", to="1020"))
+    ).status == 200
 
 
 async def test_the_meeting_sums_its_participants_rates(live: Live) -> None:
