@@ -11,6 +11,8 @@
   totals) and their live window series — a snapshot of the ``meeting:<id>`` topic (prepared as
   for a first subscriber: every daemon's part in it), regrouped by participant; 404 when the
   meeting is live on no daemon;
+* ``GET /api/series``: a meeting's or participant's history for a chart, stored minute rows
+  and live points downsampled to N buckets (``collector.http.history``);
 * ``GET /api/export``: stored rows as CSV, JSON or NDJSON through
   ``collector.storage.export``, streamed page by page (chunked), so an export of any size
   holds one page in memory.
@@ -40,7 +42,7 @@ from typing import Any, Final, TypeAlias, cast
 
 from collector.auth import Auth, Denied, bearer
 from collector.fanout.channel import Channel, ChannelUnavailable
-from collector.http import alert_query, meeting_query
+from collector.http import alert_query, history, meeting_query
 from collector.http.server import HttpRoute, Request, Response, StreamedResponse
 from collector.storage.export import (
     Format,
@@ -124,6 +126,7 @@ class Api:
             "/api/quality": self.quality,
             "/api/alerts": self.alerts,
             "/api/export": self.export,
+            "/api/series": self.series,
         }
 
     async def meetings(self, request: Request) -> Response:
@@ -235,6 +238,9 @@ class Api:
                 "series": series,
             },
         )
+
+    async def series(self, request: Request) -> Response:
+        return await history.series(self, request)
 
     async def export(self, request: Request) -> Response | StreamedResponse:
         query = request.query

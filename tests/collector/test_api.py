@@ -525,7 +525,7 @@ def test_the_daemon_serves_the_api_routes(tmp_path: Path) -> None:
             }
         )
     )
-    assert {"/api/meetings", "/api/export", "/api/quality", "/api/alerts"} <= set(
+    assert {"/api/meetings", "/api/export", "/api/series", "/api/quality", "/api/alerts"} <= set(
         daemon.http.http_routes
     )
     assert set(daemon.http.prefix_routes) == {"/api/meetings/"}

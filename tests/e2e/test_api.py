@@ -117,6 +117,7 @@ def test_live_meetings_then_a_csv_export_of_what_was_stored(tmp_path: Path) -> N
 
     with running_daemon(tmp_path / "second.log", ["--config", str(config)]) as second:
         status, headers, body = get(second, "/api/export?what=rtc&format=csv&meeting=room-%C3%A9")
+        history = get_json(second, "/api/series?meeting=room-%C3%A9&points=1")
     assert status == 200
     assert headers["transfer-encoding"] == "chunked"
     assert headers["content-type"] == "text/csv; charset=utf-8"
@@ -129,6 +130,14 @@ def test_live_meetings_then_a_csv_export_of_what_was_stored(tmp_path: Path) -> N
     # cumulative counters: the first sample has q 1 (the daemon did not see the stream start),
     # a baseline; the bytes are what came after it
     assert video == len(PEOPLE) * 180_000 * (SAMPLES - 1)
+    # /api/series from the stored rows alone (the second daemon has nothing live): per minute,
+    # the participants' bytes sent as bit/s, summed; one bucket keeps the highest minute
+    up: dict[str, float] = {}
+    for row in rows:
+        sent = float(row["audio_bytes_sent"]) + float(row["video_bytes_sent"])
+        up[row["minute"]] = up.get(row["minute"], 0.0) + 8 * sent / 60
+    assert history["series"]["up_bps"]["max"] == [pytest.approx(max(up.values()), abs=1e-3)]
+    assert history["series"]["up_bps"]["min"] == [pytest.approx(min(up.values()), abs=1e-3)]
     assert {tuple(row[c] for c in VIDEO_COLUMNS) for row in rows} == {
         ("24.0", "30.0", "1280", "720", "640", "360", "2000000.0", "1")
     }

@@ -119,12 +119,20 @@ async def test_tokens_are_checked_everywhere_and_never_logged(tmp_path: Path) ->
         for refused_token in refused_api:
             status, body = http(daemon, "/api/meetings", refused_token)
             assert status == (403 if refused_token == refused_api[-1] else 401), body
-        for target in ("/api/meetings", "/api/meetings/m2", "/api/export?what=rtc&meeting=m2"):
+        for target in (
+            "/api/meetings",
+            "/api/meetings/m2",
+            "/api/export?what=rtc&meeting=m2",
+            "/api/series?meeting=m2",
+            "/api/series",
+        ):
             status, body = http(daemon, target, reader_m1)
             assert (status, body["error"].split(":")[0]) == (403, "forbidden"), target
         status, body = http(daemon, "/api/meetings/m1", reader_m1)
         assert status == 200
         assert set(body["participants"]) == {"p1"}
+        status, body = http(daemon, "/api/series?meeting=m1&points=10", reader_m1)
+        assert (status, body["meeting"], len(body["t"])) == (200, "m1", 10)
         status, body = http(daemon, "/api/meetings", everything)
         assert status == 200
         assert set(body["meetings"]) == {"m1"}
