@@ -18,17 +18,24 @@ async function until(condition, what) {
   }
 }
 
-/** A check that holds once `pc` has gathered its candidates (the end-of-candidates event). */
+/**
+ * A check that holds once `pc` has gathered its candidates: at the end-of-candidates event, or
+ * 2 s after its first candidate on 127.0.0.1, whichever comes first. Chromium also gathers on the
+ * machine's other addresses, where a TURN allocation towards 127.0.0.1 can take many seconds to
+ * fail; only loopback candidates are signalled (`loopback`), and those come at once.
+ */
 function gathering(pc) {
-  let done = false;
+  let done = false, firstLoopback = null;
   const end = (event) => {
     if (event.candidate === null) {
       done = true;
       pc.removeEventListener("icecandidate", end);
+    } else if (firstLoopback === null && event.candidate.address === "127.0.0.1") {
+      firstLoopback = Date.now();
     }
   };
   pc.addEventListener("icecandidate", end);
-  return () => done;
+  return () => done || (firstLoopback !== null && Date.now() - firstLoopback > 2000);
 }
 
 /**
