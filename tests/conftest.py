@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from protocol.build import stale_message, stale_sources
-from tests.helpers import admin
+from tests.helpers import scratch_database
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -21,9 +20,5 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture
 def database() -> Iterator[str]:
     """A scratch MariaDB database, dropped after the test."""
-    name = f"bwmon_test_{uuid.uuid4().hex[:10]}"
-    admin(f"CREATE DATABASE {name}")
-    try:
+    with scratch_database() as name:
         yield name
-    finally:
-        admin(f"DROP DATABASE {name}")

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -174,6 +175,20 @@ def admin(sql: str, database: str | None = None) -> list[tuple[object, ...]]:
             conn.close()
 
     return asyncio.run(run())
+
+
+@contextlib.contextmanager
+def scratch_database(
+    run: Callable[[str], object] = admin,
+) -> Iterator[str]:
+    """A scratch MariaDB database, dropped on exit; ``run`` executes the two statements
+    (``admin`` by default; the browser tests run it in a thread of its own)."""
+    name = f"bwmon_test_{uuid.uuid4().hex[:10]}"
+    run(f"CREATE DATABASE {name}")
+    try:
+        yield name
+    finally:
+        run(f"DROP DATABASE {name}")
 
 
 class CuttableProxy:

@@ -10,8 +10,9 @@ import pytest
 
 from cli.bench.chromium import launch_chromium
 from tests.browser.call import Call, open_call, serving_pages
-from tests.browser.database import scratch_database
+from tests.browser.database import query
 from tests.browser.turn import TurnServer, running_turn
+from tests.helpers import scratch_database
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -48,5 +49,5 @@ def call(browser: Browser, pages_url: str) -> Iterator[Call]:
 @pytest.fixture
 def database() -> Iterator[str]:
     """tests/conftest.py's scratch database, made from another thread (database.py)."""
-    with scratch_database() as name:
+    with scratch_database(query) as name:
         yield name
