@@ -15,12 +15,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import gc
+import inspect
 import io
 import json
 import os
+import platform
 import sys
 import time
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -30,6 +33,7 @@ import typer
 
 from cli.bench.commands import app as bench_app
 from cli.emit import EmitOptions, emit
+from cli.progress import ExportProgress
 from cli.synthetic import Profile
 from cli.tail import TailOptions, TopicRefused, run_tail
 from collector import app as daemon_app
@@ -41,12 +45,15 @@ from collector.storage.export import (
     Format,
     Kind,
     Selection,
+    Shape,
+    TimeFormat,
+    default_time_format,
     export_to,
     parse_time,
     row_writer,
 )
 from collector.storage.sinks import DatabaseMissing, MysqlSink, SqliteSink, open_sink
-from protocol.build import stale_message, stale_sources
+from protocol.build import running_build, stale_message, stale_sources
 from protocol.errors import BwmonError
 from protocol.subscribe import is_topic
 from protocol.tokens import MAX_TTL_S, RIGHTS, Claims, mint
@@ -60,6 +67,29 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(bench_app, name="bench")
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        build = running_build()
+        typer.echo(
+            f"bwmon {metadata.version('bwmon')} ({build.name} build, "
+            f"Python {platform.python_version()})"
+        )
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """bwmon: call-quality and bandwidth collector daemon."""
+
 
 ConfigPath = Annotated[
     Path | None,
@@ -221,28 +251,48 @@ def migrate(
 
 @app.command("export")
 def export_command(
-    what: Annotated[Kind, typer.Argument(help="the table: rtc, http, meetings or alerts")],
+    what: Annotated[
+        Kind,
+        typer.Argument(
+            help="the table: rtc, http, meetings, alerts, or the hourly roll-ups rtc_hour and "
+            "http_hour"
+        ),
+    ],
     config: ConfigPath = None,
     output_format: Annotated[Format, typer.Option("--format", "-f")] = "csv",
-    start: Annotated[
-        str | None, typer.Option(help="from this time on: ISO 8601 or Unix seconds")
+    time_format: Annotated[
+        TimeFormat | None,
+        typer.Option(
+            "--time",
+            help="times as iso (8601, UTC) or unix (seconds); default: iso for csv, "
+            "unix for json and ndjson",
+        ),
     ] = None,
-    end: Annotated[str | None, typer.Option(help="before this time: ISO 8601 or Unix")] = None,
-    meeting: Annotated[str | None, typer.Option(help="rtc, meetings, alerts")] = None,
-    participant: Annotated[str | None, typer.Option(help="rtc, alerts")] = None,
-    service: Annotated[str | None, typer.Option(help="http")] = None,
+    start: Annotated[
+        str | None,
+        typer.Option(
+            help="from this time on: ISO 8601, Unix seconds, now, today, yesterday or a time "
+            "ago (-15m, -1h, -7d)"
+        ),
+    ] = None,
+    end: Annotated[str | None, typer.Option(help="before this time (as --start)")] = None,
+    meeting: Annotated[str | None, typer.Option(help="rtc, meetings, alerts, rtc_hour")] = None,
+    participant: Annotated[str | None, typer.Option(help="rtc, alerts, rtc_hour")] = None,
+    service: Annotated[str | None, typer.Option(help="http, http_hour")] = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="file to write (default: stdout)")
     ] = None,
 ) -> None:
     """Write stored rows as CSV, JSON or NDJSON, streamed page by page in key order.
 
-    Every column is described in docs/API.md, "Columns"."""
+    Every column is described in docs/API.md, "Columns". On a terminal, a progress bar with the
+    total, the rate and the time left, then a one-line summary."""
     try:
+        now = time.time()
         selection = Selection(
             what,
-            start=None if start is None else parse_time(start),
-            end=None if end is None else parse_time(end),
+            start=None if start is None else parse_time(start, now),
+            end=None if end is None else parse_time(end, now),
             meeting=meeting,
             participant=participant,
             service=service,
@@ -255,14 +305,8 @@ def export_command(
         typer.echo("bwmon export: storage.backend is none: nothing to export", err=True)
         raise typer.Exit(EXIT_CONFIG)
     configure(settings.log.level, settings.log.format)
-    on_terminal = sys.stderr.isatty()
-
-    shown = [0]  # rows on the progress line, which an error message must not run into
-
-    def progress(rows: int) -> None:
-        shown[0] = rows
-        sys.stderr.write(f"\rbwmon export: {rows} rows")
-        sys.stderr.flush()
+    shape = Shape(what, output_format, time_format or default_time_format(output_format))
+    progress = ExportProgress(sys.stderr) if sys.stderr.isatty() else None
 
     async def main(out: io.TextIOWrapper) -> int:
         async with open_thread_bridge() as bridge:
@@ -270,9 +314,16 @@ def export_command(
             sink = open_sink(settings.storage, bridge, read_only=True)
             assert isinstance(sink, SqliteSink | MysqlSink)  # both can be read
             try:
+                if progress is not None:
+                    sql, params = selection.count_query(sink.dialect)
+                    progress.start(int((await sink.query(sql, params))[0][0]))
                 writer = row_writer(output_format, out)
                 return await export_to(
-                    sink, selection, writer, progress=progress if on_terminal else None
+                    sink,
+                    selection,
+                    writer,
+                    shape=shape,
+                    progress=None if progress is None else progress.advance,
                 )
             finally:
                 await sink.close()
@@ -315,8 +366,11 @@ def export_command(
     else:
         out.close()
         partial.replace(output)
-    if on_terminal and (shown[0] or not failure):
-        sys.stderr.write(f"\rbwmon export: {max(rows, shown[0])} rows\n")
+    if progress is not None:
+        progress.stop()
+        if not failure:
+            target = "stdout" if output is None else str(output)
+            typer.echo(f"bwmon export: {progress.summary(rows, code == 0)} to {target}", err=True)
     if failure:
         typer.echo(failure, err=True)
     if code:
@@ -533,6 +587,38 @@ def tail_command(
     except KeyboardInterrupt:  # before or after the signal handler was in place
         raise typer.Exit(0) from None
 
+
+def reflow(text: str) -> str:
+    """A docstring as help: the lines of each paragraph joined, so that the help wraps at the
+    terminal's width rather than where the source broke its lines. A paragraph of list items
+    (lines starting with ``-`` or ``*``) keeps one item per line."""
+    paragraphs = []
+    for paragraph in inspect.cleandoc(text).split("\n\n"):
+        lines = [line.strip() for line in paragraph.splitlines()]
+        if any(line.startswith(("- ", "* ")) for line in lines):
+            items: list[str] = []
+            for line in lines:
+                if items and not line.startswith(("- ", "* ")):
+                    items[-1] += " " + line
+                else:
+                    items.append(line)
+            paragraphs.append("\n".join(items))
+        else:
+            paragraphs.append(" ".join(lines))
+    return "\n\n".join(paragraphs)
+
+
+def _reflow_help(group: typer.Typer) -> None:
+    for command in group.registered_commands:
+        text = command.help or (command.callback.__doc__ if command.callback else None)
+        if text:
+            command.help = reflow(text)
+    for sub in group.registered_groups:
+        if sub.typer_instance is not None:
+            _reflow_help(sub.typer_instance)
+
+
+_reflow_help(app)
 
 if __name__ == "__main__":
     app()

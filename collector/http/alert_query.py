@@ -45,7 +45,7 @@ def parse_query(query: Mapping[str, str], now: float) -> AlertQuery:
         raise ValueError(f"limit {text!r}: a whole number from 1 to {MAX_LIMIT}")
     since = query.get("since")
     return AlertQuery(
-        since=now - DEFAULT_SPAN_S if since is None else parse_time(since),
+        since=now - DEFAULT_SPAN_S if since is None else parse_time(since, now),
         limit=int(text),
         meeting=query.get("meeting") or None,
     )

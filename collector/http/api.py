@@ -37,7 +37,7 @@ from __future__ import annotations
 import io
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, Final, TypeAlias, cast
 
 from collector.auth import Auth, Denied, bearer
@@ -45,10 +45,14 @@ from collector.fanout.channel import Channel, ChannelUnavailable
 from collector.http import alert_query, history, meeting_query
 from collector.http.server import HttpRoute, Request, Response, StreamedResponse
 from collector.storage.export import (
+    EXPORTS,
     Format,
     Kind,
     Readable,
     Selection,
+    Shape,
+    TimeFormat,
+    default_time_format,
     export_rows,
     parse_time,
     row_writer,
@@ -63,7 +67,7 @@ Authorize: TypeAlias = Callable[[Request, str | None], Response | None]
 # so pages stay smaller than the CLI's.
 API_PAGE_ROWS: Final = 1_000
 EXPORT_PARAMETERS: Final = frozenset(
-    {"what", "format", "start", "end", "meeting", "participant", "service"}
+    {"what", "format", "time", "start", "end", "meeting", "participant", "service"}
 )
 CONTENT_TYPES: Final[dict[str, str]] = {
     "csv": "text/csv; charset=utf-8",
@@ -112,7 +116,7 @@ class Api:
         page_rows: int = API_PAGE_ROWS,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.clock = clock  # the default start of the recent alerts
+        self.clock = clock  # the default start of the recent alerts; relative export times
         self.channel = channel
         self.prepare = prepare  # every daemon's part of a meeting topic in the channel
         self.sink = sink
@@ -252,16 +256,20 @@ class Api:
             return Response.error(400, f"unknown parameter: {', '.join(unknown)}")
         what = query.get("what")
         if what is None:
-            return Response.error(400, "what is required: rtc, http, meetings or alerts")
+            return Response.error(400, f"what is required: {', '.join(EXPORTS)}")
         fmt = query.get("format", "csv")
         if fmt not in CONTENT_TYPES:
             return Response.error(400, f"format {fmt!r}: one of csv, json, ndjson")
+        time_format = query.get("time", default_time_format(cast(Format, fmt)))
+        if time_format not in ("iso", "unix"):
+            return Response.error(400, f"time {time_format!r}: iso or unix")
         try:
             start, end = query.get("start"), query.get("end")
+            now = self.clock()
             selection = Selection(
                 cast(Kind, what),  # Selection checks it
-                start=None if start is None else parse_time(start),
-                end=None if end is None else parse_time(end),
+                start=None if start is None else parse_time(start, now),
+                end=None if end is None else parse_time(end, now),
                 meeting=query.get("meeting"),
                 participant=query.get("participant"),
                 service=query.get("service"),
@@ -277,7 +285,8 @@ class Api:
             await _aclose(pages)
             status = 503 if isinstance(exc, StorageUnavailable) else 500
             return Response.error(status, f"storage: {exc}")
-        body = ExportBody(pages, first, cast(Format, fmt), selection.table.columns)
+        shape = Shape(selection.what, cast(Format, fmt), cast(TimeFormat, time_format))
+        body = ExportBody(pages, first, cast(Format, fmt), shape)
         return StreamedResponse(
             body,
             CONTENT_TYPES[fmt],
@@ -306,10 +315,10 @@ class ExportBody:
         pages: AsyncIterator[list[Row]],
         first: list[Row] | None,
         fmt: Format,
-        columns: Sequence[str],
+        shape: Shape,
     ) -> None:
         self._pages = pages
-        self._chunks = self._generate(first, fmt, columns)
+        self._chunks = self._generate(first, fmt, shape)
 
     def __aiter__(self) -> ExportBody:
         return self
@@ -324,7 +333,7 @@ class ExportBody:
             await _aclose(self._pages)
 
     async def _generate(
-        self, first: list[Row] | None, fmt: Format, columns: Sequence[str]
+        self, first: list[Row] | None, fmt: Format, shape: Shape
     ) -> AsyncGenerator[bytes, None]:
         out = io.StringIO(newline="")
         writer = row_writer(fmt, out)
@@ -335,12 +344,12 @@ class ExportBody:
             out.truncate()
             return text.encode()
 
-        writer.begin(columns)
+        writer.begin(shape.columns)
         if first is not None:
-            writer.write(first)
+            writer.write(shape.rows(first))
             yield take()
             async for page in self._pages:
-                writer.write(page)
+                writer.write(shape.rows(page))
                 yield take()
         writer.end()
         yield take()

@@ -374,6 +374,16 @@ ROLLUPS: Final = (
 )
 
 
+def _rollup_table(
+    source: str, target: str, keys: tuple[str, ...], sums: tuple[tuple[str, str], ...]
+) -> Table:
+    """The hour table a roll-up fills: its keys, the hour, then the summed columns."""
+    return Table(target, (*keys, "hour", *(column for column, _ in sums)), key=(*keys, "hour"))
+
+
+RTC_HOUR, HTTP_HOUR = (_rollup_table(*rollup) for rollup in ROLLUPS)
+
+
 def rollup_sql(
     dialect: Dialect,
     source: str,

@@ -280,7 +280,11 @@ async def test_alerts_without_storage_are_the_open_ones(live: Live) -> None:
         ({"limit": "1001"}, "limit '1001': a whole number from 1 to 1000"),
         ({"limit": "x"}, "limit 'x': a whole number from 1 to 1000"),
         ({"level": "bad"}, "unknown parameter: level"),
-        ({"since": "soon"}, "'soon' is neither ISO 8601 (2026-11-29T10:00:00Z) nor Unix seconds"),
+        (
+            {"since": "soon"},
+            "'soon' is not a time: ISO 8601 (2026-11-29T10:00:00Z), "
+            "Unix seconds, now, today, yesterday or a time ago (-15m, -1h, -7d)",
+        ),
     ],
 )
 async def test_bad_alert_parameters_are_400(live: Live, query: dict[str, str], error: str) -> None:
@@ -293,7 +297,7 @@ async def test_export_streams_every_row_page_by_page(sink: Any, live: Live, fmt:
     await sink.migrate()
     await sink.write(rtc_rows(23))
     response = await api_of(live, sink, page_rows=5).export(
-        get("/api/export", what="rtc", format=fmt)
+        get("/api/export", what="rtc", format=fmt, time="unix")
     )
     chunks = await read(response)
     assert isinstance(response, StreamedResponse)
@@ -325,7 +329,11 @@ async def test_export_filters_and_parses_times(sink: Any, live: Live) -> None:
     text = b"".join(await read(response)).decode()
     rows = list(csv.DictReader(io.StringIO(text, newline="")))
     assert [r["participant"] for r in rows] == [HOSTILE] * 3
-    assert [int(r["minute"]) for r in rows] == [1_800_000_120, 1_800_000_180, 1_800_000_240]
+    assert [r["minute"] for r in rows] == [  # CSV's times are ISO 8601 unless time=unix
+        "2027-01-15T08:02:00Z",
+        "2027-01-15T08:03:00Z",
+        "2027-01-15T08:04:00Z",
+    ]
 
 
 async def test_an_empty_export_is_a_valid_document(tmp_path: Path, live: Live) -> None:
@@ -343,10 +351,15 @@ async def test_an_empty_export_is_a_valid_document(tmp_path: Path, live: Live) -
 @pytest.mark.parametrize(
     ("query", "error"),
     [
-        ({}, "what is required: rtc, http, meetings or alerts"),
-        ({"what": "users"}, "cannot export 'users': one of rtc, http, meetings, alerts"),
+        ({}, "what is required: rtc, http, meetings, alerts, rtc_hour, http_hour"),
+        (
+            {"what": "users"},
+            "cannot export 'users': one of rtc, http, meetings, alerts, rtc_hour, http_hour",
+        ),
         ({"what": "rtc", "format": "xml"}, "format 'xml': one of csv, json, ndjson"),
-        ({"what": "rtc", "start": "yesterday"}, "'yesterday' is neither ISO 8601"),
+        ({"what": "rtc", "time": "local"}, "time 'local': iso or unix"),
+        ({"what": "rtc", "start": "soon"}, "'soon' is not a time"),
+        ({"what": "rtc", "start": "-1y"}, "'-1y' is not a time"),
         ({"what": "rtc", "start": "20", "end": "10"}, "end must be after start"),
         ({"what": "rtc", "service": "api"}, "service does not apply to rtc"),
         ({"what": "rtc", "meeting": ""}, "meeting is empty"),
@@ -437,7 +450,7 @@ async def test_export_over_http_is_chunked_and_complete(
     assert (hostile.status, hostile.complete) == (200, True)
     lines = hostile.body.decode().splitlines()
     assert [json.loads(line)["participant"] for line in lines] == [HOSTILE] * 4
-    got = await fetch(server.port, "/api/export?what=rtc&format=csv&meeting=m1")
+    got = await fetch(server.port, "/api/export?what=rtc&format=csv&meeting=m1&time=unix")
     assert (got.status, got.complete) == (200, True)
     assert got.headers["content-type"] == "text/csv; charset=utf-8"
     assert got.headers["content-disposition"] == 'attachment; filename="bwmon-rtc.csv"'

@@ -145,7 +145,8 @@ async def test_an_unknown_meeting_is_empty_not_an_error(tmp_path: Path, live: Li
         ({"meeting": "m", "points": "many"}, "points 'many' is not an integer"),
         (
             {"meeting": "m", "from": "soon"},
-            "from/to: 'soon' is neither ISO 8601 (2026-11-29T10:00:00Z) nor Unix seconds",
+            "from/to: 'soon' is not a time: ISO 8601 (2026-11-29T10:00:00Z), "
+            "Unix seconds, now, today, yesterday or a time ago (-15m, -1h, -7d)",
         ),
         ({"meeting": "m", "from": "100", "to": "100"}, "to must be after from"),
         ({"meeting": "m", "from": "0", "to": str(7 * 86_400 + 1)}, "to - from is at most 604800 s"),
