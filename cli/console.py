@@ -423,7 +423,8 @@ def press(state: ConsoleState, key: str, rows: Sequence[str], page_rows: int = 1
     elif key in ("down", "j", "up", "k", "pgdn", "pgup", "home", "end"):
         _move(page, key, rows, page_rows)
     elif key == "enter" and state.page == "meetings" and rows:
-        return _open(state, page.selected if page.selected in rows else rows[0])
+        selected = page.selected
+        return _open(state, selected if selected is not None and selected in rows else rows[0])
     elif key == "esc":
         if page.filter or page.band or page.relayed_only:
             page.filter, page.band, page.relayed_only = "", 0, False
