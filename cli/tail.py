@@ -42,7 +42,7 @@ from trio_websocket import (
 )
 
 from cli import console
-from cli.console import bitrate
+from cli.console import bitrate as bitrate  # re-exported for callers of cli.tail
 from cli.terminal import Terminal, resize_signals
 from protocol.errors import BwmonError
 from protocol.subscribe import (
