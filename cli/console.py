@@ -332,6 +332,7 @@ class ConsoleState:
     opened: str | None = None  # the meeting whose participants are shown
     before_http: PageName = "meetings"  # where ``h`` goes back to
     typing: bool = False  # ``/`` was pressed: keys edit the filter
+    pinned: bool = False  # ``--meeting``: the participants page does not go back
     quit: bool = False
     pages: dict[PageName, PageState] = field(
         default_factory=lambda: {name: PageState() for name in PAGES}
@@ -466,6 +467,8 @@ def _open(state: ConsoleState, meeting: str) -> Follow:
 
 
 def _close(state: ConsoleState) -> Follow:
+    if state.pinned:
+        return NOTHING
     closed = state.opened
     state.opened = None
     state.page = "meetings"
@@ -662,7 +665,10 @@ def render_screen(
             shown = [clip(_empty(state, total), width)][:body]
         lines += shown
         lines += [""] * (height - 1 - len(lines))
-    lines.append(clip(KEYS_HELP[state.page], width - 1))  # never the bottom-right cell
+    keys = KEYS_HELP[state.page]
+    if state.pinned:
+        keys = keys.replace("  Esc back", "")
+    lines.append(clip(keys, width - 1))  # never the bottom-right cell
     return lines[:height], ids
 
 

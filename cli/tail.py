@@ -110,9 +110,12 @@ class TailOptions:
     @property
     def topics(self) -> tuple[str, ...]:
         if self.interactive:
-            # The console shows every page: an opened meeting is subscribed to when opened.
-            opened = () if self.meeting is None else (f"meeting:{self.meeting}",)
-            return ("meetings", *opened, "alerts", "http")
+            # The console shows every page; a meeting opened with the keys is subscribed to
+            # when opened. With --meeting it stays on that meeting (a token limited to one
+            # meeting reads nothing else).
+            if self.meeting is not None:
+                return (f"meeting:{self.meeting}", "alerts", "http")
+            return ("meetings", "alerts", "http")
         return ("meetings" if self.meeting is None else f"meeting:{self.meeting}", "alerts")
 
 
@@ -173,8 +176,10 @@ class TailSession:
             return self._alert(message)
         if isinstance(message, SubscribeError):
             refused = message.code in (UNKNOWN_TOPIC, TOO_MANY_TOPICS, UNAUTHORIZED, FORBIDDEN)
-            # A meeting-scoped token reads its meeting but not the alerts of every meeting.
-            if refused and not (message.code == FORBIDDEN and message.topic == "alerts"):
+            # A meeting-scoped token reads its meeting but not the alerts nor the HTTP routes
+            # of every meeting.
+            shown_without = ("alerts", "http")
+            if refused and not (message.code == FORBIDDEN and message.topic in shown_without):
                 raise TopicRefused(
                     f"the daemon refused {message.topic!r} ({message.code}): {message.detail}"
                 )
@@ -692,7 +697,8 @@ class _Console(_Tail):
         self.state = console.ConsoleState()
         if options.meeting is not None:
             self.state.opened = options.meeting
-            self.state.page = "participants"
+            self.state.page = self.state.before_http = "participants"
+            self.state.pinned = True
         self.link = f"connecting to {options.url}…"
         self.linked = False  # connected now
         self.notice: str | None = None

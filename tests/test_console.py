@@ -30,7 +30,7 @@ from cli.console import (
 from cli.tail import TailError, TailOptions, TailSession, render_meetings, run_tail
 from cli.terminal import decode_keys
 from cli.top import TopError, TopModel, TopOptions, render_top, run_top
-from protocol.subscribe import Subscribe, Unsubscribe
+from protocol.subscribe import FORBIDDEN, Subscribe, SubscribeError, Unsubscribe
 from tests.helpers import free_port
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -357,6 +357,19 @@ def test_a_session_follows_and_drops_an_opened_meeting() -> None:
     assert Subscribe(topic="meeting:m-1") in session.subscriptions()
     assert session.drop("meeting:m-1") == Unsubscribe(topic="meeting:m-1")
     assert "meeting:m-1" not in session.mirrors
+
+
+def test_with_meeting_the_console_stays_on_it_and_a_meeting_token_is_enough() -> None:
+    options = TailOptions(interactive=True, meeting="m-1")
+    assert options.topics == ("meeting:m-1", "alerts", "http")
+    session = TailSession(options.topics)
+    for topic in ("alerts", "http"):
+        refused = SubscribeError(code=FORBIDDEN, topic=topic, detail="token for one meeting")
+        assert session.receive(refused).status is not None  # said, not fatal
+    state = ConsoleState(page="participants", opened="m-1", pinned=True)
+    assert press(state, "esc", []) == Follow()
+    assert press(state, "backspace", []) == Follow()
+    assert where(state) == ("participants", "m-1")
 
 
 async def test_with_a_timeout_nothing_answering_is_an_error() -> None:
