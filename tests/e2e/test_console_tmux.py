@@ -8,6 +8,7 @@ longer than the pane is a line that wrapped.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -290,6 +291,17 @@ def test_top_and_a_lost_daemon_in_a_real_terminal(fed: Fed) -> None:
         assert ago(lines) is not None
         top.resize(60, 20)
         top.wait(lambda s: "REJECTED/S" in "\n".join(s) and "MESSAGES/S" not in "\n".join(s), "60")
+
+        samples = subprocess.run(
+            bwmon("top", "--http-port", str(fed.daemon.http_port), "--json", "--count", "2"),
+            capture_output=True,
+            timeout=30,
+            check=True,
+        ).stdout.splitlines()
+        first, second = (json.loads(line) for line in samples)
+        assert first["transports"]["udp"]["frames_per_s"] is None  # no difference yet
+        assert second["transports"]["udp"]["frames_per_s"] > 0
+        assert second["storage"]["backend"] == "mysql"
 
         tail = Pane(bwmon("tail", "--http-port", str(fed.daemon.http_port)), 60, 20)
         tail.wait(lambda s: "live meetings" in s[0], "the tail console")
