@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
@@ -478,26 +479,52 @@ def _close(state: ConsoleState) -> Follow:
 # -- layout ----------------------------------------------------------------------------------
 
 
+def _char_cells(char: str) -> int:
+    """Terminal cells a character takes: 2 for East Asian wide and full-width ones, 0 for
+    combining marks and format characters, else 1."""
+    if unicodedata.combining(char) or unicodedata.category(char) in ("Me", "Cf"):
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+
+
+def cells(text: str) -> int:
+    """The width of ``text`` on a terminal, in cells (an id may hold any printable
+    character, PROTOCOL.md §4.1)."""
+    return len(text) if text.isascii() else sum(_char_cells(c) for c in text)
+
+
 def clip(text: str, width: int) -> str:
-    """``text`` cut to ``width`` characters, the last one an ellipsis when cut."""
+    """``text`` cut to ``width`` cells, the last one an ellipsis when cut."""
     if width <= 0:
         return ""
-    if len(text) <= width:
+    if cells(text) <= width:
         return text
-    return text[: width - 1] + ELLIPSIS
+    kept: list[str] = []
+    used = 0
+    for char in text:
+        used += _char_cells(char)
+        if used > width - 1:
+            break
+        kept.append(char)
+    return "".join(kept) + ELLIPSIS
+
+
+def _pad(text: str, width: int, right: bool) -> str:
+    fill = " " * max(0, width - cells(text))
+    return fill + text if right else text + fill
 
 
 def fit_columns(
     columns: Sequence[Column], rows: Sequence[Sequence[Cell]], width: int
 ) -> list[tuple[int, int]]:
-    """Which columns to show and how wide, so that a row is at most ``width`` characters:
+    """Which columns to show and how wide, so that a row is at most ``width`` cells:
     ``[(column index, width), …]``. Drops columns by priority (the highest number first, the
     rightmost of equals first), then shrinks the shrinkable ones; what still does not fit is
     cut by the caller."""
-    widths = [len(c.title) for c in columns]
+    widths = [cells(c.title) for c in columns]
     for row in rows:
         for i, (text, _) in enumerate(row):
-            widths[i] = max(widths[i], len(text))
+            widths[i] = max(widths[i], cells(text))
     kept = list(range(len(columns)))
 
     def total() -> int:
@@ -527,17 +554,16 @@ def table_lines(
     selected: str | None = None,
     color: bool = False,
 ) -> tuple[str, list[str]]:
-    """The header and one line per row, each at most ``width`` characters on screen."""
-    cells = [[column.cell(i, f) for column in columns] for i, f in rows]
-    layout = fit_columns(columns, cells, width)
+    """The header and one line per row, each at most ``width`` cells on screen."""
+    grid = [[column.cell(i, f) for column in columns] for i, f in rows]
+    layout = fit_columns(columns, grid, width)
 
     def line(row: Sequence[Cell], highlight: bool) -> str:
         parts: list[str] = []
         used = 0
         for n, (i, w) in enumerate(layout):
             text, code = row[i]
-            text = clip(text, w)
-            text = text.rjust(w) if columns[i].right else text.ljust(w)
+            text = _pad(clip(text, w), w, columns[i].right)
             if n == len(layout) - 1:
                 text = text.rstrip()
             sep = " " * GAP if n else ""
@@ -545,14 +571,14 @@ def table_lines(
             if room <= 0:
                 break
             text = clip(text, room)
-            used += len(sep) + len(text)
+            used += len(sep) + cells(text)
             parts.append(sep + (text if highlight else _paint(text, code, color)))
         joined = "".join(parts)
         # Reverse video, colour or not: the selection must show with NO_COLOR too.
         return f"\x1b[{_SELECTED}m{joined}{_RESET}" if highlight else joined
 
     header = line([(c.title, None) for c in columns], False)
-    return header, [line(row, i == selected) for (i, _f), row in zip(rows, cells, strict=True)]
+    return header, [line(row, i == selected) for (i, _f), row in zip(rows, grid, strict=True)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -631,7 +657,7 @@ def render_screen(
         f"{what}  {fresh}",
         f"{fresh}  {what}",
     )
-    title = next((t for t in titles if len(t) <= width), titles[-1])
+    title = next((t for t in titles if cells(t) <= width), titles[-1])
     order = f"sort: {sort.name} {'↓' if sort.descending != ps.reverse else '↑'}"
     if sort.name == "worst":
         order = f"sort: {'best' if ps.reverse else 'worst'} first"

@@ -298,7 +298,7 @@ def _items(items: list[str], width: int) -> str:
     line = ""
     for item in items:
         candidate = f"{line}  {item}" if line else item
-        if len(candidate) > width:
+        if console.cells(candidate) > width:
             break
         line = candidate
     return line or clip(items[0] if items else "", width)

@@ -235,6 +235,19 @@ def test_columns_drop_by_priority_and_the_id_shrinks_last() -> None:
     assert len(header) <= 20
 
 
+def test_wide_characters_count_as_two_cells() -> None:
+    wide = "会議室-東京-" * 8 + "1"
+    assert console.cells(wide) == 97
+    assert console.cells("e\u0301") == 1  # a combining accent takes no cell
+    assert console.cells(console.clip(wide, 20)) <= 20
+    entities = {wide: meeting("bad", 3), "m-1": meeting("good", 80)}
+    for width in (60, 80):
+        lines, _ = render_screen(ConsoleState(), screen_input(meetings=entities), width, 10)
+        assert all(console.cells(visible(line)) <= width for line in lines), lines
+        assert lines[3].startswith("会議室")
+        assert "…" in lines[3]
+
+
 def test_the_clock_and_the_connection_state_stay_in_a_short_title() -> None:
     lines, _ = render_screen(ConsoleState(), screen_input(updated_ago_s=75.2), 40, 10)
     assert "updated 75 s ago" in lines[0]
