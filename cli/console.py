@@ -592,7 +592,7 @@ class ScreenInput:
     link: str  # "connected to …" or "reconnecting… (…)"
     connected: bool
     updated_ago_s: float | None  # since the last update applied; None: none yet
-    meeting_live: bool = True  # the opened meeting's snapshot said it is live
+    meeting_received: bool = True  # the opened meeting's snapshot came
 
 
 def page_entities(state: ConsoleState, screen: ScreenInput) -> Mapping[str, Fields]:
@@ -642,7 +642,7 @@ def render_screen(
     total = len(page_entities(state, screen))
     if state.page == "participants":
         what = f"meeting {state.opened}: {total} participants"
-        if not screen.meeting_live and total == 0:
+        if screen.meeting_received and total == 0:
             what = f"meeting {state.opened}: not live"
     elif state.page == "http":
         what = f"{total} HTTP routes"
@@ -688,7 +688,7 @@ def render_screen(
         lines.append(header)
         shown = row_lines[ps.top : ps.top + body]
         if not rows:
-            shown = [clip(_empty(state, total), width)][:body]
+            shown = [clip(_empty(state, total, screen), width)][:body]
         lines += shown
         lines += [""] * (height - 1 - len(lines))
     keys = KEYS_HELP[state.page]
@@ -698,9 +698,12 @@ def render_screen(
     return lines[:height], ids
 
 
-def _empty(state: ConsoleState, total: int) -> str:
+def _empty(state: ConsoleState, total: int, screen: ScreenInput) -> str:
     if total:
         return "no row matches the filters (Esc clears them)"
+    waiting = state.page == "participants" and not screen.meeting_received
+    if screen.updated_ago_s is None or waiting:
+        return "waiting for the daemon…"
     if state.page == "participants":
         return "no participant live in this meeting"
     if state.page == "http":

@@ -786,7 +786,7 @@ class _Console(_Tail):
             link=self.link,
             connected=self.linked,
             updated_ago_s=ago,
-            meeting_live=mirror is not None and mirror.seq is not None,
+            meeting_received=mirror is not None and mirror.seq is not None,
         )
 
 

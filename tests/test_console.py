@@ -248,6 +248,18 @@ def test_wide_characters_count_as_two_cells() -> None:
         assert "…" in lines[3]
 
 
+def test_before_the_first_update_it_waits_and_an_empty_meeting_is_not_live() -> None:
+    lines, _ = render_screen(ConsoleState(), screen_input(meetings={}, updated_ago_s=None), 80, 8)
+    assert lines[3] == "waiting for the daemon…"
+    state = ConsoleState(page="participants", opened="m-9")
+    lines, _ = render_screen(state, screen_input(meeting_received=False), 80, 8)
+    assert lines[3] == "waiting for the daemon…"
+    assert "m-9: 0 participants" in lines[0]
+    lines, _ = render_screen(state, screen_input(meeting_received=True), 80, 8)
+    assert lines[3] == "no participant live in this meeting"
+    assert "meeting m-9: not live" in lines[0]
+
+
 def test_the_clock_and_the_connection_state_stay_in_a_short_title() -> None:
     lines, _ = render_screen(ConsoleState(), screen_input(updated_ago_s=75.2), 40, 10)
     assert "updated 75 s ago" in lines[0]
