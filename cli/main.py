@@ -36,6 +36,7 @@ from cli.emit import EmitOptions, emit
 from cli.progress import ExportProgress
 from cli.synthetic import Profile
 from cli.tail import TailOptions, TopicRefused, run_tail
+from cli.top import TopOptions, run_top
 from collector import app as daemon_app
 from collector.auth import bind_warning, check_startup
 from collector.config import SECRET_KEYS, Config, ConfigError, StorageConfig, load
@@ -554,6 +555,14 @@ def tail_command(
     duration: Annotated[
         float | None, typer.Option(min=0.1, help="stop after this many seconds")
     ] = None,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.1,
+            help="with --json or --count: fail (exit 1) when the daemon does not answer for"
+            " this many seconds",
+        ),
+    ] = 10.0,
     token: Annotated[
         str | None,
         typer.Option(
@@ -563,8 +572,13 @@ def tail_command(
         ),
     ] = None,
 ) -> None:
-    """Show a daemon's live meetings (or one meeting's participants) and alerts as they
-    change; reconnects and resumes by itself. Stop with Ctrl-C."""
+    """Show a daemon's live meetings, worst first, with their participants, HTTP routes and
+    alerts, as they change; reconnects and resumes by itself.
+
+    On a terminal it is a console: s sorts, r reverses, / filters, l picks a level band, t
+    shows TURN-relayed only, arrows and Enter open a meeting, Esc goes back, h shows the HTTP
+    routes, q quits. With --json (NDJSON), --count, or stdout not a terminal, it prints
+    instead."""
     if encoding not in ("json", "msgpack"):
         typer.echo("bwmon tail: --encoding is json or msgpack", err=True)
         raise typer.Exit(EXIT_CONFIG)
@@ -580,11 +594,60 @@ def tail_command(
         count=count,
         duration_s=duration,
         token=token,
+        timeout_s=timeout if as_json or count is not None else None,
+        interactive=not as_json and count is None and _interactive(),
     )
     try:
         with errors_exit("bwmon tail"):
             trio.run(run_tail, options)
     except KeyboardInterrupt:  # before or after the signal handler was in place
+        raise typer.Exit(0) from None
+
+
+def _interactive() -> bool:
+    """A console needs a terminal for its screen and for its keys."""
+    return sys.stdout.isatty() and sys.stdin.isatty()
+
+
+@app.command("top")
+def top_command(
+    host: Annotated[str, typer.Option(help="daemon address")] = "127.0.0.1",
+    http_port: Annotated[int, typer.Option(help="daemon HTTP port")] = 8470,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="NDJSON on stdout, one line per second")
+    ] = False,
+    count: Annotated[int | None, typer.Option(min=1, help="stop after N samples")] = None,
+    duration: Annotated[
+        float | None, typer.Option(min=0.1, help="stop after this many seconds")
+    ] = None,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.1,
+            help="with --json or --count: fail (exit 1) when the daemon does not answer for"
+            " this many seconds",
+        ),
+    ] = 10.0,
+) -> None:
+    """Show the daemon's own health from /healthz, every second: frames/s by transport,
+    rejections by reason, kernel drops, storage backlog and spool, subscribers, loop lag.
+
+    On a terminal it is a console (q quits); with --json (NDJSON), --count, or stdout not a
+    terminal, it prints a sample a second instead. Rates need two samples: the first has
+    none."""
+    options = TopOptions(
+        host=host,
+        http_port=http_port,
+        as_json=as_json,
+        count=count,
+        duration_s=duration,
+        timeout_s=timeout if as_json or count is not None else None,
+        interactive=not as_json and count is None and _interactive(),
+    )
+    try:
+        with errors_exit("bwmon top"):
+            trio.run(run_top, options)
+    except KeyboardInterrupt:
         raise typer.Exit(0) from None
 
 

@@ -41,6 +41,9 @@ from trio_websocket import (
     open_websocket_url,
 )
 
+from cli import console
+from cli.console import bitrate as bitrate  # re-exported for callers of cli.tail
+from cli.terminal import Terminal, resize_signals
 from protocol.errors import BwmonError
 from protocol.subscribe import (
     FORBIDDEN,
@@ -56,6 +59,7 @@ from protocol.subscribe import (
     Subscribe,
     SubscribeError,
     TopicMirror,
+    Unsubscribe,
     server_json_decoder,
     server_msgpack_decoder,
 )
@@ -93,6 +97,10 @@ class TailOptions:
     count: int | None = None  # stop after this many updates
     duration_s: float | None = None  # stop after this many seconds
     token: str | None = field(default=None, repr=False)  # sent in an ``auth`` message
+    # With ``--json`` or ``--count``: fail when no update came for this long while not
+    # connected (at the start, or after the connection was lost). None: retry for ever.
+    timeout_s: float | None = None
+    interactive: bool = False  # the console: keys on stdin, a full screen on stdout
 
     @property
     def url(self) -> str:
@@ -100,7 +108,14 @@ class TailOptions:
         return f"ws://{host}:{self.http_port}/subscribe"
 
     @property
-    def topics(self) -> tuple[str, str]:
+    def topics(self) -> tuple[str, ...]:
+        if self.interactive:
+            # The console shows every page; a meeting opened with the keys is subscribed to
+            # when opened. With --meeting it stays on that meeting (a token limited to one
+            # meeting reads nothing else).
+            if self.meeting is not None:
+                return (f"meeting:{self.meeting}", "alerts", "http")
+            return ("meetings", "alerts", "http")
         return ("meetings" if self.meeting is None else f"meeting:{self.meeting}", "alerts")
 
 
@@ -144,6 +159,16 @@ class TailSession:
         """What to send on each (re)connection: every topic resumed where its mirror stands."""
         return [mirror.resume() for mirror in self.mirrors.values()]
 
+    def follow(self, topic: str) -> Subscribe:
+        """Add a topic (an opened meeting): what to send now on a live connection."""
+        mirror = self.mirrors.setdefault(topic, TopicMirror(topic))
+        return mirror.resume()
+
+    def drop(self, topic: str) -> Unsubscribe:
+        """Forget a topic; its later messages are ignored."""
+        self.mirrors.pop(topic, None)
+        return Unsubscribe(topic=topic)
+
     def receive(self, message: ServerMessage) -> Received:
         if isinstance(message, Snapshot | Delta):
             return self._state(message)
@@ -151,8 +176,10 @@ class TailSession:
             return self._alert(message)
         if isinstance(message, SubscribeError):
             refused = message.code in (UNKNOWN_TOPIC, TOO_MANY_TOPICS, UNAUTHORIZED, FORBIDDEN)
-            # A meeting-scoped token reads its meeting but not the alerts of every meeting.
-            if refused and not (message.code == FORBIDDEN and message.topic == "alerts"):
+            # A meeting-scoped token reads its meeting but not the alerts nor the HTTP routes
+            # of every meeting.
+            shown_without = ("alerts", "http")
+            if refused and not (message.code == FORBIDDEN and message.topic in shown_without):
                 raise TopicRefused(
                     f"the daemon refused {message.topic!r} ({message.code}): {message.detail}"
                 )
@@ -245,22 +272,6 @@ CLEAR_SCREEN: Final = "\x1b[H\x1b[2J"
 Cell = tuple[str, str | None]  # text, ANSI colour code
 
 
-def bitrate(bps: float | None) -> str:
-    """``2450000`` → ``2.45 Mb/s``: three significant digits in the largest fitting unit."""
-    if bps is None:
-        return "-"
-    value = float(bps)
-    unit = "b/s"
-    for bigger in ("kb/s", "Mb/s", "Gb/s"):
-        if abs(value) < 999.5:
-            break
-        value, unit = value / 1000, bigger
-    if unit == "b/s":
-        return f"{value:.0f} {unit}"
-    digits = 2 if abs(value) < 9.995 else 1 if abs(value) < 99.95 else 0
-    return f"{value:.{digits}f} {unit}"
-
-
 def _number(value: Any, digits: int = 0, suffix: str = "") -> str:
     if not isinstance(value, int | float) or isinstance(value, bool):
         return "-"
@@ -340,10 +351,10 @@ def render_meetings(
     at: float = 0.0,
     color: bool = False,
 ) -> str:
-    """The ``meetings`` topic as a table sorted by meeting id, then the alerts."""
+    """The ``meetings`` topic as a table, the worst meeting first (``console.worst_key``),
+    then the alerts."""
     rows: list[list[Cell]] = []
-    for meeting_id in sorted(meetings):
-        m = meetings[meeting_id]
+    for meeting_id, m in console.sort_rows(meetings, console.WORST):
         share = m.get("relay_share")
         rows.append(
             [
@@ -378,11 +389,10 @@ def render_meeting(
     color: bool = False,
 ) -> str:
     """A ``meeting:<id>`` topic: one row per participant (its series points are left out),
-    sorted by participant id, then the meeting's alerts."""
-    participants = {k: v for k, v in entities.items() if v.get("kind") == "participant"}
+    the worst first, then the meeting's alerts."""
+    participants = console.participants_of(entities)
     rows: list[list[Cell]] = []
-    for pid in sorted(participants):
-        p = participants[pid]
+    for pid, p in console.sort_rows(participants, console.WORST):
         relay = str(p.get("relay") or "-")
         if p.get("turn_server"):
             relay += f" ({p['turn_server']})"
@@ -489,6 +499,8 @@ class _Tail:
         self.wake = trio.Event()
         self.done = trio.CancelScope()
         self.reading: trio.CancelScope | None = None  # while a connection reads
+        self.ws: WebSocketConnection | None = None  # while a connection reads
+        self.last_update: float | None = None  # trio time of the last update applied
         self.failure: TailError | None = None
 
     async def run(self) -> None:
@@ -497,8 +509,11 @@ class _Tail:
                 nursery.start_soon(self._on_signals)
                 if self.options.duration_s is not None:
                     nursery.start_soon(self._timer, self.options.duration_s)
+                if self.options.timeout_s is not None:
+                    nursery.start_soon(self._watchdog, self.options.timeout_s)
                 if not self.options.as_json:
                     nursery.start_soon(self._redraw)
+                self._start_tasks(nursery)
                 await self._connect_loop()
                 nursery.cancel_scope.cancel()
         self._draw()
@@ -518,6 +533,22 @@ class _Tail:
         await trio.sleep(seconds)
         self.timed_out = True
         self.stop()
+
+    def _start_tasks(self, nursery: trio.Nursery) -> None:
+        """More tasks for the time of the run (the console's)."""
+
+    async def _watchdog(self, timeout_s: float) -> None:
+        """Fail when no update was applied for ``timeout_s`` while not connected: nothing
+        answers (at the start, or since the connection was lost)."""
+        quiet_since = trio.current_time()
+        while True:
+            await trio.sleep(min(0.1, timeout_s))
+            if self.applied:
+                quiet_since = trio.current_time()
+            elif trio.current_time() - quiet_since >= timeout_s:
+                self.failure = TailError(f"no answer from {self.options.url} for {timeout_s:g} s")
+                self.stop()
+                return
 
     async def _on_signals(self) -> None:
         """Ctrl-C (or SIGTERM) ends the command cleanly: the connection is closed properly."""
@@ -558,10 +589,12 @@ class _Tail:
                     if self.stopping:
                         return
                     self.connected = True
+                    self.ws = ws
                     self._status(f"connected to {self.options.url}")
                     await self._read(ws)
             finally:
                 self.reading = None
+                self.ws = None
                 with trio.CancelScope(shield=True):
                     with trio.move_on_after(CLOSE_TIMEOUT_S):
                         await ws.aclose()
@@ -581,7 +614,9 @@ class _Tail:
                 raise _Silent(f"nothing from the daemon for {SILENCE_TIMEOUT_S:g} s")
             await self._handle(ws, data)
 
-    async def _send(self, ws: WebSocketConnection, message: Subscribe | Authenticate) -> None:
+    async def _send(
+        self, ws: WebSocketConnection, message: Subscribe | Unsubscribe | Authenticate
+    ) -> None:
         if self.options.encoding == "json":
             await ws.send_message(_json_encoder.encode(message).decode())
         else:
@@ -605,6 +640,7 @@ class _Tail:
         for update in received.updates:
             self.updates += 1
             self.applied = True
+            self.last_update = trio.current_time()
             if self.options.as_json:
                 self._write(update_line(update) + "\n")
             else:
@@ -649,9 +685,115 @@ class _Tail:
         self.err.flush()
 
 
+class _Console(_Tail):
+    """The interactive console (``options.interactive``): pages drawn by ``cli.console`` on
+    the whole terminal, keys read from stdin, redrawn on every update, key and resize, and
+    every second so that the "updated N s ago" clock keeps ticking. Status lines go to the
+    screen, not to stderr (the same terminal)."""
+
+    def __init__(self, options: TailOptions, out: TextIO, err: TextIO) -> None:
+        super().__init__(options, out, err)
+        self.screen = Terminal(out)
+        self.state = console.ConsoleState()
+        if options.meeting is not None:
+            self.state.opened = options.meeting
+            self.state.page = self.state.before_http = "participants"
+            self.state.pinned = True
+        self.link = f"connecting to {options.url}…"
+        self.linked = False  # connected now
+        self.notice: str | None = None
+        self.rows: list[str] = []  # the ids of the rows shown, in order
+        self.body = 10
+
+    async def run(self) -> None:
+        with self.screen.raw():
+            await super().run()
+
+    def _start_tasks(self, nursery: trio.Nursery) -> None:
+        nursery.start_soon(self._keys)
+        nursery.start_soon(self._resizes)
+        nursery.start_soon(self._tick)
+
+    def _status(self, text: str) -> None:
+        if text.startswith(("connected", "reconnecting")):
+            self.link = text
+            self.linked = text.startswith("connected")
+        else:
+            self.notice = text
+        self.dirty = True
+        self.wake.set()
+
+    async def _keys(self) -> None:
+        while (keys := await self.screen.read_keys()) is not None:
+            for key in keys:
+                self.notice = None
+                follow = console.press(self.state, key, self.rows, self.body)
+                if follow.unsubscribe is not None:
+                    await self._follow(self.session.drop(follow.unsubscribe))
+                if follow.subscribe is not None:
+                    await self._follow(self.session.follow(follow.subscribe))
+                if self.state.quit:
+                    self.stop()
+                    return
+            self.dirty = True
+            self._draw()
+
+    async def _follow(self, message: Subscribe | Unsubscribe) -> None:
+        """Send on the live connection, if any: a new connection subscribes to every topic
+        the session holds anyway."""
+        if self.ws is not None:
+            with contextlib.suppress(*_CONNECTION_ERRORS):
+                await self._send(self.ws, message)
+
+    async def _resizes(self) -> None:
+        with resize_signals() as signals:
+            async for _ in signals:
+                self.dirty = True
+                self._draw()
+
+    async def _tick(self) -> None:
+        while True:
+            await trio.sleep(1.0)
+            self.dirty = True
+            self._draw()
+
+    def _draw(self) -> None:
+        if not self.dirty or self.output_closed:
+            return
+        self.dirty = False
+        width, height = self.screen.size()
+        lines, self.rows = console.render_screen(
+            self.state, self._screen_input(), width, height, color=self.color
+        )
+        self.body = max(1, height - 4)
+        if self.notice is not None and lines:
+            lines[-1] = console.clip(self.notice, width - 1)
+        self.screen.draw(lines)
+
+    def _screen_input(self) -> console.ScreenInput:
+        def entities(topic: str) -> Entities:
+            mirror = self.session.mirrors.get(topic)
+            return mirror.entities if mirror is not None else {}
+
+        meeting_topic = f"meeting:{self.state.opened}"
+        mirror = self.session.mirrors.get(meeting_topic)
+        ago = None if self.last_update is None else trio.current_time() - self.last_update
+        return console.ScreenInput(
+            meetings=entities("meetings"),
+            meeting=entities(meeting_topic),
+            http=entities("http"),
+            open_alerts=len(entities("alerts")),
+            link=self.link,
+            connected=self.linked,
+            updated_ago_s=ago,
+            meeting_received=mirror is not None and mirror.seq is not None,
+        )
+
+
 async def run_tail(
     options: TailOptions, out: TextIO | None = None, err: TextIO | None = None
 ) -> None:
-    """Show or stream the topics until ``options`` says stop, Ctrl-C, or stdout closes.
-    Raises ``TailError``."""
-    await _Tail(options, out or sys.stdout, err or sys.stderr).run()
+    """Show or stream the topics until ``options`` says stop, Ctrl-C, ``q`` in the console,
+    or stdout closes. Raises ``TailError``."""
+    runner = _Console if options.interactive else _Tail
+    await runner(options, out or sys.stdout, err or sys.stderr).run()

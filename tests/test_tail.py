@@ -653,8 +653,9 @@ def test_it_reconnects_to_a_restarted_daemon_and_takes_its_snapshot(
     daemon = start_daemon(tmp_path / "d1.log", ["--config", str(config)])
     restarted: DaemonProcess | None = None
     # Two snapshots from each daemon end it (nothing is sent, so no delta comes between); the
-    # duration only bounds a run that would otherwise wait for ever.
-    reader = tail(daemon, "--json", "--count", "4", "--duration", "20")
+    # duration only bounds a run that would otherwise wait for ever, and the timeout lets a
+    # slow machine take its time to start the second daemon.
+    reader = tail(daemon, "--json", "--count", "4", "--duration", "20", "--timeout", "20")
     try:
         assert reader.stdout is not None
         first = json.loads(reader.stdout.readline())
