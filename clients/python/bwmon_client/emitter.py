@@ -21,6 +21,7 @@ so the totals stay right; ``stats()["overflow_requests"]`` counts the requests i
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import socket
 import threading
@@ -307,6 +308,7 @@ class Emitter:
         while not self._wake.wait(self.interval_s):
             self.flush()
         self.flush(final=True)
+        self._close_transport()
 
     def snapshot(self, *, everything: bool = False) -> list[HttpSample]:
         """The samples due now, each with the next sample number of its stream: the routes
@@ -373,19 +375,22 @@ class Emitter:
             return 0
 
     def close(self, timeout_s: float = EXIT_TIMEOUT_S) -> None:
-        """Stop the thread after a last sample of every route, waiting at most ``timeout_s``."""
+        """Stop the thread after a last sample of every route, waiting at most ``timeout_s``
+        for it (a transport that hangs is left to the thread, a daemon thread)."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             thread = self._thread
         self._wake.set()
-        if thread is not None and thread is not threading.current_thread():
+        if thread is None:
+            if self._streams:
+                self.flush(final=True)
+            self._close_transport()
+        elif thread is not threading.current_thread():
             thread.join(timeout_s)
-            if thread.is_alive():
-                return  # the transport is stuck: leave it to the daemon thread
-        elif thread is None and self._streams:
-            self.flush(final=True)
+
+    def _close_transport(self) -> None:
         with self._send_lock:
             if self._transport is not None:
                 self._transport.close()
@@ -425,6 +430,9 @@ class Emitter:
 def _after_fork_in_child() -> None:
     # Nothing logged here (a fork hook may run with locks of other threads held).
     for emitter in list(_EMITTERS):
+        if emitter._transport is not None:
+            with contextlib.suppress(Exception):
+                emitter._transport.close()  # the child's copy of the parent's socket
         emitter._new_process()
 
 

@@ -19,6 +19,7 @@ import h11
 import uvicorn
 
 from cli.daemon_process import DaemonProcess, start_daemon
+from protocol import HttpSample, decode_message
 from tests.helpers import free_port
 
 
@@ -163,3 +164,29 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.01)
+
+
+class Receiver:
+    """A UDP socket on loopback standing in for the daemon's port: it decodes what comes with
+    the daemon's own decoder."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"udp://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def samples(self, timeout_s: float = 0.5) -> list[HttpSample]:
+        """The http frames of every datagram until none came for ``timeout_s``."""
+        found: list[HttpSample] = []
+        self.sock.settimeout(timeout_s)
+        while True:
+            try:
+                datagram = self.sock.recv(65536)
+            except TimeoutError:
+                return found
+            decoded = decode_message(datagram)
+            assert decoded.errors == []
+            found += [f for f in decoded.frames if isinstance(f, HttpSample)]
+
+    def close(self) -> None:
+        self.sock.close()
