@@ -126,7 +126,11 @@ class _Udp(_Transport):
     def send(self, samples: list[HttpSample], hello: Hello) -> None:
         if self.udp is None:
             self.udp = UdpEmitter(self.host, self.port, DEFAULT_BUDGET)
-        self.udp.send(samples)
+        for datagram, count in pack((encode_msgpack(s) for s in samples), self.udp.budget):
+            # A refusal is often the ICMP error of an earlier datagram (the daemon was down),
+            # reported on this send: this datagram was not sent, so try it once more.
+            if not self.udp.send_datagram(datagram, count):
+                self.udp.send_datagram(datagram, count)
 
     def close(self) -> None:
         if self.udp is not None:
