@@ -31,7 +31,7 @@ import urllib.request
 import weakref
 from bisect import bisect_left
 from collections.abc import Iterable
-from typing import Final
+from typing import Final, Protocol
 
 from protocol.codec import encode_msgpack
 from protocol.emitter import DEFAULT_BUDGET, UdpEmitter, pack
@@ -106,15 +106,13 @@ def _default_instance() -> str:
     return _identifier(f"{socket.gethostname()}:{os.getpid()}", str(os.getpid()))
 
 
-class _Transport:
-    def send(self, samples: list[HttpSample], hello: Hello) -> None:
-        raise NotImplementedError
+class Transport(Protocol):
+    def send(self, samples: list[HttpSample], hello: Hello) -> None: ...
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None: ...
 
 
-class _Udp(_Transport):
+class _Udp:
     """Datagrams of at most 1,200 bytes (protocol/emitter.py); the socket is made on the first
     send, in the flusher's thread, so that constructing an emitter resolves no name."""
 
@@ -138,7 +136,7 @@ class _Udp(_Transport):
             self.udp = None
 
 
-class _HttpPost(_Transport):
+class _HttpPost:
     """``POST /ingest`` (PROTOCOL.md §2.4): one request per batch of frames, the token in an
     ``Authorization`` header."""
 
@@ -157,8 +155,11 @@ class _HttpPost(_Transport):
             with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as answer:
                 answer.read()
 
+    def close(self) -> None:
+        pass
 
-def _transport(url: str, token: str | None) -> _Transport:
+
+def _transport(url: str, token: str | None) -> Transport:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme == "udp":
         if not parts.hostname or parts.port is None:
@@ -167,7 +168,11 @@ def _transport(url: str, token: str | None) -> _Transport:
     if parts.scheme == "http":
         path = parts.path if parts.path not in ("", "/") else "/ingest"
         return _HttpPost(urllib.parse.urlunsplit(("http", parts.netloc, path, "", "")), token)
-    raise ValueError(f"unsupported URL scheme {parts.scheme!r} (udp:// or http://)")
+    if parts.scheme == "ws":
+        from bwmon_client.websocket import WebSocketTransport
+
+        return WebSocketTransport(url, token)
+    raise ValueError(f"unsupported URL scheme {parts.scheme!r} (udp://, http:// or ws://)")
 
 
 # Every live emitter, for the fork and exit hooks (weak: an emitter dropped by its owner goes).
@@ -226,13 +231,14 @@ class Emitter:
         self._overflow_requests = 0
         self._record_errors = 0
         self._send_errors = 0
+        self.last_error: str | None = None  # of sending: for a human, never raised
         self._samples_sent = 0
         self._flushes = 0
         self._started = False
         self._closed = False
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._transport: _Transport | None = None
+        self._transport: Transport | None = None
 
     # -- the request path --------------------------------------------------------------------
 
@@ -374,8 +380,9 @@ class Emitter:
                 self._transport.send(samples, self.hello())
                 self._samples_sent += len(samples)
             return len(samples)
-        except Exception:
+        except Exception as exc:
             self._send_errors += 1
+            self.last_error = repr(exc)
             return 0
 
     def close(self, timeout_s: float = EXIT_TIMEOUT_S) -> None:

@@ -63,18 +63,27 @@ def test_a_daemon_restart_mid_way_loses_no_request(tmp_path: Path) -> None:
     )
 
 
-def test_the_http_transport_stores_the_same_totals(tmp_path: Path) -> None:
+def test_the_http_and_websocket_transports_store_the_same_totals(tmp_path: Path) -> None:
     with daemon(tmp_path) as process:
-        emitter = Emitter("posted", url=f"http://127.0.0.1:{process.http_port}", interval_s=0.1)
+        emitters = [
+            Emitter("posted", url=f"http://127.0.0.1:{process.http_port}", interval_s=0.1),
+            Emitter("session", url=f"ws://127.0.0.1:{process.http_port}/ingest", interval_s=0.1),
+        ]
         for i in range(30):
-            emitter.record(f"/r{i % 3}", "GET", 200, i, 2 * i, 0.02)
-        emitter.close()
-        assert emitter.stats()["send_errors"] == 0
+            for emitter in emitters:
+                emitter.record(f"/r{i % 3}", "GET", 200, i, 2 * i, 0.02)
+            if i % 10 == 0:
+                time.sleep(0.15)  # a flush or two in between: several messages per session
+        for emitter in emitters:
+            emitter.close()
+            assert emitter.stats()["send_errors"] == 0
         health = process.settled_health()
         assert process.stop() == 0
     assert health["ingest"]["http"]["frames_accepted"] >= 3
-    rows = stored_routes(tmp_path, "posted")
-    assert {route: row.bytes_out for (route, _), row in rows.items()} == {
-        f"/r{k}": sum(2 * i for i in range(30) if i % 3 == k) for k in range(3)
-    }
-    assert all(row.latency_hist[2] == 10 for row in rows.values())
+    assert health["ingest"]["websocket"]["frames_accepted"] >= 3
+    for service in ("posted", "session"):
+        rows = stored_routes(tmp_path, service)
+        assert {route: row.bytes_out for (route, _), row in rows.items()} == {
+            f"/r{k}": sum(2 * i for i in range(30) if i % 3 == k) for k in range(3)
+        }
+        assert all(row.latency_hist[2] == 10 for row in rows.values())
