@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import threading
 
-from bwmon_client.emitter import (
+from bwmon_client.process_emitter import (
     DEFAULT_URL,
     OTHER_METHOD,
     OVERFLOW_ROUTE,

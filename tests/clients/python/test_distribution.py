@@ -32,7 +32,7 @@ assert emitter.stats()["send_errors"] == 0, emitter.stats()
 """
 
 BESIDE = """
-import bwmon_client.emitter
+import bwmon_client.process_emitter
 from protocol import decode_message, encode_msgpack
 from protocol.frames import HttpSample
 emitter = bwmon_client.Emitter("beside", url="udp://127.0.0.1:9")

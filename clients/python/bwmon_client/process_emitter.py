@@ -262,8 +262,8 @@ class Emitter:
             klass = -1
             if status is not None and 100 <= status <= 599:
                 klass = _ST + status // 100 - 1
-            bytes_in = max(int(bytes_in), 0)
-            bytes_out = max(int(bytes_out), 0)
+            if bytes_in < 0 or bytes_out < 0:
+                bytes_in, bytes_out = max(bytes_in, 0), max(bytes_out, 0)
             with self._lock:
                 stream = self._index.get((route, method))
                 if stream is None:
