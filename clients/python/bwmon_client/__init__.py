@@ -37,6 +37,15 @@ _lock = threading.RLock()
 _emitter: Emitter | None = None
 
 
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.RLock()  # another thread of the parent may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def configure(
     service: str,
     *,
