@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 import bwmon_client
 from bwmon_client import OTHER_METHOD, OVERFLOW_ROUTE, UNMATCHED_ROUTE, Emitter
 from protocol import HTTP_LATENCY_BOUNDS_MS, HttpSample, decode_message, encode_msgpack
+from protocol.frames import is_identifier
 from tests.clients.python.support import Receiver
 
 
@@ -271,3 +273,33 @@ def test_the_process_emitter_is_made_once() -> None:
         assert bwmon_client.emitter("ignored") is second
     finally:
         bwmon_client.configure("svc-c", url="udp://127.0.0.1:9").close(0)
+
+
+@given(st.one_of(st.none(), st.text(max_size=300)))
+@settings(max_examples=200, deadline=None)
+def test_every_route_becomes_an_identifier(route: str | None) -> None:
+    emitter = Emitter("svc", url="udp://127.0.0.1:9", interval_s=3600)
+    try:
+        emitter.record(route, "GET", 200, 0, 0, 0.0)
+        ((name, _),) = emitter.totals()
+        assert is_identifier(name)
+        (sample,) = emitter.snapshot()
+        assert decode_message(encode_msgpack(sample)).errors == []
+    finally:
+        emitter.close(0)
+
+
+def test_threads_recording_at_once_lose_nothing(emitter: Emitter) -> None:
+    def work(n: int) -> None:
+        for i in range(2000):
+            emitter.record(f"/t{i % 4}", "GET", 200, n, i, 0.001)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    totals = emitter.totals()
+    assert sum(int(t["requests"]) for t in totals.values()) == 16_000  # type: ignore[call-overload]
+    assert sum(int(t["bytes_in"]) for t in totals.values()) == 2000 * sum(range(8))  # type: ignore[call-overload]
+    assert sum(int(t["bytes_out"]) for t in totals.values()) == 8 * sum(range(2000))  # type: ignore[call-overload]
