@@ -54,9 +54,11 @@ def configure(
     interval_s: float = 10.0,
     max_routes: int = 2000,
     token: str | None = None,
+    udp_key: str | None = None,
 ) -> Emitter:
     """Make the process's emitter (closing the one before, if any) and return it. ``url``
-    defaults to ``$BWMON_URL``, else ``udp://127.0.0.1:8470``; ``token`` to ``$BWMON_TOKEN``."""
+    defaults to ``$BWMON_URL``, else ``udp://127.0.0.1:8470``; ``token`` to ``$BWMON_TOKEN``,
+    ``udp_key`` to ``$BWMON_UDP_KEY``."""
     global _emitter
     made = Emitter(
         service,
@@ -65,6 +67,7 @@ def configure(
         interval_s=interval_s,
         max_routes=max_routes,
         token=token if token is not None else os.environ.get("BWMON_TOKEN"),
+        udp_key=udp_key if udp_key is not None else os.environ.get("BWMON_UDP_KEY"),
     )
     with _lock:
         previous, _emitter = _emitter, made
@@ -81,6 +84,7 @@ def emitter(
     interval_s: float = 10.0,
     max_routes: int = 2000,
     token: str | None = None,
+    udp_key: str | None = None,
 ) -> Emitter:
     """The process's emitter, made on first use by ``configure`` with these arguments
     (``service`` defaults to ``$BWMON_SERVICE``); later calls return the same one, whatever
@@ -98,4 +102,5 @@ def emitter(
             interval_s=interval_s,
             max_routes=max_routes,
             token=token,
+            udp_key=udp_key,
         )

@@ -45,6 +45,7 @@ from protocol.frames import (
     HttpSample,
     is_identifier,
 )
+from protocol.signing import ENVELOPE_BYTES, sign_datagram
 
 __all__ = [
     "DEFAULT_URL",
@@ -68,6 +69,8 @@ METHODS: Final = frozenset(
 REFRESH_S: Final = 30.0  # an unchanged route is sent again after this long
 EXIT_TIMEOUT_S: Final = 2.0  # the last flush at interpreter exit
 HTTP_TIMEOUT_S: Final = 5.0  # one POST /ingest
+# Frames per POST body or WebSocket message at most: under the daemon's default cap (1,000).
+MAX_FRAMES_PER_MESSAGE: Final = 500
 
 _BOUNDS: Final = tuple(float(b) for b in HTTP_LATENCY_BOUNDS_MS)
 # Layout of a stream's counts: requests, bytes in, bytes out, latency sum (ms), then the status
@@ -113,18 +116,23 @@ class Transport(Protocol):
 
 
 class _Udp:
-    """Datagrams of at most 1,200 bytes (protocol/emitter.py); the socket is made on the first
-    send, in the flusher's thread, so that constructing an emitter resolves no name."""
+    """Datagrams of at most 1,200 bytes (protocol/emitter.py), signed with ``key`` when given
+    (PROTOCOL.md §2.3); the socket is made on the first send, in the flusher's thread, so that
+    constructing an emitter resolves no name."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, key: str | None) -> None:
         self.host = host
         self.port = port
+        self.key = key.encode() if key else None
+        self.budget = DEFAULT_BUDGET - (ENVELOPE_BYTES if key else 0)
         self.udp: UdpEmitter | None = None
 
     def send(self, samples: list[HttpSample], hello: Hello) -> None:
         if self.udp is None:
-            self.udp = UdpEmitter(self.host, self.port, DEFAULT_BUDGET)
-        for datagram, count in pack((encode_msgpack(s) for s in samples), self.udp.budget):
+            self.udp = UdpEmitter(self.host, self.port, self.budget)
+        for datagram, count in pack((encode_msgpack(s) for s in samples), self.budget):
+            if self.key is not None:
+                datagram = sign_datagram(self.key, datagram, time.time())
             # A refusal is often the ICMP error of an earlier datagram (the daemon was down),
             # reported on this send: this datagram was not sent, so try it once more.
             if not self.udp.send_datagram(datagram, count):
@@ -149,22 +157,23 @@ class _HttpPost:
             self.headers["authorization"] = f"Bearer {token}"
 
     def send(self, samples: list[HttpSample], hello: Hello) -> None:
-        encoded = (encode_msgpack(sample) for sample in samples)
-        for body, _count in pack(encoded, self.MAX_BODY):
-            request = urllib.request.Request(self.url, body, self.headers, method="POST")
-            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as answer:
-                answer.read()
+        for start in range(0, len(samples), MAX_FRAMES_PER_MESSAGE):
+            encoded = (encode_msgpack(s) for s in samples[start : start + MAX_FRAMES_PER_MESSAGE])
+            for body, _count in pack(encoded, self.MAX_BODY):
+                request = urllib.request.Request(self.url, body, self.headers, method="POST")
+                with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as answer:
+                    answer.read()
 
     def close(self) -> None:
         pass
 
 
-def _transport(url: str, token: str | None) -> Transport:
+def _transport(url: str, token: str | None, udp_key: str | None) -> Transport:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme == "udp":
         if not parts.hostname or parts.port is None:
             raise ValueError(f"udp URL needs a host and a port: {url!r}")
-        return _Udp(parts.hostname, parts.port)
+        return _Udp(parts.hostname, parts.port, udp_key)
     if parts.scheme == "http":
         path = parts.path if parts.path not in ("", "/") else "/ingest"
         return _HttpPost(urllib.parse.urlunsplit(("http", parts.netloc, path, "", "")), token)
@@ -187,7 +196,8 @@ class Emitter:
     process's name in its service (``host:pid`` by default, taken again after a fork).
     ``interval_s``: seconds between samples. ``max_routes``: distinct (route, method) pairs
     before the overflow route. ``token``: an access token with the ``ingest`` right, for
-    ``http://`` and ``ws://`` (UDP has no token: PROTOCOL.md §2.3).
+    ``http://`` and ``ws://``. ``udp_key``: a key of the daemon's ``auth.udp_keys``, to sign
+    each datagram (PROTOCOL.md §2.3; UDP takes no token).
     """
 
     def __init__(
@@ -199,6 +209,7 @@ class Emitter:
         interval_s: float = 10.0,
         max_routes: int = 2000,
         token: str | None = None,
+        udp_key: str | None = None,
     ) -> None:
         if not is_identifier(service):
             raise ValueError(f"service must be an identifier (PROTOCOL.md §4.1): {service!r}")
@@ -213,8 +224,9 @@ class Emitter:
         self.interval_s = float(interval_s)
         self.max_routes = max_routes
         self.token = token
+        self.udp_key = udp_key
         self._fixed_instance = instance
-        _transport(url, token)  # refuses a bad URL now, at configuration time
+        _transport(url, token, udp_key)  # refuses a bad URL now, at configuration time
         self._new_process()
         _EMITTERS.add(self)
 
@@ -376,7 +388,7 @@ class Emitter:
             with self._send_lock:
                 self._flushes += 1
                 if self._transport is None:
-                    self._transport = _transport(self.url, self.token)
+                    self._transport = _transport(self.url, self.token, self.udp_key)
                 self._transport.send(samples, self.hello())
                 self._samples_sent += len(samples)
             return len(samples)

@@ -32,6 +32,7 @@ ACK_WAIT_S: Final = 1.5  # at close: the daemon acks every second (§7.5)
 MAX_HEADER_BYTES: Final = 16384
 MAX_REPLY_BYTES: Final = 1 << 20
 MESSAGE_BUDGET: Final = 64 * 1024
+MAX_FRAMES: Final = 500  # per message, or fewer if the welcome says so
 
 _TEXT, _BINARY, _CLOSE, _PING, _PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 
@@ -76,6 +77,7 @@ class _Session:
             welcome = self._read_message()
             if welcome.get("t") != "welcome":
                 raise SessionError(f"no welcome: {welcome!r}")
+            self.max_frames = max(min(int(welcome.get("max_frames", MAX_FRAMES)), MAX_FRAMES), 1)
             self.max_bytes = min(
                 int(welcome.get("max_message_bytes", MESSAGE_BUDGET)), MESSAGE_BUDGET
             )
@@ -181,9 +183,11 @@ class _Session:
     def send(self, samples: list[HttpSample]) -> None:
         if not self.alive:
             raise SessionError("session ended")
-        for message, _count in pack((encode_msgpack(s) for s in samples), self.max_bytes):
-            self._write(_BINARY, message)
-            self.sent += 1
+        for start in range(0, len(samples), self.max_frames):
+            batch = samples[start : start + self.max_frames]
+            for message, _count in pack((encode_msgpack(s) for s in batch), self.max_bytes):
+                self._write(_BINARY, message)
+                self.sent += 1
 
     def close(self) -> None:
         deadline = time.monotonic() + ACK_WAIT_S

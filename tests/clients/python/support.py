@@ -23,9 +23,10 @@ from protocol import HttpSample, decode_message
 from tests.helpers import free_port
 
 
-def daemon_config(state_dir: Path, udp_port: int | None = None) -> list[str]:
+def daemon_config(state_dir: Path, udp_port: int | None = None, extra: str = "") -> list[str]:
+    """The daemon's arguments: its state (SQLite) in ``state_dir``, ``extra`` TOML after."""
     config = state_dir / "collector.toml"
-    config.write_text(f"[storage]\nstate_dir = '{state_dir}'\nflush_interval_s = 0.5\n")
+    config.write_text(f"[storage]\nstate_dir = '{state_dir}'\nflush_interval_s = 0.5\n{extra}")
     args = ["--config", str(config)]
     if udp_port is not None:
         args += ["--udp-port", str(udp_port)]
@@ -33,9 +34,9 @@ def daemon_config(state_dir: Path, udp_port: int | None = None) -> list[str]:
 
 
 @contextmanager
-def daemon(state_dir: Path) -> Iterator[DaemonProcess]:
+def daemon(state_dir: Path, extra: str = "") -> Iterator[DaemonProcess]:
     """``bwmon serve`` on free loopback ports, its database in ``state_dir``."""
-    process = start_daemon(state_dir / "daemon.log", daemon_config(state_dir))
+    process = start_daemon(state_dir / "daemon.log", daemon_config(state_dir, extra=extra))
     try:
         yield process
     finally:

@@ -63,11 +63,17 @@ def test_a_daemon_restart_mid_way_loses_no_request(tmp_path: Path) -> None:
     )
 
 
-def test_the_http_and_websocket_transports_store_the_same_totals(tmp_path: Path) -> None:
-    with daemon(tmp_path) as process:
+KEY = "k" * 40
+
+
+def test_http_websocket_and_signed_udp_store_the_same_totals(tmp_path: Path) -> None:
+    with daemon(tmp_path, f"[auth]\nudp_keys = ['{KEY}']\n") as process:
+        udp = f"udp://127.0.0.1:{process.udp_port}"
         emitters = [
             Emitter("posted", url=f"http://127.0.0.1:{process.http_port}", interval_s=0.1),
             Emitter("session", url=f"ws://127.0.0.1:{process.http_port}/ingest", interval_s=0.1),
+            Emitter("signed", url=udp, interval_s=0.1, udp_key=KEY),
+            Emitter("unsigned", url=udp, interval_s=0.1),  # refused: the daemon wants keys
         ]
         for i in range(30):
             for emitter in emitters:
@@ -81,7 +87,9 @@ def test_the_http_and_websocket_transports_store_the_same_totals(tmp_path: Path)
         assert process.stop() == 0
     assert health["ingest"]["http"]["frames_accepted"] >= 3
     assert health["ingest"]["websocket"]["frames_accepted"] >= 3
-    for service in ("posted", "session"):
+    assert health["ingest"]["udp"]["rejected_by_reason"]["bad_signature"] >= 1
+    assert stored_routes(tmp_path, "unsigned") == {}
+    for service in ("posted", "session", "signed"):
         rows = stored_routes(tmp_path, service)
         assert {route: row.bytes_out for (route, _), row in rows.items()} == {
             f"/r{k}": sum(2 * i for i in range(30) if i % 3 == k) for k in range(3)
