@@ -32,6 +32,7 @@ def test_the_client_imports_only_msgspec_and_the_protocol_modules() -> None:
         "protocol.errors",
         "protocol.frames",
         "protocol.limits",
+        "protocol.signing",
         # the daemon's package imports these in __init__ (the wheel has its own, empty one)
         "protocol.build",
         "protocol._built",
