@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
@@ -19,8 +19,19 @@ def chunk(i: int) -> bytes:
     return bytes([i % 251]) * ((i * 7919) % 3000)
 
 
-def make_app(file_path: Path) -> FastAPI:
+def make_app(file_path: Path, http_middleware: bool = False) -> FastAPI:
+    """The routes; ``http_middleware``: with a Starlette ``BaseHTTPMiddleware`` inside, as many
+    applications have (it runs the routes in a task of its own and streams their bodies)."""
     app = FastAPI()
+    if http_middleware:
+
+        @app.middleware("http")
+        async def tag(
+            request: Request, call_next: Callable[[Request], Awaitable[Response]]
+        ) -> Response:
+            response = await call_next(request)
+            response.headers["x-tagged"] = "1"
+            return response
 
     @app.get("/stream/{count}")
     async def stream(count: int) -> StreamingResponse:
