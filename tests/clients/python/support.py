@@ -20,13 +20,19 @@ import uvicorn
 
 from cli.daemon_process import DaemonProcess, start_daemon
 from protocol import HttpSample, decode_message
-from tests.helpers import free_port
+from tests.helpers import admin, free_port
 
 
-def daemon_config(state_dir: Path, udp_port: int | None = None, extra: str = "") -> list[str]:
-    """The daemon's arguments: its state (SQLite) in ``state_dir``, ``extra`` TOML after."""
+def daemon_config(
+    state_dir: Path, udp_port: int | None = None, extra: str = "", mysql: str | None = None
+) -> list[str]:
+    """The daemon's arguments: its state in ``state_dir``, its rows in SQLite there or in the
+    MariaDB database ``mysql``; ``extra`` TOML after."""
+    storage = f"[storage]\nstate_dir = '{state_dir}'\nflush_interval_s = 0.5\n"
+    if mysql is not None:
+        storage += f"backend = 'mysql'\nmysql_user = 'root'\nmysql_database = '{mysql}'\n"
     config = state_dir / "collector.toml"
-    config.write_text(f"[storage]\nstate_dir = '{state_dir}'\nflush_interval_s = 0.5\n{extra}")
+    config.write_text(storage + extra)
     args = ["--config", str(config)]
     if udp_port is not None:
         args += ["--udp-port", str(udp_port)]
@@ -34,9 +40,10 @@ def daemon_config(state_dir: Path, udp_port: int | None = None, extra: str = "")
 
 
 @contextmanager
-def daemon(state_dir: Path, extra: str = "") -> Iterator[DaemonProcess]:
-    """``bwmon serve`` on free loopback ports, its database in ``state_dir``."""
-    process = start_daemon(state_dir / "daemon.log", daemon_config(state_dir, extra=extra))
+def daemon(state_dir: Path, extra: str = "", mysql: str | None = None) -> Iterator[DaemonProcess]:
+    """``bwmon serve`` on free loopback ports (``daemon_config``)."""
+    args = daemon_config(state_dir, extra=extra, mysql=mysql)
+    process = start_daemon(state_dir / "daemon.log", args)
     try:
         yield process
     finally:
@@ -52,27 +59,34 @@ class RouteRows:
     latency_hist: list[int] = field(default_factory=lambda: [0] * 12)
 
 
-def stored_routes(state_dir: Path, service: str) -> dict[tuple[str, str], RouteRows]:
-    """The daemon's minute rows of ``service``, summed per (route, method) over minutes and
-    segments (read after the daemon stopped: it writes its open minutes on the way out)."""
+_ROWS = (
+    "SELECT route, method, requests, status_1xx, status_2xx, status_3xx, status_4xx, "
+    "status_5xx, bytes_in, bytes_out, latency_hist FROM http_minute WHERE service = "
+)
+
+
+def stored_routes(
+    state_dir: Path, service: str, mysql: str | None = None
+) -> dict[tuple[str, str], RouteRows]:
+    """The daemon's minute rows of ``service`` (in SQLite in ``state_dir``, or in the MariaDB
+    database ``mysql``), summed per (route, method) over minutes and segments; read after the
+    daemon stopped: it writes its open minutes on the way out."""
     rows: dict[tuple[str, str], RouteRows] = {}
-    with sqlite3.connect(state_dir / "bwmon.db") as db:
-        cursor = db.execute(
-            "SELECT route, method, requests, status_1xx, status_2xx, status_3xx, status_4xx, "
-            "status_5xx, bytes_in, bytes_out, latency_hist FROM http_minute WHERE service = ?",
-            (service,),
-        )
-        for route, method, requests, s1, s2, s3, s4, s5, bytes_in, bytes_out, hist in cursor:
-            total = rows.setdefault((route, method), RouteRows())
-            total.requests += int(requests)
-            total.status = [
-                a + int(b) for a, b in zip(total.status, (s1, s2, s3, s4, s5), strict=True)
-            ]
-            total.bytes_in += int(bytes_in)
-            total.bytes_out += int(bytes_out)
-            total.latency_hist = [
-                a + int(b) for a, b in zip(total.latency_hist, json.loads(hist), strict=True)
-            ]
+    if mysql is not None:
+        assert service.replace("-", "").isalnum()
+        found: list[tuple[Any, ...]] = admin(f"{_ROWS}'{service}'", mysql)
+    else:
+        with sqlite3.connect(state_dir / "bwmon.db") as db:
+            found = db.execute(_ROWS + "?", (service,)).fetchall()
+    for route, method, requests, s1, s2, s3, s4, s5, bytes_in, bytes_out, hist in found:
+        total = rows.setdefault((route, method), RouteRows())
+        total.requests += int(requests)
+        total.status = [a + int(b) for a, b in zip(total.status, (s1, s2, s3, s4, s5), strict=True)]
+        total.bytes_in += int(bytes_in)
+        total.bytes_out += int(bytes_out)
+        total.latency_hist = [
+            a + int(b) for a, b in zip(total.latency_hist, json.loads(hist), strict=True)
+        ]
     return rows
 
 

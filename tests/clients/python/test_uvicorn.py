@@ -1,6 +1,7 @@
 """uvicorn serving FastAPI with ``instrument``, an emitter sending to a real daemon: the bytes
-the daemon stores per route are the body bytes the client sent and received, exactly, with the
-requests and status classes; 200 concurrent requests add up exactly."""
+the daemon stores per route (its minute rows, in SQLite or MariaDB) are the body bytes the client
+sent and received, exactly, with the requests and status classes; 200 concurrent requests add up
+exactly."""
 
 from __future__ import annotations
 
@@ -45,7 +46,11 @@ def serve(
 
 
 def stored(
-    tmp_path: Path, process: DaemonProcess, emitter: Emitter, service: str
+    tmp_path: Path,
+    process: DaemonProcess,
+    emitter: Emitter,
+    service: str,
+    mysql: str | None = None,
 ) -> dict[tuple[str, str], RouteRows]:
     emitter.close()
     assert emitter.stats()["send_errors"] == 0
@@ -53,7 +58,7 @@ def stored(
     assert process.stop() == 0
     assert health["aggregate"]["baseline_samples"]["http"] == 0
     assert all(n == 0 for n in health["aggregate"]["samples_not_applied"]["http"].values())
-    return stored_routes(tmp_path, service)
+    return stored_routes(tmp_path, service, mysql)
 
 
 def expect(rows: dict[tuple[str, str], RouteRows], key: tuple[str, str], **values: object) -> None:
@@ -189,8 +194,17 @@ async def exchange(port: int, method: str, target: str, body: bytes) -> tuple[in
     return status, received
 
 
-def test_200_concurrent_requests_add_up_exactly(tmp_path: Path, running: DaemonProcess) -> None:
-    # with a BaseHTTPMiddleware inside: the route still comes from the one scope
+@pytest.fixture
+def running_mysql(tmp_path: Path, database: str) -> Iterator[DaemonProcess]:
+    with daemon(tmp_path, mysql=database) as process:
+        yield process
+
+
+def test_200_concurrent_requests_add_up_exactly(
+    tmp_path: Path, running_mysql: DaemonProcess, database: str
+) -> None:
+    # the rows in MariaDB; a BaseHTTPMiddleware inside: the route still comes from the scope
+    running = running_mysql
     emitter, app = serve(tmp_path, running, "asgi-concurrent", http_middleware=True)
     rng = random.Random(27)
     plan = []
@@ -206,7 +220,7 @@ def test_200_concurrent_requests_add_up_exactly(tmp_path: Path, running: DaemonP
     with uvicorn_server(app) as port:
         results = asyncio.run(run_all(port))
     assert [status for status, _ in results] == [200] * 200
-    rows = stored(tmp_path, running, emitter, "asgi-concurrent")
+    rows = stored(tmp_path, running, emitter, "asgi-concurrent", database)
     gets = [
         received
         for (method, _, _), (_, received) in zip(plan, results, strict=True)
