@@ -17,7 +17,10 @@ third_party = sorted(
     and not name.startswith("_")
 )
 print(" ".join(third_party))
-print(" ".join(sorted(n for n in sys.modules if n.startswith("protocol."))))
+# (a compiled build adds each compiled module's mypyc helper, protocol.codec__mypyc)
+print(" ".join(sorted(
+    n for n in sys.modules if n.startswith("protocol.") and not n.endswith("__mypyc")
+)))
 """
 
 
