@@ -45,6 +45,7 @@ from collector.notifications.health import NotifyHealth, SinkHealth
 log = get_logger("notify")
 
 STATE_VERSION: Final = 1
+AM_PATH: Final = "/api/v2/alerts"
 RESEND_CHUNK: Final = 500  # alerts per resend request to Alertmanager
 
 Post = Callable[[str, bytes, list[tuple[str, str]], float], Awaitable[Answer]]
@@ -81,6 +82,8 @@ class Sink:
     def use(self, resolved: Resolved) -> None:
         self.config = resolved.config
         self.url = resolved.url
+        if self.kind == "alertmanager" and not self.url.rstrip("/").endswith(AM_PATH):
+            self.url = self.url.rstrip("/") + AM_PATH  # the base URL given, as Prometheus takes
         self.secret = resolved.secret
         self.queue.capacity = resolved.config.queue_max
         self.backoff = Backoff(resolved.config.retry_initial_s, resolved.config.retry_max_s)

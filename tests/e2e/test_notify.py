@@ -36,7 +36,9 @@ def test_raise_and_clear_reach_a_signed_webhook_and_a_slack_receiver(
 ) -> None:
     monkeypatch.setenv("BWMON_TEST_HOOK_SECRET", SECRET)
     hook, chat = Receiver(), Receiver()
-    daemon = start_daemon(tmp_path / "d.log", ["--config", str(config(tmp_path, sinks(hook, chat)))])
+    daemon = start_daemon(
+        tmp_path / "d.log", ["--config", str(config(tmp_path, sinks(hook, chat)))]
+    )
     feeder = Feeder()
     try:
         feeder.feed(daemon, 300, lambda: len(hook.received()) == 1 and len(chat.received()) == 1)
@@ -57,7 +59,9 @@ def test_raise_and_clear_reach_a_signed_webhook_and_a_slack_receiver(
         assert request.headers["x-team"] == "media"
         assert request.headers["x-bwmon-delivery"] == request.json()["id"]
     body = raised.json()
-    assert {k: body[k] for k in ("state", "rule", "severity", "scope", "meeting", "participant")} == {
+    assert {
+        k: body[k] for k in ("state", "rule", "severity", "scope", "meeting", "participant")
+    } == {
         "state": "raised",
         "rule": "slow_rtt",
         "severity": "critical",
