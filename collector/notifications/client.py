@@ -107,8 +107,8 @@ async def _exchange(
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
-                data = await stream.receive_some(_READ_BYTES)
-                conn.receive_data(bytes(data))  # b"": the peer closed; h11 decides if that is an end
+                # b"": the peer closed; h11 decides whether that ends the answer.
+                conn.receive_data(bytes(await stream.receive_some(_READ_BYTES)))
                 continue
             if isinstance(event, h11.Response):
                 status = event.status_code
