@@ -33,7 +33,15 @@ def test_the_reference_documents_every_key_with_its_default() -> None:
         ([{"name": "a", "kind": "pager", "url": "http://x/"}], "notify[0].kind = 'pager'"),
         ([{"name": "a", "kind": "slack"}], "notify[a]: give url or url_env"),
         (
-            [{"name": "a", "kind": "webhook", "url": "http://x/", "secret": "s", "secret_env": "E"}],
+            [
+                {
+                    "name": "a",
+                    "kind": "webhook",
+                    "url": "http://x/",
+                    "secret": "s",
+                    "secret_env": "E",
+                }
+            ],
             "give one of secret, secret_env, secret_file",
         ),
         (
