@@ -168,7 +168,15 @@ class Sink:
         delivery fails while stopping: the checkpoint keeps the rest)."""
         try:
             with self.scope:
-                await self._run()
+                while True:
+                    try:
+                        await self._run()
+                        return
+                    except Exception as exc:  # a bug here must not end the daemon
+                        log.exception("notify_task_failed", sink=self.name, error=repr(exc)[:300])
+                        if self.queue.current is not None:
+                            self.queue.refused()  # not the same transition forever
+                        await trio.sleep(1.0)
         finally:
             self.finished.set()
 

@@ -252,3 +252,25 @@ def test_secrets_and_urls_come_from_the_environment_or_a_file(
         b"s3cret",
         b"from-file",
     )
+
+
+async def test_a_bug_while_sending_costs_one_transition_not_the_daemon(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    receiver = Receiver()
+
+    async def broken_once(
+        url: str, body: bytes, headers: list[tuple[str, str]], timeout_s: float
+    ) -> Answer:
+        if json.loads(body)["id"] == "r:m/p:1@1:raised":
+            raise RuntimeError("a bug")
+        return await receiver(url, body, headers, timeout_s)
+
+    n = AlertNotifier(resolve([sink()]), version="test", post=broken_once, clock=trio.current_time)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(n.serve)
+        n.offer([event(1), event(2)])
+        await trio.sleep(5)
+        await n.stop(1)
+    assert receiver.delivered() == ["r:m/p:2@2:raised"]
+    assert n.health().sinks[0].rejected == 1
