@@ -277,7 +277,7 @@ class Daemon:
             cors_origins=tuple(new.server.cors_origins),
         )
         self.engine.set_rules(rules, time.time())
-        self.notifier.apply(sinks)
+        self.notifier.apply(sinks, self.engine.alerts.active())
         self.auth = Auth(new.auth.secrets())
         configure(new.log.level, new.log.format)
         self.config, restart = reloaded(self.config, new)

@@ -1,6 +1,7 @@
 """One HTTP POST over trio, written and read by h11: a fresh connection per request (alerts are
-few), TLS for ``https://`` with the system's trust store, the whole exchange bounded by a
-timeout and the answer's body read up to ``MAX_REPLY_BYTES``.
+few), TLS for ``https://`` with the system's trust store, basic authentication from the URL's
+``user:password@``, the whole exchange bounded by a timeout and the answer's body read up to
+``MAX_REPLY_BYTES``.
 
 Errors (exception tree of ``protocol.errors``)::
 
@@ -14,11 +15,12 @@ webhook's path is its credential).
 
 from __future__ import annotations
 
+import base64
 import ssl
 from dataclasses import dataclass
 from functools import cache
 from typing import Final
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import h11
 import trio
@@ -64,6 +66,10 @@ async def post(url: str, body: bytes, headers: list[tuple[str, str]], timeout_s:
     port = parts.port or (443 if tls else 80)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     authority = parts.netloc.rsplit("@", 1)[-1]
+    if parts.username is not None:  # https://user:password@host/: basic authentication
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        basic = base64.b64encode(credentials.encode()).decode("ascii")
+        headers = [("authorization", f"Basic {basic}"), *headers]
     try:
         with trio.fail_after(timeout_s):
             return await _exchange(host, port, tls, authority, target, body, headers)

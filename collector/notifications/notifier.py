@@ -96,6 +96,14 @@ class Sink:
     def kind(self) -> str:
         return self.config.kind
 
+    def track(self, active: Iterable[AlertEvent]) -> None:
+        """Alertmanager: the alerts raised before this sink started (a restart, a reload) are
+        firing too."""
+        if self.kind == "alertmanager":
+            for event in active:
+                if self.config.admits(event.rule, event.severity):
+                    self.firing[event.id] = event
+
     def offer(self, event: AlertEvent) -> None:
         if not self.config.admits(event.rule, event.severity):
             return
@@ -278,12 +286,10 @@ class AlertNotifier:
         self.sinks: dict[str, Sink] = {}
         self._nursery: trio.Nursery | None = None
         self._done = trio.Event()
+        active = list(active)
         for resolved in sinks:
-            sink = self.sinks[resolved.config.name] = Sink(resolved, self)
-            if sink.kind == "alertmanager":
-                for event in active:
-                    if sink.config.admits(event.rule, event.severity):
-                        sink.firing[event.id] = event
+            self.sinks[resolved.config.name] = Sink(resolved, self)
+            self.sinks[resolved.config.name].track(active)
         self._restore(restored)
 
     def _restore(self, restored: Any) -> None:
@@ -334,8 +340,10 @@ class AlertNotifier:
     def prepare(configs: Sequence[NotifySinkConfig]) -> list[Resolved]:
         return resolve(configs)
 
-    def apply(self, sinks: Sequence[Resolved]) -> None:
-        """Put reloaded sinks in force (module docstring)."""
+    def apply(self, sinks: Sequence[Resolved], active: Iterable[AlertEvent] = ()) -> None:
+        """Put reloaded sinks in force (module docstring); ``active``: the alerts raised now,
+        firing for a new Alertmanager sink."""
+        active = list(active)
         wanted = {r.config.name: r for r in sinks}
         for name in list(self.sinks):
             resolved = wanted.get(name)
@@ -351,6 +359,7 @@ class AlertNotifier:
                 sink.wake.set()
                 continue
             sink = self.sinks[name] = Sink(resolved, self)
+            sink.track(active)
             if self._nursery is not None:
                 self._nursery.start_soon(sink.run)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import socket
 
 import pytest
@@ -36,3 +37,14 @@ async def test_a_receiver_that_never_answers_is_a_delivery_failure_after_the_tim
         port = silent.getsockname()[1]
         with trio.fail_after(10), pytest.raises(DeliveryFailed, match=r"no answer within 0\.3 s"):
             await post(f"http://127.0.0.1:{port}/", b"{}", [], 0.3)
+
+
+async def test_credentials_in_the_url_become_basic_authentication() -> None:
+    receiver = Receiver()
+    try:
+        await post(f"http://bw%40mon:p%3Ass@127.0.0.1:{receiver.port}/am", b"[]", [], 5)
+    finally:
+        receiver.close()
+    [request] = receiver.received()
+    assert request.headers["authorization"] == "Basic " + base64.b64encode(b"bw@mon:p:ss").decode()
+    assert request.headers["host"] == f"127.0.0.1:{receiver.port}"
