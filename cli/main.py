@@ -366,10 +366,10 @@ def _notify_shown(sink: dict[str, Any]) -> dict[str, Any]:
     }
     if sink.get("url"):
         parts = urlsplit(sink["url"])
+        host = parts.netloc.rsplit("@", 1)[-1]  # credentials in the URL are not shown either
         rest = sink["url"][len(f"{parts.scheme}://{parts.netloc}") :]
-        sink["url"] = f"{parts.scheme}://{parts.netloc}" + (
-            _redacted(rest, "the file") if rest else ""
-        )
+        shown = _redacted(rest, "the file") if rest else ""
+        sink["url"] = f"{parts.scheme}://{host}{shown}"
     return sink
 
 
