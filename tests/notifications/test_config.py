@@ -3,6 +3,7 @@ errors name the key without the values that hold secrets."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import msgspec
 import pytest
 
 from collector.config import ConfigError, NotifySinkConfig, from_dict
+from tests.helpers import bwmon
 
 REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "CONFIG.md"
 REQUIRED = {"name", "kind"}
@@ -75,3 +77,27 @@ def test_errors_never_show_a_url_a_secret_or_a_header(sink: dict[str, Any]) -> N
     assert "SECRETPART" not in text
     assert "12345" not in text
     assert "notify[0]" in text
+
+
+def test_check_config_redacts_urls_secrets_and_headers_and_reads_secret_files(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "collector.toml"
+    path.write_text(
+        "[[notify]]\nname = 'chat'\nkind = 'slack'\n"
+        "url = 'https://hookuser:PASSWORD@hooks.example.com/services/T0/B0/SECRETPART'\n"
+        "headers = { Authorization = 'Bearer TOKENVALUE' }\n"
+        "[[notify]]\nname = 'hook'\nkind = 'webhook'\nurl = 'http://127.0.0.1/'\n"
+        f"secret_file = '{tmp_path / 'missing'}'\n"
+    )
+    missing = bwmon("check-config", str(path))
+    assert missing.returncode == 2
+    assert "notify[hook].secret_file: cannot read" in missing.stderr
+
+    (tmp_path / "missing").write_text("HOOKSECRET\n")
+    checked = bwmon("check-config", str(path))
+    assert checked.returncode == 0, checked.stderr
+    for secret in ("PASSWORD", "SECRETPART", "TOKENVALUE", "HOOKSECRET", "hookuser"):
+        assert secret not in checked.stdout
+    shown = json.loads(checked.stdout)["notify"][0]
+    assert shown["url"].startswith("https://hooks.example.com[redacted: ")
