@@ -13,9 +13,10 @@ them. Each service reports its own health as a Struct;
 Startup order, visible here and nowhere else: the frame consumer and its ticker (the aggregation
 engine), the fan-out channel and publisher, storage, then UDP ingest, then the TCP port (HTTP:
 health, ``/api``, the browser client's module and ``POST /ingest``; the WebSocket paths
-``/ingest`` and ``/subscribe``). ``serve`` reports readiness
-through ``task_status`` with the bound addresses once all of them accept traffic. Signals:
-SIGTERM and SIGINT stop the daemon.
+``/ingest`` and ``/subscribe``). The alert notification sinks (``collector.notifications``)
+start before all of them and stop after ingest, before the last checkpoint. ``serve`` reports
+readiness through ``task_status`` with the bound addresses once all of them accept traffic.
+Signals: SIGTERM and SIGINT stop the daemon.
 """
 
 from __future__ import annotations
