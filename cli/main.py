@@ -25,7 +25,8 @@ import time
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
+from urllib.parse import urlsplit
 
 import msgspec
 import trio
@@ -138,6 +139,9 @@ def _check_or_exit(settings: Config) -> None:
     """What ``serve`` checks before it binds a port (``check_startup``); check-config too."""
     with errors_exit():
         check_startup(settings)
+        for sink in settings.notify:  # the URL and secret each names, readable now
+            sink.target()
+            sink.signing_secret()
 
 
 def _build_or_exit() -> None:
@@ -399,11 +403,29 @@ def check_config(path: Annotated[Path, typer.Argument(help="collector.toml to ch
             shown[section][key] = [_redacted(item, origin) for item in value]
         else:  # the value in force: the file's never shows, even where a variable empties it
             shown[section][key] = _redacted(value, origin) if value else ""
+    shown["notify"] = [_notify_shown(sink) for sink in shown["notify"]]
     typer.echo(json.dumps(shown, indent=2))
     warning = bind_warning(settings.server.host, settings.auth)
     if warning is not None:
         typer.echo(f"bwmon: warning: {warning}", err=True)
     typer.echo(f"{path}: ok", err=True)
+
+
+def _notify_shown(sink: dict[str, Any]) -> dict[str, Any]:
+    """A ``[[notify]]`` table as check-config shows it: the secret, the header values and the
+    URL's path and query (a Slack webhook's credential) redacted."""
+    if sink.get("secret"):
+        sink["secret"] = _redacted(sink["secret"], "the file")
+    sink["headers"] = {
+        name: _redacted(value, "the file") for name, value in sink["headers"].items()
+    }
+    if sink.get("url"):
+        parts = urlsplit(sink["url"])
+        host = parts.netloc.rsplit("@", 1)[-1]  # credentials in the URL are not shown either
+        rest = sink["url"][len(f"{parts.scheme}://{parts.netloc}") :]
+        shown = _redacted(rest, "the file") if rest else ""
+        sink["url"] = f"{parts.scheme}://{host}{shown}"
+    return sink
 
 
 def _redacted(secret: str, origin: str) -> str:

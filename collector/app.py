@@ -13,9 +13,10 @@ them. Each service reports its own health as a Struct;
 Startup order, visible here and nowhere else: the frame consumer and its ticker (the aggregation
 engine), the fan-out channel and publisher, storage, then UDP ingest, then the TCP port (HTTP:
 health, ``/api``, the browser client's module and ``POST /ingest``; the WebSocket paths
-``/ingest`` and ``/subscribe``). ``serve`` reports readiness
-through ``task_status`` with the bound addresses once all of them accept traffic. Signals:
-SIGTERM and SIGINT stop the daemon.
+``/ingest`` and ``/subscribe``). The alert notification sinks (``collector.notifications``)
+start before all of them and stop after ingest, before the last checkpoint. ``serve`` reports
+readiness through ``task_status`` with the bound addresses once all of them accept traffic.
+Signals: SIGTERM and SIGINT stop the daemon.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from collector.ingest.udp import (
 )
 from collector.ingest.websocket import SessionSettings, serve_ingest_session
 from collector.logs import configure, get_logger
+from collector.notifications.notifier import AlertNotifier, resolve
 from collector.runtime import AsyncioBridge
 from collector.runtime.loops import LoopLag
 from collector.runtime.notify import Notifier, serve_watchdog
@@ -77,6 +79,9 @@ from protocol.errors import BwmonError
 log = get_logger("app")
 
 VERSION = "0.1.0"
+# Seconds shutdown gives the notification sinks to deliver what is queued (at most the
+# storage's shutdown deadline); the checkpoint keeps the rest.
+NOTIFY_SHUTDOWN_S = 5.0
 
 
 class ListenError(BwmonError):
@@ -123,6 +128,14 @@ class Daemon:
             self.state_dir, self.journal, config.aggregate, config.alerts.effective_rules()
         )
         self.engine = restored.engine
+        # Alert notifications ([[notify]]): what the last run had not delivered goes first.
+        self.notifier = AlertNotifier(
+            resolve(config.notify),
+            version=VERSION,
+            active=self.engine.alerts.active(),
+            restored=restored.notify,
+            clock=time.time,
+        )
         self.flusher = (
             Flusher(
                 self.sink,
@@ -167,6 +180,7 @@ class Daemon:
                 self.flusher,
                 self.consumer.take,
                 errors=restored.errors,
+                notifications=self.notifier.state,
             )
             self.flusher.before_flush = self.checkpointer.save  # before every flush attempt
         # Shared and mutable: a reload reconfigures them in place; ingest reads them as it goes.
@@ -251,6 +265,7 @@ class Daemon:
         sections that differ from the running ones; they keep their running values until a
         restart."""
         rules = new.alerts.effective_rules()  # unique names: loading the file checked them
+        sinks = AlertNotifier.prepare(new.notify)  # their URLs and secrets readable (ConfigError)
         check_bind(self.config.server.host, new.auth)
         warning = bind_warning(self.config.server.host, new.auth)
         if warning is not None:
@@ -263,6 +278,7 @@ class Daemon:
             cors_origins=tuple(new.server.cors_origins),
         )
         self.engine.set_rules(rules, time.time())
+        self.notifier.apply(sinks, self.engine.alerts.active())
         self.auth = Auth(new.auth.secrets())
         configure(new.log.level, new.log.format)
         self.config, restart = reloaded(self.config, new)
@@ -270,11 +286,13 @@ class Daemon:
 
     def on_output(self, output: Output) -> None:
         """What the engine produced: rows to storage (held until the next checkpoint holds
-        them too), alert transitions to fan-out."""
+        them too), alert transitions to fan-out and to the notification sinks (queued, never
+        waited for)."""
         if self.checkpointer is not None:
             self.checkpointer.hold(output)
         if output.alerts:
             self.publisher.offer_alerts(output.alerts)
+            self.notifier.offer(output.alerts)
 
     async def ingest_session(self, ws: WebSocketConnection, request: Request, _wire: Wire) -> None:
         assert self._frames_in is not None
@@ -346,6 +364,7 @@ class Daemon:
             ),
             http=HttpHealth.of(self.http.counters),
             limits=self.admission.source_limiter.health(),
+            notify=self.notifier.health(),
         )
 
     def readiness(self) -> Readiness:
@@ -406,6 +425,8 @@ class Daemon:
             # HTTP outlives the rest: while shutdown writes what the daemon holds, /readyz
             # answers "draining" and /healthz and /metrics answer too.
             async with trio.open_nursery() as http_nursery:
+                # Notifications outlive the rest too: shutdown lets them deliver what is queued.
+                await http_nursery.start(self.notifier.serve)
                 try:
                     async with trio.open_nursery() as nursery:
                         await self._start_services(nursery, frames_out)
@@ -421,6 +442,7 @@ class Daemon:
                             http=f"{addresses.http[0]}:{addresses.http[1]}",
                             udp_receive_buffer_bytes=receive_buffer_size(self._udp_sock),
                         )
+                        self.notifier.public_url = _public_url(addresses.http)
                         task_status.started(addresses)
                         await self._stop.wait()
                         nursery.cancel_scope.cancel()
@@ -498,6 +520,8 @@ class Daemon:
             self.engine.add(batch, now, boot)
         self.engine.close_minutes(now)
         self.consumer.take(self.engine.drain())
+        # Before the checkpoint: it then holds exactly what was not delivered.
+        await self.notifier.stop(min(NOTIFY_SHUTDOWN_S, self.config.storage.shutdown_deadline_s))
         if (checkpointer := self.checkpointer) is not None:
             flusher = checkpointer.flusher
             await checkpointer.save()  # the closed minutes' rows, held until one holds them
@@ -511,6 +535,12 @@ class Daemon:
             log.info("storage_closed", **msgspec.structs.asdict(flusher.health()))
         with trio.move_on_after(2):
             await self.channel.aclose()
+
+
+def _public_url(address: tuple[str, int]) -> str:
+    """The daemon's own base URL, for the links in notifications without ``public_url``."""
+    host = f"[{address[0]}]" if ":" in address[0] else address[0]
+    return f"http://{host}:{address[1]}"
 
 
 def _posted_response(posted: Posted) -> Response:

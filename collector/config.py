@@ -150,6 +150,9 @@ SECRET_KEYS: Final[dict[tuple[str, str], str]] = {
     ("auth", "token_secrets"): "BWMON_TOKEN_SECRETS",
     ("auth", "udp_keys"): "BWMON_UDP_KEYS",
 }
+# Keys of a ``[[notify]]`` table whose values no message shows: a signing secret, headers
+# (an Authorization one), and the URL (a Slack webhook's path is its credential).
+NOTIFY_SECRET_KEYS: Final = frozenset({"secret", "headers", "url"})
 
 
 def secret_length_problem(length: int) -> str | None:
@@ -236,6 +239,99 @@ class AlertsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         return merged + list(configured.values())
 
 
+# -- notifications ([[notify]]) -------------------------------------------------------------
+
+NotifyKind = Literal["webhook", "slack", "alertmanager"]
+_SEVERITY_ORDER: Final = ("info", "warning", "critical")
+
+
+class NotifySinkConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One ``[[notify]]`` table: where alert transitions go, in which format, which ones.
+
+    The webhook's signing secret comes from ``secret_env`` (an environment variable) or
+    ``secret_file`` (a file's content, stripped) or, last, ``secret``: the file needs no
+    secret in it. docs/CONFIG.md and README "Notifications" describe every key."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+    kind: NotifyKind
+    url: Annotated[str, Meta(pattern=r"^(https?://[^\s]+)?$", max_length=2048)] = ""
+    url_env: str = ""  # an environment variable holding the URL, which then wins
+    min_severity: Literal["info", "warning", "critical"] = "info"
+    rules: list[str] = msgspec.field(default_factory=list)  # empty: every rule
+    secret: str = ""
+    secret_env: str = ""
+    secret_file: str = ""
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    timeout_s: PositiveSeconds = 10.0
+    queue_max: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
+    retry_initial_s: PositiveSeconds = 1.0
+    retry_max_s: PositiveSeconds = 60.0
+    # alertmanager only: firing alerts are posted again this often (keep it under half of
+    # Alertmanager's resolve_timeout, 5 min by default); extra labels on every alert.
+    resend_interval_s: PositiveSeconds = 60.0
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+    # Base of the generatorURL (alertmanager) and of the links in Slack messages; empty: the
+    # daemon's own http://host:port.
+    public_url: str = ""
+
+    def __post_init__(self) -> None:
+        where = f"notify[{self.name}]"
+        if sum(bool(v) for v in (self.secret, self.secret_env, self.secret_file)) > 1:
+            raise ValueError(f"{where}: give one of secret, secret_env, secret_file")
+        if not (self.url or self.url_env):
+            raise ValueError(f"{where}: give url or url_env")
+        if self.retry_initial_s > self.retry_max_s:
+            raise ValueError(f"{where}: retry_initial_s must not exceed retry_max_s")
+        for label in self.labels:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", label):
+                raise ValueError(f"{where}: labels: {label!r} is not a Prometheus label name")
+        for header in self.headers:
+            if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", header):
+                raise ValueError(f"{where}: headers: {header!r} is not an HTTP header name")
+
+    def target(self) -> str:
+        """The URL in force: ``url_env``'s variable wins over ``url``; ``ConfigError`` when it
+        is not set or not an http(s) URL (the message never holds it)."""
+        if not self.url_env:
+            return self.url
+        value = os.environ.get(self.url_env, "").strip()
+        if not re.fullmatch(r"https?://[^\s]+", value):
+            raise ConfigError(
+                f"notify[{self.name}].url_env: {self.url_env} does not hold an http(s) URL"
+            )
+        return value
+
+    def signing_secret(self) -> bytes:
+        """The webhook's HMAC key (empty: requests are not signed); ``ConfigError`` when the
+        variable or the file named cannot be read, without its content."""
+        if self.secret_env:
+            value = os.environ.get(self.secret_env)
+            if value is None:
+                raise ConfigError(f"notify[{self.name}].secret_env: {self.secret_env} is not set")
+            return value.encode()
+        if self.secret_file:
+            try:
+                return Path(self.secret_file).read_text(encoding="utf-8").strip().encode()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(
+                    f"notify[{self.name}].secret_file: cannot read {self.secret_file}: {exc}"
+                ) from None
+        return self.secret.encode()
+
+    def admits(self, rule: str, severity: str) -> bool:
+        """Whether an alert of ``rule`` and ``severity`` goes to this sink."""
+        if self.rules and rule not in self.rules:
+            return False
+        return _SEVERITY_ORDER.index(severity) >= _SEVERITY_ORDER.index(self.min_severity)
+
+
+def _check_notify(sinks: list[NotifySinkConfig]) -> None:
+    names = [sink.name for sink in sinks]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"notify: sink names must be unique: {', '.join(duplicates)}")
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     ingest: IngestConfig = msgspec.field(default_factory=IngestConfig)
@@ -246,11 +342,15 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+    notify: list[NotifySinkConfig] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _check_notify(self.notify)
 
 
 # The sections a reload (SIGHUP) puts in force; the others need a restart, but for the keys
 # of RELOADABLE_KEYS, which a reload puts in force too.
-RELOADABLE: Final = ("alerts", "auth", "limits", "log")
+RELOADABLE: Final = ("alerts", "auth", "limits", "log", "notify")
 RELOADABLE_KEYS: Final = (("server", "cors_origins"),)
 
 
@@ -319,6 +419,8 @@ def _explain(exc: msgspec.ValidationError, doc: dict[str, Any], source: str) -> 
 
 def _holds_secret(parts: list[str | int]) -> bool:
     """Whether the value at ``parts`` is, or contains, a secret-bearing key."""
+    if parts and parts[0] == "notify":
+        return len(parts) < 3 or parts[2] in NOTIFY_SECRET_KEYS
     return any(
         tuple(parts[: len(secret)]) == secret or tuple(secret[: len(parts)]) == tuple(parts)
         for secret in SECRET_KEYS

@@ -21,6 +21,7 @@ from collector.fanout.health import FanoutHealth
 from collector.http.metrics import CONTENT_TYPE, render_metrics
 from collector.http.server import HttpCounters, HttpRoute, Request, Response
 from collector.ingest.health import IngestHealth, LimitsHealth
+from collector.notifications.health import NotifyHealth
 from collector.runtime.loops import LoopHealth
 from collector.storage.health import NoStorageHealth, StorageHealth
 
@@ -76,6 +77,7 @@ class DaemonHealth(msgspec.Struct, kw_only=True, gc=False):
     fanout: FanoutHealth
     http: HttpHealth
     limits: LimitsHealth
+    notify: NotifyHealth = msgspec.field(default_factory=NotifyHealth)  # [[notify]] sinks
     reasons: list[str] | UnsetType = UNSET  # why the status is not "ok"
 
 

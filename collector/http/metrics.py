@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import msgspec
 
@@ -151,6 +151,7 @@ def render_metrics(health: DaemonHealth | Mapping[str, Any]) -> str:
     _storage(out, doc)
     _fanout(out, doc)
     _http(out, doc)
+    _notify(out, doc)
     return out.render()
 
 
@@ -494,3 +495,43 @@ def _http(out: _Exposition, health: Mapping[str, Any]) -> None:
     )
     for code, count in _by_key(http.get("requests_by_status")).items():
         out.counter("http_requests", "HTTP responses, by status code.", count, code=code)
+
+
+# -- alert notifications ([[notify]] sinks) ----------------------------------------------------
+
+_NOTIFY_COUNTERS: Final = {
+    "sent": "Alert transitions delivered (a 2xx answer).",
+    "failed": "Delivery attempts that failed (no answer, a 5xx, 408 or 429); retried.",
+    "retried": "Delivery attempts after the first of a transition.",
+    "rejected": "Alert transitions the receiver refused for good (another 4xx); not retried.",
+    "dropped": "Alert transitions dropped from a full queue (the oldest waiting).",
+    "resent": "Firing alerts posted to Alertmanager again (each alert once per resend).",
+}
+
+
+def _notify(out: _Exposition, health: Mapping[str, Any]) -> None:
+    sinks = _section(health, "notify").get("sinks")
+    for sink in sinks if isinstance(sinks, list) else []:
+        if not isinstance(sink, Mapping):
+            continue
+        labels = {"sink": str(sink.get("name")), "kind": str(sink.get("kind"))}
+        for key, help_ in _NOTIFY_COUNTERS.items():
+            out.counter(f"notify_{key}", help_, sink.get(key), **labels)
+        out.gauge(
+            "notify_queue_depth",
+            "Alert transitions waiting for delivery, the one being sent included.",
+            sink.get("queue_depth"),
+            **labels,
+        )
+        out.gauge(
+            "notify_queue_capacity",
+            "The sink's queue_max.",
+            sink.get("queue_capacity"),
+            **labels,
+        )
+        out.gauge(
+            "notify_firing",
+            "Alertmanager sinks: the firing alerts they post again.",
+            sink.get("firing"),
+            **labels,
+        )

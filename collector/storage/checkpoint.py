@@ -27,6 +27,13 @@ as a datagram on the way would be: PROTOCOL.md §8.5). If a checkpoint cannot be
 (counted, logged), its rows are written all the same, and a kill before the next good one may
 count part of a minute twice or lose it.
 
+The file's format has a version (``VERSION``, the key ``version``); ``load`` migrates an older
+one to the current shape and refuses a newer one (``CheckpointError``):
+
+- 1 (no ``version`` key): ``engine``, ``pending``, ``journal_from``.
+- 2: adds ``notify``, the alert notifications not delivered yet, per sink
+  (``collector.notifications.notifier``); a version 1 checkpoint migrates with none pending.
+
 Never called from the ingest path.
 """
 
@@ -42,14 +49,16 @@ from collector.storage.errors import CheckpointError as CheckpointError
 from protocol.errors import ExceptionMapping, map_exceptions
 
 NAME = "checkpoint.msgpack"
+VERSION = 2
 
 # The checkpoint's foreign errors as ours: the disk's, and a file msgpack cannot read.
 _ERRORS: ExceptionMapping = {(OSError, msgspec.DecodeError): CheckpointError}
 
 
 def save(directory: Path, state: dict[str, Any]) -> int:
-    """Replace the checkpoint with ``state``; returns its size in bytes."""
-    data = msgspec.msgpack.encode(state)
+    """Replace the checkpoint with ``state`` (the current ``VERSION``'s keys); returns its size
+    in bytes."""
+    data = msgspec.msgpack.encode({"version": VERSION, **state})
     path = directory / NAME
     temp = directory / (NAME + ".tmp")
     with map_exceptions(_ERRORS, f"cannot write the checkpoint in {directory}"):
@@ -68,7 +77,7 @@ def save(directory: Path, state: dict[str, Any]) -> int:
 
 
 def load(directory: Path) -> dict[str, Any] | None:
-    """The last checkpoint, or None when there is none."""
+    """The last checkpoint in the current version's shape, or None when there is none."""
     path = directory / NAME
     with map_exceptions(_ERRORS, f"cannot read {path}"):
         try:
@@ -77,4 +86,17 @@ def load(directory: Path) -> dict[str, Any] | None:
             return None
     with map_exceptions(_ERRORS, f"{path} is damaged"):
         state: dict[str, Any] = msgspec.msgpack.decode(data)
+    return migrate(state, path)
+
+
+def migrate(state: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``state`` of any version this build reads, in the current version's shape."""
+    version = state.get("version", 1)
+    if not isinstance(version, int) or version > VERSION:
+        raise CheckpointError(
+            f"{path} is of format version {version!r}; this bwmon reads up to {VERSION}"
+        )
+    if version < 2:
+        state["notify"] = None  # no notification was pending before sinks existed
+    state["version"] = VERSION
     return state

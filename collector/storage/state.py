@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -46,6 +47,7 @@ class Restored:
     engine: Engine
     pending: Batch  # the rows it had not written
     errors: int  # a checkpoint or a journal that could not be read (``Checkpointer.errors``)
+    notify: Any = None  # the alert notifications not delivered (``Checkpointer.notifications``)
 
 
 def restore(
@@ -70,12 +72,14 @@ def restore(
     engine.openings = []  # journaled as they open (``FrameConsumer.on_openings``)
     errors = 0
     journal_from = 0
+    notify = None
     try:
         state = checkpoint.load(state_dir)
         if state is not None:
             pending.merge(decode_batch(state["pending"]))
             engine.restore(state["engine"], time.time())
             journal_from = state.get("journal_from", 0)
+            notify = state["notify"]
     except (checkpoint.CheckpointError, ValueError, KeyError, TypeError) as exc:
         errors += 1
         log.error("checkpoint_not_restored", error=str(exc)[:300], pending_rows=len(pending))
@@ -96,7 +100,7 @@ def restore(
             pending_rows=len(pending),
             journaled=opened,
         )
-    return Restored(engine, pending, errors)
+    return Restored(engine, pending, errors, notify)
 
 
 class Checkpointer:
@@ -114,6 +118,7 @@ class Checkpointer:
         flusher: Flusher,
         take: Callable[[Output], None],
         errors: int = 0,
+        notifications: Callable[[], Any] | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.engine = engine
@@ -125,6 +130,9 @@ class Checkpointer:
         self.held = Batch()
         self.size_bytes = 0  # the last checkpoint's
         self.errors = errors  # checkpoints that could not be read (``Restored.errors``) or written
+        # The alert notifications not delivered yet (``collector.notifications``), kept with
+        # the engine state whose alerts they announce.
+        self.notifications = notifications
 
     @property
     def failures(self) -> int:
@@ -162,6 +170,7 @@ class Checkpointer:
                 "engine": engine_state,
                 "pending": encode_batch(unwritten),
                 "journal_from": journal_from,
+                "notify": self.notifications() if self.notifications is not None else None,
             }
             self.size_bytes = await trio.to_thread.run_sync(checkpoint.save, self.state_dir, state)
         except checkpoint.CheckpointError as exc:

@@ -49,6 +49,8 @@ def test_reference_documents_every_key_with_its_default() -> None:
     # Each section's table has one row per key: | `key` | `default` | meaning |
     text = REFERENCE.read_text()
     for section, values in defaults_as_dict().items():
+        if isinstance(values, list):  # [[notify]]: tests/notifications/test_config.py
+            continue
         table = text.split(f"## `[{section}]`", 1)[1].split("\n## ", 1)[0]
         for key, default in values.items():
             if isinstance(default, bool):
@@ -77,7 +79,7 @@ def test_example_has_a_comment_for_every_key() -> None:
         (
             {"sever": {}},
             "unknown key 'sever'; expected one of: "
-            "aggregate, alerts, auth, fanout, ingest, limits, log, server",
+            "aggregate, alerts, auth, fanout, ingest, limits, log, notify, server",
         ),
         ({"log": {"level": "loud"}}, "log.level = 'loud': expected one of: 'debug'"),
         ({"ingest": {"ack_interval_s": 0}}, "ingest.ack_interval_s = 0: expected float > 0.0"),

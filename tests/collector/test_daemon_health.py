@@ -57,7 +57,7 @@ def test_readyz_names_a_refusing_channel_and_draining() -> None:
 # health Struct encoded. The UDP socket's figures join once it is open (tests/e2e).
 HEALTHZ_KEYS = [
     "status", "version", "build", "build_reason", "compiled", "uptime_s", "ingest", "loop",
-    "consumer", "aggregate", "storage", "fanout", "http", "limits",
+    "consumer", "aggregate", "storage", "fanout", "http", "limits", "notify",
 ]  # fmt: skip
 SECTION_KEYS = {
     "ingest": ["udp", "websocket", "http", "queue_batches", "queue_capacity_batches"],
