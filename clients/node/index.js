@@ -32,7 +32,6 @@ export {
 // Shared by every copy of this module in a process, so that two copies never count twice.
 const STATE = Symbol.for("bwmon.node.request");
 const ROUTE = Symbol.for("bwmon.node.route");
-const ROUTE_BASE = Symbol.for("bwmon.node.routeBase");
 const PATCHED = Symbol.for("bwmon.node.patched");
 
 class RequestState {
@@ -43,6 +42,8 @@ class RequestState {
     this.bi = 0;
     this.bo = 0;
     this.route = undefined; // set by setRoute()
+    this.matched = undefined; // the framework's route object (Express `req.route`)
+    this.base = undefined; // the `baseUrl` of the router that matched it
     this.error = false; // the handler threw (wrap())
     this.done = false;
   }
@@ -59,13 +60,12 @@ const NO_BODY = (req, status) => req.method === "HEAD" || status === 304 || stat
 
 function routeOf(s) {
   if (s.route !== undefined) return s.route;
-  const req = s.req;
-  const r = req[ROUTE];
+  const r = s.matched;
   if (r == null) return UNMATCHED;
   let p = r.path;
   if (p == null) return UNMATCHED;
   if (typeof p !== "string") p = Array.isArray(p) ? p.join(",") : String(p);
-  const base = req[ROUTE_BASE];
+  const base = s.base;
   if (typeof base !== "string" || base === "") return p;
   return p === "/" ? base : base + p;
 }
@@ -134,11 +134,16 @@ function patch() {
     Object.defineProperty(REQ, "route", {
       configurable: true,
       get() {
-        return this[ROUTE];
+        const s = this[STATE];
+        return s === undefined ? this[ROUTE] : s.matched;
       },
       set(route) {
-        this[ROUTE] = route;
-        this[ROUTE_BASE] = this.baseUrl;
+        const s = this[STATE];
+        if (s === undefined) this[ROUTE] = route;
+        else {
+          s.matched = route;
+          s.base = this.baseUrl;
+        }
       },
     });
   }

@@ -16,13 +16,15 @@ import pytest
 from cli.bench.harness import NpmUnavailable, npm_package
 
 SERVER = Path(__file__).with_name("server.mjs")
-PACKAGES = {"express": "5.1.0", "compression": "1.8.1"}
+# What the test servers and the overhead benchmark need (express-prom-bundle brings prom-client,
+# its peer dependency).
+PACKAGES = {"express": "5.1.0", "compression": "1.8.1", "express-prom-bundle": "8.0.0"}
 
 
-def node_path() -> str:
-    """NODE_PATH holding the pinned packages, installed the first time."""
+def node_path(names: tuple[str, ...] = ("express", "compression")) -> str:
+    """NODE_PATH holding the pinned ``names`` of PACKAGES, installed the first time."""
     try:
-        entries = [npm_package(name, version, "package.json") for name, version in PACKAGES.items()]
+        entries = [npm_package(name, PACKAGES[name], "package.json") for name in names]
     except NpmUnavailable as exc:
         pytest.skip(str(exc))
     # .../<cache>/<package>/node_modules/<package>/package.json → .../node_modules

@@ -7,9 +7,11 @@ decompresses nothing), and requests and status classes match."""
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import socket
 import sqlite3
+import subprocess
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +21,7 @@ from typing import Any
 import pytest
 
 from cli.daemon_process import DaemonProcess, start_daemon
-from tests.clients.node.conftest import NodeServers, start_node_servers
+from tests.clients.node.conftest import NodeServers, node_path, start_node_servers
 
 pytestmark = pytest.mark.e2e
 
@@ -260,3 +262,30 @@ def test_a_daemon_restart_keeps_the_stored_totals_exact(
     finally:
         first.stop()
     assert stored(tmp_path / "bwmon.db", "node-e2e") == dict(ledger.rows)
+
+
+@pytest.mark.slow
+def test_the_overhead_benchmark_prints_its_figures() -> None:
+    """clients/node/bench/overhead.mjs, as `bwmon bench middleware` runs it (a short run)."""
+    script = Path(__file__).parents[3] / "clients" / "node" / "bench" / "overhead.mjs"
+    result = subprocess.run(
+        ["node", str(script), "--json", "--requests", "600", "--batch", "200", "--warmup", "300"],
+        env={**os.environ, "NODE_PATH": node_path(("express", "express-prom-bundle"))},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    figures = json.loads(result.stdout)["express"]
+    assert set(figures) == {
+        "bare_ns",
+        "bwmon_ns",
+        "prom_ns",
+        "bwmon_added_ns",
+        "prom_added_ns",
+        "target_added_ns",
+    }
+    assert figures["target_added_ns"] == 3000
+    assert 0 < figures["bare_ns"] < 10_000_000
+    assert figures["bwmon_added_ns"] == figures["bwmon_ns"] - figures["bare_ns"]
+    assert figures["prom_added_ns"] == figures["prom_ns"] - figures["bare_ns"]
