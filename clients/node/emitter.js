@@ -14,6 +14,9 @@ export const OVERFLOW = "<overflow>";
 export const DEFAULT_BUDGET = 1200;
 export const DEFAULT_MAX_ROUTES = 2000;
 export const DEFAULT_INTERVAL_MS = 10000;
+// Every stream is sampled at least this often, changed or not: a receiver must not take a quiet
+// route of a live process for a gone one (PROTOCOL.md §8.5).
+export const FULL_SAMPLE_MS = 30000;
 
 // Upper bounds (ms) of the `lh` buckets 0..10; bucket 11 is everything above (§4.1).
 export const LATENCY_BOUNDS_MS = Object.freeze([5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000]);
@@ -74,6 +77,7 @@ class Stream {
     this.bo = 0;
     this.lh = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
     this.ls = 0;
+    this.changed = true;
   }
 }
 
@@ -82,8 +86,8 @@ const MAX_IN_FLIGHT = 512;
 /**
  * An emitter for one process. Options: `service` (required identifier), `host` and `port` of the
  * daemon's UDP listener (127.0.0.1:8470), `instance` (`host:pid`), `intervalMs` between samples
- * (10 s), `maxRoutes` distinct routes before the overflow bucket (2,000), `budget` bytes per
- * datagram (1,200).
+ * (10 s), `maxRoutes` (route, method) pairs before the overflow bucket (2,000), `budget` bytes
+ * per datagram (1,200).
  */
 export function createEmitter(options = {}) {
   const service = wireId(options.service, null);
@@ -101,8 +105,9 @@ export function createEmitter(options = {}) {
   // identifier share one stream (two streams of one key would read as counter resets). Holds at
   // most 2 × maxRoutes raw routes; past that, a raw route is cleaned at each request.
   const byRaw = new Map();
-  const streams = new Map(); // "route meth" → Stream
-  const routeNames = new Set();
+  const streams = new Map(); // "route meth" → Stream, at most maxRoutes plus the overflow ones
+  let kept = 0; // streams that are not the overflow bucket
+  let lastFull = -Infinity;
   const stats = { requests: 0, overflowRequests: 0, samples: 0, datagrams: 0, dropped: 0, errors: 0 };
   let socket = null;
   let inFlight = 0;
@@ -110,17 +115,16 @@ export function createEmitter(options = {}) {
   let closed = false;
 
   function open(raw, meth) {
-    const route = wireId(raw, UNMATCHED);
-    let name = route;
-    if (!routeNames.has(route)) {
-      if (routeNames.size >= maxRoutes) name = OVERFLOW;
-      else routeNames.add(route);
+    let name = wireId(raw, UNMATCHED);
+    let s = streams.get(name + " " + meth);
+    if (s === undefined && kept >= maxRoutes) {
+      name = OVERFLOW;
+      s = streams.get(name + " " + meth);
     }
-    const key = name + " " + meth;
-    let s = streams.get(key);
     if (s === undefined) {
       s = new Stream(`${prefix}${JSON.stringify(name)},"meth":"${meth}","q":`, name, meth);
-      streams.set(key, s);
+      streams.set(name + " " + meth, s);
+      if (name !== OVERFLOW) kept++;
     }
     if (name !== OVERFLOW && byRaw.size < 2 * maxRoutes) {
       let m = byRaw.get(raw);
@@ -144,13 +148,21 @@ export function createEmitter(options = {}) {
     s.bo += bytesOut;
     s.lh[latencyBucket(ms)]++;
     s.ls += ms;
+    s.changed = true;
     dirty = true;
   }
 
-  /** The `http` frames (JSON texts) of every stream, each taking its next `q`. */
-  function sample(ts = Date.now()) {
+  /** The `http` frames (JSON texts) of the streams that changed since their last sample (of
+   * every stream when `all`, or when the last full sample is `FULL_SAMPLE_MS` old), each
+   * taking its next `q`. */
+  function sample(ts = Date.now(), all = false) {
+    const now = performance.now();
+    if (now - lastFull >= FULL_SAMPLE_MS) all = true;
+    if (all) lastFull = now;
     const texts = [];
     for (const s of streams.values()) {
+      if (!all && !s.changed) continue;
+      s.changed = false;
       texts.push(`${s.head}${s.q},"ts":${ts},"req":${s.req},"st":[${s.st}],"bi":${s.bi},"bo":${s.bo},"lh":[${s.lh}],"ls":${s.ls}}`);
       s.q++;
     }
@@ -170,12 +182,12 @@ export function createEmitter(options = {}) {
 
   /** Send a sample of every stream; resolves when the datagrams are handed to the OS (or
    * dropped). Never rejects. */
-  function flush() {
+  function flush(all = false) {
     if (streams.size === 0 || closed) return Promise.resolve();
     try {
       const sock = socketOf();
       const sends = [];
-      for (const datagram of packJson(sample(), budget)) {
+      for (const datagram of packJson(sample(Date.now(), all), budget)) {
         if (inFlight >= MAX_IN_FLIGHT) {
           stats.dropped++;
           continue;
@@ -199,15 +211,14 @@ export function createEmitter(options = {}) {
     }
   }
 
-  const timer = setInterval(flush, intervalMs);
+  const timer = setInterval(() => flush(), intervalMs);
   timer.unref();
 
-  /** A last sample (if anything was counted since the previous one), then the socket closed;
-   * resolves within `timeoutMs`. */
-  function close(timeoutMs = 1000) {
+  /** A last sample of every stream, then the socket closed; resolves within `timeoutMs`. */
+  function close(timeoutMs = 2000) {
     if (closed) return Promise.resolve();
     clearInterval(timer);
-    const last = dirty ? flush() : Promise.resolve();
+    const last = flush(true);
     closed = true;
     return within(last, timeoutMs).then(() => {
       try {
@@ -232,9 +243,9 @@ export function createEmitter(options = {}) {
     get dirty() {
       return dirty;
     },
-    /** Distinct routes held (the overflow bucket not included). */
+    /** (route, method) pairs held, the overflow bucket not included. */
     get routes() {
-      return routeNames.size;
+      return kept;
     },
   };
 }

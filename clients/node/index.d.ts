@@ -21,14 +21,14 @@ export interface EmitterOptions {
   boot?: string;
   /** Time between samples; default 10,000 ms. */
   intervalMs?: number;
-  /** Distinct routes kept before requests go to the `<overflow>` route; default 2,000. */
+  /** (route, method) pairs kept before requests go to the `<overflow>` route; default 2,000. */
   maxRoutes?: number;
   /** Bytes per datagram; default 1,200. */
   budget?: number;
 }
 
 export interface MonitorOptions extends EmitterOptions {
-  /** Bound of the last flush at close, SIGTERM or SIGINT; default 1,000 ms. */
+  /** Bound of the last flush at close, SIGTERM or SIGINT; default 2,000 ms. */
   closeMs?: number;
   /** false: no SIGTERM/SIGINT/beforeExit hooks (call `close()` yourself). Default true. */
   exitFlush?: boolean;
@@ -52,9 +52,11 @@ export interface Emitter {
   readonly routes: number;
   /** Count one completed request; `status` 0 when the client went away before a response. */
   record(route: string, method: string, status: number, bytesIn: number, bytesOut: number, ms: number): void;
-  /** The `http` frames (JSON texts) of every stream, each taking its next sequence number. */
-  sample(ts?: number): string[];
-  flush(): Promise<void>;
+  /** The `http` frames (JSON texts) of the streams that changed since their last sample (of all
+   * when `all`, or every 30 s), each taking its next sequence number. */
+  sample(ts?: number, all?: boolean): string[];
+  /** Send a sample (of every stream when `all`); never rejects. */
+  flush(all?: boolean): Promise<void>;
   close(timeoutMs?: number): Promise<void>;
 }
 

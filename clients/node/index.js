@@ -177,6 +177,7 @@ function onSignal(signal) {
     process.kill(process.pid, signal);
   });
 }
+// 'beforeExit' comes again once the last datagrams are sent: flush only what changed since.
 function onBeforeExit() {
   for (const m of monitors) if (m.emitter.dirty) m.emitter.flush();
 }
@@ -194,7 +195,7 @@ function hookExit() {
 export function createMonitor(options = {}) {
   patch();
   const emitter = createEmitter(options);
-  const closeMs = options.closeMs ?? 1000;
+  const closeMs = options.closeMs ?? 2000;
   const monitor = {
     emitter,
     stats: emitter.stats,

@@ -54,7 +54,7 @@ function validate(schema, v, at = "$") {
 const checkHttpFrame = (f) => assert.equal(validate(SCHEMA.$defs.HttpSample, f), null, JSON.stringify(f));
 
 const quiet = (o = {}) => createEmitter({ service: "svc", port: 9, intervalMs: 3600e3, ...o });
-const frames = (e) => e.sample(1764338400123).map((t) => JSON.parse(t));
+const frames = (e, all = true) => e.sample(1764338400123, all).map((t) => JSON.parse(t));
 const byRoute = (fs) => Object.fromEntries(fs.map((f) => [`${f.route} ${f.meth}`, f]));
 
 test("latency buckets follow PROTOCOL.md §4.1: bound[i-1] < L <= bound[i]", () => {
@@ -119,12 +119,26 @@ test("a sample holds the cumulative counters of each (route, method), valid agai
   assert.equal(byRoute(frames(e))["/items/:id POST"].q, 2);
 });
 
+test("a sample holds the streams that changed since their last one; the first holds all", () => {
+  const e = quiet();
+  e.record("/a", "GET", 200, 0, 1, 1);
+  e.record("/b", "GET", 200, 0, 1, 1);
+  assert.deepEqual(frames(e, false).map((f) => f.route), ["/a", "/b"]); // the first: full
+  assert.deepEqual(frames(e, false), []);
+  e.record("/b", "GET", 200, 0, 1, 1);
+  const [b] = frames(e, false);
+  assert.equal(b.route, "/b");
+  assert.equal(b.q, 1);
+  assert.equal(b.req, 2);
+  assert.deepEqual(frames(e, true).map((f) => [f.route, f.q]), [["/a", 1], ["/b", 2]]);
+});
+
 test("each process has its own boot nonce", () => {
   assert.notEqual(quiet().boot, quiet().boot);
   assert.equal(quiet({ boot: "b1", instance: "web-1:7" }).instance, "web-1:7");
 });
 
-test("routes past maxRoutes go to one overflow bucket that keeps the totals", () => {
+test("(route, method) pairs past maxRoutes go to one overflow bucket that keeps the totals", () => {
   const e = quiet({ maxRoutes: 3 });
   let bytes = 0;
   for (let i = 0; i < 10; i++) {
@@ -137,13 +151,13 @@ test("routes past maxRoutes go to one overflow bucket that keeps the totals", ()
   bytes += 1;
   const fs = frames(e);
   fs.forEach(checkHttpFrame);
-  const routes = new Set(fs.map((f) => f.route));
-  assert.deepEqual([...routes].sort(), ["/r0", "/r1", "/r2", OVERFLOW].sort());
+  assert.deepEqual(Object.keys(byRoute(fs)).sort(), ["/r0 GET", "/r0 POST", "/r1 GET", `${OVERFLOW} GET`, `${OVERFLOW} POST`].sort());
   assert.equal(e.routes, 3);
-  assert.equal(e.stats.overflowRequests, 14);
+  assert.equal(e.stats.overflowRequests, 17);
   assert.equal(fs.reduce((a, f) => a + f.req, 0), 21);
   assert.equal(fs.reduce((a, f) => a + f.bo, 0), bytes);
-  assert.equal(byRoute(fs)[`${OVERFLOW} POST`].req, 7);
+  assert.equal(byRoute(fs)[`${OVERFLOW} POST`].req, 9);
+  assert.equal(byRoute(fs)[`${OVERFLOW} GET`].req, 8);
   assert.equal(byRoute(fs)["/r0 GET"].req, 2);
 });
 
