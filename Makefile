@@ -79,8 +79,9 @@ browser: $(BUILT)
 	exit $$rc
 
 # The Node client (clients/node/): its unit tests under Node's own runner (real node:http
-# servers on loopback, no npm package needed). Its end-to-end tests (Express, a real daemon)
-# run in `make test` (tests/clients/node).
+# servers on loopback, no npm package needed). Its end-to-end tests (Express, a real daemon:
+# tests/clients/node) run in `make test`, the daemon-restart case and the benchmark's smoke run
+# in `make slow`.
 clients:
 	@out=$$(mktemp); node --test --test-reporter=tap clients/node/test/ > $$out; rc=$$?; \
 	cat $$out; \
