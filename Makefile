@@ -13,7 +13,7 @@ COMPILED_SOURCES := setup.py protocol/build.py $(shell $(PYTHON) -c 'import runp
 	print(*(m.replace(".", "/") + ".py" for m in runpy.run_path("protocol/build.py")["COMPILED_MODULES"]))')
 BUILT := $(VENV)/.built-$(if $(filter 1,$(BWMON_PURE)),pure,compiled)
 
-.PHONY: serve test faults slow browser lint lock clean compiled pure
+.PHONY: serve test faults slow browser clients lint lock clean compiled pure
 
 # Editable, without compiling: $(BUILT) builds the hot path in place.
 $(STAMP): pyproject.toml requirements.lock clients/python/pyproject.toml
@@ -80,6 +80,16 @@ browser: $(BUILT)
 	$(BIN)/pytest -q -p no:cacheprovider -m browser; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make browser: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
+
+# The Node client (clients/node/): its unit tests under Node's own runner (real node:http
+# servers on loopback, no npm package needed). Its end-to-end tests (Express, a real daemon:
+# tests/clients/node) run in `make test`, the daemon-restart case and the benchmark's smoke run
+# in `make slow`.
+clients:
+	@out=$$(mktemp); node --test --test-reporter=tap clients/node/test/ > $$out; rc=$$?; \
+	cat $$out; \
+	if grep -q '^# tests 0$$' $$out; then echo "make clients: node ran no tests" >&2; rm -f $$out; exit 1; fi; \
+	rm -f $$out; exit $$rc
 
 lock: $(STAMP)
 	BWMON_PURE=1 $(BIN)/pip install --quiet --no-build-isolation -e '.[dev]'

@@ -1,0 +1,251 @@
+// bwmon-node: per-route bandwidth and latency of a Node HTTP server (Express/connect middleware,
+// a bare node:http server), counted from the body chunks and sent to a bwmon daemon as `http`
+// frames (PROTOCOL.md §4.4). Semantics shared with the Python client: clients/README.md.
+//
+// Where the bytes are counted: at http.ServerResponse.prototype.write/end, the layer every body
+// chunk goes through last on its way to the socket, whatever wraps `res.write` on the instance
+// (the `compression` middleware, in front of this middleware or behind it, hands its compressed
+// output to it; `res.sendFile` pipes into it). Bytes in: the request's 'data' events, the way any
+// consumer (a body parser, a pipe, an async iterator) reads the body. The request ends at the
+// response's 'finish' (the last byte handed to the OS), or at its 'close' without 'finish' (the
+// client went away: no status class). The route is the template the framework resolved, read
+// when the request ends: never matched again here.
+//
+// Nothing on the request path does I/O or can throw out of this module: the patched methods
+// count, then call the originals unchanged.
+
+import http from "node:http";
+import { createEmitter, UNMATCHED } from "./emitter.js";
+
+export {
+  createEmitter,
+  latencyBucket,
+  LATENCY_BOUNDS_MS,
+  OVERFLOW,
+  UNMATCHED,
+  VERSION,
+  wireId,
+  wireMethod,
+  packJson,
+} from "./emitter.js";
+
+// Shared by every copy of this module in a process, so that two copies never count twice.
+const STATE = Symbol.for("bwmon.node.request");
+const ROUTE = Symbol.for("bwmon.node.route");
+const PATCHED = Symbol.for("bwmon.node.patched");
+
+class RequestState {
+  constructor(monitor, req) {
+    this.monitor = monitor;
+    this.req = req;
+    this.start = performance.now();
+    this.bi = 0;
+    this.bo = 0;
+    this.route = undefined; // set by setRoute()
+    this.matched = undefined; // the framework's route object (Express `req.route`)
+    this.base = undefined; // the `baseUrl` of the router that matched it
+    this.error = false; // the handler threw (wrap())
+    this.done = false;
+  }
+}
+
+/** Bytes of a body chunk as Node sends it: strings in their encoding (utf8 by default). */
+function chunkBytes(chunk, encoding) {
+  if (typeof chunk === "string") return Buffer.byteLength(chunk, typeof encoding === "string" ? encoding : "utf8");
+  const n = chunk?.byteLength;
+  return typeof n === "number" ? n : 0;
+}
+
+const NO_BODY = (req, status) => req.method === "HEAD" || status === 304 || status === 204 || (status >= 100 && status < 200);
+
+function routeOf(s) {
+  if (s.route !== undefined) return s.route;
+  const r = s.matched;
+  if (r == null) return UNMATCHED;
+  let p = r.path;
+  if (p == null) return UNMATCHED;
+  if (typeof p !== "string") p = Array.isArray(p) ? p.join(",") : String(p);
+  const base = s.base;
+  if (typeof base !== "string" || base === "") return p;
+  return p === "/" ? base : base + p;
+}
+
+function complete(res, s, finished) {
+  s.done = true;
+  const ms = performance.now() - s.start;
+  let status = finished ? res.statusCode : 0;
+  if (s.error && (status === 0 || !res.headersSent)) status = 500;
+  s.monitor.emitter.record(routeOf(s), s.req.method, status, s.bi, NO_BODY(s.req, status) ? 0 : s.bo, ms);
+}
+
+// Installed once per process on the prototypes; a response or request without our state pays
+// one property read.
+function patch() {
+  const RES = http.ServerResponse.prototype;
+  const REQ = http.IncomingMessage.prototype;
+  if (RES[PATCHED]) return;
+  Object.defineProperty(RES, PATCHED, { value: true });
+
+  const write = RES.write;
+  RES.write = function write_(chunk, encoding, callback) {
+    const s = this[STATE];
+    if (s === undefined || this.writableEnded || this.destroyed) return write.call(this, chunk, encoding, callback);
+    const ok = write.call(this, chunk, encoding, callback);
+    s.bo += chunkBytes(chunk, encoding);
+    return ok;
+  };
+  const end = RES.end;
+  RES.end = function end_(chunk, encoding, callback) {
+    const s = this[STATE];
+    if (s === undefined || this.writableEnded || this.destroyed || chunk == null || typeof chunk === "function")
+      return end.call(this, chunk, encoding, callback);
+    const r = end.call(this, chunk, encoding, callback);
+    s.bo += chunkBytes(chunk, encoding);
+    return r;
+  };
+  const resEmit = RES.emit;
+  RES.emit = function emit_(event) {
+    if (event === "finish" || event === "close") {
+      const s = this[STATE];
+      if (s !== undefined && !s.done) {
+        try {
+          complete(this, s, event === "finish");
+        } catch {
+          // counting never breaks the response
+        }
+      }
+    }
+    return resEmit.apply(this, arguments);
+  };
+
+  const reqEmit = REQ.emit;
+  REQ.emit = function emit_(event, chunk) {
+    if (event === "data") {
+      const s = this[STATE];
+      if (s !== undefined && !s.done) s.bi += typeof chunk === "string" ? Buffer.byteLength(chunk, this.readableEncoding || "utf8") : chunk?.byteLength || 0;
+    }
+    return reqEmit.apply(this, arguments);
+  };
+
+  // Express (and its router) sets `req.route` to the route that matched, inside the router that
+  // holds it: remember that router's `baseUrl` with it, as an error handler further up runs
+  // with the outer `baseUrl` restored.
+  if (!Object.getOwnPropertyDescriptor(REQ, "route")) {
+    Object.defineProperty(REQ, "route", {
+      configurable: true,
+      get() {
+        const s = this[STATE];
+        return s === undefined ? this[ROUTE] : s.matched;
+      },
+      set(route) {
+        const s = this[STATE];
+        if (s === undefined) this[ROUTE] = route;
+        else {
+          s.matched = route;
+          s.base = this.baseUrl;
+        }
+      },
+    });
+  }
+}
+
+function begin(monitor, req, res) {
+  if (res[STATE] !== undefined) return res[STATE];
+  const s = new RequestState(monitor, req);
+  res[STATE] = s;
+  req[STATE] = s;
+  return s;
+}
+
+/** Name the route of a request yourself (a bare node:http server, another router): a template
+ * such as `/v1/orders/{id}`, never the raw path. */
+export function setRoute(req, template) {
+  const s = req?.[STATE];
+  if (s !== undefined && typeof template === "string") s.route = template;
+}
+
+// One handler per signal for every monitor of the process: a last flush of all, then, when no
+// one else listens to the signal, the signal again with its default action (exit).
+const monitors = new Set();
+const EXIT_SIGNALS = ["SIGTERM", "SIGINT"];
+let signalsHooked = false;
+function onSignal(signal) {
+  const alone = process.listenerCount(signal) === 1;
+  Promise.all([...monitors].map((m) => m.close())).then(() => {
+    if (!alone) return;
+    for (const sig of EXIT_SIGNALS) process.removeListener(sig, onSignal);
+    process.kill(process.pid, signal);
+  });
+}
+// 'beforeExit' comes again once the last datagrams are sent: flush only what changed since.
+function onBeforeExit() {
+  for (const m of monitors) if (m.emitter.dirty) m.emitter.flush();
+}
+function hookExit() {
+  if (signalsHooked) return;
+  signalsHooked = true;
+  for (const sig of EXIT_SIGNALS) process.on(sig, onSignal);
+  process.on("beforeExit", onBeforeExit);
+}
+
+/**
+ * A monitor: an emitter (see `createEmitter` for the options) and the middlewares that feed it.
+ * `exitFlush: false` installs no SIGTERM/SIGINT/beforeExit hooks (then call `close()` yourself).
+ */
+export function createMonitor(options = {}) {
+  patch();
+  const emitter = createEmitter(options);
+  const closeMs = options.closeMs ?? 2000;
+  const monitor = {
+    emitter,
+    stats: emitter.stats,
+    /** Express/connect middleware: `app.use(monitor.express())`, first. */
+    express() {
+      return function bwmon(req, res, next) {
+        begin(monitor, req, res);
+        next();
+      };
+    },
+    /** A node:http request listener counted: `http.createServer(monitor.wrap(handler))`. A
+     * handler that throws (or whose promise rejects) counts as 500; the error goes on
+     * untouched. */
+    wrap(handler) {
+      return function bwmonHandler(req, res) {
+        const s = begin(monitor, req, res);
+        let result;
+        try {
+          result = handler.call(this, req, res);
+        } catch (err) {
+          s.error = true;
+          throw err;
+        }
+        if (result != null && typeof result.then === "function") {
+          // A new promise that rejects as the handler's did: the rejection stays unhandled for
+          // the process, as it was.
+          return result.then(undefined, (err) => {
+            s.error = true;
+            throw err;
+          });
+        }
+        return result;
+      };
+    },
+    /** Count every request of an existing server (whatever its handlers): the state is set
+     * before any other 'request' listener runs. */
+    instrument(server) {
+      server.prependListener("request", (req, res) => begin(monitor, req, res));
+      return server;
+    },
+    flush: () => emitter.flush(),
+    /** A last flush (bounded by `closeMs`), then no more sending. */
+    close() {
+      monitors.delete(monitor);
+      return emitter.close(closeMs);
+    },
+  };
+  if (options.exitFlush !== false) {
+    monitors.add(monitor);
+    hookExit();
+  }
+  return monitor;
+}

@@ -1,0 +1,1 @@
+"""bwmon-node (clients/node) against real node servers and a real daemon."""
