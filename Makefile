@@ -16,11 +16,14 @@ BUILT := $(VENV)/.built-$(if $(filter 1,$(BWMON_PURE)),pure,compiled)
 .PHONY: serve test faults slow browser lint lock clean compiled pure
 
 # Editable, without compiling: $(BUILT) builds the hot path in place.
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml requirements.lock clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock 'setuptools>=77'
 	BWMON_PURE=1 $(BIN)/pip install --quiet --disable-pip-version-check --no-deps \
 		--no-build-isolation -e .
+	# the Python client (its own distribution, clients/python) beside the daemon, as apps have it
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation \
+		-e clients/python
 	touch $(STAMP)
 
 # setup.py says which build it made, and why it is pure when it is (also in /healthz). Its
