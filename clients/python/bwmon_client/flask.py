@@ -36,7 +36,7 @@ def _name_route(_exc: BaseException | None) -> None:
 def instrument(app: Flask, emitter: Emitter | None = None) -> Flask:
     """Count ``app``'s requests into ``emitter`` (default: the process-wide emitter); returns
     ``app``."""
-    middleware = BwmonWSGIMiddleware(app.wsgi_app, emitter)  # type: ignore[arg-type]
+    middleware = BwmonWSGIMiddleware(app.wsgi_app, emitter)
     app.teardown_request(_name_route)
     app.wsgi_app = middleware  # type: ignore[method-assign]
     return app

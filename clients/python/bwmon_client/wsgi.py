@@ -79,9 +79,7 @@ class BwmonWSGIMiddleware:
         self.app = app
         self._record: _Record = emitter.record
 
-    def __call__(
-        self, environ: dict[str, Any], start_response: StartResponse
-    ) -> Iterable[bytes]:
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         exchange = _Exchange(environ, start_response, self._record)
         stream = environ.get("wsgi.input")
         if stream is not None:
@@ -245,7 +243,7 @@ class _Exchange:
         size = _remaining_file_bytes(body)
         if size is None:  # not a file the server can send by itself: it iterates, so do we
             self._body = body
-            return self  # type: ignore[return-value]  # an iterable all the same
+            return self
         close = getattr(body, "close", None)
         exchange = self
 

@@ -21,12 +21,12 @@ import pytest
 from cli.daemon_process import DaemonProcess
 from collector.storage import checkpoint
 from tests.clients.python.wsgi_harness import (
-    EMITTER_INTERVAL_S,
     Tally,
     gunicorn,
     request,
     start_test_daemon,
     stored_totals,
+    wait_for_samples,
 )
 
 pytestmark = pytest.mark.e2e
@@ -163,12 +163,6 @@ def test_flask_under_gunicorn_the_daemon_stores_what_the_client_sent_and_receive
     assert latency_ms >= 300  # the body's last byte left 0.3 s after the view returned
 
 
-def wait_for_samples() -> None:
-    import time
-
-    time.sleep(EMITTER_INTERVAL_S * 3)
-
-
 def latency_sum_ms(directory: Path, route: str) -> float:
     import sqlite3
 
@@ -189,9 +183,7 @@ def test_gunicorn_preload_with_4_workers_gives_4_instances_with_their_own_boots(
         with ThreadPoolExecutor(8) as pool:
             for _ in range(25):  # until every worker answered
                 batch = list(
-                    pool.map(
-                        lambda _: request(server.port, "GET", "/worker?sleep=0.05"), range(8)
-                    )
+                    pool.map(lambda _: request(server.port, "GET", "/worker?sleep=0.05"), range(8))
                 )
                 answers += [a.body.decode() for a in batch]
                 seen = set(answers)

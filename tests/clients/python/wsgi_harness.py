@@ -70,9 +70,7 @@ class Tally:
     def __init__(self) -> None:
         self.totals: dict[tuple[str, str], Totals] = {}
 
-    def add(
-        self, route: str, method: str, status: int | None, sent: int, received: int
-    ) -> None:
+    def add(self, route: str, method: str, status: int | None, sent: int, received: int) -> None:
         totals = self.totals.setdefault((route, method), Totals())
         totals.requests += 1
         if status is not None:
@@ -131,6 +129,11 @@ class Gunicorn:
         return self.process.returncode
 
 
+def wait_for_samples() -> None:
+    """Long enough for the test applications' emitters to send their next samples."""
+    time.sleep(EMITTER_INTERVAL_S * 3)
+
+
 def client_path() -> str:
     """PYTHONPATH for a child that imports the repository and the client package."""
     parts = [str(REPOSITORY), str(REPOSITORY / "clients" / "python")]
@@ -154,7 +157,11 @@ def gunicorn(
     child_env = {**os.environ, **(env or {}), "PYTHONPATH": client_path()}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=child_env,
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=child_env,
             cwd=REPOSITORY,
         )
     server = Gunicorn(process, 0, log_path)
