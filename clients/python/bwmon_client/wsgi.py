@@ -66,17 +66,20 @@ class _Record(Protocol):
 
 
 class BwmonWSGIMiddleware:
-    """Count every request of ``app`` into ``emitter`` (default: the process-wide emitter,
-    ``bwmon_client.emitter()``)."""
+    """Count every request of ``app`` into ``emitter`` (default: the process's,
+    ``bwmon_client.emitter(service)``)."""
 
-    __slots__ = ("_record", "app")
+    __slots__ = ("_record", "app", "emitter")
 
-    def __init__(self, app: WSGIApp, emitter: Emitter | None = None) -> None:
+    def __init__(
+        self, app: WSGIApp, emitter: Emitter | None = None, service: str | None = None
+    ) -> None:
         if emitter is None:
             from bwmon_client import emitter as process_emitter
 
-            emitter = process_emitter()
+            emitter = process_emitter(service)
         self.app = app
+        self.emitter = emitter
         self._record: _Record = emitter.record
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
