@@ -1,0 +1,1 @@
+"""Tests of the clients under clients/ that run under pytest."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import threading
 
-from bwmon_client.emitter import (
+from bwmon_client.process_emitter import (
     DEFAULT_URL,
     OTHER_METHOD,
     OVERFLOW_ROUTE,
@@ -37,6 +37,15 @@ _lock = threading.RLock()
 _emitter: Emitter | None = None
 
 
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.RLock()  # another thread of the parent may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def configure(
     service: str,
     *,
@@ -45,9 +54,11 @@ def configure(
     interval_s: float = 10.0,
     max_routes: int = 2000,
     token: str | None = None,
+    udp_key: str | None = None,
 ) -> Emitter:
     """Make the process's emitter (closing the one before, if any) and return it. ``url``
-    defaults to ``$BWMON_URL``, else ``udp://127.0.0.1:8470``; ``token`` to ``$BWMON_TOKEN``."""
+    defaults to ``$BWMON_URL``, else ``udp://127.0.0.1:8470``; ``token`` to ``$BWMON_TOKEN``,
+    ``udp_key`` to ``$BWMON_UDP_KEY``."""
     global _emitter
     made = Emitter(
         service,
@@ -56,6 +67,7 @@ def configure(
         interval_s=interval_s,
         max_routes=max_routes,
         token=token if token is not None else os.environ.get("BWMON_TOKEN"),
+        udp_key=udp_key if udp_key is not None else os.environ.get("BWMON_UDP_KEY"),
     )
     with _lock:
         previous, _emitter = _emitter, made
@@ -72,6 +84,7 @@ def emitter(
     interval_s: float = 10.0,
     max_routes: int = 2000,
     token: str | None = None,
+    udp_key: str | None = None,
 ) -> Emitter:
     """The process's emitter, made on first use by ``configure`` with these arguments
     (``service`` defaults to ``$BWMON_SERVICE``); later calls return the same one, whatever
@@ -89,4 +102,5 @@ def emitter(
             interval_s=interval_s,
             max_routes=max_routes,
             token=token,
+            udp_key=udp_key,
         )

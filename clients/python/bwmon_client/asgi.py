@@ -27,7 +27,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from bwmon_client.emitter import Emitter
+from bwmon_client.process_emitter import Emitter
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

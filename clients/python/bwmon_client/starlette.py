@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bwmon_client.asgi import ASGIApp, BwmonMiddleware
-from bwmon_client.emitter import Emitter
+from bwmon_client.process_emitter import Emitter
 
 
 def instrument(app: Any, emitter: Emitter | None = None, service: str | None = None) -> Any:

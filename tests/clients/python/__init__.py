@@ -1,0 +1,1 @@
+"""bwmon-client (clients/python): the emitter, the ASGI middleware, the distribution."""

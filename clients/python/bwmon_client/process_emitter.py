@@ -21,6 +21,7 @@ so the totals stay right; ``stats()["overflow_requests"]`` counts the requests i
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import socket
 import threading
@@ -30,7 +31,7 @@ import urllib.request
 import weakref
 from bisect import bisect_left
 from collections.abc import Iterable
-from typing import Final
+from typing import Final, Protocol
 
 from protocol.codec import encode_msgpack
 from protocol.emitter import DEFAULT_BUDGET, UdpEmitter, pack
@@ -44,6 +45,7 @@ from protocol.frames import (
     HttpSample,
     is_identifier,
 )
+from protocol.signing import ENVELOPE_BYTES, sign_datagram
 
 __all__ = [
     "DEFAULT_URL",
@@ -67,6 +69,8 @@ METHODS: Final = frozenset(
 REFRESH_S: Final = 30.0  # an unchanged route is sent again after this long
 EXIT_TIMEOUT_S: Final = 2.0  # the last flush at interpreter exit
 HTTP_TIMEOUT_S: Final = 5.0  # one POST /ingest
+# Frames per POST body or WebSocket message at most: under the daemon's default cap (1,000).
+MAX_FRAMES_PER_MESSAGE: Final = 500
 
 _BOUNDS: Final = tuple(float(b) for b in HTTP_LATENCY_BOUNDS_MS)
 # Layout of a stream's counts: requests, bytes in, bytes out, latency sum (ms), then the status
@@ -105,27 +109,34 @@ def _default_instance() -> str:
     return _identifier(f"{socket.gethostname()}:{os.getpid()}", str(os.getpid()))
 
 
-class _Transport:
-    def send(self, samples: list[HttpSample], hello: Hello) -> None:
-        raise NotImplementedError
+class Transport(Protocol):
+    def send(self, samples: list[HttpSample], hello: Hello) -> None: ...
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None: ...
 
 
-class _Udp(_Transport):
-    """Datagrams of at most 1,200 bytes (protocol/emitter.py); the socket is made on the first
-    send, in the flusher's thread, so that constructing an emitter resolves no name."""
+class _Udp:
+    """Datagrams of at most 1,200 bytes (protocol/emitter.py), signed with ``key`` when given
+    (PROTOCOL.md §2.3); the socket is made on the first send, in the flusher's thread, so that
+    constructing an emitter resolves no name."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, key: str | None) -> None:
         self.host = host
         self.port = port
+        self.key = key.encode() if key else None
+        self.budget = DEFAULT_BUDGET - (ENVELOPE_BYTES if key else 0)
         self.udp: UdpEmitter | None = None
 
     def send(self, samples: list[HttpSample], hello: Hello) -> None:
         if self.udp is None:
-            self.udp = UdpEmitter(self.host, self.port, DEFAULT_BUDGET)
-        self.udp.send(samples)
+            self.udp = UdpEmitter(self.host, self.port, self.budget)
+        for datagram, count in pack((encode_msgpack(s) for s in samples), self.budget):
+            if self.key is not None:
+                datagram = sign_datagram(self.key, datagram, time.time())
+            # A refusal is often the ICMP error of an earlier datagram (the daemon was down),
+            # reported on this send: this datagram was not sent, so try it once more.
+            if not self.udp.send_datagram(datagram, count):
+                self.udp.send_datagram(datagram, count)
 
     def close(self) -> None:
         if self.udp is not None:
@@ -133,7 +144,7 @@ class _Udp(_Transport):
             self.udp = None
 
 
-class _HttpPost(_Transport):
+class _HttpPost:
     """``POST /ingest`` (PROTOCOL.md §2.4): one request per batch of frames, the token in an
     ``Authorization`` header."""
 
@@ -146,23 +157,31 @@ class _HttpPost(_Transport):
             self.headers["authorization"] = f"Bearer {token}"
 
     def send(self, samples: list[HttpSample], hello: Hello) -> None:
-        encoded = (encode_msgpack(sample) for sample in samples)
-        for body, _count in pack(encoded, self.MAX_BODY):
-            request = urllib.request.Request(self.url, body, self.headers, method="POST")
-            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as answer:
-                answer.read()
+        for start in range(0, len(samples), MAX_FRAMES_PER_MESSAGE):
+            encoded = (encode_msgpack(s) for s in samples[start : start + MAX_FRAMES_PER_MESSAGE])
+            for body, _count in pack(encoded, self.MAX_BODY):
+                request = urllib.request.Request(self.url, body, self.headers, method="POST")
+                with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as answer:
+                    answer.read()
+
+    def close(self) -> None:
+        pass
 
 
-def _transport(url: str, token: str | None) -> _Transport:
+def _transport(url: str, token: str | None, udp_key: str | None) -> Transport:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme == "udp":
         if not parts.hostname or parts.port is None:
             raise ValueError(f"udp URL needs a host and a port: {url!r}")
-        return _Udp(parts.hostname, parts.port)
+        return _Udp(parts.hostname, parts.port, udp_key)
     if parts.scheme == "http":
         path = parts.path if parts.path not in ("", "/") else "/ingest"
         return _HttpPost(urllib.parse.urlunsplit(("http", parts.netloc, path, "", "")), token)
-    raise ValueError(f"unsupported URL scheme {parts.scheme!r} (udp:// or http://)")
+    if parts.scheme == "ws":
+        from bwmon_client.websocket import WebSocketTransport
+
+        return WebSocketTransport(url, token)
+    raise ValueError(f"unsupported URL scheme {parts.scheme!r} (udp://, http:// or ws://)")
 
 
 # Every live emitter, for the fork and exit hooks (weak: an emitter dropped by its owner goes).
@@ -177,7 +196,8 @@ class Emitter:
     process's name in its service (``host:pid`` by default, taken again after a fork).
     ``interval_s``: seconds between samples. ``max_routes``: distinct (route, method) pairs
     before the overflow route. ``token``: an access token with the ``ingest`` right, for
-    ``http://`` and ``ws://`` (UDP has no token: PROTOCOL.md §2.3).
+    ``http://`` and ``ws://``. ``udp_key``: a key of the daemon's ``auth.udp_keys``, to sign
+    each datagram (PROTOCOL.md §2.3; UDP takes no token).
     """
 
     def __init__(
@@ -189,6 +209,7 @@ class Emitter:
         interval_s: float = 10.0,
         max_routes: int = 2000,
         token: str | None = None,
+        udp_key: str | None = None,
     ) -> None:
         if not is_identifier(service):
             raise ValueError(f"service must be an identifier (PROTOCOL.md §4.1): {service!r}")
@@ -203,8 +224,9 @@ class Emitter:
         self.interval_s = float(interval_s)
         self.max_routes = max_routes
         self.token = token
+        self.udp_key = udp_key
         self._fixed_instance = instance
-        _transport(url, token)  # refuses a bad URL now, at configuration time
+        _transport(url, token, udp_key)  # refuses a bad URL now, at configuration time
         self._new_process()
         _EMITTERS.add(self)
 
@@ -221,13 +243,14 @@ class Emitter:
         self._overflow_requests = 0
         self._record_errors = 0
         self._send_errors = 0
+        self.last_error: str | None = None  # of sending: for a human, never raised
         self._samples_sent = 0
         self._flushes = 0
         self._started = False
         self._closed = False
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._transport: _Transport | None = None
+        self._transport: Transport | None = None
 
     # -- the request path --------------------------------------------------------------------
 
@@ -251,8 +274,8 @@ class Emitter:
             klass = -1
             if status is not None and 100 <= status <= 599:
                 klass = _ST + status // 100 - 1
-            bytes_in = max(int(bytes_in), 0)
-            bytes_out = max(int(bytes_out), 0)
+            if bytes_in < 0 or bytes_out < 0:
+                bytes_in, bytes_out = max(bytes_in, 0), max(bytes_out, 0)
             with self._lock:
                 stream = self._index.get((route, method))
                 if stream is None:
@@ -307,6 +330,7 @@ class Emitter:
         while not self._wake.wait(self.interval_s):
             self.flush()
         self.flush(final=True)
+        self._close_transport()
 
     def snapshot(self, *, everything: bool = False) -> list[HttpSample]:
         """The samples due now, each with the next sample number of its stream: the routes
@@ -364,28 +388,32 @@ class Emitter:
             with self._send_lock:
                 self._flushes += 1
                 if self._transport is None:
-                    self._transport = _transport(self.url, self.token)
+                    self._transport = _transport(self.url, self.token, self.udp_key)
                 self._transport.send(samples, self.hello())
                 self._samples_sent += len(samples)
             return len(samples)
-        except Exception:
+        except Exception as exc:
             self._send_errors += 1
+            self.last_error = repr(exc)
             return 0
 
     def close(self, timeout_s: float = EXIT_TIMEOUT_S) -> None:
-        """Stop the thread after a last sample of every route, waiting at most ``timeout_s``."""
+        """Stop the thread after a last sample of every route, waiting at most ``timeout_s``
+        for it (a transport that hangs is left to the thread, a daemon thread)."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             thread = self._thread
         self._wake.set()
-        if thread is not None and thread is not threading.current_thread():
+        if thread is None:
+            if self._streams:
+                self.flush(final=True)
+            self._close_transport()
+        elif thread is not threading.current_thread():
             thread.join(timeout_s)
-            if thread.is_alive():
-                return  # the transport is stuck: leave it to the daemon thread
-        elif thread is None and self._streams:
-            self.flush(final=True)
+
+    def _close_transport(self) -> None:
         with self._send_lock:
             if self._transport is not None:
                 self._transport.close()
@@ -425,6 +453,9 @@ class Emitter:
 def _after_fork_in_child() -> None:
     # Nothing logged here (a fork hook may run with locks of other threads held).
     for emitter in list(_EMITTERS):
+        if emitter._transport is not None:
+            with contextlib.suppress(Exception):
+                emitter._transport.close()  # the child's copy of the parent's socket
         emitter._new_process()
 
 
