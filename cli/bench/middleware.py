@@ -92,10 +92,12 @@ class Family(msgspec.Struct):
     bare_us: float
     ours_us: float
     ours_added_us: float
+    ours_meets: bool  # ours_added_us within TARGET_ADDED_US
     prometheus: str | None = None  # the instrumentation compared, None: none fits this app
     prometheus_us: float | None = None
     prometheus_added_us: float | None = None
-    ratio: float | None = None  # prometheus added / ours added
+    ratio: float | None = None  # prometheus added / ours added; None when ours added ≤ 0
+    ratio_meets: bool | None = None  # at least TARGET_RATIO (ours added ≤ 0: yes)
 
 
 class MiddlewareResult(msgspec.Struct):
@@ -313,7 +315,10 @@ def _families(samples: dict[str, list[float]]) -> dict[str, Family]:
         bare, ours = figures["bare"], figures["ours"]
         added = _added(ours, bare)
         result = Family(
-            bare_us=round(median(bare), 3), ours_us=round(median(ours), 3), ours_added_us=added
+            bare_us=round(median(bare), 3),
+            ours_us=round(median(ours), 3),
+            ours_added_us=added,
+            ours_meets=added <= TARGET_ADDED_US,
         )
         if "prometheus" in figures:
             prometheus_added = _added(figures["prometheus"], bare)
@@ -321,19 +326,13 @@ def _families(samples: dict[str, list[float]]) -> dict[str, Family]:
             result.prometheus_us = round(median(figures["prometheus"]), 3)
             result.prometheus_added_us = prometheus_added
             result.ratio = round(prometheus_added / added, 2) if added > 0 else None
+            result.ratio_meets = result.ratio is None or result.ratio >= TARGET_RATIO
         families[family] = result
     return families
 
 
 def _meets(families: dict[str, Family]) -> bool:
-    for family in families.values():
-        if family.ours_added_us > TARGET_ADDED_US:
-            return False
-        if family.prometheus is not None and (
-            family.ratio is not None and family.ratio < TARGET_RATIO
-        ):
-            return False
-    return True
+    return all(f.ours_meets and f.ratio_meets is not False for f in families.values())
 
 
 # -- Node ------------------------------------------------------------------------------------
@@ -432,15 +431,14 @@ def print_summary(result: MiddlewareResult) -> None:
         line = (
             f"{name:10} bare {family.bare_us:7.2f}  ours {family.ours_us:7.2f} "
             f"(+{family.ours_added_us:.2f}, target ≤ {result.target_added_us:g}: "
-            f"{meets(family.ours_added_us <= result.target_added_us)})"
+            f"{meets(family.ours_meets)})"
         )
         if family.prometheus is not None:
             ratio = f"{family.ratio:.1f}x" if family.ratio is not None else "n/a"
             line += (
                 f"  {family.prometheus} {family.prometheus_us:7.2f} "
                 f"(+{family.prometheus_added_us:.2f}); ours {ratio} cheaper "
-                f"(target ≥ {result.target_ratio:g}x: "
-                f"{meets(family.ratio is None or family.ratio >= result.target_ratio)})"
+                f"(target ≥ {result.target_ratio:g}x: {meets(bool(family.ratio_meets))})"
             )
         typer.echo(line)
     if result.node is not None:
