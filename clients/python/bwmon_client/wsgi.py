@@ -22,7 +22,8 @@ is counted, the same for every client):
   status class too: no response was sent.
 - **Route**: ``environ["bwmon.route"]`` when the request is recorded, which an adapter
   (``bwmon_client.flask``, ``bwmon_client.django``) or the application sets to the route
-  template the framework resolved; ``<unmatched>`` when absent. Never matched here.
+  template the framework resolved (or what the ``route`` function given returns);
+  ``<unmatched>`` when absent. Never matched here.
 
 All per-request state lives in the request's own objects, never on the middleware. Nothing on
 the request path does I/O (``record`` only updates the emitter's counters; its background
@@ -65,14 +66,26 @@ class _Record(Protocol):
     ) -> None: ...
 
 
+def route_of(environ: dict[str, Any]) -> str | None:
+    """The route template an adapter or the application put in the environ, or None."""
+    route = environ.get(ROUTE_KEY)
+    return route if isinstance(route, str) else None
+
+
 class BwmonWSGIMiddleware:
     """Count every request of ``app`` into ``emitter`` (default: the process's,
-    ``bwmon_client.emitter(service)``)."""
+    ``bwmon_client.emitter(service)``). ``route``: a function of the environ, called when the
+    request is recorded, that returns the route template the framework resolved (None: no
+    route matched); by default ``environ["bwmon.route"]``."""
 
-    __slots__ = ("_record", "app", "emitter")
+    __slots__ = ("_record", "app", "emitter", "route")
 
     def __init__(
-        self, app: WSGIApp, emitter: Emitter | None = None, service: str | None = None
+        self,
+        app: WSGIApp,
+        emitter: Emitter | None = None,
+        service: str | None = None,
+        route: Callable[[dict[str, Any]], str | None] = route_of,
     ) -> None:
         if emitter is None:
             from bwmon_client import emitter as process_emitter
@@ -80,10 +93,11 @@ class BwmonWSGIMiddleware:
             emitter = process_emitter(service)
         self.app = app
         self.emitter = emitter
+        self.route = route
         self._record: _Record = emitter.record
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        exchange = _Exchange(environ, start_response, self._record)
+        exchange = _Exchange(environ, start_response, self._record, self.route)
         stream = environ.get("wsgi.input")
         if stream is not None:
             environ["wsgi.input"] = exchange.input = _CountedInput(stream)
@@ -150,6 +164,7 @@ class _Exchange:
         "_headers",
         "_record",
         "_recorded",
+        "_route",
         "_sent",
         "_server_start_response",
         "_server_write",
@@ -161,12 +176,17 @@ class _Exchange:
     )
 
     def __init__(
-        self, environ: dict[str, Any], start_response: StartResponse, record: _Record
+        self,
+        environ: dict[str, Any],
+        start_response: StartResponse,
+        record: _Record,
+        route: Callable[[dict[str, Any]], str | None],
     ) -> None:
         self._start = perf_counter()
         self._environ = environ
         self._server_start_response = start_response
         self._record = record
+        self._route = route
         self._status: str | None = None
         self._headers: list[tuple[str, str]] = []
         self._server_write: Write | None = None
@@ -299,7 +319,7 @@ class _Exchange:
                 bytes_out = 0
             counted_input = self.input
             self._record(
-                environ.get(ROUTE_KEY),
+                self._route(environ),
                 method,
                 status,
                 counted_input.count if counted_input is not None else 0,

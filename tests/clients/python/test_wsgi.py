@@ -387,3 +387,14 @@ def test_bytes_out_are_the_chunks_the_server_took(
         assert counted["bytes_out"] == (0 if method == "HEAD" else len(server.received))
     finally:
         emitter.close()
+
+
+def test_a_route_function_names_the_route_after_the_response(emitter: Emitter) -> None:
+    def app(env: dict[str, Any], start_response: StartResponse) -> Iterator[bytes]:
+        start_response("200 OK", [])
+        yield b"body"
+        env["framework.rule"] = "/books/<id>"  # set while the body is sent, read at close
+
+    middleware = BwmonWSGIMiddleware(app, emitter, route=lambda env: env.get("framework.rule"))
+    Server().serve(middleware, environ())
+    assert totals(emitter, "/books/<id>")["bytes_out"] == 4
