@@ -317,9 +317,13 @@ class _Exchange:
                 status is not None and (status in _NO_BODY_STATUSES or status < 200)
             ):
                 bytes_out = 0
+            try:
+                route = self._route(environ)
+            except Exception:  # a route function that fails: the request still counts
+                route = None
             counted_input = self.input
             self._record(
-                self._route(environ),
+                route,
                 method,
                 status,
                 counted_input.count if counted_input is not None else 0,

@@ -398,3 +398,13 @@ def test_a_route_function_names_the_route_after_the_response(emitter: Emitter) -
     middleware = BwmonWSGIMiddleware(app, emitter, route=lambda env: env.get("framework.rule"))
     Server().serve(middleware, environ())
     assert totals(emitter, "/books/<id>")["bytes_out"] == 4
+
+
+def test_a_route_function_that_raises_counts_the_request_unmatched(emitter: Emitter) -> None:
+    def app(env: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        start_response("404 Not Found", [])
+        return [b"nothing here"]
+
+    middleware = BwmonWSGIMiddleware(app, emitter, route=lambda env: env["framework.rule"])
+    Server().serve(middleware, environ())
+    assert totals(emitter)["status"] == [0, 0, 0, 1, 0]
