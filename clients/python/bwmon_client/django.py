@@ -8,7 +8,7 @@ Two lines make a Django project count its requests per route (clients/README.md)
 
 ``wsgi.py``::
 
-    application = BwmonWSGIMiddleware(get_wsgi_application(), bwmon_client.emitter())
+    application = BwmonWSGIMiddleware(get_wsgi_application(), service="checkout")
 
 After the rest of the middleware and the view ran, ``RouteMiddleware`` copies the route of the
 URL pattern Django resolved (``request.resolver_match.route``, the patterns of ``include()``
