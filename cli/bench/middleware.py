@@ -24,8 +24,9 @@ a Prometheus instrumentation in its place, in one run (docs/BENCHMARKS.md).
 - **The emitter is real** (``bwmon_client.Emitter``, its flusher thread started, sending to a
   loopback port every 10 s as by default), as in a server.
 - **Node** (``clients/node/bench/overhead.mjs``, Express against express-prom-bundle): run and
-  reported as it prints its JSON, when Node.js and the script are there; else ``node_skipped``
-  says why.
+  reported as it prints its JSON, when Node.js and the script are there, with Express and
+  express-prom-bundle (pinned versions, installed once into the benchmarks' npm cache, never
+  into the repository) on ``NODE_PATH``; else ``node_skipped`` says why.
 
 Targets: a Python middleware adds at most ``TARGET_ADDED_US`` per request (median), and at
 least ``TARGET_RATIO`` times less than the Prometheus instrumentation of the same framework;
@@ -42,6 +43,7 @@ import gc
 import importlib
 import io
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -52,13 +54,15 @@ from typing import Any
 import msgspec
 import typer
 
-from cli.bench.harness import median, meets
+from cli.bench.harness import NpmUnavailable, median, meets, npm_package
 
 TARGET_ADDED_US = 5.0
 TARGET_RATIO = 3.0
 TARGET_NODE_ADDED_US = 3.0
 NODE_SCRIPT = Path(__file__).resolve().parents[2] / "clients" / "node" / "bench" / "overhead.mjs"
 NODE_TIMEOUT_S = 600.0
+# What overhead.mjs loads from NODE_PATH: Express and the Prometheus middleware it compares with.
+NODE_PACKAGES = (("express", "5.1.0"), ("express-prom-bundle", "8.0.0"))
 
 # µs per request of a variant, then the families it belongs to: (family, role) where role is
 # bare, ours or prometheus; the trivial applications are their own families.
@@ -338,6 +342,16 @@ def _meets(families: dict[str, Family]) -> bool:
 # -- Node ------------------------------------------------------------------------------------
 
 
+def node_modules() -> str:
+    """NODE_PATH for overhead.mjs: Express and express-prom-bundle from the benchmarks' npm
+    cache, installed there the first time (``NpmUnavailable`` says why they cannot be)."""
+    paths = []
+    for package, version in NODE_PACKAGES:
+        entry = npm_package(package, version, "package.json")
+        paths.append(str(entry.parents[1]))  # .../<package>/node_modules
+    return os.pathsep.join(paths)
+
+
 def run_node(quick: bool) -> tuple[dict[str, Any] | None, str | None]:
     """overhead.mjs's JSON, or why it did not run."""
     node = shutil.which("node")
@@ -345,13 +359,20 @@ def run_node(quick: bool) -> tuple[dict[str, Any] | None, str | None]:
         return None, "node is not installed"
     if not NODE_SCRIPT.exists():
         return None, f"{NODE_SCRIPT.relative_to(NODE_SCRIPT.parents[3])} is not there"
-    command = [node, str(NODE_SCRIPT), "--json", *(["--quick"] if quick else [])]
+    try:
+        node_path = node_modules()
+    except NpmUnavailable as exc:
+        return None, str(exc)
+    command = [node, str(NODE_SCRIPT), "--json"]
+    if quick:
+        command += ["--requests", "1500", "--batch", "250", "--warmup", "500"]
     try:
         done = subprocess.run(
             command,
             capture_output=True,
             timeout=NODE_TIMEOUT_S,
             cwd=NODE_SCRIPT.parents[3],
+            env={**os.environ, "NODE_PATH": node_path},
             check=False,
         )
     except subprocess.TimeoutExpired:
@@ -369,21 +390,13 @@ def run_node(quick: bool) -> tuple[dict[str, Any] | None, str | None]:
 
 
 def node_added_us(figures: dict[str, Any]) -> float | None:
-    """The µs the Node middleware adds, from overhead.mjs's figures (its ``ours`` added, in ns
-    or µs by its key's name)."""
-    for key, scale in (
-        ("ours_added_us", 1.0),
-        ("added_us", 1.0),
-        ("ours_added_ns", 1e-3),
-        ("added_ns", 1e-3),
-    ):
-        value = figures.get(key)
-        if isinstance(value, int | float):
-            return round(value * scale, 3)
-    ours = figures.get("ours")
-    if isinstance(ours, dict):
-        return node_added_us(ours)
-    return None
+    """The µs the Node middleware adds to an Express request, from overhead.mjs's figures
+    (``{"express": {"bwmon_added_ns": …}}``)."""
+    express = figures.get("express")
+    if not isinstance(express, dict):
+        return None
+    added = express.get("bwmon_added_ns")
+    return round(added / 1000, 3) if isinstance(added, int | float) else None
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -441,13 +454,19 @@ def print_summary(result: MiddlewareResult) -> None:
                 f"(target ≥ {result.target_ratio:g}x: {meets(bool(family.ratio_meets))})"
             )
         typer.echo(line)
-    if result.node is not None:
+    express = result.node.get("express") if result.node is not None else None
+    if isinstance(express, dict):
         added = result.node_added_us
         verdict = meets(bool(result.node_meets_target)) if added is not None else "n/a"
+        us = {key: value / 1000 for key, value in express.items() if isinstance(value, int)}
         typer.echo(
-            f"node       {json.dumps(result.node)}; added {added} µs "
-            f"(target ≤ {result.target_node_added_us:g}: {verdict})"
+            f"{'express':10} bare {us.get('bare_ns', 0):7.2f}  ours {us.get('bwmon_ns', 0):7.2f} "
+            f"(+{added}, target ≤ {result.target_node_added_us:g}: {verdict})  "
+            f"express-prom-bundle {us.get('prom_ns', 0):7.2f} (+{us.get('prom_added_ns', 0):.2f})"
+            "  [wall-clock µs, overhead.mjs]"
         )
+    elif result.node is not None:
+        typer.echo(f"node       {json.dumps(result.node)}")
     else:
         typer.echo(f"node       skipped: {result.node_skipped}")
     typer.echo(f"python targets: {meets(result.meets_target)}")
