@@ -11,7 +11,10 @@ is counted, the same for every client):
   ``write()`` callable that returned. A response of the server's ``wsgi.file_wrapper`` over a
   real file goes back to the server as it is, so the server's ``sendfile`` path still works: it
   is sized from the file (its size less its current position, ``fstat`` and ``lseek``; at most
-  the response's ``Content-Length``), never read. HEAD, 1xx, 204 and 304 count 0 bytes out.
+  the response's ``Content-Length``), never read. A wrapper class (gunicorn, wsgiref) is told
+  by ``isinstance``; a wrapper function (uWSGI, which knows its file by identity) is wrapped for
+  the application's call to note what it returns, and given back to the environ before the
+  server sees the response. HEAD, 1xx, 204 and 304 count 0 bytes out.
 - **Latency**: from the call to the iterable's ``close()``, which the server calls after the
   last byte (PEP 3333), not when the application returns.
 - **Status**: the class of the status given to ``start_response``. An exception out of the
@@ -101,6 +104,11 @@ class BwmonWSGIMiddleware:
         stream = environ.get("wsgi.input")
         if stream is not None:
             environ["wsgi.input"] = exchange.input = _CountedInput(stream)
+        file_wrapper = environ.get("wsgi.file_wrapper")
+        if file_wrapper is not None and not isinstance(file_wrapper, type):
+            # A function (uWSGI's): the server knows its file by identity, so note what it
+            # returns; a class (gunicorn's, wsgiref's) is told by isinstance.
+            environ["wsgi.file_wrapper"] = exchange.noting(file_wrapper)
         try:
             body = self.app(environ, exchange.start_response)
         except Exception:
@@ -161,11 +169,13 @@ class _Exchange:
         "_environ",
         "_error",
         "_exhausted",
+        "_file",
         "_headers",
         "_record",
         "_recorded",
         "_route",
         "_sent",
+        "_server_file_wrapper",
         "_server_start_response",
         "_server_write",
         "_start",
@@ -191,6 +201,8 @@ class _Exchange:
         self._headers: list[tuple[str, str]] = []
         self._server_write: Write | None = None
         self._body: Iterable[bytes] = ()
+        self._server_file_wrapper: Callable[..., Any] | None = None
+        self._file: object = None
         self.input: _CountedInput | None = None
         self.written = 0  # through write()
         self._sent = 0  # of the iterable
@@ -219,17 +231,35 @@ class _Exchange:
 
     # -- what the server gets ----------------------------------------------------------------
 
+    def noting(self, file_wrapper: Callable[..., Any]) -> Callable[..., Any]:
+        """The server's ``file_wrapper`` function, noting the object it returns."""
+        self._server_file_wrapper = file_wrapper
+
+        def noted(*args: Any, **kwargs: Any) -> Any:
+            wrapped = file_wrapper(*args, **kwargs)
+            self._file = wrapped
+            return wrapped
+
+        return noted
+
     def respond(self, body: Iterable[bytes]) -> Iterable[bytes]:
         """What goes back to the server for the application's ``body``: this exchange, or the
-        server's own file wrapper (its sendfile path kept) with ``close`` hooked."""
+        server's own file object (its sendfile path kept) with ``close`` hooked."""
         if type(body) is not list:
-            wrapper_type = self._environ.get("wsgi.file_wrapper")
-            if (
-                wrapper_type is not None
-                and isinstance(wrapper_type, type)
-                and isinstance(body, wrapper_type)
-            ):
-                return self._respond_file(body)
+            environ = self._environ
+            server_function = self._server_file_wrapper
+            if server_function is not None:
+                environ["wsgi.file_wrapper"] = server_function  # the server's again
+                if body is self._file:
+                    return self._respond_file(body)
+            else:
+                wrapper_type = environ.get("wsgi.file_wrapper")
+                if (
+                    wrapper_type is not None
+                    and isinstance(wrapper_type, type)
+                    and isinstance(body, wrapper_type)
+                ):
+                    return self._respond_file(body)
         self._body = body
         return self
 
@@ -335,11 +365,10 @@ class _Exchange:
 
 
 def _remaining_file_bytes(wrapper: Any) -> int | None:
-    """The bytes left to send of the real file under a server's file wrapper (its size less its
-    position), or None when it has no file descriptor."""
-    filelike = getattr(wrapper, "filelike", None)
-    if filelike is None:
-        return None
+    """The bytes left to send of the real file under a server's file wrapper, or of the file a
+    server's file wrapper function returned (its size less its position), or None when it has
+    no file descriptor."""
+    filelike = getattr(wrapper, "filelike", wrapper)  # uWSGI's is the file itself
     try:
         fd = filelike.fileno()
         position = os.lseek(fd, 0, os.SEEK_CUR)

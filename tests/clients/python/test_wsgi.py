@@ -408,3 +408,30 @@ def test_a_route_function_that_raises_counts_the_request_unmatched(emitter: Emit
     middleware = BwmonWSGIMiddleware(app, emitter, route=lambda env: env["framework.rule"])
     Server().serve(middleware, environ())
     assert totals(emitter)["status"] == [0, 0, 0, 1, 0]
+
+
+def test_a_file_wrapper_function_keeps_the_servers_file_by_identity(
+    emitter: Emitter, tmp_path: Path
+) -> None:
+    """uWSGI's way: ``wsgi.file_wrapper`` is a function, and the server sends the file itself
+    when the application returns the very object that function returned."""
+    given: list[Any] = []
+
+    def server_file_wrapper(filelike: Any, blksize: int = 8192) -> Any:
+        given.append(filelike)
+        return filelike
+
+    def app(env: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        start_response("200 OK", [])
+        return env["wsgi.file_wrapper"](sized_file(tmp_path, 5_000, 100))  # type: ignore[no-any-return]
+
+    env = environ()
+    env["wsgi.file_wrapper"] = server_file_wrapper
+    result = BwmonWSGIMiddleware(app, emitter)(env, Server().start_response)
+    assert result is given[0]  # the server's own object: it sends it with sendfile
+    assert env["wsgi.file_wrapper"] is server_file_wrapper
+    assert totals(emitter)["requests"] == 0
+    file: Any = given[0]
+    file.close()  # as the server does after sending it
+    assert file.closed
+    assert totals(emitter)["bytes_out"] == 4_900
