@@ -26,7 +26,8 @@ a Prometheus instrumentation in its place, in one run (docs/BENCHMARKS.md).
 - **Node** (``clients/node/bench/overhead.mjs``, Express against express-prom-bundle): run and
   reported as it prints its JSON, when Node.js and the script are there, with Express and
   express-prom-bundle (pinned versions, installed once into the benchmarks' npm cache, never
-  into the repository) on ``NODE_PATH``; else ``node_skipped`` says why.
+  into the repository; ``--quick`` uses them only when they are there) on ``NODE_PATH``; else
+  ``node_skipped`` says why.
 
 Targets: a Python middleware adds at most ``TARGET_ADDED_US`` per request (median), and at
 least ``TARGET_RATIO`` times less than the Prometheus instrumentation of the same framework;
@@ -54,7 +55,7 @@ from typing import Any
 import msgspec
 import typer
 
-from cli.bench.harness import NpmUnavailable, median, meets, npm_package
+from cli.bench.harness import NpmUnavailable, median, meets, npm_installed, npm_package
 
 TARGET_ADDED_US = 5.0
 TARGET_RATIO = 3.0
@@ -342,12 +343,21 @@ def _meets(families: dict[str, Family]) -> bool:
 # -- Node ------------------------------------------------------------------------------------
 
 
-def node_modules() -> str:
+def node_modules(install: bool) -> str:
     """NODE_PATH for overhead.mjs: Express and express-prom-bundle from the benchmarks' npm
-    cache, installed there the first time (``NpmUnavailable`` says why they cannot be)."""
+    cache, installed there the first time when ``install`` (``NpmUnavailable`` says why they
+    cannot be)."""
     paths = []
     for package, version in NODE_PACKAGES:
-        entry = npm_package(package, version, "package.json")
+        if install:
+            entry = npm_package(package, version, "package.json")
+        else:
+            found = npm_installed(package, version, "package.json")
+            if found is None:
+                raise NpmUnavailable(
+                    f"{package} {version} is not installed (--quick installs none)"
+                )
+            entry = found
         paths.append(str(entry.parents[1]))  # .../<package>/node_modules
     return os.pathsep.join(paths)
 
@@ -360,7 +370,7 @@ def run_node(quick: bool) -> tuple[dict[str, Any] | None, str | None]:
     if not NODE_SCRIPT.exists():
         return None, f"{NODE_SCRIPT.relative_to(NODE_SCRIPT.parents[3])} is not there"
     try:
-        node_path = node_modules()
+        node_path = node_modules(install=not quick)
     except NpmUnavailable as exc:
         return None, str(exc)
     command = [node, str(NODE_SCRIPT), "--json"]
