@@ -146,7 +146,13 @@ class _CountedInput:
         return lines
 
     def readinto(self, buffer: Any) -> int | None:
-        n: int | None = self._stream.readinto(buffer)
+        readinto = getattr(self._stream, "readinto", None)
+        if readinto is None:  # PEP 3333 asks only for read: a reader that has readinto gets one
+            data: bytes = self._stream.read(len(buffer))
+            n: int | None = len(data)
+            memoryview(buffer).cast("B")[: len(data)] = data
+        else:
+            n = readinto(buffer)
         if n:
             self.count += n
         return n

@@ -435,3 +435,41 @@ def test_a_file_wrapper_function_keeps_the_servers_file_by_identity(
     file.close()  # as the server does after sending it
     assert file.closed
     assert totals(emitter)["bytes_out"] == 4_900
+
+
+class PlainInput:
+    """A ``wsgi.input`` with only what PEP 3333 asks for (uWSGI's has no ``readinto``)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._data.read(size)
+
+    def readline(self, size: int = -1) -> bytes:
+        return self._data.readline(size)
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        return self._data.readlines(hint)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._data)
+
+
+def test_readinto_works_over_an_input_without_it(emitter: Emitter) -> None:
+    """Werkzeug reads through ``readinto`` when the stream has one, and every wrapped input
+    has one."""
+
+    def app(env: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        buffer = bytearray(6)
+        got = env["wsgi.input"].readinto(buffer)
+        start_response("200 OK", [])
+        return [bytes(buffer[:got])]
+
+    server = Server()
+    server.serve(
+        BwmonWSGIMiddleware(app, emitter),
+        environ("PUT") | {"wsgi.input": PlainInput(b"abcdefghij")},
+    )
+    assert server.received == b"abcdef"
+    assert totals(emitter, method="PUT")["bytes_in"] == 6
