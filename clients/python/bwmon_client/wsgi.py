@@ -251,15 +251,15 @@ class _Exchange:
     def respond(self, body: Iterable[bytes]) -> Iterable[bytes]:
         """What goes back to the server for the application's ``body``: this exchange, or the
         server's own file object (its sendfile path kept) with ``close`` hooked."""
+        server_function = self._server_file_wrapper
+        if server_function is not None:
+            self._environ["wsgi.file_wrapper"] = server_function  # the server's again
         if type(body) is not list:
-            environ = self._environ
-            server_function = self._server_file_wrapper
             if server_function is not None:
-                environ["wsgi.file_wrapper"] = server_function  # the server's again
                 if body is self._file:
                     return self._respond_file(body)
             else:
-                wrapper_type = environ.get("wsgi.file_wrapper")
+                wrapper_type = self._environ.get("wsgi.file_wrapper")
                 if (
                     wrapper_type is not None
                     and isinstance(wrapper_type, type)
