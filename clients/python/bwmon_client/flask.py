@@ -59,7 +59,10 @@ def _routed(base: type[Any]) -> type[Any]:
 
 def instrument(app: Flask, emitter: Emitter | None = None, service: str | None = None) -> Flask:
     """Count ``app``'s requests into ``emitter`` (default: the process's,
-    ``bwmon_client.emitter(service)``); returns ``app``."""
+    ``bwmon_client.emitter(service)``); returns ``app``. An application instrumented already is
+    returned as it is (its requests are not counted twice)."""
+    if isinstance(app.wsgi_app, BwmonWSGIMiddleware):
+        return app
     middleware = BwmonWSGIMiddleware(app.wsgi_app, emitter, service)
     app.request_class = _routed(app.request_class)
     app.wsgi_app = middleware  # type: ignore[method-assign]
