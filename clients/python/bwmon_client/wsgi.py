@@ -118,7 +118,10 @@ class BwmonWSGIMiddleware:
         except BaseException:
             exchange.finish(None, exchange.written)
             raise
-        return exchange.respond(body)
+        try:
+            return exchange.respond(body)
+        except Exception:  # a body object that fails an attribute lookup: served, not counted
+            return body
 
 
 class _CountedInput:
