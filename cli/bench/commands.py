@@ -19,6 +19,7 @@ from cli.bench import all as all_bench
 from cli.bench import client as client_bench
 from cli.bench import fanout as fanout_bench
 from cli.bench import ingest as ingest_bench
+from cli.bench import middleware as middleware_bench
 from cli.bench import storage as storage_bench
 from cli.bench.chromium import ChromiumMissing
 from cli.bench.harness import ClientFailed, print_json
@@ -156,3 +157,23 @@ def client(
         print_json(result)
     else:
         client_bench.print_summary(result)
+
+
+@app.command("middleware")
+def middleware(
+    as_json: JsonFlag = False,
+    quick: QuickFlag = False,
+    node: Annotated[
+        bool, typer.Option(help="also run clients/node/bench/overhead.mjs when it is there")
+    ] = True,
+) -> None:
+    """What the HTTP middleware (ASGI, WSGI, Node) adds per request, beside Prometheus's."""
+    try:
+        result = middleware_bench.run_middleware(quick, node)
+    except ImportError as exc:
+        typer.echo(f"bwmon bench middleware: {exc} (pip install -e '.[dev]')", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        print_json(result)
+    else:
+        middleware_bench.print_summary(result)
