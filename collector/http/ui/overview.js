@@ -209,7 +209,7 @@ export function mount(main) {
     const most = Math.max(1, ...Object.values(meetings));
     for (const level of f.LEVELS) {
       bars[level].fill.style.width = `${(100 * meetings[level]) / most}%`;
-      bars[level].figure.textContent = `${meetings[level]} meetings · ${participants[level]} people`;
+      bars[level].figure.textContent = `${meetings[level]} meeting${meetings[level] === 1 ? "" : "s"} · ${participants[level]} people`;
     }
   }
 
@@ -225,8 +225,9 @@ export function mount(main) {
       const rows = await apiJson(`/api/export?what=meetings&format=json&start=${Math.floor(midnight / 1000)}`);
       endedCost = rows.reduce((sum, row) => sum + (row.relay_cost || 0), 0);
       summarize();
-    } catch {
-      endedCost = 0; // nothing stored (storage.backend = "none"): the live meetings only
+    } catch (error) {
+      endedCost = 0; // nothing stored: the live meetings only
+      if (error.status === 404) clearInterval(costTimer); // storage.backend = "none"
     }
   }
 
@@ -287,8 +288,8 @@ export function mount(main) {
   summarize();
   alertCount();
   rebuild();
-  loadEndedCost();
   const costTimer = setInterval(loadEndedCost, 120_000);
+  loadEndedCost();
 
   return {
     title: "Overview",
