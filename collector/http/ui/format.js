@@ -20,6 +20,7 @@ function si(value, unit) {
 }
 
 export const bps = (value) => si(value, "bit/s");
+export const rate = (value) => si(value, "").trimEnd(); // "28.0 k", "1.31 M": a column in bit/s
 export const bytesPerS = (value) => si(value, "B/s");
 export const bytes = (value) => si(value, "B");
 export const perS = (value) => (num(value) ? `${fixed(value, value < 10 ? 2 : 1)}/s` : missing);

@@ -17,14 +17,16 @@ const COLUMNS = [
   ["MOS", "num"],
   ["Up", "num"],
   ["Down", "num"],
-  ["Audio ↑ / ↓", "num"],
-  ["Video ↑ / ↓", "num"],
-  ["Loss ↓ / ↑", "num"],
+  ["Audio ↑/↓ bit/s", "num"],
+  ["Video ↑/↓ bit/s", "num"],
+  ["Loss ↓/↑ %", "num"],
   ["Jitter", "num"],
   ["RTT", "num"],
   ["Path", ""],
   ["Reasons", ""],
 ];
+
+const fixed = (value) => (typeof value === "number" ? value.toFixed(1) : "—");
 
 export function mount(main, { id }) {
   const topicName = `meeting:${id}`;
@@ -103,15 +105,17 @@ export function mount(main, { id }) {
       f.mos(p.mos),
       f.bps(p.up_bps),
       f.bps(p.down_bps),
-      r ? `${f.bps(r[0])} / ${f.bps(r[1])}` : "—",
-      r ? `${f.bps(r[2])} / ${f.bps(r[3])}` : "—",
-      `${f.pct(p.loss_down_pct)} / ${f.pct(p.loss_up_pct)}`,
+      r ? `${f.rate(r[0])} / ${f.rate(r[1])}` : "—",
+      r ? `${f.rate(r[2])} / ${f.rate(r[3])}` : "—",
+      `${fixed(p.loss_down_pct)} / ${fixed(p.loss_up_pct)}`,
       f.ms(p.jitter_ms),
       f.ms(p.rtt_ms),
-      p.relay ? `${f.path(p.relay)}${p.turn_server ? ` (${p.turn_server})` : ""}` : "—",
+      f.path(p.relay),
       Array.isArray(p.reasons) && p.reasons.length ? p.reasons.join(", ") : "none",
     ];
     const cells = row.children;
+    const server = p.turn_server ? `TURN server ${p.turn_server}` : "";
+    if (cells[11].title !== server) cells[11].title = server;
     for (let c = 0; c < texts.length; c++) {
       if (c === 1) f.setBadge(cells[c].firstChild, p.level);
       else if (cells[c].textContent !== texts[c]) cells[c].textContent = texts[c];

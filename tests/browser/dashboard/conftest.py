@@ -1,7 +1,7 @@
 """Fixtures of the dashboard's browser tests: a real daemon (MariaDB storage, one quick alert
 rule) fed over UDP by ``bwmon emit`` (many meetings and HTTP routes) and by ``Feeder`` (a few
 meetings whose RTT a test sets, to raise and clear an alert), and a page of the system Chromium
-at 1366×768 per test, whose console errors and failed requests fail the test (but the charts
+at 1366 by 768 per test, whose console errors and failed requests fail the test (but the charts
 module, which this branch does not ship)."""
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from protocol import encode_msgpack
 from tests.helpers import rtc, video_gauges
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page
+    from playwright.sync_api import Browser, Page, ViewportSize
 
-VIEWPORT = {"width": 1366, "height": 768}
+VIEWPORT: ViewportSize = {"width": 1366, "height": 768}
 RULE = (
     "[alerts]\nuse_default_rules = false\n"
     "[[alerts.rules]]\nname = 'slow_rtt'\nmetric = 'rtt_ms'\n"
@@ -140,7 +140,7 @@ class Watched:
 
 @contextlib.contextmanager
 def watched_page(browser: Browser) -> Iterator[Watched]:
-    """A page at 1366×768 in a fresh context (its own sessionStorage), recording console
+    """A page at 1366 by 768 in a fresh context (its own sessionStorage), recording console
     errors and failed requests but the expected ones."""
     context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
     page = context.new_page()
@@ -150,19 +150,22 @@ def watched_page(browser: Browser) -> Iterator[Watched]:
         if getattr(message, "type", "") == "error":
             url = str(getattr(message, "location", {}).get("url", ""))
             text = str(getattr(message, "text", ""))
-            if not (text.startswith("Failed to load resource") and url.endswith(EXPECTED_MISSING)):
-                if "401" not in text and "403" not in text:  # refusals the page shows itself
-                    errors.append(f"console: {text} ({url})")
+            expected = text.startswith("Failed to load resource") and url.endswith(EXPECTED_MISSING)
+            refusal = "401" in text or "403" in text  # refusals the page shows itself
+            if not expected and not refusal:
+                errors.append(f"console: {text} ({url})")
 
     page.on("console", console)
     page.on("pageerror", lambda error: errors.append(f"page error: {error}"))
     page.on(
         "response",
-        lambda response: errors.append(f"{response.status} {response.url}")
-        if response.status >= 400
-        and response.status not in (401, 403)
-        and not response.url.endswith(EXPECTED_MISSING)
-        else None,
+        lambda response: (
+            errors.append(f"{response.status} {response.url}")
+            if response.status >= 400
+            and response.status not in (401, 403)
+            and not response.url.endswith(EXPECTED_MISSING)
+            else None
+        ),
     )
     try:
         yield Watched(page, errors)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
@@ -30,7 +29,9 @@ def token(*rights: str, key: str = KEY) -> str:
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     tmp = tmp_path_factory.mktemp("tokens")
     config = tmp / "collector.toml"
-    config.write_text(f"[storage]\nbackend = 'none'\nstate_dir = '{tmp}'\n[auth]\ntoken_secrets = ['{KEY}']\n")
+    config.write_text(
+        f"[storage]\nbackend = 'none'\nstate_dir = '{tmp}'\n[auth]\ntoken_secrets = ['{KEY}']\n"
+    )
     with running_daemon(tmp / "daemon.log", ["--config", str(config)]) as running:
         feeder = Feeder(running.udp_port)
         try:
