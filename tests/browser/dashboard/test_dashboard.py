@@ -176,6 +176,7 @@ def test_an_export_button_downloads_what_the_api_exports_for_the_same_filter(
 def test_screenshots_of_the_main_views(dashboard: Dashboard, watched: Watched) -> None:
     page = watched.page
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    dashboard.feeder.rtt_ms["bob"] = 400.0  # an open alert to show
     open_overview(dashboard, watched)
     time.sleep(1.5)  # a few ticks: rates and levels for every meeting
     page.screenshot(path=SCREENSHOTS / "overview.png")
@@ -186,11 +187,12 @@ def test_screenshots_of_the_main_views(dashboard: Dashboard, watched: Watched) -
     expect(audio).to_contain_text(re.compile(r"\d k / \d"), timeout=5_000)  # two publishes seen
     page.screenshot(path=SCREENSHOTS / "meeting.png")
     page.goto(dashboard.url + "/#/alerts")
-    expect(page.locator("#feed .event").first).to_be_visible(timeout=10_000)
+    expect(page.locator("#open")).to_contain_text("bob", timeout=15_000)
     page.screenshot(path=SCREENSHOTS / "alerts.png")
     page.goto(dashboard.url + "/#/http")
     expect(page.locator(".vrow:not([hidden])")).to_have_count(6, timeout=10_000)
     page.screenshot(path=SCREENSHOTS / "http.png")
+    dashboard.feeder.rtt_ms["bob"] = 40.0
     for name in ("overview", "meeting", "alerts", "http"):
         assert (SCREENSHOTS / f"{name}.png").stat().st_size > 10_000
 
