@@ -75,6 +75,7 @@ function showStatus({ live, age, message }) {
     return;
   }
   const seconds = Math.round(age);
+  if (dialog.open) message = "Waiting for a read token…";
   banner.textContent = message || (shared.everLive
     ? `Reconnecting… data is ${seconds} s old`
     : "Connecting to the daemon…");
