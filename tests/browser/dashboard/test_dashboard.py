@@ -107,6 +107,10 @@ def test_the_table_is_driven_from_the_keyboard_and_enter_opens_a_meeting(
     expect(page.locator("#meeting-id")).to_have_text("standup")
     expect(page.locator("#people th[scope=row]")).to_have_text(["alice", "bob"], timeout=10_000)
     expect(page.locator(".charts-slot")).to_contain_text("Charts unavailable")
+    expect(page.locator("#main")).to_be_focused()  # the new view's start
+    page.go_back()  # the overview as it was left: sorted by id, standup focused
+    expect(page.locator('.vhead [aria-sort="ascending"]')).to_have_text("Meeting")
+    expect(focused).to_have_text("standup")
 
 
 def test_level_badges_carry_text_and_a_shape_not_colour_only(
