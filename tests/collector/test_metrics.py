@@ -228,7 +228,6 @@ def test_values_and_labels_come_from_the_health_dict() -> None:
     assert value("bwmon_http_instances_expired") == 40
     assert value("bwmon_http_routes_expired") == 2
     assert value("bwmon_samples_not_applied", kind="http", reason="http_instance_cap") == 5
-    assert value("bwmon_alerts_open") == 1
     assert value("bwmon_frames_refused", reason="max_meetings") == 11
     assert value("bwmon_baseline_samples", kind="rtc") == 2
     assert value("bwmon_baseline_samples", kind="http") == 0
