@@ -250,15 +250,17 @@ class MetricsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         default_factory=list
     )
     max_http_services: Annotated[int, Meta(ge=0, le=1_000)] = 20
-    http_routes: Annotated[list[str], Meta(max_length=MAX_METRICS_HTTP_ROUTES)] = (
-        msgspec.field(default_factory=list)
+    http_routes: Annotated[list[str], Meta(max_length=MAX_METRICS_HTTP_ROUTES)] = msgspec.field(
+        default_factory=list
     )
 
     def __post_init__(self) -> None:
         for index, entry in enumerate(self.http_routes):
             service, colon, route = entry.partition(":")
-            if not (service and colon and route) or len(entry) > 300 or any(
-                c.isspace() for c in entry
+            if (
+                not (service and colon and route)
+                or len(entry) > 300
+                or any(c.isspace() for c in entry)
             ):
                 raise ValueError(
                     f"metrics.http_routes[{index}] = {entry!r}: expected"

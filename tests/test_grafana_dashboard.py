@@ -89,9 +89,7 @@ def test_the_dashboard_is_a_current_grafana_dashboard() -> None:
     # The provisioning files' data sources, read without a YAML parser: each one's uid line
     # is followed by its type line.
     provisioned = (GRAFANA / "provisioning" / "datasources" / "bwmon.yaml").read_text()
-    uids = {
-        (kind, uid) for uid, kind in re.findall(r"uid: (\S+)\n\s+type: (\S+)", provisioned)
-    }
+    uids = {(kind, uid) for uid, kind in re.findall(r"uid: (\S+)\n\s+type: (\S+)", provisioned)}
     assert len(uids) == 2
     for panel in PANELS:
         assert (panel["datasource"]["type"], panel["datasource"]["uid"]) in uids, panel["title"]

@@ -153,7 +153,10 @@ def side_by_side(
 ) -> list[SearchSide]:
     """Two lossless searches taking turns, step by step: without scraping, then with one
     scrape halfway through each step."""
-    searches = {False: rate_search(start_rate, refine_steps), True: rate_search(start_rate, refine_steps)}
+    searches = {
+        False: rate_search(start_rate, refine_steps),
+        True: rate_search(start_rate, refine_steps),
+    }
     rates: dict[bool, float | None] = {k: next(s) for k, s in searches.items()}
     results: dict[bool, tuple[UdpStep | None, list[UdpStep]]] = {}
     while len(results) < 2:
@@ -200,7 +203,10 @@ def run_metrics(quick: bool, log_dir: Path) -> MetricsResult:
             participants = daemon.settled_health()["aggregate"]["participants"]
             timing = trio.run(scrape_phase, daemon, 5 if quick else SCRAPES, 1.0 if quick else 3.0)
             sides = side_by_side(
-                daemon, step_s, start_rate=20_000 if quick else 40_000, refine_steps=1 if quick else 4
+                daemon,
+                step_s,
+                start_rate=20_000 if quick else 40_000,
+                refine_steps=1 if quick else 4,
             )
     without, with_ = (side.lossless_frames_per_s for side in sides)
     cost = 1 - with_ / without if without else 1.0

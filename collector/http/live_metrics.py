@@ -71,7 +71,15 @@ LATENCY_BOUNDS_S: Final = tuple(ms / 1000 for ms in HTTP_LATENCY_BOUNDS_MS)
 
 _SEND, _RECV, _LOSS_DOWN, _LOSS_UP, _RTT, _JITTER, _MOS = (
     RING_FIELDS.index(name)
-    for name in ("send_bps", "recv_bps", "loss_down_pct", "loss_up_pct", "rtt_ms", "jitter_ms", "mos")
+    for name in (
+        "send_bps",
+        "recv_bps",
+        "loss_down_pct",
+        "loss_up_pct",
+        "rtt_ms",
+        "jitter_ms",
+        "mos",
+    )
 )
 _FIELDS: Final = (_SEND, _RECV, _LOSS_DOWN, _LOSS_UP, _RTT, _JITTER, _MOS)
 
@@ -408,7 +416,9 @@ class LiveMetrics:
             )
 
 
-def _add(totals: dict[tuple[str, ...], array[float]], key: tuple[str, ...], values: Iterable[float]) -> None:
+def _add(
+    totals: dict[tuple[str, ...], array[float]], key: tuple[str, ...], values: Iterable[float]
+) -> None:
     into = totals.get(key)
     if into is None:
         into = totals[key] = array("d", bytes(8 * HTTP_WIDTH))

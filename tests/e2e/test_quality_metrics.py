@@ -5,18 +5,20 @@ read with the Prometheus parser: the values the frames make, and labels from fix
 from __future__ import annotations
 
 import socket
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cli.daemon_process import DaemonProcess, running_daemon
 from collector.aggregate.alerts import DEFAULT_RULES
-from protocol import HttpSample, RtcSample, encode_msgpack
+from protocol import Frame, HttpSample, RtcSample, encode_msgpack
 
 pytestmark = pytest.mark.e2e
 
@@ -33,6 +35,11 @@ PARTICIPANTS = {
     "alice": ("m-one", 40.0, 0, None),
     "bob": ("m-one", 300.0, 1, "tcp"),
     "carol": ("m-two", 120.0, 0, "udp"),
+}
+RELAY: dict[str | None, Literal["udp", "tcp", "tls"] | None] = {
+    None: None,
+    "tcp": "tcp",
+    "udp": "udp",
 }
 
 
@@ -54,7 +61,7 @@ def rtc(participant: str, seq: int, ts: float) -> RtcSample:
         rtt_ms=rtt,
         audio_jitter_ms=8.0,
         local_candidate="relay" if relay else "host",
-        relay_protocol=relay,
+        relay_protocol=RELAY[relay],
     )
 
 
@@ -91,25 +98,58 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
 
 
-@contextmanager
-def fed_daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
-    """A daemon fed ``ROUNDS`` rounds of samples half a second apart: three participants in
-    two meetings, and two routes of service ``api`` of which one is listed."""
+def send_round(sock: socket.socket, seq: int) -> None:
+    ts = time.time() * 1000
+    frames: list[Frame] = [rtc(p, seq, ts) for p in PARTICIPANTS]
+    frames += [http(seq, ts, "/listed"), http(seq, ts, "/other")]
+    sock.send(encode_msgpack(frames))
+
+
+def write_config(tmp_path: Path) -> Path:
     config = tmp_path / "collector.toml"
     config.write_text(
         f"[storage]\nbackend = 'none'\nstate_dir = '{tmp_path}'\n"
         "[metrics]\nhttp_routes = ['api:/listed']\n"
     )
+    return config
+
+
+@contextmanager
+def fed_daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
+    """A daemon fed ``ROUNDS`` rounds of samples half a second apart: three participants in
+    two meetings, and two routes of service ``api`` of which one is listed."""
+    config = write_config(tmp_path)
     with running_daemon(tmp_path / "d.log", ["--config", str(config)]) as daemon:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.connect(("127.0.0.1", daemon.udp_port))
             for seq in range(ROUNDS):
-                ts = time.time() * 1000
-                frames = [rtc(p, seq, ts) for p in PARTICIPANTS]
-                frames += [http(seq, ts, "/listed"), http(seq, ts, "/other")]
-                sock.send(encode_msgpack(frames))
+                send_round(sock, seq)
                 time.sleep(0.5)
         yield daemon
+
+
+@contextmanager
+def kept_live(daemon: DaemonProcess) -> Iterator[None]:
+    """The same rounds, every half second, until the block ends (for a scraper that takes
+    its time)."""
+    stop = threading.Event()
+
+    def feed() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.connect(("127.0.0.1", daemon.udp_port))
+            seq = 0
+            while not stop.is_set():
+                send_round(sock, seq)
+                seq += 1
+                stop.wait(0.5)
+
+    thread = threading.Thread(target=feed, name="feed", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def settled(daemon: DaemonProcess) -> Samples:
@@ -120,9 +160,7 @@ def settled(daemon: DaemonProcess) -> Samples:
         done = (
             samples.get(("bwmon_participant_rtt_seconds_count", ()), 0) == 3
             and samples.get(("bwmon_participant_loss_ratio_count", ()), 0) == 3
-            and samples.get(
-                ("bwmon_http_service_sent_bytes_total", (("service", "api"),)), 0
-            )
+            and samples.get(("bwmon_http_service_sent_bytes_total", (("service", "api"),)), 0)
             == 2 * 1_000 * (ROUNDS - 1)
         )
         if done or time.monotonic() > deadline:
@@ -133,9 +171,7 @@ def settled(daemon: DaemonProcess) -> Samples:
 def test_quality_and_http_metrics_have_the_values_the_frames_make(tmp_path: Path) -> None:
     with fed_daemon(tmp_path) as daemon:
         samples = settled(daemon)
-    levels = sum(
-        v for (name, _), v in samples.items() if name == "bwmon_quality_participants"
-    )
+    levels = sum(v for (name, _), v in samples.items() if name == "bwmon_quality_participants")
     assert levels == 3
     assert sum(v for (name, _), v in samples.items() if name == "bwmon_quality_meetings") == 2
     # RTT: 40 ms, 120 ms, 300 ms
@@ -170,9 +206,7 @@ def test_quality_and_http_metrics_have_the_values_the_frames_make(tmp_path: Path
     )
     # the open alerts: one series per rule in force, with its severity
     alerts = {labels for (name, labels) in samples if name == "bwmon_alerts_open"}
-    assert alerts == {
-        (("rule", rule.name), ("severity", rule.severity)) for rule in DEFAULT_RULES
-    }
+    assert alerts == {(("rule", rule.name), ("severity", rule.severity)) for rule in DEFAULT_RULES}
     # HTTP: both routes in the service; only the listed one on its own
     last = ROUNDS - 1
     service = {"service": "api"}
