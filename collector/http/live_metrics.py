@@ -18,11 +18,9 @@ Two kinds of values:
 * **Now** (gauges, and the participant histograms, which are *gauge histograms*: their buckets
   count the live participants whose current value is at or under ``le``, so they go down as
   well as up — ``histogram_quantile`` applies as is, without ``rate``). They are computed at
-  each scrape from the engine's live state in one pass over the participants, in steps
-  (``render`` awaits a checkpoint every ``PARTICIPANTS_PER_STEP`` participants so that ingest
-  runs between steps). A participant's current values are those of the live view
-  (``meeting:<id>`` topic): the means of its last ``RECENT_BUCKETS`` ticks, the worst of its
-  connections (highest loss, RTT, jitter; lowest MOS), rates summed.
+  each scrape from the engine's live state in one pass over the participants
+  (``collector.aggregate.census``, compiled), in steps between which ``render`` awaits a
+  checkpoint so that ingest runs; the histograms are counted once at the end.
 * **Since the start** (counters: relayed bytes and relay cost by protocol, HTTP requests,
   bytes and latency): the minute rows the engine closed (``take``, the daemon's drained
   output), the rows it closed and has not handed over yet, and the minutes still open. A
@@ -36,17 +34,17 @@ from __future__ import annotations
 
 import math
 from array import array
-from bisect import bisect_left
+from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 import trio
 
-from collector.aggregate import quality as q
+from collector.aggregate.census import PROTOCOLS, Census, census_steps
 from collector.aggregate.http import BYTES_IN, BYTES_OUT, HIST, LATENCY_SUM, STATUS
 from collector.aggregate.http import WIDTH as HTTP_WIDTH
-from collector.aggregate.rtc import RING_FIELDS, RtcStream
+from collector.aggregate.rtc import RING_FIELDS, RING_SCALE
 from collector.http.metrics import Exposition
 from protocol import HTTP_LATENCY_BOUNDS_MS
 
@@ -56,11 +54,8 @@ if TYPE_CHECKING:
 RECENT_BUCKETS: Final = 5  # as the live view's current values (collector.fanout.topics)
 PARTICIPANTS_PER_STEP: Final = 2_000
 OTHER: Final = "other"
-LEVELS: Final = (*q.LEVELS, "unknown")  # unknown: no quality measured yet
-PROTOCOLS: Final = ("udp", "tcp", "tls")
 STATUS_CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx")
 HTTP_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_RELAY_RANK: Final = {"direct": 0, "turn-udp": 1, "turn-tcp": 2, "turn-tls": 3}
 
 # Bucket upper bounds of the participant histograms, in the metric's base unit.
 MOS_BOUNDS: Final = (1.5, 2.0, 2.5, 3.0, 3.5, 3.8, 4.0, 4.2, 4.4)
@@ -69,19 +64,7 @@ LOSS_BOUNDS: Final = (0.001, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2)
 JITTER_BOUNDS_S: Final = (0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2)
 LATENCY_BOUNDS_S: Final = tuple(ms / 1000 for ms in HTTP_LATENCY_BOUNDS_MS)
 
-_SEND, _RECV, _LOSS_DOWN, _LOSS_UP, _RTT, _JITTER, _MOS = (
-    RING_FIELDS.index(name)
-    for name in (
-        "send_bps",
-        "recv_bps",
-        "loss_down_pct",
-        "loss_up_pct",
-        "rtt_ms",
-        "jitter_ms",
-        "mos",
-    )
-)
-_FIELDS: Final = (_SEND, _RECV, _LOSS_DOWN, _LOSS_UP, _RTT, _JITTER, _MOS)
+_SEND, _RECV = RING_FIELDS.index("send_bps"), RING_FIELDS.index("recv_bps")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,40 +81,26 @@ class MetricsSettings:
 
 
 class _Histogram:
-    """Counts of values per bucket (not cumulative) and their sum; ``bounds`` sorted."""
+    """The values of one ring field (in the ring's steps, ``RING_SCALE``), counted per bucket
+    at the end: appending to a list per participant and sorting once is far cheaper than a
+    bisection per value."""
 
-    __slots__ = ("bounds", "counts", "total")
+    __slots__ = ("bounds", "scale", "steps")
 
-    def __init__(self, bounds: Sequence[float]) -> None:
-        self.bounds = tuple(bounds)
-        self.counts = [0] * (len(bounds) + 1)
-        self.total = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.total += value
+    def __init__(self, bounds: Sequence[float], scale: float, steps: list[int]) -> None:
+        self.bounds = tuple(bounds)  # in the metric's unit
+        self.scale = scale  # ring steps per metric unit
+        self.steps = steps
 
     def cumulative(self) -> list[tuple[float, int]]:
-        out, running = [], 0
-        for bound, count in zip((*self.bounds, math.inf), self.counts, strict=True):
-            running += count
-            out.append((bound, running))
+        """(``le``, participants at or under it), ``+Inf`` last."""
+        ordered = sorted(self.steps)
+        out = [(b, bisect_right(ordered, round(b * self.scale))) for b in self.bounds]
+        out.append((math.inf, len(ordered)))
         return out
 
-
-@dataclass(slots=True)
-class _Now:
-    """What one pass over the live participants counts."""
-
-    participants: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LEVELS, 0))
-    meetings: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LEVELS, 0))
-    relayed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PROTOCOLS, 0))
-    up_bps: float = 0.0
-    down_bps: float = 0.0
-    mos: _Histogram = field(default_factory=lambda: _Histogram(MOS_BOUNDS))
-    rtt: _Histogram = field(default_factory=lambda: _Histogram(RTT_BOUNDS_S))
-    loss: _Histogram = field(default_factory=lambda: _Histogram(LOSS_BOUNDS))
-    jitter: _Histogram = field(default_factory=lambda: _Histogram(JITTER_BOUNDS_S))
+    def total(self) -> float:
+        return sum(self.steps) / self.scale
 
 
 class _Monotonic:
@@ -224,23 +193,13 @@ class LiveMetrics:
     async def render(self, engine: Engine, now: float) -> str:
         """The exposition of the engine's live state at daemon time ``now``; awaits a
         checkpoint between steps of ``PARTICIPANTS_PER_STEP`` participants."""
-        live = _Now()
-        bucket = int(now // engine.settings.bucket_s)
-        first = bucket - RECENT_BUCKETS + 1
-        done = 0
-        for meeting in list(engine.meetings.values()):
-            worst: float | None = None
-            for participant in meeting.participants.values():
-                _participant(live, participant.streams.values(), first, bucket)
-                quality = participant.quality
-                live.participants[participant.level or "unknown"] += 1
-                if quality is not None and (worst is None or quality < worst):
-                    worst = quality
-            live.meetings["unknown" if worst is None else q.level(worst)] += 1
-            done += len(meeting.participants)
-            if done >= PARTICIPANTS_PER_STEP:
-                done = 0
-                await trio.lowlevel.checkpoint()
+        steps = census_steps(engine, now, RECENT_BUCKETS, PARTICIPANTS_PER_STEP)
+        try:
+            while True:
+                next(steps)
+                await trio.lowlevel.checkpoint()  # let ingest run between steps
+        except StopIteration as done:
+            census: Census = done.value
         # From here on, no await: the open minutes and the rows not yet drained are read at
         # one instant, so that no row is counted twice or missed.
         services: dict[tuple[str, ...], array[float]] = {
@@ -264,22 +223,22 @@ class LiveMetrics:
             if labels is not None:
                 _add(routes, labels, route.minute)
         out = Exposition()
-        self._quality(out, live, engine)
-        self._relay(out, live, relayed, engine.settings.relay_price_per_gb)
+        self._quality(out, census)
+        self._relay(out, census, relayed, engine.settings.relay_price_per_gb)
         self._alerts(out, engine)
         self._http(out, "service", ("service",), services)
         self._http(out, "route", ("service", "route", "method"), routes)
         return out.render()
 
-    def _quality(self, out: Exposition, live: _Now, engine: Engine) -> None:
-        for level, count in live.participants.items():
+    def _quality(self, out: Exposition, census: Census) -> None:
+        for level, count in census.participants.items():
             out.gauge(
                 "quality_participants",
                 "Live participants by quality level (unknown: not measured yet).",
                 count,
                 level=level,
             )
-        for level, count in live.meetings.items():
+        for level, count in census.meetings.items():
             out.gauge(
                 "quality_meetings",
                 "Live meetings by the quality level of their worst participant.",
@@ -289,54 +248,58 @@ class LiveMetrics:
         out.gauge(
             "rtc_up_bytes_per_second",
             "Bytes per second the live participants send, summed (last 5 s).",
-            live.up_bps / 8,
+            census.up_steps / RING_SCALE[_SEND] / 8,
         )
         out.gauge(
             "rtc_down_bytes_per_second",
             "Bytes per second the live participants receive, summed (last 5 s).",
-            live.down_bps / 8,
+            census.down_steps / RING_SCALE[_RECV] / 8,
         )
         for name, help_, histogram in (
-            ("participant_mos", "Audio MOS of the live participants now (1 to 4.5).", live.mos),
+            (
+                "participant_mos",
+                "Audio MOS of the live participants now (1 to 4.5).",
+                _Histogram(MOS_BOUNDS, 1000.0, census.mos_steps),
+            ),
             (
                 "participant_rtt_seconds",
                 "Round-trip time of the live participants now.",
-                live.rtt,
+                _Histogram(RTT_BOUNDS_S, 1000.0, census.rtt_steps),
             ),
             (
                 "participant_loss_ratio",
                 "Packet loss of the live participants now (the worse direction, 0 to 1).",
-                live.loss,
+                _Histogram(LOSS_BOUNDS, 10_000.0, census.loss_steps),
             ),
             (
                 "participant_jitter_seconds",
                 "Jitter of the live participants now.",
-                live.jitter,
+                _Histogram(JITTER_BOUNDS_S, 10_000.0, census.jitter_steps),
             ),
         ):
             out.histogram(
                 f"bwmon_{name}",
                 help_ + " A gauge histogram: buckets go down as well as up.",
                 histogram.cumulative(),
-                histogram.total,
+                histogram.total(),
             )
 
     def _relay(
-        self, out: Exposition, live: _Now, relayed: Mapping[str, float], price_per_gb: float
+        self, out: Exposition, census: Census, relayed: Mapping[str, float], price_per_gb: float
     ) -> None:
-        total = sum(live.participants.values())
+        total = sum(census.participants.values())
         for protocol in PROTOCOLS:
             out.gauge(
                 "participants_relayed",
                 "Live participants relayed through TURN, by the protocol to the TURN server.",
-                live.relayed[protocol],
+                census.relayed[protocol],
                 protocol=protocol,
             )
         for protocol in PROTOCOLS:
             out.gauge(
                 "participants_relayed_ratio",
                 "Share of the live participants relayed through TURN (0 to 1), by protocol.",
-                live.relayed[protocol] / total if total else 0.0,
+                census.relayed[protocol] / total if total else 0.0,
                 protocol=protocol,
             )
         for protocol in PROTOCOLS:
@@ -424,37 +387,3 @@ def _add(
         into = totals[key] = array("d", bytes(8 * HTTP_WIDTH))
     for k, value in enumerate(values):
         into[k] += value
-
-
-def _participant(live: _Now, streams: Iterable[RtcStream], first: int, last: int) -> None:
-    """Fold one participant's streams (``RtcStream``) into ``live``."""
-    loss = rtt = jitter = mos = None
-    relay = "direct"
-    for stream in streams:
-        rank = _RELAY_RANK.get(stream.relay, 0)
-        if rank > _RELAY_RANK[relay]:
-            relay = stream.relay
-        if stream.ring_bucket < first:
-            continue  # nothing in the last ticks
-        send, recv, down, up, r, j, m = stream.ring_means(first, last, _FIELDS)
-        live.up_bps += send or 0.0
-        live.down_bps += recv or 0.0
-        for value in (down, up):
-            if value is not None and (loss is None or value > loss):
-                loss = value
-        if r is not None and (rtt is None or r > rtt):
-            rtt = r
-        if j is not None and (jitter is None or j > jitter):
-            jitter = j
-        if m is not None and (mos is None or m < mos):
-            mos = m
-    if relay != "direct":
-        live.relayed[relay[5:]] += 1
-    if mos is not None:
-        live.mos.observe(mos)
-    if rtt is not None:
-        live.rtt.observe(rtt / 1000)
-    if loss is not None:
-        live.loss.observe(loss / 100)
-    if jitter is not None:
-        live.jitter.observe(jitter / 1000)
