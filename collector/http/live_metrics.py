@@ -247,12 +247,12 @@ class LiveMetrics:
             )
         out.gauge(
             "rtc_up_bytes_per_second",
-            "Bytes per second the live participants send, summed (last 5 s).",
+            "Bytes per second the live participants send, summed (their last tick interval).",
             census.up_steps / RING_SCALE[_SEND] / 8,
         )
         out.gauge(
             "rtc_down_bytes_per_second",
-            "Bytes per second the live participants receive, summed (last 5 s).",
+            "Bytes per second the live participants receive, summed (their last tick interval).",
             census.down_steps / RING_SCALE[_RECV] / 8,
         )
         for name, help_, histogram in (
