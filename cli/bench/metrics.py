@@ -211,7 +211,7 @@ def run_metrics(quick: bool, log_dir: Path) -> MetricsResult:
                 daemon,
                 step_s,
                 start_rate=10_000 if quick else 20_000,
-                refine_steps=1 if quick else 4,
+                refine_steps=1 if quick else 6,
             )
             # Scrapes under half the lossless rate: a load the daemon keeps up with, so that
             # its CPU time tells what a scrape adds.

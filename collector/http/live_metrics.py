@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from collector.aggregate.engine import Engine, Output
 
 RECENT_BUCKETS: Final = 5  # as the live view's current values (collector.fanout.topics)
-PARTICIPANTS_PER_STEP: Final = 2_000
+PARTICIPANTS_PER_STEP: Final = 5_000
 OTHER: Final = "other"
 STATUS_CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx")
 HTTP_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
