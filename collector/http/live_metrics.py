@@ -27,12 +27,15 @@ Two kinds of values:
   counter never goes down (``_Monotonic``): a stream whose relay protocol changes within a
   minute moves that open minute's bytes to the new protocol, which the old one keeps counting.
 
-Never awaits anything but the checkpoints between steps; never touches storage or sockets.
+It counts its own cost: renders and the CPU time of their steps (``bwmon_metrics_renders_total``,
+``bwmon_metrics_render_cpu_seconds_total``). Never awaits anything but the checkpoints between
+steps; never touches storage or sockets.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from array import array
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
@@ -132,6 +135,10 @@ class LiveMetrics:
         self.services_closed: dict[tuple[str, ...], array[float]] = {}
         self.routes_closed: dict[tuple[str, ...], array[float]] = {}
         self._monotonic = _Monotonic()
+        # What rendering cost so far: renders and the CPU time of their steps (this thread's,
+        # so that other processes and the waits between steps do not count).
+        self.renders = 0
+        self.render_cpu_s = 0.0
 
     # -- labels ---------------------------------------------------------------------------
 
@@ -193,11 +200,14 @@ class LiveMetrics:
     async def render(self, engine: Engine, now: float) -> str:
         """The exposition of the engine's live state at daemon time ``now``; awaits a
         checkpoint between steps of ``PARTICIPANTS_PER_STEP`` participants."""
+        cpu = time.thread_time()
         steps = census_steps(engine, now, RECENT_BUCKETS, PARTICIPANTS_PER_STEP)
         try:
             while True:
                 next(steps)
+                self.render_cpu_s += time.thread_time() - cpu
                 await trio.lowlevel.checkpoint()  # let ingest run between steps
+                cpu = time.thread_time()
         except StopIteration as done:
             census: Census = done.value
         # From here on, no await: the open minutes and the rows not yet drained are read at
@@ -228,7 +238,20 @@ class LiveMetrics:
         self._alerts(out, engine)
         self._http(out, "service", ("service",), services)
         self._http(out, "route", ("service", "route", "method"), routes)
-        return out.render()
+        out.counter(
+            "metrics_renders",
+            "Renders of this part of /metrics (call quality and HTTP traffic), before this one.",
+            self.renders,
+        )
+        out.counter(
+            "metrics_render_cpu_seconds",
+            "CPU time the renders of this part of /metrics took, before this one.",
+            self.render_cpu_s,
+        )
+        text = out.render()
+        self.render_cpu_s += time.thread_time() - cpu
+        self.renders += 1
+        return text
 
     def _quality(self, out: Exposition, census: Census) -> None:
         for level, count in census.participants.items():
