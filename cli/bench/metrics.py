@@ -19,7 +19,8 @@ One run on one machine, loopback only (docs/BENCHMARKS.md):
   scrape every 5 s, as a Prometheus ``scrape_interval: 5s``). The cost is
   ``1 - with / without`` of the two lossless rates; the target is under 2 %.
 
-``--quick`` is a smoke run (CI), not a measurement.
+``--quick`` is a smoke run (CI) with 1,000 meetings (4,000 participants), steps of 1 s and no
+bisection: not a measurement.
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ from cli.daemon_process import DaemonProcess, running_daemon
 from cli.emit import EmitOptions
 
 MEETINGS = 5_000
+QUICK_MEETINGS = 1_000  # --quick: a smoke run
 PARTICIPANTS = 4
-LIVE_FRAMES_PER_S = MEETINGS * PARTICIPANTS  # one sample per participant per second
 SCRAPES = 30
 SCRAPE_INTERVAL_S = 5.0
 TARGET_COST = 0.02  # of the lossless ingest rate
@@ -88,16 +89,17 @@ class MetricsResult(msgspec.Struct):
     sides: list[SearchSide]
 
 
-def workload(daemon: DaemonProcess, rate: float, seconds: float) -> EmitOptions:
-    """The 20,000 participants, one frame each per round, replayed at ``rate`` frames/s."""
+def workload(daemon: DaemonProcess, meetings: int, rate: float, seconds: float) -> EmitOptions:
+    """The ``meetings`` of ``PARTICIPANTS``, one frame of each participant per round, replayed
+    at ``rate`` frames/s."""
     return emit_options(
         daemon,
         rate,
         seconds,
         budget=DATAGRAM_BUDGET,
-        meetings=MEETINGS,
+        meetings=meetings,
         participants=PARTICIPANTS,
-        replay=MEETINGS * PARTICIPANTS,
+        replay=meetings * PARTICIPANTS,
     )
 
 
@@ -121,7 +123,7 @@ def own_cost(body: bytes) -> tuple[float, float]:
 
 
 async def scrape_phase(
-    daemon: DaemonProcess, rate: float, scrapes: int, window_s: float
+    daemon: DaemonProcess, meetings: int, rate: float, scrapes: int, window_s: float
 ) -> dict[str, float]:
     """Under the live load (``rate`` frames/s): ``scrapes`` timed scrapes, then the CPU
     windows (quiet, scraping back to back, quiet)."""
@@ -130,7 +132,7 @@ async def scrape_phase(
     body = b""
     first_cost = (0.0, 0.0)
     async with trio.open_nursery() as nursery:
-        await start_emit(nursery, workload(daemon, rate, 3 * window_s + scrapes))
+        await start_emit(nursery, workload(daemon, meetings, rate, 3 * window_s + scrapes))
         await trio.sleep(1.0)
         for _ in range(scrapes):
             took, body = await trio.to_thread.run_sync(scrape, daemon)
@@ -173,7 +175,7 @@ async def scrape_phase(
 
 
 def side_by_side(
-    daemon: DaemonProcess, step_s: float, start_rate: float, refine_steps: int
+    daemon: DaemonProcess, meetings: int, step_s: float, start_rate: float, refine_steps: int
 ) -> list[SearchSide]:
     """Two lossless searches taking turns, step by step: without scraping, then with one
     scrape halfway through each step."""
@@ -191,7 +193,7 @@ def side_by_side(
             timer = threading.Timer(step_s / 2, scrape, (daemon,)) if scraping else None
             if timer is not None:
                 timer.start()
-            step = udp_step(daemon, workload(daemon, rate, step_s))
+            step = udp_step(daemon, workload(daemon, meetings, rate, step_s))
             if timer is not None:
                 timer.join()
             try:
@@ -211,7 +213,8 @@ def side_by_side(
 
 def run_metrics(quick: bool, log_dir: Path) -> MetricsResult:
     cpus = cpu_count()
-    step_s = 2.0 if quick else SCRAPE_INTERVAL_S
+    step_s = 1.0 if quick else SCRAPE_INTERVAL_S
+    meetings = QUICK_MEETINGS if quick else MEETINGS
     with pinned_to_sender_cpu() as pinned:
         config = log_dir / "collector.toml"
         config.write_text(
@@ -223,25 +226,32 @@ def run_metrics(quick: bool, log_dir: Path) -> MetricsResult:
             ["--config", str(config)],
             cpu=DAEMON_CPU if pinned else None,
         ) as daemon:
-            udp_step(daemon, workload(daemon, LIVE_FRAMES_PER_S, 2.0))  # everyone joins
+            # Everyone joins: a round a second, for 2 s.
+            udp_step(daemon, workload(daemon, meetings, meetings * PARTICIPANTS, 2.0))
             participants = daemon.settled_health()["aggregate"]["participants"]
             sides = side_by_side(
                 daemon,
+                meetings,
                 step_s,
                 start_rate=10_000 if quick else 20_000,
-                refine_steps=1 if quick else 6,
+                refine_steps=0 if quick else 6,
             )
             # Scrapes under half the lossless rate: a load the daemon keeps up with, so that
             # its CPU time tells what a scrape adds.
             live_rate = max(1_000.0, sides[0].lossless_frames_per_s / 2)
             timing = trio.run(
-                scrape_phase, daemon, live_rate, 5 if quick else SCRAPES, 1.0 if quick else 3.0
+                scrape_phase,
+                daemon,
+                meetings,
+                live_rate,
+                3 if quick else SCRAPES,
+                0.5 if quick else 3.0,
             )
     without, with_ = (side.lossless_frames_per_s for side in sides)
     cost = 1 - with_ / without if without else 1.0
     cpu_ms = timing["cpu_ms_per_scrape"]
     return MetricsResult(
-        meetings=MEETINGS,
+        meetings=meetings,
         participants=participants,
         scrape_load_frames_per_s=round(live_rate),
         scrape_bytes=int(timing["bytes"]),
