@@ -128,17 +128,17 @@ def test_promql_over_a_real_prometheus_returns_the_fed_values(tmp_path: Path) ->
         assert query(url, "sum(bwmon_http_service_requests_total)")[()] > 0
         routes = query(url, "count by (route) (bwmon_http_route_sent_bytes_total)")
         assert routes == {(("route", "/listed"),): 1.0}
-        time.sleep(10)  # a sixth of the graphed minute
+        time.sleep(10)  # a third of the graphed 30 s
         graph = urllib.parse.urlencode(
             {
                 "g0.expr": "sum by (level) (bwmon_quality_participants)",
                 "g0.tab": "0",
-                "g0.range_input": "1m",
+                "g0.range_input": "30s",
                 "g0.stacked": "1",
                 "g1.expr": "histogram_quantile(0.5, sum by (le) "
                 "(bwmon_participant_rtt_seconds_bucket))",
                 "g1.tab": "0",
-                "g1.range_input": "1m",
+                "g1.range_input": "30s",
             }
         )
         with launch_chromium() as browser:
