@@ -127,6 +127,7 @@ class LiveMetrics:
     def __init__(self, settings: MetricsSettings | None = None) -> None:
         self.settings = settings or MetricsSettings()
         self._services: dict[str, str] = {}  # service → its label
+        self._named = 0  # services with a label of their own
         self._listed_services = frozenset(self.settings.http_services)
         self._listed_routes = frozenset(self.settings.http_routes)
         self.relayed_closed: dict[str, float] = dict.fromkeys(PROTOCOLS, 0.0)
@@ -151,9 +152,11 @@ class LiveMetrics:
         if self._listed_services:
             label = service if service in self._listed_services else OTHER
         else:
-            named = sum(1 for v in self._services.values() if v != OTHER)
-            label = service if named < self.settings.max_http_services else OTHER
-        if len(self._services) < 10_000 or label != OTHER:  # bounded memory, same answer
+            label = service if self._named < self.settings.max_http_services else OTHER
+        if label != OTHER:
+            self._named += 1
+            self._services[service] = label
+        elif len(self._services) < 10_000:  # bounded memory: past it, the same answer anew
             self._services[service] = label
         return label
 
