@@ -45,6 +45,7 @@ from collector.fanout.publisher import Publisher
 from collector.fanout.subscribers import Fanout, FanoutSettings
 from collector.http.api import Api, token_authorization
 from collector.http.health import DaemonHealth, HealthRoutes, HttpHealth, Readiness
+from collector.http.live_metrics import LiveMetrics, MetricsSettings
 from collector.http.server import HttpServer, HttpSettings, PostRoute, Request, Response
 from collector.http.static import StaticRoutes
 from collector.ingest.admission import Admission
@@ -214,11 +215,19 @@ class Daemon:
             prepare=self.publisher.prepare,
             authorize=token_authorization(lambda: self.auth),
         )
+        self.live_metrics = LiveMetrics(
+            MetricsSettings(
+                http_services=tuple(config.metrics.http_services),
+                max_http_services=config.metrics.max_http_services,
+                http_routes=tuple(config.metrics.routes()),
+            )
+        )
         self.health_routes = HealthRoutes(
             self.health,
             self.readiness,
             # Ten ticks (at least 10 s) without one: the aggregation ticker has stalled.
             stall_after_s=max(10.0, 10 * self.engine.settings.bucket_s),
+            live_metrics=lambda: self.live_metrics.render(self.engine, time.time()),
         )
         self.http = HttpServer(
             http_routes={
@@ -287,7 +296,8 @@ class Daemon:
     def on_output(self, output: Output) -> None:
         """What the engine produced: rows to storage (held until the next checkpoint holds
         them too), alert transitions to fan-out and to the notification sinks (queued, never
-        waited for)."""
+        waited for), closed minutes to ``/metrics``' counters."""
+        self.live_metrics.take(output)
         if self.checkpointer is not None:
             self.checkpointer.hold(output)
         if output.alerts:

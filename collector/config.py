@@ -332,6 +332,46 @@ def _check_notify(sinks: list[NotifySinkConfig]) -> None:
         raise ValueError(f"notify: sink names must be unique: {', '.join(duplicates)}")
 
 
+MAX_METRICS_HTTP_ROUTES: Final = 200
+_Service = Annotated[str, Meta(min_length=1, max_length=128)]
+
+
+class MetricsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``/metrics``: which HTTP services and routes may be label values (docs/METRICS.md).
+    A service is named in the ``service`` label when listed in ``http_services`` or, with no
+    list, while it is among the first ``max_http_services`` seen; any other counts under
+    ``other``. Routes have series of their own only when listed (``"service:/route"``)."""
+
+    http_services: Annotated[list[_Service], Meta(max_length=1_000)] = msgspec.field(
+        default_factory=list
+    )
+    max_http_services: Annotated[int, Meta(ge=0, le=1_000)] = 20
+    http_routes: Annotated[list[str], Meta(max_length=MAX_METRICS_HTTP_ROUTES)] = msgspec.field(
+        default_factory=list
+    )
+
+    def __post_init__(self) -> None:
+        for index, entry in enumerate(self.http_routes):
+            service, colon, route = entry.partition(":")
+            if (
+                not (service and colon and route)
+                or len(entry) > 300
+                or any(c.isspace() for c in entry)
+            ):
+                raise ValueError(
+                    f"metrics.http_routes[{index}] = {entry!r}: expected"
+                    ' "service:route" such as "checkout:/v1/orders/{id}" (no spaces)'
+                )
+
+    def routes(self) -> list[tuple[str, str]]:
+        """``http_routes`` as (service, route) pairs."""
+        pairs = []
+        for entry in self.http_routes:
+            service, _, route = entry.partition(":")
+            pairs.append((service, route))
+        return pairs
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     ingest: IngestConfig = msgspec.field(default_factory=IngestConfig)
@@ -342,6 +382,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     notify: list[NotifySinkConfig] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:

@@ -37,6 +37,7 @@ COMPILED_MODULES: Final = (
     "collector.aggregate.quality",
     "collector.ingest.counters",
     "collector.fanout.topics",
+    "collector.aggregate.census",
 )
 # The record of the build, under the root of the packages (generated: not in git).
 RECORD: Final = "protocol/_built.py"

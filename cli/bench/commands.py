@@ -20,6 +20,7 @@ from cli.bench import client as client_bench
 from cli.bench import fanout as fanout_bench
 from cli.bench import ingest as ingest_bench
 from cli.bench import middleware as middleware_bench
+from cli.bench import metrics as metrics_bench
 from cli.bench import storage as storage_bench
 from cli.bench.chromium import ChromiumMissing
 from cli.bench.harness import ClientFailed, print_json
@@ -85,6 +86,24 @@ def fanout(
         print_json(result)
     else:
         fanout_bench.print_summary(result)
+
+
+@app.command("metrics")
+def metrics(
+    as_json: JsonFlag = False,
+    quick: QuickFlag = False,
+) -> None:
+    """/metrics with 5,000 live meetings: scrape time, CPU per scrape, cost to ingest."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="bwmon-bench-") as tmp:
+            result = metrics_bench.run_metrics(quick, Path(tmp))
+    except DaemonFailed as exc:
+        typer.echo(f"bwmon bench metrics: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        print_json(result)
+    else:
+        metrics_bench.print_summary(result)
 
 
 @app.command("all")

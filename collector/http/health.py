@@ -9,7 +9,7 @@ together under the keys of ``/healthz`` (docs/API.md), which is that Struct enco
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import msgspec
@@ -103,6 +103,8 @@ class HealthRoutes:
     health: Callable[[], DaemonHealth]
     readiness: Callable[[], Readiness]
     stall_after_s: float
+    # The call-quality and HTTP-traffic part of /metrics (collector.http.live_metrics).
+    live_metrics: Callable[[], Awaitable[str]] | None = None
 
     def routes(self) -> dict[str, HttpRoute]:
         return {"/healthz": self.healthz, "/readyz": self.readyz, "/metrics": self.metrics}
@@ -125,6 +127,10 @@ class HealthRoutes:
         readiness = self.readiness()
         return Response.json(200 if readiness.ready else 503, readiness)
 
-    def metrics(self, _request: Request) -> Response:
-        """Every counter of ``/healthz`` in the Prometheus text format."""
-        return Response(200, render_metrics(self.health()).encode(), CONTENT_TYPE)
+    async def metrics(self, _request: Request) -> Response:
+        """Every counter of ``/healthz`` in the Prometheus text format, then the live state's
+        call quality and HTTP traffic."""
+        text = render_metrics(self.health())
+        if self.live_metrics is not None:
+            text += await self.live_metrics()
+        return Response(200, text.encode(), CONTENT_TYPE)

@@ -11,6 +11,10 @@ reasons for not applying a sample, the keys of the counters), ``kind`` (frame an
 ``backend``, ``channel``, ``code`` (HTTP status) and ``version``. Meeting, participant or route
 ids must never become labels: one series per meeting would grow without bound. Absent keys
 (storage ``backend = "none"``, a UDP socket not open yet) are skipped, not written as zero.
+
+Call quality and HTTP traffic (and the open alerts, by rule and severity) come from the live
+state, not from ``DaemonHealth``: ``collector.http.live_metrics`` renders them with the
+``Exposition`` of this module, and the route serves both parts one after the other.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from protocol.codec import REASONS
 if TYPE_CHECKING:
     from collector.http.health import DaemonHealth
 
-MetricType = Literal["counter", "gauge"]
+MetricType = Literal["counter", "gauge", "histogram"]
 Labels = tuple[tuple[str, str], ...]
 TRANSPORTS = ("udp", "websocket", "http")
 # Reason codes of PROTOCOL.md §6 that ingest gives outside the decoder (admission, rate
@@ -51,10 +55,10 @@ class _Family:
     name: str
     type: MetricType
     help: str
-    samples: list[tuple[Labels, float]] = field(default_factory=list)
+    samples: list[tuple[str, Labels, float]] = field(default_factory=list)  # suffix, …
 
 
-class _Exposition:
+class Exposition:
     """Families in the order first added; all samples of one family are written together."""
 
     def __init__(self) -> None:
@@ -74,7 +78,29 @@ class _Exposition:
         family = self.families.get(name)
         if family is None:
             family = self.families[name] = _Family(name, type_, help_)
-        family.samples.append((tuple((labels or {}).items()), value))
+        family.samples.append(("", tuple((labels or {}).items()), value))
+
+    def histogram(
+        self,
+        name: str,
+        help_: str,
+        buckets: Iterable[tuple[float, float]],
+        total: float,
+        labels: Mapping[str, str] | None = None,
+        count: float | None = None,
+    ) -> None:
+        """A histogram's ``_bucket`` samples (``buckets``: upper bound and cumulative count,
+        the last one ``+Inf``), its ``_sum`` and its ``_count`` (the ``+Inf`` bucket's unless
+        given)."""
+        family = self.families.get(name)
+        if family is None:
+            family = self.families[name] = _Family(name, "histogram", help_)
+        base = tuple((labels or {}).items())
+        cumulative = 0.0
+        for bound, cumulative in buckets:
+            family.samples.append(("_bucket", (*base, ("le", _value(float(bound)))), cumulative))
+        family.samples.append(("_sum", base, total))
+        family.samples.append(("_count", base, cumulative if count is None else count))
 
     def counter(self, name: str, help_: str, value: Any, **labels: str) -> None:
         self.add(f"bwmon_{name}_total", "counter", help_, value, labels)
@@ -88,8 +114,8 @@ class _Exposition:
             lines.append(f"# HELP {family.name} {_escape_help(family.help)}")
             lines.append(f"# TYPE {family.name} {family.type}")
             lines.extend(
-                f"{family.name}{_labels(labels)} {_value(value)}"
-                for labels, value in family.samples
+                f"{family.name}{suffix}{_labels(labels)} {_value(value)}"
+                for suffix, labels, value in family.samples
             )
         return "\n".join(lines) + "\n"
 
@@ -141,7 +167,7 @@ def render_metrics(health: DaemonHealth | Mapping[str, Any]) -> str:
     doc: Mapping[str, Any] = (  # as /healthz has it: absent fields left out
         msgspec.to_builtins(health) if isinstance(health, msgspec.Struct) else health
     )
-    out = _Exposition()
+    out = Exposition()
     version = doc.get("version")
     if isinstance(version, str):
         out.gauge("build_info", "Always 1; the version is in the label.", 1, version=version)
@@ -155,7 +181,7 @@ def render_metrics(health: DaemonHealth | Mapping[str, Any]) -> str:
     return out.render()
 
 
-def _ingest(out: _Exposition, health: Mapping[str, Any]) -> None:
+def _ingest(out: Exposition, health: Mapping[str, Any]) -> None:
     for transport in TRANSPORTS:
         t = _section(health, "ingest", transport)
         if not t:
@@ -248,7 +274,7 @@ def _ingest(out: _Exposition, health: Mapping[str, Any]) -> None:
     )
 
 
-def _aggregate(out: _Exposition, health: Mapping[str, Any]) -> None:
+def _aggregate(out: Exposition, health: Mapping[str, Any]) -> None:
     live = _section(health, "aggregate")
     out.gauge("live_meetings", "Meetings with live state.", live.get("meetings"))
     out.gauge("live_participants", "Participants in live meetings.", live.get("participants"))
@@ -289,7 +315,6 @@ def _aggregate(out: _Exposition, health: Mapping[str, Any]) -> None:
         "HTTP routes forgotten with their last instance, their last minute row closed first.",
         live.get("http_routes_expired"),
     )
-    out.gauge("alerts_open", "Alerts raised and not cleared.", live.get("alerts_active"))
     for reason, count in _by_key(live.get("refused_by_reason")).items():
         out.counter(
             "frames_refused",
@@ -317,7 +342,7 @@ def _aggregate(out: _Exposition, health: Mapping[str, Any]) -> None:
             )
 
 
-def _storage(out: _Exposition, health: Mapping[str, Any]) -> None:
+def _storage(out: Exposition, health: Mapping[str, Any]) -> None:
     storage = _section(health, "storage")
     backend = storage.get("backend")
     if isinstance(backend, str):
@@ -383,7 +408,7 @@ def _storage(out: _Exposition, health: Mapping[str, Any]) -> None:
     )
 
 
-def _fanout(out: _Exposition, health: Mapping[str, Any]) -> None:
+def _fanout(out: Exposition, health: Mapping[str, Any]) -> None:
     fanout = _section(health, "fanout")
     channel = fanout.get("channel")
     if isinstance(channel, str):
@@ -454,7 +479,7 @@ def _fanout(out: _Exposition, health: Mapping[str, Any]) -> None:
         out.gauge("fanout_last_publish_seconds", "Duration of the last publish.", last_ms / 1000)
 
 
-def _http(out: _Exposition, health: Mapping[str, Any]) -> None:
+def _http(out: Exposition, health: Mapping[str, Any]) -> None:
     http = _section(health, "http")
     out.gauge("http_connections_open", "Open TCP connections.", http.get("connections_open"))
     out.counter("http_connections", "TCP connections accepted.", http.get("connections_total"))

@@ -79,7 +79,7 @@ def test_example_has_a_comment_for_every_key() -> None:
         (
             {"sever": {}},
             "unknown key 'sever'; expected one of: "
-            "aggregate, alerts, auth, fanout, ingest, limits, log, notify, server",
+            "aggregate, alerts, auth, fanout, ingest, limits, log, metrics, notify, server",
         ),
         ({"log": {"level": "loud"}}, "log.level = 'loud': expected one of: 'debug'"),
         ({"ingest": {"ack_interval_s": 0}}, "ingest.ack_interval_s = 0: expected float > 0.0"),

@@ -10,6 +10,8 @@ import socket
 import time
 from pathlib import Path
 
+import trio
+
 from collector.app import Daemon
 from collector.config import from_dict
 from collector.http.server import Request
@@ -144,4 +146,4 @@ def test_healthz_answers_while_draining_after_ingest_stopped() -> None:
     response = daemon.health_routes.healthz(REQUEST)
     assert response.status == 200
     assert "receive_buffer_bytes" not in json.loads(response.body)["ingest"]["udp"]
-    assert daemon.health_routes.metrics(REQUEST).status == 200
+    assert trio.run(daemon.health_routes.metrics, REQUEST).status == 200
