@@ -19,8 +19,8 @@ from cli.bench import all as all_bench
 from cli.bench import client as client_bench
 from cli.bench import fanout as fanout_bench
 from cli.bench import ingest as ingest_bench
-from cli.bench import middleware as middleware_bench
 from cli.bench import metrics as metrics_bench
+from cli.bench import middleware as middleware_bench
 from cli.bench import storage as storage_bench
 from cli.bench.chromium import ChromiumMissing
 from cli.bench.harness import ClientFailed, print_json

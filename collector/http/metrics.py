@@ -534,7 +534,7 @@ _NOTIFY_COUNTERS: Final = {
 }
 
 
-def _notify(out: _Exposition, health: Mapping[str, Any]) -> None:
+def _notify(out: Exposition, health: Mapping[str, Any]) -> None:
     sinks = _section(health, "notify").get("sinks")
     for sink in sinks if isinstance(sinks, list) else []:
         if not isinstance(sink, Mapping):
