@@ -564,6 +564,17 @@ def token_mint(
     typer.echo(mint(keys[0], claims))
 
 
+Duration = Annotated[float | None, typer.Option(min=0.1, help="stop after this many seconds")]
+AnswerTimeout = Annotated[
+    float,
+    typer.Option(
+        min=0.1,
+        help="with --json or --count: fail (exit 1) when the daemon does not answer for this"
+        " many seconds",
+    ),
+]
+
+
 @app.command("tail")
 def tail_command(
     host: Annotated[str, typer.Option(help="daemon address")] = "127.0.0.1",
@@ -574,17 +585,8 @@ def tail_command(
     ] = False,
     encoding: Annotated[str, typer.Option(help="json or msgpack")] = "json",
     count: Annotated[int | None, typer.Option(min=1, help="stop after N updates")] = None,
-    duration: Annotated[
-        float | None, typer.Option(min=0.1, help="stop after this many seconds")
-    ] = None,
-    timeout: Annotated[
-        float,
-        typer.Option(
-            min=0.1,
-            help="with --json or --count: fail (exit 1) when the daemon does not answer for"
-            " this many seconds",
-        ),
-    ] = 10.0,
+    duration: Duration = None,
+    timeout: AnswerTimeout = 10.0,
     token: Annotated[
         str | None,
         typer.Option(
@@ -639,17 +641,8 @@ def top_command(
         bool, typer.Option("--json", help="NDJSON on stdout, one line per second")
     ] = False,
     count: Annotated[int | None, typer.Option(min=1, help="stop after N samples")] = None,
-    duration: Annotated[
-        float | None, typer.Option(min=0.1, help="stop after this many seconds")
-    ] = None,
-    timeout: Annotated[
-        float,
-        typer.Option(
-            min=0.1,
-            help="with --json or --count: fail (exit 1) when the daemon does not answer for"
-            " this many seconds",
-        ),
-    ] = 10.0,
+    duration: Duration = None,
+    timeout: AnswerTimeout = 10.0,
 ) -> None:
     """Show the daemon's own health from /healthz, every second: frames/s by transport,
     rejections by reason, kernel drops, storage backlog and spool, subscribers, loop lag.
