@@ -1,5 +1,5 @@
 """The files the daemon serves as they are, each at a fixed URL path: the browser client
-(``/client/bwmon.js``), and any other static file (the dashboard's) the same way.
+(``/client/bwmon.js``) and the dashboard (``/`` and everything under ``/ui/``).
 
 ``ASSETS`` maps each URL path to an ``Asset``: where the file sits inside the ``collector``
 package, its content type, and, for a file kept elsewhere in the repository, that source.
@@ -8,6 +8,12 @@ installed daemon (a wheel, ``pip install``) has them; a checkout run in place (`
 editable install) has no copy and reads the source itself, so it serves what the checkout
 holds. ``read_assets`` reads every file once, at start (or says which it could not find): no
 request reads the disk.
+
+The dashboard's files live inside the package, in ``collector/http/ui/`` (package data: a
+wheel holds them as they are). ``dashboard_assets`` lists that folder when the daemon starts:
+each file is served at ``/ui/<its path in the folder>`` and ``index.html`` at ``/`` too. Only
+the files listed are routes, so no other path under ``/ui/`` (``..``, an unknown name) reaches
+the disk: it is a 404.
 
 Standard library only: setup.py loads this module by its path, before anything is installed.
 """
@@ -40,6 +46,44 @@ ASSETS: Final = {
 }
 
 
+UI_DIR: Final = "http/ui"  # inside the package
+UI_PREFIX: Final = "/ui/"
+CONTENT_TYPES: Final = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+    ".txt": "text/plain; charset=utf-8",
+    ".map": "application/json",
+}
+
+
+def dashboard_assets(package_dir: Path = PACKAGE_DIR) -> dict[str, Asset]:
+    """The files of ``collector/http/ui/`` (hidden ones and those of a type not in
+    ``CONTENT_TYPES`` left out), each at ``/ui/<path>``, and ``index.html`` also at ``/``."""
+    root = package_dir / UI_DIR
+    found: dict[str, Asset] = {}
+    if not root.is_dir():
+        return found
+    for file in sorted(root.rglob("*")):
+        relative = file.relative_to(root)
+        content_type = CONTENT_TYPES.get(file.suffix)
+        if not file.is_file() or content_type is None:
+            continue
+        if any(part.startswith((".", "_")) for part in relative.parts):
+            continue
+        name = relative.as_posix()
+        found[UI_PREFIX + name] = Asset(f"{UI_DIR}/{name}", content_type)
+    index = found.get(UI_PREFIX + "index.html")
+    if index is not None:
+        found["/"] = index
+    return found
+
+
 class AssetMissing(OSError):
     """An asset is neither in the package nor in the checkout: a broken installation."""
 
@@ -52,11 +96,14 @@ class LoadedAsset:
 
 
 def read_assets(
-    assets: dict[str, Asset] = ASSETS,
+    assets: dict[str, Asset] | None = None,
     package_dir: Path = PACKAGE_DIR,
     checkout_dir: Path = CHECKOUT_DIR,
 ) -> dict[str, LoadedAsset | AssetMissing]:
-    """Every asset, read now (``read_asset``), or why it could not be."""
+    """Every asset (by default ``ASSETS`` and the dashboard's), read now (``read_asset``), or
+    why it could not be."""
+    if assets is None:
+        assets = {**ASSETS, **dashboard_assets(package_dir)}
     loaded: dict[str, LoadedAsset | AssetMissing] = {}
     for path, asset in assets.items():
         try:

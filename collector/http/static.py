@@ -5,6 +5,10 @@ URL is stable (``/client/bwmon.js``, not a hashed name), so a browser keeps its 
 each time whether it is still current, and an unchanged file costs a ``304`` without a body.
 ``access-control-allow-origin: *`` lets a page of any origin ``import`` the module (module
 scripts are fetched with CORS). The files are read once, when the routes are built.
+
+An HTML page (the dashboard's ``/``) also carries a ``content-security-policy`` that lets it
+load scripts, styles and images from the daemon only and connect to the daemon only (its
+``/api`` and ``/subscribe``): the page has no inline script, so an injected one cannot run.
 """
 
 from __future__ import annotations
@@ -16,6 +20,13 @@ from collector.http.server import HttpRoute, Request, Response
 from collector.logs import get_logger
 
 log = get_logger("http.static")
+
+# Inline styles stay allowed: chart code sets element styles and canvas sizes.
+PAGE_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+    "frame-ancestors 'none'"
+)
 
 
 class StaticRoutes:
@@ -40,7 +51,10 @@ class StaticRoutes:
             ("etag", asset.etag),
             ("cache-control", "no-cache"),
             ("access-control-allow-origin", "*"),
+            ("x-content-type-options", "nosniff"),
         ]
+        if asset.content_type.startswith("text/html"):
+            headers.append(("content-security-policy", PAGE_POLICY))
         if etag_matches(request.headers.get("if-none-match", ""), asset.etag):
             return Response(304, b"", asset.content_type, headers)
         return Response(200, asset.body, asset.content_type, headers)
