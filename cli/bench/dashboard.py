@@ -221,6 +221,7 @@ class DashboardResult(msgspec.Struct):
     target_own_bytes: int
     verdicts: dict[str, bool | None]  # per target: None when it was not measured
     skipped: str | None  # why the page was not measured
+    failures: dict[str, str]  # a stage that failed (first_render, scroll, search, soak): why
 
 
 # -- the size ---------------------------------------------------------------------------------
@@ -491,6 +492,7 @@ def run_dashboard(
             target_own_bytes=TARGET_OWN_BYTES,
             verdicts={},
             skipped=page_answers(url),
+            failures={},
         )
         if result.skipped is None:
             measure_page(stack, daemon, url, minutes, result)
@@ -516,12 +518,25 @@ def measure_page(
     )
     cdp = context.new_cdp_session(page)
     page.goto(url)
-    wait_until(page, "() => window.__bench.firstRow !== null", None, 10, "a meeting's row")
-    result.first_render_ms = round(page.evaluate("window.__bench.firstRow"), 1)
-    result.scroll = measure_scroll(page)
-    result.search_meeting = some_meeting(daemon)
-    result.search_shown_ms = round(measure_search(page, result.search_meeting) * 1000, 1)
-    result.soak = measure_soak(page, cdp, minutes, messages)
+    with stage(result, "first_render"):
+        wait_until(page, "() => window.__bench.firstRow !== null", None, 10, "a meeting's row")
+        result.first_render_ms = round(page.evaluate("window.__bench.firstRow"), 1)
+    with stage(result, "scroll"):
+        result.scroll = measure_scroll(page)
+    with stage(result, "search"):
+        result.search_meeting = some_meeting(daemon)
+        result.search_shown_ms = round(measure_search(page, result.search_meeting) * 1000, 1)
+    with stage(result, "soak"):
+        result.soak = measure_soak(page, cdp, minutes, messages)
+
+
+@contextlib.contextmanager
+def stage(result: DashboardResult, name: str) -> Iterator[None]:
+    """A stage of the page's measurements: its failure is recorded, and the next runs."""
+    try:
+        yield
+    except DashboardFailed as exc:
+        result.failures[name] = str(exc)
 
 
 def verdicts(result: DashboardResult) -> dict[str, bool | None]:
@@ -554,6 +569,8 @@ def print_summary(result: DashboardResult) -> None:
     )
     if result.skipped:
         typer.echo(f"page not measured: {result.skipped}")
+    for name, why in result.failures.items():
+        typer.echo(f"{name} FAILED: {why}")
     typer.echo(
         f"first meaningful render: {result.first_render_ms} ms; target <= "
         f"{result.target_first_render_ms:.0f} ms: {_verdict(v['first_render'])}"
