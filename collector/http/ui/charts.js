@@ -43,7 +43,7 @@ const STYLE = `
 .bw-charts{display:grid;gap:.75rem;grid-template-columns:repeat(auto-fill,minmax(min(100%,26rem),1fr))}
 .bw-charts-bar{grid-column:1/-1;display:flex;gap:.5rem;align-items:center;flex-wrap:wrap}
 .bw-charts-status{opacity:.75;font-size:.85em}
-.bw-chart{min-width:0}.bw-chart h3{margin:0 0 .25rem;font-size:.95em}
+.bw-chart{min-width:0;margin:0}.bw-chart h3{margin:0 0 .25rem;font-size:.95em}
 .bw-chart .u-legend{font-size:.8em}
 `;
 
@@ -118,7 +118,7 @@ function chartOptions(spec, width, colour) {
         ],
       },
     },
-    axes: [{}, { size: 70, values: (_, ticks) => ticks.map(spec.value) }],
+    axes: [{}, { size: 84, values: (_, ticks) => ticks.map(spec.value) }],
   };
 }
 
@@ -133,7 +133,7 @@ function columns(spec, answer) {
   return data;
 }
 
-export function mountCharts(section, { meeting, api, participant = null, rangeS = 3600, refreshMs = 5000 }) {
+export function mountCharts(section, { meeting, api, participant = null, rangeS = 900, refreshMs = 5000 }) {
   addStyles();
   const aborter = new AbortController();
   const status = el("span", { className: "bw-charts-status", role: "status" });
@@ -209,6 +209,10 @@ export function mountCharts(section, { meeting, api, participant = null, rangeS 
         chart.plot.setData(data);
       } else {
         chart.plot = new uPlot(chartOptions(chart.spec, width, colour), data, chart.box);
+        // The legend names each metric once: its max and min rows (the band) are left out.
+        chart.plot.root.querySelectorAll(".u-legend .u-series").forEach((row, i) => {
+          if (i > 0 && i % 3 !== 1) row.style.display = "none";
+        });
       }
     }
   }
