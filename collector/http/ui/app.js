@@ -31,7 +31,14 @@ function route() {
   if (!hash.startsWith("#/")) return null;
   const parts = hash.slice(2).split("/");
   if (parts[0] === "meeting" && parts.length > 1) {
-    return { name: "meeting", params: { id: decodeURIComponent(parts.slice(1).join("/")) } };
+    const raw = parts.slice(1).join("/");
+    let id = raw;
+    try {
+      id = decodeURIComponent(raw);
+    } catch {
+      // a malformed escape: the id as written
+    }
+    return { name: "meeting", params: { id } };
   }
   if (parts[0] === "alerts") return { name: "alerts", params: {} };
   if (parts[0] === "http") return { name: "http", params: {} };

@@ -17,22 +17,26 @@ export function topicState(name) {
 
 /** Add alert events (oldest first) to the feed; returns those that were new. */
 export function addToFeed(events) {
-  const added = [];
+  const fresh = [];
+  const seen = new Set();
   for (const alert of events) {
-    const key = `${alert.id}|${alert.state}`;
-    if (shared.feedKeys.has(key)) continue;
-    shared.feedKeys.add(key);
-    added.push(alert);
+    const key = feedKey(alert);
+    if (shared.feedKeys.has(key) || seen.has(key)) continue;
+    seen.add(key);
+    fresh.push(alert);
   }
+  const added = fresh.length > MAX_FEED ? fresh.slice(-MAX_FEED) : fresh;
   if (!added.length) return added;
-  shared.feed.unshift(...added.reverse());
+  for (const alert of added) shared.feedKeys.add(feedKey(alert));
+  shared.feed.unshift(...[...added].reverse());
   shared.feed.sort((a, b) => eventTime(b) - eventTime(a));
-  while (shared.feed.length > MAX_FEED) {
-    const gone = shared.feed.pop();
-    shared.feedKeys.delete(`${gone.id}|${gone.state}`);
-  }
+  while (shared.feed.length > MAX_FEED) shared.feedKeys.delete(feedKey(shared.feed.pop()));
   for (const listener of shared.feedListeners) listener(added);
   return added;
+}
+
+function feedKey(alert) {
+  return `${alert.id}|${alert.state}`;
 }
 
 export function eventTime(alert) {

@@ -20,10 +20,12 @@ function si(value, unit) {
 }
 
 export const bps = (value) => si(value, "bit/s");
+export const rate = (value) => si(value, "").trimEnd(); // "28.0 k", "1.31 M": a column in bit/s
 export const bytesPerS = (value) => si(value, "B/s");
 export const bytes = (value) => si(value, "B");
 export const perS = (value) => (num(value) ? `${fixed(value, value < 10 ? 2 : 1)}/s` : missing);
-export const count = (value) => (num(value) ? Math.round(value).toLocaleString("en") : missing);
+const grouped = new Intl.NumberFormat("en", { maximumFractionDigits: 0 });
+export const count = (value) => (num(value) ? grouped.format(value) : missing);
 export const pct = (value, digits = 1) => (num(value) ? `${value.toFixed(digits)} %` : missing);
 export const share = (value) => (num(value) ? `${Math.round(value * 100)} %` : missing);
 export const ms = (value) => (num(value) ? `${fixed(value, value < 10 ? 1 : 0)} ms` : missing);
@@ -35,10 +37,13 @@ function fixed(value, digits) {
   return value.toFixed(digits).replace(/\.0+$/, "");
 }
 
+const two = (n) => (n < 10 ? `0${n}` : String(n));
+
 /** "12:04:05" (local time) of a time in s since the Unix epoch. */
 export function clock(seconds) {
   if (!num(seconds)) return missing;
-  return new Date(seconds * 1000).toLocaleTimeString("en-GB", { hour12: false });
+  const date = new Date(seconds * 1000);
+  return `${two(date.getHours())}:${two(date.getMinutes())}:${two(date.getSeconds())}`;
 }
 
 /** "2 h 5 min", "45 s": how long ago / how long, from a number of seconds. */

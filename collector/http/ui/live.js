@@ -186,6 +186,7 @@ export class Live {
     if (!topic) return;
     const batch = topic.pending;
     if (message.t === "snapshot") {
+      if (topic.epoch === null) performance.mark(`bwmon:snapshot:${topic.name}`);
       topic.state = new Map(Object.entries(message.entities || {}));
       topic.epoch = message.epoch;
       topic.seq = message.seq;

@@ -2,8 +2,8 @@
 // down per kind, loss, jitter, RTT, MOS, quality with its reasons, the path), and its charts
 // (charts.js, loaded when the page mounts; the page works without it).
 //
-// Bitrates per kind are computed here from the streams' byte counters (audio sent, audio
-// received, video sent, video received…) between two publishes of the topic.
+// Bitrates per kind are computed here: a participant's bitrate up (down) split between audio
+// and video as its streams' bytes sent (received) were at their last change.
 
 import * as f from "./format.js";
 import { topicState, shared } from "./context.js";
@@ -17,14 +17,16 @@ const COLUMNS = [
   ["MOS", "num"],
   ["Up", "num"],
   ["Down", "num"],
-  ["Audio ↑ / ↓", "num"],
-  ["Video ↑ / ↓", "num"],
-  ["Loss ↓ / ↑", "num"],
+  ["Audio ↑/↓ bit/s", "num"],
+  ["Video ↑/↓ bit/s", "num"],
+  ["Loss ↓/↑ %", "num"],
   ["Jitter", "num"],
   ["RTT", "num"],
   ["Path", ""],
   ["Reasons", ""],
 ];
+
+const fixed = (value) => (typeof value === "number" ? value.toFixed(1) : "—");
 
 export function mount(main, { id }) {
   const topicName = `meeting:${id}`;
@@ -66,36 +68,44 @@ export function mount(main, { id }) {
   });
 
   const rows = new Map(); // participant id → <tr>
-  const previous = new Map(); // stream id → { bytes, at }
-  const rates = new Map(); // stream id → [audio up, audio down, video up, video down] bit/s
+  const previous = new Map(); // stream id → its last byte counters
+  const mix = new Map(); // stream id → bytes of its last change: [audio ↑, audio ↓, video ↑, video ↓]
 
-  function streamRates(topic, changed) {
+  /** Each changed stream's bytes since its last change (at first, since its boot began). */
+  function streamMix(state, changed) {
     for (const streamId of changed) {
-      const stream = topic.state.get(streamId);
+      const stream = state.get(streamId);
       if (!stream || stream.kind !== "stream" || !Array.isArray(stream.bytes)) continue;
       const last = previous.get(streamId);
-      const at = topic.at;
-      if (last && at > last.at) {
-        const dt = at - last.at;
-        rates.set(streamId, [0, 1, 2, 3].map((k) => Math.max(0, ((stream.bytes[k] - last.bytes[k]) * 8) / dt)));
-      }
-      if (!last || at > last.at) previous.set(streamId, { bytes: stream.bytes.slice(), at });
+      const now = stream.bytes.slice(0, 4);
+      const step = last ? now.map((value, k) => Math.max(0, value - last[k])) : now;
+      if (step.some((value) => value > 0)) mix.set(streamId, step);
+      previous.set(streamId, now);
     }
   }
 
-  function kindRates(state, participant) {
-    let sum = null;
+  /** The participant's bitrates per kind: its total up and down split as its streams' bytes
+   * of audio and video were at their last change ([audio ↑, audio ↓, video ↑, video ↓]). */
+  function kindRates(state, participant, p) {
+    const sum = [0, 0, 0, 0];
+    let seen = false;
     for (const [streamId, stream] of state) {
       if (stream.kind !== "stream" || stream.participant !== participant) continue;
-      const r = rates.get(streamId);
-      if (!r) continue;
-      sum = sum ? sum.map((v, k) => v + r[k]) : r.slice();
+      const step = mix.get(streamId);
+      if (!step) continue;
+      seen = true;
+      for (let k = 0; k < 4; k++) sum[k] += step[k];
     }
-    return sum;
+    if (!seen) return null;
+    const split = (total, audio, video) =>
+      typeof total === "number" && audio + video > 0 ? [(total * audio) / (audio + video), (total * video) / (audio + video)] : [null, null];
+    const [audioUp, videoUp] = split(p.up_bps, sum[0], sum[2]);
+    const [audioDown, videoDown] = split(p.down_bps, sum[1], sum[3]);
+    return [audioUp, audioDown, videoUp, videoDown];
   }
 
   function fill(row, pid, p, state) {
-    const r = kindRates(state, pid);
+    const r = kindRates(state, pid, p);
     const texts = [
       pid,
       null,
@@ -103,15 +113,17 @@ export function mount(main, { id }) {
       f.mos(p.mos),
       f.bps(p.up_bps),
       f.bps(p.down_bps),
-      r ? `${f.bps(r[0])} / ${f.bps(r[1])}` : "—",
-      r ? `${f.bps(r[2])} / ${f.bps(r[3])}` : "—",
-      `${f.pct(p.loss_down_pct)} / ${f.pct(p.loss_up_pct)}`,
+      r ? `${f.rate(r[0])} / ${f.rate(r[1])}` : "—",
+      r ? `${f.rate(r[2])} / ${f.rate(r[3])}` : "—",
+      `${fixed(p.loss_down_pct)} / ${fixed(p.loss_up_pct)}`,
       f.ms(p.jitter_ms),
       f.ms(p.rtt_ms),
-      p.relay ? `${f.path(p.relay)}${p.turn_server ? ` (${p.turn_server})` : ""}` : "—",
+      f.path(p.relay),
       Array.isArray(p.reasons) && p.reasons.length ? p.reasons.join(", ") : "none",
     ];
     const cells = row.children;
+    const server = p.turn_server ? `TURN server ${p.turn_server}` : "";
+    if (cells[11].title !== server) cells[11].title = server;
     for (let c = 0; c < texts.length; c++) {
       if (c === 1) f.setBadge(cells[c].firstChild, p.level);
       else if (cells[c].textContent !== texts[c]) cells[c].textContent = texts[c];
@@ -120,7 +132,7 @@ export function mount(main, { id }) {
 
   function render(topic, batch) {
     const state = topic.state;
-    if (batch) streamRates(topic, batch.full ? state.keys() : batch.changed);
+    if (batch) streamMix(state, batch.full ? state.keys() : batch.changed);
     const people = [];
     for (const [pid, p] of state) if (p.kind === "participant") people.push(pid);
     people.sort();

@@ -60,6 +60,12 @@ const SORTS = {
   started_at: "started_at",
 };
 
+function sameOrder(a, b) {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
 export function mount(main) {
   const root = document.createElement("div");
   root.className = "overview";
@@ -99,6 +105,9 @@ export function mount(main) {
   let sortKey = "quality";
   let sortDesc = false;
   let endedCost = 0;
+  let lastGet = null;
+  let rendered = false;
+  const count = $("#count");
 
   const table = new VirtualTable($(".table-slot"), {
     label: "Live meetings",
@@ -171,13 +180,25 @@ export function mount(main) {
     };
   }
 
-  function rebuild() {
+  /** Filter and sort again; the table repaints every visible row if the order changed, else
+   * only the visible rows among `changed` (a batch's ids). */
+  function rebuild(changed) {
     const state = topicState("meetings");
     const ids = [];
     for (const [id, m] of state) if (matches(id, m)) ids.push(id);
     ids.sort(order(state));
-    table.setRows(ids, (id) => state.get(id));
-    $("#count").textContent = `${ids.length.toLocaleString("en")} of ${state.size.toLocaleString("en")} meetings`;
+    const same = changed && sameOrder(ids, table.ids) && table.get === lastGet;
+    if (same) table.refresh(changed);
+    else {
+      lastGet = (id) => state.get(id);
+      table.setRows(ids, lastGet);
+    }
+    if (ids.length && !rendered) {
+      rendered = true;
+      performance.mark("bwmon:first-render"); // the first meetings drawn (for the benchmarks)
+    }
+    const text = `${f.count(ids.length)} of ${f.count(state.size)} meetings`;
+    if (count.textContent !== text) count.textContent = text;
   }
 
   function summarize() {
@@ -209,7 +230,7 @@ export function mount(main) {
     const most = Math.max(1, ...Object.values(meetings));
     for (const level of f.LEVELS) {
       bars[level].fill.style.width = `${(100 * meetings[level]) / most}%`;
-      bars[level].figure.textContent = `${meetings[level]} meetings · ${participants[level]} people`;
+      bars[level].figure.textContent = `${meetings[level]} meeting${meetings[level] === 1 ? "" : "s"} · ${participants[level]} people`;
     }
   }
 
@@ -225,8 +246,9 @@ export function mount(main) {
       const rows = await apiJson(`/api/export?what=meetings&format=json&start=${Math.floor(midnight / 1000)}`);
       endedCost = rows.reduce((sum, row) => sum + (row.relay_cost || 0), 0);
       summarize();
-    } catch {
-      endedCost = 0; // nothing stored (storage.backend = "none"): the live meetings only
+    } catch (error) {
+      endedCost = 0; // nothing stored: the live meetings only
+      if (error.status === 404) clearInterval(costTimer); // storage.backend = "none"
     }
   }
 
@@ -287,8 +309,8 @@ export function mount(main) {
   summarize();
   alertCount();
   rebuild();
-  loadEndedCost();
   const costTimer = setInterval(loadEndedCost, 120_000);
+  loadEndedCost();
 
   return {
     title: "Overview",
@@ -298,8 +320,7 @@ export function mount(main) {
       if (topic === "alerts") return alertCount();
       if (topic !== "meetings") return;
       summarize();
-      rebuild();
-      if (!batch.full) table.refresh(batch.changed);
+      rebuild(batch.full || batch.removed.size ? null : batch.changed);
     },
     destroy() {
       clearInterval(costTimer);

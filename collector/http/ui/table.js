@@ -64,6 +64,8 @@ export class VirtualTable {
     viewport.setAttribute("role", "grid");
     viewport.setAttribute("aria-label", label || "table");
     viewport.setAttribute("aria-readonly", "true");
+    head.id = `${this.uid}-head`;
+    viewport.setAttribute("aria-owns", head.id); // the header row belongs to the grid
     const spacer = document.createElement("div");
     spacer.className = "vspacer";
     spacer.setAttribute("role", "presentation");
