@@ -76,6 +76,7 @@ TARGET_HEAP_GROWTH = 0.10  # heap at the end within 10 % of the heap after the f
 TARGET_OWN_BYTES = 100_000  # the page's own JS and CSS, minified
 ESBUILD_VERSION = "0.28.2"
 ROW_SAMPLE_S = 5.0
+SETTLE_S = 5.0  # after every meeting is live: the first publishes of 5,000 new meetings
 
 UI_DIR = Path(__file__).resolve().parents[2] / "collector" / "http" / "ui"
 
@@ -171,6 +172,18 @@ async ({ row, shownRow, scroller, defaultOverscan, deadlineMs }) => {
 """
 
 ROWS_JS = "(row) => document.querySelectorAll(row).length"
+
+# What the page shows when a searched meeting's row does not: to say why.
+SEARCH_STATE_JS = """
+({ row, search }) => ({
+  search: document.querySelector(search)?.value,
+  scrollTop: document.querySelector(".vbody")?.scrollTop,
+  rowCount: document.querySelector(".vbody")?.getAttribute("aria-rowcount"),
+  rows: [...document.querySelectorAll(row)]
+    .slice(0, 5)
+    .map((r) => [r.dataset.id, Math.round(r.getBoundingClientRect().top)]),
+})
+"""
 
 # Where the first render's time went, each a time from the navigation's start (ms).
 BREAKDOWN_JS = """
@@ -372,18 +385,23 @@ def emitting(daemon: DaemonProcess, seconds: float, log: Path) -> subprocess.Pop
 
 
 def live_meetings(daemon: DaemonProcess) -> int:
-    meetings: int = daemon.health()["aggregate"]["meetings"]
-    return meetings
+    """The meetings a subscriber's snapshot holds now (the fan-out's state, not only what the
+    daemon aggregates: a new meeting is there after its first publish)."""
+    url = f"http://127.0.0.1:{daemon.http_port}/api/meetings?limit=1"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        total: int = json.load(response)["total"]
+    return total
 
 
 def wait_for_meetings(daemon: DaemonProcess, emit: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 90
     while live_meetings(daemon) < MEETINGS:
         if emit.poll() is not None:
             raise DashboardFailed(f"bwmon emit exited: {log.read_text(errors='replace')[-2000:]}")
         if time.monotonic() > deadline:
-            raise DashboardFailed(f"{live_meetings(daemon)} of {MEETINGS} meetings live after 60 s")
+            raise DashboardFailed(f"{live_meetings(daemon)} of {MEETINGS} meetings live after 90 s")
         time.sleep(0.5)
+    time.sleep(SETTLE_S)
 
 
 def fanout_figures(
@@ -467,9 +485,13 @@ def measure_search(page: Page, meeting: str) -> float:
     field = page.locator(SEARCH).first
     field.fill("")
     field.type(meeting, delay=0)
-    shown = wait_until(
-        page, ROW_SHOWN_JS, {"row": SHOWN_ROW, "meeting": meeting}, 10, "the row found"
-    )
+    try:
+        shown = wait_until(
+            page, ROW_SHOWN_JS, {"row": SHOWN_ROW, "meeting": meeting}, 10, "the row"
+        )
+    except DashboardFailed as exc:
+        state = page.evaluate(SEARCH_STATE_JS, {"row": SHOWN_ROW, "search": SEARCH})
+        raise DashboardFailed(f"{exc}; the page then: {state}") from None
     field.fill("")
     return shown
 
