@@ -67,10 +67,11 @@ slow: $(BUILT)
 	if [ $$rc -eq 5 ]; then echo "make slow: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
 
-# The browser client (clients/browser/): its unit tests under Node's own runner, then the tests
-# that drive the system Chromium (and coturn for TURN relay) against it and a real daemon.
+# The browser client (clients/browser/) and the dashboard's live client: their unit tests under
+# Node's own runner, then the tests that drive the system Chromium (and coturn for TURN relay)
+# against them and a real daemon.
 browser: $(BUILT)
-	node --test --test-reporter=tap clients/browser/test/ > $(VENV)/node-test.tap; rc=$$?; \
+	node --test --test-reporter=tap clients/browser/test/ tests/browser/dashboard/ > $(VENV)/node-test.tap; rc=$$?; \
 	cat $(VENV)/node-test.tap; \
 	if grep -q '^# tests 0$$' $(VENV)/node-test.tap; then echo "make browser: node ran no tests" >&2; exit 1; fi; \
 	exit $$rc

@@ -57,8 +57,10 @@ async function navigate() {
     if (link.dataset.view === next.name) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
+  const first = view === null;
   view = module.mount(main, next.params);
   document.title = `${view.title || "bwmon"} · bwmon`;
+  if (!first && !dialog.open) main.focus({ preventScroll: true }); // where the new view begins
 }
 
 /** Topic batches go to the view that shows; the alerts feed is kept whatever shows. */
@@ -75,6 +77,7 @@ function showStatus({ live, age, message }) {
     return;
   }
   const seconds = Math.round(age);
+  if (dialog.open) message = "Waiting for a read token…";
   banner.textContent = message || (shared.everLive
     ? `Reconnecting… data is ${seconds} s old`
     : "Connecting to the daemon…");

@@ -22,7 +22,6 @@ function si(value, unit) {
 export const bps = (value) => si(value, "bit/s");
 export const rate = (value) => si(value, "").trimEnd(); // "28.0 k", "1.31 M": a column in bit/s
 export const bytesPerS = (value) => si(value, "B/s");
-export const bytes = (value) => si(value, "B");
 export const perS = (value) => (num(value) ? `${fixed(value, value < 10 ? 2 : 1)}/s` : missing);
 const grouped = new Intl.NumberFormat("en", { maximumFractionDigits: 0 });
 export const count = (value) => (num(value) ? grouped.format(value) : missing);
@@ -44,15 +43,6 @@ export function clock(seconds) {
   if (!num(seconds)) return missing;
   const date = new Date(seconds * 1000);
   return `${two(date.getHours())}:${two(date.getMinutes())}:${two(date.getSeconds())}`;
-}
-
-/** "2 h 5 min", "45 s": how long ago / how long, from a number of seconds. */
-export function duration(seconds) {
-  if (!num(seconds)) return missing;
-  const s = Math.max(0, Math.round(seconds));
-  if (s < 60) return `${s} s`;
-  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
-  return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
 }
 
 export function levelOf(value) {

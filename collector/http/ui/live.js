@@ -21,6 +21,7 @@ class Topic {
     this.epoch = null;
     this.seq = null;
     this.at = null; // daemon time of the last state applied
+    this.asked = false; // a subscribe sent after a gap, not answered yet
     this.pending = newBatch();
   }
 }
@@ -107,7 +108,10 @@ export class Live {
       this.refusedOnce = false;
       const value = this.token();
       if (value) ws.send(JSON.stringify({ t: "auth", token: value }));
-      for (const topic of this.topics.values()) ws.send(JSON.stringify(this.subscription(topic)));
+      for (const topic of this.topics.values()) {
+        topic.asked = false;
+        ws.send(JSON.stringify(this.subscription(topic)));
+      }
     };
     ws.onmessage = (event) => {
       this.lastMessage = performance.now();
@@ -188,6 +192,7 @@ export class Live {
     if (message.t === "snapshot") {
       if (topic.epoch === null) performance.mark(`bwmon:snapshot:${topic.name}`);
       topic.state = new Map(Object.entries(message.entities || {}));
+      topic.asked = false;
       topic.epoch = message.epoch;
       topic.seq = message.seq;
       topic.at = message.at;
@@ -198,9 +203,12 @@ export class Live {
     } else if (message.t === "delta") {
       if (message.epoch === topic.epoch && message.seq <= topic.seq) return;
       if (message.epoch !== topic.epoch || message.prev !== topic.seq) {
-        this.send(this.subscription(topic)); // a gap or another epoch: ask from where we are
+        // A gap or another epoch: ask from where we stand, once until the answer comes.
+        if (!topic.asked) this.send(this.subscription(topic));
+        topic.asked = true;
         return;
       }
+      topic.asked = false;
       for (const id of message.removed || []) {
         topic.state.delete(id);
         batch.changed.delete(id);

@@ -132,7 +132,17 @@ export function mount(main, { id }) {
 
   function render(topic, batch) {
     const state = topic.state;
-    if (batch) streamMix(state, batch.full ? state.keys() : batch.changed);
+    if (batch) {
+      if (batch.full) {
+        previous.clear();
+        mix.clear();
+      }
+      for (const gone of batch.removed) {
+        previous.delete(gone);
+        mix.delete(gone);
+      }
+      streamMix(state, batch.full ? state.keys() : batch.changed);
+    }
     const people = [];
     for (const [pid, p] of state) if (p.kind === "participant") people.push(pid);
     people.sort();

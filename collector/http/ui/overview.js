@@ -60,6 +60,14 @@ const SORTS = {
   started_at: "started_at",
 };
 
+// What the overview shows (filters, sort, the focused meeting) survives a visit to another view.
+const saved = {
+  filter: { text: "", in: "meeting", levels: new Set(f.LEVELS), relay: "", alerts: false, members: null },
+  sortKey: "quality",
+  sortDesc: false,
+  focused: undefined,
+};
+
 function sameOrder(a, b) {
   if (a.length !== b.length) return false;
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
@@ -82,7 +90,7 @@ export function mount(main) {
     label.className = "check";
     const box = document.createElement("input");
     box.type = "checkbox";
-    box.checked = true;
+    box.checked = saved.filter.levels.has(level);
     box.value = level;
     label.append(box, f.badge(level));
     levelsBox.append(label);
@@ -101,9 +109,8 @@ export function mount(main) {
     bars[level] = { fill, figure };
   }
 
-  const filter = { text: "", in: "meeting", levels: new Set(f.LEVELS), relay: "", alerts: false, members: null };
-  let sortKey = "quality";
-  let sortDesc = false;
+  const filter = saved.filter;
+  let { sortKey, sortDesc } = saved;
   let endedCost = 0;
   let lastGet = null;
   let rendered = false;
@@ -306,9 +313,18 @@ export function mount(main) {
     rebuild();
   });
 
+  $("#search").value = filter.text;
+  $("#search-in").value = filter.in;
+  if (filter.in !== "meeting") $("#search").placeholder = "exact participant id";
+  $("#relay").value = filter.relay;
+  $("#has-alerts").checked = filter.alerts;
   summarize();
   alertCount();
   rebuild();
+  if (saved.focused !== undefined) {
+    const index = table.ids.indexOf(saved.focused);
+    if (index >= 0) table.focus(index, true);
+  }
   const costTimer = setInterval(loadEndedCost, 120_000);
   loadEndedCost();
 
@@ -323,6 +339,9 @@ export function mount(main) {
       rebuild(batch.full || batch.removed.size ? null : batch.changed);
     },
     destroy() {
+      saved.sortKey = sortKey;
+      saved.sortDesc = sortDesc;
+      saved.focused = table.focusedId();
       clearInterval(costTimer);
       clearTimeout(debounce);
       table.destroy();

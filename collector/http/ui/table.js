@@ -64,6 +64,7 @@ export class VirtualTable {
     viewport.setAttribute("role", "grid");
     viewport.setAttribute("aria-label", label || "table");
     viewport.setAttribute("aria-readonly", "true");
+    viewport.dataset.overscan = String(OVERSCAN); // rows drawn beyond each edge of the view
     head.id = `${this.uid}-head`;
     viewport.setAttribute("aria-owns", head.id); // the header row belongs to the grid
     const spacer = document.createElement("div");
