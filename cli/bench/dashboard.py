@@ -55,6 +55,7 @@ from cli.bench.client import TerserUnavailable, minify
 from cli.bench.harness import (
     NpmUnavailable,
     child,
+    median,
     meets,
     npm_package,
     throwaway_database,
@@ -284,6 +285,9 @@ class DashboardResult(msgspec.Struct):
     size: OwnSize
     target_own_bytes: int
     daemon_fanout: dict[str, Any]  # /healthz at the end: publishes, last publish, loop lag
+    # GET /api/meetings?limit=1 before the page opens, median of 3: the daemon reading the
+    # `meetings` state a snapshot holds (from Redis: every daemon's parts, merged).
+    api_meetings_ms: float
     verdicts: dict[str, bool | None]  # per target: None when it was not measured
     skipped: str | None  # why the page was not measured
     failures: dict[str, str]  # a stage that failed (first_render, scroll, search, soak): why
@@ -415,6 +419,15 @@ def wait_for_meetings(daemon: DaemonProcess, emit: subprocess.Popen[bytes], log:
             raise DashboardFailed(f"{live_meetings(daemon)} of {MEETINGS} meetings live after 90 s")
         time.sleep(0.5)
     time.sleep(SETTLE_S)
+
+
+def api_meetings_ms(daemon: DaemonProcess) -> float:
+    times = []
+    for _ in range(3):
+        began = time.perf_counter()
+        live_meetings(daemon)
+        times.append((time.perf_counter() - began) * 1000)
+    return round(median(times), 1)
 
 
 def fanout_figures(
@@ -623,6 +636,7 @@ def run_dashboard(
             size=size,
             target_own_bytes=TARGET_OWN_BYTES,
             daemon_fanout={},
+            api_meetings_ms=api_meetings_ms(daemon),
             verdicts={},
             skipped=page_answers(url),
             failures={},
@@ -753,7 +767,8 @@ def print_summary(result: DashboardResult) -> None:
     typer.echo(
         f"daemon ({f.get('build')}): {f.get('publishes')} publishes "
         f"({f.get('publishes_per_s')}/s), the last {f.get('last_publish_ms')} ms; event "
-        f"loop lag up to {f.get('loop_lag_max_s')} s; {f.get('alerts_active')} alerts open"
+        f"loop lag up to {f.get('loop_lag_max_s')} s; {f.get('alerts_active')} alerts open; "
+        f"GET /api/meetings?limit=1 took {result.api_meetings_ms} ms before the page opened"
     )
     size = result.size
     if size.minified_bytes is None:
