@@ -17,6 +17,7 @@ import typer
 from cli.bench import aggregate as aggregate_bench
 from cli.bench import all as all_bench
 from cli.bench import client as client_bench
+from cli.bench import dashboard as dashboard_bench
 from cli.bench import fanout as fanout_bench
 from cli.bench import ingest as ingest_bench
 from cli.bench import metrics as metrics_bench
@@ -191,8 +192,29 @@ def middleware(
         result = middleware_bench.run_middleware(quick, node)
     except ImportError as exc:
         typer.echo(f"bwmon bench middleware: {exc} (pip install -e '.[dev]')", err=True)
+@app.command("dashboard")
+def dashboard(
+    as_json: JsonFlag = False,
+    minutes: Annotated[
+        float, typer.Option(min=1, help="the soak under live updates (the heap is read after it)")
+    ] = 5.0,
+    redis_url: Annotated[
+        str, typer.Option(help="a Redis to fan out through (default: a private redis-server)")
+    ] = "",
+    mysql_host: MysqlHost = "127.0.0.1",
+    mysql_port: MysqlPort = 3306,
+    mysql_user: MysqlUser = "root",
+    mysql_password: MysqlPassword = "",
+) -> None:
+    """The dashboard in Chromium with 5,000 live meetings: render, scroll, search, heap, size."""
+    server = mysql_server(mysql_host, mysql_port, mysql_user, mysql_password)
+    try:
+        result = dashboard_bench.run_dashboard(server, redis_url, minutes)
+    except (ChromiumMissing, DaemonFailed, dashboard_bench.DashboardFailed) as exc:
+        typer.echo(f"bwmon bench dashboard: {exc}", err=True)
         raise typer.Exit(1) from None
     if as_json:
         print_json(result)
     else:
         middleware_bench.print_summary(result)
+        dashboard_bench.print_summary(result)

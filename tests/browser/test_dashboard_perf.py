@@ -1,0 +1,52 @@
+"""The dashboard with 5,000 live meetings, in the system Chromium against a real daemon (MariaDB,
+a Redis of its own) fed by ``bwmon emit`` with a delta a second: ``bwmon bench dashboard``'s
+measurements (cli/bench/dashboard.py), each asserted on its target, and printed.
+
+One daemon and one page for the whole run: the minute without long tasks is the first minute
+of the 5-minute soak whose end gives the second heap reading, so the test costs about
+5.5 minutes.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from cli.bench.dashboard import (
+    TARGET_FIRST_RENDER_MS,
+    TARGET_HEAP_GROWTH,
+    TARGET_OWN_BYTES,
+    print_summary,
+    run_dashboard,
+)
+
+pytestmark = [pytest.mark.browser, pytest.mark.e2e]
+
+SERVER = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
+
+
+def test_the_dashboard_meets_its_targets_with_5000_live_meetings(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    result = run_dashboard(SERVER, minutes=5)
+    with capsys.disabled():
+        print()
+        print_summary(result)
+    assert result.skipped is None
+    assert result.meetings == 5_000
+    assert result.first_render_ms is not None
+    assert result.first_render_ms <= TARGET_FIRST_RENDER_MS
+    scroll = result.scroll
+    assert scroll is not None
+    assert scroll.rows_within_bound, scroll
+    assert scroll.reached_end
+    assert scroll.last_row_shown
+    assert scroll.row_count == scroll.last_row_index == 5_000
+    assert result.search_shown_ms is not None
+    soak = result.soak
+    assert soak is not None
+    assert soak.websocket_messages_first_minute >= 10  # live: deltas kept coming
+    assert soak.max_rows_in_dom <= scroll.max_allowed_rows
+    assert soak.longtasks_first_minute == 0, soak
+    assert soak.heap_growth <= TARGET_HEAP_GROWTH, soak
+    assert result.size.minified_bytes is not None, result.size.minify_skipped
+    assert result.size.minified_bytes <= TARGET_OWN_BYTES, result.size.files
