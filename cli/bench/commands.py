@@ -192,6 +192,13 @@ def middleware(
         result = middleware_bench.run_middleware(quick, node)
     except ImportError as exc:
         typer.echo(f"bwmon bench middleware: {exc} (pip install -e '.[dev]')", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        print_json(result)
+    else:
+        middleware_bench.print_summary(result)
+
+
 @app.command("dashboard")
 def dashboard(
     as_json: JsonFlag = False,
@@ -216,5 +223,4 @@ def dashboard(
     if as_json:
         print_json(result)
     else:
-        middleware_bench.print_summary(result)
         dashboard_bench.print_summary(result)
