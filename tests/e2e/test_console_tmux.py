@@ -8,6 +8,7 @@ longer than the pane is a line that wrapped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -15,10 +16,12 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -99,7 +102,11 @@ class Pane:
         env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "TMUX")}
         env["TERM"] = "xterm-256color"
         self.env = env
+        # The shell that runs the command writes its exit status to a file: tmux may mark the
+        # pane dead without ever filling in #{pane_dead_status} (seen with tmux 3.3a).
+        self.status_file = Path(tempfile.mkdtemp(prefix="bwmon-pane-")) / "status"
         line = " ".join(_quote(arg) for arg in command)
+        line = f"{line}; echo $? > {_quote(str(self.status_file))}"
         self._tmux(
             "new-session", "-d", "-s", self.session, "-x", str(width), "-y", str(height), line
         )
@@ -134,20 +141,12 @@ class Pane:
         assert all(len(line) <= self.width for line in lines), lines  # nothing wrapped
         return lines
 
-    def dead(self) -> tuple[bool, int | None]:
-        out = self._tmux(
-            "display-message", "-p", "-t", self.session, "#{pane_dead} #{pane_dead_status}"
-        )
-        dead, _, status = out.strip().partition(" ")
-        return dead == "1", int(status) if status else None
-
     def exit_status(self) -> int | None:
         """The command's exit status once it ended (None: still running after the wait)."""
         deadline = time.monotonic() + WAIT_S
         while time.monotonic() < deadline:
-            dead, status = self.dead()
-            if dead:
-                return status
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                return int(self.status_file.read_text())
             time.sleep(0.1)
         return None
 
@@ -158,6 +157,7 @@ class Pane:
             env=self.env,
             check=False,
         )
+        shutil.rmtree(self.status_file.parent, ignore_errors=True)
 
 
 def _quote(arg: str) -> str:
