@@ -43,7 +43,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -522,7 +522,13 @@ def measure_search(page: Page, meeting: str) -> float:
     return shown
 
 
-def measure_soak(page: Page, cdp: CDPSession, minutes: float, messages: list[float]) -> SoakFigures:
+def measure_soak(
+    page: Page,
+    cdp: CDPSession,
+    minutes: float,
+    messages: list[float],
+    first_minute_over: Callable[[], None] | None = None,
+) -> SoakFigures:
     page.evaluate(f"document.querySelector({json.dumps(SCROLLER)})?.scrollTo(0, 0)")
     browser = page.context.browser
     assert browser is not None
@@ -538,6 +544,8 @@ def measure_soak(page: Page, cdp: CDPSession, minutes: float, messages: list[flo
         if heap_1 is None and elapsed >= LONGTASK_WINDOW_S:
             first_minute = page.evaluate("window.__bench.longtasks.slice()")
             heap_1 = heap_after_gc(cdp)
+            if first_minute_over is not None:
+                first_minute_over()
         if traced_from is None and elapsed >= trace_from_s:
             browser.start_tracing(page=page, categories=TRACE_CATEGORIES)
             traced_from = page.evaluate("performance.now()")
@@ -607,8 +615,13 @@ def some_meeting(daemon: DaemonProcess) -> str:
 
 
 def run_dashboard(
-    server: dict[str, Any], redis_url: str = "", minutes: float = 5.0
+    server: dict[str, Any],
+    redis_url: str = "",
+    minutes: float = 5.0,
+    first_minute_over: Callable[[], None] | None = None,
 ) -> DashboardResult:
+    """The whole benchmark; ``first_minute_over`` is called once the soak's first minute (its
+    long-task window) has been measured, while the page stays live for the heap's reading."""
     size = own_size()
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bwmon-bench-")))
@@ -643,7 +656,7 @@ def run_dashboard(
         )
         started, before = time.monotonic(), daemon.health()
         if result.skipped is None:
-            measure_page(stack, daemon, url, minutes, result)
+            measure_page(stack, daemon, url, minutes, result, first_minute_over)
         result.daemon_fanout = fanout_figures(before, daemon.health(), time.monotonic() - started)
     result.verdicts = verdicts(result)
     return result
@@ -655,6 +668,7 @@ def measure_page(
     url: str,
     minutes: float,
     result: DashboardResult,
+    first_minute_over: Callable[[], None] | None,
 ) -> None:
     browser = stack.enter_context(launch_chromium())
     result.browser = browser.version
@@ -679,7 +693,7 @@ def measure_page(
         result.search_meeting = some_meeting(daemon)
         result.search_shown_ms = round(measure_search(page, result.search_meeting) * 1000, 1)
     with stage(result, "soak"):
-        result.soak = measure_soak(page, cdp, minutes, messages)
+        result.soak = measure_soak(page, cdp, minutes, messages, first_minute_over)
 
 
 @contextlib.contextmanager
