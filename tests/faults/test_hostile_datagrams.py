@@ -104,6 +104,7 @@ def _caught_up(daemon: DaemonProcess, rejected: int, timeout_s: float = 30.0) ->
         time.sleep(0.02)
 
 
+@pytest.mark.alone  # its wall-clock bounds (the loop's longest turn) need the CPUs to itself
 def test_a_hostile_flood_never_holds_the_loop_and_valid_totals_stay_exact(
     tmp_path: Path,
 ) -> None:
