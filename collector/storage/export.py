@@ -221,7 +221,7 @@ _AGO_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 
 
 def parse_time(text: str, now: float | None = None) -> float:
-    """Unix seconds from a number (``1764410400``), ISO 8601 (``2026-11-29T10:00:00Z``; without
+    """Unix seconds from a number, ISO 8601 (``YYYY-MM-DDTHH:MM:SSZ``, an offset or none: without
     an offset it is UTC), ``now``, ``today`` or ``yesterday`` (midnight UTC) or a time before
     now (``-90s``, ``-15m``, ``-1h``, ``-1h30m``, ``-7d``, ``-2w``); ``now`` defaults to the
     clock."""
@@ -261,8 +261,8 @@ def default_time_format(fmt: Format) -> TimeFormat:
 
 
 def iso_time(seconds: float) -> str:
-    """Unix seconds as ISO 8601 in UTC: ``2026-11-29T10:00:00Z``, with milliseconds when the
-    time has a fraction of a second (``2026-11-29T10:00:00.250Z``)."""
+    """Unix seconds as ISO 8601 in UTC, ``YYYY-MM-DDTHH:MM:SSZ``, with milliseconds
+    (``…SS.mmmZ``) when the time has a fraction of a second."""
     moment = datetime.fromtimestamp(seconds, UTC)
     spec = "seconds" if float(seconds).is_integer() else "milliseconds"
     return moment.replace(tzinfo=None).isoformat(timespec=spec) + "Z"

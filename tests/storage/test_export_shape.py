@@ -38,7 +38,7 @@ from tests.storage.test_sinks import SUMMARY, sink
 
 __all__ = ["sink"]
 
-NOW = 1_800_000_000.0 + 3 * 3600 + 25 * 60 + 7.5  # 2027-01-15T11:25:07.5Z
+NOW = parse_time("2027-01-15T11:25:07.5Z")
 
 
 def test_relative_times_count_back_from_now() -> None:
