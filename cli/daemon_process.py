@@ -64,16 +64,20 @@ class DaemonProcess:
         return events
 
     def stop(self, timeout_s: float = 10.0) -> int:
-        """SIGTERM, then wait up to ``timeout_s``; SIGKILL only if it does not exit. Returns
-        the exit status (negative: killed by that signal)."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, timeout_s)
+
+
+def stop_process(process: subprocess.Popen[Any], timeout_s: float) -> int:
+    """SIGTERM, then wait up to ``timeout_s``; SIGKILL only if it does not exit. Returns the
+    exit status (negative: killed by that signal)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
 
 
 def _log_tail(path: Path, lines: int = 20) -> str:

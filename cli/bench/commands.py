@@ -8,10 +8,13 @@ them. The benchmark modules know nothing of typer's options.
 
 from __future__ import annotations
 
+import functools
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
+import msgspec
 import typer
 
 from cli.bench import aggregate as aggregate_bench
@@ -27,6 +30,8 @@ from cli.bench.chromium import ChromiumMissing
 from cli.bench.harness import ClientFailed, print_json
 from cli.daemon_process import DaemonFailed
 from collector.storage.sinks import StorageError
+
+R = TypeVar("R", bound=msgspec.Struct)
 
 app = typer.Typer(help="Benchmarks; each prints JSON with --json.", no_args_is_help=True)
 
@@ -45,6 +50,27 @@ def mysql_server(host: str, port: int, user: str, password: str) -> dict[str, An
     return {"host": host, "port": port, "user": user, "password": password}
 
 
+def report(
+    command: str,
+    run: Callable[[], R],
+    summary: Callable[[R], None],
+    as_json: bool,
+    failures: tuple[type[Exception], ...] = (),
+    hint: str = "",
+) -> None:
+    """Run a benchmark and print its result (JSON with ``--json``, else its summary); one of
+    ``failures`` ends the command with one line and exit status 1."""
+    try:
+        result = run()
+    except failures as exc:
+        typer.echo(f"bwmon bench {command}: {exc}{hint}", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        print_json(result)
+    else:
+        summary(result)
+
+
 @app.command("ingest")
 def ingest(
     as_json: JsonFlag = False,
@@ -52,11 +78,8 @@ def ingest(
 ) -> None:
     """Frames/s over UDP and WebSocket into a real daemon, against the decoder's ceiling."""
     with tempfile.TemporaryDirectory(prefix="bwmon-bench-") as tmp:
-        result = ingest_bench.run_ingest(quick, Path(tmp))
-    if as_json:
-        print_json(result)
-    else:
-        ingest_bench.print_summary(result)
+        run = functools.partial(ingest_bench.run_ingest, quick, Path(tmp))
+        report("ingest", run, ingest_bench.print_summary, as_json)
 
 
 @app.command("aggregate")
@@ -65,11 +88,8 @@ def aggregate(
     quick: QuickFlag = False,
 ) -> None:
     """Frames/s through decode + aggregation on one core, and memory per live RTC stream."""
-    result = aggregate_bench.run_aggregate(quick)
-    if as_json:
-        print_json(result)
-    else:
-        aggregate_bench.print_summary(result)
+    run = functools.partial(aggregate_bench.run_aggregate, quick)
+    report("aggregate", run, aggregate_bench.print_summary, as_json)
 
 
 @app.command("fanout")
@@ -78,15 +98,8 @@ def fanout(
     quick: QuickFlag = False,
 ) -> None:
     """Delta latency and size for 1,000 subscribers of 500 live meetings, and ingest with them."""
-    try:
-        result = fanout_bench.run_fanout(quick)
-    except (ClientFailed, DaemonFailed) as exc:
-        typer.echo(f"bwmon bench fanout: {exc}", err=True)
-        raise typer.Exit(1) from None
-    if as_json:
-        print_json(result)
-    else:
-        fanout_bench.print_summary(result)
+    run = functools.partial(fanout_bench.run_fanout, quick)
+    report("fanout", run, fanout_bench.print_summary, as_json, (ClientFailed, DaemonFailed))
 
 
 @app.command("metrics")
@@ -95,16 +108,9 @@ def metrics(
     quick: QuickFlag = False,
 ) -> None:
     """/metrics with 5,000 live meetings: scrape time, CPU per scrape, cost to ingest."""
-    try:
-        with tempfile.TemporaryDirectory(prefix="bwmon-bench-") as tmp:
-            result = metrics_bench.run_metrics(quick, Path(tmp))
-    except DaemonFailed as exc:
-        typer.echo(f"bwmon bench metrics: {exc}", err=True)
-        raise typer.Exit(1) from None
-    if as_json:
-        print_json(result)
-    else:
-        metrics_bench.print_summary(result)
+    with tempfile.TemporaryDirectory(prefix="bwmon-bench-") as tmp:
+        run = functools.partial(metrics_bench.run_metrics, quick, Path(tmp))
+        report("metrics", run, metrics_bench.print_summary, as_json, (DaemonFailed,))
 
 
 @app.command("all")
@@ -120,11 +126,8 @@ def all_benchmarks(
     server = mysql_server(mysql_host, mysql_port, mysql_user, mysql_password)
     # --quick never installs StatsD (npm takes longer than a smoke run should); it uses an
     # installed one and says why it skipped it otherwise.
-    result = all_bench.run_all(quick, server, install_statsd=not quick)
-    if as_json:
-        print_json(result)
-    else:
-        all_bench.print_table(result)
+    run = functools.partial(all_bench.run_all, quick, server, install_statsd=not quick)
+    report("all", run, all_bench.print_table, as_json)
 
 
 @app.command("storage")
@@ -138,15 +141,8 @@ def storage(
 ) -> None:
     """Statements per table per minute and rows/s of the MySQL and SQLite sinks."""
     server = mysql_server(mysql_host, mysql_port, mysql_user, mysql_password)
-    try:
-        result = storage_bench.run_storage(server, quick)
-    except StorageError as exc:
-        typer.echo(f"bwmon bench storage: {exc}", err=True)
-        raise typer.Exit(1) from None
-    if as_json:
-        print_json(result)
-    else:
-        storage_bench.print_summary(result)
+    run = functools.partial(storage_bench.run_storage, server, quick)
+    report("storage", run, storage_bench.print_summary, as_json, (StorageError,))
 
 
 @app.command("client")
@@ -162,21 +158,11 @@ def client(
 ) -> None:
     """The browser client's cost per tick per peer connection in Chromium, and its size."""
     if size_only:
-        size = client_bench.module_size()
-        if as_json:
-            print_json(size)
-        else:
-            client_bench.print_size(size)
+        report("client", client_bench.module_size, client_bench.print_size, as_json)
         return
-    try:
-        result = client_bench.run_client(quick, connections)
-    except (ChromiumMissing, DaemonFailed, client_bench.PageFailed) as exc:
-        typer.echo(f"bwmon bench client: {exc}", err=True)
-        raise typer.Exit(1) from None
-    if as_json:
-        print_json(result)
-    else:
-        client_bench.print_summary(result)
+    run = functools.partial(client_bench.run_client, quick, connections)
+    failures = (ChromiumMissing, DaemonFailed, client_bench.PageFailed)
+    report("client", run, client_bench.print_summary, as_json, failures)
 
 
 @app.command("middleware")
@@ -188,15 +174,9 @@ def middleware(
     ] = True,
 ) -> None:
     """What the HTTP middleware (ASGI, WSGI, Node) adds per request, beside Prometheus's."""
-    try:
-        result = middleware_bench.run_middleware(quick, node)
-    except ImportError as exc:
-        typer.echo(f"bwmon bench middleware: {exc} (pip install -e '.[dev]')", err=True)
-        raise typer.Exit(1) from None
-    if as_json:
-        print_json(result)
-    else:
-        middleware_bench.print_summary(result)
+    run = functools.partial(middleware_bench.run_middleware, quick, node)
+    hint = " (pip install -e '.[dev]')"
+    report("middleware", run, middleware_bench.print_summary, as_json, (ImportError,), hint)
 
 
 @app.command("dashboard")
@@ -215,12 +195,6 @@ def dashboard(
 ) -> None:
     """The dashboard in Chromium with 5,000 live meetings: render, scroll, search, heap, size."""
     server = mysql_server(mysql_host, mysql_port, mysql_user, mysql_password)
-    try:
-        result = dashboard_bench.run_dashboard(server, redis_url, minutes)
-    except (ChromiumMissing, DaemonFailed, dashboard_bench.DashboardFailed) as exc:
-        typer.echo(f"bwmon bench dashboard: {exc}", err=True)
-        raise typer.Exit(1) from None
-    if as_json:
-        print_json(result)
-    else:
-        dashboard_bench.print_summary(result)
+    run = functools.partial(dashboard_bench.run_dashboard, server, redis_url, minutes)
+    failures = (ChromiumMissing, DaemonFailed, dashboard_bench.DashboardFailed)
+    report("dashboard", run, dashboard_bench.print_summary, as_json, failures)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.client
 import os
 import re
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cli.daemon_process import DaemonProcess, start_daemon
+from cli.daemon_process import DaemonProcess, start_daemon, stop_process
 
 REPOSITORY = Path(__file__).resolve().parents[3]
 EMITTER_INTERVAL_S = 0.2  # the test applications' emitters (flask_site.py, django_site)
@@ -119,14 +118,7 @@ class Gunicorn:
 
     def stop(self, timeout_s: float = 15.0) -> int:
         """SIGTERM (a graceful stop: workers finish, their emitters flush at exit)."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, timeout_s)
 
 
 def wait_for_samples() -> None:
