@@ -461,9 +461,16 @@ def page_answers(url: str) -> str | None:
 # -- the page ---------------------------------------------------------------------------------
 
 
-def heap_after_gc(cdp: CDPSession) -> int:
-    cdp.send("HeapProfiler.collectGarbage")
-    used: int = cdp.send("Runtime.getHeapUsage")["usedSize"]
+def heap_after_gc(cdp: CDPSession, passes: int = 5) -> int:
+    """The JS heap in use after full collections, repeated until a pass frees nothing more
+    (objects freed by a finalizer or a weak reference go only in a later pass)."""
+    used = -1
+    for _ in range(passes):
+        cdp.send("HeapProfiler.collectGarbage")
+        now: int = cdp.send("Runtime.getHeapUsage")["usedSize"]
+        if now == used:
+            break
+        used = now
     return used
 
 
