@@ -23,16 +23,19 @@ a Prometheus instrumentation in its place, in one run (docs/BENCHMARKS.md).
   few milliseconds each.
 - **The emitter is real** (``bwmon_client.Emitter``, its flusher thread started, sending to a
   loopback port every 10 s as by default), as in a server.
-- **Node** (``clients/node/bench/overhead.mjs``, Express against express-prom-bundle): run and
-  reported as it prints its JSON, when Node.js and the script are there, with Express and
-  express-prom-bundle (pinned versions, installed once into the benchmarks' npm cache, never
-  into the repository; ``--quick`` uses them only when they are there) on ``NODE_PATH``; else
-  ``node_skipped`` says why.
+- **Node** (``clients/node/bench/overhead.mjs``, Express against express-prom-bundle, with
+  bwmon-node on the server — ``monitor.instrument(server)`` — and as a middleware, beside an
+  empty middleware): run and reported as it prints its JSON, when Node.js and the script are
+  there, with Express and express-prom-bundle (pinned versions, installed once into the
+  benchmarks' npm cache, never into the repository; ``--quick`` uses them only when they are
+  there) on ``NODE_PATH``; else ``node_skipped`` says why.
 
 Targets: a Python middleware adds at most ``TARGET_ADDED_US`` per request (median), and at
 least ``TARGET_RATIO`` times less than the Prometheus instrumentation of the same framework;
-the Node middleware at most ``TARGET_NODE_ADDED_US``. The frameworks are the dev extra's (they
-are imported when the benchmark runs, so that ``bwmon`` itself does not need them).
+bwmon-node at most ``TARGET_NODE_ADDED_US``, on the server as the README instruments Express
+(``node_added_us``) and as a middleware (``node_middleware_added_us``: each verdict apart). The
+frameworks are the dev extra's (they are imported when the benchmark runs, so that ``bwmon``
+itself does not need them).
 
 What it must never do: report a figure it did not measure.
 """
@@ -115,8 +118,10 @@ class MiddlewareResult(msgspec.Struct):
     trivial_batch: int
     framework_batch: int
     node: dict[str, Any] | None = None  # overhead.mjs's JSON as it printed it
-    node_added_us: float | None = None
+    node_added_us: float | None = None  # bwmon-node on the server (monitor.instrument)
     node_meets_target: bool | None = None
+    node_middleware_added_us: float | None = None  # as an Express middleware
+    node_middleware_meets_target: bool | None = None
     node_skipped: str | None = None
 
 
@@ -399,13 +404,13 @@ def run_node(quick: bool) -> tuple[dict[str, Any] | None, str | None]:
     return figures, None
 
 
-def node_added_us(figures: dict[str, Any]) -> float | None:
-    """The µs the Node middleware adds to an Express request, from overhead.mjs's figures
-    (``{"express": {"bwmon_added_ns": …}}``)."""
+def node_added_us(figures: dict[str, Any], key: str) -> float | None:
+    """The µs ``key`` (``instrument_added_ns``, ``middleware_added_ns``) of overhead.mjs's
+    figures (``{"express": {…}}``) says bwmon-node adds to an Express request."""
     express = figures.get("express")
     if not isinstance(express, dict):
         return None
-    added = express.get("bwmon_added_ns")
+    added = express.get(key)
     return round(added / 1000, 3) if isinstance(added, int | float) else None
 
 
@@ -438,9 +443,14 @@ def run_middleware(quick: bool, node: bool = True) -> MiddlewareResult:
     figures, skipped = run_node(quick)
     result.node, result.node_skipped = figures, skipped
     if figures is not None:
-        result.node_added_us = node_added_us(figures)
+        result.node_added_us = node_added_us(figures, "instrument_added_ns")
         if result.node_added_us is not None:
             result.node_meets_target = result.node_added_us <= TARGET_NODE_ADDED_US
+        result.node_middleware_added_us = node_added_us(figures, "middleware_added_ns")
+        if result.node_middleware_added_us is not None:
+            result.node_middleware_meets_target = (
+                result.node_middleware_added_us <= TARGET_NODE_ADDED_US
+            )
     return result
 
 
@@ -466,15 +476,27 @@ def print_summary(result: MiddlewareResult) -> None:
         typer.echo(line)
     express = result.node.get("express") if result.node is not None else None
     if isinstance(express, dict):
-        added = result.node_added_us
-        verdict = meets(bool(result.node_meets_target)) if added is not None else "n/a"
         us = {key: value / 1000 for key, value in express.items() if isinstance(value, int)}
+        target = result.target_node_added_us
         typer.echo(
-            f"{'express':10} bare {us.get('bare_ns', 0):7.2f}  ours {us.get('bwmon_ns', 0):7.2f} "
-            f"(+{added}, target ≤ {result.target_node_added_us:g}: {verdict})  "
+            f"{'express':10} bare {us.get('bare_ns', 0):7.2f}  empty middleware "
+            f"{us.get('empty_ns', 0):7.2f} (+{us.get('empty_added_ns', 0):.2f})  "
             f"express-prom-bundle {us.get('prom_ns', 0):7.2f} (+{us.get('prom_added_ns', 0):.2f})"
             "  [wall-clock µs, overhead.mjs]"
         )
+        for label, key, added, verdict in (
+            ("instrument", "instrument_ns", result.node_added_us, result.node_meets_target),
+            (
+                "middleware",
+                "middleware_ns",
+                result.node_middleware_added_us,
+                result.node_middleware_meets_target,
+            ),
+        ):
+            typer.echo(
+                f"{'':10} ours, {label} {us.get(key, 0):7.2f} (+{added}, target ≤ {target:g}: "
+                f"{meets(bool(verdict)) if added is not None else 'n/a'})"
+            )
     elif result.node is not None:
         typer.echo(f"node       {json.dumps(result.node)}")
     else:

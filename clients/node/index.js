@@ -31,8 +31,25 @@ export {
 
 // Shared by every copy of this module in a process, so that two copies never count twice.
 const STATE = Symbol.for("bwmon.node.request");
-const ROUTE = Symbol.for("bwmon.node.route");
 const PATCHED = Symbol.for("bwmon.node.patched");
+
+const RES = http.ServerResponse.prototype;
+const REQ = http.IncomingMessage.prototype;
+
+// Where a request's state lives. On a request and a response as the server made them, a
+// symbol-keyed property: the cheapest. Express changes both objects' prototypes before its first
+// middleware runs (`Object.setPrototypeOf(req, app.request)`), and V8 then adds a property to
+// such an object by a slow path (about 2 µs each where `bwmon bench middleware` runs); for those
+// the state goes into a WeakMap, shared by every copy of this module through the prototype.
+if (RES[PATCHED] === undefined) Object.defineProperty(RES, PATCHED, { value: { states: new WeakMap(), routes: new WeakMap(), installed: false } });
+const SHARED = RES[PATCHED];
+const STATES = SHARED.states;
+
+/** The state of a request or response being counted, or undefined. */
+function stateOf(o) {
+  const s = STATES.get(o); // first: a miss costs nothing on an object that has no identity hash
+  return s !== undefined ? s : o[STATE];
+}
 
 class RequestState {
   constructor(monitor, req) {
@@ -79,16 +96,14 @@ function complete(res, s, finished) {
 }
 
 // Installed once per process on the prototypes; a response or request without our state pays
-// one property read.
+// two lookups that miss.
 function patch() {
-  const RES = http.ServerResponse.prototype;
-  const REQ = http.IncomingMessage.prototype;
-  if (RES[PATCHED]) return;
-  Object.defineProperty(RES, PATCHED, { value: true });
+  if (SHARED.installed) return;
+  SHARED.installed = true;
 
   const write = RES.write;
   RES.write = function write_(chunk, encoding, callback) {
-    const s = this[STATE];
+    const s = stateOf(this);
     if (s === undefined || this.writableEnded || this.destroyed) return write.call(this, chunk, encoding, callback);
     const ok = write.call(this, chunk, encoding, callback);
     s.bo += chunkBytes(chunk, encoding);
@@ -96,7 +111,7 @@ function patch() {
   };
   const end = RES.end;
   RES.end = function end_(chunk, encoding, callback) {
-    const s = this[STATE];
+    const s = stateOf(this);
     if (s === undefined || this.writableEnded || this.destroyed || chunk == null || typeof chunk === "function")
       return end.call(this, chunk, encoding, callback);
     const r = end.call(this, chunk, encoding, callback);
@@ -106,7 +121,7 @@ function patch() {
   const resEmit = RES.emit;
   RES.emit = function emit_(event) {
     if (event === "finish" || event === "close") {
-      const s = this[STATE];
+      const s = stateOf(this);
       if (s !== undefined && !s.done) {
         try {
           complete(this, s, event === "finish");
@@ -121,7 +136,7 @@ function patch() {
   const reqEmit = REQ.emit;
   REQ.emit = function emit_(event, chunk) {
     if (event === "data") {
-      const s = this[STATE];
+      const s = stateOf(this);
       if (s !== undefined && !s.done) s.bi += typeof chunk === "string" ? Buffer.byteLength(chunk, this.readableEncoding || "utf8") : chunk?.byteLength || 0;
     }
     return reqEmit.apply(this, arguments);
@@ -134,12 +149,12 @@ function patch() {
     Object.defineProperty(REQ, "route", {
       configurable: true,
       get() {
-        const s = this[STATE];
-        return s === undefined ? this[ROUTE] : s.matched;
+        const s = stateOf(this);
+        return s === undefined ? SHARED.routes.get(this) : s.matched;
       },
       set(route) {
-        const s = this[STATE];
-        if (s === undefined) this[ROUTE] = route;
+        const s = stateOf(this);
+        if (s === undefined) SHARED.routes.set(this, route);
         else {
           s.matched = route;
           s.base = this.baseUrl;
@@ -150,18 +165,25 @@ function patch() {
 }
 
 function begin(monitor, req, res) {
-  if (res[STATE] !== undefined) return res[STATE];
-  const s = new RequestState(monitor, req);
-  res[STATE] = s;
-  req[STATE] = s;
+  let s = stateOf(res);
+  if (s !== undefined) return s;
+  s = new RequestState(monitor, req);
+  if (Object.getPrototypeOf(res) === RES && Object.getPrototypeOf(req) === REQ) {
+    res[STATE] = s;
+    req[STATE] = s;
+  } else {
+    STATES.set(res, s);
+    STATES.set(req, s);
+  }
   return s;
 }
 
 /** Name the route of a request yourself (a bare node:http server, another router): a template
  * such as `/v1/orders/{id}`, never the raw path. */
 export function setRoute(req, template) {
-  const s = req?.[STATE];
-  if (s !== undefined && typeof template === "string") s.route = template;
+  if (req == null || typeof template !== "string") return;
+  const s = stateOf(req);
+  if (s !== undefined) s.route = template;
 }
 
 // One handler per signal for every monitor of the process: a last flush of all, then, when no

@@ -1,19 +1,25 @@
-// What bwmon-node's Express middleware adds to a request, next to express-prom-bundle:
-// `node clients/node/bench/overhead.mjs [--json] [--requests N] [--batch N] [--warmup N]`.
+// What bwmon-node adds to an Express request, next to express-prom-bundle:
+// `node clients/node/bench/overhead.mjs [--json] [--requests N] [--batch N] [--warmup N]
+// [--processes N]`.
 //
 // Each request is an http.IncomingMessage and an http.ServerResponse over a socket that accepts
-// every write at once (no network, no parser), handed to the Express app and awaited until the
-// response's 'finish'. That measures the app and the middleware (including the response's
-// write path and 'finish', which bwmon counts at) without the few tens of µs of loopback TCP
-// whose jitter would hide a 1–3 µs difference. Each request is timed alone, from the call of the
-// app to 'finish', and the median is reported (a median, not a mean: a request the OS preempted
-// for milliseconds moves a mean, not a median).
+// every write at once (no network, no parser), handed to an http.Server's 'request' event (what
+// Node's server does with a parsed request) and awaited until the response's 'finish'. That
+// measures the app and the instrumentation (including the response's write path and 'finish',
+// which bwmon counts at) without the few tens of µs of loopback TCP whose jitter would hide a
+// 1–3 µs difference. Each request is timed alone, from the event to 'finish'; a figure is the
+// median of all the requests of its app (a median, not a mean: a request the OS preempted for
+// milliseconds moves a mean, not a median).
 //
-// Each app runs in a process of its own (bwmon-node patches http.ServerResponse's prototype:
-// the bare app and express-prom-bundle must not run with those patches). The three processes
+// One Express app with a trivial handler, five ways: bare; with an empty middleware (what any
+// middleware costs Express: a layer of its router); with bwmon-node's middleware
+// (`app.use(monitor.express())`); with bwmon-node on the server (`monitor.instrument(server)`, no
+// layer); with express-prom-bundle. Each app runs in processes of its own (bwmon-node patches
+// http.ServerResponse's prototype, which the others must not carry), `--processes` of them per
+// app (3): one process's JIT and heap layout can sit a microsecond off another's. The processes
 // take turns by batches of `--batch` requests (a few ms each), so that a change of the machine's
-// load touches all three alike; each app's figure is the median of all its requests' times.
-// Express and express-prom-bundle come from NODE_PATH (as `bwmon bench middleware` sets it).
+// load touches all alike. Express and express-prom-bundle come from NODE_PATH (as
+// `bwmon bench middleware` sets it).
 
 import { createRequire } from "node:module";
 import http from "node:http";
@@ -32,6 +38,7 @@ const asJson = args.includes("--json");
 const REQUESTS = option("--requests", 20000);
 const BATCH = option("--batch", 250);
 const WARMUP = option("--warmup", 3000);
+const PROCESSES = option("--processes", 3);
 const VARIANT = args.includes("--variant") ? args[args.indexOf("--variant") + 1] : null;
 
 const require = createRequire(import.meta.url);
@@ -45,16 +52,19 @@ try {
 }
 
 const monitor =
-  VARIANT === "bwmon"
+  VARIANT === "middleware" || VARIANT === "instrument"
     ? (await import("../index.js")).createMonitor({ service: "bench", port: 9, intervalMs: 3600e3, exitFlush: false })
     : null;
 
-function makeApp(kind) {
+/** The server whose 'request' event gets every request of the `kind` app. */
+function makeServer(kind) {
   const app = express();
-  if (kind === "bwmon") app.use(monitor.express());
+  if (kind === "empty") app.use((req, res, next) => next());
+  if (kind === "middleware") app.use(monitor.express());
   if (kind === "prom") app.use(promBundle({ includeMethod: true, includePath: true, autoregister: false }));
   app.get("/items/:id", (req, res) => res.send("ok"));
-  return app;
+  const server = http.createServer(app);
+  return kind === "instrument" ? monitor.instrument(server) : server;
 }
 
 class NullSocket extends Duplex {
@@ -69,7 +79,7 @@ class NullSocket extends Duplex {
 
 const socket = new NullSocket();
 
-function one(app) {
+function one(server) {
   return new Promise((resolve) => {
     const req = new http.IncomingMessage(socket);
     req.method = "GET";
@@ -89,7 +99,7 @@ function one(app) {
       resolve(Number(ns));
     });
     t0 = process.hrtime.bigint();
-    app(req, res);
+    server.emit("request", req, res);
   });
 }
 
@@ -99,17 +109,17 @@ const median = (xs) => {
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 };
 
-const kinds = ["bare", "bwmon", "prom"];
+const kinds = ["bare", "empty", "middleware", "instrument", "prom"];
 const signed = (n) => (n < 0 ? `${n}` : `+${n}`);
 
 if (VARIANT !== null) {
   // A child: one app; on each message, a batch of requests, answered with their times (ns).
-  const app = makeApp(VARIANT);
-  for (let i = 0; i < WARMUP; i++) await one(app); // JIT, first allocations
+  const server = makeServer(VARIANT);
+  for (let i = 0; i < WARMUP; i++) await one(server); // JIT, first allocations
   let served = 0;
   process.on("message", async (n) => {
     const times = [];
-    for (let i = 0; i < n; i++) times.push(await one(app));
+    for (let i = 0; i < n; i++) times.push(await one(server));
     served += n;
     if (monitor !== null && monitor.stats.requests !== served + WARMUP) throw new Error("bwmon did not count every request");
     process.send(times);
@@ -117,43 +127,58 @@ if (VARIANT !== null) {
   process.send("ready");
 } else {
   const self = fileURLToPath(import.meta.url);
-  const children = Object.fromEntries(kinds.map((k) => [k, fork(self, ["--variant", k, "--warmup", String(WARMUP)], { stdio: ["ignore", "inherit", "inherit", "ipc"] })]));
-  await Promise.all(Object.values(children).map((c) => once(c, "message")));
+  const workers = kinds.flatMap((kind) =>
+    Array.from({ length: PROCESSES }, () => ({
+      kind,
+      child: fork(self, ["--variant", kind, "--warmup", String(WARMUP)], { stdio: ["ignore", "inherit", "inherit", "ipc"] }),
+    })),
+  );
+  await Promise.all(workers.map((w) => once(w.child, "message")));
   const times = Object.fromEntries(kinds.map((k) => [k, []]));
   for (let done = 0, r = 0; done < REQUESTS; done += BATCH, r++) {
-    for (let j = 0; j < kinds.length; j++) {
-      const k = kinds[(r + j) % kinds.length]; // no app always after the same one
-      children[k].send(BATCH);
-      const [batch] = await once(children[k], "message");
-      times[k].push(...batch);
+    for (let j = 0; j < workers.length; j++) {
+      const w = workers[(r + j) % workers.length]; // no app always after the same one
+      w.child.send(BATCH);
+      const [batch] = await once(w.child, "message");
+      times[w.kind].push(...batch);
     }
   }
-  for (const c of Object.values(children)) c.kill();
+  for (const w of workers) w.child.kill();
   report(times);
 }
 
 function report(times) {
   const ns = Object.fromEntries(kinds.map((k) => [k, Math.round(median(times[k]))]));
+  const added = (k) => ns[k] - ns.bare;
   const result = {
     express: {
       bare_ns: ns.bare,
-      bwmon_ns: ns.bwmon,
+      empty_ns: ns.empty,
+      middleware_ns: ns.middleware,
+      instrument_ns: ns.instrument,
       prom_ns: ns.prom,
-      bwmon_added_ns: ns.bwmon - ns.bare,
-      prom_added_ns: ns.prom - ns.bare,
+      empty_added_ns: added("empty"),
+      middleware_added_ns: added("middleware"),
+      instrument_added_ns: added("instrument"),
+      prom_added_ns: added("prom"),
       target_added_ns: TARGET_ADDED_NS,
+      requests: times.bare.length,
+      processes: PROCESSES,
     },
   };
   if (asJson) {
     process.stdout.write(JSON.stringify(result) + "\n");
   } else {
     const e = result.express;
+    const verdict = (n) => `(target ≤ +${TARGET_ADDED_NS} ns: ${n <= TARGET_ADDED_NS ? "meets" : "MISSES"})`;
     const rows = [
       ["Express, trivial handler", `${e.bare_ns} ns`, ""],
-      ["  + bwmon-node", `${e.bwmon_ns} ns`, `${signed(e.bwmon_added_ns)} ns (target ≤ +${TARGET_ADDED_NS} ns)`],
+      ["  + an empty middleware", `${e.empty_ns} ns`, `${signed(e.empty_added_ns)} ns`],
+      ["  + bwmon-node, instrument", `${e.instrument_ns} ns`, `${signed(e.instrument_added_ns)} ns ${verdict(e.instrument_added_ns)}`],
+      ["  + bwmon-node, middleware", `${e.middleware_ns} ns`, `${signed(e.middleware_added_ns)} ns ${verdict(e.middleware_added_ns)}`],
       ["  + express-prom-bundle", `${e.prom_ns} ns`, `${signed(e.prom_added_ns)} ns`],
     ];
-    process.stdout.write(`median of ${times.bare.length} requests per app, node ${process.version}\n`);
+    process.stdout.write(`median of ${e.requests} requests per app in ${e.processes} processes, node ${process.version}\n`);
     for (const [a, b, c] of rows) process.stdout.write(`${a.padEnd(28)}${b.padStart(10)}  ${c}\n`);
   }
 }

@@ -227,6 +227,44 @@ test("instrument(server) counts a server's requests whatever its listeners; writ
   server.close();
 });
 
+// Express changes the prototypes of the request and the response before its first middleware;
+// the state of such a request is kept beside it, not added to it (V8's slow path), and every
+// count is the same as on objects as the server made them.
+test("a request whose prototypes a framework changed is counted without a property added to it", async (t) => {
+  const m = monitor();
+  const STATE = Symbol.for("bwmon.node.request");
+  const reqProto = Object.create(http.IncomingMessage.prototype);
+  const resProto = Object.create(http.ServerResponse.prototype);
+  const own = [];
+  const middleware = m.express();
+  const route = { path: "/items/:id" };
+  const server = http.createServer((req, res) => {
+    Object.setPrototypeOf(req, reqProto);
+    Object.setPrototypeOf(res, resProto);
+    req.baseUrl = "/api";
+    middleware(req, res, () => {
+      req.route = route; // what Express's router does on a match
+      assert.equal(req.route, route);
+      own.push(Object.hasOwn(req, STATE) || Object.hasOwn(res, STATE));
+      let body = "";
+      req.setEncoding("utf8");
+      req.on("data", (c) => (body += c));
+      req.on("end", () => res.end(`echo ${body}`));
+    });
+  });
+  t.after(() => server.close());
+  const port = await listen(server);
+  const got = await request(port, { method: "POST", body: "0123456789" });
+  await counted(m, 1);
+  assert.deepEqual(own, [false]);
+  const f = streams(m)["/api/items/:id POST"];
+  assert.equal(f.req, 1);
+  assert.deepEqual(f.st, [0, 1, 0, 0, 0]);
+  assert.equal(f.bi, 10);
+  assert.equal(f.bo, got.bytes);
+  assert.equal(got.bytes, "echo 0123456789".length);
+});
+
 test("100 concurrent requests of different sizes give exact per-route totals", async () => {
   const m = monitor();
   const server = http.createServer(

@@ -277,15 +277,17 @@ def test_the_overhead_benchmark_prints_its_figures() -> None:
         check=True,
     )
     figures = json.loads(result.stdout)["express"]
+    apps = ("empty", "middleware", "instrument", "prom")
     assert set(figures) == {
         "bare_ns",
-        "bwmon_ns",
-        "prom_ns",
-        "bwmon_added_ns",
-        "prom_added_ns",
+        *(f"{app}_ns" for app in apps),
+        *(f"{app}_added_ns" for app in apps),
         "target_added_ns",
+        "requests",
+        "processes",
     }
     assert figures["target_added_ns"] == 3000
+    assert (figures["requests"], figures["processes"]) == (600 * 3, 3)
     assert 0 < figures["bare_ns"] < 10_000_000
-    assert figures["bwmon_added_ns"] == figures["bwmon_ns"] - figures["bare_ns"]
-    assert figures["prom_added_ns"] == figures["prom_ns"] - figures["bare_ns"]
+    for app in apps:
+        assert figures[f"{app}_added_ns"] == figures[f"{app}_ns"] - figures["bare_ns"], app
