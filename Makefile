@@ -11,6 +11,8 @@ STAMP := $(VENV)/.installed
 # What the hot path's build depends on: the compiled modules' sources (protocol/build.py).
 COMPILED_SOURCES := setup.py protocol/build.py $(shell $(PYTHON) -c 'import runpy; \
 	print(*(m.replace(".", "/") + ".py" for m in runpy.run_path("protocol/build.py")["COMPILED_MODULES"]))')
+# The Python client's WSGI middleware, compiled the same way in place (clients/python/setup.py).
+CLIENT_COMPILED := clients/python/setup.py clients/python/bwmon_client/wsgi.py
 BUILT := $(VENV)/.built-$(if $(filter 1,$(BWMON_PURE)),pure,compiled)
 
 .PHONY: serve test test-pure faults slow browser soak clients lint lock clean compiled pure
@@ -29,14 +31,16 @@ $(STAMP): pyproject.toml requirements.lock clients/python/pyproject.toml
 # setup.py says which build it made, and why it is pure when it is (also in /healthz). Its
 # record, protocol/_built.py, newer than a stamp: a build made by hand since (pip install -e .).
 RECORD := $(wildcard protocol/_built.py)
-$(VENV)/.built-compiled: $(STAMP) $(COMPILED_SOURCES) $(RECORD)
+$(VENV)/.built-compiled: $(STAMP) $(COMPILED_SOURCES) $(CLIENT_COMPILED) $(RECORD)
 	rm -f $(VENV)/.built-pure
 	$(BIN)/python setup.py --quiet build_ext --inplace
+	cd clients/python && ../../$(BIN)/python setup.py --quiet build_ext --inplace
 	touch $@
 
 $(VENV)/.built-pure: $(STAMP) $(RECORD)
 	rm -f $(VENV)/.built-compiled
 	BWMON_PURE=1 $(BIN)/python setup.py --quiet build_ext --inplace
+	cd clients/python && BWMON_PURE=1 ../../$(BIN)/python setup.py --quiet build_ext --inplace
 	touch $@
 
 serve: $(BUILT)
@@ -125,5 +129,5 @@ compiled pure:
 	$(MAKE) --no-print-directory $(VENV)/.built-$@
 
 clean:
-	rm -rf build $(VENV) .mypy_cache .ruff_cache .hypothesis protocol/_built.py
-	find collector protocol -name '*.so' -delete
+	rm -rf build clients/python/build $(VENV) .mypy_cache .ruff_cache .hypothesis protocol/_built.py
+	find collector protocol clients/python -name '*.so' -delete

@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from importlib.machinery import EXTENSION_SUFFIXES
+from pathlib import Path
 
 import pytest
 
 from protocol.build import stale_message, stale_sources
 from tests.helpers import scratch_database
 
+# The Python client's module compiled in place (clients/python/setup.py).
+CLIENT_COMPILED = Path(__file__).parents[1] / "clients" / "python" / "bwmon_client" / "wsgi.py"
+
+
+def stale_client() -> list[Path]:
+    """The client's compiled source, if an extension beside it is older than it."""
+    source = CLIENT_COMPILED
+    extensions = [source.with_name(source.stem + suffix) for suffix in EXTENSION_SUFFIXES]
+    built = [path.stat().st_mtime for path in extensions if path.exists()]
+    return [source] if built and min(built) < source.stat().st_mtime else []
+
 
 def pytest_configure(config: pytest.Config) -> None:
     # In a checkout, Python imports a compiled module's extension before its source: tests of
     # an edited source must not run the extension of the one before (protocol/build.py).
-    if stale := stale_sources():
+    if stale := stale_sources() + stale_client():
         raise pytest.UsageError(stale_message(stale))
 
 

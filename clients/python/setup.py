@@ -13,15 +13,33 @@ are installed), so the build:
 
 An sdist carries the renamed files, so a wheel builds from it without the repository. In a
 checkout (the daemon's venv, tests, mypy) nothing is renamed: ``protocol`` is the repository's.
+
+The WSGI middleware (``bwmon_client/wsgi.py``: it runs in every request of a WSGI application)
+is compiled with mypyc into a C extension when mypyc (a build requirement) and a C compiler with
+Python's headers are there, from the same source: a framework's request leaves the CPU's caches
+cold, and compiled code touches far less of them than the interpreter running the same code
+(``bwmon bench middleware``). Without them, when compiling fails, or with ``BWMON_PURE=1``, it
+is pure Python: the same behaviour, slower. wsgi.py imports nothing of ``protocol``, so the
+same file compiles in a checkout (``setup.py build_ext --inplace``: ``make`` does) and in a
+wheel.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib.util
+import os
 import re
+import shlex
+import shutil
+import sys
+import sysconfig
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
+from typing import Any
 
 from setuptools import setup
+from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 from setuptools.command.sdist import sdist
 
@@ -121,10 +139,92 @@ class SdistWithProtocol(sdist):
         write_package(Path(base_dir))
 
 
+# Compiled when it can be (the module docstring says why); relative to this file's directory,
+# where setuptools runs it.
+COMPILED = (f"{PACKAGE}/wsgi.py",)
+
+
+def why_pure() -> str | None:
+    """Why the middleware cannot be compiled here, before trying: None if it can be tried."""
+    if os.environ.get("BWMON_PURE") == "1":
+        return "BWMON_PURE=1"
+    if importlib.util.find_spec("mypyc") is None:
+        return "mypyc is not installed (it comes with mypy, a build requirement)"
+    compiler = os.environ.get("CC") or sysconfig.get_config_var("CC")
+    if compiler and shutil.which(shlex.split(compiler)[0]) is None:
+        return f"no C compiler ({compiler} not found)"
+    if not Path(sysconfig.get_paths()["include"], "Python.h").is_file():
+        return "no Python headers (Python.h; a python3-dev package has them)"
+    return None
+
+
+def extension_files(root: Path) -> list[Path]:
+    """The C extensions of the compiled modules under ``root``: each module's and the library
+    mypyc puts beside it (``<module>__mypyc``)."""
+    stems = [root / path.removesuffix(".py") for path in COMPILED]
+    stems += [stem.with_name(stem.name + "__mypyc") for stem in stems]
+    return [
+        path
+        for stem in stems
+        for suffix in EXTENSION_SUFFIXES
+        if (path := stem.with_name(stem.name + suffix)).exists()
+    ]
+
+
+def said(made: str, reason: str | None) -> None:
+    print(f"bwmon-client: the {made} build" + (f" ({reason})" if reason else ""), file=sys.stderr)
+
+
+class BuildExtensions(build_ext):
+    """Compile, or fall back to pure Python when compiling fails. A pure build in place removes
+    the extensions an earlier one left beside the sources (Python would import them first)."""
+
+    def run(self) -> None:
+        if not self.extensions:
+            if self.inplace:
+                for path in extension_files(HERE):
+                    path.unlink()
+            said("pure", PURE_REASON)
+            return
+        try:
+            super().run()
+        except Exception as exc:  # the compiler's error, already printed above
+            for output in self.get_outputs():
+                Path(output).unlink(missing_ok=True)
+            said("pure", f"compiling failed: {str(exc)[:200]}")
+            return
+        said("compiled", None)
+
+
+def extensions() -> list[Any]:
+    global PURE_REASON
+    if PURE_REASON is not None:
+        return []
+    from mypyc.build import mypycify
+
+    # Only wsgi.py is compiled; what it imports is read for types, never checked here (mypy
+    # checks the whole client in the repository).
+    try:
+        return list(mypycify(["--ignore-missing-imports", "--follow-imports=silent", *COMPILED]))
+    except Exception as exc:  # mypyc refused the source: pure
+        PURE_REASON = f"mypyc failed: {str(exc)[:200]}"
+        return []
+
+
+PURE_REASON = why_pure()
+
 # From the repository the build writes bwmon_client/_protocol/ itself (build_py); from an sdist
 # it is a package of the tree.
 packages = [PACKAGE]
 if (HERE / PACKAGE / VENDORED).is_dir():
     packages.append(f"{PACKAGE}.{VENDORED}")
 
-setup(packages=packages, cmdclass={"build_py": BuildWithProtocol, "sdist": SdistWithProtocol})
+setup(
+    packages=packages,
+    ext_modules=extensions(),
+    cmdclass={
+        "build_py": BuildWithProtocol,
+        "build_ext": BuildExtensions,
+        "sdist": SdistWithProtocol,
+    },
+)

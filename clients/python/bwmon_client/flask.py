@@ -2,16 +2,16 @@
 
 It wraps ``app.wsgi_app`` in ``BwmonWSGIMiddleware`` (bwmon_client.wsgi says what is counted)
 and names each request's route with the rule Flask matched (``request.url_rule.rule``, e.g.
-``/orders/<int:order_id>``): ``app.request_class`` becomes a subclass of itself whose
-``url_rule``, when Flask sets it, also goes into the WSGI environ, where the middleware reads it
-once the response has ended. Flask's own matching is the only one; a request no rule matched
-(404, 405) has no rule and counts under ``<unmatched>``.
+``/orders/<int:order_id>``), read when Flask starts the response from the request object
+werkzeug keeps in the WSGI environ (``environ["werkzeug.request"]``: every werkzeug request
+puts itself there when it is made, and Flask takes it out when it pops the request context).
+Flask's own matching is the only one; a request no rule matched (404, 405) has no rule and
+counts under ``<unmatched>``.
 
-Why not a ``teardown_request`` function: it would do the same work on every request through
-Flask's hook machinery and two context-local lookups, about as much again as the middleware
-itself (``bwmon bench middleware``); setting an attribute costs one call. Set a custom
-``request_class`` before calling ``instrument``: one set after it replaces the subclass, and
-every request then counts under ``<unmatched>``.
+Why not a ``teardown_request`` function or a request class of our own: either does work on
+every request inside Flask (its hook machinery and context-local lookups, or a Python property
+that Flask reads several times per request); reading one attribute after the response costs
+less (``bwmon bench middleware``), and an application's own ``request_class`` stays as it is.
 
 Never matches a URL itself, never raises into a request.
 """
@@ -22,39 +22,23 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 
-from bwmon_client.wsgi import ROUTE_KEY, BwmonWSGIMiddleware
+from bwmon_client.wsgi import BwmonWSGIMiddleware, route_of
 
 if TYPE_CHECKING:
     from bwmon_client import Emitter
 
-__all__ = ["instrument"]
-
-_RULE = "_bwmon_url_rule"
+__all__ = ["instrument", "matched_rule"]
 
 
-def _routed(base: type[Any]) -> type[Any]:
-    """``base`` (a Flask request class) with a ``url_rule`` that names the route."""
-    if getattr(base, "_bwmon_routed", False):
-        return base
-
-    def get_rule(self: Any) -> Any:
-        return self.__dict__.get(_RULE)
-
-    def set_rule(self: Any, rule: Any) -> None:
-        self.__dict__[_RULE] = rule
-        if rule is not None:
-            try:
-                self.environ[ROUTE_KEY] = rule.rule
-            except Exception:  # counting must never fail a request
-                return
-
-    namespace = {
-        "url_rule": property(get_rule, set_rule),
-        "_bwmon_routed": True,
-        "__doc__": base.__doc__,
-        "__module__": base.__module__,
-    }
-    return type(base.__name__, (base,), namespace)
+def matched_rule(environ: dict[str, Any]) -> str | None:
+    """The rule Flask matched for the request of ``environ`` (None: none matched), or a route
+    the application put in ``environ["bwmon.route"]`` itself."""
+    request = environ.get("werkzeug.request")
+    rule = getattr(request, "url_rule", None)
+    if rule is None:
+        return route_of(environ)
+    template = rule.rule
+    return template if isinstance(template, str) else None
 
 
 def instrument(app: Flask, emitter: Emitter | None = None, service: str | None = None) -> Flask:
@@ -63,7 +47,5 @@ def instrument(app: Flask, emitter: Emitter | None = None, service: str | None =
     returned as it is (its requests are not counted twice)."""
     if isinstance(app.wsgi_app, BwmonWSGIMiddleware):
         return app
-    middleware = BwmonWSGIMiddleware(app.wsgi_app, emitter, service)
-    app.request_class = _routed(app.request_class)
-    app.wsgi_app = middleware  # type: ignore[method-assign]
+    app.wsgi_app = BwmonWSGIMiddleware(app.wsgi_app, emitter, service, matched_rule)  # type: ignore[method-assign]
     return app

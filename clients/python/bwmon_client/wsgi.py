@@ -5,7 +5,9 @@ last byte, per route and method, recorded into a ``bwmon_client.Emitter``.
 is counted, the same for every client):
 
 - **Bytes in**: what the application reads of ``wsgi.input`` (``read``, ``readline``,
-  ``readlines``, ``readinto``, iteration), never ``Content-Length``.
+  ``readlines``, ``readinto``, iteration), never ``Content-Length``; a request with neither a
+  ``Content-Length`` (other than 0) nor a ``Transfer-Encoding`` has no body: its input is left
+  as it is and counts 0.
 - **Bytes out**: every chunk of the returned iterable that the server took (a chunk counts once
   the server asks for the next one, or the iterable ends), and every call of the legacy
   ``write()`` callable that returned. A response of the server's ``wsgi.file_wrapper`` over a
@@ -23,9 +25,11 @@ is counted, the same for every client):
   ``write()`` that raised) counts with no status class (PROTOCOL.md §4.4). A
   ``BaseException`` that is not an ``Exception`` (a worker's timeout abort) counts with no
   status class too: no response was sent.
-- **Route**: ``environ["bwmon.route"]`` when the request is recorded, which an adapter
-  (``bwmon_client.flask``, ``bwmon_client.django``) or the application sets to the route
-  template the framework resolved (or what the ``route`` function given returns);
+- **Route**: ``environ["bwmon.route"]``, which an adapter (``bwmon_client.django``) or the
+  application sets to the route template the framework resolved, or what the ``route``
+  function given returns (``bwmon_client.flask``'s reads the rule Flask matched); read when the
+  application calls ``start_response`` (the framework has resolved the route, and its request
+  objects are still alive) and, if there was none then, when the request is recorded;
   ``<unmatched>`` when absent. Never matched here.
 
 All per-request state lives in the request's own objects, never on the middleware. Nothing on
@@ -40,7 +44,6 @@ import io
 import os
 from collections.abc import Callable, Iterable, Iterator
 from time import perf_counter
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -51,7 +54,6 @@ ROUTE_KEY = "bwmon.route"
 
 _NO_BODY_STATUSES = frozenset((204, 304))
 
-ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 Write = Callable[[bytes], object]
 StartResponse = Callable[..., Write]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -77,9 +79,10 @@ def route_of(environ: dict[str, Any]) -> str | None:
 
 class BwmonWSGIMiddleware:
     """Count every request of ``app`` into ``emitter`` (default: the process's,
-    ``bwmon_client.emitter(service)``). ``route``: a function of the environ, called when the
-    request is recorded, that returns the route template the framework resolved (None: no
-    route matched); by default ``environ["bwmon.route"]``."""
+    ``bwmon_client.emitter(service)``). ``route``: a function of the environ that returns the
+    route template the framework resolved (None: no route matched), called when the
+    application calls ``start_response`` and, if it returned None, again when the request is
+    recorded; by default ``environ["bwmon.route"]``."""
 
     __slots__ = ("_record", "app", "emitter", "route")
 
@@ -103,7 +106,11 @@ class BwmonWSGIMiddleware:
         exchange = _Exchange(environ, start_response, self._record, self.route)
         stream = environ.get("wsgi.input")
         if stream is not None:
-            environ["wsgi.input"] = exchange.input = _CountedInput(stream)
+            # A request with neither a Content-Length (other than 0) nor a Transfer-Encoding
+            # has no body (RFC 9112 §6.3): its input gives nothing, so nothing to count.
+            length = environ.get("CONTENT_LENGTH")
+            if (length and length != "0") or "HTTP_TRANSFER_ENCODING" in environ:
+                environ["wsgi.input"] = exchange.input = _CountedInput(stream)
         file_wrapper = environ.get("wsgi.file_wrapper")
         if file_wrapper is not None and not isinstance(file_wrapper, type):
             # A function (uWSGI's): the server knows its file by identity, so note what it
@@ -119,6 +126,12 @@ class BwmonWSGIMiddleware:
             exchange.finish(None, exchange.written)
             raise
         try:
+            if file_wrapper is None or (
+                isinstance(file_wrapper, type)
+                and (type(body) is list or not isinstance(body, file_wrapper))
+            ):
+                exchange._body = body  # no file of the server's: iterated
+                return exchange
             return exchange.respond(body)
         except Exception:  # a body object that fails an attribute lookup: served, not counted
             return body
@@ -133,26 +146,26 @@ class _CountedInput:
         self._stream = stream
         self.count = 0
 
-    def read(self, *args: Any) -> bytes:
-        data: bytes = self._stream.read(*args)
+    def read(self, *args: Any) -> Any:
+        data = self._stream.read(*args)
         self.count += len(data)
         return data
 
-    def readline(self, *args: Any) -> bytes:
-        line: bytes = self._stream.readline(*args)
+    def readline(self, *args: Any) -> Any:
+        line = self._stream.readline(*args)
         self.count += len(line)
         return line
 
-    def readlines(self, *args: Any) -> list[bytes]:
-        lines: list[bytes] = self._stream.readlines(*args)
+    def readlines(self, *args: Any) -> Any:
+        lines = self._stream.readlines(*args)
         self.count += sum(map(len, lines))
         return lines
 
-    def readinto(self, buffer: Any) -> int | None:
+    def readinto(self, buffer: Any) -> Any:
         readinto = getattr(self._stream, "readinto", None)
         if readinto is None:  # PEP 3333 asks only for read: a reader that has readinto gets one
-            data: bytes = self._stream.read(len(buffer))
-            n: int | None = len(data)
+            data = self._stream.read(len(buffer))
+            n: Any = len(data)
             memoryview(buffer).cast("B")[: len(data)] = data
         else:
             n = readinto(buffer)
@@ -160,7 +173,7 @@ class _CountedInput:
             self.count += n
         return n
 
-    def __iter__(self) -> Iterator[bytes]:
+    def __iter__(self) -> Iterator[Any]:
         for line in self._stream:
             self.count += len(line)
             yield line
@@ -183,6 +196,7 @@ class _Exchange:
         "_record",
         "_recorded",
         "_route",
+        "_route_name",
         "_sent",
         "_server_file_wrapper",
         "_server_start_response",
@@ -206,8 +220,11 @@ class _Exchange:
         self._server_start_response = start_response
         self._record = record
         self._route = route
-        self._status: str | None = None
-        self._headers: list[tuple[str, str]] = []
+        self._route_name: str | None = None
+        # What the application gave start_response, kept as given: nothing here checks its
+        # types (the server does).
+        self._status: Any = None
+        self._headers: Any = []
         self._server_write: Write | None = None
         self._body: Iterable[bytes] = ()
         self._server_file_wrapper: Callable[..., Any] | None = None
@@ -219,18 +236,23 @@ class _Exchange:
 
     # -- what the application calls ----------------------------------------------------------
 
-    def start_response(
-        self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
-    ) -> Write:
+    def start_response(self, status: Any, headers: Any, exc_info: Any = None) -> Write:
         # The server's first: when it refuses (a bad status, headers already sent with
         # exc_info), the application sees its exception and nothing here changes.
         write = self._server_start_response(status, headers, exc_info)
         self._status = status
         self._headers = headers
         self._server_write = write
+        # Named now, while the framework's request objects are alive (Flask's goes from the
+        # environ once its context is popped, before the body is sent); again when recorded
+        # if it was not yet.
+        try:
+            self._route_name = self._route(self._environ)
+        except Exception:  # a route function that fails: named when recorded, or not at all
+            self._route_name = None
         return self.write
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: Any) -> None:
         try:
             self._server_write(data)  # type: ignore[misc]  # set by start_response
         except BaseException:
@@ -272,7 +294,7 @@ class _Exchange:
         self._body = body
         return self
 
-    def __iter__(self) -> Iterator[bytes]:
+    def __iter__(self) -> Iterator[Any]:
         try:
             for chunk in self._body:
                 yield chunk
@@ -331,7 +353,7 @@ class _Exchange:
             return None
         try:
             return int(status[:3])
-        except ValueError:
+        except (TypeError, ValueError):
             return None
 
     def _file_bytes(self, size: int) -> int:
@@ -356,10 +378,12 @@ class _Exchange:
                 status is not None and (status in _NO_BODY_STATUSES or status < 200)
             ):
                 bytes_out = 0
-            try:
-                route = self._route(environ)
-            except Exception:  # a route function that fails: the request still counts
-                route = None
+            route = self._route_name
+            if route is None:
+                try:
+                    route = self._route(environ)
+                except Exception:  # a route function that fails: the request still counts
+                    route = None
             counted_input = self.input
             self._record(
                 route,

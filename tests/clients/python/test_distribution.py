@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -21,12 +22,23 @@ ROOT = Path(__file__).resolve().parents[3]
 
 APP = """
 import importlib.util, sys
-import bwmon_client
+import bwmon_client, bwmon_client.wsgi
 for module in ("protocol", "trio", "asyncmy", "redis", "collector"):
     assert importlib.util.find_spec(module) is None, module
+assert bwmon_client.wsgi.__file__.endswith(sys.argv[2]), bwmon_client.wsgi.__file__
 emitter = bwmon_client.configure("wheel", url=sys.argv[1], interval_s=3600)
 for i in range(12):
     emitter.record("/v1/orders/{id}", "GET", 200 if i else 500, i, 1000 + i, 0.003)
+
+def app(environ, start_response):
+    environ["bwmon.route"] = "/v1/ping"
+    start_response("200 OK", [("Content-Length", "4")])
+    return [b"po", b"ng"]
+
+middleware = bwmon_client.wsgi.BwmonWSGIMiddleware(app, emitter)
+body = middleware({"REQUEST_METHOD": "GET"}, lambda status, headers, exc_info=None: None)
+assert b"".join(body) == b"pong"
+body.close()
 emitter.close()
 assert emitter.stats()["send_errors"] == 0, emitter.stats()
 """
@@ -67,6 +79,8 @@ def test_the_wheel_installs_alone_and_its_frames_are_stored(tmp_path: Path) -> N
         "bwmon_client-0.1.0.dist-info",
     }
     assert "bwmon_client/_protocol/frames.py" in names
+    # the WSGI middleware compiled (clients/python/setup.py): this build has mypyc and a compiler
+    assert f"bwmon_client/wsgi{sysconfig.get_config_var('EXT_SUFFIX')}" in names
     for name in names:
         if name.endswith(".py"):
             source = zipfile.ZipFile(wheel).read(name).decode()
@@ -93,9 +107,13 @@ def test_the_wheel_installs_alone_and_its_frames_are_stored(tmp_path: Path) -> N
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     with daemon(tmp_path) as process:
         url = f"udp://127.0.0.1:{process.udp_port}"
-        subprocess.run([python, "-c", APP, url], check=True, timeout=60, cwd=tmp_path, env=env)
+        suffix = sysconfig.get_config_var("EXT_SUFFIX")
+        run = [python, "-c", APP, url, suffix]
+        subprocess.run(run, check=True, timeout=60, cwd=tmp_path, env=env)
         process.settled_health()
         assert process.stop() == 0
+    ping = stored_routes(tmp_path, "wheel")["/v1/ping", "GET"]
+    assert (ping.requests, ping.status, ping.bytes_out) == (1, [0, 1, 0, 0, 0], 4)
     row = stored_routes(tmp_path, "wheel")["/v1/orders/{id}", "GET"]
     assert (row.requests, row.status, row.bytes_in, row.bytes_out) == (
         12,

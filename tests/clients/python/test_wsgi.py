@@ -65,6 +65,7 @@ def environ(method: str = "GET", body: bytes = b"", **extra: Any) -> dict[str, A
     return {
         "REQUEST_METHOD": method,
         "PATH_INFO": "/",
+        "CONTENT_LENGTH": str(len(body)) if body else "",
         "wsgi.input": io.BytesIO(body),
         "wsgi.file_wrapper": ServerFileWrapper,
         **extra,
@@ -469,7 +470,32 @@ def test_readinto_works_over_an_input_without_it(emitter: Emitter) -> None:
     server = Server()
     server.serve(
         BwmonWSGIMiddleware(app, emitter),
-        environ("PUT") | {"wsgi.input": PlainInput(b"abcdefghij")},
+        environ("PUT") | {"wsgi.input": PlainInput(b"abcdefghij"), "CONTENT_LENGTH": "10"},
     )
     assert server.received == b"abcdef"
     assert totals(emitter, method="PUT")["bytes_in"] == 6
+
+
+def test_a_request_without_a_body_keeps_its_input_and_counts_0_in(emitter: Emitter) -> None:
+    """No Content-Length (or 0) and no Transfer-Encoding: no body (RFC 9112 §6.3), nothing to
+    wrap; a chunked body without a length is counted as read."""
+    inputs: list[object] = []
+
+    def app(env: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        inputs.append(env["wsgi.input"])
+        read = env["wsgi.input"].read()
+        start_response("200 OK", [])
+        return [read]
+
+    middleware = BwmonWSGIMiddleware(app, emitter)
+    for extra in ({}, {"CONTENT_LENGTH": "0"}):
+        given = io.BytesIO(b"")
+        Server().serve(middleware, environ("DELETE") | extra | {"wsgi.input": given})
+        assert inputs[-1] is given
+    chunked = {"HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input_terminated": True}
+    server = Server()
+    server.serve(middleware, environ("PATCH", b"0123456789abc") | {"CONTENT_LENGTH": ""} | chunked)
+    assert server.received == b"0123456789abc"
+    assert totals(emitter, method="DELETE")["requests"] == 2
+    assert totals(emitter, method="DELETE")["bytes_in"] == 0
+    assert totals(emitter, method="PATCH")["bytes_in"] == 13
