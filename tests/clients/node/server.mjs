@@ -1,5 +1,6 @@
-// Real servers for tests/clients/node: two Express apps (the `compression` middleware in front
-// of bwmon's and behind it) and a bare node:http server, all counted by one monitor emitting to
+// Real servers for tests/clients/node: three Express apps (the `compression` middleware in front
+// of bwmon's and behind it, and one whose server bwmon instruments) and a bare node:http server,
+// all counted by one monitor emitting to
 // the daemon given in argv[2] (JSON: {"udpPort", "intervalMs", "file"}). Prints the ports as
 // one JSON line once listening; SIGTERM ends it (bwmon's last flush first).
 // Express and compression come from NODE_PATH (the test installs them into a cache folder).
@@ -64,12 +65,14 @@ function routes() {
   return r;
 }
 
-function app(prefix, compressionFirst) {
+// bwmon's middleware behind compression ("front": compression in front of it) or in front of it
+// ("behind"), or none ("server": the server is instrumented, compression in the app).
+function app(prefix, placement) {
   const a = express();
   a.set("env", "test"); // finalhandler: no stack traces on stderr
-  if (compressionFirst) a.use(compression());
-  a.use(monitor.express());
-  if (!compressionFirst) a.use(compression());
+  if (placement !== "behind") a.use(compression());
+  if (placement !== "server") a.use(monitor.express());
+  if (placement === "behind") a.use(compression());
   a.use(prefix, routes());
   return a;
 }
@@ -100,8 +103,9 @@ function bare(req, res) {
 }
 
 const servers = {
-  front: http.createServer(app("/front", true)),
-  behind: http.createServer(app("/behind", false)),
+  front: http.createServer(app("/front", "front")),
+  behind: http.createServer(app("/behind", "behind")),
+  server: monitor.instrument(http.createServer(app("/server", "server"))),
   bare: http.createServer(monitor.wrap(bare)),
 };
 const ports = {};

@@ -118,7 +118,7 @@ def finish(servers: NodeServers, daemon: DaemonProcess) -> dict[str, Any]:
 
 def exercise(ports: dict[str, int], ledger: Ledger, file_size: int) -> None:
     upload = os.urandom(100_000)
-    for prefix in ("front", "behind"):
+    for prefix in ("front", "behind", "server"):
         port = ports[prefix]
         for encoding in ({"Accept-Encoding": "gzip"}, {}):
             at = f"/{prefix}"
@@ -175,6 +175,7 @@ def test_express_and_node_http_bytes_stored_equal_the_bytes_on_the_wire(
             for name, path, route in (
                 ("front", "/front/gone", "/front/gone"),
                 ("behind", "/behind/gone", "/behind/gone"),
+                ("server", "/server/gone", "/server/gone"),
                 ("bare", "/bare/gone", "/bare/gone"),
             )
         }
