@@ -24,8 +24,8 @@ $(STAMP): pyproject.toml requirements.lock clients/python/pyproject.toml
 	BWMON_PURE=1 $(BIN)/pip install --quiet --disable-pip-version-check --no-deps \
 		--no-build-isolation -e .
 	# the Python client (its own distribution, clients/python) beside the daemon, as apps have it
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation \
-		-e clients/python
+	BWMON_PURE=1 $(BIN)/pip install --quiet --disable-pip-version-check --no-deps \
+		--no-build-isolation -e clients/python
 	touch $(STAMP)
 
 # setup.py says which build it made, and why it is pure when it is (also in /healthz). Its
