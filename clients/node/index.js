@@ -41,7 +41,10 @@ const REQ = http.IncomingMessage.prototype;
 // middleware runs (`Object.setPrototypeOf(req, app.request)`), and V8 then adds a property to
 // such an object by a slow path (about 2 µs each where `bwmon bench middleware` runs); for those
 // the state goes into a WeakMap, shared by every copy of this module through the prototype.
-if (RES[PATCHED] === undefined) Object.defineProperty(RES, PATCHED, { value: { states: new WeakMap(), routes: new WeakMap(), installed: false } });
+if (RES[PATCHED] === undefined) {
+  const shared = { states: new WeakMap(), routes: new WeakMap(), installed: false };
+  Object.defineProperty(RES, PATCHED, { value: shared });
+}
 const SHARED = RES[PATCHED];
 const STATES = SHARED.states;
 

@@ -36,6 +36,11 @@ All per-request state lives in the request's own objects, never on the middlewar
 the request path does I/O (``record`` only updates the emitter's counters; its background
 flusher sends) or raises out of the middleware: only the application's and the server's own
 exceptions pass through, unchanged.
+
+This module is compiled with mypyc where the package is built with a C compiler
+(clients/python/setup.py), and compiled code checks annotated types when it runs: what comes
+from the application or the server (a status, headers, chunks, what an input returns) is typed
+``Any`` here, so that the compiled module takes whatever the pure one takes.
 """
 
 from __future__ import annotations
