@@ -494,8 +494,8 @@ def print_summary(result: MiddlewareResult) -> None:
             ),
         ):
             typer.echo(
-                f"{'':10} ours, {label} {us.get(key, 0):7.2f} (+{added}, target ≤ {target:g}: "
-                f"{meets(bool(verdict)) if added is not None else 'n/a'})"
+                f"{'':10} ours, {label} {us.get(key, 0):7.2f} (+{added or 0:.2f}, "
+                f"target ≤ {target:g}: {meets(bool(verdict)) if added is not None else 'n/a'})"
             )
     elif result.node is not None:
         typer.echo(f"node       {json.dumps(result.node)}")

@@ -39,7 +39,7 @@ const REQ = http.IncomingMessage.prototype;
 // Where a request's state lives. On a request and a response as the server made them, a
 // symbol-keyed property: the cheapest. Express changes both objects' prototypes before its first
 // middleware runs (`Object.setPrototypeOf(req, app.request)`), and V8 then adds a property to
-// such an object by a slow path (about 2 µs each where `bwmon bench middleware` runs); for those
+// such an object by a slow path (about 2 µs each here: bench/property-add.mjs); for those
 // the state goes into a WeakMap, shared by every copy of this module through the prototype.
 if (RES[PATCHED] === undefined) {
   const shared = { states: new WeakMap(), routes: new WeakMap(), installed: false };
