@@ -16,9 +16,9 @@ checkout (the daemon's venv, tests, mypy) nothing is renamed: ``protocol`` is th
 
 The WSGI middleware (``bwmon_client/wsgi.py``: it runs in every request of a WSGI application)
 is compiled with mypyc into a C extension when mypyc (a build requirement) and a C compiler with
-Python's headers are there, from the same source: a framework's request leaves the CPU's caches
-cold, and compiled code touches far less of them than the interpreter running the same code
-(``bwmon bench middleware``). Without them, when compiling fails, or with ``BWMON_PURE=1``, it
+Python's headers are there, from the same source: behind a framework's request (which leaves
+the CPU's caches cold) it adds about a third less than the same code interpreted (``bwmon bench
+middleware``, docs/BENCHMARKS.md). Without them, when compiling fails, or with ``BWMON_PURE=1``, it
 is pure Python: the same behaviour, slower. wsgi.py imports nothing of ``protocol``, so the
 same file compiles in a checkout (``setup.py build_ext --inplace``: ``make`` does) and in a
 wheel.
