@@ -10,9 +10,8 @@ counts under ``<unmatched>``.
 
 Why not a ``teardown_request`` function or a request class of our own: either does work on
 every request inside Flask (its hook machinery and context-local lookups, or a Python property
-that Flask reads several times per request); reading one attribute when Flask starts the
-response costs less (``bwmon bench middleware``), and an application's own ``request_class``
-stays as it is.
+that Flask reads several times per request); reading one attribute once, when Flask starts the
+response, is less, and an application's own ``request_class`` stays as it is.
 
 Never matches a URL itself, never raises into a request.
 """
