@@ -36,35 +36,63 @@ const PATCHED = Symbol.for("bwmon.node.patched");
 const RES = http.ServerResponse.prototype;
 const REQ = http.IncomingMessage.prototype;
 
-// Where a request's state lives. On a request and a response as the server made them, a
-// symbol-keyed property: the cheapest. Express changes both objects' prototypes before its first
-// middleware runs (`Object.setPrototypeOf(req, app.request)`), and V8 then adds a property to
-// such an object by a slow path (about 2 µs each here: bench/property-add.mjs); for those
-// the state goes into a WeakMap, shared by every copy of this module through the prototype.
+// Where a request's state lives: a symbol-keyed property of the request and the response. V8
+// adds a property to an object whose prototype was changed by a slow path (a new hidden class
+// per object: about 2 µs each here, bench/property-add.mjs), and reads and stores on such
+// objects miss its caches; Express changes both objects' prototypes before its first middleware
+// runs (`Object.setPrototypeOf(req, app.request)`). So the middleware, at its first request on a
+// server, has the server make every request's state as it makes the objects (a listener before
+// all others), not yet counted: the middleware takes it when the request reaches it. A request
+// whose prototypes were changed and that has no state (the first on a server, or on a server this
+// module cannot reach through `req.socket.server`) keeps its state in a WeakMap, shared by every
+// copy of this module through the prototype.
 if (RES[PATCHED] === undefined) {
-  const shared = { states: new WeakMap(), routes: new WeakMap(), installed: false };
+  const shared = { states: new WeakMap(), routes: new WeakMap(), reserving: new WeakSet(), installed: false };
   Object.defineProperty(RES, PATCHED, { value: shared });
 }
 const SHARED = RES[PATCHED];
+SHARED.reserving ??= new WeakSet(); // made by an older copy of this module
 const STATES = SHARED.states;
 
-/** The state of a request or response being counted, or undefined. */
-function stateOf(o) {
+/** The state of a request or response, counted or not, or undefined. */
+function slotOf(o) {
   const s = STATES.get(o); // first: a miss costs nothing on an object that has no identity hash
   return s !== undefined ? s : o[STATE];
 }
 
+/** The state of a request or response being counted, or undefined. */
+function stateOf(o) {
+  const s = slotOf(o);
+  return s !== undefined && s.monitor !== null ? s : undefined;
+}
+
+/** A server's 'request' listener, before all others: the request's state, not counted yet. */
+function reserve(req, res) {
+  if (res[STATE] === undefined) {
+    const s = new RequestState(null, req);
+    res[STATE] = s;
+    req[STATE] = s;
+  }
+}
+
+function reserveOn(server) {
+  if (server == null || typeof server.prependListener !== "function" || SHARED.reserving.has(server)) return;
+  SHARED.reserving.add(server);
+  server.prependListener("request", reserve);
+}
+
 class RequestState {
   constructor(monitor, req) {
-    this.monitor = monitor;
-    this.req = req;
+    this.monitor = monitor; // null: made by reserve(), not counted until a middleware takes it
     this.start = performance.now();
     this.bi = 0;
     this.bo = 0;
     this.route = undefined; // set by setRoute()
     this.matched = undefined; // the framework's route object (Express `req.route`)
     this.base = undefined; // the `baseUrl` of the router that matched it
+    this.method = req.method;
     this.error = false; // the handler threw (wrap())
+    this.ended = false; // end() or destroy() was called: what is written after is not sent
     this.done = false;
   }
 }
@@ -76,7 +104,7 @@ function chunkBytes(chunk, encoding) {
   return typeof n === "number" ? n : 0;
 }
 
-const NO_BODY = (req, status) => req.method === "HEAD" || status === 304 || status === 204 || (status >= 100 && status < 200);
+const NO_BODY = (method, status) => method === "HEAD" || status === 304 || status === 204 || (status >= 100 && status < 200);
 
 function routeOf(s) {
   if (s.route !== undefined) return s.route;
@@ -95,11 +123,13 @@ function complete(res, s, finished) {
   const ms = performance.now() - s.start;
   let status = finished ? res.statusCode : 0;
   if (s.error && (status === 0 || !res.headersSent)) status = 500;
-  s.monitor.emitter.record(routeOf(s), s.req.method, status, s.bi, NO_BODY(s.req, status) ? 0 : s.bo, ms);
+  s.monitor.emitter.record(routeOf(s), s.method, status, s.bi, NO_BODY(s.method, status) ? 0 : s.bo, ms);
 }
 
 // Installed once per process on the prototypes; a response or request without our state pays
-// two lookups that miss.
+// two lookups that miss. Whether a response may still send is our own flag (`ended`), not its
+// `writableEnded` and `destroyed`: reading those of an object Express re-prototyped misses V8's
+// caches.
 function patch() {
   if (SHARED.installed) return;
   SHARED.installed = true;
@@ -107,7 +137,7 @@ function patch() {
   const write = RES.write;
   RES.write = function write_(chunk, encoding, callback) {
     const s = stateOf(this);
-    if (s === undefined || this.writableEnded || this.destroyed) return write.call(this, chunk, encoding, callback);
+    if (s === undefined || s.ended || s.done) return write.call(this, chunk, encoding, callback);
     const ok = write.call(this, chunk, encoding, callback);
     s.bo += chunkBytes(chunk, encoding);
     return ok;
@@ -115,11 +145,17 @@ function patch() {
   const end = RES.end;
   RES.end = function end_(chunk, encoding, callback) {
     const s = stateOf(this);
-    if (s === undefined || this.writableEnded || this.destroyed || chunk == null || typeof chunk === "function")
-      return end.call(this, chunk, encoding, callback);
+    if (s === undefined || s.ended || s.done) return end.call(this, chunk, encoding, callback);
     const r = end.call(this, chunk, encoding, callback);
-    s.bo += chunkBytes(chunk, encoding);
+    s.ended = true;
+    if (chunk != null && typeof chunk !== "function") s.bo += chunkBytes(chunk, encoding);
     return r;
+  };
+  const destroy = RES.destroy;
+  RES.destroy = function destroy_(error) {
+    const s = stateOf(this);
+    if (s !== undefined) s.ended = true;
+    return destroy.call(this, error);
   };
   const resEmit = RES.emit;
   RES.emit = function emit_(event) {
@@ -152,11 +188,11 @@ function patch() {
     Object.defineProperty(REQ, "route", {
       configurable: true,
       get() {
-        const s = stateOf(this);
+        const s = slotOf(this);
         return s === undefined ? SHARED.routes.get(this) : s.matched;
       },
       set(route) {
-        const s = stateOf(this);
+        const s = slotOf(this);
         if (s === undefined) SHARED.routes.set(this, route);
         else {
           s.matched = route;
@@ -168,8 +204,11 @@ function patch() {
 }
 
 function begin(monitor, req, res) {
-  let s = stateOf(res);
-  if (s !== undefined) return s;
+  let s = slotOf(res);
+  if (s !== undefined) {
+    if (s.monitor === null) s.monitor = monitor; // made by reserve()
+    return s;
+  }
   s = new RequestState(monitor, req);
   if (Object.getPrototypeOf(res) === RES && Object.getPrototypeOf(req) === REQ) {
     res[STATE] = s;
@@ -177,6 +216,7 @@ function begin(monitor, req, res) {
   } else {
     STATES.set(res, s);
     STATES.set(req, s);
+    reserveOn(req.socket?.server);
   }
   return s;
 }

@@ -3,8 +3,9 @@
 // [--processes N]`.
 //
 // Each request is an http.IncomingMessage and an http.ServerResponse over a socket that accepts
-// every write at once (no network, no parser), handed to an http.Server's 'request' event (what
-// Node's server does with a parsed request) and awaited until the response's 'finish'. That
+// every write at once (no network, no parser; its `server` set, as Node's server sets it on a
+// connection), handed to an http.Server's 'request' event (what Node's server does with a parsed
+// request) and awaited until the response's 'finish'. That
 // measures the app and the instrumentation (including the response's write path and 'finish',
 // which bwmon counts at) without the few tens of µs of loopback TCP whose jitter would hide a
 // 1–3 µs difference. Each request is timed alone, from the event to 'finish'; a figure is the
@@ -115,6 +116,7 @@ const signed = (n) => (n < 0 ? `${n}` : `+${n}`);
 if (VARIANT !== null) {
   // A child: one app; on each message, a batch of requests, answered with their times (ns).
   const server = makeServer(VARIANT);
+  socket.server = server;
   for (let i = 0; i < WARMUP; i++) await one(server); // JIT, first allocations
   let served = 0;
   process.on("message", async (n) => {

@@ -227,9 +227,31 @@ test("instrument(server) counts a server's requests whatever its listeners; writ
   server.close();
 });
 
+test("what is written after destroy() does not count; the request counts with no status class", async (t) => {
+  const m = monitor();
+  const server = http.createServer(
+    m.wrap((req, res) => {
+      setRoute(req, "/destroyed");
+      res.on("error", () => {});
+      res.write("a".repeat(100));
+      res.destroy();
+      res.write("late"); // after destroy(): nothing sent
+      res.end("later");
+    }),
+  );
+  t.after(() => server.close());
+  const port = await listen(server);
+  await assert.rejects(request(port));
+  await counted(m, 1);
+  const f = streams(m)["/destroyed GET"];
+  assert.equal(f.req, 1);
+  assert.deepEqual(f.st, [0, 0, 0, 0, 0]);
+  assert.equal(f.bo, 100);
+});
+
 // Express changes the prototypes of the request and the response before its first middleware;
-// the state of such a request is kept beside it, not added to it (V8's slow path), and every
-// count is the same as on objects as the server made them.
+// the state of such a request (the first on its server) is kept beside it, not added to it
+// (V8's slow path), and every count is the same as on objects as the server made them.
 test("a request whose prototypes a framework changed is counted without a property added to it", async (t) => {
   const m = monitor();
   const STATE = Symbol.for("bwmon.node.request");
@@ -263,6 +285,55 @@ test("a request whose prototypes a framework changed is counted without a proper
   assert.equal(f.bi, 10);
   assert.equal(f.bo, got.bytes);
   assert.equal(got.bytes, "echo 0123456789".length);
+});
+
+// From the middleware's first request on a server, the server makes every request's state before
+// any other listener (Express among them) runs, on the objects as it made them; the middleware
+// takes the state of the requests that reach it, and only those count.
+test("from its second request on a server, the middleware's state is made by the server", async (t) => {
+  const m = monitor();
+  const STATE = Symbol.for("bwmon.node.request");
+  const states = http.ServerResponse.prototype[Symbol.for("bwmon.node.patched")].states;
+  const reqProto = Object.create(http.IncomingMessage.prototype);
+  const resProto = Object.create(http.ServerResponse.prototype);
+  const middleware = m.express();
+  const seen = [];
+  const handler = (req, res) => {
+    const reserved = Object.hasOwn(req, STATE) && Object.hasOwn(res, STATE);
+    Object.setPrototypeOf(req, reqProto);
+    Object.setPrototypeOf(res, resProto);
+    if (req.url === "/skip") return res.end("not counted");
+    middleware(req, res, () => {
+      seen.push({ reserved, inWeakMap: states.has(res) });
+      setRoute(req, "/sized");
+      res.end("x".repeat(Number(req.url.slice(1))));
+    });
+  };
+  const servers = [http.createServer(handler), http.createServer(handler)];
+  t.after(() => servers.forEach((s) => s.close()));
+  const ports = [await listen(servers[0]), await listen(servers[1])];
+  const got = [];
+  for (const [port, size] of [[ports[0], 10], [ports[0], 200], [ports[0], 3000], [ports[1], 7], [ports[1], 11]]) {
+    got.push(await request(port, { path: `/${size}` }));
+  }
+  await counted(m, 5);
+  const skipped = await request(ports[0], { path: "/skip" });
+  assert.equal(skipped.bytes, "not counted".length);
+  assert.deepEqual(seen, [
+    { reserved: false, inWeakMap: true },
+    { reserved: true, inWeakMap: false },
+    { reserved: true, inWeakMap: false },
+    { reserved: false, inWeakMap: true },
+    { reserved: true, inWeakMap: false },
+  ]);
+  assert.deepEqual(servers.map((s) => s.listenerCount("request")), [2, 2]);
+  const f = streams(m)["/sized GET"];
+  assert.equal(f.req, 5);
+  assert.deepEqual(f.st, [0, 5, 0, 0, 0]);
+  assert.equal(f.bo, got.reduce((n, g) => n + g.bytes, 0));
+  assert.equal(f.bo, 10 + 200 + 3000 + 7 + 11);
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(m.stats.requests, 5); // the request that never reached the middleware
 });
 
 test("100 concurrent requests of different sizes give exact per-route totals", async () => {
