@@ -11,8 +11,8 @@ STAMP := $(VENV)/.installed
 # What the hot path's build depends on: the compiled modules' sources (protocol/build.py).
 COMPILED_SOURCES := setup.py protocol/build.py $(shell $(PYTHON) -c 'import runpy; \
 	print(*(m.replace(".", "/") + ".py" for m in runpy.run_path("protocol/build.py")["COMPILED_MODULES"]))')
-# The Python client's WSGI middleware, compiled the same way in place (clients/python/setup.py).
-CLIENT_COMPILED := clients/python/setup.py clients/python/bwmon_client/wsgi.py
+# The Python client's WSGI and ASGI middlewares, compiled the same way in place (clients/python/setup.py).
+CLIENT_COMPILED := clients/python/setup.py clients/python/bwmon_client/wsgi.py clients/python/bwmon_client/asgi.py
 BUILT := $(VENV)/.built-$(if $(filter 1,$(BWMON_PURE)),pure,compiled)
 
 .PHONY: serve test test-pure faults slow browser soak clients lint lock clean compiled pure

@@ -12,15 +12,19 @@ from protocol.build import stale_message, stale_sources
 from tests.helpers import scratch_database
 
 # The Python client's module compiled in place (clients/python/setup.py).
-CLIENT_COMPILED = Path(__file__).parents[1] / "clients" / "python" / "bwmon_client" / "wsgi.py"
+CLIENT = Path(__file__).parents[1] / "clients" / "python" / "bwmon_client"
+CLIENT_COMPILED = (CLIENT / "wsgi.py", CLIENT / "asgi.py")
 
 
 def stale_client() -> list[Path]:
-    """The client's compiled source, if an extension beside it is older than it."""
-    source = CLIENT_COMPILED
-    extensions = [source.with_name(source.stem + suffix) for suffix in EXTENSION_SUFFIXES]
-    built = [path.stat().st_mtime for path in extensions if path.exists()]
-    return [source] if built and min(built) < source.stat().st_mtime else []
+    """The client's compiled sources that an extension beside them is older than."""
+    stale = []
+    for source in CLIENT_COMPILED:
+        extensions = [source.with_name(source.stem + suffix) for suffix in EXTENSION_SUFFIXES]
+        built = [path.stat().st_mtime for path in extensions if path.exists()]
+        if built and min(built) < source.stat().st_mtime:
+            stale.append(source)
+    return stale
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -168,15 +168,17 @@ def test_a_build_that_cannot_compile_is_pure_and_says_why(
     assert stale_sources(tmp_path) == []
 
 
-def test_the_client_middleware_runs_as_the_daemon_does() -> None:
-    """The Python client's WSGI middleware (clients/python/setup.py) is built beside the
-    daemon's modules, compiled or pure with them."""
+def test_the_client_middlewares_run_as_the_daemon_does() -> None:
+    """The Python client's WSGI and ASGI middlewares (clients/python/setup.py) are built beside
+    the daemon's modules, compiled or pure with them."""
     for name in COMPILED_MODULES:
         importlib.import_module(name)
+    import bwmon_client.asgi
     import bwmon_client.wsgi
 
-    compiled = not (bwmon_client.wsgi.__file__ or "").endswith(".py")
-    expected = os.environ.get("BWMON_EXPECT_BUILD")
-    if expected is not None:
-        assert compiled == (expected == "compiled")
-    assert compiled == bool(compiled_modules())
+    for module in (bwmon_client.wsgi, bwmon_client.asgi):
+        compiled = not (module.__file__ or "").endswith(".py")
+        expected = os.environ.get("BWMON_EXPECT_BUILD")
+        if expected is not None:
+            assert compiled == (expected == "compiled"), module.__name__
+        assert compiled == bool(compiled_modules()), module.__name__

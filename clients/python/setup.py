@@ -14,14 +14,13 @@ are installed), so the build:
 An sdist carries the renamed files, so a wheel builds from it without the repository. In a
 checkout (the daemon's venv, tests, mypy) nothing is renamed: ``protocol`` is the repository's.
 
-The WSGI middleware (``bwmon_client/wsgi.py``: it runs in every request of a WSGI application)
-is compiled with mypyc into a C extension when mypyc (a build requirement) and a C compiler with
-Python's headers are there, from the same source: behind a framework's request (which leaves
-the CPU's caches cold) it adds about a third less than the same code interpreted (``bwmon bench
-middleware``, docs/BENCHMARKS.md). Without them, when compiling fails, or with ``BWMON_PURE=1``, it
-is pure Python: the same behaviour, slower. wsgi.py imports nothing of ``protocol``, so the
-same file compiles in a checkout (``setup.py build_ext --inplace``: ``make`` does) and in a
-wheel.
+The WSGI and ASGI middlewares (``bwmon_client/wsgi.py``, ``bwmon_client/asgi.py``: they run in
+every request of an application) are compiled with mypyc into C extensions when mypyc (a build
+requirement) and a C compiler with Python's headers are there, from the same sources: each adds
+a quarter to a third less to a request than the same code interpreted (``bwmon bench
+middleware``, docs/BENCHMARKS.md). Without them, when compiling fails, or with ``BWMON_PURE=1``,
+they are pure Python: the same behaviour, slower. Neither imports ``protocol``, so the same files
+compile in a checkout (``setup.py build_ext --inplace``: ``make`` does) and in a wheel.
 """
 
 from __future__ import annotations
@@ -141,7 +140,7 @@ class SdistWithProtocol(sdist):
 
 # Compiled when it can be (the module docstring says why); relative to this file's directory,
 # where setuptools runs it.
-COMPILED = (f"{PACKAGE}/wsgi.py",)
+COMPILED = (f"{PACKAGE}/wsgi.py", f"{PACKAGE}/asgi.py")
 
 
 def why_pure() -> str | None:
@@ -207,10 +206,11 @@ def extensions() -> list[Any]:
         return []
     from mypyc.build import mypycify
 
-    # Only wsgi.py is compiled; what it imports is read for types, never checked here (mypy
-    # checks the whole client in the repository).
+    # Only the middlewares are compiled, each into extensions of its own; what they import is
+    # read for types, never checked here (mypy checks the whole client in the repository).
     try:
-        return list(mypycify(["--ignore-missing-imports", "--follow-imports=silent", *COMPILED]))
+        args = ["--ignore-missing-imports", "--follow-imports=silent", *COMPILED]
+        return list(mypycify(args, separate=True))
     except Exception as exc:  # mypyc refused the source: pure
         PURE_REASON = f"mypyc failed: {str(exc)[:200]}"
         return []

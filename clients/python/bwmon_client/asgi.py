@@ -18,6 +18,11 @@ What is counted (clients/README.md has the rules for every client):
 All per-request state lives in the call. The accounting never raises into the application:
 what fails in it is caught, and the emitter's ``record`` does no I/O. WebSocket and lifespan
 scopes go to the application untouched.
+
+This module is compiled with mypyc where the package is built with a C compiler
+(clients/python/setup.py), as ``wsgi.py`` is, and compiled code checks annotated types when it
+runs: scopes and messages are mappings of ``Any``, so that the compiled module takes whatever
+the pure one takes.
 """
 
 from __future__ import annotations
@@ -158,11 +163,13 @@ class BwmonMiddleware:
         ended: float | None,
     ) -> None:
         try:
+            route = self.route(scope)
+        except Exception:  # a route function that fails: the request counts on no route
+            route = None
+        try:
             latency = (ended if ended is not None else time.perf_counter()) - start
             if gone:
                 status = None
-            self.emitter.record(
-                self.route(scope), scope["method"], status, bytes_in, bytes_out, latency
-            )
+            self.emitter.record(route, scope["method"], status, bytes_in, bytes_out, latency)
         except Exception:
             pass

@@ -298,6 +298,9 @@ def test_the_accounting_never_raises_into_the_app(emitter: Emitter) -> None:
     app = BwmonMiddleware(responder(200, [b"ok"]), emitter, route=broken_route)
     sent = asyncio.run(call(app, http_scope()))
     assert sent[-1]["body"] == b"ok"
+    # the request still counts, on no route
+    assert only(emitter)[0] == ("<unmatched>", "GET")
+    assert only(emitter)[1]["requests"] == 1
     # messages the middleware cannot read go through as they are
     odd: list[Message] = [{"type": "http.response.start", "status": "two hundred"}, {"nope": 1}]
 

@@ -21,11 +21,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[3]
 
 APP = """
-import importlib.util, sys
-import bwmon_client, bwmon_client.wsgi
+import asyncio, importlib.util, sys
+import bwmon_client, bwmon_client.asgi, bwmon_client.wsgi
 for module in ("protocol", "trio", "asyncmy", "redis", "collector"):
     assert importlib.util.find_spec(module) is None, module
-assert bwmon_client.wsgi.__file__.endswith(sys.argv[2]), bwmon_client.wsgi.__file__
+for module in (bwmon_client.wsgi, bwmon_client.asgi):
+    assert module.__file__.endswith(sys.argv[2]), module.__file__
 emitter = bwmon_client.configure("wheel", url=sys.argv[1], interval_s=3600)
 for i in range(12):
     emitter.record("/v1/orders/{id}", "GET", 200 if i else 500, i, 1000 + i, 0.003)
@@ -39,6 +40,27 @@ middleware = bwmon_client.wsgi.BwmonWSGIMiddleware(app, emitter)
 body = middleware({"REQUEST_METHOD": "GET"}, lambda status, headers, exc_info=None: None)
 assert b"".join(body) == b"pong"
 body.close()
+
+class Route:
+    path_format = "/v1/echo"
+
+async def asgi_app(scope, receive, send):
+    scope["route"] = Route()
+    body = (await receive())["body"]
+    await send({"type": "http.response.start", "status": 201, "headers": []})
+    await send({"type": "http.response.body", "body": body * 2})
+
+async def asgi_request():
+    sent = []
+    async def receive():
+        return {"type": "http.request", "body": b"abc"}
+    async def send(message):
+        sent.append(message)
+    scope = {"type": "http", "method": "POST", "path": "/v1/echo"}
+    await bwmon_client.asgi.BwmonMiddleware(asgi_app, emitter)(scope, receive, send)
+    assert sent[-1]["body"] == b"abcabc", sent
+
+asyncio.run(asgi_request())
 emitter.close()
 assert emitter.stats()["send_errors"] == 0, emitter.stats()
 """
@@ -79,8 +101,9 @@ def test_the_wheel_installs_alone_and_its_frames_are_stored(tmp_path: Path) -> N
         "bwmon_client-0.1.0.dist-info",
     }
     assert "bwmon_client/_protocol/frames.py" in names
-    # the WSGI middleware compiled (clients/python/setup.py): this build has mypyc and a compiler
-    assert f"bwmon_client/wsgi{sysconfig.get_config_var('EXT_SUFFIX')}" in names
+    # the middlewares compiled (clients/python/setup.py): this build has mypyc and a compiler
+    for module in ("wsgi", "asgi"):
+        assert f"bwmon_client/{module}{sysconfig.get_config_var('EXT_SUFFIX')}" in names
     for name in names:
         if name.endswith(".py"):
             source = zipfile.ZipFile(wheel).read(name).decode()
@@ -114,6 +137,13 @@ def test_the_wheel_installs_alone_and_its_frames_are_stored(tmp_path: Path) -> N
         assert process.stop() == 0
     ping = stored_routes(tmp_path, "wheel")["/v1/ping", "GET"]
     assert (ping.requests, ping.status, ping.bytes_out) == (1, [0, 1, 0, 0, 0], 4)
+    echo = stored_routes(tmp_path, "wheel")["/v1/echo", "POST"]
+    assert (echo.requests, echo.status, echo.bytes_in, echo.bytes_out) == (
+        1,
+        [0, 1, 0, 0, 0],
+        3,
+        6,
+    )
     row = stored_routes(tmp_path, "wheel")["/v1/orders/{id}", "GET"]
     assert (row.requests, row.status, row.bytes_in, row.bytes_out) == (
         12,
