@@ -5,10 +5,9 @@
 // Each request is an http.IncomingMessage and an http.ServerResponse over a socket that accepts
 // every write at once (no network, no parser; its `server` set, as Node's server sets it on a
 // connection), handed to an http.Server's 'request' event (what Node's server does with a parsed
-// request) and awaited until the response's 'finish'. That
-// measures the app and the instrumentation (including the response's write path and 'finish',
-// which bwmon counts at) without the few tens of µs of loopback TCP whose jitter would hide a
-// 1–3 µs difference. Each request is timed alone, from the event to 'finish'; a figure is the
+// request) and awaited until the response's 'finish'. That measures the app and the
+// instrumentation (including the response's write path and 'finish', which bwmon counts at)
+// without the few tens of µs of loopback TCP whose jitter would hide a 1–3 µs difference. Each request is timed alone, from the event to 'finish'; a figure is the
 // median of all the requests of its app (a median, not a mean: a request the OS preempted for
 // milliseconds moves a mean, not a median).
 //
