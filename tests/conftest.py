@@ -11,7 +11,7 @@ import pytest
 from protocol.build import stale_message, stale_sources
 from tests.helpers import scratch_database
 
-# The Python client's module compiled in place (clients/python/setup.py).
+# The Python client's modules compiled in place (clients/python/setup.py).
 CLIENT = Path(__file__).parents[1] / "clients" / "python" / "bwmon_client"
 CLIENT_COMPILED = (CLIENT / "wsgi.py", CLIENT / "asgi.py")
 
