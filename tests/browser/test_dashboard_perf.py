@@ -46,10 +46,10 @@ def test_the_dashboard_meets_its_targets_with_5000_live_meetings(
     assert result.first_render_ms is not None
     phases = result.first_render_breakdown_ms
     order = ["html", "websocket_open", "snapshot_received", "first_row"]
-    times = [phases[name] for name in order]
-    assert None not in times, phases
+    times = [t for name in order if (t := phases[name]) is not None]
+    assert len(times) == len(order), phases
     assert times == sorted(times), phases  # the first row is drawn from the snapshot
-    assert abs(phases["first_row"] - result.first_render_ms) <= 1, phases
+    assert abs(times[-1] - result.first_render_ms) <= 1, phases
     scroll = result.scroll
     assert scroll is not None
     assert scroll.rows_within_bound, scroll
