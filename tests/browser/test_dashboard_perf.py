@@ -61,7 +61,6 @@ def test_the_dashboard_meets_its_targets_with_5000_live_meetings(
     assert soak is not None
     assert soak.websocket_messages_first_minute >= 10  # live: deltas kept coming
     assert soak.max_rows_in_dom <= scroll.max_allowed_rows
-    assert soak.longtasks_first_minute >= 0, soak  # measured (its target: the benchmark's)
     assert soak.heap_growth <= TARGET_HEAP_GROWTH, soak
     assert result.size.minified_bytes is not None, result.size.minify_skipped
     assert result.size.minified_bytes <= TARGET_OWN_BYTES, result.size.files
