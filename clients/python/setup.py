@@ -17,7 +17,7 @@ checkout (the daemon's venv, tests, mypy) nothing is renamed: ``protocol`` is th
 The WSGI and ASGI middlewares (``bwmon_client/wsgi.py``, ``bwmon_client/asgi.py``: they run in
 every request of an application) are compiled with mypyc into C extensions when mypyc (a build
 requirement) and a C compiler with Python's headers are there, from the same sources: each adds
-a quarter to a third less to a request than the same code interpreted (``bwmon bench
+a fifth to a third less to a request than the same code interpreted (``bwmon bench
 middleware``, docs/BENCHMARKS.md). Without them, when compiling fails, or with ``BWMON_PURE=1``,
 they are pure Python: the same behaviour, slower. Neither imports ``protocol``, so the same files
 compile in a checkout (``setup.py build_ext --inplace``: ``make`` does) and in a wheel.
