@@ -463,14 +463,14 @@ def print_summary(result: MiddlewareResult) -> None:
     for name, family in result.families.items():
         line = (
             f"{name:10} bare {family.bare_us:7.2f}  ours {family.ours_us:7.2f} "
-            f"(+{family.ours_added_us:.2f}, target ≤ {result.target_added_us:g}: "
+            f"({family.ours_added_us:+.2f}, target ≤ {result.target_added_us:g}: "
             f"{meets(family.ours_meets)})"
         )
         if family.prometheus is not None:
             ratio = f"{family.ratio:.1f}x" if family.ratio is not None else "n/a"
             line += (
                 f"  {family.prometheus} {family.prometheus_us:7.2f} "
-                f"(+{family.prometheus_added_us:.2f}); ours {ratio} cheaper "
+                f"({family.prometheus_added_us:+.2f}); ours {ratio} cheaper "
                 f"(target ≥ {result.target_ratio:g}x: {meets(bool(family.ratio_meets))})"
             )
         typer.echo(line)
@@ -480,8 +480,8 @@ def print_summary(result: MiddlewareResult) -> None:
         target = result.target_node_added_us
         typer.echo(
             f"{'express':10} bare {us.get('bare_ns', 0):7.2f}  empty middleware "
-            f"{us.get('empty_ns', 0):7.2f} (+{us.get('empty_added_ns', 0):.2f})  "
-            f"express-prom-bundle {us.get('prom_ns', 0):7.2f} (+{us.get('prom_added_ns', 0):.2f})"
+            f"{us.get('empty_ns', 0):7.2f} ({us.get('empty_added_ns', 0):+.2f})  "
+            f"express-prom-bundle {us.get('prom_ns', 0):7.2f} ({us.get('prom_added_ns', 0):+.2f})"
             "  [wall-clock µs, overhead.mjs]"
         )
         for label, key, added, verdict in (
@@ -494,7 +494,7 @@ def print_summary(result: MiddlewareResult) -> None:
             ),
         ):
             typer.echo(
-                f"{'':10} ours, {label} {us.get(key, 0):7.2f} (+{added or 0:.2f}, "
+                f"{'':10} ours, {label} {us.get(key, 0):7.2f} ({added or 0:+.2f}, "
                 f"target ≤ {target:g}: {meets(bool(verdict)) if added is not None else 'n/a'})"
             )
     elif result.node is not None:

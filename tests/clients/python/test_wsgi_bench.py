@@ -44,3 +44,35 @@ def test_bench_middleware_prints_every_family_with_its_targets() -> None:
     assert figures["meets_target"] == all(verdicts)
     # Node's figures when its script ran, else why not.
     assert (figures["node"] is None) == (figures["node_skipped"] is not None)
+
+
+def test_the_summary_signs_every_added_figure(capsys: pytest.CaptureFixture[str]) -> None:
+    """A figure below the bare one (the machine's noise) prints as -6.02, not +-6.02."""
+    from cli.bench.middleware import Family, MiddlewareResult, print_summary
+
+    family = Family(bare_us=1.0, ours_us=0.5, ours_added_us=-0.5, ours_meets=True)
+    express = {"bare_ns": 100_000, "empty_ns": 103_000, "empty_added_ns": 3_000}
+    express |= {"prom_ns": 128_000, "prom_added_ns": 28_000, "instrument_ns": 94_000}
+    express |= {"middleware_ns": 102_500}
+    print_summary(
+        MiddlewareResult(
+            target_added_us=5.0,
+            target_ratio=3.0,
+            target_node_added_us=3.0,
+            meets_target=True,
+            families={"asgi": family},
+            rounds=1,
+            trivial_batch=1,
+            framework_batch=1,
+            node={"express": express},
+            node_added_us=-6.02,
+            node_middleware_added_us=2.5,
+        )
+    )
+    out = capsys.readouterr().out
+    assert "+-" not in out
+    assert "(-0.50, target ≤ 5" in out
+    assert "(+3.00)" in out
+    assert "(+28.00)" in out
+    assert "(-6.02, target ≤ 3" in out
+    assert "(+2.50, target ≤ 3" in out
