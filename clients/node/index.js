@@ -38,7 +38,7 @@ const REQ = http.IncomingMessage.prototype;
 
 // Where a request's state lives: a symbol-keyed property of the request and the response. V8
 // adds a property to an object whose prototype was changed by a slow path (a new hidden class
-// per object: about 2 µs each here, bench/property-add.mjs), and reads and stores on such
+// per object: 2 to 3 µs each, bench/property-add.mjs), and reads and stores on such
 // objects miss its caches; Express changes both objects' prototypes before its first middleware
 // runs (`Object.setPrototypeOf(req, app.request)`). So the middleware, at its first request on a
 // server, has the server make every request's state as it makes the objects (a listener before
