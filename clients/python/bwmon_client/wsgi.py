@@ -131,13 +131,7 @@ class BwmonWSGIMiddleware:
             exchange.finish(None, exchange.written)
             raise
         try:
-            if file_wrapper is None or (
-                isinstance(file_wrapper, type)
-                and (type(body) is list or not isinstance(body, file_wrapper))
-            ):
-                exchange._body = body  # no file of the server's: iterated
-                return exchange
-            return exchange.respond(body)
+            return exchange.respond(body, file_wrapper)
         except Exception:  # a body object that fails an attribute lookup: served, not counted
             return body
 
@@ -278,24 +272,18 @@ class _Exchange:
 
         return noted
 
-    def respond(self, body: Iterable[bytes]) -> Iterable[bytes]:
+    def respond(self, body: Iterable[bytes], file_wrapper: Any) -> Iterable[bytes]:
         """What goes back to the server for the application's ``body``: this exchange, or the
-        server's own file object (its sendfile path kept) with ``close`` hooked."""
-        server_function = self._server_file_wrapper
-        if server_function is not None:
-            self._environ["wsgi.file_wrapper"] = server_function  # the server's again
-        if type(body) is not list:
+        server's own file object (its sendfile path kept) with ``close`` hooked.
+        ``file_wrapper``: the server's ``wsgi.file_wrapper`` as it came (None: it has none)."""
+        if file_wrapper is not None:
+            server_function = self._server_file_wrapper
             if server_function is not None:
-                if body is self._file:
+                self._environ["wsgi.file_wrapper"] = server_function  # the server's again
+                if type(body) is not list and body is self._file:
                     return self._respond_file(body)
-            else:
-                wrapper_type = self._environ.get("wsgi.file_wrapper")
-                if (
-                    wrapper_type is not None
-                    and isinstance(wrapper_type, type)
-                    and isinstance(body, wrapper_type)
-                ):
-                    return self._respond_file(body)
+            elif type(body) is not list and isinstance(body, file_wrapper):
+                return self._respond_file(body)
         self._body = body
         return self
 
