@@ -144,7 +144,7 @@ COMPILED = (f"{PACKAGE}/wsgi.py", f"{PACKAGE}/asgi.py")
 
 
 def why_pure() -> str | None:
-    """Why the middleware cannot be compiled here, before trying: None if it can be tried."""
+    """Why the middlewares cannot be compiled here, before trying: None if they can be tried."""
     if os.environ.get("BWMON_PURE") == "1":
         return "BWMON_PURE=1"
     if importlib.util.find_spec("mypyc") is None:
@@ -211,7 +211,7 @@ def extensions() -> list[Any]:
     try:
         args = ["--ignore-missing-imports", "--follow-imports=silent", *COMPILED]
         return list(mypycify(args, separate=True))
-    except Exception as exc:  # mypyc refused the source: pure
+    except (Exception, SystemExit) as exc:  # mypyc refused the source (it exits): pure
         PURE_REASON = f"mypyc failed: {str(exc)[:200]}"
         return []
 
