@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -182,3 +183,33 @@ def test_the_client_middlewares_run_as_the_daemon_does() -> None:
         if expected is not None:
             assert compiled == (expected == "compiled"), module.__name__
         assert compiled == bool(compiled_modules()), module.__name__
+
+
+CC = (sysconfig.get_config_var("CC") or "cc").split()[0]
+
+
+@pytest.mark.skipif(
+    not HEADERS or importlib.util.find_spec("mypyc") is None or shutil.which(CC) is None,
+    reason="the client's build would not try mypyc here",
+)
+def test_a_client_source_mypyc_refuses_builds_the_client_pure(tmp_path: Path) -> None:
+    """mypyc exits on an error of its own: the client's build (clients/python/setup.py) then
+    says so and builds pure, as the daemon's does, instead of failing."""
+    client = ROOT / "clients" / "python"
+    copy = tmp_path / "python"
+    ignore = shutil.ignore_patterns("build", "*.egg-info", "__pycache__", "*.so", ".mypy_cache")
+    shutil.copytree(client, copy, ignore=ignore)
+    wsgi = copy / "bwmon_client" / "wsgi.py"
+    wsgi.write_text(wsgi.read_text() + '\n\nREFUSED: int = "not an int"\n')
+    env = {k: v for k, v in os.environ.items() if k != "BWMON_PURE"}
+    done = subprocess.run(
+        [sys.executable, "setup.py", "build_ext", "--inplace"],
+        cwd=copy,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "bwmon-client: the pure build (mypyc failed" in done.stderr, done.stderr[-2000:]
+    assert list((copy / "bwmon_client").glob("*.so")) == []
