@@ -47,7 +47,7 @@ const REQ = http.IncomingMessage.prototype;
 // module cannot reach through `req.socket.server`) keeps its state in a WeakMap, shared by every
 // copy of this module through the prototype.
 if (RES[PATCHED] === undefined) {
-  const shared = { states: new WeakMap(), routes: new WeakMap(), reserving: new WeakSet(), installed: false };
+  const shared = { states: new WeakMap(), reserving: new WeakSet(), installed: false };
   Object.defineProperty(RES, PATCHED, { value: shared });
 }
 const SHARED = RES[PATCHED];
@@ -183,17 +183,17 @@ function patch() {
 
   // Express (and its router) sets `req.route` to the route that matched, inside the router that
   // holds it: remember that router's `baseUrl` with it, as an error handler further up runs
-  // with the outer `baseUrl` restored.
+  // with the outer `baseUrl` restored. A request bwmon has no state for gets the property of its
+  // own that it would have without bwmon.
   if (!Object.getOwnPropertyDescriptor(REQ, "route")) {
     Object.defineProperty(REQ, "route", {
       configurable: true,
       get() {
-        const s = slotOf(this);
-        return s === undefined ? SHARED.routes.get(this) : s.matched;
+        return slotOf(this)?.matched;
       },
       set(route) {
         const s = slotOf(this);
-        if (s === undefined) SHARED.routes.set(this, route);
+        if (s === undefined) Object.defineProperty(this, "route", { value: route, writable: true, enumerable: true, configurable: true });
         else {
           s.matched = route;
           s.base = this.baseUrl;

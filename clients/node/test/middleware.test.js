@@ -287,6 +287,28 @@ test("a request whose prototypes a framework changed is counted without a proper
   assert.equal(got.bytes, "echo 0123456789".length);
 });
 
+// bwmon's `route` accessor on the request prototype is invisible to a request it does not count
+// (another server of the process): Express's assignments make the own property they make without
+// bwmon, and nothing of the request is kept.
+test("a request bwmon does not count gets its own route property, as without bwmon", async (t) => {
+  monitor(); // the prototypes patched
+  const STATE = Symbol.for("bwmon.node.request");
+  const reqProto = Object.create(http.IncomingMessage.prototype);
+  const first = { path: "/a/:id" };
+  const second = { path: "/b/:id" };
+  const seen = [];
+  const server = http.createServer((req, res) => {
+    Object.setPrototypeOf(req, reqProto);
+    req.route = first;
+    req.route = second;
+    seen.push({ own: Object.getOwnPropertyDescriptor(req, "route"), keys: Object.keys(req).includes("route"), state: req[STATE] });
+    res.end("ok");
+  });
+  t.after(() => server.close());
+  await request(await listen(server));
+  assert.deepEqual(seen, [{ own: { value: second, writable: true, enumerable: true, configurable: true }, keys: true, state: undefined }]);
+});
+
 // From the middleware's first request on a server, the server makes every request's state before
 // any other listener (Express among them) runs, on the objects as it made them; the middleware
 // takes the state of the requests that reach it, and only those count.
