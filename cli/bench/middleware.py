@@ -28,7 +28,7 @@ a Prometheus instrumentation in its place, in one run (docs/BENCHMARKS.md).
   empty middleware): run and reported as it prints its JSON, when Node.js and the script are
   there, with Express and express-prom-bundle (pinned versions, installed once into the
   benchmarks' npm cache, never into the repository; ``--quick`` uses them only when they are
-  there) on ``NODE_PATH``; else ``node_skipped`` says why.
+  there) on ``NODE_PATH``, on one CPU (``one_cpu``); else ``node_skipped`` says why.
 
 Targets: a Python middleware adds at most ``TARGET_ADDED_US`` per request (median), and at
 least ``TARGET_RATIO`` times less than the Prometheus instrumentation of the same framework;
@@ -367,6 +367,15 @@ def node_modules(install: bool) -> str:
     return os.pathsep.join(paths)
 
 
+def one_cpu() -> set[int] | None:
+    """The one CPU overhead.mjs and its processes run on (the last this process may use), so
+    that every app's figure comes from the same CPU (the script's header says why); None where
+    affinity cannot be set."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    return {max(os.sched_getaffinity(0))}
+
+
 def run_node(quick: bool) -> tuple[dict[str, Any] | None, str | None]:
     """overhead.mjs's JSON, or why it did not run."""
     node = shutil.which("node")
@@ -381,6 +390,7 @@ def run_node(quick: bool) -> tuple[dict[str, Any] | None, str | None]:
     command = [node, str(NODE_SCRIPT), "--json"]
     if quick:
         command += ["--requests", "1500", "--batch", "250", "--warmup", "500"]
+    cpu = one_cpu()
     try:
         done = subprocess.run(
             command,
@@ -389,6 +399,7 @@ def run_node(quick: bool) -> tuple[dict[str, Any] | None, str | None]:
             cwd=NODE_SCRIPT.parents[3],
             env={**os.environ, "NODE_PATH": node_path},
             check=False,
+            preexec_fn=None if cpu is None else lambda: os.sched_setaffinity(0, cpu),
         )
     except subprocess.TimeoutExpired:
         return None, f"overhead.mjs did not finish in {NODE_TIMEOUT_S:.0f} s"
@@ -482,7 +493,7 @@ def print_summary(result: MiddlewareResult) -> None:
             f"{'express':10} bare {us.get('bare_ns', 0):7.2f}  empty middleware "
             f"{us.get('empty_ns', 0):7.2f} ({us.get('empty_added_ns', 0):+.2f})  "
             f"express-prom-bundle {us.get('prom_ns', 0):7.2f} ({us.get('prom_added_ns', 0):+.2f})"
-            "  [wall-clock µs, overhead.mjs]"
+            f"  [wall-clock µs, overhead.mjs, on {express.get('cpus', '?')} CPU(s)]"
         )
         for label, key, added, verdict in (
             ("instrument", "instrument_ns", result.node_added_us, result.node_meets_target),

@@ -18,7 +18,11 @@
 // http.ServerResponse's prototype, which the others must not carry), `--processes` of them per
 // app (3): one process's JIT and heap layout can sit a microsecond off another's. The processes
 // take turns by batches of `--batch` requests (a few ms each), so that a change of the machine's
-// load touches all alike. Express and express-prom-bundle come from NODE_PATH (as
+// load touches all alike. Run it on one CPU (`taskset -c 1 node overhead.mjs`; `bwmon bench
+// middleware` does): free to move between CPUs, a process's figures depend on where the
+// scheduler put it. On a 2-CPU VM, five runs each way, alternating: the bare app's median
+// 36.7–53.9 µs free, 36.7–37.3 pinned; the middleware's added 1.6–3.9 µs free, 1.8–2.3
+// pinned. The JSON's `cpus` says on how many it ran. Express and express-prom-bundle come from NODE_PATH (as
 // `bwmon bench middleware` sets it).
 
 import { createRequire } from "node:module";
@@ -27,6 +31,7 @@ import { Duplex } from "node:stream";
 import { fork } from "node:child_process";
 import { once } from "node:events";
 import { fileURLToPath } from "node:url";
+import { availableParallelism } from "node:os";
 
 const TARGET_ADDED_NS = 3000;
 const args = process.argv.slice(2);
@@ -165,6 +170,7 @@ function report(times) {
       target_added_ns: TARGET_ADDED_NS,
       requests: times.bare.length,
       processes: PROCESSES,
+      cpus: availableParallelism(), // the CPUs it may run on: 1 when pinned
     },
   };
   if (asJson) {
@@ -180,6 +186,7 @@ function report(times) {
       ["  + express-prom-bundle", `${e.prom_ns} ns`, `${signed(e.prom_added_ns)} ns`],
     ];
     process.stdout.write(`median of ${e.requests} requests per app in ${e.processes} processes, node ${process.version}\n`);
+    if (e.cpus > 1) process.stdout.write(`on ${e.cpus} CPUs: a process's figure depends on the CPU it ran on; pin it (taskset -c 1)\n`);
     for (const [a, b, c] of rows) process.stdout.write(`${a.padEnd(28)}${b.padStart(10)}  ${c}\n`);
   }
 }

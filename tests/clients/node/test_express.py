@@ -286,7 +286,9 @@ def test_the_overhead_benchmark_prints_its_figures() -> None:
         "target_added_ns",
         "requests",
         "processes",
+        "cpus",
     }
+    assert figures["cpus"] == len(os.sched_getaffinity(0))
     assert figures["target_added_ns"] == 3000
     assert (figures["requests"], figures["processes"]) == (600 * 3, 3)
     assert 0 < figures["bare_ns"] < 10_000_000

@@ -42,8 +42,10 @@ def test_bench_middleware_prints_every_family_with_its_targets() -> None:
         assert families[name]["prometheus"] is None
     verdicts = [f["ours_meets"] and f["ratio_meets"] is not False for f in families.values()]
     assert figures["meets_target"] == all(verdicts)
-    # Node's figures when its script ran, else why not.
+    # Node's figures when its script ran, on one CPU (every app on the same one), else why not.
     assert (figures["node"] is None) == (figures["node_skipped"] is not None)
+    if figures["node"] is not None:
+        assert figures["node"]["express"]["cpus"] == 1
 
 
 def test_the_summary_signs_every_added_figure(capsys: pytest.CaptureFixture[str]) -> None:
@@ -53,7 +55,7 @@ def test_the_summary_signs_every_added_figure(capsys: pytest.CaptureFixture[str]
     family = Family(bare_us=1.0, ours_us=0.5, ours_added_us=-0.5, ours_meets=True)
     express = {"bare_ns": 100_000, "empty_ns": 103_000, "empty_added_ns": 3_000}
     express |= {"prom_ns": 128_000, "prom_added_ns": 28_000, "instrument_ns": 94_000}
-    express |= {"middleware_ns": 102_500}
+    express |= {"middleware_ns": 102_500, "cpus": 1}
     print_summary(
         MiddlewareResult(
             target_added_us=5.0,
@@ -76,3 +78,4 @@ def test_the_summary_signs_every_added_figure(capsys: pytest.CaptureFixture[str]
     assert "(+28.00)" in out
     assert "(-6.02, target ≤ 3" in out
     assert "(+2.50, target ≤ 3" in out
+    assert "overhead.mjs, on 1 CPU(s)]" in out
