@@ -7,9 +7,10 @@
 // connection), handed to an http.Server's 'request' event (what Node's server does with a parsed
 // request) and awaited until the response's 'finish'. That measures the app and the
 // instrumentation (including the response's write path and 'finish', which bwmon counts at)
-// without the few tens of µs of loopback TCP whose jitter would hide a 1–3 µs difference. Each request is timed alone, from the event to 'finish'; a figure is the
-// median of all the requests of its app (a median, not a mean: a request the OS preempted for
-// milliseconds moves a mean, not a median).
+// without the few tens of µs of loopback TCP whose jitter would hide a 1–3 µs difference. Each
+// request is timed alone, from the event to 'finish'; a figure is the median of all the requests
+// of its app (a median, not a mean: a request the OS preempted for milliseconds moves a mean, not
+// a median).
 //
 // One Express app with a trivial handler, five ways: bare; with an empty middleware (what any
 // middleware costs Express: a layer of its router); with bwmon-node's middleware
@@ -22,8 +23,8 @@
 // middleware` does): free to move between CPUs, a process's figures depend on where the
 // scheduler put it. On a 2-CPU VM, five runs each way, alternating: the bare app's median
 // 36.7–53.9 µs free, 36.7–37.3 pinned; the middleware's added 1.6–3.9 µs free, 1.8–2.3
-// pinned. The JSON's `cpus` says on how many it ran. Express and express-prom-bundle come from NODE_PATH (as
-// `bwmon bench middleware` sets it).
+// pinned. The JSON's `cpus` says on how many it ran. Express and express-prom-bundle come from
+// NODE_PATH (as `bwmon bench middleware` sets it).
 
 import { createRequire } from "node:module";
 import http from "node:http";
