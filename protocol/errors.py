@@ -28,9 +28,11 @@ the tree)::
      │    └── BridgeCancelled
      ├── BadRequest               collector.http.server: answered 400
      ├── HeadTooLarge             collector.http.server: answered 431
-     └── the CLI's own            cli: DaemonFailed, TailError (⊃ TopicRefused), EmitError,
-                                  and the benchmarks' StatsdUnavailable, ClientFailed,
-                                  E2eUnavailable
+     ├── DeliveryFailed           collector.notifications.client: a webhook request unanswered
+     └── the CLI's own            cli: DaemonFailed, TailError (⊃ TopicRefused), TopError,
+                                  EmitError, and the benchmarks' StatsdUnavailable,
+                                  ClientFailed, E2eUnavailable, NpmUnavailable, PageFailed,
+                                  TerserUnavailable, DashboardFailed, ChromiumMissing
 
 A failure the daemon can survive is counted and survived where it is caught (a storage or
 spool error in the flusher, a channel error in the publisher and the channel's reader), never
