@@ -80,6 +80,10 @@ ROW_SAMPLE_S = 5.0
 TRACE_CATEGORIES = ["toplevel"]  # the tasks of each thread, with their CPU time
 TASK_EVENTS = ("ThreadControllerImpl::RunTask", "RunTask")
 SETTLE_S = 5.0  # after every meeting is live: the first publishes of 5,000 new meetings
+# The browser is killed if it still runs this long past the soak's minutes (first render,
+# scroll and search take well under a minute): a call it never answers fails the run
+# (ChromiumStalled) instead of hanging it.
+BROWSER_MARGIN_S = 300.0
 
 UI_DIR = Path(__file__).resolve().parents[2] / "collector" / "http" / "ui"
 
@@ -677,7 +681,7 @@ def measure_page(
     result: DashboardResult,
     first_minute_over: Callable[[], None] | None,
 ) -> None:
-    browser = stack.enter_context(launch_chromium())
+    browser = stack.enter_context(launch_chromium(deadline_s=minutes * 60 + BROWSER_MARGIN_S))
     result.browser = browser.version
     context = browser.new_context(viewport={"width": 1440, "height": 900})
     context.add_init_script(

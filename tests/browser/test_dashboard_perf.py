@@ -10,6 +10,10 @@ One daemon and one page for the whole run: the minute without long tasks is the 
 of the 5-minute soak whose end gives the second heap reading, so the test costs about
 5.5 minutes. With ``BWMON_SOAK_READY`` set, the file it names is written once that first minute
 is measured: .ci/run starts its other suites then, beside the rest of the soak.
+
+A browser that stops answering Playwright (once in .ci/run: the page and the daemon idle, a call
+never returned) is killed at the benchmark's deadline (``ChromiumStalled``); the soak then runs
+once more, and says so.
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ from pathlib import Path
 
 import pytest
 
+from cli.bench.chromium import ChromiumStalled
 from cli.bench.dashboard import (
     TARGET_HEAP_GROWTH,
     TARGET_OWN_BYTES,
+    DashboardResult,
     print_summary,
     run_dashboard,
 )
@@ -35,9 +41,18 @@ def test_the_dashboard_meets_its_targets_with_5000_live_meetings(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     ready = os.environ.get("BWMON_SOAK_READY")
-    result = run_dashboard(
-        SERVER, minutes=5, first_minute_over=None if not ready else Path(ready).touch
-    )
+
+    def run() -> DashboardResult:
+        return run_dashboard(
+            SERVER, minutes=5, first_minute_over=None if not ready else Path(ready).touch
+        )
+
+    try:
+        result = run()
+    except ChromiumStalled as exc:
+        with capsys.disabled():
+            print(f"\n{exc}: the soak once more")
+        result = run()
     with capsys.disabled():
         print()
         print_summary(result)
