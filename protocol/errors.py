@@ -32,7 +32,8 @@ the tree)::
      └── the CLI's own            cli: DaemonFailed, TailError (⊃ TopicRefused), TopError,
                                   EmitError, and the benchmarks' StatsdUnavailable,
                                   ClientFailed, E2eUnavailable, NpmUnavailable, PageFailed,
-                                  TerserUnavailable, DashboardFailed, ChromiumMissing
+                                  TerserUnavailable, DashboardFailed, ChromiumMissing,
+                                  ChromiumStalled
 
 A failure the daemon can survive is counted and survived where it is caught (a storage or
 spool error in the flusher, a channel error in the publisher and the channel's reader), never
